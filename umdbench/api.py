@@ -1,0 +1,238 @@
+"""The contract between the umdbench core and its plugins.
+
+Three plugin kinds hang off this module:
+
+* :class:`DatasetPlugin`  -- reads one dataset's release layout into :class:`Record` lists.
+* :class:`PretrainStrategy` -- an ``nn.Module`` that owns its heads and returns pre-training losses.
+* :class:`TuneStrategy`   -- an ``nn.Module`` that owns a task head (or reconstruction heads) and
+  returns tuning losses and, if supervised, predictions for evaluation.
+
+Strategies receive the shared :class:`~umdbench.models.encoder.MultimodalEncoder` and a plain
+``dict`` config. Batches are dicts of tensors (see :data:`BATCH_KEYS`). A strategy's
+``forward(batch)`` returns ``{"loss_xxx": tensor, ...}``; every key starting with ``loss`` is summed
+into the training loss, other scalar tensors are logged only.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UmdbenchError
+
+# Keys a collated batch may carry (all tensors; B = batch, L = text length).
+BATCH_KEYS = {
+    "image": "float [B,3,H,W], normalised with the CLIP mean/std",
+    "text_ids": "long [B,L] token ids (CLS ... SEP PAD)",
+    "text_mask": "long [B,L] attention mask, 1 = real token",
+    "label": "long [B] answer index (vqa) or class index (classification); -1 = unseen answer",
+    "answer_type": "long [B] 0 = closed, 1 = open (vqa only)",
+    "neg_text_ids": "long [B,K,L] negative captions (retrieval training only)",
+    "neg_text_mask": "long [B,K,L]",
+    "index": "long [B] position of the record in its split",
+    "image_index": "long [B] retrieval evaluation: which image",
+    "text_index": "long [B] retrieval evaluation: which text",
+}
+
+TASKS = ("vqa", "classification", "retrieval", "pretrain")
+DEFAULT_METRICS = {"vqa": "vqa-accuracy", "classification": "classification", "retrieval": "retrieval-recall"}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return a copy of ``base`` with ``override`` merged in, recursing into dicts."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Record:
+    """One sample of a split, as read from the release layout.
+
+    ``image`` is a path (str) to an image file, or an ``HxWx3`` uint8 array for generated data.
+    """
+
+    uid: str
+    image: str | np.ndarray
+    text: str
+    answer: str | None = None
+    answer_type: str | None = None  # "open" | "closed" (vqa)
+    label: int | None = None  # class index (classification); vqa labels come from the vocab
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    """What ``umdbench data check`` found for one dataset copy."""
+
+    dataset: str
+    root: str | None
+    counts: dict[str, int] = field(default_factory=dict)  # split -> records
+    problems: list[str] = field(default_factory=list)  # one line each: file, record, what, fix
+    checksums: dict[str, str] = field(default_factory=dict)  # annotation file -> sha256
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class DataError(UmdbenchError, ValueError):
+    """Bad input data. The message names the file, the record and the fix."""
+
+
+class DatasetPlugin:
+    """Base class of dataset plugins. Subclasses set the class attributes and ``records``."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    task: ClassVar[str] = "vqa"  # one of TASKS
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    needs_root: ClassVar[bool] = True  # False for generated data
+    # name of the corpus plugin used for pre-training when a run does not say otherwise
+    default_pretrain_corpus: ClassVar[str | None] = None
+    # the subfolder of --data-root where this dataset lives (e.g. "vqa_rad")
+    root_subdir: ClassVar[str | None] = None
+    # registered metric name; None = the task's default (see DEFAULT_METRICS)
+    metric: ClassVar[str | None] = None
+
+    def __init__(self, root: str | Path | None = None, on_error: str = "raise", **options: Any):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.root = Path(root) if root is not None else None
+        self.on_error = on_error
+        self.options = options
+        self.skipped: list[str] = []  # one line per skipped record when on_error == "skip"
+
+    def records(self, split: str) -> list[Record]:
+        raise NotImplementedError
+
+    def label_names(self) -> list[str] | None:
+        """Answer vocabulary (vqa) or class names (classification); None otherwise."""
+        return None
+
+    def fingerprint(self) -> str:
+        """A stable hash of the data this plugin reads (annotation files, image list)."""
+        raise NotImplementedError
+
+    def check(self) -> CheckReport:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------------
+class Strategy(nn.Module):
+    """Common base of pre-training and tuning strategies.
+
+    ``presets`` maps a preset name ("tiny", "paper") to the strategy's stage config: training
+    hyper-parameters under ``train`` (see :data:`TRAIN_KEYS`) and strategy options at top level.
+    A ``per_dataset`` entry inside a preset overrides per dataset name.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict]] = {}
+
+    @classmethod
+    def default_config(cls, preset: str, dataset: str | None = None) -> dict:
+        if preset not in cls.presets:
+            raise KeyError(f"strategy {cls.name!r} has no preset {preset!r}; it has {sorted(cls.presets)}")
+        cfg = copy.deepcopy(cls.presets[preset])
+        per_dataset = cfg.pop("per_dataset", {})
+        if dataset is not None and dataset in per_dataset:
+            cfg = deep_merge(cfg, per_dataset[dataset])
+        return cfg
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        """Plain-language list of the ways ``cfg`` departs from the paper (recorded with each run).
+
+        Override in strategies that offer released-code quirks or other non-paper options."""
+        return []
+
+    def __init__(self, encoder: nn.Module, cfg: dict):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # Hooks the stage model calls; the defaults do nothing.
+    def modulate_gradients(self) -> dict[str, float]:
+        """Called after backward, before the optimiser step. Returns values to log."""
+        return {}
+
+    def after_optimizer_step(self) -> None:
+        """Called after each optimiser step (e.g. an EMA teacher update)."""
+
+    def param_group_of(self, name: str) -> str:
+        """Which lr group a parameter (name relative to this module) belongs to.
+
+        Groups: "encoder" (uni-modal encoders), "fusion", "head". The default follows the
+        upstream convention: fusion layers get lr x fusion multiplier, heads lr x head multiplier.
+        """
+        if name.startswith("encoder."):
+            return "fusion" if name.startswith("encoder.fusion.") else "encoder"
+        return "head"
+
+    def trainable_state_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes handed to the next stage (the teacher is not)."""
+        return ("encoder.",)
+
+
+class PretrainStrategy(Strategy):
+    """Pre-training strategy: unlabeled image-text pairs in, losses out."""
+
+
+class TuneStrategy(Strategy):
+    """Tuning strategy for a task. ``supervised`` strategies train a task head and predict."""
+
+    supervised: ClassVar[bool] = True
+
+    def __init__(self, encoder: nn.Module, cfg: dict, task: "TaskInfo"):
+        super().__init__(encoder, cfg)
+        self.task = task
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs for the task's metric: vqa/classification ``{"logits": [B,C]}``,
+        retrieval ``{"score": [B]}``."""
+        raise NotImplementedError(f"tuning strategy {self.name!r} does not predict (unsupervised)")
+
+
+@dataclass
+class TaskInfo:
+    """What a tuning strategy needs to know about the downstream task."""
+
+    task: str  # vqa | classification | retrieval
+    num_classes: int = 0  # answer vocabulary or class count; 0 for retrieval
+    label_names: list[str] = field(default_factory=list)
+
+
+# Keys of a stage's ``train`` config, with what they mean.
+TRAIN_KEYS = {
+    "max_iters": "optimiser steps of the stage",
+    "batch_size": "samples per step",
+    "lr": "base learning rate (uni-modal encoders)",
+    "lr_mult": "dict group -> multiplier, groups: encoder, fusion, head",
+    "weight_decay": "AdamW weight decay",
+    "betas": "AdamW betas",
+    "eps": "AdamW eps",
+    "warmup_ratio": "fraction of max_iters of linear warm-up",
+    "schedule": "'linear' or 'cosine' decay after warm-up",
+    "checkpoint_interval": "iterations between resumable checkpoints",
+    "log_interval": "iterations between log lines",
+    "grad_clip": "max grad norm or None",
+}

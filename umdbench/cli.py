@@ -1,0 +1,163 @@
+"""The ``umdbench`` command line. Import-light: torch loads only when a command needs it."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UmdbenchError
+
+DESCRIPTION = """\
+umdbench: benchmark harness for medical vision-language pre-training (UMD and baselines).
+
+examples:
+  umdbench run --pretrain mr --tune tdcalib+gmcoord --dataset medsynth
+  umdbench run --pretrain none --tune direct --dataset vqa-rad --data-root ../shared/datasets
+  umdbench list
+  umdbench leaderboard
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin-path", action="append", default=[], metavar="FILE",
+                        help="load a plugin from a local .py file (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common)
+    parser = argparse.ArgumentParser(prog="umdbench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="pre-train -> tune -> evaluate one configuration",
+                         description="Run one cell: an optional pre-training, a chain of tuning stages, and "
+                                     "evaluation on the test split. Finished stages are reused from the cache.")
+    run.add_argument("--pretrain", required=True, metavar="P", help="pre-training strategy, or 'none' (scratch)")
+    run.add_argument("--tune", required=True, metavar="T1+T2", help="tuning strategies, applied left to right")
+    run.add_argument("--dataset", required=True, metavar="D", help="downstream dataset")
+    run.add_argument("--preset", default="tiny", choices=("tiny", "paper"), help="model size and hyper-parameters (default tiny)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
+    run.add_argument("--work-dir", metavar="DIR", default="work_dirs", help="cache, logs and results store (default work_dirs)")
+    run.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override resolved config keys, e.g. pretrain.train.max_iters=50 tune.0.train.lr=1e-4")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and stage plan; train nothing")
+
+    lst = sub.add_parser("list", parents=[common], help="registered names by kind")
+    lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite"))
+
+    sub.add_parser("plugins", parents=[common], help="where each plugin came from, its version, load failures")
+
+    board = sub.add_parser("leaderboard", parents=[common], help="render markdown leaderboards into results/")
+    board.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="where results.sqlite lives")
+    board.add_argument("--store", metavar="FILE", help="results store to read (default WORK_DIR/results.sqlite)")
+    board.add_argument("--out", default="results", metavar="DIR", help="output folder (default results)")
+    board.add_argument("--suite", metavar="NAME", help="only this suite")
+
+    try:
+        from . import cli_data
+    except ImportError:  # the data commands are optional at import time
+        cli_data = None
+    if cli_data is not None:
+        cli_data.add_subcommands(sub)
+    try:
+        from . import cli_sweep
+    except ImportError:
+        cli_sweep = None
+    if cli_sweep is not None:
+        cli_sweep.add_subcommands(sub, common)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .config import CellSpec, parse_override, parse_tune_chain, resolve
+    from .execute import Workspace, run_cell
+    from .plan import build_plan, describe_plan
+    from .registry import get_registries
+
+    chain = parse_tune_chain(args.tune)
+    overrides = tuple(parse_override(o) for o in args.cfg_options)
+    registries = get_registries(tuple(args.plugin_path))
+    cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
+                    overrides=overrides, data_root=args.data_root)
+    resolved = resolve(cell, registries)
+    ws = Workspace(args.work_dir, registries)
+    if args.dry_run:
+        import json
+
+        stages = build_plan(resolved, registries, ws.catalog)
+        print(json.dumps(resolved.config, indent=2, default=str))
+        print(f"\nconfig hash {resolved.hash[:16]}\nstage plan ({len(stages)} stages):")
+        print(describe_plan(stages, ws.cache_root))
+        return 0
+    row = run_cell(resolved, ws)
+    metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(row["metrics"].items()))
+    print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ws.work_dir / 'results.sqlite'} "
+          f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .registry import KINDS, get_registries
+
+    registries = get_registries(tuple(args.plugin_path))
+    for kind, reg in registries.kinds().items():
+        if args.kind and kind != args.kind:
+            continue
+        print(f"{KINDS[kind]} ({kind}):")
+        for name in reg.names():
+            print(f"  {name:<22} {reg.origin(name)}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from .registry import get_plugin_report, get_registries
+
+    get_registries(tuple(args.plugin_path))
+    report = get_plugin_report()
+    for info in report.plugins:
+        status = f"FAILED: {info.error}" if info.error else ", ".join(f"{k}: {' '.join(v)}" for k, v in info.registered.items())
+        print(f"{info.name} {info.version}  [{info.source}]\n    {status or '(registered nothing)'}")
+    if report.failures:
+        print(f"\n{len(report.failures)} plugin(s) failed to load and were skipped.")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from pathlib import Path
+
+    from .leaderboard import write_leaderboards
+    from .store import ResultsStore
+
+    store_path = Path(args.store) if args.store else Path(args.work_dir) / "results.sqlite"
+    if not store_path.is_file():
+        raise UmdbenchError(f"no results store at {store_path}: run `umdbench run ...` first, or pass --store FILE.")
+    written = write_leaderboards(ResultsStore(store_path), Path(args.out), suite=args.suite,
+                                 plugin_paths=tuple(args.plugin_path))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except UmdbenchError as exc:
+        print(f"umdbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("umdbench: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

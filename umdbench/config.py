@@ -1,0 +1,225 @@
+"""From a cell (pretrain x tune chain x dataset x preset x seed) to one fully resolved config.
+
+The resolved config is a plain nested dict: every default a plugin contributes is written out,
+so the config saved beside a run says exactly what ran. Presets compose by inheritance: the
+encoder preset, then each strategy's preset (and its ``per_dataset`` entry), then the user's
+``--cfg-options`` overrides on top.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
+PRESETS = ("tiny", "paper")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of a benchmark grid; a single ``umdbench run`` is a grid of one cell."""
+
+    pretrain: str
+    tune: tuple[str, ...]
+    dataset: str
+    preset: str = "tiny"
+    seed: int = 0
+    overrides: tuple[tuple[str, Any], ...] = ()
+    data_root: str | None = None
+    suite: str | None = None
+    cell_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.pretrain} / {'+'.join(self.tune)} / {self.dataset}"
+
+
+def parse_tune_chain(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split("+"))
+    if not text.strip() or any(not n for n in names):
+        raise ConfigError(
+            f"--tune {text!r} is not a chain of tuning strategy names joined by '+', e.g. "
+            f"'direct' or 'tdcalib+gmcoord'."
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--tune {text!r} names {', '.join(repeated)} more than once. Each tuning strategy may "
+            f"appear once in a chain; to train longer, raise its max_iters with --cfg-options "
+            f"tune.<i>.train.max_iters=N."
+        )
+    return names
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value``; the value is a Python literal when it parses as one, else a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"--cfg-options {text!r} is not of the form key.path=value (e.g. "
+            f"pretrain.train.max_iters=100 or tune.0.train.lr=1e-4)."
+        )
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if raw[:1] in "[{(\"'":
+            raise ConfigError(f"--cfg-options {text!r}: the value {raw!r} looks like a literal but does not parse.")
+        lowered = raw.lower()
+        value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
+    return key, value
+
+
+def apply_override(cfg: dict, key: str, value: Any) -> None:
+    node: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth]) or "<root>"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--cfg-options {key}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}.")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            # new keys are allowed only inside free-form "options" dicts
+            if part not in node and not (last and parts[depth - 1 : depth] == ["options"]):
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=3)
+                hint = f" Did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"--cfg-options {key}: {where} has no key {part!r}.{hint} Keys there: "
+                    f"{', '.join(map(str, node)) or '(none)'}. `umdbench run ... --dry-run` prints the full config."
+                )
+            if last:
+                node[part] = value
+                return
+            node = node[part]
+        else:
+            raise ConfigError(f"--cfg-options {key}: {where} is a value ({node!r}), not a section.")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def resolve_dataset_root(dataset_cls, data_root: str | None, name: str) -> str | None:
+    if not dataset_cls.needs_root:
+        return None
+    root = data_root or os.environ.get(DATA_ROOT_ENV)
+    if not root:
+        raise ConfigError(
+            f"dataset {name!r} reads files from disk but no data root was given. Pass --data-root DIR "
+            f"(the folder that holds {dataset_cls.root_subdir or name}/) or set {DATA_ROOT_ENV}=DIR. "
+            f"`umdbench data check {name} --data-root DIR` tells what is missing."
+        )
+    path = Path(root).expanduser()
+    if dataset_cls.root_subdir:
+        path = path / dataset_cls.root_subdir
+    if not path.is_dir():
+        raise ConfigError(
+            f"dataset {name!r}: the folder {path} does not exist. Point --data-root (or {DATA_ROOT_ENV}) at "
+            f"the folder that holds {dataset_cls.root_subdir or name}/, or download it with "
+            f"`umdbench data download {name} --data-root DIR` where a public URL exists."
+        )
+    return str(path.resolve())
+
+
+@dataclass
+class ResolvedRun:
+    cell: CellSpec
+    config: dict
+    deviations: list[str] = field(default_factory=list)
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+
+def resolve(cell: CellSpec, registries) -> ResolvedRun:
+    """Build the full config of a cell from the plugins' presets and the user's overrides."""
+    from .models import ENCODER_PRESETS  # torch import: only when a run is resolved
+
+    if cell.preset not in ENCODER_PRESETS:
+        raise ConfigError(f"unknown preset {cell.preset!r}; choose one of {', '.join(sorted(ENCODER_PRESETS))}.")
+    dataset_cls = registries.dataset.get(cell.dataset)
+    if dataset_cls.task == "pretrain":
+        raise ConfigError(
+            f"dataset {cell.dataset!r} is a pre-training corpus (no labels); pass a downstream dataset to "
+            f"--dataset and choose the corpus with --cfg-options pretrain.corpus.type={cell.dataset}."
+        )
+    config: dict = {
+        "cell": {
+            "pretrain": cell.pretrain,
+            "tune": list(cell.tune),
+            "dataset": cell.dataset,
+            "preset": cell.preset,
+            "suite": cell.suite,
+            "cell_name": cell.cell_name,
+        },
+        "seed": cell.seed,
+        "model": copy.deepcopy(ENCODER_PRESETS[cell.preset]),
+        "data": {"num_workers": "auto", "image_cache": True, "eval_batch_size": 64},
+        "dataset": {"type": cell.dataset, "root": resolve_dataset_root(dataset_cls, cell.data_root, cell.dataset), "options": {}},
+        "pretrain": None,
+        "tune": [],
+        "eval": {"split": "test"},
+    }
+    if cell.pretrain != "none":
+        strategy_cls = registries.pretrain.get(cell.pretrain)
+        stage = {"type": cell.pretrain, **strategy_cls.default_config(cell.preset, cell.dataset)}
+        corpus_name = stage.pop("corpus", None) or dataset_cls.default_pretrain_corpus
+        if corpus_name is None:
+            raise ConfigError(
+                f"dataset {cell.dataset!r} names no pre-training corpus; choose one with --cfg-options "
+                f"pretrain.corpus.type=NAME (see `umdbench list`)."
+            )
+        corpus_cfg = corpus_name if isinstance(corpus_name, dict) else {"type": corpus_name, "options": {}}
+        corpus_cfg.setdefault("options", {})
+        stage["corpus"] = corpus_cfg
+        config["pretrain"] = stage
+    chain = list(cell.tune)
+    for name in chain:
+        strategy_cls = registries.tune.get(name)
+        config["tune"].append({"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)})
+    deviations = []
+    if not registries.tune.get(chain[-1]).supervised:
+        # An unsupervised last stage (e.g. TD-Calib alone) trains no task head, so evaluation needs
+        # a supervised stage after it; `direct` is the paper's plain fine-tuning.
+        direct = registries.tune.get("direct")
+        config["tune"].append({"type": "direct", "appended": True, **direct.default_config(cell.preset, cell.dataset)})
+        deviations.append(f"tune chain ends with unsupervised {chain[-1]!r}: a 'direct' stage was appended to train the task head")
+    for key, value in cell.overrides:
+        apply_override(config, key, value)
+    if config["pretrain"] is not None:
+        corpus = config["pretrain"]["corpus"]
+        corpus_cls = registries.dataset.get(corpus["type"])
+        corpus["root"] = resolve_dataset_root(corpus_cls, cell.data_root, corpus["type"])
+    config["deviations"] = deviations + _declared_deviations(config, registries)
+    return ResolvedRun(cell, config, config["deviations"])
+
+
+def _declared_deviations(config: dict, registries) -> list[str]:
+    """Options that depart from the paper, as each strategy describes its own resolved config."""
+    found = []
+    stages = [("pretrain", registries.pretrain, config["pretrain"])]
+    stages += [(f"tune.{i}", registries.tune, s) for i, s in enumerate(config["tune"])]
+    for where, registry, stage in stages:
+        if stage:
+            for item in registry.get(stage["type"]).deviations(stage):
+                found.append(f"{where} ({stage['type']}): {item}")
+    return found

@@ -1,0 +1,117 @@
+"""Records -> tensors: the torch datasets every stage trains and evaluates on.
+
+Texts are tokenised once, up front. Images go through :class:`umdbench.data.images.ImageLoader`
+(decoded, resized and cached on disk) and are normalised here with the CLIP mean/std.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .api import Record
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+ANSWER_TYPES = {"closed": 0, "open": 1}
+
+
+def normalize_image(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [3,H,W] -> float [3,H,W] normalised as CLIP expects."""
+    return (pixels.float().div_(255.0) - CLIP_MEAN) / CLIP_STD
+
+
+def tokenize(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    return enc["input_ids"].long(), enc["attention_mask"].long()
+
+
+class RecordDataset(Dataset):
+    """Image + text samples of one split, with the task's targets.
+
+    ``task``: "vqa" (label from ``label_index``; -1 when the answer is not in the vocabulary, and
+    answer_type), "classification" (``Record.label``), "retrieval" (``negatives`` random other
+    captions per sample for training), "pretrain" (image + text only).
+    """
+
+    def __init__(self, records: list[Record], *, task: str, tokenizer, max_text_len: int, image_loader,
+                 label_index: dict[str, int] | None = None, negatives: int = 0, seed: int = 0):
+        self.records = records
+        self.task = task
+        self.image_loader = image_loader
+        self.negatives = negatives
+        self.seed = seed
+        self.text_ids, self.text_mask = tokenize(tokenizer, [r.text for r in records], max_text_len)
+        n = len(records)
+        if task == "vqa":
+            self.labels = torch.tensor([label_index.get(r.answer, -1) for r in records], dtype=torch.long)
+            self.answer_types = torch.tensor([ANSWER_TYPES[r.answer_type] for r in records], dtype=torch.long)
+        elif task == "classification":
+            self.labels = torch.tensor([r.label for r in records], dtype=torch.long)
+        if task == "retrieval" and negatives and n < 2:
+            raise ValueError("retrieval training needs at least two captions to draw negatives from")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {
+            "image": normalize_image(self.image_loader.load(self.records[i].image)),
+            "text_ids": self.text_ids[i],
+            "text_mask": self.text_mask[i],
+            "index": torch.tensor(i),
+        }
+        if self.task in ("vqa", "classification"):
+            item["label"] = self.labels[i]
+        if self.task == "vqa":
+            item["answer_type"] = self.answer_types[i]
+        if self.task == "retrieval" and self.negatives:
+            # negatives: other captions, drawn fresh each time (different across epochs)
+            rng = np.random.default_rng()
+            others = rng.choice(len(self.records) - 1, size=self.negatives, replace=len(self.records) - 1 < self.negatives)
+            others = torch.as_tensor(others + (others >= i), dtype=torch.long)
+            item["neg_text_ids"] = self.text_ids[others]
+            item["neg_text_mask"] = self.text_mask[others]
+        return item
+
+
+class PairGridDataset(Dataset):
+    """Every (image i, text j) pair of a retrieval evaluation set; image i matches text i."""
+
+    def __init__(self, records: list[Record], *, tokenizer, max_text_len: int, image_loader, cache_images: int = 256):
+        self.records = records
+        self.image_loader = image_loader
+        self.text_ids, self.text_mask = tokenize(tokenizer, [r.text for r in records], max_text_len)
+        self._images: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache_size = cache_images
+
+    def __len__(self) -> int:
+        return len(self.records) ** 2
+
+    def _image(self, i: int) -> torch.Tensor:
+        if i not in self._images:
+            self._images[i] = normalize_image(self.image_loader.load(self.records[i].image))
+            if len(self._images) > self._cache_size:
+                self._images.popitem(last=False)
+        return self._images[i]
+
+    def __getitem__(self, k: int) -> dict:
+        i, j = divmod(k, len(self.records))  # image-major: consecutive items share an image
+        return {
+            "image": self._image(i),
+            "text_ids": self.text_ids[j],
+            "text_mask": self.text_mask[j],
+            "image_index": torch.tensor(i),
+            "text_index": torch.tensor(j),
+        }
+
+
+def auto_num_workers(requested) -> int:
+    """Data-loader workers sized to the machine: leave one core to the model."""
+    if requested != "auto":
+        return int(requested)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))

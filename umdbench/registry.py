@@ -1,0 +1,161 @@
+"""Registries of plugin kinds, built on mmengine's Registry, with lazy ``module:attr`` entries.
+
+* ``register_lazy(name, "module:attr")`` records where an entry lives; it is imported on first use.
+* Registering a name twice is an error that names both origins (no silent override).
+* Asking for an unknown name is an error with "did you mean ...?" suggestions.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmengine.registry import Registry
+
+from .errors import RegistryCollisionError, UmdbenchError, UnknownNameError
+
+KINDS = {
+    "pretrain": "pre-training strategy",
+    "tune": "tuning strategy",
+    "dataset": "dataset",
+    "metric": "metric",
+    "suite": "benchmark suite",
+}
+
+
+def import_target(target: str) -> Any:
+    """Import ``"package.module:attr"`` and return the attribute."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UmdbenchError(f"registry entry {target!r} is not of the form 'package.module:attr'.")
+    module = importlib.import_module(module_name)
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise UmdbenchError(f"registry entry {target!r}: module {module_name!r} has no attribute {attr!r}.") from exc
+    return obj
+
+
+class LazyRegistry(Registry):
+    """An mmengine Registry that also holds not-yet-imported ``module:attr`` entries."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+        self._lazy: dict[str, str] = {}
+        self._origins: dict[str, str] = {}
+        self.current_origin = "unknown"  # set by the plugin loader while a plugin registers
+
+    # -- registration -------------------------------------------------------------------------
+    def _check_free(self, name: str) -> None:
+        if name in self._lazy or name in self._module_dict:
+            raise RegistryCollisionError(
+                f"{KINDS[self.kind]} {name!r} is registered twice: first by {self._origins.get(name, '?')}, "
+                f"again by {self.current_origin}. Rename one of them (names are global per kind) or "
+                f"uninstall the plugin you do not want."
+            )
+
+    def register_lazy(self, name: str, target: str) -> None:
+        self._check_free(name)
+        self._lazy[name] = target
+        self._origins[name] = self.current_origin
+
+    def register(self, name: str, obj: Any) -> Any:
+        self._check_free(name)
+        self._register_module(module=obj, module_name=name)
+        self._origins[name] = self.current_origin
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self._lazy.pop(name, None)
+        self._module_dict.pop(name, None)
+        self._origins.pop(name, None)
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(set(self._lazy) | set(self._module_dict))
+
+    def origin(self, name: str) -> str:
+        return self._origins.get(name, "?")
+
+    def target(self, name: str) -> str:
+        """Where an entry lives, as ``module:attr``."""
+        if name in self._lazy:
+            return self._lazy[name]
+        obj = self._module_dict[name]
+        return f"{obj.__module__}:{obj.__qualname__}"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._lazy or name in self._module_dict
+
+    def get(self, key: str) -> Any:
+        if key in self._lazy:
+            target = self._lazy[key]
+            try:
+                obj = import_target(target)
+            except UmdbenchError:
+                raise
+            except Exception as exc:
+                raise UmdbenchError(
+                    f"{KINDS[self.kind]} {key!r} (from {self.origin(key)}) could not be imported from "
+                    f"{target!r}: {type(exc).__name__}: {exc}. Check that the plugin's package is installed "
+                    f"and importable."
+                ) from exc
+            del self._lazy[key]
+            self._register_module(module=obj, module_name=key, force=True)
+        if key not in self._module_dict:
+            raise UnknownNameError(self.unknown_message(key))
+        return self._module_dict[key]
+
+    def unknown_message(self, key: str) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return (
+            f"unknown {KINDS[self.kind]} {key!r}.{hint} Registered: {', '.join(names) or '(none)'}. "
+            f"Run `umdbench list` to see every name, or `umdbench plugins` for plugins that failed to load."
+        )
+
+
+@dataclass
+class Registries:
+    """One registry per plugin kind; handed to every plugin's ``umdbench_register`` hook."""
+
+    pretrain: LazyRegistry = field(default_factory=lambda: LazyRegistry("pretrain"))
+    tune: LazyRegistry = field(default_factory=lambda: LazyRegistry("tune"))
+    dataset: LazyRegistry = field(default_factory=lambda: LazyRegistry("dataset"))
+    metric: LazyRegistry = field(default_factory=lambda: LazyRegistry("metric"))
+    suite: LazyRegistry = field(default_factory=lambda: LazyRegistry("suite"))
+
+    def kinds(self) -> dict[str, LazyRegistry]:
+        return {kind: getattr(self, kind) for kind in KINDS}
+
+    def snapshot(self) -> dict[str, set[str]]:
+        return {kind: set(reg.names()) for kind, reg in self.kinds().items()}
+
+    def set_origin(self, origin: str) -> None:
+        for reg in self.kinds().values():
+            reg.current_origin = origin
+
+
+_LOADED: tuple[Registries, Any] | None = None
+
+
+def get_registries(plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False) -> Registries:
+    """The process-wide registries with every plugin loaded (built-in, entry points, paths)."""
+    global _LOADED
+    if _LOADED is None or reload or plugin_paths:
+        from .plugins import load_plugins
+
+        _LOADED = load_plugins(plugin_paths)
+    return _LOADED[0]
+
+
+def get_plugin_report():
+    """The :class:`umdbench.plugins.PluginReport` of the last :func:`get_registries` call."""
+    if _LOADED is None:
+        get_registries()
+    return _LOADED[1]
