@@ -1,0 +1,50 @@
+"""Config parsing, overrides and error messages (no training)."""
+import pytest
+
+from umdbench.config import apply_override, parse_override, parse_tune_chain
+from umdbench.errors import ConfigError
+
+
+def test_tune_chain_parses_left_to_right():
+    assert parse_tune_chain("tdcalib+gmcoord") == ("tdcalib", "gmcoord")
+    assert parse_tune_chain("direct") == ("direct",)
+
+
+@pytest.mark.parametrize("bad", ["", "+direct", "direct+", "a++b"])
+def test_tune_chain_rejects_empty_parts(bad):
+    with pytest.raises(ConfigError, match="chain of tuning strategy names"):
+        parse_tune_chain(bad)
+
+
+def test_tune_chain_rejects_repeats():
+    with pytest.raises(ConfigError, match="names gmcoord more than once"):
+        parse_tune_chain("gmcoord+tdcalib+gmcoord")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a.b=3", ("a.b", 3)), ("a.b=1e-4", ("a.b", 1e-4)), ("a=true", ("a", True)), ("a=[1, 2]", ("a", [1, 2])),
+    ("a.b=cosine", ("a.b", "cosine")), ("a=None", ("a", None)),
+])
+def test_parse_override_values(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", "a=[1,"])
+def test_parse_override_rejects_malformed(bad):
+    with pytest.raises(ConfigError):
+        parse_override(bad)
+
+
+def test_apply_override_walks_dicts_and_lists():
+    cfg = {"tune": [{"train": {"lr": 1.0}}], "dataset": {"options": {}}}
+    apply_override(cfg, "tune.0.train.lr", 0.5)
+    apply_override(cfg, "dataset.options.layout", "osf")  # free-form options may gain keys
+    assert cfg["tune"][0]["train"]["lr"] == 0.5 and cfg["dataset"]["options"]["layout"] == "osf"
+
+
+def test_apply_override_unknown_key_suggests():
+    cfg = {"pretrain": {"train": {"max_iters": 10}}}
+    with pytest.raises(ConfigError, match="Did you mean max_iters"):
+        apply_override(cfg, "pretrain.train.max_iter", 5)
+    with pytest.raises(ConfigError, match="use an index"):
+        apply_override({"tune": [{}]}, "tune.3.x", 1)

@@ -1,0 +1,68 @@
+"""Results store: atomic rows, no overwrite, survives a killed writer."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from umdbench.errors import StoreError
+from umdbench.store import ResultsStore
+
+
+def _row(key, seed=0, overall=50.0):
+    return {"cell_key": key, "suite": None, "cell_name": None, "pretrain": "mr", "tune": "direct", "dataset": "medsynth",
+            "preset": "tiny", "seed": seed, "metrics": {"overall": overall}, "config": {"x": 1}, "config_hash": "h",
+            "stage_keys": ["a"], "git_commit": "c", "packages": {"torch": "x"}, "data_fingerprint": "fp",
+            "wall_time_s": 1.0, "device": "cpu"}
+
+
+def test_add_get_and_no_overwrite(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    assert store.add(_row("k1", overall=61.0))
+    assert not store.add(_row("k1", overall=99.0))  # a finished cell is never overwritten
+    assert store.get("k1")["metrics"] == {"overall": 61.0}
+    assert store.get("missing") is None
+    assert [r["cell_key"] for r in store.rows()] == ["k1"]
+
+
+def test_corrupt_store_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "r.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a readable SQLite database"):
+        ResultsStore(bad)
+
+
+def test_writer_killed_mid_stream_leaves_whole_rows_only(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultsStore(path)
+    script = textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(os.path.dirname(os.path.dirname(__file__)))!r})
+        from umdbench.store import ResultsStore
+        from tests.test_store import _row
+        store = ResultsStore({str(path)!r})
+        i = 0
+        while True:
+            store.add(_row(f"k{{i}}", overall=float(i)))
+            i += 1
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        time.sleep(0.3)
+        with sqlite3.connect(path) as con:
+            if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] > 20:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = ResultsStore(path).rows()
+    assert len(rows) > 20
+    for row in rows:  # every row is complete and decodes
+        assert row["metrics"]["overall"] == float(row["cell_key"][1:])
+        assert row["config"] == {"x": 1}
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
