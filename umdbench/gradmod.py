@@ -83,9 +83,9 @@ def modulate_(params: Iterable[nn.Parameter], k: float, noise: bool, std_eps: fl
             continue
         std = None
         if noise and g.numel() > 1:
-            s = float(g.detach().float().std())
-            if math.isfinite(s):
-                std = s + std_eps
+            # kept on the device (no host sync per tensor); a non-finite std means no noise
+            s = g.detach().float().std()
+            std = torch.where(torch.isfinite(s), s + std_eps, torch.zeros_like(s))
         if k != 1.0:
             g.mul_(k)
         if std is not None:
