@@ -220,8 +220,33 @@ def dataloader_cfg(dataset, batch_size: int, run: ResolvedRun, *, train: bool):
 # ---------------------------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------------------------
-def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str) -> Path:
-    """Train one stage unless its artifact is cached; resume it if a previous attempt was killed."""
+def distributed_runner_kwargs(launcher: str) -> dict:
+    """Runner arguments for a multi-process stage (``launcher='pytorch'``, started by torchrun).
+
+    mmengine's own process-group set-up calls ``torch.cuda.set_device`` unconditionally, so on a
+    machine without CUDA the gloo group is created here first (the Runner then skips its own) and
+    the model wrapper is told not to pin a device.
+    """
+    if launcher == "none":
+        return {}
+    import torch.distributed as dist
+
+    kwargs: dict = {"launcher": launcher}
+    if not torch.cuda.is_available():
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        kwargs["cfg"] = {"model_wrapper_cfg": {"type": "MMDistributedDataParallel", "device_ids": None,
+                                               "find_unused_parameters": True}}
+    return kwargs
+
+
+def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str, launcher: str = "none") -> Path:
+    """Train one stage unless its artifact is cached; resume it if a previous attempt was killed.
+
+    ``launcher='pytorch'`` runs this process as one rank of a torchrun job (see
+    :mod:`umdbench.distributed`): the stage's batch size is split over the ranks and only rank 0
+    writes the artifact.
+    """
     from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
 
     from .stage_model import StageModel
@@ -233,9 +258,17 @@ def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str) -> Pat
         echo(f"{step} {stage.title}: reusing cached artifact {stage.dirname} "
              f"(trained in {meta.get('wall_time_s', 0):.1f}s; key {stage.key[:12]})")
         return stage_dir
+    runner_kwargs = distributed_runner_kwargs(launcher)
+    rank, world = 0, 1
+    if launcher != "none":
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
     stage_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stage_dir / "stage.json", {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data})
+    if rank == 0:
+        atomic_write_json(stage_dir / "stage.json", {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data})
     train = stage.cfg["train"]
+    batch_size = max(1, int(train["batch_size"]) // world)  # the stage's batch is global across ranks
     train_dir = stage_dir / "train"
     resume = (train_dir / "last_checkpoint").is_file()
     echo(f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
@@ -247,21 +280,31 @@ def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str) -> Pat
     interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4)))
     runner = make_runner(
         stage, run, ws, StageModel(strategy), train_dir,
-        train_dataloader=dataloader_cfg(dataset, train["batch_size"], run, train=True),
+        train_dataloader=dataloader_cfg(dataset, batch_size, run, train=True),
         train_cfg={"type": "IterBasedTrainLoop", "max_iters": int(train["max_iters"]), "val_interval": 10**9},
         optim_wrapper=build_optim_wrapper(strategy, train),
         param_scheduler=lr_schedule(train),
         resume=resume,
+        **runner_kwargs,
     )
     runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,
                           "save_last": True}, priority="VERY_LOW")
     runner.train()
+    if rank != 0:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 writes the artifact
+        return stage_dir
     state = {k: v for k, v in strategy.state_dict().items() if not k.startswith(TRANSIENT_PREFIXES)}
     sha = save_artifact(state, stage_dir / "model.safetensors")
     wall = time.time() - started
     atomic_write_json(marker, {"key": stage.key, "sha256": sha, "wall_time_s": wall, "max_iters": train["max_iters"],
                                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {stage_dir}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     return stage_dir
 
 
@@ -305,7 +348,11 @@ def run_cell(run: ResolvedRun, ws: Workspace) -> dict:
     store = ws.store
     existing = store.get(cell.key)
     if existing is not None:
-        echo(f"cell {run.cell.label} (seed {run.cell.seed}) already in the store (key {cell.key[:12]}); not re-running.")
+        for n, stage in enumerate(stages[:-1], 1):
+            cached = (ws.cache_root / stage.dirname / "artifact.json").is_file()
+            echo(f"[{n}/{len(stages)}] {stage.title}: " + (f"reusing cached artifact {stage.dirname}" if cached else
+                 "not in the cache (not needed: the result is stored)"))
+        echo(f"[{len(stages)}/{len(stages)}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
         return existing
     run_dir = ws.work_dir / "runs" / cell.key[:16]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -315,14 +362,20 @@ def run_cell(run: ResolvedRun, ws: Workspace) -> dict:
     for n, stage in enumerate(stages[:-1], 1):
         train_stage(stage, run, ws, f"[{n}/{len(stages)}]")
     metrics = evaluate(cell, run, ws, f"[{len(stages)}/{len(stages)}]")
-    row = {
+    row = result_row(run, stages, metrics, time.time() - started)
+    store.add(row)
+    atomic_write_json(run_dir / "result.json", {k: v for k, v in row.items() if k != "config"})
+    return row
+
+
+def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, device: str | None = None) -> dict:
+    """The results-store row of a finished cell (``stages``: its plan, evaluation last)."""
+    cell = stages[-1]
+    return {
         "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
         "pretrain": run.cell.pretrain, "tune": "+".join(run.cell.tune), "dataset": run.cell.dataset,
         "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.config,
         "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
         "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
-        "wall_time_s": time.time() - started, "device": device_description(),
+        "wall_time_s": wall_time_s, "device": device or device_description(),
     }
-    store.add(row)
-    atomic_write_json(run_dir / "result.json", {k: v for k, v in row.items() if k != "config"})
-    return row

@@ -1,7 +1,14 @@
-"""Markdown leaderboards from the results store (tabulate), mean +- std over seeds."""
+"""Markdown leaderboards from the results store (tabulate), mean +- std over seeds.
+
+``write_leaderboards`` writes ``runs.md`` (every run, when no suite is chosen) and, per suite,
+``<suite>.md`` with our numbers beside the paper's, a PNG plot where the suite asks for one
+(``plot = "rows"``: ablation bars; ``plot = "vary"``: a sweep curve as Fig. 5) and ``README.md``
+indexing the files. Every file is written atomically (temp file + rename).
+"""
 from __future__ import annotations
 
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,11 +58,314 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
                          f"<sub>{len(members)} runs; devices: {', '.join(sorted({r['device'] for r in members}))}; "
                          f"commits: {', '.join(c[:12] for c in commits)}</sub>\n")
         path = out_dir / "runs.md"
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text("".join(parts))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(parts))
         written.append(path)
     from .suites import write_suite_leaderboards  # suites module renders the paper tables
 
     written += write_suite_leaderboards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# suite leaderboards
+# ---------------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _stats(values: list[float]) -> tuple[float, float | None]:
+    if len(values) == 1:
+        return values[0], None
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def _fmt(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+class SuiteResults:
+    """Store rows of one suite and preset, per (cell name, dataset), plus cells without a number."""
+
+    def __init__(self):
+        self.rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        self.status: dict[tuple[str, str], tuple[str, str]] = {}  # -> (status, detail)
+        self.overrides: set[str] = set()
+
+    def metric(self, cell_name: str, dataset: str, metric: str) -> tuple[float, float | None, int] | None:
+        values = [r["metrics"][metric] for r in self.rows.get((cell_name, dataset), []) if metric in r["metrics"]]
+        if not values:
+            return None
+        mean, std = _stats(values)
+        return mean, std, len(values)
+
+    def all_rows(self) -> list[dict]:
+        return [r for rows in self.rows.values() for r in rows]
+
+
+def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
+    """preset -> results. Membership (written by sweeps) first; rows tagged with the suite fill in."""
+    from .suites import read_membership
+
+    names = set(suite.cell_names())
+    by_preset: dict[str, SuiteResults] = defaultdict(SuiteResults)
+    covered: set[tuple] = set()
+    seen_keys: set[tuple] = set()
+    for m in read_membership(store.path, suite.name):
+        if m.cell_name not in names:
+            continue  # a row the suite no longer has
+        res = by_preset[m.preset]
+        res.overrides.update(m.overrides)
+        covered.add((m.preset, m.cell_name, m.dataset, m.seed))
+        row = store.get(m.cell_key) if m.cell_key else None
+        if row is not None and (m.cell_key, m.cell_name, m.dataset) not in seen_keys:
+            seen_keys.add((m.cell_key, m.cell_name, m.dataset))
+            res.rows[(m.cell_name, m.dataset)].append(row)
+        elif row is None:
+            res.status.setdefault((m.cell_name, m.dataset), (m.status, m.detail or ""))
+    for row in store.rows(suite=suite.name):
+        ident = (row["preset"], row["cell_name"], row["dataset"], row["seed"])
+        if row["cell_name"] not in names or ident in covered:
+            continue
+        covered.add(ident)
+        by_preset[row["preset"]].rows[(row["cell_name"], row["dataset"])].append(row)
+    return dict(by_preset)
+
+
+STATUS_TEXT = {"data unavailable": "data unavailable", "failed": "failed", "planned": "pending", "done": "missing"}
+
+
+def render_suite(suite, results: SuiteResults, preset: str) -> str:
+    from .paper_results import get_table
+
+    paper = get_table(suite.paper)
+    names = suite.cell_names()
+    grid_rows = {p.cell_name: p.row for p in suite.grid()}
+    used_paper_rows = {grid_rows[n].paper_row for n in names if suite.vary_key is None}
+    all_rows = results.all_rows()
+    metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
+    out = [f"# {suite.title}\n",
+           f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent), from "
+           f"`umdbench sweep --suite {suite.name}`."]
+    if paper is not None and paper.columns:
+        out.append(f" Paper: {paper.source}; Δ = ours − paper. **Bold**: best in its column (ours among our "
+                   f"rows, paper among the paper's rows). Rows marked *reported, not run* are methods umdbench "
+                   f"does not implement, shown with the paper's numbers.")
+    out.append("\n")
+    footnotes: list[str] = []
+    for dataset in suite.datasets:
+        paper_cols = [m for m in metrics if paper is not None and (dataset, m) in paper.columns]
+        headers = ["method"]
+        for m in metrics:
+            headers.append(m)
+            if m in paper_cols:
+                headers += [f"{m} (paper)", f"Δ {m}"]
+        headers.append("seeds")
+        # best values per column
+        best_ours = {m: max((v[0] for n in names if (v := results.metric(n, dataset, m))), default=None) for m in metrics}
+        best_paper = {}
+        for m in paper_cols:
+            vals = [paper.value(r, dataset, m) for r in paper.rows]
+            vals = [v for v in vals if v is not None]
+            best_paper[m] = max(vals) if vals else None
+        table = []
+        for name in names:
+            row = grid_rows[name]
+            label = name + (" †" if row.inferred else "") + (" ‡" if row.note else "")
+            status = results.status.get((name, dataset))
+            line = [label]
+            seeds = 0
+            for m in metrics:
+                v = results.metric(name, dataset, m)
+                if v is not None:
+                    seeds = max(seeds, v[2])
+                    text = _fmt(v[0], v[1])
+                    if best_ours[m] is not None and v[0] == best_ours[m] and len(names) > 1:
+                        text = f"**{text}**"
+                elif status is not None:
+                    text = STATUS_TEXT.get(status[0], status[0])
+                else:
+                    text = "not run"
+                line.append(text)
+                if m in paper_cols:
+                    pv = paper.value(row.paper_row, dataset, m) if suite.vary_key is None else None
+                    ptext = "–" if pv is None else (f"**{pv:.2f}**" if pv == best_paper[m] else f"{pv:.2f}")
+                    delta = "–" if (pv is None or v is None) else f"{v[0] - pv:+.2f}"
+                    line += [ptext, delta]
+            line.append(seeds or "–")
+            table.append(line)
+        if paper is not None:
+            for prow in paper.rows:
+                if prow in used_paper_rows or not paper_cols:
+                    continue
+                if all(paper.value(prow, dataset, m) is None for m in paper_cols):
+                    continue
+                group = f" [{paper.groups[prow]}]" if prow in paper.groups else ""
+                line = [f"{prow}{group} (reported, not run)"]
+                for m in metrics:
+                    line.append("–")
+                    if m in paper_cols:
+                        pv = paper.value(prow, dataset, m)
+                        line += ["–" if pv is None else (f"**{pv:.2f}**" if pv == best_paper[m] else f"{pv:.2f}"), "–"]
+                line.append("–")
+                table.append(line)
+        out.append(f"\n## {dataset}\n\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
+        unavailable = {results.status[(n, dataset)][1] for n in names
+                       if results.status.get((n, dataset), ("",))[0] == "data unavailable"}
+        for reason in sorted(r for r in unavailable if r):
+            out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
+    if any(r.inferred for r in suite.rows):
+        from .paper_results import INFERRED_NOTE
+
+        footnotes.append(f"† {INFERRED_NOTE}")
+    for row in suite.rows:
+        if row.note:
+            footnotes.append(f"‡ {row.name}: {row.note}")
+    if paper is not None:
+        footnotes += list(paper.notes)
+    if footnotes:
+        out.append("\n" + "\n".join(f"- {f}" for f in dict.fromkeys(footnotes)) + "\n")
+    out.append(_footer(suite, results, preset))
+    return "".join(out)
+
+
+def _footer(suite, results: SuiteResults, preset: str) -> str:
+    rows = results.all_rows()
+    lines = ["\n---\n", f"- **preset**: `{preset}`"]
+    data = {}
+    for r in rows:
+        root = (r.get("config") or {}).get("dataset", {}).get("root")
+        data.setdefault(r["dataset"], set()).add(f"fingerprint {str(r['data_fingerprint'])[:12]}"
+                                                  + (f", root `{root}`" if root else " (generated)"))
+    for (name, dataset), (status, detail) in results.status.items():
+        if status == "data unavailable" and dataset not in data:
+            data[dataset] = {f"unavailable ({detail})" if detail else "unavailable"}
+    if data:
+        lines.append("- **data**: " + "; ".join(f"{d}: {', '.join(sorted(v))}" for d, v in sorted(data.items())))
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    wall = sum(float(r.get("wall_time_s") or 0) for r in rows)
+    lines.append(f"- **compute**: {', '.join(devices) or '–'}; {wall / 3600:.2f} h of cell wall time over {len(rows)} runs")
+    seeds = sorted({r["seed"] for r in rows})
+    lines.append(f"- **seeds**: {', '.join(map(str, seeds)) or '–'}")
+    commits = sorted({r["git_commit"] for r in rows if r.get("git_commit")})
+    shown = [f"`{c[:12]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in commits]
+    lines.append(f"- **commits**: {', '.join(shown) or '–'}")
+    if results.overrides:
+        lines.append(f"- **overrides** (`--cfg-options`): {' '.join(f'`{o}`' for o in sorted(results.overrides))}")
+    lines.append(f"- generated {time.strftime('%Y-%m-%d %H:%M')} by `umdbench leaderboard --suite {suite.name}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | None:
+    """Fig.-5-style curve (``plot = "vary"``) or ablation bars (``plot = "rows"``); None if nothing to plot."""
+    if suite.plot is None or not results.rows:
+        return None
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .paper_results import get_table
+
+    metric = next((m for m in ("overall", "accuracy") if m in suite.metrics), suite.metrics[0] if suite.metrics else None)
+    if metric is None:
+        return None
+    paper = get_table(suite.paper)
+    datasets = [d for d in suite.datasets if any(k[1] == d for k in results.rows)]
+    if not datasets:
+        return None
+    if suite.plot == "vary":
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for dataset in datasets:
+            for row in suite.rows:
+                xs, ys, es = [], [], []
+                for value in suite.vary_values:
+                    v = results.metric(f"{row.name} {suite.vary_label}={value}", dataset, metric)
+                    if v is not None:
+                        xs.append(value)
+                        ys.append(v[0])
+                        es.append(v[1] or 0.0)
+                if xs:
+                    label = dataset if len(suite.rows) == 1 else f"{row.name} {dataset}"
+                    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax.set_xlabel(suite.vary_label)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_xticks(list(suite.vary_values))
+    else:
+        names = suite.cell_names()
+        fig, axes = plt.subplots(1, len(datasets), figsize=(max(5, 1.0 * len(names)) * len(datasets) / 1.5, 3.8),
+                                 squeeze=False)
+        for ax, dataset in zip(axes[0], datasets):
+            xs = range(len(names))
+            vals = [results.metric(n, dataset, metric) for n in names]
+            ax.bar(xs, [v[0] if v else 0 for v in vals], yerr=[(v[1] or 0) if v else 0 for v in vals],
+                   color="tab:blue", alpha=0.8, capsize=3, label="ours")
+            if paper is not None and (dataset, metric) in paper.columns:
+                grid_rows = {p.cell_name: p.row for p in suite.grid()}
+                pv = [paper.value(grid_rows[n].paper_row, dataset, metric) for n in names]
+                ax.scatter([x for x, v in zip(xs, pv) if v is not None], [v for v in pv if v is not None],
+                           marker="_", s=300, color="black", label="paper", zorder=3)
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels([n.split(" ")[0] if n.split(" ")[0].isdigit() else n for n in names], rotation=0)
+            ax.set_title(dataset)
+            ax.set_ylabel(f"{metric} (%)")
+    fig.suptitle(f"{suite.title} [{preset}]", fontsize=9)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_paths=()) -> list[Path]:
+    from .registry import get_registries
+    from .suites import all_suites, get_suite
+
+    registries = get_registries(tuple(plugin_paths))
+    suites = [get_suite(registries, suite)] if suite else all_suites(registries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for s in suites:
+        by_preset = collect_suite_results(store, s)
+        if not by_preset and suite is None:
+            continue  # nothing of this suite in the store
+        if not by_preset:
+            by_preset = {"tiny": SuiteResults()}
+        presets = sorted(by_preset, key=lambda p: (p != "paper", p))
+        parts = []
+        for preset in presets:
+            parts.append(render_suite(s, by_preset[preset], preset))
+            plot_name = f"{s.name}.png" if preset == presets[0] else f"{s.name}-{preset}.png"
+            png = plot_suite(s, by_preset[preset], preset, out_dir / plot_name)
+            if png is not None:
+                parts.append(f"\n![{s.title} ({preset})]({png.name})\n")
+                written.append(png)
+        path = out_dir / f"{s.name}.md"
+        atomic_write_text(path, "\n".join(parts))
+        written.append(path)
+    written.append(write_index(out_dir))
+    return written
+
+
+def write_index(out_dir: Path) -> Path:
+    """``README.md``: one line per leaderboard file in ``out_dir``."""
+    lines = ["# umdbench results\n", "Generated by `umdbench leaderboard`; each file states the preset, data, compute, "
+             "seeds and commits behind its numbers.\n"]
+    for md in sorted(out_dir.glob("*.md")):
+        if md.name == "README.md":
+            continue
+        first = md.read_text().splitlines()[:1]
+        title = first[0].lstrip("# ").strip() if first else md.stem
+        pngs = sorted(p.name for p in out_dir.glob(f"{md.stem}*.png"))
+        plots = f" (plots: {', '.join(f'[{p}]({p})' for p in pngs)})" if pngs else ""
+        lines.append(f"- [{md.name}]({md.name}): {title}{plots}")
+    path = out_dir / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

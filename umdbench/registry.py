@@ -65,7 +65,10 @@ class LazyRegistry(Registry):
 
     def register(self, name: str, obj: Any) -> Any:
         self._check_free(name)
-        self._register_module(module=obj, module_name=name)
+        if callable(obj):
+            self._register_module(module=obj, module_name=name)
+        else:  # plain data entries (suite specs are dicts); mmengine only takes callables
+            self._module_dict[name] = obj
         self._origins[name] = self.current_origin
         return obj
 

@@ -1,0 +1,186 @@
+"""``corpus``: a pre-training corpus built from other datasets' (image, text) pairs.
+
+Every record of every source becomes one pre-training pair (nothing is deduplicated):
+VQA records give ``"<question> <answer>"`` (the answer as written in the release), captions and
+classification records give their caption. Used as VQA-RAD's default pre-training corpus so that
+pre-training runs on real medical images here (SLAKE, VQA-Med-2019) while VQA-RAD is evaluated.
+
+Options:
+
+* ``sources`` (default ``["slake", "vqa-med-2019"]``): dataset names, each read from
+  ``<data-root>/<its root_subdir>``;
+* ``source_options``: ``{name: {option: value}}`` passed to a source;
+* ``exclude_images_of`` (default ``["vqa-rad"]``): leave out every record whose image file name
+  (e.g. ``synpic12345.jpg``) also occurs in these datasets -- 38 VQA-Med-2019 train/val images
+  and 4 test images are VQA-RAD images (both come from MedPix). Left-out records are counted in
+  ``self.skipped``; an empty list turns this off;
+* ``source_on_error`` (default ``"skip"``): how sources treat records whose image is missing
+  (VQA-Med-2019 train is partial in the shared copy); skipped records are listed in ``self.skipped``
+  and logged per split. Use ``"raise"`` to demand complete sources.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from umdbench.api import CheckReport, DatasetPlugin, DataError, Record
+
+log = logging.getLogger("umdbench.data")
+
+BUILTIN = {
+    "vqa-rad": "umdbench_plugins.datasets.vqa_rad:VQARad",
+    "slake": "umdbench_plugins.datasets.slake:Slake",
+    "vqa-med-2019": "umdbench_plugins.datasets.vqa_med_2019:VQAMed2019",
+    "roco": "umdbench_plugins.datasets.roco:Roco",
+    "melinda": "umdbench_plugins.datasets.melinda:Melinda",
+    "medicat": "umdbench_plugins.datasets.medicat:Medicat",
+    "roco-medicat": "umdbench_plugins.datasets.medicat:RocoMedicat",
+}
+
+
+def dataset_class(name: str):
+    """A dataset plugin class by name: the registry first, then the built-in table."""
+    try:
+        from umdbench.registry import get_registries
+
+        reg = get_registries().dataset
+        if name in reg:
+            return reg.get(name)
+    except ImportError:
+        pass
+    if name in BUILTIN:
+        import importlib
+
+        module, attr = BUILTIN[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    raise DataError(f"corpus: unknown source dataset {name!r}; known: {sorted(BUILTIN)}")
+
+
+class Corpus(DatasetPlugin):
+    name: ClassVar[str] = "corpus"
+    version: ClassVar[str] = "1"
+    task: ClassVar[str] = "pretrain"
+    root_subdir: ClassVar[str | None] = None  # the data root; each source uses its own subfolder
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    option_defaults: ClassVar[dict[str, Any]] = {
+        "sources": ["slake", "vqa-med-2019"], "source_options": {}, "exclude_images_of": ["vqa-rad"],
+        "source_on_error": "skip",
+    }
+
+    def __init__(self, root: str | Path | None = None, on_error: str = "raise", **options: Any):
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            raise ValueError(f"dataset 'corpus': unknown option(s) {unknown}; known: {sorted(self.option_defaults)}")
+        merged = {**self.option_defaults, **options}
+        if merged["source_on_error"] not in ("raise", "skip"):
+            raise ValueError("dataset 'corpus': source_on_error must be 'raise' or 'skip'")
+        if isinstance(merged["sources"], str):
+            merged["sources"] = [merged["sources"]]
+        if isinstance(merged["exclude_images_of"], str):
+            merged["exclude_images_of"] = [merged["exclude_images_of"]]
+        if not merged["sources"]:
+            raise ValueError("dataset 'corpus': option sources is empty")
+        super().__init__(root, on_error, **merged)
+        self._sources: dict[str, DatasetPlugin] | None = None
+        self._excluded: set[str] | None = None
+        self._records: dict[str, list[Record]] = {}
+        self._fingerprint: str | None = None
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _data_root(self) -> Path:
+        if self.root is None or not self.root.is_dir():
+            raise DataError(f"dataset 'corpus': data root {self.root} does not exist; fix: pass --data-root DIR (the "
+                            f"folder holding {', '.join(self.options['sources'])}) or set UMDBENCH_DATA_ROOT=DIR")
+        return self.root
+
+    def _make(self, name: str, on_error: str, extra: dict | None = None) -> DatasetPlugin:
+        cls = dataset_class(name)
+        root = self._data_root() / cls.root_subdir if cls.root_subdir else self._data_root()
+        if cls.needs_root and not root.is_dir():
+            raise DataError(f"corpus: source {name!r} expects its data in {root}, which does not exist; fix: put "
+                            f"the dataset there or drop it from the corpus options (sources / exclude_images_of)")
+        opts = dict(self.options["source_options"].get(name, {}))
+        opts.update(extra or {})
+        return cls(root=root if cls.needs_root else None, on_error=on_error, **opts)
+
+    def sources(self) -> dict[str, DatasetPlugin]:
+        if self._sources is None:
+            self._sources = {n: self._make(n, self.options["source_on_error"]) for n in self.options["sources"]}
+        return self._sources
+
+    def excluded_names(self) -> set[str]:
+        """Image file names of the datasets in ``exclude_images_of`` (all their splits)."""
+        if self._excluded is None:
+            names: set[str] = set()
+            for n in self.options["exclude_images_of"]:
+                src = self._make(n, "skip", {"verify_images": False} if n != "corpus" else None)
+                for split in src.splits:
+                    reader = getattr(src, "raw_records", src.records)
+                    names.update(os.path.basename(r.image) for r in reader(split) if isinstance(r.image, str))
+            self._excluded = names
+        return self._excluded
+
+    @staticmethod
+    def pair_text(r: Record) -> str:
+        if r.answer is not None:
+            answer = r.extra.get("raw_answer", r.answer)
+            return f"{r.text} {answer}".strip()
+        return r.text
+
+    # -- DatasetPlugin ------------------------------------------------------------------------
+    def records(self, split: str) -> list[Record]:
+        if split not in self.splits:
+            raise ValueError(f"dataset 'corpus' has no split {split!r}; its splits are {list(self.splits)}")
+        if split not in self._records:
+            excluded = self.excluded_names()
+            out: list[Record] = []
+            n_excl = 0
+            for name, src in self.sources().items():
+                if split not in src.splits:
+                    continue
+                before = len(src.skipped)
+                recs = src.records(split)
+                self.skipped.extend(f"[{name}] {m}" for m in src.skipped[before:])
+                for r in recs:
+                    if isinstance(r.image, str) and os.path.basename(r.image) in excluded:
+                        n_excl += 1
+                        self.skipped.append(f"[{name}] record {r.uid}: image {os.path.basename(r.image)} also belongs "
+                                            f"to {self.options['exclude_images_of']} (left out to avoid leakage)")
+                        continue
+                    out.append(Record(uid=f"corpus/{r.uid}", image=r.image, text=self.pair_text(r),
+                                      extra={"source": name, "source_uid": r.uid}))
+            if n_excl:
+                log.warning("corpus split %s: %d record(s) left out because their image belongs to %s",
+                            split, n_excl, self.options["exclude_images_of"])
+            self._records[split] = out
+        return list(self._records[split])
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps({"name": self.name, "version": self.version, "options": self.options},
+                                          sort_keys=True, default=str).encode())
+            for name, src in self.sources().items():
+                h.update(f"\0{name}\0{src.fingerprint()}".encode())
+            for n in self.options["exclude_images_of"]:
+                h.update(f"\0exclude\0{n}\0{self._make(n, 'skip').fingerprint()}".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def check(self, deep: bool = True) -> CheckReport:
+        report = CheckReport(dataset=self.name, root=str(self.root) if self.root is not None else None)
+        try:
+            sources = self.sources()
+        except DataError as exc:
+            report.problems.append(str(exc))
+            return report
+        for name, src in sources.items():
+            sub = src.check(deep=deep) if "deep" in src.check.__code__.co_varnames else src.check()
+            for split, n in sub.counts.items():
+                report.counts[split] = report.counts.get(split, 0) + n
+            report.checksums.update({f"{name}/{k}": v for k, v in sub.checksums.items()})
+            report.problems.extend(f"[{name}] {p}" for p in sub.problems)
+        return report

@@ -1,0 +1,107 @@
+"""VQA-Med-2019 (ImageCLEF 2019): radiology VQA in four categories; every question is open.
+
+Layout under ``<data-root>/vqa_med_2019/`` (the ImageCLEF release folders, renamed per split):
+
+* ``train/QAPairsByCategory/C{1..4}_{Modality,Plane,Organ,Abnormality}_train.txt`` + ``train/Train_images/``
+* ``val/QAPairsByCategory/C{1..4}_*_val.txt`` + ``val/Val_images/``
+* ``test/VQAMed2019_Test_Questions_w_Ref_Answers.txt`` (``image|category|question|answer``) +
+  ``test/VQAMed2019_Test_Images/``
+
+Category files have ``image_id|question|answer`` lines. Abnormality (C4) is left out by default as
+upstream does (option ``include_abnormality``). Categories are read in upstream order Modality,
+Organ, Plane (which fixes the first-seen order of the answer vocabulary). Test answers with ``#``
+alternatives are kept whole by default (``multi_answer="whole"``, as upstream: 79 answers); the
+alternatives are in ``Record.extra["alternatives"]``; ``multi_answer="first"`` uses the first one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from umdbench.api import Record
+from umdbench.data.answers import normalize_answer
+from umdbench.data.vqa_common import VQADataset, read_text_lines
+
+CATEGORY_FILES = {"modality": "C1_Modality", "plane": "C2_Plane", "organ": "C3_Organ", "abnormality": "C4_Abnormality"}
+ORDER = ("modality", "organ", "plane", "abnormality")  # upstream reading order
+IMAGE_DIRS = {"train": "train/Train_images", "val": "val/Val_images", "test": "test/VQAMed2019_Test_Images"}
+TEST_FILE = "test/VQAMed2019_Test_Questions_w_Ref_Answers.txt"
+
+
+class VQAMed2019(VQADataset):
+    name: ClassVar[str] = "vqa-med-2019"
+    version: ClassVar[str] = "1"
+    root_subdir: ClassVar[str] = "vqa_med_2019"
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    option_defaults = {**VQADataset.option_defaults, "include_abnormality": False, "multi_answer": "whole"}
+    option_choices = {**VQADataset.option_choices, "include_abnormality": (True, False),
+                      "multi_answer": ("whole", "first")}
+
+    def categories(self) -> tuple[str, ...]:
+        return ORDER if self.options["include_abnormality"] else ORDER[:3]
+
+    def split_files(self, split: str) -> list[Path]:
+        if split == "test":
+            return [self.data_dir / TEST_FILE]
+        return [self.data_dir / split / "QAPairsByCategory" / f"{CATEGORY_FILES[c]}_{split}.txt" for c in self.categories()]
+
+    def annotation_files(self) -> list[Path]:
+        return [f for s in self.splits for f in self.split_files(s) if f.is_file()]
+
+    def image_dirs(self) -> list[Path]:
+        return [self.data_dir / IMAGE_DIRS[s] for s in self.splits]
+
+    def _row(self, split, file, lineno, category, image_id, question, answer) -> Record | None:
+        alternatives = [normalize_answer(a) for a in answer.split("#")] if "#" in answer else None
+        use = answer.split("#")[0] if (alternatives and self.options["multi_answer"] == "first") else answer
+        extra = {"category": category, "line": lineno}
+        if alternatives:
+            extra["alternatives"] = alternatives
+        return self._vqa_record(
+            file=file, where=f"line {lineno}", uid=f"{self.name}/{split}/{category}/{lineno}",
+            image=str(self.data_dir / IMAGE_DIRS[split] / f"{image_id}.jpg"),
+            question=question, answer=use, answer_type="OPEN", extra=extra,
+        )
+
+    def _read(self, split: str) -> list[Record]:
+        out: list[Record] = []
+        if split == "test":
+            path = self.split_files("test")[0]
+            file = self.rel(path)
+            by_cat: dict[str, list[Record]] = {c: [] for c in self.categories()}
+            for lineno, line in enumerate(read_text_lines(path), 1):
+                if not line.strip():
+                    continue
+                parts = line.split("|")
+                if len(parts) != 4:
+                    self._bad(f"{file}: line {lineno}: expected 4 '|'-separated fields image|category|question|answer, "
+                              f"got {len(parts)}; fix: repair the line or re-download the file")
+                    continue
+                image_id, category, question, answer = (p.strip() for p in parts)
+                if category not in CATEGORY_FILES:
+                    self._bad(f"{file}: line {lineno}: unknown category {category!r} (expected one of "
+                              f"{list(CATEGORY_FILES)}); fix: repair the line")
+                    continue
+                if category not in by_cat:
+                    continue
+                rec = self._row(split, file, lineno, category, image_id, question, answer)
+                if rec is not None:
+                    by_cat[category].append(rec)
+            for c in self.categories():
+                out.extend(by_cat[c])
+            return out
+        for category, path in zip(self.categories(), self.split_files(split)):
+            file = self.rel(path)
+            for lineno, line in enumerate(read_text_lines(path), 1):
+                if not line.strip():
+                    continue
+                parts = line.split("|")
+                if len(parts) != 3:
+                    self._bad(f"{file}: line {lineno}: expected 3 '|'-separated fields image|question|answer, "
+                              f"got {len(parts)}; fix: repair the line or re-download the file")
+                    continue
+                image_id, question, answer = (p.strip() for p in parts)
+                rec = self._row(split, file, lineno, category, image_id, question, answer)
+                if rec is not None:
+                    out.append(rec)
+        return out

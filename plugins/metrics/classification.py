@@ -1,0 +1,66 @@
+"""Classification metrics (MELINDA): accuracy, macro AUC (one-vs-rest on softmax), macro
+sensitivity (= recall) and macro specificity, in percent.
+
+Inputs per batch (CONTRACT.md): ``logits`` [B, C], ``label`` [B]. Macro averages run over the
+classes that occur in the labels or the predictions (as imblearn's / sklearn's macro averaging,
+which UMD's EVALLScore uses); the AUC averages over classes that have both positives and negatives
+in the labels (a class with no positive has no defined one-vs-rest AUC).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from mmengine.evaluator import BaseMetric
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    multiclass_accuracy,
+    multiclass_recall,
+    multiclass_specificity,
+)
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
+def classification_scores(logits: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+    num_classes = int(logits.shape[-1])
+    prob = torch.softmax(logits.double(), dim=-1)
+    pred = prob.argmax(dim=-1)
+    present = torch.zeros(num_classes, dtype=torch.bool)
+    present[label] = True
+    present[pred] = True
+    idx = present.nonzero().view(-1)
+    # per-class recall/specificity, averaged over the classes present in labels or predictions
+    recall = multiclass_recall(pred, label, num_classes=num_classes, average="none", validate_args=False)
+    spec = multiclass_specificity(pred, label, num_classes=num_classes, average="none", validate_args=False)
+    aucs = []
+    for c in range(num_classes):
+        target = (label == c).long()
+        if 0 < int(target.sum()) < target.numel():
+            aucs.append(float(binary_auroc(prob[:, c], target, validate_args=False)))
+    return {
+        "accuracy": float(multiclass_accuracy(pred, label, num_classes=num_classes, average="micro")) * 100.0,
+        "auc": (sum(aucs) / len(aucs) * 100.0) if aucs else float("nan"),
+        "sensitivity": float(recall[idx].double().mean()) * 100.0,
+        "specificity": float(spec[idx].double().mean()) * 100.0,
+    }
+
+
+class ClassificationMetric(BaseMetric):
+    default_prefix = None
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            self.results.append({
+                "logits": _as_tensor(sample["logits"]).double(),
+                "label": _as_tensor(sample["label"]).long().view(-1),
+            })
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        logits = torch.cat([r["logits"] for r in results])
+        label = torch.cat([r["label"] for r in results])
+        if (label < 0).any():
+            raise ValueError("classification metric: labels must be >= 0 (a -1 label has no class)")
+        return classification_scores(logits, label)

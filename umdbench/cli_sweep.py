@@ -1,0 +1,91 @@
+"""``umdbench sweep``: run a suite (a grid of cells) with shared stages. Import-light (no torch)."""
+from __future__ import annotations
+
+import argparse
+
+SWEEP_EPILOG = """\
+examples:
+  umdbench sweep --suite table4 --dry-run --data-root ../shared/datasets
+  umdbench sweep --suite table1 --seeds 3 --data-root ../shared/datasets
+  umdbench sweep --suite fig5 --datasets vqa-rad --cfg-options pretrain.train.max_iters=50 tune.*.train.max_iters=50
+  umdbench sweep --suite table4 --executor ray --ray-address auto
+  umdbench sweep --suite table4 --nproc-per-node 2          # each training stage as a 2-process DDP job
+
+--cfg-options apply to every cell: pretrain.* is ignored for cells without pre-training, tune.N.* for
+chains shorter than N+1, and tune.*.KEY applies to every tuning stage. Stopping a sweep and running the
+same command again resumes it: finished cells and cached stages are skipped.
+"""
+
+
+def add_subcommands(sub, common_parent_parser) -> None:
+    p = sub.add_parser("sweep", parents=[common_parent_parser], help="run a suite (grid of cells) with shared stages",
+                       description="Plan a suite's cells into one DAG of unique stages (shared pre-trainings and "
+                                   "TD-Calib stages run once) and run it; finished cells are skipped.",
+                       epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", required=True, metavar="NAME", help="suite name (`umdbench list --kind suite`)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per cell (default 1)")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "paper"), help="model size and hyper-parameters (default tiny)")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
+    p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
+    p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated)")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys of every cell (see below)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"), help="where stages run (default local)")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--ray-num-cpus", type=int, metavar="N", help="CPUs of a local Ray (default: all)")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train each stage with N processes via torchrun/DDP (local executor; default 1)")
+    p.add_argument("--dry-run", action="store_true", help="print cells, unique stages and sharing; run nothing")
+    p.set_defaults(handler=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from .config import parse_override
+    from .execute import Workspace
+    from .registry import get_registries
+    from .store import ResultsStore
+    from .suites import get_suite, record_membership
+    from .sweep import membership_entries, plan_sweep
+
+    registries = get_registries(tuple(args.plugin_path))
+    suite = get_suite(registries, args.suite)
+    overrides = tuple(parse_override(o) for o in args.cfg_options)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    if args.seeds < 1:
+        from .errors import ConfigError
+
+        raise ConfigError("--seeds must be at least 1.")
+    specs = suite.cell_specs(seeds=args.seeds, preset=args.preset, data_root=args.data_root,
+                             user_overrides=overrides, datasets=datasets)
+    ws = Workspace(args.work_dir, registries)
+    store_path = Path(args.work_dir) / "results.sqlite"
+    store = ResultsStore(store_path) if (store_path.is_file() or not args.dry_run) else None
+    plan = plan_sweep(specs, registries, ws.catalog, store=store, suite=suite.name)
+    print(f"{suite.title}  [suite {suite.name}, preset {args.preset}, seeds {args.seeds}, executor {args.executor}]")
+    if any(r.inferred for r in suite.rows):
+        from .paper_results import INFERRED_NOTE
+
+        print(f"note: {INFERRED_NOTE}")
+    print(plan.describe(ws.cache_root))
+    if args.dry_run:
+        return 0
+    record_membership(store_path, membership_entries(plan, overrides))
+    if not plan.pending:
+        print("\nnothing to run: every available cell is finished.")
+        return 0
+    from .executors import make_executor
+
+    executor = make_executor(args.executor, ray_address=args.ray_address, num_cpus=args.ray_num_cpus,
+                             nproc_per_node=args.nproc_per_node, plugin_paths=tuple(args.plugin_path))
+    print(f"\nrunning {len(plan.pending)} cells, {len(plan.needed_stages())} training stages ({executor.name} executor)")
+    report = executor.run(plan, ws, overrides)
+    print(f"\nsweep {suite.name}: {report.summary()}; results in {store_path}. "
+          f"`umdbench leaderboard --suite {suite.name} --work-dir {args.work_dir}` renders them.")
+    if report.failed:
+        print("failed cells (run the same command again to retry them):")
+        for cell, error in report.failed:
+            print(f"  - {cell.describe()}: {error.splitlines()[0]}")
+        return 1
+    return 0

@@ -1,0 +1,79 @@
+"""Helpers for ``DatasetPlugin.check()``: image verification and the shared check loop."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["verify_image", "check_images", "format_report"]
+
+_FETCH_FIX = "fix: restore the file (re-download or re-extract the release) or remove the records that use it"
+
+
+def verify_image(path: str | Path, deep: bool = True) -> str | None:
+    """None when the image decodes completely; otherwise a short reason.
+
+    ``deep`` decodes all pixel data (a JPEG at 1/8 scale, which still reads every entropy-coded
+    byte, so truncation is caught) instead of only parsing the header.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = str(path)
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        with Image.open(path) as img:
+            if not deep:
+                img.verify()
+                return None
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_images(refs: dict[str, list[str]], deep: bool = True, base: str | Path | None = None) -> list[str]:
+    """One problem line per missing or unreadable image, naming the file and the records using it."""
+    problems = []
+    for path in sorted(refs):
+        reason = verify_image(path, deep)
+        if reason is None:
+            continue
+        uids = refs[path]
+        shown = ", ".join(uids[:3]) + (f", ... ({len(uids)} records)" if len(uids) > 3 else "")
+        name = path
+        if base is not None:
+            try:
+                name = Path(path).relative_to(base).as_posix()
+            except ValueError:
+                pass
+        problems.append(f"{name}: image {reason}; used by record {shown}; {_FETCH_FIX}")
+    return problems
+
+
+def format_report(report, max_problems: int = 50) -> str:
+    """Human-readable text of a CheckReport (used by ``umdbench data check``)."""
+    lines = [f"dataset {report.dataset}: {report.root}"]
+    for split, n in report.counts.items():
+        lines.append(f"  {split:<8} {n:>7} records")
+    for name, digest in report.checksums.items():
+        lines.append(f"  sha256 {digest[:16]}  {name}")
+    if report.problems:
+        lines.append(f"  {len(report.problems)} problem(s):")
+        for p in report.problems[:max_problems]:
+            lines.append(f"    - {p}")
+        if len(report.problems) > max_problems:
+            lines.append(f"    ... and {len(report.problems) - max_problems} more")
+    else:
+        lines.append("  no problems found")
+    return "\n".join(lines)
+
+
+def iter_image_refs(records: Iterable) -> dict[str, list[str]]:
+    refs: dict[str, list[str]] = {}
+    for r in records:
+        if isinstance(r.image, str):
+            refs.setdefault(r.image, []).append(r.uid)
+    return refs

@@ -1,0 +1,79 @@
+"""Stable fingerprints of a dataset copy: sha256 over annotation bytes + sorted image names/sizes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["IMAGE_SUFFIXES", "sha256_file", "list_images", "dataset_fingerprint"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_images(folder: str | Path) -> list[tuple[str, int]]:
+    """Sorted ``(relative posix path, size)`` of every image file under ``folder`` (recursive)."""
+    folder = Path(folder)
+    out: list[tuple[str, int]] = []
+    if not folder.is_dir():
+        return out
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        with os.scandir(current) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                    rel = Path(entry.path).relative_to(folder).as_posix()
+                    out.append((rel, entry.stat().st_size))
+    out.sort()
+    return out
+
+
+def dataset_fingerprint(
+    name: str,
+    version: str,
+    options: dict[str, Any],
+    annotation_files: Iterable[str | Path],
+    image_dirs: Iterable[str | Path] = (),
+    base: str | Path | None = None,
+    extra: Iterable[str] = (),
+) -> str:
+    """sha256 over plugin identity, options, annotation file bytes and the image listing.
+
+    Paths enter the hash relative to ``base`` so the same copy in another folder hashes the same.
+    """
+    h = hashlib.sha256()
+
+    def rel(p: Path) -> str:
+        if base is not None:
+            try:
+                return p.relative_to(base).as_posix()
+            except ValueError:
+                pass
+        return p.name
+
+    h.update(json.dumps({"name": name, "version": version, "options": options}, sort_keys=True, default=str).encode())
+    for f in sorted(Path(p) for p in annotation_files):
+        h.update(b"\0file\0" + rel(f).encode() + b"\0")
+        h.update(sha256_file(f).encode())
+    for d in sorted(Path(p) for p in image_dirs):
+        h.update(b"\0images\0" + rel(d).encode() + b"\0")
+        for img, size in list_images(d):
+            h.update(f"{img}\t{size}\n".encode())
+    for item in extra:
+        h.update(b"\0extra\0" + str(item).encode())
+    return h.hexdigest()

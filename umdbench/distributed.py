@@ -1,0 +1,97 @@
+"""Data-parallel (DDP) training of one stage through torchrun.
+
+The parent process writes a request file (the cell's resolved config, the stage key, plugin paths)
+into the stage's folder and launches::
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m umdbench.distributed REQUEST.json
+
+Every rank rebuilds the plan from the request, finds the stage by its key and calls
+:func:`umdbench.execute.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
+ranks talk over gloo (mmengine's own launcher insists on CUDA; see execute.distributed_runner_kwargs).
+The stage's batch size is global: each rank gets ``batch_size // N``. Rank 0 writes the artifact,
+so the cache looks the same as after a single-process run; an interrupted job resumes from the
+stage's mmengine checkpoint like any other stage.
+
+Use it from a sweep with ``umdbench sweep ... --nproc-per-node N`` (local executor).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UmdbenchError
+
+
+def write_request(stage, run, ws, plugin_paths=()) -> Path:
+    from .execute import atomic_write_json
+
+    stage_dir = ws.cache_root / stage.dirname
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    path = stage_dir / "ddp-request.json"
+    cell = dataclasses.asdict(run.cell)
+    atomic_write_json(path, {
+        "stage_key": stage.key, "cell": cell, "config": run.config, "deviations": run.deviations,
+        "work_dir": str(Path(ws.work_dir).resolve()), "plugin_paths": [str(Path(p).resolve()) for p in plugin_paths],
+    })
+    return path
+
+
+def launch_stage(stage, run, ws, nproc: int, plugin_paths=(), timeout: float | None = None) -> Path:
+    """Train ``stage`` with ``nproc`` processes on this node; returns the stage folder."""
+    request = write_request(stage, run, ws, plugin_paths)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+           "-m", "umdbench.distributed", str(request)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(cmd, env=env, timeout=timeout)
+    stage_dir = ws.cache_root / stage.dirname
+    if proc.returncode != 0 or not (stage_dir / "artifact.json").is_file():
+        raise UmdbenchError(f"torchrun of stage {stage.title} ({stage.key[:12]}) exited with {proc.returncode}; "
+                            f"logs under {stage_dir / 'train'}. Run the sweep again to resume it.")
+    return stage_dir
+
+
+def run_request(request_path: str | Path) -> Path:
+    """One rank: rebuild the stage from the request and train it under DDP."""
+    from .config import CellSpec, ResolvedRun
+    from .execute import Workspace, train_stage
+    from .plan import build_plan
+    from .registry import get_registries
+
+    req = json.loads(Path(request_path).read_text())
+    cell = dict(req["cell"])
+    cell["tune"] = tuple(cell["tune"])
+    cell["overrides"] = tuple(tuple(o) for o in cell["overrides"])
+    run = ResolvedRun(CellSpec(**cell), req["config"], req.get("deviations", []))
+    registries = get_registries(tuple(req.get("plugin_paths", ())))
+    ws = Workspace(Path(req["work_dir"]), registries)
+    stages = {s.key: s for s in build_plan(run, registries, ws.catalog)}
+    if req["stage_key"] not in stages:
+        raise UmdbenchError(f"stage {req['stage_key'][:12]} is not in the plan rebuilt from {request_path}: the code "
+                            f"or data changed since the request was written; run the sweep again.")
+    rank = int(os.environ.get("RANK", "0"))
+    return train_stage(stages[req["stage_key"]], run, ws, f"[rank {rank}]", launcher="pytorch")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m umdbench.distributed",
+                                     description="One rank of a torchrun (DDP) training stage; see module docstring.")
+    parser.add_argument("request", help="ddp-request.json written by umdbench.distributed.write_request")
+    args = parser.parse_args(argv)
+    try:
+        run_request(args.request)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

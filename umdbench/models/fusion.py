@@ -1,0 +1,97 @@
+"""Co-attention fusion (METER / M3AE style): two stacks of [self-attn, cross-attn, FFN], post-LN."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention on ``scaled_dot_product_attention`` with a key padding mask,
+    followed (BERT style) by an output projection, dropout, residual and LayerNorm."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"fusion width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        return x.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+        attn_mask = None
+        if key_mask is not None:
+            attn_mask = key_mask.bool()[:, None, None, :]  # True = attend
+        p = self.dropout if self.training else 0.0
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        h = h.transpose(1, 2).reshape(x.shape)
+        h = F.dropout(self.out(h), p, self.training)
+        return self.norm(x + h)
+
+
+class CoAttentionLayer(nn.Module):
+    """One layer of one stream: self-attention, cross-attention to the other stream, FFN."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.self_attn = Attention(dim, num_heads, dropout)
+        self.cross_attn = Attention(dim, num_heads, dropout)
+        hidden = int(dim * mlp_ratio)
+        self.ffn_in = nn.Linear(dim, hidden)
+        self.ffn_out = nn.Linear(hidden, dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = dropout
+
+    def forward(self, x, x_mask, y, y_mask):
+        x = self.self_attn(x, x, x_mask)
+        x = self.cross_attn(x, y, y_mask)
+        h = self.ffn_out(F.gelu(self.ffn_in(x)))
+        return self.ffn_norm(x + F.dropout(h, self.dropout, self.training))
+
+
+class Pooler(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x[:, 0]))
+
+
+class Fusion(nn.Module):
+    """Projects each uni-modal stream to the fusion width and runs the two co-attention stacks
+    in parallel (both streams of layer i read the outputs of layer i-1)."""
+
+    def __init__(self, text_dim: int, image_dim: int, fcfg: dict):
+        super().__init__()
+        dim = int(fcfg["hidden_size"])
+        heads, ratio, drop = int(fcfg["num_heads"]), float(fcfg.get("mlp_ratio", 4.0)), float(fcfg.get("dropout", 0.1))
+        self.hidden_size = dim
+        self.text_proj = nn.Linear(text_dim, dim)
+        self.image_proj = nn.Linear(image_dim, dim)
+        n = int(fcfg["num_layers"])
+        self.text_layers = nn.ModuleList([CoAttentionLayer(dim, heads, ratio, drop) for _ in range(n)])
+        self.image_layers = nn.ModuleList([CoAttentionLayer(dim, heads, ratio, drop) for _ in range(n)])
+        self.text_pooler = Pooler(dim)
+        self.image_pooler = Pooler(dim)
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                capture_layer: int | None = None):
+        """``text``/``image`` are already projected and type-embedded. Returns
+        ``(text_feats, image_feats, captured_image)`` where ``captured_image`` is the image stream
+        after ``capture_layer`` layers (None if not asked)."""
+        captured = image if capture_layer == 0 else None
+        for i, (tl, il) in enumerate(zip(self.text_layers, self.image_layers)):
+            text, image = tl(text, text_mask, image, None), il(image, None, text, text_mask)
+            if capture_layer is not None and capture_layer == i + 1:
+                captured = image
+        return text, image, captured

@@ -1,0 +1,123 @@
+"""Encoder geometry presets.
+
+``tiny`` is a CPU-sized model (random init) used by tests and quick runs; ``paper`` is the UMD
+paper's geometry: ViT-B/16 at 384 px, RoBERTa-base, 6 co-attention layers of width 768 / 12 heads.
+Every value can be overridden with :func:`umdbench.api.deep_merge`.
+"""
+from __future__ import annotations
+
+ENCODER_PRESETS: dict[str, dict] = {
+    "tiny": {
+        "image_size": 96,
+        "patch_size": 16,
+        "max_text_len": 32,
+        "vision": {
+            # "clip" = CLIP-style ViT (pre-norm, QuickGELU, LN eps 1e-5), as in the paper;
+            # "vit" = plain timm ViT (post-embedding norm off, GELU, eps 1e-6).
+            "style": "clip",
+            "embed_dim": 128,
+            "depth": 2,
+            "num_heads": 4,
+            "mlp_ratio": 4.0,
+            "drop_path": 0.0,
+            "num_blocks_upstream_11": False,
+            # None = random init; "clip" = OpenAI CLIP ViT-B/16 via timm (needs network)
+            "pretrained": None,
+            # a local timm-style vision checkpoint (.safetensors or torch file)
+            "checkpoint": None,
+        },
+        "text": {
+            "arch": "bert",  # bert | roberta (geometry used for random init)
+            # None = random init; a local dir, a hub name, or "minilm" (the packaged MiniLM-L6 BERT)
+            "pretrained": None,
+            # tokenizer source: a local dir, a hub name, or "minilm" (bert-base-uncased vocab)
+            "tokenizer": "minilm",
+            "hidden_size": 128,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 512,
+            "dropout": 0.0,
+            # what to do when `pretrained` / `tokenizer` cannot be loaded: "error" | "random"
+            "on_missing": "error",
+        },
+        "fusion": {
+            "hidden_size": 128,
+            "num_layers": 2,
+            "num_heads": 2,
+            "mlp_ratio": 4.0,
+            "dropout": 0.0,
+        },
+    },
+    "paper": {
+        "image_size": 384,
+        "patch_size": 16,
+        "max_text_len": 64,
+        "vision": {
+            "style": "clip",
+            "embed_dim": 768,
+            "depth": 12,
+            "num_heads": 12,
+            "mlp_ratio": 4.0,
+            "drop_path": 0.0,
+            # upstream builds only 11 of CLIP's 12 blocks; opt-in
+            "num_blocks_upstream_11": False,
+            # The paper starts from CLIP ViT-B/16. Set to "clip" where the network is reachable
+            # (or point `checkpoint` at a local copy); None = random init.
+            "pretrained": None,
+            "checkpoint": None,
+        },
+        "text": {
+            "arch": "roberta",
+            "pretrained": "roberta-base",
+            "tokenizer": "roberta-base",
+            "hidden_size": 768,
+            "num_layers": 12,
+            "num_heads": 12,
+            "intermediate_size": 3072,
+            "dropout": 0.1,
+            # offline: fall back to random init (and the packaged bert vocab) with a log line
+            "on_missing": "random",
+        },
+        "fusion": {
+            "hidden_size": 768,
+            "num_layers": 6,
+            "num_heads": 12,
+            "mlp_ratio": 4.0,
+            "dropout": 0.1,
+        },
+    },
+}
+
+
+# Training hyper-parameters of pre-training stages (the `train` dict of a strategy preset).
+# paper: AdamW, lr 1e-5 for the uni-modal encoders, x5 for fusion and heads, 10 % warm-up then
+# linear decay, 100k steps at batch 256 (betas/eps/weight decay as in the released code).
+PRETRAIN_TRAIN_PAPER: dict = {
+    "max_iters": 100_000,
+    "batch_size": 256,
+    "lr": 1e-5,
+    "lr_mult": {"encoder": 1.0, "fusion": 5.0, "head": 5.0},
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.98],
+    "eps": 1e-8,
+    "warmup_ratio": 0.1,
+    "schedule": "linear",
+    "checkpoint_interval": 5_000,
+    "log_interval": 100,
+    "grad_clip": None,
+}
+# tiny: a short CPU run from random init, so a much larger lr.
+PRETRAIN_TRAIN_TINY: dict = {
+    "max_iters": 200,
+    "batch_size": 16,
+    "lr": 5e-4,
+    "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 1.0},
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.98],
+    "eps": 1e-8,
+    "warmup_ratio": 0.1,
+    "schedule": "linear",
+    "checkpoint_interval": 100,
+    "log_interval": 10,
+    "grad_clip": 1.0,
+}
