@@ -1,7 +1,6 @@
 """``umdbench data check|download``. Import-light: plugins (and torch) load only when a command runs."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

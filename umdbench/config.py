@@ -174,7 +174,9 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         "seed": cell.seed,
         "model": copy.deepcopy(ENCODER_PRESETS[cell.preset]),
         "data": {"num_workers": "auto", "image_cache": True, "eval_batch_size": 64},
-        "dataset": {"type": cell.dataset, "root": resolve_dataset_root(dataset_cls, cell.data_root, cell.dataset), "options": {}},
+        # on_error "skip" drops records with missing/corrupt images, counted and reported
+        "dataset": {"type": cell.dataset, "root": resolve_dataset_root(dataset_cls, cell.data_root, cell.dataset),
+                    "options": {}, "on_error": "raise"},
         "pretrain": None,
         "tune": [],
         "eval": {"split": "test"},

@@ -147,7 +147,7 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
     used_paper_rows = {grid_rows[n].paper_row for n in names if suite.vary_key is None}
     all_rows = results.all_rows()
     metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
-    out = [f"# {suite.title}\n",
+    out = [f"# {suite.title}\n\n",
            f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent), from "
            f"`umdbench sweep --suite {suite.name}`."]
     if paper is not None and paper.columns:

@@ -70,7 +70,8 @@ class DataCatalog:
         self.registries = registries
         self._cache: dict[str, object] = {}
 
-    def get(self, data_cfg: dict, on_error: str = "raise"):
+    def get(self, data_cfg: dict):
+        on_error = data_cfg.get("on_error", "raise")
         key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + on_error
         if key not in self._cache:
             cls = self.registries.dataset.get(data_cfg["type"])
@@ -90,7 +91,7 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
     stages: list[Stage] = []
     parent: Stage | None = None
     common = {"model": cfg["model"], "seed": cfg["seed"], "data_pipeline": cfg["data"], "encoder_code": encoder_code_version()}
-    dataset_data = {k: cfg["dataset"][k] for k in ("type", "root", "options")}
+    dataset_data = {k: cfg["dataset"][k] for k in ("type", "root", "options", "on_error")}
     dataset_fp = catalog.fingerprint(dataset_data)
 
     if cfg["pretrain"] is not None:

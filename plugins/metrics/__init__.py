@@ -1,0 +1,1 @@
+"""Built-in metric plugins: vqa-accuracy, retrieval-recall, classification (mmengine BaseMetric)."""

@@ -35,9 +35,16 @@ def synthetic_pairs(n: int, image_size: int = 96, max_len: int = 32, seed: int =
     (CLIP-normalised images) and the tokenizer's special ids."""
     g = torch.Generator().manual_seed(seed)
     k = len(_CAPTIONS)
-    # structure inside every 16-px patch (4-px cells), so per-patch-normalised targets are learnable
-    protos = torch.rand(k, 3, image_size // 4, image_size // 4, generator=torch.Generator().manual_seed(1234))
-    protos = torch.nn.functional.interpolate(protos, size=(image_size, image_size), mode="nearest")
+    # Class c is a colour grating sin(2 pi (a x + b y) / 16) with integer (a, b): periodic in every
+    # 16-px patch, so each masked patch (raw or per-patch normalised) is predictable from the class,
+    # which the visible patches and the caption reveal.
+    waves = [(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2)]
+    colours = torch.rand(k, 3, generator=torch.Generator().manual_seed(1234)) * 0.8 + 0.2
+    yy, xx = torch.meshgrid(torch.arange(image_size, dtype=torch.float32),
+                            torch.arange(image_size, dtype=torch.float32), indexing="ij")
+    protos = torch.stack([0.5 + 0.5 * colours[c].view(3, 1, 1)
+                          * torch.sin(2 * torch.pi * (waves[c][0] * xx + waves[c][1] * yy) / 16.0)
+                          for c in range(k)])
     cls = torch.arange(n) % k
     img = (protos[cls] + 0.05 * torch.randn(n, 3, image_size, image_size, generator=g)).clamp(0, 1)
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)

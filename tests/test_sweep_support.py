@@ -1,0 +1,53 @@
+"""Shared helpers of the sweep / suite / leaderboard / DDP / Ray tests (no tests here)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("UMDBENCH_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+# A local plugin: small suites over the embedded medsynth data (no data root needed).
+PLUGIN = '''
+from umdbench.hookspecs import hookimpl
+
+ROWS = [
+    {"name": "1 none", "pretrain": "none", "tune": "direct"},
+    {"name": "2 mr", "pretrain": "mr", "tune": "direct"},
+    {"name": "3 gm", "pretrain": "none", "tune": "gmcoord"},
+    {"name": "4 mr+gm", "pretrain": "mr", "tune": "gmcoord"},
+    {"name": "5 mr+lin+direct", "pretrain": "mr", "tune": "linear+direct"},
+]
+
+@hookimpl
+def umdbench_register(registries):
+    registries.suite.register("mini-ablation", {
+        "title": "mini ablation on medsynth", "datasets": ["medsynth"], "metrics": ["overall", "open", "closed"],
+        "plot": "rows", "rows": ROWS})
+    registries.suite.register("mini", {
+        "title": "mini sweep on medsynth", "datasets": ["medsynth"], "metrics": ["overall"],
+        "rows": [ROWS[0], ROWS[1], ROWS[3]]})
+    registries.suite.register("mini-unavailable", {
+        "title": "needs real data", "datasets": ["medsynth", "vqa-rad"], "metrics": ["overall"],
+        "rows": [ROWS[0]]})
+'''
+
+# Real training kept tiny: a few iterations of batch 4 on a few dozen generated samples.
+TINY = ["pretrain.train.max_iters=2", "pretrain.train.batch_size=4", "pretrain.corpus.options.n=16",
+        "tune.*.train.max_iters=2", "tune.*.train.batch_size=4",
+        "dataset.options.n_train=16", "dataset.options.n_val=4", "dataset.options.n_test=8",
+        "data.num_workers=0"]
+
+
+def write_plugin(folder: Path) -> Path:
+    path = folder / "sweep_test_plugin.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def umdbench(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "umdbench.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, **kwargs)
