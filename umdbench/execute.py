@@ -299,7 +299,7 @@ def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str, launch
     sha = save_artifact(state, stage_dir / "model.safetensors")
     wall = time.time() - started
     atomic_write_json(marker, {"key": stage.key, "sha256": sha, "wall_time_s": wall, "max_iters": train["max_iters"],
-                               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                               "world_size": world, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {stage_dir}")
     if world > 1:
         import torch.distributed as dist

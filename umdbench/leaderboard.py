@@ -197,6 +197,7 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
                     line += [ptext, delta]
             line.append(seeds or "–")
             table.append(line)
+        reported = []  # the paper's baselines umdbench does not implement: first, as in the paper
         if paper is not None:
             for prow in paper.rows:
                 if prow in used_paper_rows or not paper_cols:
@@ -211,7 +212,8 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
                         pv = paper.value(prow, dataset, m)
                         line += ["–" if pv is None else (f"**{pv:.2f}**" if pv == best_paper[m] else f"{pv:.2f}"), "–"]
                 line.append("–")
-                table.append(line)
+                reported.append(line)
+        table = reported + table
         out.append(f"\n## {dataset}\n\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
         unavailable = {results.status[(n, dataset)][1] for n in names
                        if results.status.get((n, dataset), ("",))[0] == "data unavailable"}
@@ -303,7 +305,7 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
         for ax, dataset in zip(axes[0], datasets):
             xs = range(len(names))
             vals = [results.metric(n, dataset, metric) for n in names]
-            ax.bar(xs, [v[0] if v else 0 for v in vals], yerr=[(v[1] or 0) if v else 0 for v in vals],
+            ax.bar(xs, [v[0] if v else float("nan") for v in vals], yerr=[(v[1] or 0) if v else 0 for v in vals],
                    color="tab:blue", alpha=0.8, capsize=3, label="ours")
             if paper is not None and (dataset, metric) in paper.columns:
                 grid_rows = {p.cell_name: p.row for p in suite.grid()}

@@ -1,0 +1,32 @@
+"""Two-process CPU data-parallel (gloo) training of one tiny stage through torchrun."""
+import json
+
+import pytest
+
+from umdbench.config import CellSpec, parse_override, resolve
+from umdbench.execute import Workspace
+from umdbench.plan import build_plan
+from umdbench.registry import get_registries
+
+from test_sweep_support import TINY
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stage(tmp_path):
+    from umdbench.distributed import launch_stage
+
+    registries = get_registries(reload=True)
+    overrides = tuple(parse_override(o) for o in TINY if not o.startswith(("pretrain.", "tune.*")))
+    overrides += (("tune.0.train.max_iters", 2), ("tune.0.train.batch_size", 4))
+    run = resolve(CellSpec("none", ("direct",), "medsynth", overrides=overrides), registries)
+    ws = Workspace(tmp_path / "work", registries)
+    stage = build_plan(run, registries, ws.catalog)[0]
+    stage_dir = launch_stage(stage, run, ws, nproc=2, timeout=400)
+    meta = json.loads((stage_dir / "artifact.json").read_text())
+    assert meta["key"] == stage.key and (stage_dir / "model.safetensors").is_file()
+    assert meta["world_size"] == 2
+    # the artifact is an ordinary cached stage: a single-process evaluation can use it
+    from umdbench.execute import run_cell
+
+    row = run_cell(run, ws)
+    assert "overall" in row["metrics"]

@@ -1,0 +1,86 @@
+"""Suite leaderboards from a small hand-made results store: ours beside the paper, plots, index."""
+import pytest
+
+from umdbench.leaderboard import write_leaderboards
+from umdbench.registry import get_registries
+from umdbench.store import ResultsStore
+from umdbench.suites import Membership, record_membership
+
+
+def _row(suite, cell_name, dataset, seed, metrics, pretrain="mr", tune="direct", preset="tiny", key=None):
+    return {
+        "cell_key": key or f"{suite}-{cell_name}-{dataset}-{seed}-{preset}", "suite": suite, "cell_name": cell_name,
+        "pretrain": pretrain, "tune": tune, "dataset": dataset, "preset": preset, "seed": seed, "metrics": metrics,
+        "config": {"dataset": {"root": f"/data/{dataset}"}}, "config_hash": "h", "stage_keys": [],
+        "git_commit": "0123456789abcdef-dirty", "packages": {"torch": "2"}, "data_fingerprint": "fp" + dataset,
+        "wall_time_s": 36.0, "device": "cpu: test, 2 threads",
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    get_registries(reload=True)
+    s = ResultsStore(tmp_path / "results.sqlite")
+    # table4 on vqa-rad: rows 1 and 8 with two seeds, row 5 with one
+    for seed, (o, c, a) in enumerate([(60.0, 70.0, 66.0), (62.0, 72.0, 68.0)]):
+        s.add(_row("table4", "1 none", "vqa-rad", seed, {"open": o, "closed": c, "overall": a}, pretrain="none"))
+        s.add(_row("table4", "8 all", "vqa-rad", seed, {"open": o + 5, "closed": c + 5, "overall": a + 5}, tune="tdcalib+gmcoord"))
+    s.add(_row("table4", "5 TD-Calib+GM-Coord", "vqa-rad", 0, {"open": 1.0, "closed": 2.0, "overall": 3.0}))
+    # a cell of table1 that table4 shares (same key): membership points table4 "2 MR-Pretrain" at it
+    s.add(_row("table1", "UMD", "vqa-rad", 0, {"open": 50.0, "closed": 50.0, "overall": 50.0}, key="shared"))
+    record_membership(s.path, [
+        Membership("table4", "2 MR-Pretrain", "vqa-rad", "tiny", 0, "shared", "done"),
+        Membership("table4", "1 none", "slake", "tiny", 0, None, "data unavailable", "slake: the folder /x/slake does not exist"),
+        Membership("table1", "UMD", "vqa-rad", "tiny", 0, "shared", "done", overrides=["tune.*.train.max_iters=4"]),
+    ])
+    # fig5: alpha sweep on two datasets
+    for alpha, base in ((0.2, 40.0), (0.5, 45.0), (0.8, 42.0)):
+        for dataset in ("vqa-rad", "slake"):
+            s.add(_row("fig5", f"UMD alpha={alpha}", dataset, 0, {"open": base, "closed": base, "overall": base}))
+    return s
+
+
+def test_table4_markdown(store, tmp_path):
+    out = tmp_path / "results"
+    written = write_leaderboards(store, out, suite="table4")
+    assert {p.name for p in written} >= {"table4.md", "table4.png", "README.md"}
+    md = (out / "table4.md").read_text()
+    assert md.startswith("# Table 4: ablation on medical VQA")
+    assert "61.00 ± 1.41" in md  # open of row 1 over two seeds
+    assert "**66.00 ± 1.41**" in md  # best open (row 8) in bold
+    assert "| 65.36 " in md and "-4.36" in md  # paper value of row 1 open and the difference
+    assert "**69.27**" in md  # best paper open (rows 2 and 7)
+    assert "5 TD-Calib+GM-Coord †" in md and "inferred" in md
+    assert "3 TD-Calib ‡" in md and "appends a direct stage" in md
+    assert "| 50.00 " in md  # row 2 found through membership (cell stored under table1)
+    assert "data unavailable" in md and "/x/slake does not exist" in md
+    assert "not run" in md  # rows without any result
+    for item in ("**preset**: `tiny`", "**data**:", "fingerprint fpvqa-rad", "**compute**: cpu: test",
+                 "**seeds**: 0, 1", "**commits**: `0123456789ab-dirty`"):
+        assert item in md, item
+    assert (out / "table4.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[table4.md](table4.md)" in (out / "README.md").read_text()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_reported_only_rows_and_index(store, tmp_path):
+    out = tmp_path / "results"
+    write_leaderboards(store, out)  # every suite with results, plus runs.md
+    t1 = (out / "table1.md").read_text()
+    assert "MFB (reported, not run)" in t1 and "CPRD-BAN (reported, not run)" in t1
+    assert "UMD" in t1 and "**68.16**" in t1 and "| 14.50 " in t1 and "`tune.*.train.max_iters=4`" in t1
+    assert "vqa-med-2019" in t1
+    index = (out / "README.md").read_text()
+    for name in ("table1.md", "table4.md", "fig5.md", "runs.md"):
+        assert f"[{name}]({name})" in index
+    assert "table2.md" not in index  # a suite with nothing in the store is not written
+    assert (out / "fig5.png").is_file()
+    fig5 = (out / "fig5.md").read_text()
+    assert "UMD alpha=0.5" in fig5 and "**45.00**" in fig5 and "plot only" in fig5
+
+
+def test_explicit_suite_without_results_still_shows_paper(store, tmp_path):
+    out = tmp_path / "results"
+    write_leaderboards(store, out, suite="table3")
+    md = (out / "table3.md").read_text()
+    assert "ResNet-101 [image-only] (reported, not run)" in md and "79.58" in md and "not run" in md

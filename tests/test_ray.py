@@ -1,0 +1,28 @@
+"""A sweep through --executor ray on a local Ray (2 CPUs): stages as dependent tasks, rows by the driver."""
+import pytest
+
+from umdbench.store import ResultsStore
+from umdbench.suites import read_membership
+
+from test_sweep_support import TINY, umdbench, write_plugin
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_sweep_on_local_ray(tmp_path):
+    plugin, work = write_plugin(tmp_path), tmp_path / "work"
+    argv = ["sweep", "--suite", "mini", "--plugin-path", str(plugin), "--work-dir", str(work),
+            "--executor", "ray", "--ray-num-cpus", "2", "--cfg-options", *TINY]
+    result = umdbench(argv, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "ray: 4 training tasks and 3 evaluations submitted" in result.stdout
+    rows = ResultsStore(work / "results.sqlite").rows(suite="mini")
+    assert sorted(r["cell_name"] for r in rows) == ["1 none", "2 mr", "4 mr+gm"]
+    assert all(r["seed"] == 0 and r["device"] and r["git_commit"] and "overall" in r["metrics"] for r in rows)
+    # the one MR pre-training was trained once and reused by both cells that need it
+    assert len(list((work / "stages").glob("pretrain-mr-*/artifact.json"))) == 1
+    assert {m.status for m in read_membership(work / "results.sqlite", "mini")} == {"done"}
+    # a second sweep finds everything finished and does not start Ray
+    again = umdbench(argv, timeout=300)
+    assert again.returncode == 0 and "nothing to run" in again.stdout
