@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
 PRESETS = ("tiny", "paper")
+PAPER_PRETRAIN_CORPUS = "roco-medicat"  # ROCO + MedICaT, the paper's pre-training data
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
                 f"dataset {cell.dataset!r} names no pre-training corpus; choose one with --cfg-options "
                 f"pretrain.corpus.type=NAME (see `umdbench list`)."
             )
-        corpus_cfg = corpus_name if isinstance(corpus_name, dict) else {"type": corpus_name, "options": {}}
+        corpus_cfg = copy.deepcopy(corpus_name) if isinstance(corpus_name, dict) else {"type": corpus_name, "options": {}}
         corpus_cfg.setdefault("options", {})
         stage["corpus"] = corpus_cfg
         config["pretrain"] = stage
@@ -211,6 +212,9 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         corpus = config["pretrain"]["corpus"]
         corpus_cls = registries.dataset.get(corpus["type"])
         corpus["root"] = resolve_dataset_root(corpus_cls, cell.data_root, corpus["type"])
+        if dataset_cls.needs_root and corpus["type"] != PAPER_PRETRAIN_CORPUS:
+            deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
+                              f"ROCO + MedICaT ({PAPER_PRETRAIN_CORPUS!r})")
     config["deviations"] = deviations + _declared_deviations(config, registries)
     return ResolvedRun(cell, config, config["deviations"])
 

@@ -30,6 +30,9 @@ TEST_FILE = "test/VQAMed2019_Test_Questions_w_Ref_Answers.txt"
 
 class VQAMed2019(VQADataset):
     name: ClassVar[str] = "vqa-med-2019"
+    # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
+    # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
+    default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["vqa-rad", "slake"], "exclude_images_of": ["vqa-med-2019"]}}
     version: ClassVar[str] = "1"
     root_subdir: ClassVar[str] = "vqa_med_2019"
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")

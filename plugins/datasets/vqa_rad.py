@@ -30,7 +30,9 @@ class VQARad(VQADataset):
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     # pre-training corpus over the other real datasets (SLAKE + VQA-Med-2019), with every image
     # that also appears in VQA-RAD left out (see umdbench_plugins.datasets.corpus)
-    default_pretrain_corpus: ClassVar[str] = "corpus"
+    # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
+    # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
+    default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["slake", "vqa-med-2019"], "exclude_images_of": ["vqa-rad"]}}
     option_defaults = {**VQADataset.option_defaults, "layout": "mevf"}
     option_choices = {**VQADataset.option_choices, "layout": ("mevf", "osf")}
 

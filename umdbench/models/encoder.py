@@ -68,6 +68,9 @@ class MultimodalEncoder(nn.Module):
         _init_new_module(self.fusion)
         _init_new_module(self.type_embed)
         self.num_patches = int(self.vision.patch_embed.num_patches)
+        # "drop" (default): only visible patches enter the ViT; "mask_tokens": the slow reference
+        # (see umdbench.models.reference), used by the benchmarks only
+        self.masked_path = "drop"
         self._register_load_state_dict_pre_hook(self._resample_pos_embed_hook)
 
     # -- weights ------------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class MultimodalEncoder(nn.Module):
     # -- parts --------------------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None):
         """Vision tower only: ``(uni_image [B,1+K,Dv], image_mask, ids_restore)``."""
-        return vision_forward(self.vision, image, mask_ratio, noise)
+        return vision_forward(self.vision, image, mask_ratio, noise, self.masked_path)
 
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return text_forward(self.text, text_ids, text_mask)

@@ -6,9 +6,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0) -> torch.Tensor:
+    """Plain matmul + softmax attention (the eager reference of ``scaled_dot_product_attention``;
+    ``attn_mask`` is boolean, True = attend)."""
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v
+
+
 class Attention(nn.Module):
     """Multi-head attention on ``scaled_dot_product_attention`` with a key padding mask,
-    followed (BERT style) by an output projection, dropout, residual and LayerNorm."""
+    followed (BERT style) by an output projection, dropout, residual and LayerNorm.
+
+    ``attn_impl`` ("sdpa", default, or "math") selects the kernel; "math" is the plain eager
+    reference used by the benchmarks (same weights, same result up to rounding)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
@@ -21,6 +37,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
         self.dropout = dropout
+        self.attn_impl = "sdpa"
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
@@ -32,7 +49,10 @@ class Attention(nn.Module):
         if key_mask is not None:
             attn_mask = key_mask.bool()[:, None, None, :]  # True = attend
         p = self.dropout if self.training else 0.0
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        if self.attn_impl == "math":
+            h = math_attention(q, k, v, attn_mask, p)
+        else:  # flash / memory-efficient kernels on CUDA, the fused CPU kernel otherwise
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         h = h.transpose(1, 2).reshape(x.shape)
         h = F.dropout(self.out(h), p, self.training)
         return self.norm(x + h)

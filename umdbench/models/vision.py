@@ -54,24 +54,40 @@ def position_embedding(vit: VisionTransformer, grid: tuple[int, int]) -> torch.T
                                   num_prefix_tokens=1)
 
 
+MASKED_PATHS = ("drop", "mask_tokens")
+
+
 def vision_forward(vit: VisionTransformer, image: torch.Tensor, mask_ratio: float = 0.0,
-                   noise: torch.Tensor | None = None):
+                   noise: torch.Tensor | None = None, masked_path: str = "drop"):
     """Encode ``image``; with ``mask_ratio > 0`` only the visible patches go through the blocks.
 
     Returns ``(tokens [B, 1+K, D], mask [B, N] | None, ids_restore [B, N] | None)``.
+
+    ``masked_path="mask_tokens"`` is the slow reference used by the benchmarks (SimMIM/BEiT
+    style): every patch goes through the blocks, dropped ones as a zero token plus its position,
+    and the visible outputs are gathered afterwards, so shapes match the default ``"drop"`` path.
     """
+    if masked_path not in MASKED_PATHS:
+        raise ValueError(f"masked_path must be one of {MASKED_PATHS}, got {masked_path!r}")
     p = vit.patch_embed.patch_size
     grid = (image.shape[-2] // p[0], image.shape[-1] // p[1])
     x = vit.patch_embed(image)  # [B, N, D]
     pos = position_embedding(vit, grid)
     x = x + pos[:, 1:]
-    mask = ids_restore = None
+    mask = ids_restore = ids_keep = None
     if mask_ratio > 0:
-        x, mask, ids_restore, _ = random_masking(x, mask_ratio, noise)
+        if masked_path == "drop":
+            x, mask, ids_restore, _ = random_masking(x, mask_ratio, noise)
+        else:
+            _, mask, ids_restore, ids_keep = random_masking(x, mask_ratio, noise)
+            x = torch.where(mask.bool().unsqueeze(-1), pos[:, 1:].expand_as(x), x)
     cls = (vit.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)
     x = vit.pos_drop(x)
     x = vit.norm_pre(x)
     x = vit.blocks(x)
     x = vit.norm(x)
+    if ids_keep is not None:
+        vis = torch.gather(x[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :1], vis], dim=1)
     return x, mask, ids_restore

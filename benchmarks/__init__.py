@@ -1,0 +1,1 @@
+"""pytest-benchmark suite of umdbench's hot paths (not collected by CI; see benchmarks/run.py)."""
