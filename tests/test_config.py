@@ -48,3 +48,18 @@ def test_apply_override_unknown_key_suggests():
         apply_override(cfg, "pretrain.train.max_iter", 5)
     with pytest.raises(ConfigError, match="use an index"):
         apply_override({"tune": [{}]}, "tune.3.x", 1)
+
+
+def test_resolved_config_records_deviations_and_appended_direct():
+    from umdbench.config import CellSpec, resolve
+    from umdbench.registry import get_registries
+
+    cell = CellSpec(pretrain="mr", tune=("tdcalib",), dataset="medsynth",
+                    overrides=(("pretrain.norm_pix_loss", True), ("tune.0.upstream_feature_weight", 1e-5)))
+    run = resolve(cell, get_registries())
+    assert [s["type"] for s in run.config["tune"]] == ["tdcalib", "direct"]  # direct appended for evaluation
+    text = "\n".join(run.config["deviations"])
+    assert "'direct' stage was appended" in text
+    assert "per-patch normalised pixels" in text and "weighted 1e-05" in text
+    clean = resolve(CellSpec(pretrain="mr", tune=("tdcalib", "gmcoord"), dataset="medsynth"), get_registries())
+    assert clean.config["deviations"] == []

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default="results", metavar="DIR", help="output folder (default results)")
     board.add_argument("--suite", metavar="NAME", help="only this suite")
 
+    base = sub.add_parser("baselines", parents=[common], help="majority-answer and question-only accuracy of a VQA dataset")
+    base.add_argument("dataset", metavar="DATASET")
+    base.add_argument("--data-root", metavar="DIR")
+    base.add_argument("--split", default="test")
+    base.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100")
+
     try:
         from . import cli_data
     except ImportError:  # the data commands are optional at import time
@@ -139,7 +145,26 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard}
+def cmd_baselines(args) -> int:
+    from .baselines import majority_baseline, question_only_baseline
+    from .config import parse_override, resolve_dataset_root
+    from .registry import get_registries
+
+    registries = get_registries(tuple(args.plugin_path))
+    cls = registries.dataset.get(args.dataset)
+    if cls.task != "vqa":
+        raise UmdbenchError(f"baselines are defined for VQA datasets; {args.dataset!r} is a {cls.task} dataset.")
+    options = dict(parse_override(o) for o in args.cfg_options)
+    dataset = cls(root=resolve_dataset_root(cls, args.data_root, args.dataset), on_error="skip", **options)
+    train, test = dataset.records("train"), dataset.records(args.split)
+    for name, result in (("majority answer", majority_baseline(train, test)),
+                         ("question only", question_only_baseline(train, test))):
+        print(f"{args.dataset} {args.split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard,
+            "baselines": cmd_baselines}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,6 +238,15 @@ class SupervisedTune(TuneStrategy):
     supervised: ClassVar[bool] = True
     freeze_encoder: ClassVar[bool] = False
 
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        found = []
+        if cfg.get("loss", DEFAULT_LOSS) == "bce":
+            found.append("BCE-with-logits on one-hot targets x answers (released code) instead of cross-entropy")
+        if cfg.get("pooling", DEFAULT_POOLING) != DEFAULT_POOLING:
+            found.append(f"head reads {cfg['pooling']!r}-pooled features instead of the poolers' outputs")
+        return found
+
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
         super().__init__(encoder, cfg, task)
         if task.task not in SUPERVISED_TASKS:

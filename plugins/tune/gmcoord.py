@@ -75,6 +75,14 @@ class GMCoord(SupervisedTune):
         },
     }
 
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        found = super().deviations(cfg)
+        if cfg.get("variant", "paper") != "paper":
+            found.append(f"GM-Coord variant {cfg['variant']!r} (released code: head's last Linear split, relu(rho), "
+                         f"noise on both modalities) instead of Eq. 10-13")
+        return found
+
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
         super().__init__(encoder, cfg, task)
         variant = cfg.get("variant", "paper")

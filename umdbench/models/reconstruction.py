@@ -58,6 +58,16 @@ def resolve_special_ids(cfg: dict, encoder: nn.Module) -> dict:
 class MultiLevelReconstruction:
     """Mixin; call :meth:`_setup_reconstruction` from ``__init__`` after ``Strategy.__init__``."""
 
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        """Released-code behaviours switched on in ``cfg``, in words (recorded with each run)."""
+        found = [f"released-code quirk: {QUIRKS[k]}" for k, on in resolve_quirks(cfg).items() if on]
+        if cfg.get("norm_pix_loss"):
+            found.append("MIM targets are per-patch normalised pixels (released code) instead of raw pixels (Eq. 1)")
+        if cfg.get("upstream_feature_weight") is not None:
+            found.append(f"feature-level terms weighted {cfg['upstream_feature_weight']} (released TD-Calib code)")
+        return found
+
     quirk_names: tuple[str, ...] = tuple(QUIRKS)
 
     def _setup_reconstruction(self, encoder: nn.Module, cfg: dict) -> None:
