@@ -8,17 +8,6 @@ from pathlib import Path
 
 DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
 
-# Built-in dataset plugins, used when the registry does not know a name (or cannot be imported).
-BUILTIN_DATASETS = {
-    "vqa-rad": "umdbench_plugins.datasets.vqa_rad:VQARad",
-    "slake": "umdbench_plugins.datasets.slake:Slake",
-    "vqa-med-2019": "umdbench_plugins.datasets.vqa_med_2019:VQAMed2019",
-    "roco": "umdbench_plugins.datasets.roco:Roco",
-    "melinda": "umdbench_plugins.datasets.melinda:Melinda",
-    "medicat": "umdbench_plugins.datasets.medicat:Medicat",
-    "roco-medicat": "umdbench_plugins.datasets.medicat:RocoMedicat",
-    "corpus": "umdbench_plugins.datasets.corpus:Corpus",
-}
 
 
 class DataCommandError(Exception):
@@ -26,19 +15,10 @@ class DataCommandError(Exception):
 
 
 def lookup_dataset(name: str, plugin_paths: tuple[str, ...] = ()):
-    """The dataset plugin class registered as ``name`` (registry first, then the built-in table)."""
-    try:
-        from umdbench.registry import get_registries
-    except ImportError:
-        get_registries = None
-    if get_registries is not None:
-        reg = get_registries(tuple(plugin_paths)).dataset
-        if name in reg or name not in BUILTIN_DATASETS:
-            return reg.get(name)  # unknown names raise the registry's "did you mean" error
-    import importlib
+    """The dataset plugin class registered as ``name`` (unknown names raise "did you mean")."""
+    from umdbench.registry import get_registries
 
-    module, attr = BUILTIN_DATASETS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return get_registries(tuple(plugin_paths)).dataset.get(name)
 
 
 def resolve_data_root(arg: str | None) -> Path:

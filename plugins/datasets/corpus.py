@@ -31,33 +31,13 @@ from umdbench.api import CheckReport, DatasetPlugin, DataError, Record
 
 log = logging.getLogger("umdbench.data")
 
-BUILTIN = {
-    "vqa-rad": "umdbench_plugins.datasets.vqa_rad:VQARad",
-    "slake": "umdbench_plugins.datasets.slake:Slake",
-    "vqa-med-2019": "umdbench_plugins.datasets.vqa_med_2019:VQAMed2019",
-    "roco": "umdbench_plugins.datasets.roco:Roco",
-    "melinda": "umdbench_plugins.datasets.melinda:Melinda",
-    "medicat": "umdbench_plugins.datasets.medicat:Medicat",
-    "roco-medicat": "umdbench_plugins.datasets.medicat:RocoMedicat",
-}
 
 
 def dataset_class(name: str):
-    """A dataset plugin class by name: the registry first, then the built-in table."""
-    try:
-        from umdbench.registry import get_registries
+    """A source dataset's plugin class, looked up in the registry (unknown names: "did you mean")."""
+    from umdbench.registry import get_registries
 
-        reg = get_registries().dataset
-        if name in reg:
-            return reg.get(name)
-    except ImportError:
-        pass
-    if name in BUILTIN:
-        import importlib
-
-        module, attr = BUILTIN[name].split(":")
-        return getattr(importlib.import_module(module), attr)
-    raise DataError(f"corpus: unknown source dataset {name!r}; known: {sorted(BUILTIN)}")
+    return get_registries().dataset.get(name)
 
 
 class Corpus(DatasetPlugin):
