@@ -2,6 +2,7 @@
 
 Budgets are cut to a few iterations with --cfg-options; what is tested is the machinery.
 """
+import json
 import os
 import re
 import signal
@@ -165,3 +166,27 @@ def test_broken_entry_point_plugin_is_skipped(tmp_path):
     assert "broken 1.0" in out.stdout and "broken on purpose" in out.stdout
     listed = subprocess.run([sys.executable, "-m", "umdbench.cli", "list"], env=env, capture_output=True, text=True)
     assert listed.returncode == 0 and "mr" in listed.stdout
+
+
+@pytest.mark.parametrize("strategy", ["mae", "clip", "flip", "m3ae"])
+def test_every_pretraining_strategy_runs_through_direct_tuning(strategy, tmp_path, capsys):
+    args = ["run", "--pretrain", strategy, "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
+            "--cfg-options", *small_budget(1, iters=3)]
+    code, out = run_cli(args, capsys)
+    assert code == 0, out
+    assert f"pretrain {strategy}: done" in out and "overall=" in out
+
+
+def test_tuning_chain_runs_in_the_given_order(tmp_path, capsys):
+    args = ["run", "--pretrain", "none", "--tune", "tdcalib+gmcoord", "--dataset", "medsynth", "--work-dir", str(tmp_path),
+            "--cfg-options", *small_budget(2, pretrain=False, iters=3)]
+    code, out = run_cli(args, capsys)
+    assert code == 0, out
+    order = [line.split()[1:3] for line in out.splitlines() if re.match(r"\[\d/\d\] tune \w+: training", line)]
+    assert order == [["tune", "tdcalib:"], ["tune", "gmcoord:"]]
+    row = ResultsStore(tmp_path / "results.sqlite").rows()[0]
+    assert row["tune"] == "tdcalib+gmcoord" and [s["type"] for s in row["config"]["tune"]] == ["tdcalib", "gmcoord"]
+    # GM-Coord's stage starts from TD-Calib's artifact: its key depends on TD-Calib's key
+    tdcalib_key, gmcoord_key = row["stage_keys"]
+    stage = json.loads(next((tmp_path / "stages").glob(f"tune-gmcoord-{gmcoord_key[:16]}/stage.json")).read_text())
+    assert stage["key_inputs"]["parent"] == tdcalib_key

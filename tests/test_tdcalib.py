@@ -121,3 +121,24 @@ def test_handoff_is_the_encoder_only():
     fresh = build_encoder(tiny_encoder_cfg())
     fresh.load_state_dict(state, strict=True)
     assert all(p.grad is None for p in strat.teacher.parameters())
+
+
+def test_updates_are_identical_when_labels_are_shuffled():
+    """Three optimiser steps with true labels and with shuffled labels give bit-identical weights."""
+    results = []
+    for labels in (torch.tensor([0, 1, 2, 3]), torch.tensor([3, 0, 1, 2])):
+        strat, batch = make()
+        batch = dict(batch, label=labels, answer_type=torch.zeros(4, dtype=torch.long))
+        optim = torch.optim.AdamW([p for p in strat.parameters() if p.requires_grad], lr=1e-3)
+        strat.train()
+        torch.manual_seed(123)  # the masks are random: same draws in both runs
+        for _ in range(3):
+            optim.zero_grad()
+            out = strat(batch)
+            sum(v for k, v in out.items() if k.startswith("loss")).backward()
+            optim.step()
+            strat.after_optimizer_step()
+        results.append({k: v.clone() for k, v in strat.state_dict().items()})
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
