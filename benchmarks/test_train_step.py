@@ -47,7 +47,7 @@ def test_train_step(benchmark, spec, mode, load_average):
     before = rss_mib()
     exact = reset_peak_rss()
     paper = preset == "paper"
-    benchmark.pedantic(case.step, rounds=3 if paper else 8, iterations=1, warmup_rounds=1 if paper else 2)
+    benchmark.pedantic(case.step, rounds=2 if paper else 6, iterations=1, warmup_rounds=1 if paper else 2)
     peak = peak_rss_mib()
     info = {"kind": "train_step", "case": case.label, "strategy": name, "preset": preset, "mode": mode,
             "batch_size": case.batch_size, "params_m": case.num_params() / 1e6, "rss_before_mib": before,

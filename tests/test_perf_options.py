@@ -1,0 +1,88 @@
+"""The performance options keep numerics: SDPA vs the math reference, the masked-path reference,
+the teacher under no_grad, AdamW implementation choice, AMP off on CPU, compile off by default."""
+from __future__ import annotations
+
+import torch
+
+from umdbench.execute import build_optim_wrapper, compile_strategy, use_amp
+from umdbench.models import build_encoder
+from umdbench.models.reference import attention_impls, reference_train_options, set_reference_mode
+from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+
+TRAIN = {"lr": 1e-3, "weight_decay": 0.01, "betas": [0.9, 0.98], "eps": 1e-8, "grad_clip": None}
+
+
+def _enc():
+    torch.manual_seed(0)
+    return build_encoder(tiny_encoder_cfg()).eval()
+
+
+def test_math_reference_matches_sdpa_and_toggles_back():
+    enc = _enc()
+    batch, _ = synthetic_pairs(3)
+    batch["text_mask"][:, 12:] = 0
+    assert attention_impls(enc) == {"sdpa"}
+    a = enc(batch["image"], batch["text_ids"], batch["text_mask"])
+    set_reference_mode(enc, True)
+    assert attention_impls(enc) == {"math"} and enc.masked_path == "mask_tokens"
+    b = enc(batch["image"], batch["text_ids"], batch["text_mask"])
+    torch.testing.assert_close(a.text_feats, b.text_feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.image_feats, b.image_feats, atol=1e-5, rtol=1e-5)
+    set_reference_mode(enc, False)
+    assert attention_impls(enc) == {"sdpa"} and enc.masked_path == "drop"
+
+
+def test_mask_token_reference_has_the_same_shapes_and_mask():
+    enc = _enc()
+    batch, _ = synthetic_pairs(2)
+    noise = torch.rand(2, enc.num_patches)
+    fast = enc(batch["image"], batch["text_ids"], batch["text_mask"], image_mask_ratio=0.75, mask_noise=noise)
+    set_reference_mode(enc, True)
+    ref = enc(batch["image"], batch["text_ids"], batch["text_mask"], image_mask_ratio=0.75, mask_noise=noise)
+    assert fast.image_feats.shape == ref.image_feats.shape
+    assert torch.equal(fast.image_mask, ref.image_mask) and torch.equal(fast.ids_restore, ref.ids_restore)
+
+
+def test_teacher_pass_records_no_graph():
+    from plugins.pretrain.mr import MRPretrain
+
+    batch, special = synthetic_pairs(4)
+    s = MRPretrain(_enc(), {"special_ids": special, "decoder": {"dim": 32, "depth": 1, "heads": 2}, "fea_dim": 16})
+    s.train()
+    assert s.teacher_no_grad
+    r = s.reconstruction_terms(batch)
+    assert r["teacher"].text_feats.grad_fn is None and r["teacher"].image_feats.grad_fn is None
+    set_reference_mode(s, True)
+    r = s.reconstruction_terms(batch)
+    assert r["teacher"].text_feats.grad_fn is not None  # the reference builds the graph
+    set_reference_mode(s, False)
+    assert not any(p.requires_grad for p in s.teacher.parameters())
+
+
+def test_optimiser_options_on_cpu():
+    enc = _enc()
+
+    class S(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = enc
+
+        def param_group_of(self, name):
+            return "encoder"
+
+    s = S()
+    ow = build_optim_wrapper(s, TRAIN)
+    assert type(ow).__name__ == "OptimWrapper"  # no AMP on CPU
+    assert ow.optimizer.defaults["foreach"] is True
+    ref = build_optim_wrapper(s, reference_train_options(TRAIN))
+    assert ref.optimizer.defaults["foreach"] is False
+    assert use_amp({}) == torch.cuda.is_available() and not use_amp({"amp": False})
+    assert compile_strategy(s, TRAIN) is False  # train.compile defaults to off
+
+
+def test_normalize_image_lookup_is_bit_identical():
+    from umdbench.loaders import _normalize_reference, normalize_image
+
+    x = torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8)
+    assert torch.equal(normalize_image(x), _normalize_reference(x))
+    assert torch.equal(normalize_image(x[:, ::2, 3:]), _normalize_reference(x[:, ::2, 3:]))  # strided input
