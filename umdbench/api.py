@@ -221,6 +221,23 @@ class TaskInfo:
     label_names: list[str] = field(default_factory=list)
 
 
+# AdamW settings shared by every stage unless a preset says otherwise (the released code's).
+TRAIN_DEFAULTS = {
+    "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 1.0},
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.98],
+    "eps": 1e-8,
+    "warmup_ratio": 0.1,
+    "schedule": "linear",
+    "grad_clip": None,
+}
+
+
+def train_config(**settings: Any) -> dict:
+    """A stage's ``train`` dict: :data:`TRAIN_DEFAULTS` with ``settings`` on top."""
+    return deep_merge(TRAIN_DEFAULTS, settings)
+
+
 # Keys of a stage's ``train`` config, with what they mean.
 TRAIN_KEYS = {
     "max_iters": "optimiser steps of the stage",

@@ -8,37 +8,19 @@ MELINDA / ROCO) at batch 64/32/32/16/256, expressed as ``max_iters``.
 """
 from __future__ import annotations
 
+from umdbench.api import train_config
 from umdbench.tasks import SupervisedTune, iters_for
 
-_PAPER_TRAIN = {
-    "max_iters": iters_for("vqa-rad", 64, 50),
-    "batch_size": 64,
-    "lr": 5e-6,
-    "lr_mult": {"encoder": 1.0, "fusion": 5.0, "head": 50.0},
-    "weight_decay": 0.01,
-    "betas": [0.9, 0.98],
-    "eps": 1e-8,
-    "warmup_ratio": 0.1,
-    "schedule": "linear",
-    "checkpoint_interval": 500,
-    "log_interval": 50,
-    "grad_clip": None,
-}
+_PAPER_TRAIN = train_config(
+    max_iters=iters_for("vqa-rad", 64, 50), batch_size=64, lr=5e-6,
+    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0}, checkpoint_interval=500, log_interval=50,
+)
 
-_TINY_TRAIN = {
-    "max_iters": 200,  # keeps the README pipeline under 10 min on 2 CPU cores
-    "batch_size": 32,
-    "lr": 5e-4,
-    "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 2.0},
-    "weight_decay": 0.01,
-    "betas": [0.9, 0.98],
-    "eps": 1e-8,
-    "warmup_ratio": 0.1,
-    "schedule": "linear",
-    "checkpoint_interval": 100,
-    "log_interval": 10,
-    "grad_clip": None,
-}
+_TINY_TRAIN = train_config(
+    max_iters=200,  # keeps the README pipeline under 10 min on 2 CPU cores
+    batch_size=32, lr=5e-4, lr_mult={"encoder": 1.0, "fusion": 1.0, "head": 2.0},
+    checkpoint_interval=100, log_interval=10,
+)
 
 
 def _m3ae_per_dataset(epochs: dict[str, int]) -> dict:

@@ -10,25 +10,15 @@ import copy
 
 import torch
 
-from umdbench.api import TuneStrategy
+from umdbench.api import TuneStrategy, train_config
 from umdbench.models.reconstruction import MultiLevelReconstruction
 
 UPSTREAM_FEATURE_WEIGHT = 1e-5
 
-_TRAIN_PAPER = {
-    "max_iters": 5760,
-    "batch_size": 32,
-    "lr": 1e-5,
-    "lr_mult": {"encoder": 1.0, "fusion": 5.0, "head": 50.0},
-    "weight_decay": 0.01,
-    "betas": [0.9, 0.98],
-    "eps": 1e-8,
-    "warmup_ratio": 0.1,
-    "schedule": "linear",
-    "checkpoint_interval": 1000,
-    "log_interval": 50,
-    "grad_clip": None,
-}
+_TRAIN_PAPER = train_config(
+    max_iters=5760, batch_size=32, lr=1e-5, lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0},
+    checkpoint_interval=1000, log_interval=50,
+)
 
 _COMMON = {
     "image_mask_ratio": 0.75,
