@@ -230,7 +230,7 @@ def lr_schedule(train: dict) -> list[dict]:
 
 
 # mmengine notices about its own deprecations, irrelevant to a umdbench user (kept in the file log)
-_MMENGINE_NOTICES = ("will be deprecated", "is the alias of", "has no metainfo")
+_MMENGINE_NOTICES = ("will be deprecated", "is the alias of", "has no metainfo", "prefix is not set")
 
 
 def _drop_mmengine_notices(record: logging.LogRecord) -> bool:
