@@ -230,6 +230,9 @@ TRAIN_DEFAULTS = {
     "warmup_ratio": 0.1,
     "schedule": "linear",
     "grad_clip": None,
+    "amp": "auto",  # bf16 autocast on CUDA, fp32 on CPU; False = always fp32
+    "foreach": "auto",  # multi-tensor AdamW on CPU (fused on CUDA); False = per-tensor loop
+    "compile": False,  # torch.compile the encoder blocks
 }
 
 
@@ -252,4 +255,7 @@ TRAIN_KEYS = {
     "checkpoint_interval": "iterations between resumable checkpoints",
     "log_interval": "iterations between log lines",
     "grad_clip": "max grad norm or None",
+    "amp": "'auto' = bf16 autocast on CUDA (fp32 on CPU); False = fp32 everywhere",
+    "foreach": "'auto' = multi-tensor AdamW on CPU, fused on CUDA; False = per-tensor loop",
+    "compile": "torch.compile the encoder blocks (parameter names unchanged)",
 }

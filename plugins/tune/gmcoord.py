@@ -54,7 +54,9 @@ def _gmcoord_per_dataset() -> dict:
     return per
 
 
-_OPTIONS = {"variant": "paper", "beta": gradmod.DEFAULT_BETA, "loss": "ce", "pooling": "pooler"}
+# unimodal / rule / noise / std_eps: None = as the variant says; listed so --cfg-options can set them
+_OPTIONS = {"variant": "paper", "beta": gradmod.DEFAULT_BETA, "loss": "ce", "pooling": "pooler",
+            "unimodal": None, "rule": None, "noise": None, "std_eps": None}
 
 
 class GMCoord(SupervisedTune):
