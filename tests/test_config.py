@@ -23,7 +23,7 @@ def test_tune_chain_rejects_repeats():
 
 @pytest.mark.parametrize("text,expected", [
     ("a.b=3", ("a.b", 3)), ("a.b=1e-4", ("a.b", 1e-4)), ("a=true", ("a", True)), ("a=[1, 2]", ("a", [1, 2])),
-    ("a.b=cosine", ("a.b", "cosine")), ("a=None", ("a", None)),
+    ("a.b=cosine", ("a.b", "cosine")), ("a=None", ("a", None)), ("a=null", ("a", None)), ("a=none", ("a", "none")),
 ])
 def test_parse_override_values(text, expected):
     assert parse_override(text) == expected

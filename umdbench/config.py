@@ -76,7 +76,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         if raw[:1] in "[{(\"'":
             raise ConfigError(f"--cfg-options {text!r}: the value {raw!r} looks like a literal but does not parse.")
         lowered = raw.lower()
-        value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
+        # "none" stays a string: several options take it as a value (e.g. gmcoord noise=none);
+        # write None (a Python literal) or null for a missing value
+        value = {"true": True, "false": False, "null": None}.get(lowered, raw)
     return key, value
 
 
