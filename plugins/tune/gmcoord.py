@@ -83,6 +83,10 @@ class GMCoord(SupervisedTune):
         if cfg.get("variant", "paper") != "paper":
             found.append(f"GM-Coord variant {cfg['variant']!r} (released code: head's last Linear split, relu(rho), "
                          f"noise on both modalities) instead of Eq. 10-13")
+        paper = VARIANTS["paper"]
+        for key in paper:
+            if cfg.get(key) is not None and cfg[key] != paper[key]:
+                found.append(f"GM-Coord {key}={cfg[key]!r} instead of the paper's {paper[key]!r}")
         return found
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
