@@ -52,20 +52,24 @@ def split_indices(n: int, val_size: int, test_size: int) -> dict[str, list[int]]
     return {"train": idx[:cut], "val": idx[cut:n - n_test], "test": idx[n - n_test:]}
 
 
+def jsonl_rows(path: Path, file: str, bad: Callable[[str], None]):
+    """``(line number, parsed row)`` of a JSON-lines file; blank lines skipped, bad JSON reported."""
+    for lineno, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad(f"{file}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: repair or remove the line")
+
+
 def read_medicat(root: Path, split: str, bad: Callable[[str], None], *, min_words: int, val_size: int,
                  test_size: int, rel: Callable[[Path], str], uid_prefix: str) -> list[Record]:
     path = find_jsonl(root)
     file = rel(path)
     figures = path.parent / "figures"
     figs = []
-    for lineno, line in enumerate(read_text_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            bad(f"{file}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: repair or remove the line")
-            continue
+    for lineno, row in jsonl_rows(path, file, bad):
         if not isinstance(row, dict) or not row.get("pdf_hash") or not row.get("fig_uri"):
             bad(f"{file}: line {lineno}: record lacks pdf_hash/fig_uri; fix: repair or remove the line")
             continue
@@ -200,14 +204,7 @@ class RocoMedicat(ReleaseDataset):
         dlinks = parse_dlinks(sdir / "radiology" / "dlinks.txt")
         file = self.rel(path)
         out = []
-        for lineno, line in enumerate(read_text_lines(path), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                self._bad(f"{file}: line {lineno}: invalid JSON ({exc.msg}); fix: repair or remove the line")
-                continue
+        for lineno, row in jsonl_rows(path, file, self._bad):
             key = row.get("roco_image_id") if isinstance(row, dict) else None
             if key not in dlinks:
                 self._bad(f"{file}: line {lineno}: roco_image_id {key!r} is not in {split}/radiology/dlinks.txt; "
