@@ -42,6 +42,18 @@ def test_fit_overrides_expands_and_drops(plugin_registries):
     assert set(dropped) == {"pretrain.train.max_iters", "tune.2.train.lr"}
 
 
+def test_tune_wildcard_skips_stages_without_the_key(plugin_registries):
+    _, registries = plugin_registries
+    cell = CellSpec("none", ("tdcalib", "gmcoord"), "medsynth",
+                    overrides=_overrides(["tune.*.pooling=mean", "tune.*.train.lr=0.001"]))
+    fitted, _ = fit_overrides(cell, registries)
+    # TD-Calib has no task head, so no pooling key: only gmcoord (stage 1) gets it; train is everywhere
+    assert fitted.overrides == (("tune.1.pooling", "mean"), ("tune.0.train.lr", 0.001), ("tune.1.train.lr", 0.001))
+    # a key no stage has still reaches every stage, so resolving names the typo
+    typo = CellSpec("none", ("direct",), "medsynth", overrides=_overrides(["tune.*.poolin=mean"]))
+    assert fit_overrides(typo, registries)[0].overrides == (("tune.0.poolin", "mean"),)
+
+
 def test_plan_dedupes_shared_stages(plugin_registries):
     _, registries = plugin_registries
     suite = get_suite(registries, "mini-ablation")

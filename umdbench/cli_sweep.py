@@ -12,8 +12,9 @@ examples:
   umdbench sweep --suite table4 --nproc-per-node 2          # each training stage as a 2-process DDP job
 
 --cfg-options apply to every cell: pretrain.* is ignored for cells without pre-training, tune.N.* for
-chains shorter than N+1, and tune.*.KEY applies to every tuning stage. Stopping a sweep and running the
-same command again resumes it: finished cells and cached stages are skipped.
+chains shorter than N+1, and tune.*.KEY applies to every tuning stage that has KEY (tune.*.pooling=mean
+skips TD-Calib). Stopping a sweep and running the same command again resumes it: finished cells and
+cached stages are skipped.
 """
 
 

@@ -139,22 +139,43 @@ class SweepPlan:
 # ---------------------------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------------------------
-def _chain_length(spec: CellSpec, registries) -> int | None:
+def _chain(spec: CellSpec, registries) -> list | None:
+    """The cell's tuning strategy classes as resolved (an unsupervised last stage gets ``direct``)."""
     try:
-        last = registries.tune.get(spec.tune[-1])
+        classes = [registries.tune.get(name) for name in spec.tune]
+        if not getattr(classes[-1], "supervised", True):
+            classes.append(registries.tune.get("direct"))
     except UmdbenchError:
         return None
-    return len(spec.tune) + (0 if getattr(last, "supervised", True) else 1)
+    return classes
+
+
+def _stages_with_key(spec: CellSpec, chain: list, rest: str) -> list[int]:
+    """Indices of the chain's stages whose preset has the first key of ``rest`` (".pooling" ->
+    the supervised stages only); every index when none has it, so resolving reports the typo."""
+    first = rest.lstrip(".").split(".", 1)[0]
+    if not first:
+        return list(range(len(chain)))
+    found = []
+    for i, cls in enumerate(chain):
+        try:
+            if first in cls.default_config(spec.preset, spec.dataset):
+                found.append(i)
+        except Exception:  # a preset that cannot resolve here is reported when the cell resolves
+            found.append(i)
+    return found or list(range(len(chain)))
 
 
 def fit_overrides(spec: CellSpec, registries) -> tuple[CellSpec, tuple[str, ...]]:
     """Adapt grid-wide overrides to one cell.
 
-    ``tune.*.KEY`` expands to every tuning stage of the cell; ``pretrain.KEY`` is dropped for a
+    ``tune.*.KEY`` expands to every tuning stage of the cell whose preset has KEY (so
+    ``tune.*.pooling=mean`` skips TD-Calib, which has no task head); ``pretrain.KEY`` is dropped for a
     cell without pre-training and ``tune.N.KEY`` for a chain shorter than N+1 (one override list
     serves the whole grid, e.g. ``pretrain.train.max_iters=4 tune.*.train.max_iters=4``).
     """
-    length = _chain_length(spec, registries)
+    chain = _chain(spec, registries)
+    length = None if chain is None else len(chain)
     kept, dropped = [], []
     for key, value in spec.overrides:
         if key.startswith("pretrain.") and spec.pretrain == "none":
@@ -164,7 +185,7 @@ def fit_overrides(spec: CellSpec, registries) -> tuple[CellSpec, tuple[str, ...]
         if m and length is not None:
             index, rest = m.group(1), m.group(2) or ""
             if index == "*":
-                kept += [(f"tune.{i}{rest}", value) for i in range(length)]
+                kept += [(f"tune.{i}{rest}", value) for i in _stages_with_key(spec, chain, rest)]
                 continue
             if int(index) >= length:
                 dropped.append(key)
