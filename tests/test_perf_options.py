@@ -73,9 +73,11 @@ def test_optimiser_options_on_cpu():
     s = S()
     ow = build_optim_wrapper(s, TRAIN)
     assert type(ow).__name__ == "OptimWrapper"  # no AMP on CPU
-    assert ow.optimizer.defaults["foreach"] is True
+    assert ow.optimizer.defaults["fused"] is True  # the fused kernel on CPU too
     ref = build_optim_wrapper(s, reference_train_options(TRAIN))
-    assert ref.optimizer.defaults["foreach"] is False
+    assert ref.optimizer.defaults["foreach"] is False and not ref.optimizer.defaults["fused"]
+    multi = build_optim_wrapper(s, {**TRAIN, "fused": False})
+    assert multi.optimizer.defaults["foreach"] is True and not multi.optimizer.defaults["fused"]
     assert use_amp({}) == torch.cuda.is_available() and not use_amp({"amp": False})
     assert compile_strategy(s, TRAIN) is False  # train.compile defaults to off
 
@@ -86,3 +88,30 @@ def test_normalize_image_lookup_is_bit_identical():
     x = torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8)
     assert torch.equal(normalize_image(x), _normalize_reference(x))
     assert torch.equal(normalize_image(x[:, ::2, 3:]), _normalize_reference(x[:, ::2, 3:]))  # strided input
+
+
+def test_fused_adamw_matches_the_per_tensor_loop():
+    # the default (fused) optimiser is a speed choice only: same updates as the reference loop
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(16, 8) for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+
+    class S(torch.nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.lin = lin
+
+        def param_group_of(self, name):
+            return "encoder"
+
+    fused, loop = S(layers[0]), S(layers[1])
+    start = layers[0].weight.detach().clone()
+    opt_f = build_optim_wrapper(fused, TRAIN)
+    opt_l = build_optim_wrapper(loop, reference_train_options(TRAIN))
+    x = torch.randn(4, 16)
+    for _ in range(3):
+        for s, ow in ((fused, opt_f), (loop, opt_l)):
+            ow.update_params(s.lin(x).pow(2).mean())
+    for a, b in zip(fused.parameters(), loop.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(layers[0].weight, start)  # the steps did update the weights

@@ -231,7 +231,8 @@ TRAIN_DEFAULTS = {
     "schedule": "linear",
     "grad_clip": None,
     "amp": "auto",  # bf16 autocast on CUDA, fp32 on CPU; False = always fp32
-    "foreach": "auto",  # multi-tensor AdamW on CPU (fused on CUDA); False = per-tensor loop
+    "fused": "auto",  # fused AdamW kernel (CUDA and CPU); False = foreach / per-tensor loop
+    "foreach": "auto",  # only when fused is False: multi-tensor AdamW; False = per-tensor loop
     "compile": False,  # torch.compile the encoder blocks
 }
 
@@ -256,6 +257,7 @@ TRAIN_KEYS = {
     "log_interval": "iterations between log lines",
     "grad_clip": "max grad norm or None",
     "amp": "'auto' = bf16 autocast on CUDA (fp32 on CPU); False = fp32 everywhere",
-    "foreach": "'auto' = multi-tensor AdamW on CPU, fused on CUDA; False = per-tensor loop",
+    "fused": "'auto' = fused AdamW kernel on CUDA and CPU; False = the foreach / per-tensor path",
+    "foreach": "with fused False: 'auto' = multi-tensor AdamW; False = per-tensor loop",
     "compile": "torch.compile the encoder blocks (parameter names unchanged)",
 }

@@ -9,7 +9,7 @@ built strategy (or encoder) between the two; nothing here is used by training it
 | attention (fusion, ViT, MIM decoder, text tower) | ``scaled_dot_product_attention`` | matmul + softmax ("math" / transformers "eager") |
 | masked image path | dropped patches never enter the ViT | dropped patches go through the ViT as mask tokens |
 | EMA teacher pass (MR / TD-Calib) | ``torch.no_grad()`` | autograd on (teacher weights require grad, graph built) |
-| AdamW | fused (CUDA) / ``foreach`` (CPU) | per-tensor loop (``foreach=False``), see :func:`reference_train_options` |
+| AdamW | fused kernel (CUDA and CPU) | per-tensor loop (``foreach=False``), see :func:`reference_train_options` |
 
 The reference keeps the model's mathematics except for the masked path: with mask tokens the
 visible patches also attend to the (position-only) dropped ones, as in SimMIM/BEiT, so its
