@@ -96,9 +96,11 @@ def _dataloader(size, cache):
 
 
 def _drain(dl):
+    from umdbench.loaders import normalize_image
+
     n = 0
-    for batch in dl:
-        n += batch["image"].shape[0]
+    for batch in dl:  # uint8 from the workers, normalised per batch as the stage model does
+        n += normalize_image(batch["image"]).shape[0]
     return n
 
 

@@ -2,6 +2,7 @@
 the teacher under no_grad, AdamW implementation choice, AMP off on CPU, compile off by default."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from umdbench.execute import build_optim_wrapper, compile_strategy, use_amp
@@ -115,3 +116,19 @@ def test_fused_adamw_matches_the_per_tensor_loop():
     for a, b in zip(fused.parameters(), loop.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(layers[0].weight, start)  # the steps did update the weights
+
+
+def test_uint8_batches_are_normalised_by_the_stage_model():
+    from umdbench.loaders import _normalize_reference, normalize_image
+    from umdbench.stage_model import ImageNormalizer
+
+    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    # batched look-up == per-image reference, bit for bit
+    assert torch.equal(normalize_image(batch), torch.stack([_normalize_reference(x) for x in batch]))
+    out = ImageNormalizer()({"image": batch, "label": torch.arange(4)}, True)
+    assert out["image"].dtype == torch.float32 and torch.equal(out["image"], normalize_image(batch))
+    assert torch.equal(out["label"], torch.arange(4))
+    floats = torch.randn(2, 3, 8, 8)  # already-normalised (synthetic) batches pass unchanged
+    assert torch.equal(ImageNormalizer()({"image": floats}, True)["image"], floats)
+    with pytest.raises(ValueError, match="uint8 images"):
+        normalize_image(torch.zeros(2, 8, 8, dtype=torch.uint8))

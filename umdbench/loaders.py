@@ -1,7 +1,10 @@
 """Records -> tensors: the torch datasets every stage trains and evaluates on.
 
 Texts are tokenised once, up front. Images go through :class:`umdbench.data.images.ImageLoader`
-(decoded, resized and cached on disk) and are normalised here with the CLIP mean/std.
+(decoded, resized and cached on disk) and leave the datasets as uint8: data-loader workers hand the
+main process a quarter of the bytes a float batch would take, and the CLIP mean/std normalisation
+runs once per batch on the model's device (:func:`normalize_image`, called by the stage model's
+data preprocessor, :class:`umdbench.stage_model.ImageNormalizer`).
 """
 from __future__ import annotations
 
@@ -30,13 +33,16 @@ _LUT = _normalize_reference(torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
 
 
 def normalize_image(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [3,H,W] -> float [3,H,W] normalised as CLIP expects."""
-    if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3 or pixels.device.type != "cpu":
+    """uint8 [3,H,W] or [B,3,H,W] -> float32 of the same shape, normalised as CLIP expects
+    (a table look-up on CPU, the three element-wise ops on an accelerator; bit-identical)."""
+    if pixels.dim() not in (3, 4) or pixels.shape[-3] != 3:
+        raise ValueError(f"expected uint8 images [3,H,W] or [B,3,H,W], got shape {tuple(pixels.shape)}")
+    if pixels.dtype != torch.uint8 or pixels.device.type != "cpu":
         return _normalize_reference(pixels)
     src = pixels.numpy()
     out = np.empty(src.shape, dtype=np.float32)
     for c in range(3):
-        np.take(_LUT[c], src[c], out=out[c])
+        np.take(_LUT[c], src[..., c, :, :], out=out[..., c, :, :])
     return torch.from_numpy(out)
 
 
@@ -75,7 +81,7 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = {
-            "image": normalize_image(self.image_loader.load(self.records[i].image)),
+            "image": self.image_loader.load(self.records[i].image),  # uint8; normalised per batch
             "text_ids": self.text_ids[i],
             "text_mask": self.text_mask[i],
             "index": torch.tensor(i),
@@ -109,7 +115,7 @@ class PairGridDataset(Dataset):
 
     def _image(self, i: int) -> torch.Tensor:
         if i not in self._images:
-            self._images[i] = normalize_image(self.image_loader.load(self.records[i].image))
+            self._images[i] = self.image_loader.load(self.records[i].image)  # uint8, see module docstring
             if len(self._images) > self._cache_size:
                 self._images.popitem(last=False)
         return self._images[i]
