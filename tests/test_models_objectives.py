@@ -174,3 +174,29 @@ def test_ema_twice_is_compounded():
     ema_update_(a, b, 0.9)
     ema_update_(a, b, 0.9)
     torch.testing.assert_close(a.weight, 0.81 * w0 + 0.19 * b.weight, rtol=0, atol=1e-7)
+
+
+def test_forward_pairs_shares_images_without_changing_outputs_or_gradients():
+    # ITM's repeated images go through the ViT once; outputs and gradients equal the per-pair pass
+    from umdbench.models import build_encoder
+    from umdbench.models.objectives import itm_sources
+    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_encoder_cfg())
+    enc.train()
+    batch, _ = synthetic_pairs(6, cfg=enc.cfg, seed=1)
+    src, labels = itm_sources(6, generator=torch.Generator().manual_seed(3))
+    assert len(torch.unique(src)) < 6 and labels.sum() == 3  # some images repeat, some unused
+    grads = []
+    for share in (True, False):
+        enc.share_pair_images = share
+        enc.zero_grad(set_to_none=True)
+        out = enc.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"])
+        out.pooled.pow(2).sum().backward()
+        grads.append((out.pooled.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ga.keys() == gb.keys() and any(n.startswith("vision.") for n in ga)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head
 from umdbench.models.masking import mask_tokens
-from umdbench.models.objectives import itm_loss, itm_pairs, mim_loss, mlm_loss
+from umdbench.models.objectives import itm_loss, itm_sources, mim_loss, mlm_loss
 from umdbench.models.presets import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import resolve_special_ids
 
@@ -63,8 +63,8 @@ class M3AEPretrain(PretrainStrategy):
         pred = self.mim_decoder(feats, o.ids_restore)
         l_mim = mim_loss(pred, self.encoder.patchify(image), o.image_mask, self.norm_pix_loss)
         # ITM
-        images, itm_labels = itm_pairs(image)
-        o = self.encoder(images, ids, mask)
+        src, itm_labels = itm_sources(image.shape[0], image.device)
+        o = self.encoder.forward_pairs(image, src, ids, mask)
         l_itm, itm_acc = itm_loss(self.itm_head(o.pooled), itm_labels)
         w = self.weights
         out.update({"loss_mlm": w["mlm"] * l_mlm, "loss_mim": w["mim"] * l_mim, "loss_itm": w["itm"] * l_itm,

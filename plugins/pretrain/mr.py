@@ -14,7 +14,7 @@ import torch
 
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import itm_head
-from umdbench.models.objectives import itm_loss, itm_pairs
+from umdbench.models.objectives import itm_loss, itm_sources
 from umdbench.models.presets import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import MultiLevelReconstruction
 
@@ -63,8 +63,8 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
         out = {f"loss_{k}": w[k] * r[k] for k in ("mim", "mlm", "feamim", "feamlm")}
         out.update({k: r[k].detach() for k in ("mim", "mlm", "feamim", "feamlm", "mlm_acc")})
         if self.use_itm:
-            images, labels = itm_pairs(batch["image"])
-            o = self.encoder(images, batch["text_ids"], batch["text_mask"])
+            src, labels = itm_sources(batch["image"].shape[0], batch["image"].device)
+            o = self.encoder.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"])
             l_itm, acc = itm_loss(self.itm_head(o.pooled), labels)
             out["loss_itm"] = l_itm
             out["itm"] = l_itm.detach()

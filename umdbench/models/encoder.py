@@ -71,6 +71,8 @@ class MultimodalEncoder(nn.Module):
         # "drop" (default): only visible patches enter the ViT; "mask_tokens": the slow reference
         # (see umdbench.models.reference), used by the benchmarks only
         self.masked_path = "drop"
+        # forward_pairs: each distinct image through the ViT once (False: the reference, one per pair)
+        self.share_pair_images = True
         self._register_load_state_dict_pre_hook(self._resample_pos_embed_hook)
 
     # -- weights ------------------------------------------------------------------------------
@@ -111,6 +113,27 @@ class MultimodalEncoder(nn.Module):
         if fuse:
             (out.text_feats, out.image_feats, out.text_pooled, out.image_pooled,
              out.image_feats_at_layer) = self.fuse(uni_text, text_mask, uni_image, capture_layer)
+        return out
+
+    def forward_pairs(self, image: torch.Tensor, src: torch.Tensor, text_ids: torch.Tensor,
+                      text_mask: torch.Tensor) -> EncoderOutput:
+        """Fused pairs (``image[src[i]]``, text ``i``), e.g. ITM's half-mismatched batch.
+
+        The ViT works per image, so when the batch repeats images (ITM rolls half of them onto
+        their neighbours, leaving about a quarter unused) each distinct image is encoded once and
+        its output indexed: same outputs, and the same gradients, as encoding ``image[src]``, for
+        a quarter (batch 2: half) less vision work. Falls back to encoding ``image[src]`` when the
+        ViT is stochastic (drop path in training), where a repeat would share its random draws.
+        """
+        stochastic = self.training and float(self.cfg["vision"].get("drop_path", 0.0)) > 0
+        if not self.share_pair_images or stochastic:
+            return self(image[src], text_ids, text_mask)
+        used, inverse = torch.unique(src, return_inverse=True)
+        uni_image, image_mask, ids_restore = self.encode_image(image[used])
+        uni_image = uni_image[inverse]
+        uni_text = self.encode_text(text_ids, text_mask)
+        out = EncoderOutput(None, None, None, None, uni_text, uni_image, ids_restore, image_mask)
+        out.text_feats, out.image_feats, out.text_pooled, out.image_pooled, _ = self.fuse(uni_text, text_mask, uni_image)
         return out
 
     # -- helpers ------------------------------------------------------------------------------

@@ -41,20 +41,27 @@ def mlm_loss(head, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return loss, acc.detach()
 
 
-def itm_pairs(image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace the image of a random half of the batch by its neighbour's (batch rolled by one).
+def itm_sources(batch_size: int, device=None, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM pairing of a batch: a random half of the texts get their neighbour's image.
 
-    Returns ``(images, labels)``, label 1 = matched pair, 0 = mismatched.
+    Returns ``(src, labels)``: text ``i`` is paired with image ``src[i]`` (``i`` or ``i - 1``,
+    rolled), label 1 = matched pair, 0 = mismatched.
     """
-    B = image.shape[0]
-    labels = torch.ones(B, dtype=torch.long, device=image.device)
-    if B < 2:
-        return image, labels
-    neg = torch.randperm(B, generator=generator)[: B // 2].to(image.device)
-    out = image.clone()
-    out[neg] = image.roll(1, dims=0)[neg]
+    src = torch.arange(batch_size, device=device)
+    labels = torch.ones(batch_size, dtype=torch.long, device=device)
+    if batch_size < 2:
+        return src, labels
+    neg = torch.randperm(batch_size, generator=generator)[: batch_size // 2].to(src.device)
+    src[neg] = (neg - 1) % batch_size
     labels[neg] = 0
-    return out, labels
+    return src, labels
+
+
+def itm_pairs(image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`itm_sources` applied to the images: ``(images, labels)``."""
+    src, labels = itm_sources(image.shape[0], image.device, generator)
+    return image[src], labels
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ built strategy (or encoder) between the two; nothing here is used by training it
 | attention (fusion, ViT, MIM decoder, text tower) | ``scaled_dot_product_attention`` | matmul + softmax ("math" / transformers "eager") |
 | masked image path | dropped patches never enter the ViT | dropped patches go through the ViT as mask tokens |
 | EMA teacher pass (MR / TD-Calib) | ``torch.no_grad()`` | autograd on (teacher weights require grad, graph built) |
+| ITM pass (MR / M3AE) | each distinct image through the ViT once | one ViT pass per (image, text) pair |
 | AdamW | fused kernel (CUDA and CPU) | per-tensor loop (``foreach=False``), see :func:`reference_train_options` |
 
 The reference keeps the model's mathematics except for the masked path: with mask tokens the
@@ -62,6 +63,7 @@ def set_reference_mode(module: nn.Module, reference: bool = True) -> nn.Module:
     for m in module.modules():
         if hasattr(m, "masked_path") and hasattr(m, "vision"):  # MultimodalEncoder (student and teacher)
             m.masked_path = "mask_tokens" if reference else "drop"
+            m.share_pair_images = not reference
         if hasattr(m, "teacher_no_grad") and hasattr(m, "teacher"):  # MultiLevelReconstruction
             m.teacher_no_grad = not reference
             m.teacher.requires_grad_(reference)
