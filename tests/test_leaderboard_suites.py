@@ -60,6 +60,13 @@ def test_table4_markdown(store, tmp_path):
         assert item in md, item
     assert (out / "table4.png").read_bytes()[:4] == b"\x89PNG"
     assert "[table4.md](table4.md)" in (out / "README.md").read_text()
+    # the stored rows behind the board travel with it, one JSON object per run
+    import json
+
+    runs = [json.loads(line) for line in (out / "table4-runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 6 and "[table4-runs.jsonl](table4-runs.jsonl)" in md
+    assert {(r["cell_name"], r["seed"]) for r in runs} >= {("1 none", 0), ("1 none", 1), ("8 all", 1)}
+    assert all(r["git_commit"] and r["config_hash"] for r in runs)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 

@@ -7,6 +7,7 @@ indexing the files. Every file is written atomically (temp file + rename).
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -349,11 +350,24 @@ def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_pa
             if png is not None:
                 parts.append(f"\n![{s.title} ({preset})]({png.name})\n")
                 written.append(png)
+        rows = [r for preset in presets for r in by_preset[preset].all_rows()]
+        if rows:
+            runs = out_dir / f"{s.name}-runs.jsonl"
+            atomic_write_text(runs, runs_jsonl(rows))
+            parts.append(f"\nEvery run behind these numbers (config, hash, seed, commit, package versions, data "
+                         f"fingerprint, metrics): [{runs.name}]({runs.name}).\n")
+            written.append(runs)
         path = out_dir / f"{s.name}.md"
         atomic_write_text(path, "\n".join(parts))
         written.append(path)
     written.append(write_index(out_dir))
     return written
+
+
+def runs_jsonl(rows: list[dict]) -> str:
+    """One stored row per line, in a stable order (cell, dataset, seed)."""
+    ordered = sorted(rows, key=lambda r: (str(r.get("cell_name")), str(r.get("dataset")), r.get("seed", 0)))
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in ordered)
 
 
 def write_index(out_dir: Path) -> Path:
