@@ -23,6 +23,14 @@ def test_sweep_on_local_ray(tmp_path):
     # the one MR pre-training was trained once and reused by both cells that need it
     assert len(list((work / "stages").glob("pretrain-mr-*/artifact.json"))) == 1
     assert {m.status for m in read_membership(work / "results.sqlite", "mini")} == {"done"}
+    # each run's config is on disk, and the rows' compute adds up to the trained stages (each once)
+    # plus the evaluations, not the time spent queueing
+    assert all((work / "runs" / r["cell_key"][:16] / "config.json").is_file() for r in rows)
+    import json
+
+    trained = sum(json.loads(p.read_text())["wall_time_s"] for p in (work / "stages").glob("*/artifact.json"))
+    total = sum(r["wall_time_s"] for r in rows)
+    assert trained < total < trained + 120
     # a second sweep finds everything finished and does not start Ray
     again = umdbench(argv, timeout=300)
     assert again.returncode == 0 and "nothing to run" in again.stdout

@@ -425,10 +425,7 @@ def run_cell(run: ResolvedRun, ws: Workspace) -> dict:
                  "not in the cache (not needed: the result is stored)"))
         echo(f"[{len(stages)}/{len(stages)}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
         return existing
-    run_dir = ws.work_dir / "runs" / cell.key[:16]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", {"config": run.config, "config_hash": run.hash,
-                                                "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
+    run_dir = write_run_config(run, stages, ws)
     echo(f"umdbench run: {run.cell.label}, preset {run.cell.preset}, seed {run.cell.seed}\n{describe_plan(stages, ws.cache_root)}")
     for n, stage in enumerate(stages[:-1], 1):
         train_stage(stage, run, ws, f"[{n}/{len(stages)}]")
@@ -437,6 +434,23 @@ def run_cell(run: ResolvedRun, ws: Workspace) -> dict:
     store.add(row)
     atomic_write_json(run_dir / "result.json", {k: v for k, v in row.items() if k != "config"})
     return row
+
+
+def write_run_config(run: ResolvedRun, stages: list[Stage], ws: Workspace) -> Path:
+    """``runs/<cell key>/config.json``: the cell's resolved config and stage plan. Returns the folder."""
+    run_dir = ws.work_dir / "runs" / stages[-1].key[:16]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", {"config": run.config, "config_hash": run.hash,
+                                                "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
+    return run_dir
+
+
+def stage_wall_time(stage: Stage, ws: Workspace) -> float:
+    """Training seconds recorded in a cached stage's ``artifact.json`` (0 if absent)."""
+    try:
+        return float(json.loads((ws.cache_root / stage.dirname / "artifact.json").read_text()).get("wall_time_s", 0.0))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, device: str | None = None) -> dict:

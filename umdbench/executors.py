@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .execute import Workspace, echo, evaluate, result_row, run_cell, train_stage
+from .execute import (Workspace, echo, evaluate, result_row, run_cell, stage_wall_time, train_stage,
+                      write_run_config)
 from .sweep import PlannedCell, SweepPlan, SweepReport, format_failure, mark
 
 
@@ -149,19 +150,20 @@ class RayExecutor:
             parents = [refs[stage.parent.key]] if stage.parent is not None and stage.parent.key in refs else []
             refs[stage.key] = train_task.remote(stage, plan.runs[stage.key], work_dir, self.plugin_paths, *parents)
         report.stages_trained = len(refs)
-        evals: dict[object, tuple[PlannedCell, float]] = {}
+        evals: dict[object, PlannedCell] = {}
         for cell in plan.pending:
             last = cell.training[-1].key
             parents = [refs[last]] if last in refs else []
             ref = eval_task.remote(cell.eval_stage, cell.run, work_dir, self.plugin_paths, *parents)
-            evals[ref] = (cell, time.time())
+            evals[ref] = cell
         echo(f"ray: {len(refs)} training tasks and {len(evals)} evaluations submitted "
              f"({ray.cluster_resources().get('CPU', 0):.0f} CPUs in the cluster)")
         store = ws.store
+        counted: set[str] = set()  # stages trained here whose time is already in a row
         pending = list(evals)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            cell, submitted = evals[ready[0]]
+            cell = evals[ready[0]]
             try:
                 out = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - RayTaskError of this cell or of a parent stage
@@ -170,7 +172,13 @@ class RayExecutor:
                 report.failed.append((cell, error))
                 mark(plan, ws, cell, "failed", error, user_overrides)
                 continue
-            row = result_row(cell.run, cell.stages, out["metrics"], time.time() - submitted, device=out["device"])
+            # compute of this cell, as the local executor counts it: its evaluation plus the stages
+            # trained by this sweep that no earlier-finished cell has counted (not the queueing time)
+            fresh = [s for s in cell.training if s.key in refs and s.key not in counted]
+            counted.update(s.key for s in fresh)
+            wall = out["eval_s"] + sum(stage_wall_time(s, ws) for s in fresh)
+            row = result_row(cell.run, cell.stages, out["metrics"], wall, device=out["device"])
+            write_run_config(cell.run, cell.stages, ws)
             store.add(row)  # the driver writes every row; INSERT OR IGNORE keeps one per cell key
             report.finished.append(cell)
             mark(plan, ws, cell, "done", user_overrides=user_overrides)
