@@ -184,3 +184,30 @@ def test_finished_sweep_is_skipped(killed_and_resumed):
     assert "nothing to run: every available cell is finished" in again.stdout
     assert "(0 to run, 3 finished" in again.stdout
     assert _rows(r["work"]) == before
+
+
+def test_cells_whose_images_are_missing_are_unavailable_before_training(tmp_path):
+    # the test split names images that are not there: the cell is reported, not trained for nothing
+    from types import SimpleNamespace
+
+    from umdbench.api import Record
+    from umdbench.plan import missing_data
+
+    class HalfThere:
+        def __init__(self, root=None, on_error="raise", **options):
+            self.root = tmp_path
+
+        def records(self, split):
+            return [Record(uid=f"{split}/{i}", image=str(self.root / f"{split}{i}.png"), text="q") for i in range(3)]
+
+    for i in range(3):
+        (tmp_path / f"train{i}.png").write_bytes(b"")
+    catalog = DataCatalog(SimpleNamespace(dataset=SimpleNamespace(get=lambda name: HalfThere)))
+    data = {"type": "half", "root": str(tmp_path), "options": {}, "on_error": "raise"}
+    train, test = (SimpleNamespace(data={**data, "split": s}) for s in ("train", "test"))
+    assert missing_data([train], catalog) is None
+    reason = missing_data([train, test], catalog)
+    assert "3 image file(s) of half:test (3 records) do not exist" in reason and "test0.png" in reason
+    assert "umdbench data check half" in reason
+    # on_error "skip" drops such records instead, so nothing is missing
+    assert missing_data([SimpleNamespace(data={**data, "on_error": "skip", "split": "test"})], catalog) is None

@@ -69,6 +69,7 @@ class DataCatalog:
     def __init__(self, registries):
         self.registries = registries
         self._cache: dict[str, object] = {}
+        self._missing: dict[str, tuple[list[str], int]] = {}
 
     def get(self, data_cfg: dict):
         on_error = data_cfg.get("on_error", "raise")
@@ -80,6 +81,31 @@ class DataCatalog:
 
     def fingerprint(self, data_cfg: dict) -> str:
         return self.get(data_cfg).fingerprint()
+
+    def missing_images(self, data_cfg: dict, split: str) -> tuple[list[str], int]:
+        """``(missing image files, records)`` of one split: files its records name that do not
+        exist. Empty for ``on_error: skip`` (those records are dropped, not fatal)."""
+        if data_cfg.get("on_error", "raise") == "skip":
+            return [], 0
+        key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + split
+        if key not in self._missing:
+            records = self.get(data_cfg).records(split)
+            paths = {str(r.image) for r in records if isinstance(r.image, (str, Path))}
+            self._missing[key] = (sorted(p for p in paths if not Path(p).is_file()), len(records))
+        return self._missing[key]
+
+
+def missing_data(stages: list, catalog: DataCatalog) -> str | None:
+    """Why a planned cell cannot run to the end for want of image files, or None: checked before
+    any training so that a cell whose test images are absent is not trained for hours first."""
+    for stage in stages:
+        data = stage.data
+        missing, total = catalog.missing_images(data, data["split"])
+        if missing:
+            return (f"{len(missing)} image file(s) of {data['type']}:{data['split']} ({total} records) do not exist, "
+                    f"e.g. {missing[0]}; fix: restore them (`umdbench data check {data['type']}` lists each one) "
+                    f"or leave {data['type']} out with --datasets")
+    return None
 
 
 def _stage_key(inputs: dict) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import CellSpec, ResolvedRun, resolve, resolve_dataset_root
 from .api import DataError
 from .errors import ConfigError, UmdbenchError, UnknownNameError
-from .plan import DataCatalog, Stage, build_plan
+from .plan import DataCatalog, Stage, build_plan, missing_data
 
 _TUNE_INDEX = re.compile(r"^tune\.(\d+|\*)(\..*)?$")
 
@@ -246,9 +246,11 @@ def plan_sweep(specs: list[CellSpec], registries, catalog: DataCatalog | None = 
             continue
         try:
             cell.stages = build_plan(cell.run, registries, catalog)
+            problem = missing_data(cell.stages, catalog)
         except (DataError, OSError) as exc:  # reading the data failed (missing files, bad records)
-            cell.status = "data unavailable"
-            cell.reason = f"could not read the data: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            problem = f"could not read the data: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if problem:
+            cell.status, cell.reason = "data unavailable", problem
             cell.run, cell.stages = None, []
             continue
         if cell.key in seen_cells:
