@@ -336,3 +336,16 @@ def test_gmcoord_with_real_tiny_encoder():
             torch.testing.assert_close(p.grad, before[n] * k_t)
         else:
             assert torch.equal(p.grad, before[n]), n
+
+
+def test_pooling_default_and_deviation_follow_the_paper_per_strategy():
+    # GM-Coord: the paper feeds H averaged Z^I, Z^T; direct (M3AE fine-tuning): the poolers
+    from umdbench_plugins.tune.direct import DirectTune
+
+    gm = GMCoord.default_config("tiny", "vqa-rad")
+    assert gm["pooling"] == "mean" and not any("head reads" in d for d in GMCoord.deviations(gm))
+    assert any("poolers' outputs" in d and "average embeddings" in d
+               for d in GMCoord.deviations({**gm, "pooling": "pooler"}))
+    direct = DirectTune.default_config("tiny", "vqa-rad")
+    assert direct["pooling"] == "pooler" and not DirectTune.deviations(direct)
+    assert any("average embeddings" in d for d in DirectTune.deviations({**direct, "pooling": "mean"}))

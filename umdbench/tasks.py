@@ -38,6 +38,8 @@ POOLINGS = ("pooler", "mean")
 # "mean":   masked average of the fused token features (the paper text: "concatenated average
 #           embeddings of Z^I and Z^T").
 DEFAULT_POOLING = "pooler"
+POOLING_WORDS = {"pooler": "the poolers' outputs (Tanh on the first token of each stream)",
+                 "mean": "the average embeddings of Z^I and Z^T"}
 SUPERVISED_TASKS = ("vqa", "classification", "retrieval")
 
 # Training-split sizes used to express the papers' epoch budgets as optimiser steps.
@@ -237,14 +239,18 @@ class SupervisedTune(TuneStrategy):
 
     supervised: ClassVar[bool] = True
     freeze_encoder: ClassVar[bool] = False
+    # what the paper feeds the head: the poolers' outputs (M3AE fine-tuning); GM-Coord overrides
+    paper_pooling: ClassVar[str] = DEFAULT_POOLING
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
         found = []
         if cfg.get("loss", DEFAULT_LOSS) == "bce":
             found.append("BCE-with-logits on one-hot targets x answers (released code) instead of cross-entropy")
-        if cfg.get("pooling", DEFAULT_POOLING) != DEFAULT_POOLING:
-            found.append(f"head reads {cfg['pooling']!r}-pooled features instead of the poolers' outputs")
+        pooling = cfg.get("pooling", DEFAULT_POOLING)
+        if pooling != cls.paper_pooling:
+            found.append(f"head reads {POOLING_WORDS.get(pooling, pooling)} instead of the paper's "
+                         f"{POOLING_WORDS.get(cls.paper_pooling, cls.paper_pooling)}")
         return found
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
