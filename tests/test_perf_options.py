@@ -130,5 +130,7 @@ def test_uint8_batches_are_normalised_by_the_stage_model():
     assert torch.equal(out["label"], torch.arange(4))
     floats = torch.randn(2, 3, 8, 8)  # already-normalised (synthetic) batches pass unchanged
     assert torch.equal(ImageNormalizer()({"image": floats}, True)["image"], floats)
+    if torch.cuda.is_available():  # on the accelerator: the element-wise ops, same values
+        torch.testing.assert_close(normalize_image(batch.cuda()).cpu(), normalize_image(batch))
     with pytest.raises(ValueError, match="uint8 images"):
         normalize_image(torch.zeros(2, 8, 8, dtype=torch.uint8))

@@ -23,7 +23,8 @@ ANSWER_TYPES = {"closed": 0, "open": 1}
 
 
 def _normalize_reference(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels.float().div_(255.0) - CLIP_MEAN) / CLIP_STD
+    mean, std = CLIP_MEAN.to(pixels.device), CLIP_STD.to(pixels.device)
+    return (pixels.float().div_(255.0) - mean) / std
 
 
 # uint8 value -> normalised float32, per channel, computed with exactly the ops of
