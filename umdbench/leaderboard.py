@@ -227,8 +227,8 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
     for row in suite.rows:
         if row.note:
             footnotes.append(f"‡ {row.name}: {row.note}")
-    if paper is not None:
-        footnotes += list(paper.notes)
+    if paper is not None:  # a paper note already given as the † footnote is not repeated
+        footnotes += [n for n in paper.notes if not any(f.endswith(n) for f in footnotes)]
     if footnotes:
         out.append("\n" + "\n".join(f"- {f}" for f in dict.fromkeys(footnotes)) + "\n")
     out.append(_footer(suite, results, preset))
