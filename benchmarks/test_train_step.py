@@ -8,7 +8,8 @@ includes the weights, the optimiser state created in the warm-up step and the pr
 
 ``UMDBENCH_BENCH_PAPER`` = comma-separated strategies to also run at the paper preset
 (default ``mr``; ``all`` for every pre-training strategy; empty to skip), batch
-``UMDBENCH_BENCH_PAPER_BATCH`` (default 2).
+``UMDBENCH_BENCH_PAPER_BATCH`` (default 2), timed over ``UMDBENCH_BENCH_PAPER_ROUNDS`` rounds
+(default 2; each takes 15-40 s on 2 CPU cores).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .cases import PRETRAIN, TUNE, build_case, peak_rss_mib, reset_peak_rss, rss
 _paper = os.environ.get("UMDBENCH_BENCH_PAPER", "mr").strip()
 PAPER = list(PRETRAIN) if _paper == "all" else [s for s in _paper.split(",") if s]
 PAPER_BATCH = int(os.environ.get("UMDBENCH_BENCH_PAPER_BATCH", "2"))
+PAPER_ROUNDS = int(os.environ.get("UMDBENCH_BENCH_PAPER_ROUNDS", "2"))
 
 SPECS = [(name, "tiny", None) for name in PRETRAIN + TUNE] + [(name, "paper", PAPER_BATCH) for name in PAPER]
 PARAMS = [pytest.param(spec, mode, id=f"{spec[0]}-{spec[1]}-{mode}") for spec in SPECS for mode in ("fast", "reference")]
@@ -47,7 +49,7 @@ def test_train_step(benchmark, spec, mode, load_average):
     before = rss_mib()
     exact = reset_peak_rss()
     paper = preset == "paper"
-    benchmark.pedantic(case.step, rounds=2 if paper else 6, iterations=1, warmup_rounds=1 if paper else 2)
+    benchmark.pedantic(case.step, rounds=PAPER_ROUNDS if paper else 6, iterations=1, warmup_rounds=1 if paper else 2)
     peak = peak_rss_mib()
     info = {"kind": "train_step", "case": case.label, "strategy": name, "preset": preset, "mode": mode,
             "batch_size": case.batch_size, "params_m": case.num_params() / 1e6, "rss_before_mib": before,
