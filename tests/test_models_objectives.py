@@ -200,3 +200,28 @@ def test_forward_pairs_shares_images_without_changing_outputs_or_gradients():
     assert ga.keys() == gb.keys() and any(n.startswith("vision.") for n in ga)
     for n in ga:
         torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6)
+
+
+def test_pooled_only_forward_keeps_pooled_outputs_and_gradients():
+    # the last fusion layer on the first tokens only: what the poolers read is unchanged
+    from umdbench.models import build_encoder
+    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_encoder_cfg())
+    enc.train()
+    batch, _ = synthetic_pairs(4, cfg=enc.cfg, seed=2)
+    results = []
+    for trim in (True, False):
+        enc.zero_grad(set_to_none=True)
+        out = enc(batch["image"], batch["text_ids"], batch["text_mask"], pooled_only=trim)
+        out.pooled.pow(2).sum().backward()
+        results.append((out, {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}))
+    (trimmed, g_trim), (full, g_full) = results
+    assert trimmed.text_feats.shape[1] == 1 and full.text_feats.shape[1] == batch["text_ids"].shape[1]
+    torch.testing.assert_close(trimmed.pooled, full.pooled, rtol=1e-5, atol=1e-6)
+    assert g_trim.keys() == g_full.keys()
+    for n in g_full:
+        torch.testing.assert_close(g_trim[n], g_full[n], rtol=1e-4, atol=1e-6)
+    enc.trim_pooled_only = False  # the reference switch computes the whole layer
+    assert enc(batch["image"], batch["text_ids"], batch["text_mask"], pooled_only=True).text_feats.shape[1] > 1

@@ -161,7 +161,10 @@ def encode_task(encoder: nn.Module, batch: dict[str, torch.Tensor], task: TaskIn
             target = torch.zeros(batch["image"].shape[0], dtype=torch.long, device=image.device)
     elif "label" in batch:
         target = batch["label"].long()
-    out = encoder(image=image, text_ids=ids, text_mask=mask)
+    # the poolers read first tokens only: let an encoder that can (MultimodalEncoder) skip the rest
+    # of its last fusion layer
+    trim = pooling == "pooler" and getattr(encoder, "trim_pooled_only", False)
+    out = encoder(image=image, text_ids=ids, text_mask=mask, **({"pooled_only": True} if trim else {}))
     text_feat, image_feat = pool_features(out, mask, pooling)
     return TaskForward(text_feat=text_feat, image_feat=image_feat, target=target, group=group)
 

@@ -64,7 +64,7 @@ class M3AEPretrain(PretrainStrategy):
         l_mim = mim_loss(pred, self.encoder.patchify(image), o.image_mask, self.norm_pix_loss)
         # ITM
         src, itm_labels = itm_sources(image.shape[0], image.device)
-        o = self.encoder.forward_pairs(image, src, ids, mask)
+        o = self.encoder.forward_pairs(image, src, ids, mask, pooled_only=True)
         l_itm, itm_acc = itm_loss(self.itm_head(o.pooled), itm_labels)
         w = self.weights
         out.update({"loss_mlm": w["mlm"] * l_mlm, "loss_mim": w["mim"] * l_mim, "loss_itm": w["itm"] * l_itm,

@@ -64,7 +64,7 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
         out.update({k: r[k].detach() for k in ("mim", "mlm", "feamim", "feamlm", "mlm_acc")})
         if self.use_itm:
             src, labels = itm_sources(batch["image"].shape[0], batch["image"].device)
-            o = self.encoder.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"])
+            o = self.encoder.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"], pooled_only=True)
             l_itm, acc = itm_loss(self.itm_head(o.pooled), labels)
             out["loss_itm"] = l_itm
             out["itm"] = l_itm.detach()

@@ -73,6 +73,8 @@ class MultimodalEncoder(nn.Module):
         self.masked_path = "drop"
         # forward_pairs: each distinct image through the ViT once (False: the reference, one per pair)
         self.share_pair_images = True
+        # pooled_only forwards skip the unread positions of the last fusion layer (False: reference)
+        self.trim_pooled_only = True
         self._register_load_state_dict_pre_hook(self._resample_pos_embed_hook)
 
     # -- weights ------------------------------------------------------------------------------
@@ -96,15 +98,18 @@ class MultimodalEncoder(nn.Module):
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return text_forward(self.text, text_ids, text_mask)
 
-    def fuse(self, uni_text, text_mask, uni_image, capture_layer: int | None = None):
+    def fuse(self, uni_text, text_mask, uni_image, capture_layer: int | None = None, pooled_only: bool = False):
+        """``pooled_only``: the caller reads only the pooled features, so the last fusion layer
+        computes the first tokens only (``text_feats``/``image_feats`` are then ``[B,1,D]``)."""
         t = self.fusion.text_proj(uni_text) + self.type_embed.weight[0]
         i = self.fusion.image_proj(uni_image) + self.type_embed.weight[1]
-        text, image, captured = self.fusion(t, text_mask, i, capture_layer)
+        trim = pooled_only and self.trim_pooled_only and capture_layer is None
+        text, image, captured = self.fusion(t, text_mask, i, capture_layer, first_tokens_only=trim)
         return text, image, self.fusion.text_pooler(text), self.fusion.image_pooler(image), captured
 
     def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 image_mask_ratio: float = 0.0, fuse: bool = True, *, mask_noise: torch.Tensor | None = None,
-                capture_layer: int | None = None) -> EncoderOutput:
+                capture_layer: int | None = None, pooled_only: bool = False) -> EncoderOutput:
         """``mask_noise`` [B, N] fixes the patch shuffle; ``capture_layer`` k also returns the image
         stream after k fusion layers (M3AE's ``mim_layer``)."""
         uni_image, image_mask, ids_restore = self.encode_image(image, image_mask_ratio, mask_noise)
@@ -112,11 +117,11 @@ class MultimodalEncoder(nn.Module):
         out = EncoderOutput(None, None, None, None, uni_text, uni_image, ids_restore, image_mask)
         if fuse:
             (out.text_feats, out.image_feats, out.text_pooled, out.image_pooled,
-             out.image_feats_at_layer) = self.fuse(uni_text, text_mask, uni_image, capture_layer)
+             out.image_feats_at_layer) = self.fuse(uni_text, text_mask, uni_image, capture_layer, pooled_only)
         return out
 
     def forward_pairs(self, image: torch.Tensor, src: torch.Tensor, text_ids: torch.Tensor,
-                      text_mask: torch.Tensor) -> EncoderOutput:
+                      text_mask: torch.Tensor, pooled_only: bool = False) -> EncoderOutput:
         """Fused pairs (``image[src[i]]``, text ``i``), e.g. ITM's half-mismatched batch.
 
         The ViT works per image, so when the batch repeats images (ITM rolls half of them onto
@@ -127,13 +132,14 @@ class MultimodalEncoder(nn.Module):
         """
         stochastic = self.training and float(self.cfg["vision"].get("drop_path", 0.0)) > 0
         if not self.share_pair_images or stochastic:
-            return self(image[src], text_ids, text_mask)
+            return self(image[src], text_ids, text_mask, pooled_only=pooled_only)
         used, inverse = torch.unique(src, return_inverse=True)
         uni_image, image_mask, ids_restore = self.encode_image(image[used])
         uni_image = uni_image[inverse]
         uni_text = self.encode_text(text_ids, text_mask)
         out = EncoderOutput(None, None, None, None, uni_text, uni_image, ids_restore, image_mask)
-        out.text_feats, out.image_feats, out.text_pooled, out.image_pooled, _ = self.fuse(uni_text, text_mask, uni_image)
+        out.text_feats, out.image_feats, out.text_pooled, out.image_pooled, _ = self.fuse(
+            uni_text, text_mask, uni_image, pooled_only=pooled_only)
         return out
 
     # -- helpers ------------------------------------------------------------------------------

@@ -71,8 +71,11 @@ class CoAttentionLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
         self.dropout = dropout
 
-    def forward(self, x, x_mask, y, y_mask):
-        x = self.self_attn(x, x, x_mask)
+    def forward(self, x, x_mask, y, y_mask, query_len: int | None = None):
+        """``query_len`` k: outputs for the first k positions only (keys and values still cover
+        the whole stream), for a last layer whose other positions nobody reads."""
+        q = x if query_len is None else x[:, :query_len]
+        x = self.self_attn(q, x, x_mask)
         x = self.cross_attn(x, y, y_mask)
         h = self.ffn_out(F.gelu(self.ffn_in(x)))
         return self.ffn_norm(x + F.dropout(h, self.dropout, self.training))
@@ -105,13 +108,17 @@ class Fusion(nn.Module):
         self.image_pooler = Pooler(dim)
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
-                capture_layer: int | None = None):
+                capture_layer: int | None = None, first_tokens_only: bool = False):
         """``text``/``image`` are already projected and type-embedded. Returns
         ``(text_feats, image_feats, captured_image)`` where ``captured_image`` is the image stream
-        after ``capture_layer`` layers (None if not asked)."""
+        after ``capture_layer`` layers (None if not asked). ``first_tokens_only``: the last layer
+        computes only each stream's first token (``[B,1,D]`` out), all a pooler reads; the
+        poolers' outputs are unchanged and about three quarters of that layer's work is skipped."""
         captured = image if capture_layer == 0 else None
+        last = len(self.text_layers) - 1
         for i, (tl, il) in enumerate(zip(self.text_layers, self.image_layers)):
-            text, image = tl(text, text_mask, image, None), il(image, None, text, text_mask)
+            k = 1 if first_tokens_only and i == last else None
+            text, image = tl(text, text_mask, image, None, k), il(image, None, text, text_mask, k)
             if capture_layer is not None and capture_layer == i + 1:
                 captured = image
         return text, image, captured

@@ -10,6 +10,7 @@ built strategy (or encoder) between the two; nothing here is used by training it
 | masked image path | dropped patches never enter the ViT | dropped patches go through the ViT as mask tokens |
 | EMA teacher pass (MR / TD-Calib) | ``torch.no_grad()`` | autograd on (teacher weights require grad, graph built) |
 | ITM pass (MR / M3AE) | each distinct image through the ViT once | one ViT pass per (image, text) pair |
+| passes that read only pooled features (ITM, pooler-pooled task heads) | last fusion layer on the first tokens | the whole last layer |
 | AdamW | fused kernel (CUDA and CPU) | per-tensor loop (``foreach=False``), see :func:`reference_train_options` |
 
 The reference keeps the model's mathematics except for the masked path: with mask tokens the
@@ -64,6 +65,7 @@ def set_reference_mode(module: nn.Module, reference: bool = True) -> nn.Module:
         if hasattr(m, "masked_path") and hasattr(m, "vision"):  # MultimodalEncoder (student and teacher)
             m.masked_path = "mask_tokens" if reference else "drop"
             m.share_pair_images = not reference
+            m.trim_pooled_only = not reference
         if hasattr(m, "teacher_no_grad") and hasattr(m, "teacher"):  # MultiLevelReconstruction
             m.teacher_no_grad = not reference
             m.teacher.requires_grad_(reference)
