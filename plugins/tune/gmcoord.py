@@ -55,7 +55,7 @@ def _gmcoord_per_dataset() -> dict:
 
 
 # unimodal / rule / noise / std_eps: None = as the variant says; listed so --cfg-options can set them
-# pooling "mean": for GM-Coord the paper (Sec. 3.1) gives H the mean of Z^I concatenated with the
+# pooling "mean": for GM-Coord the paper (Sec. 3.1.2) gives H the mean of Z^I concatenated with the
 # mean of Z^T; the released code reads the poolers ("pooler", listed as a deviation)
 _OPTIONS = {"variant": "paper", "beta": gradmod.DEFAULT_BETA, "loss": "ce", "pooling": "mean",
             "unimodal": None, "rule": None, "noise": None, "std_eps": None}
