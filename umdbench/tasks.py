@@ -35,8 +35,8 @@ LOSSES = ("ce", "bce")
 DEFAULT_LOSS = "ce"
 POOLINGS = ("pooler", "mean")
 # "pooler": the encoder's pooled CLS/<s> features (upstream, and CONTRACT's EncoderOutput.pooled).
-# "mean":   masked average of the fused token features (the paper text: "concatenated average
-#           embeddings of Z^I and Z^T").
+# "mean":   masked average of the fused token features (what the paper gives GM-Coord's head,
+#           Sec. 3.1.2: averaged Z^I and Z^T, concatenated).
 DEFAULT_POOLING = "pooler"
 POOLING_WORDS = {"pooler": "the poolers' outputs (Tanh on the first token of each stream)",
                  "mean": "the average embeddings of Z^I and Z^T"}
@@ -161,9 +161,9 @@ def encode_task(encoder: nn.Module, batch: dict[str, torch.Tensor], task: TaskIn
             target = torch.zeros(batch["image"].shape[0], dtype=torch.long, device=image.device)
     elif "label" in batch:
         target = batch["label"].long()
-    # the poolers read first tokens only: let an encoder that can (MultimodalEncoder) skip the rest
-    # of its last fusion layer
-    trim = pooling == "pooler" and getattr(encoder, "trim_pooled_only", False)
+    # the poolers read first tokens only: an encoder that takes ``pooled_only`` (MultimodalEncoder,
+    # whose own switch decides) may skip the rest of its last fusion layer
+    trim = pooling == "pooler" and hasattr(encoder, "trim_pooled_only")
     out = encoder(image=image, text_ids=ids, text_mask=mask, **({"pooled_only": True} if trim else {}))
     text_feat, image_feat = pool_features(out, mask, pooling)
     return TaskForward(text_feat=text_feat, image_feat=image_feat, target=target, group=group)

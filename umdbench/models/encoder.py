@@ -113,6 +113,12 @@ class MultimodalEncoder(nn.Module):
         """``mask_noise`` [B, N] fixes the patch shuffle; ``capture_layer`` k also returns the image
         stream after k fusion layers (M3AE's ``mim_layer``)."""
         uni_image, image_mask, ids_restore = self.encode_image(image, image_mask_ratio, mask_noise)
+        return self._text_and_fusion(uni_image, image_mask, ids_restore, text_ids, text_mask, fuse,
+                                     capture_layer, pooled_only)
+
+    def _text_and_fusion(self, uni_image, image_mask, ids_restore, text_ids, text_mask, fuse: bool = True,
+                         capture_layer: int | None = None, pooled_only: bool = False) -> EncoderOutput:
+        """The rest of a forward once the vision tower has run: text tower, then fusion."""
         uni_text = self.encode_text(text_ids, text_mask)
         out = EncoderOutput(None, None, None, None, uni_text, uni_image, ids_restore, image_mask)
         if fuse:
@@ -135,12 +141,8 @@ class MultimodalEncoder(nn.Module):
             return self(image[src], text_ids, text_mask, pooled_only=pooled_only)
         used, inverse = torch.unique(src, return_inverse=True)
         uni_image, image_mask, ids_restore = self.encode_image(image[used])
-        uni_image = uni_image[inverse]
-        uni_text = self.encode_text(text_ids, text_mask)
-        out = EncoderOutput(None, None, None, None, uni_text, uni_image, ids_restore, image_mask)
-        out.text_feats, out.image_feats, out.text_pooled, out.image_pooled, _ = self.fuse(
-            uni_text, text_mask, uni_image, pooled_only=pooled_only)
-        return out
+        return self._text_and_fusion(uni_image[inverse], image_mask, ids_restore, text_ids, text_mask,
+                                     pooled_only=pooled_only)
 
     # -- helpers ------------------------------------------------------------------------------
     def patchify(self, image: torch.Tensor) -> torch.Tensor:

@@ -58,12 +58,6 @@ def itm_sources(batch_size: int, device=None, generator: torch.Generator | None 
     return src, labels
 
 
-def itm_pairs(image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`itm_sources` applied to the images: ``(images, labels)``."""
-    src, labels = itm_sources(image.shape[0], image.device, generator)
-    return image[src], labels
-
-
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6: binary cross-entropy (2-way softmax) of the ITM head. Returns ``(loss, accuracy)``."""
     loss = F.cross_entropy(logits.float(), labels)
