@@ -81,7 +81,7 @@ class StepCase:
 
     def set_mode(self, mode: str) -> None:
         """Switch the module to ``mode`` and rebuild its optimiser (fresh AdamW state)."""
-        from umdbench.execute import build_optim_wrapper
+        from umdbench.run.execute import build_optim_wrapper
         from umdbench.models.reference import reference_train_options, set_reference_mode
 
         ref = mode == "reference"
@@ -111,10 +111,10 @@ def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0
 
 
 def build_case(name: str, preset: str, batch_size: int | None = None, seed: int = 0) -> StepCase:
-    from umdbench.execute import special_ids
+    from umdbench.run.execute import special_ids
     from umdbench.models import build_encoder, build_tokenizer
-    from umdbench.registry import get_registries
-    from umdbench.stage_model import StageModel
+    from umdbench.plugin import get_registries
+    from umdbench.run.stage_model import StageModel
 
     torch.manual_seed(seed)
     registries = get_registries(())

@@ -1,6 +1,6 @@
 """Image-free reference points: majority answer and question-only classifier."""
 from umdbench.api import Record
-from umdbench.baselines import majority_baseline, question_only_baseline
+from umdbench.results.baselines import majority_baseline, question_only_baseline
 from umdbench.cli import main
 
 

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from umdbench.checkpoint import load_artifact, safe_torch_load, save_artifact
+from umdbench.run.checkpoint import load_artifact, safe_torch_load, save_artifact
 from umdbench.errors import CheckpointError
 
 

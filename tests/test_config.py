@@ -1,7 +1,7 @@
 """Config parsing, overrides and error messages (no training)."""
 import pytest
 
-from umdbench.config import apply_override, parse_override, parse_tune_chain
+from umdbench.plan.config import apply_override, parse_override, parse_tune_chain
 from umdbench.errors import ConfigError
 
 
@@ -51,8 +51,8 @@ def test_apply_override_unknown_key_suggests():
 
 
 def test_resolved_config_records_deviations_and_appended_direct():
-    from umdbench.config import CellSpec, resolve
-    from umdbench.registry import get_registries
+    from umdbench.plan.config import CellSpec, resolve
+    from umdbench.plugin import get_registries
 
     cell = CellSpec(pretrain="mr", tune=("tdcalib",), dataset="medsynth",
                     overrides=(("pretrain.norm_pix_loss", True), ("tune.0.upstream_feature_weight", 1e-5)))

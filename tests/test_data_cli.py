@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from umdbench import cli_data
+from umdbench.cli import data as data_cli
 
 
 def run_cli(argv, capsys):
@@ -24,7 +24,7 @@ def run_cli(argv, capsys):
 
     parser = argparse.ArgumentParser(prog="umdbench")
     sub = parser.add_subparsers(dest="command")
-    cli_data.add_subcommands(sub)
+    data_cli.add_subcommands(sub)
     args = parser.parse_args(argv)
     rc = args.handler(args)
     out = capsys.readouterr()
@@ -43,7 +43,7 @@ def make_rad(root: Path, bad_image: bool = False) -> None:
 
 
 def test_import_is_light():
-    code = "import sys, umdbench.cli_data, umdbench.data, umdbench.data.download; print('torch' in sys.modules)"
+    code = "import sys, umdbench.cli.data, umdbench.data, umdbench.data.download; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

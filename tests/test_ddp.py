@@ -3,17 +3,17 @@ import json
 
 import pytest
 
-from umdbench.config import CellSpec, parse_override, resolve
-from umdbench.execute import Workspace
-from umdbench.plan import build_plan
-from umdbench.registry import get_registries
+from umdbench.plan.config import CellSpec, parse_override, resolve
+from umdbench.run.execute import Workspace
+from umdbench.plan.stages import build_plan
+from umdbench.plugin import get_registries
 
 from test_sweep_support import TINY
 
 
 @pytest.mark.slow
 def test_two_process_ddp_stage(tmp_path):
-    from umdbench.distributed import launch_stage
+    from umdbench.run.distributed import launch_stage
 
     registries = get_registries(reload=True)
     overrides = tuple(parse_override(o) for o in TINY if not o.startswith(("pretrain.", "tune.*")))
@@ -26,7 +26,7 @@ def test_two_process_ddp_stage(tmp_path):
     assert meta["key"] == stage.key and (stage_dir / "model.safetensors").is_file()
     assert meta["world_size"] == 2
     # the artifact is an ordinary cached stage: a single-process evaluation can use it
-    from umdbench.execute import run_cell
+    from umdbench.run.execute import run_cell
 
     row = run_cell(run, ws)
     assert "overall" in row["metrics"]

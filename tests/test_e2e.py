@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from umdbench.cli import main
-from umdbench.store import ResultsStore
+from umdbench.results.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""GM-Coord (UMD Eq. 9-13): umdbench.gradmod and the ``gmcoord`` tuning strategy."""
+"""GM-Coord (UMD Eq. 9-13): umdbench.kit.gradmod and the ``gmcoord`` tuning strategy."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from umdbench import gradmod
+from umdbench.kit import gradmod
 from umdbench_plugins.tune.gmcoord import GMCoord
 
 from test_tasks import ToyEncoder, task_info, toy_batch

@@ -1,10 +1,10 @@
 """Suite leaderboards from a small hand-made results store: ours beside the paper, plots, index."""
 import pytest
 
-from umdbench.leaderboard import write_leaderboards
-from umdbench.registry import get_registries
-from umdbench.store import ResultsStore
-from umdbench.suites import Membership, record_membership
+from umdbench.results.leaderboard import write_leaderboards
+from umdbench.plugin import get_registries
+from umdbench.results.store import ResultsStore
+from umdbench.plan.suites import Membership, record_membership
 
 
 def _row(suite, cell_name, dataset, seed, metrics, pretrain="mr", tune="direct", preset="tiny", key=None):

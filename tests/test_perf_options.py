@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from umdbench.execute import build_optim_wrapper, compile_strategy, use_amp
+from umdbench.run.execute import build_optim_wrapper, compile_strategy, use_amp
 from umdbench.models import build_encoder
 from umdbench.models.reference import attention_impls, reference_train_options, set_reference_mode
 from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
@@ -84,7 +84,7 @@ def test_optimiser_options_on_cpu():
 
 
 def test_normalize_image_lookup_is_bit_identical():
-    from umdbench.loaders import _normalize_reference, normalize_image
+    from umdbench.run.datasets import _normalize_reference, normalize_image
 
     x = torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8)
     assert torch.equal(normalize_image(x), _normalize_reference(x))
@@ -119,8 +119,8 @@ def test_fused_adamw_matches_the_per_tensor_loop():
 
 
 def test_uint8_batches_are_normalised_by_the_stage_model():
-    from umdbench.loaders import _normalize_reference, normalize_image
-    from umdbench.stage_model import ImageNormalizer
+    from umdbench.run.datasets import _normalize_reference, normalize_image
+    from umdbench.run.stage_model import ImageNormalizer
 
     batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     # batched look-up == per-image reference, bit for bit

@@ -1,8 +1,8 @@
 """A sweep through --executor ray on a local Ray (2 CPUs): stages as dependent tasks, rows by the driver."""
 import pytest
 
-from umdbench.store import ResultsStore
-from umdbench.suites import read_membership
+from umdbench.results.store import ResultsStore
+from umdbench.plan.suites import read_membership
 
 from test_sweep_support import TINY, umdbench, write_plugin
 

@@ -4,8 +4,8 @@ import textwrap
 import pytest
 
 from umdbench.errors import RegistryCollisionError, UmdbenchError, UnknownNameError
-from umdbench.plugins import load_plugins, read_registry_toml
-from umdbench.registry import LazyRegistry, Registries
+from umdbench.plugin.loading import load_plugins, read_registry_toml
+from umdbench.plugin.registry import LazyRegistry, Registries
 
 
 def test_lazy_entry_is_imported_on_first_get_only():

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from umdbench.errors import StoreError
-from umdbench.store import ResultsStore
+from umdbench.results.store import ResultsStore
 
 
 def _row(key, seed=0, overall=50.0):
@@ -42,7 +42,7 @@ def test_writer_killed_mid_stream_leaves_whole_rows_only(tmp_path):
     script = textwrap.dedent(f'''
         import sys
         sys.path.insert(0, {str(os.path.dirname(os.path.dirname(__file__)))!r})
-        from umdbench.store import ResultsStore
+        from umdbench.results.store import ResultsStore
         from tests.test_store import _row
         store = ResultsStore({str(path)!r})
         i = 0

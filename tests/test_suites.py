@@ -2,9 +2,9 @@
 import pytest
 
 from umdbench.errors import ConfigError
-from umdbench.paper_results import TABLES
-from umdbench.registry import get_registries
-from umdbench.suites import Suite, all_suites, get_suite
+from umdbench.results.paper_results import TABLES
+from umdbench.plugin import get_registries
+from umdbench.plan.suites import Suite, all_suites, get_suite
 
 from test_sweep_support import write_plugin
 

@@ -9,12 +9,12 @@ import time
 import pytest
 
 from umdbench.cli import main
-from umdbench.config import CellSpec
-from umdbench.plan import DataCatalog
-from umdbench.registry import get_registries
-from umdbench.store import ResultsStore
-from umdbench.suites import get_suite, read_membership
-from umdbench.sweep import fit_overrides, plan_sweep, topological
+from umdbench.plan.config import CellSpec
+from umdbench.plan.stages import DataCatalog
+from umdbench.plugin import get_registries
+from umdbench.results.store import ResultsStore
+from umdbench.plan.suites import get_suite, read_membership
+from umdbench.sweep.planning import fit_overrides, plan_sweep, topological
 
 from test_sweep_support import REPO, SHARED, TINY, umdbench, write_plugin
 
@@ -27,7 +27,7 @@ def plugin_registries(tmp_path):
 
 
 def _overrides(items):
-    from umdbench.config import parse_override
+    from umdbench.plan.config import parse_override
 
     return tuple(parse_override(o) for o in items)
 
@@ -191,7 +191,7 @@ def test_cells_whose_images_are_missing_are_unavailable_before_training(tmp_path
     from types import SimpleNamespace
 
     from umdbench.api import Record
-    from umdbench.plan import missing_data
+    from umdbench.plan.stages import missing_data
 
     class HalfThere:
         def __init__(self, root=None, on_error="raise", **options):

@@ -1,4 +1,4 @@
-"""Task heads, losses and predictions (umdbench.tasks).
+"""Task heads, losses and predictions (umdbench.kit.tasks).
 
 Also home of ``ToyEncoder``, a small test double of the shared encoder that follows
 docs/CONTRACT.md exactly (EncoderOutput fields, ``modality_parameters()``, submodules
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench.api import TaskInfo
-from umdbench.tasks import (
+from umdbench.kit.tasks import (
     DEFAULT_LOSS,
     SupervisedTune,
     build_task_head,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UmdbenchError
+from umdbench.errors import UmdbenchError
 
 # Keys a collated batch may carry (all tensors; B = batch, L = text length).
 BATCH_KEYS = {

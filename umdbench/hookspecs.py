@@ -22,7 +22,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 class UmdbenchSpec:
     @hookspec
     def umdbench_register(self, registries):
-        """Add entries to ``registries`` (a :class:`umdbench.registry.Registries`).
+        """Add entries to ``registries`` (a :class:`umdbench.plugin.registry.Registries`).
 
         Use ``registries.<kind>.register_lazy(name, "module:attr")`` so nothing is imported until
         the entry is used, or ``registries.<kind>.register(name, obj)``. Kinds: ``pretrain``,

@@ -35,7 +35,7 @@ log = logging.getLogger("umdbench.data")
 
 def dataset_class(name: str):
     """A source dataset's plugin class, looked up in the registry (unknown names: "did you mean")."""
-    from umdbench.registry import get_registries
+    from umdbench.plugin import get_registries
 
     return get_registries().dataset.get(name)
 

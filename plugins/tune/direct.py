@@ -1,7 +1,7 @@
 """``direct``: supervised fine-tuning of the whole model with the task head (UMD paper Fig. 2a).
 
 The baseline fine-tuning of M3AE: encoder + task head trained end-to-end with the task loss
-(:mod:`umdbench.tasks`). The paper preset is the M3AE downstream recipe (upstream run scripts):
+(:mod:`umdbench.kit.tasks`). The paper preset is the M3AE downstream recipe (upstream run scripts):
 AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), lr 5e-6, fusion x5, head x50 (VQA) / x10 (MELINDA) /
 x5 (ROCO), 10 % warm-up then linear decay, epochs 50/15/10/20/10 (VQA-RAD / SLAKE / VQA-Med-2019 /
 MELINDA / ROCO) at batch 64/32/32/16/256, expressed as ``max_iters``.
@@ -9,7 +9,7 @@ MELINDA / ROCO) at batch 64/32/32/16/256, expressed as ``max_iters``.
 from __future__ import annotations
 
 from umdbench.api import train_config
-from umdbench.tasks import SupervisedTune, iters_for
+from umdbench.kit.tasks import SupervisedTune, iters_for
 
 _PAPER_TRAIN = train_config(
     max_iters=iters_for("vqa-rad", 64, 50), batch_size=64, lr=5e-6,

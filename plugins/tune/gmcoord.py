@@ -29,9 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from umdbench import gradmod
+from umdbench.kit import gradmod
 from umdbench.api import TaskInfo
-from umdbench.tasks import SupervisedTune, TaskForward, group_scores, iters_for, last_linear
+from umdbench.kit.tasks import SupervisedTune, TaskForward, group_scores, iters_for, last_linear
 
 from .direct import _PAPER_TRAIN, _TINY_TRAIN, _m3ae_per_dataset
 

@@ -13,7 +13,7 @@ PACKAGES = ("umdbench", "torch", "torchvision", "onedl-mmengine", "transformers"
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the umdbench checkout, with '-dirty' when it has uncommitted changes."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:

@@ -43,19 +43,19 @@ def add_subcommands(sub, common_parent_parser) -> None:
 def cmd_sweep(args) -> int:
     from pathlib import Path
 
-    from .config import parse_override
-    from .execute import Workspace
-    from .registry import get_registries
-    from .store import ResultsStore
-    from .suites import get_suite, record_membership
-    from .sweep import membership_entries, plan_sweep
+    from umdbench.plan.config import parse_override
+    from umdbench.run.execute import Workspace
+    from umdbench.plugin import get_registries
+    from umdbench.results.store import ResultsStore
+    from umdbench.plan.suites import get_suite, record_membership
+    from umdbench.sweep.planning import membership_entries, plan_sweep
 
     registries = get_registries(tuple(args.plugin_path))
     suite = get_suite(registries, args.suite)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     if args.seeds < 1:
-        from .errors import ConfigError
+        from umdbench.errors import ConfigError
 
         raise ConfigError("--seeds must be at least 1.")
     specs = suite.cell_specs(seeds=args.seeds, preset=args.preset, data_root=args.data_root,
@@ -66,7 +66,7 @@ def cmd_sweep(args) -> int:
     plan = plan_sweep(specs, registries, ws.catalog, store=store, suite=suite.name)
     print(f"{suite.title}  [suite {suite.name}, preset {args.preset}, seeds {args.seeds}, executor {args.executor}]")
     if any(r.inferred for r in suite.rows):
-        from .paper_results import INFERRED_NOTE
+        from umdbench.results.paper_results import INFERRED_NOTE
 
         print(f"note: {INFERRED_NOTE}")
     print(plan.describe(ws.cache_root))
@@ -76,7 +76,7 @@ def cmd_sweep(args) -> int:
     if not plan.pending:
         print("\nnothing to run: every available cell is finished.")
         return 0
-    from .executors import make_executor
+    from umdbench.sweep.executors import make_executor
 
     executor = make_executor(args.executor, ray_address=args.ray_address, num_cpus=args.ray_num_cpus,
                              nproc_per_node=args.nproc_per_node, plugin_paths=tuple(args.plugin_path))

@@ -1,11 +1,11 @@
 """A sweep: a grid of cells planned into one DAG of unique stages, then executed.
 
 Every cell resolves to a chain of stages (pre-training -> tuning stages -> evaluation) whose keys
-cover everything upstream (see :mod:`umdbench.plan`), so stages that several cells need have equal
+cover everything upstream (see :mod:`umdbench.plan.stages`), so stages that several cells need have equal
 keys: one pre-training serves every cell that uses it, one TD-Calib every cell with the same
 pre-training, dataset and seed. The sweep dedupes the training stages by key and orders them
 topologically (parents first, cell by cell so that results arrive early); evaluation stays per
-cell. Executors (:mod:`umdbench.executors`) run that DAG.
+cell. Executors (:mod:`umdbench.sweep.executors`) run that DAG.
 
 Resume: a cell whose key is in the results store is finished and skipped; a stage whose artifact is
 cached is skipped; an interrupted stage resumes from its mmengine checkpoint. Stopping a sweep at
@@ -19,10 +19,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CellSpec, ResolvedRun, resolve, resolve_dataset_root
-from .api import DataError
-from .errors import ConfigError, UmdbenchError, UnknownNameError
-from .plan import DataCatalog, Stage, build_plan, missing_data
+from umdbench.plan.config import CellSpec, ResolvedRun, resolve, resolve_dataset_root
+from umdbench.api import DataError
+from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
+from umdbench.plan.stages import DataCatalog, Stage, build_plan, missing_data
 
 _TUNE_INDEX = re.compile(r"^tune\.(\d+|\*)(\..*)?$")
 
@@ -305,7 +305,7 @@ class SweepReport:
 
 
 def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
-    from .suites import Membership
+    from umdbench.plan.suites import Membership
 
     out = []
     overrides = [f"{k}={v}" for k, v in user_overrides]
@@ -325,7 +325,7 @@ def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
 
 def mark(plan: SweepPlan, ws, cell: PlannedCell, status: str, detail: str = "", user_overrides=()) -> None:
     """Record a cell's new status (and that of its duplicates) in the suite membership table."""
-    from .suites import record_membership
+    from umdbench.plan.suites import record_membership
 
     cell.status = {"done": "done", "failed": "failed"}.get(status, status)
     entries = [e for e in membership_entries(plan, user_overrides) if e.cell_key == cell.key]

@@ -5,7 +5,7 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
 
     [suites.table4]
     title = "Table 4: ablation on medical VQA (accuracy %)"
-    paper = "table4"                                # key into umdbench.paper_results.TABLES
+    paper = "table4"                                # key into umdbench.results.paper_results.TABLES
     datasets = ["vqa-rad", "slake", "vqa-med-2019"]
     metrics = ["open", "closed", "overall"]         # columns of the leaderboard, in order
     plot = "rows"                                   # "rows" (bar chart) | "vary" (line plot) | omitted
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UnknownNameError
+from umdbench.errors import ConfigError, UnknownNameError
 
 SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "description"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
@@ -103,7 +103,7 @@ class Suite:
             bad = sorted(set(raw) - ROW_KEYS)
             if bad:
                 raise ConfigError(f"{where}: rows[{i}] has unknown keys {', '.join(bad)}; allowed: {', '.join(sorted(ROW_KEYS))}.")
-            from .config import parse_tune_chain
+            from umdbench.plan.config import parse_tune_chain
 
             rows.append(SuiteRow(
                 name=str(raw["name"]), pretrain=str(raw["pretrain"]), tune=parse_tune_chain(str(raw["tune"])),
@@ -156,7 +156,7 @@ class Suite:
     def cell_specs(self, *, seeds: int | list[int] = 1, preset: str = "tiny", data_root: str | None = None,
                    user_overrides: tuple = (), datasets=None) -> list:
         """CellSpecs of the grid for each seed. User overrides come last (they win)."""
-        from .config import CellSpec
+        from umdbench.plan.config import CellSpec
 
         seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
         specs = []
@@ -181,7 +181,7 @@ def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
     if isinstance(table, dict):
         return tuple((str(k), v) for k, v in table.items())
     if isinstance(table, list):  # ["key=value", ...]
-        from .config import parse_override
+        from umdbench.plan.config import parse_override
 
         return tuple(parse_override(str(item)) for item in table)
     raise ConfigError(f"{where}: 'overrides' must be a table of \"key.path\" = value.")
@@ -271,6 +271,6 @@ def read_membership(store_path: Path, suite: str | None = None) -> list[Membersh
 
 def write_suite_leaderboards(store, out_dir, suite=None, plugin_paths=()) -> list:
     """Render ``<out_dir>/<suite>.md`` (+ PNG plots) and ``<out_dir>/README.md``; see leaderboard.py."""
-    from .leaderboard import write_suite_boards
+    from umdbench.results.leaderboard import write_suite_boards
 
     return write_suite_boards(store, Path(out_dir), suite=suite, plugin_paths=plugin_paths)

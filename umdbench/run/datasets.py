@@ -4,7 +4,7 @@ Texts are tokenised once, up front. Images go through :class:`umdbench.data.imag
 (decoded, resized and cached on disk) and leave the datasets as uint8: data-loader workers hand the
 main process a quarter of the bytes a float batch would take, and the CLIP mean/std normalisation
 runs once per batch on the model's device (:func:`normalize_image`, called by the stage model's
-data preprocessor, :class:`umdbench.stage_model.ImageNormalizer`).
+data preprocessor, :class:`umdbench.run.stage_model.ImageNormalizer`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .api import Record
+from umdbench.api import Record
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)

@@ -16,7 +16,7 @@ class DataCommandError(Exception):
 
 def lookup_dataset(name: str, plugin_paths: tuple[str, ...] = ()):
     """The dataset plugin class registered as ``name`` (unknown names raise "did you mean")."""
-    from umdbench.registry import get_registries
+    from umdbench.plugin import get_registries
 
     return get_registries(tuple(plugin_paths)).dataset.get(name)
 

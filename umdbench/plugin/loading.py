@@ -17,17 +17,17 @@ from types import ModuleType
 
 import pluggy
 
-from . import __version__
-from .hookspecs import PROJECT, UmdbenchSpec, hookimpl
-from .registry import Registries
+from umdbench import __version__
+from umdbench.hookspecs import PROJECT, UmdbenchSpec, hookimpl
+from umdbench.plugin.registry import Registries
 
 ENTRY_POINT_GROUP = "umdbench"
 
 
 def registry_toml_path() -> Path:
     """``registry.toml`` at the repository root (shipped inside the package as well)."""
-    repo_copy = Path(__file__).resolve().parents[1] / "registry.toml"
-    return repo_copy if repo_copy.is_file() else Path(__file__).resolve().parent / "registry.toml"
+    repo_copy = Path(__file__).resolve().parents[2] / "registry.toml"
+    return repo_copy if repo_copy.is_file() else Path(__file__).resolve().parents[1] / "registry.toml"
 
 
 def read_registry_toml(path: Path | None = None) -> dict:
@@ -147,3 +147,21 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
         _register_one(pm, registries, obj, info)
         report.plugins.append(info)
     return registries, report
+
+
+_LOADED: tuple[Registries, PluginReport] | None = None
+
+
+def get_registries(plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False) -> Registries:
+    """The process-wide registries with every plugin loaded (built-in, entry points, paths)."""
+    global _LOADED
+    if _LOADED is None or reload or plugin_paths:
+        _LOADED = load_plugins(plugin_paths)
+    return _LOADED[0]
+
+
+def get_plugin_report():
+    """The :class:`PluginReport` of the last :func:`get_registries` call."""
+    if _LOADED is None:
+        get_registries()
+    return _LOADED[1]

@@ -3,10 +3,10 @@
 The parent process writes a request file (the cell's resolved config, the stage key, plugin paths)
 into the stage's folder and launches::
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m umdbench.distributed REQUEST.json
+    python -m torch.distributed.run --standalone --nproc_per_node N -m umdbench.run.distributed REQUEST.json
 
 Every rank rebuilds the plan from the request, finds the stage by its key and calls
-:func:`umdbench.execute.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
+:func:`umdbench.run.execute.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
 ranks talk over gloo (mmengine's own launcher insists on CUDA; see execute.distributed_runner_kwargs).
 The stage's batch size is global: each rank gets ``batch_size // N``. Rank 0 writes the artifact,
 so the cache looks the same as after a single-process run; an interrupted job resumes from the
@@ -24,11 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import UmdbenchError
+from umdbench.errors import UmdbenchError
 
 
 def write_request(stage, run, ws, plugin_paths=()) -> Path:
-    from .execute import atomic_write_json
+    from umdbench.run.execute import atomic_write_json
 
     stage_dir = ws.cache_root / stage.dirname
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def launch_stage(stage, run, ws, nproc: int, plugin_paths=(), timeout: float | N
     """Train ``stage`` with ``nproc`` processes on this node; returns the stage folder."""
     request = write_request(stage, run, ws, plugin_paths)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-           "-m", "umdbench.distributed", str(request)]
+           "-m", "umdbench.run.distributed", str(request)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(cmd, env=env, timeout=timeout)
@@ -58,10 +58,10 @@ def launch_stage(stage, run, ws, nproc: int, plugin_paths=(), timeout: float | N
 
 def run_request(request_path: str | Path) -> Path:
     """One rank: rebuild the stage from the request and train it under DDP."""
-    from .config import CellSpec, ResolvedRun
-    from .execute import Workspace, train_stage
-    from .plan import build_plan
-    from .registry import get_registries
+    from umdbench.plan.config import CellSpec, ResolvedRun
+    from umdbench.run.execute import Workspace, train_stage
+    from umdbench.plan.stages import build_plan
+    from umdbench.plugin import get_registries
 
     req = json.loads(Path(request_path).read_text())
     cell = dict(req["cell"])
@@ -79,9 +79,9 @@ def run_request(request_path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m umdbench.distributed",
+    parser = argparse.ArgumentParser(prog="python -m umdbench.run.distributed",
                                      description="One rank of a torchrun (DDP) training stage; see module docstring.")
-    parser.add_argument("request", help="ddp-request.json written by umdbench.distributed.write_request")
+    parser.add_argument("request", help="ddp-request.json written by umdbench.run.distributed.write_request")
     args = parser.parse_args(argv)
     try:
         run_request(args.request)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from umdbench.errors import CheckpointError
 
 _INSTALLED = False
 

@@ -10,13 +10,13 @@ PASS_THROUGH = ("label", "answer_type", "image_index", "text_index", "index")
 class ImageNormalizer(BaseDataPreprocessor):
     """mmengine's device move, then CLIP normalisation of uint8 ``image`` batches.
 
-    The datasets yield uint8 pixels (:mod:`umdbench.loaders`); normalising after the move keeps
+    The datasets yield uint8 pixels (:mod:`umdbench.run.datasets`); normalising after the move keeps
     worker-to-main transfers and host-to-device copies 4x smaller and puts the arithmetic on the
     accelerator when there is one. Float images (synthetic batches, tests) pass unchanged.
     """
 
     def forward(self, data, training: bool = False):
-        from .loaders import normalize_image
+        from umdbench.run.datasets import normalize_image
 
         data = super().forward(data, training)
         image = data.get("image") if isinstance(data, dict) else None

@@ -1,8 +1,8 @@
-"""Executors run a :class:`~umdbench.sweep.SweepPlan`.
+"""Executors run a :class:`~umdbench.sweep.planning.SweepPlan`.
 
 * :class:`LocalExecutor` (default): one process, stages in topological order, cell by cell, each
   cell evaluated as soon as its last stage is trained. With ``nproc_per_node > 1`` every training
-  stage runs as a torchrun job (DDP, :mod:`umdbench.distributed`).
+  stage runs as a torchrun job (DDP, :mod:`umdbench.run.distributed`).
 * :class:`RayExecutor`: every unique stage is a Ray task that waits for its parent's task;
   independent stages run in parallel over the cluster. Workers train and evaluate; the driver
   writes the results rows. Needs the optional extra ``pip install 'umdbench[ray]'`` and a work
@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .execute import (Workspace, echo, evaluate, result_row, run_cell, stage_wall_time, train_stage,
+from umdbench.run.execute import (Workspace, echo, evaluate, result_row, run_cell, stage_wall_time, train_stage,
                       write_run_config)
-from .sweep import PlannedCell, SweepPlan, SweepReport, format_failure, mark
+from umdbench.sweep.planning import PlannedCell, SweepPlan, SweepReport, format_failure, mark
 
 
 class LocalExecutor:
@@ -29,7 +29,7 @@ class LocalExecutor:
 
     def _train(self, stage, run, ws: Workspace, step: str) -> None:
         if self.nproc_per_node > 1 and not (ws.cache_root / stage.dirname / "artifact.json").is_file():
-            from .distributed import launch_stage
+            from umdbench.run.distributed import launch_stage
 
             echo(f"{step} {stage.title}: torchrun with {self.nproc_per_node} processes (key {stage.key[:12]})")
             launch_stage(stage, run, ws, self.nproc_per_node, self.plugin_paths)
@@ -81,7 +81,7 @@ class LocalExecutor:
 # Ray
 # ---------------------------------------------------------------------------------------------
 def _worker_workspace(work_dir: str, plugin_paths: tuple[str, ...]) -> Workspace:
-    from .registry import get_registries
+    from umdbench.plugin import get_registries
 
     return Workspace(Path(work_dir), get_registries(tuple(plugin_paths)))
 
@@ -95,7 +95,7 @@ def _ray_train(stage, run, work_dir, plugin_paths, *parents):
 
 def _ray_eval(stage, run, work_dir, plugin_paths, *parents):
     """Ray task: evaluate one cell; the driver writes the row."""
-    from .provenance import device_description
+    from umdbench.results.provenance import device_description
 
     ws = _worker_workspace(work_dir, plugin_paths)
     started = time.time()
@@ -117,7 +117,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError as exc:
-            from .errors import UmdbenchError
+            from umdbench.errors import UmdbenchError
 
             raise UmdbenchError("--executor ray needs Ray: pip install 'umdbench[ray]' (or 'ray[default]').") from exc
         started_here = False
@@ -193,11 +193,11 @@ def make_executor(name: str, *, ray_address: str | None = None, num_cpus: int | 
         return LocalExecutor(nproc_per_node=nproc_per_node, plugin_paths=tuple(plugin_paths))
     if name == "ray":
         if nproc_per_node > 1:
-            from .errors import ConfigError
+            from umdbench.errors import ConfigError
 
             raise ConfigError("--nproc-per-node > 1 (torchrun) works with the local executor only; "
                               "with Ray each stage is one task.")
         return RayExecutor(address=ray_address, num_cpus=num_cpus, plugin_paths=tuple(plugin_paths))
-    from .errors import ConfigError
+    from umdbench.errors import ConfigError
 
     raise ConfigError(f"unknown executor {name!r}; choose local or ray.")

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import StoreError
+from umdbench.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -61,7 +61,7 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
         path = out_dir / "runs.md"
         atomic_write_text(path, "".join(parts))
         written.append(path)
-    from .suites import write_suite_leaderboards  # suites module renders the paper tables
+    from umdbench.plan.suites import write_suite_leaderboards  # suites module renders the paper tables
 
     written += write_suite_leaderboards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
     return written
@@ -109,7 +109,7 @@ class SuiteResults:
 
 def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
     """preset -> results. Membership (written by sweeps) first; rows tagged with the suite fill in."""
-    from .suites import read_membership
+    from umdbench.plan.suites import read_membership
 
     names = set(suite.cell_names())
     by_preset: dict[str, SuiteResults] = defaultdict(SuiteResults)
@@ -140,7 +140,7 @@ STATUS_TEXT = {"data unavailable": "data unavailable", "failed": "failed", "plan
 
 
 def render_suite(suite, results: SuiteResults, preset: str) -> str:
-    from .paper_results import get_table
+    from umdbench.results.paper_results import get_table
 
     paper = get_table(suite.paper)
     names = suite.cell_names()
@@ -221,7 +221,7 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
         for reason in sorted(r for r in unavailable if r):
             out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
     if any(r.inferred for r in suite.rows):
-        from .paper_results import INFERRED_NOTE
+        from umdbench.results.paper_results import INFERRED_NOTE
 
         footnotes.append(f"† {INFERRED_NOTE}")
     for row in suite.rows:
@@ -273,7 +273,7 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .paper_results import get_table
+    from umdbench.results.paper_results import get_table
 
     metric = next((m for m in ("overall", "accuracy") if m in suite.metrics), suite.metrics[0] if suite.metrics else None)
     if metric is None:
@@ -328,8 +328,8 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
 
 
 def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_paths=()) -> list[Path]:
-    from .registry import get_registries
-    from .suites import all_suites, get_suite
+    from umdbench.plugin import get_registries
+    from umdbench.plan.suites import all_suites, get_suite
 
     registries = get_registries(tuple(plugin_paths))
     suites = [get_suite(registries, suite)] if suite else all_suites(registries)

@@ -11,7 +11,7 @@ from collections import Counter
 
 import torch
 
-from .api import Record
+from umdbench.api import Record
 
 TOKEN = re.compile(r"[a-z0-9]+")
 

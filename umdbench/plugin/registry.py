@@ -13,7 +13,7 @@ from typing import Any
 
 from mmengine.registry import Registry
 
-from .errors import RegistryCollisionError, UmdbenchError, UnknownNameError
+from umdbench.errors import RegistryCollisionError, UmdbenchError, UnknownNameError
 
 KINDS = {
     "pretrain": "pre-training strategy",
@@ -142,23 +142,3 @@ class Registries:
     def set_origin(self, origin: str) -> None:
         for reg in self.kinds().values():
             reg.current_origin = origin
-
-
-_LOADED: tuple[Registries, Any] | None = None
-
-
-def get_registries(plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False) -> Registries:
-    """The process-wide registries with every plugin loaded (built-in, entry points, paths)."""
-    global _LOADED
-    if _LOADED is None or reload or plugin_paths:
-        from .plugins import load_plugins
-
-        _LOADED = load_plugins(plugin_paths)
-    return _LOADED[0]
-
-
-def get_plugin_report():
-    """The :class:`umdbench.plugins.PluginReport` of the last :func:`get_registries` call."""
-    if _LOADED is None:
-        get_registries()
-    return _LOADED[1]

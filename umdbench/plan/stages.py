@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .config import ResolvedRun, config_hash
+from umdbench.plan.config import ResolvedRun, config_hash
 
 
 @lru_cache(maxsize=None)
@@ -30,11 +30,11 @@ def _source_hash(module_name: str) -> str:
 @lru_cache(maxsize=1)
 def encoder_code_version() -> str:
     """Hash of the shared model code: a change there invalidates every cached stage."""
-    folder = Path(__file__).resolve().parent / "models"
+    folder = Path(__file__).resolve().parents[1] / "models"
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.py")):
         digest.update(file.name.encode() + file.read_bytes())
-    loaders = Path(__file__).resolve().parent / "loaders.py"
+    loaders = Path(__file__).resolve().parents[1] / "run" / "datasets.py"
     digest.update(loaders.read_bytes())
     return digest.hexdigest()[:10]
 

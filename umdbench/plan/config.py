@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from umdbench.errors import ConfigError
 
 DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
 PRESETS = ("tiny", "paper")
@@ -155,7 +155,7 @@ class ResolvedRun:
 
 def resolve(cell: CellSpec, registries) -> ResolvedRun:
     """Build the full config of a cell from the plugins' presets and the user's overrides."""
-    from .models import ENCODER_PRESETS  # torch import: only when a run is resolved
+    from umdbench.models import ENCODER_PRESETS  # torch import: only when a run is resolved
 
     if cell.preset not in ENCODER_PRESETS:
         raise ConfigError(f"unknown preset {cell.preset!r}; choose one of {', '.join(sorted(ENCODER_PRESETS))}.")

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .api import DEFAULT_METRICS, TaskInfo, TuneStrategy
-from .checkpoint import install_safe_loader, load_artifact, save_artifact
-from .config import ResolvedRun, config_hash
-from .errors import UmdbenchError
-from .plan import DataCatalog, Stage, build_plan, describe_plan
-from .provenance import device_description, git_commit, package_versions
-from .store import ResultsStore
+from umdbench.api import DEFAULT_METRICS, TaskInfo, TuneStrategy
+from umdbench.run.checkpoint import install_safe_loader, load_artifact, save_artifact
+from umdbench.plan.config import ResolvedRun, config_hash
+from umdbench.errors import UmdbenchError
+from umdbench.plan.stages import DataCatalog, Stage, build_plan, describe_plan
+from umdbench.results.provenance import device_description, git_commit, package_versions
+from umdbench.results.store import ResultsStore
 
 TRANSIENT_PREFIXES = ("teacher.",)  # state a stage does not hand on (EMA teachers)
 
@@ -62,7 +62,7 @@ class Workspace:
         return ResultsStore(self.work_dir / "results.sqlite")
 
     def tokenizer(self, model_cfg: dict):
-        from .models import build_tokenizer
+        from umdbench.models import build_tokenizer
 
         key = config_hash(model_cfg.get("text", {}))
         if key not in self._tokenizers:
@@ -88,7 +88,7 @@ def special_ids(tokenizer) -> dict:
 def build_strategy(stage: Stage, run: ResolvedRun, ws: Workspace, load_parent: bool = True):
     from mmengine.runner import set_random_seed
 
-    from .models import build_encoder
+    from umdbench.models import build_encoder
 
     set_random_seed(run.config["seed"])  # encoder and head initialisation depend on the seed only
     model_cfg = run.config["model"]
@@ -122,8 +122,8 @@ def carry_over_heads(strategy, parent_state: dict) -> list[str]:
 
 
 def build_dataset(stage: Stage, run: ResolvedRun, ws: Workspace, split: str, *, pairs: bool = False):
-    from .data.images import ImageLoader
-    from .loaders import PairGridDataset, RecordDataset
+    from umdbench.data.images import ImageLoader
+    from umdbench.run.datasets import PairGridDataset, RecordDataset
 
     model_cfg = run.config["model"]
     dataset = ws.catalog.get(stage.data)
@@ -244,7 +244,7 @@ def _drop_mmengine_notices(record: logging.LogRecord) -> bool:
 def make_runner(stage: Stage, run: ResolvedRun, ws: Workspace, model, work_dir: Path, **kwargs):
     from mmengine.runner import Runner
 
-    from .hooks import ProgressHook
+    from umdbench.run.hooks import ProgressHook
 
     class StageRunner(Runner):
         """A Runner whose console stays quiet (the full log still goes to the work dir)."""
@@ -276,7 +276,7 @@ def make_runner(stage: Stage, run: ResolvedRun, ws: Workspace, model, work_dir: 
 
 
 def dataloader_cfg(dataset, batch_size: int, run: ResolvedRun, *, train: bool):
-    from .loaders import auto_num_workers
+    from umdbench.run.datasets import auto_num_workers
 
     workers = auto_num_workers(run.config["data"].get("num_workers", "auto"))
     sampler = {"type": "InfiniteSampler", "shuffle": True, "seed": run.config["seed"]} if train else {"type": "DefaultSampler", "shuffle": False}
@@ -314,12 +314,12 @@ def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str, launch
     """Train one stage unless its artifact is cached; resume it if a previous attempt was killed.
 
     ``launcher='pytorch'`` runs this process as one rank of a torchrun job (see
-    :mod:`umdbench.distributed`): the stage's batch size is split over the ranks and only rank 0
+    :mod:`umdbench.run.distributed`): the stage's batch size is split over the ranks and only rank 0
     writes the artifact.
     """
     from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
 
-    from .stage_model import StageModel
+    from umdbench.run.stage_model import StageModel
 
     stage_dir = ws.cache_root / stage.dirname
     marker = stage_dir / "artifact.json"
@@ -382,7 +382,7 @@ def train_stage(stage: Stage, run: ResolvedRun, ws: Workspace, step: str, launch
 def evaluate(stage: Stage, run: ResolvedRun, ws: Workspace, step: str) -> dict:
     from mmengine.evaluator import Evaluator
 
-    from .stage_model import StageModel
+    from umdbench.run.stage_model import StageModel
 
     tuned = stage.parent
     echo(f"{step} evaluate on {stage.data['type']}:{stage.data['split']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UmdbenchError
+from umdbench.errors import UmdbenchError
 
 DESCRIPTION = """\
 umdbench: benchmark harness for medical vision-language pre-training (UMD and baselines).
@@ -60,26 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--split", default="test")
     base.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100")
 
-    try:
-        from . import cli_data
-    except ImportError:  # the data commands are optional at import time
-        cli_data = None
-    if cli_data is not None:
-        cli_data.add_subcommands(sub)
-    try:
-        from . import cli_sweep
-    except ImportError:
-        cli_sweep = None
-    if cli_sweep is not None:
-        cli_sweep.add_subcommands(sub, common)
+    from umdbench.cli import data as data_commands
+    from umdbench.cli import sweep as sweep_commands
+
+    data_commands.add_subcommands(sub)
+    sweep_commands.add_subcommands(sub, common)
     return parser
 
 
 def cmd_run(args) -> int:
-    from .config import CellSpec, parse_override, parse_tune_chain, resolve
-    from .execute import Workspace, run_cell
-    from .plan import build_plan, describe_plan
-    from .registry import get_registries
+    from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
+    from umdbench.run.execute import Workspace, run_cell
+    from umdbench.plan.stages import build_plan, describe_plan
+    from umdbench.plugin import get_registries
 
     chain = parse_tune_chain(args.tune)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
@@ -104,7 +97,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .registry import KINDS, get_registries
+    from umdbench.plugin import KINDS, get_registries
 
     registries = get_registries(tuple(args.plugin_path))
     for kind, reg in registries.kinds().items():
@@ -117,7 +110,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from .registry import get_plugin_report, get_registries
+    from umdbench.plugin import get_plugin_report, get_registries
 
     get_registries(tuple(args.plugin_path))
     report = get_plugin_report()
@@ -132,8 +125,8 @@ def cmd_plugins(args) -> int:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
-    from .leaderboard import write_leaderboards
-    from .store import ResultsStore
+    from umdbench.results.leaderboard import write_leaderboards
+    from umdbench.results.store import ResultsStore
 
     store_path = Path(args.store) if args.store else Path(args.work_dir) / "results.sqlite"
     if not store_path.is_file():
@@ -146,9 +139,9 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_baselines(args) -> int:
-    from .baselines import majority_baseline, question_only_baseline
-    from .config import parse_override, resolve_dataset_root
-    from .registry import get_registries
+    from umdbench.results.baselines import majority_baseline, question_only_baseline
+    from umdbench.plan.config import parse_override, resolve_dataset_root
+    from umdbench.plugin import get_registries
 
     registries = get_registries(tuple(args.plugin_path))
     cls = registries.dataset.get(args.dataset)
