@@ -39,10 +39,6 @@ BATCH_KEYS = {
     "text_index": "long [B] retrieval evaluation: which text",
 }
 
-TASKS = ("vqa", "classification", "retrieval", "pretrain")
-DEFAULT_METRICS = {"vqa": "vqa-accuracy", "classification": "classification", "retrieval": "retrieval-recall"}
-
-
 def deep_merge(base: dict, override: dict) -> dict:
     """Return a copy of ``base`` with ``override`` merged in, recursing into dicts."""
     out = copy.deepcopy(base)
@@ -97,14 +93,16 @@ class DatasetPlugin:
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    task: ClassVar[str] = "vqa"  # one of TASKS
+    task: ClassVar[str] = "vqa"  # a registered task type (`umdbench list --kind task`)
+    # the registered encoder this dataset's records fit when a run does not choose one
+    encoder: ClassVar[str] = "coattn"
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     needs_root: ClassVar[bool] = True  # False for generated data
     # name of the corpus plugin used for pre-training when a run does not say otherwise
     default_pretrain_corpus: ClassVar[str | None] = None
     # the subfolder of --data-root where this dataset lives (e.g. "vqa_rad")
     root_subdir: ClassVar[str | None] = None
-    # registered metric name; None = the task's default (see DEFAULT_METRICS)
+    # registered metric name; None = the task type's ``default_metric``
     metric: ClassVar[str | None] = None
 
     def __init__(self, root: str | Path | None = None, on_error: str = "raise", **options: Any):
@@ -126,7 +124,122 @@ class DatasetPlugin:
         """A stable hash of the data this plugin reads (annotation files, image list)."""
         raise NotImplementedError
 
-    def check(self) -> CheckReport:
+    def check(self, deep: bool = False) -> CheckReport:
+        """What ``umdbench data check`` reports. ``deep=True`` also decodes every image/volume
+        (slow); the default checks that the files exist and the annotations parse."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders (backbones)
+# --------------------------------------------------------------------------------------------
+class Encoder(nn.Module):
+    """Base class of encoder plugins: the backbone every stage of a run shares.
+
+    The resolved config's ``model`` section is the encoder's config: ``type`` (its registered
+    name) plus whatever :meth:`default_config` returns for the preset. The core builds it with
+    :meth:`from_config`, builds the text tokenizer (if any) with :meth:`build_tokenizer`, and hands
+    the encoder to each strategy, which calls it however the task type and the strategy agree.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict]] = {}  # preset name -> encoder config
+
+    @classmethod
+    def default_config(cls, preset: str) -> dict:
+        if preset not in cls.presets:
+            raise KeyError(f"encoder {cls.name!r} has no preset {preset!r}; it has {sorted(cls.presets)}")
+        return copy.deepcopy(cls.presets[preset])
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Encoder":
+        """Build the encoder (fresh or from the pretrained weights its config names)."""
+        return cls(cfg)
+
+    @classmethod
+    def build_tokenizer(cls, cfg: dict) -> Any:
+        """The text tokenizer for this encoder's config, or None for an encoder without text."""
+        return None
+
+    hidden_size: int = 0  # width of the features a task head reads
+
+    def compile_targets(self) -> list[nn.Module]:
+        """Modules ``train.compile`` may ``torch.compile`` in place (the hot blocks); none by default."""
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# Task types
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DataContext:
+    """What a task type needs to turn records into tensors for one stage."""
+
+    model_cfg: dict  # the encoder config (``model`` section)
+    stage_cfg: dict  # the stage's config (options such as ``max_text_len``, ``negatives``)
+    tokenizer: Any  # the encoder's tokenizer, or None
+    label_names: list[str]  # answer vocabulary / class names ([] when the task has none)
+    seed: int
+    cache_dir: Path | None  # a folder for decoded-data caches (None: no cache)
+
+
+class TaskType:
+    """Base class of task-type plugins: one kind of downstream task (or of pre-training data).
+
+    A task type owns everything between records and the strategy: the torch dataset (batch
+    keys), the collate step, the per-batch normalisation after the device move, and, for
+    supervised tasks, the shared task head H, its loss and its prediction outputs, so that every
+    tuning strategy is judged with the same head (the paper's fairness rule).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    supervised: ClassVar[bool] = True  # has labels and a head; False for pre-training data
+    batch_keys: ClassVar[dict[str, str]] = {}  # key -> what it holds
+    prediction_keys: ClassVar[dict[str, str]] = {}  # keys of ``predict`` outputs -> what they hold
+    metric_keys: ClassVar[tuple[str, ...]] = ()  # batch keys handed to the metric beside predictions
+    default_metric: ClassVar[str | None] = None  # registered metric name
+    # the unsupervised task type whose datasets a pre-training stage builds from this task's data
+    pretrain_task: ClassVar[str | None] = None
+
+    # -- data ------------------------------------------------------------------------------------
+    def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
+        """A ``torch.utils.data.Dataset`` of dicts with :attr:`batch_keys`."""
+        raise NotImplementedError
+
+    def collate(self, items: list[dict]) -> dict:
+        """Items -> one batch (torch's default collate unless overridden)."""
+        from torch.utils.data import default_collate
+
+        return default_collate(items)
+
+    def preprocess(self, batch: dict) -> dict:
+        """Called on every batch after it is on the model's device (normalisation belongs here)."""
+        return batch
+
+    # -- supervised head ---------------------------------------------------------------------------
+    def build_head(self, info: "TaskInfo", width: int) -> nn.Module:
+        """The task head H on features of ``width`` columns."""
+        raise NotImplementedError(f"task type {self.name!r} has no head (unsupervised)")
+
+    def encode(self, encoder: nn.Module, batch: dict, info: "TaskInfo", cfg: dict, *, training: bool) -> Any:
+        """Run the encoder on a batch; returns the features the head reads (a ``kit.TaskForward``
+        for the built-in image + text tasks)."""
+        raise NotImplementedError
+
+    def logits(self, head: nn.Module, features: Any, info: "TaskInfo") -> torch.Tensor:
+        raise NotImplementedError
+
+    def target(self, features: Any) -> torch.Tensor | None:
+        """The training target of the batch the features came from (None when it has none)."""
+        return getattr(features, "target", None)
+
+    def loss(self, info: "TaskInfo", logits: torch.Tensor, target: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, info: "TaskInfo", logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metric's inputs (:attr:`prediction_keys`)."""
         raise NotImplementedError
 
 
@@ -216,9 +329,10 @@ class TuneStrategy(Strategy):
 class TaskInfo:
     """What a tuning strategy needs to know about the downstream task."""
 
-    task: str  # vqa | classification | retrieval
+    task: str  # the registered task type's name (vqa, classification, retrieval, ...)
     num_classes: int = 0  # answer vocabulary or class count; 0 for retrieval
     label_names: list[str] = field(default_factory=list)
+    spec: TaskType | None = None  # the task type itself: head, loss, predictions
 
 
 # AdamW settings shared by every stage unless a preset says otherwise (the released code's).

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stage plan; train nothing")
 
     lst = sub.add_parser("list", parents=[common], help="registered names by kind")
-    lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite"))
+    lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite", "encoder", "task"))
 
     sub.add_parser("plugins", parents=[common], help="where each plugin came from, its version, load failures")
 

@@ -25,9 +25,8 @@ ENTRY_POINT_GROUP = "umdbench"
 
 
 def registry_toml_path() -> Path:
-    """``registry.toml`` at the repository root (shipped inside the package as well)."""
-    repo_copy = Path(__file__).resolve().parents[2] / "registry.toml"
-    return repo_copy if repo_copy.is_file() else Path(__file__).resolve().parents[1] / "registry.toml"
+    """``umdbench/registry.toml``: the built-in plugins and suites (package data)."""
+    return Path(__file__).resolve().parents[1] / "registry.toml"
 
 
 def read_registry_toml(path: Path | None = None) -> dict:

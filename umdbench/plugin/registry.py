@@ -21,6 +21,8 @@ KINDS = {
     "dataset": "dataset",
     "metric": "metric",
     "suite": "benchmark suite",
+    "encoder": "encoder",
+    "task": "task type",
 }
 
 
@@ -132,6 +134,8 @@ class Registries:
     dataset: LazyRegistry = field(default_factory=lambda: LazyRegistry("dataset"))
     metric: LazyRegistry = field(default_factory=lambda: LazyRegistry("metric"))
     suite: LazyRegistry = field(default_factory=lambda: LazyRegistry("suite"))
+    encoder: LazyRegistry = field(default_factory=lambda: LazyRegistry("encoder"))
+    task: LazyRegistry = field(default_factory=lambda: LazyRegistry("task"))
 
     def kinds(self) -> dict[str, LazyRegistry]:
         return {kind: getattr(self, kind) for kind in KINDS}
