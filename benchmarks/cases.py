@@ -81,7 +81,7 @@ class StepCase:
 
     def set_mode(self, mode: str) -> None:
         """Switch the module to ``mode`` and rebuild its optimiser (fresh AdamW state)."""
-        from umdbench.run.execute import build_optim_wrapper
+        from umdbench.run.builders import build_optim_wrapper
         from umdbench.models.reference import reference_train_options, set_reference_mode
 
         ref = mode == "reference"
@@ -111,7 +111,7 @@ def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0
 
 
 def build_case(name: str, preset: str, batch_size: int | None = None, seed: int = 0) -> StepCase:
-    from umdbench.run.execute import special_ids
+    from umdbench.run.builders import special_ids
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
     from umdbench.run.stage_model import StageModel
@@ -128,7 +128,9 @@ def build_case(name: str, preset: str, batch_size: int | None = None, seed: int 
     strategy = cls(encoder, cfg, TaskInfo("vqa", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)])) if tune \
         else cls(encoder, cfg)
     bs = int(batch_size or cfg["train"]["batch_size"])
-    model = StageModel(strategy)
+    from umdbench.kit.tasktypes import VQATask, ImageTextPairs
+
+    model = StageModel(strategy, VQATask() if tune else ImageTextPairs())
     model.train()
     case = StepCase(name, preset, bs, model, strategy, cfg["train"], synthetic_batch(ecfg, bs, tune, seed))
     case.set_mode("fast")

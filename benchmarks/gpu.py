@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu needs a CUDA GPU")
-    from umdbench.run.execute import build_optim_wrapper, compile_strategy
+    from umdbench.run.builders import build_optim_wrapper, compile_strategy
 
     def measure(name: str, batch: int, steps: int) -> dict:
         case = build_case(name, "paper", batch)

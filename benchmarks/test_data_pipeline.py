@@ -80,7 +80,8 @@ def _dataloader(size, cache):
 
     from umdbench.api import Record
     from umdbench.data.images import ImageLoader
-    from umdbench.run.datasets import RecordDataset, auto_num_workers
+    from umdbench.kit.imagetext import RecordDataset
+    from umdbench.run.builders import auto_num_workers
     from umdbench.models import build_tokenizer
     from umdbench.models.presets import ENCODER_PRESETS
 
@@ -96,7 +97,7 @@ def _dataloader(size, cache):
 
 
 def _drain(dl):
-    from umdbench.run.datasets import normalize_image
+    from umdbench.kit.imagetext import normalize_image
 
     n = 0
     for batch in dl:  # uint8 from the workers, normalised per batch as the stage model does
@@ -123,6 +124,6 @@ def test_dataloader_decode(benchmark, cache_dir):
         return (dl,), {}
 
     benchmark.pedantic(_drain, setup=setup, rounds=1, iterations=1)
-    from umdbench.run.datasets import auto_num_workers
+    from umdbench.run.builders import auto_num_workers
 
     _info(benchmark, "RecordDataset+DataLoader, first epoch", SIZE, len(IMAGES), num_workers=auto_num_workers("auto"))

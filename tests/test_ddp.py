@@ -4,7 +4,7 @@ import json
 import pytest
 
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.run.execute import Workspace
+from umdbench.run.builders import RunContext
 from umdbench.plan.stages import build_plan
 from umdbench.plugin import get_registries
 
@@ -19,14 +19,15 @@ def test_two_process_ddp_stage(tmp_path):
     overrides = tuple(parse_override(o) for o in TINY if not o.startswith(("pretrain.", "tune.*")))
     overrides += (("tune.0.train.max_iters", 2), ("tune.0.train.batch_size", 4))
     run = resolve(CellSpec("none", ("direct",), "medsynth", overrides=overrides), registries)
-    ws = Workspace(tmp_path / "work", registries)
-    stage = build_plan(run, registries, ws.catalog)[0]
-    stage_dir = launch_stage(stage, run, ws, nproc=2, timeout=400)
+    ctx = RunContext(tmp_path / "work", registries)
+    stages = build_plan(run, registries, ctx.catalog)
+    stage = stages[0]
+    stage_dir = launch_stage(stage, run, ctx, nproc=2, timeout=400)
     meta = json.loads((stage_dir / "artifact.json").read_text())
     assert meta["key"] == stage.key and (stage_dir / "model.safetensors").is_file()
     assert meta["world_size"] == 2
     # the artifact is an ordinary cached stage: a single-process evaluation can use it
-    from umdbench.run.execute import run_cell
+    from umdbench.run.cell import run_cell
 
-    row = run_cell(run, ws)
+    row = run_cell(run, stages, ctx)
     assert "overall" in row["metrics"]

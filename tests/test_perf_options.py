@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from umdbench.run.execute import build_optim_wrapper, compile_strategy, use_amp
+from umdbench.run.builders import build_optim_wrapper, compile_strategy, use_amp
 from umdbench.models import build_encoder
 from umdbench.models.reference import attention_impls, reference_train_options, set_reference_mode
 from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
@@ -71,6 +71,9 @@ def test_optimiser_options_on_cpu():
         def param_group_of(self, name):
             return "encoder"
 
+        def transient_state_prefixes(self):
+            return ()
+
     s = S()
     ow = build_optim_wrapper(s, TRAIN)
     assert type(ow).__name__ == "OptimWrapper"  # no AMP on CPU
@@ -84,7 +87,7 @@ def test_optimiser_options_on_cpu():
 
 
 def test_normalize_image_lookup_is_bit_identical():
-    from umdbench.run.datasets import _normalize_reference, normalize_image
+    from umdbench.kit.imagetext import _normalize_reference, normalize_image
 
     x = torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8)
     assert torch.equal(normalize_image(x), _normalize_reference(x))
@@ -105,6 +108,9 @@ def test_fused_adamw_matches_the_per_tensor_loop():
         def param_group_of(self, name):
             return "encoder"
 
+        def transient_state_prefixes(self):
+            return ()
+
     fused, loop = S(layers[0]), S(layers[1])
     start = layers[0].weight.detach().clone()
     opt_f = build_optim_wrapper(fused, TRAIN)
@@ -119,17 +125,18 @@ def test_fused_adamw_matches_the_per_tensor_loop():
 
 
 def test_uint8_batches_are_normalised_by_the_stage_model():
-    from umdbench.run.datasets import _normalize_reference, normalize_image
-    from umdbench.run.stage_model import ImageNormalizer
+    from umdbench.kit.imagetext import _normalize_reference, normalize_image
+    from umdbench.kit.tasktypes import VQATask
+    from umdbench.run.stage_model import TaskPreprocessor
 
     batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     # batched look-up == per-image reference, bit for bit
     assert torch.equal(normalize_image(batch), torch.stack([_normalize_reference(x) for x in batch]))
-    out = ImageNormalizer()({"image": batch, "label": torch.arange(4)}, True)
+    out = TaskPreprocessor(VQATask())({"image": batch, "label": torch.arange(4)}, True)
     assert out["image"].dtype == torch.float32 and torch.equal(out["image"], normalize_image(batch))
     assert torch.equal(out["label"], torch.arange(4))
     floats = torch.randn(2, 3, 8, 8)  # already-normalised (synthetic) batches pass unchanged
-    assert torch.equal(ImageNormalizer()({"image": floats}, True)["image"], floats)
+    assert torch.equal(TaskPreprocessor(VQATask())({"image": floats}, True)["image"], floats)
     if torch.cuda.is_available():  # on the accelerator: the element-wise ops, same values
         torch.testing.assert_close(normalize_image(batch.cuda()).cpu(), normalize_image(batch))
     with pytest.raises(ValueError, match="uint8 images"):

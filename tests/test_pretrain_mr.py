@@ -110,10 +110,11 @@ def test_teacher_is_frozen_copy_and_gets_no_gradient():
     assert not strat.teacher.training and strat.encoder.training
     total(strat(batch)).backward()
     assert all(p.grad is None for p in strat.teacher.parameters())
-    # resumable state keeps the teacher; the hand-off does not
+    # resumable state keeps the teacher; the artifact and the optimiser do not (declared transient)
     keys = strat.state_dict().keys()
     assert any(k.startswith("teacher.") for k in keys)
-    assert not any(k.startswith("teacher.") for k in keys if k.startswith(strat.trainable_state_prefixes()))
+    assert strat.transient_state_prefixes() == ("teacher.",)
+    assert all(k.startswith("teacher.") for k in keys if k.startswith(strat.transient_state_prefixes()))
 
 
 def test_teacher_ema_after_optimizer_step():

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench.api import TaskInfo
+from umdbench.kit.supervised import SupervisedTune
 from umdbench.kit.tasks import (
     DEFAULT_LOSS,
-    SupervisedTune,
     build_task_head,
     encode_task,
     iters_for,

@@ -116,7 +116,7 @@ def test_handoff_is_the_encoder_only():
     sum(v for k, v in strat(batch).items() if k.startswith("loss")).backward()
     opt.step()
     strat.after_optimizer_step()
-    assert strat.trainable_state_prefixes() == ("encoder.",)
+    assert strat.transient_state_prefixes() == ("teacher.",)
     state = {k[8:]: v for k, v in strat.state_dict().items() if k.startswith("encoder.")}
     fresh = build_encoder(tiny_encoder_cfg())
     fresh.load_state_dict(state, strict=True)

@@ -77,7 +77,7 @@ def test_direct_trains_encoder_and_head():
     assert any(n.startswith("head.") for n in moved)
     assert strategy.param_group_of("head.0.weight") == "head"
     assert strategy.param_group_of("encoder.fusion.text_layer.weight") == "fusion"
-    assert strategy.trainable_state_prefixes() == ("encoder.",)
+    assert strategy.transient_state_prefixes() == () and strategy.head_state_prefixes() == ()
 
 
 def test_vqa_predict_shape_and_bce_option():

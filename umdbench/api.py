@@ -283,7 +283,7 @@ class Strategy(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    # Hooks the stage model calls; the defaults do nothing.
+    # -- hooks the core calls (each has a default; docs/CONTRACT.md lists when) ---------------------
     def modulate_gradients(self) -> dict[str, float]:
         """Called after backward, before the optimiser step. Returns values to log."""
         return {}
@@ -301,9 +301,21 @@ class Strategy(nn.Module):
             return "fusion" if name.startswith("encoder.fusion.") else "encoder"
         return "head"
 
-    def trainable_state_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes handed to the next stage (the teacher is not)."""
-        return ("encoder.",)
+    def transient_state_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of state that is neither trained by the optimiser nor stored in the
+        stage artifact (an EMA teacher rebuilt from the student). Everything else is both."""
+        return ()
+
+    def head_state_prefixes(self) -> tuple[str, ...]:
+        """Heads this stage starts from its parent stage's artifact where names and shapes match
+        (MR-Pretrain -> TD-Calib share their reconstruction heads). The encoder (``encoder.*``)
+        always comes from the parent; heads not listed start fresh."""
+        return ()
+
+    def compile_targets(self) -> list[nn.Module]:
+        """Modules ``train.compile`` compiles in place: the encoder's hot blocks by default;
+        strategies with heavy heads (a MIM decoder) add theirs."""
+        return self.encoder.compile_targets() if isinstance(self.encoder, Encoder) else []
 
 
 class PretrainStrategy(Strategy):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head
@@ -48,6 +49,9 @@ class M3AEPretrain(PretrainStrategy):
         self.text_mask_ratio = float(cfg.get("text_mask_ratio", 0.15))
         self.norm_pix_loss = bool(cfg.get("norm_pix_loss", True))
         self.weights = {"mlm": 1.0, "mim": 1.0, "itm": 1.0, **cfg.get("weights", {})}
+
+    def compile_targets(self) -> list[nn.Module]:
+        return super().compile_targets() + list(self.mim_decoder.blocks)
 
     def forward(self, batch: dict[str, torch.Tensor], mask_noise: torch.Tensor | None = None) -> dict:
         image, ids, mask = batch["image"], batch["text_ids"], batch["text_mask"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder
@@ -34,6 +35,9 @@ class MAEPretrain(PretrainStrategy):
         self.mim_decoder = MIMDecoder(encoder.vision_width, int(d.get("dim", 384)), int(d.get("depth", 4)),
                                       int(d.get("heads", 6)), encoder.patch_size,
                                       tuple(encoder.vision.patch_embed.grid_size))
+
+    def compile_targets(self) -> list[nn.Module]:
+        return super().compile_targets() + list(self.mim_decoder.blocks)
 
     def forward(self, batch: dict[str, torch.Tensor], mask_noise: torch.Tensor | None = None) -> dict:
         image = batch["image"]

@@ -9,7 +9,8 @@ MELINDA / ROCO) at batch 64/32/32/16/256, expressed as ``max_iters``.
 from __future__ import annotations
 
 from umdbench.api import train_config
-from umdbench.kit.tasks import SupervisedTune, iters_for
+from umdbench.kit.supervised import SupervisedTune
+from umdbench.kit.tasks import iters_for
 
 _PAPER_TRAIN = train_config(
     max_iters=iters_for("vqa-rad", 64, 50), batch_size=64, lr=5e-6,

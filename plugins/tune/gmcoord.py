@@ -31,7 +31,8 @@ from torch import nn
 
 from umdbench.kit import gradmod
 from umdbench.api import TaskInfo
-from umdbench.kit.tasks import SupervisedTune, TaskForward, group_scores, iters_for, last_linear
+from umdbench.kit.supervised import SupervisedTune
+from umdbench.kit.tasks import TaskForward, group_scores, iters_for, last_linear
 
 from .direct import _PAPER_TRAIN, _TINY_TRAIN, _m3ae_per_dataset
 

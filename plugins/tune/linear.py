@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 
-from umdbench.kit.tasks import SupervisedTune
+from umdbench.kit.supervised import SupervisedTune
 
 from .direct import DirectTune
 

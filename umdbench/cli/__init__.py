@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrain", required=True, metavar="P", help="pre-training strategy, or 'none' (scratch)")
     run.add_argument("--tune", required=True, metavar="T1+T2", help="tuning strategies, applied left to right")
     run.add_argument("--dataset", required=True, metavar="D", help="downstream dataset")
-    run.add_argument("--preset", default="tiny", choices=("tiny", "paper"), help="model size and hyper-parameters (default tiny)")
+    run.add_argument("--preset", default="tiny", help="model size and hyper-parameters: tiny (default) or paper for the built-in encoder")
+    run.add_argument("--encoder", metavar="E", help="registered encoder (default: the dataset's)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     run.add_argument("--work-dir", metavar="DIR", default="work_dirs", help="cache, logs and results store (default work_dirs)")
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
-    from umdbench.run.execute import Workspace, run_cell
+    from umdbench.run.builders import RunContext
+    from umdbench.run.cell import run_cell
     from umdbench.plan.stages import build_plan, describe_plan
     from umdbench.plugin import get_registries
 
@@ -78,20 +80,20 @@ def cmd_run(args) -> int:
     overrides = tuple(parse_override(o) for o in args.cfg_options)
     registries = get_registries(tuple(args.plugin_path))
     cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
-                    overrides=overrides, data_root=args.data_root)
+                    overrides=overrides, data_root=args.data_root, encoder=args.encoder)
     resolved = resolve(cell, registries)
-    ws = Workspace(args.work_dir, registries)
+    ctx = RunContext(args.work_dir, registries)
+    stages = build_plan(resolved, registries, ctx.catalog)
     if args.dry_run:
         import json
 
-        stages = build_plan(resolved, registries, ws.catalog)
         print(json.dumps(resolved.config, indent=2, default=str))
         print(f"\nconfig hash {resolved.hash[:16]}\nstage plan ({len(stages)} stages):")
-        print(describe_plan(stages, ws.cache_root))
+        print(describe_plan(stages, ctx.ws.is_trained))
         return 0
-    row = run_cell(resolved, ws)
+    row = run_cell(resolved, stages, ctx)
     metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(row["metrics"].items()))
-    print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ws.work_dir / 'results.sqlite'} "
+    print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ctx.ws.store_path} "
           f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)")
     return 0
 

@@ -25,7 +25,7 @@ def add_subcommands(sub, common_parent_parser) -> None:
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", required=True, metavar="NAME", help="suite name (`umdbench list --kind suite`)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per cell (default 1)")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "paper"), help="model size and hyper-parameters (default tiny)")
+    p.add_argument("--preset", default="tiny", help="model size and hyper-parameters: tiny (default) or paper for the built-in encoder")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
     p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated)")
@@ -44,7 +44,7 @@ def cmd_sweep(args) -> int:
     from pathlib import Path
 
     from umdbench.plan.config import parse_override
-    from umdbench.run.execute import Workspace
+    from umdbench.run.builders import RunContext
     from umdbench.plugin import get_registries
     from umdbench.results.store import ResultsStore
     from umdbench.plan.suites import get_suite, record_membership
@@ -60,16 +60,17 @@ def cmd_sweep(args) -> int:
         raise ConfigError("--seeds must be at least 1.")
     specs = suite.cell_specs(seeds=args.seeds, preset=args.preset, data_root=args.data_root,
                              user_overrides=overrides, datasets=datasets)
-    ws = Workspace(args.work_dir, registries)
-    store_path = Path(args.work_dir) / "results.sqlite"
+    ctx = RunContext(args.work_dir, registries)
+    ws = ctx.ws
+    store_path = ws.store_path
     store = ResultsStore(store_path) if (store_path.is_file() or not args.dry_run) else None
-    plan = plan_sweep(specs, registries, ws.catalog, store=store, suite=suite.name)
+    plan = plan_sweep(specs, registries, ctx.catalog, store=store, suite=suite.name)
     print(f"{suite.title}  [suite {suite.name}, preset {args.preset}, seeds {args.seeds}, executor {args.executor}]")
     if any(r.inferred for r in suite.rows):
         from umdbench.results.paper_results import INFERRED_NOTE
 
         print(f"note: {INFERRED_NOTE}")
-    print(plan.describe(ws.cache_root))
+    print(plan.describe(ws.is_trained))
     if args.dry_run:
         return 0
     record_membership(store_path, membership_entries(plan, overrides))
@@ -81,7 +82,7 @@ def cmd_sweep(args) -> int:
     executor = make_executor(args.executor, ray_address=args.ray_address, num_cpus=args.ray_num_cpus,
                              nproc_per_node=args.nproc_per_node, plugin_paths=tuple(args.plugin_path))
     print(f"\nrunning {len(plan.pending)} cells, {len(plan.needed_stages())} training stages ({executor.name} executor)")
-    report = executor.run(plan, ws, overrides)
+    report = executor.run(plan, ctx, overrides)
     print(f"\nsweep {suite.name}: {report.summary()}; results in {store_path}. "
           f"`umdbench leaderboard --suite {suite.name} --work-dir {args.work_dir}` renders them.")
     if report.failed:

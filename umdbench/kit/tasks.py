@@ -12,7 +12,6 @@ with a downstream task, so that each strategy file only says what is special abo
 * :func:`task_loss` -- ``"ce"`` (default) or ``"bce"`` (upstream M3AE VQA loss) with label ``-1``
   ignored; retrieval is always cross-entropy over the ``1+K`` pair scores with the positive at 0.
 * :func:`task_predict` -- ``{"logits": [B,C]}`` or ``{"score": [B]}`` for the metrics.
-* :class:`SupervisedTune` -- the common base of the supervised strategies.
 
 Feature order: ``EncoderOutput.pooled`` is ``cat(text_pooled, image_pooled)``, so the first ``D``
 input columns of every head layer that reads the features belong to text, the last ``D`` to image.
@@ -21,13 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from umdbench.api import TaskInfo, TuneStrategy
+from umdbench.api import TaskInfo
 
 LOSSES = ("ce", "bce")
 # The paper fine-tunes "with the cross-entropy loss" (Sec. 4.3.1, GM-Coord Sec. 3.3.2); upstream
@@ -40,7 +39,6 @@ POOLINGS = ("pooler", "mean")
 DEFAULT_POOLING = "pooler"
 POOLING_WORDS = {"pooler": "the poolers' outputs (Tanh on the first token of each stream)",
                  "mean": "the average embeddings of Z^I and Z^T"}
-SUPERVISED_TASKS = ("vqa", "classification", "retrieval")
 
 # Training-split sizes used to express the papers' epoch budgets as optimiser steps.
 # VQA-RAD, SLAKE (English), VQA-Med-2019 (C1-C3) from upstream step counts; MELINDA inferred from the
@@ -95,7 +93,7 @@ def build_task_head(task: TaskInfo, hidden: int) -> nn.Sequential:
     elif task.task == "retrieval":
         head = nn.Sequential(nn.Linear(width, 1))
     else:
-        raise ValueError(f"no task head for task {task.task!r}; supervised tasks are {SUPERVISED_TASKS}")
+        raise ValueError(f"no built-in task head for task {task.task!r}; its task type builds its own")
     init_head_weights(head)
     return head
 
@@ -227,83 +225,3 @@ def task_predict(task: TaskInfo, logits: torch.Tensor) -> dict[str, torch.Tensor
     if task.task == "retrieval":
         return {"score": logits.reshape(-1)}
     return {"logits": logits}
-
-
-# --------------------------------------------------------------------------------------------
-# Base strategy
-# --------------------------------------------------------------------------------------------
-class SupervisedTune(TuneStrategy):
-    """A task head on the shared encoder, trained with :func:`task_loss`.
-
-    Config options (top level of the stage config): ``loss`` ("ce" | "bce", default "ce"),
-    ``pooling`` ("pooler" | "mean", default "pooler"). Parameters: ``encoder.*`` and ``head.*``
-    (the head gets the "head" lr group by the default :meth:`Strategy.param_group_of`).
-    """
-
-    supervised: ClassVar[bool] = True
-    freeze_encoder: ClassVar[bool] = False
-    # what the paper feeds the head: the poolers' outputs (M3AE fine-tuning); GM-Coord overrides
-    paper_pooling: ClassVar[str] = DEFAULT_POOLING
-
-    @classmethod
-    def deviations(cls, cfg: dict) -> list[str]:
-        found = []
-        if cfg.get("loss", DEFAULT_LOSS) == "bce":
-            found.append("BCE-with-logits on one-hot targets x answers (released code) instead of cross-entropy")
-        pooling = cfg.get("pooling", DEFAULT_POOLING)
-        if pooling != cls.paper_pooling:
-            found.append(f"head reads {POOLING_WORDS.get(pooling, pooling)} instead of the paper's "
-                         f"{POOLING_WORDS.get(cls.paper_pooling, cls.paper_pooling)}")
-        return found
-
-    def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
-        super().__init__(encoder, cfg, task)
-        if task.task not in SUPERVISED_TASKS:
-            raise ValueError(f"{type(self).__name__} needs a supervised task {SUPERVISED_TASKS}, got {task.task!r}")
-        self.loss_name = cfg.get("loss", DEFAULT_LOSS)
-        if self.loss_name not in LOSSES:
-            raise ValueError(f"{self.name}: loss must be one of {LOSSES}, got {self.loss_name!r}")
-        self.pooling = cfg.get("pooling", DEFAULT_POOLING)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"{self.name}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        self.head = build_task_head(task, int(encoder.hidden_size))
-        if self.freeze_encoder:
-            for p in self.encoder.parameters():
-                p.requires_grad_(False)
-            self.encoder.eval()
-
-    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()  # a frozen encoder runs without dropout
-        return self
-
-    def encode(self, batch: dict[str, torch.Tensor], with_negatives: bool = True) -> TaskForward:
-        if self.freeze_encoder:
-            with torch.no_grad():
-                return encode_task(self.encoder, batch, self.task, self.pooling, with_negatives)
-        return encode_task(self.encoder, batch, self.task, self.pooling, with_negatives)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        fwd = self.encode(batch)
-        logits = task_logits(self.head, fwd, self.task)
-        out = {"loss_task": task_loss(self.task, logits, fwd.target, self.loss_name)}
-        out.update(self.extra_logs(logits, fwd))
-        self.after_task_forward(fwd, logits)
-        return out
-
-    def extra_logs(self, logits: torch.Tensor, fwd: TaskForward) -> dict[str, torch.Tensor]:
-        """Training accuracy (argmax == target over usable rows), logged only."""
-        with torch.no_grad():
-            valid = fwd.target >= 0
-            if not bool(valid.any()):
-                return {}
-            hit = (logits.argmax(-1) == fwd.target)[valid].float().mean()
-        return {"train_acc": hit}
-
-    def after_task_forward(self, fwd: TaskForward, logits: torch.Tensor) -> None:
-        """Hook for subclasses (GM-Coord records modality contributions here)."""
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        fwd = self.encode(batch, with_negatives=False)
-        return task_predict(self.task, task_logits(self.head, fwd, self.task))

@@ -9,6 +9,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from umdbench.api import Encoder
+
 from .fusion import Fusion
 from .presets import ENCODER_PRESETS
 from .text import build_text_tower, text_forward, text_width
@@ -47,9 +49,29 @@ def _init_new_module(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class MultimodalEncoder(nn.Module):
+class MultimodalEncoder(Encoder):
     """Vision tower ``vision`` (timm ViT), language tower ``text`` (transformers), modality-type
-    embedding ``type_embed`` and co-attention ``fusion``. Strategy heads are not part of it."""
+    embedding ``type_embed`` and co-attention ``fusion``. Strategy heads are not part of it.
+
+    Registered as the encoder ``coattn`` (the built-in, and the default of the image + text datasets).
+    """
+
+    name = "coattn"
+    presets = ENCODER_PRESETS
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "MultimodalEncoder":
+        return build_encoder({k: v for k, v in cfg.items() if k != "type"})
+
+    @classmethod
+    def build_tokenizer(cls, cfg: dict):
+        from .text import build_tokenizer
+
+        return build_tokenizer(cfg)
+
+    def compile_targets(self) -> list[nn.Module]:
+        # the blocks that dominate a step; names and state dicts are unchanged by nn.Module.compile
+        return list(self.vision.blocks) + [self.text] + list(self.fusion.text_layers) + list(self.fusion.image_layers)
 
     def __init__(self, cfg: dict):
         super().__init__()

@@ -113,6 +113,13 @@ class MultiLevelReconstruction:
         """Reconstruction heads shared (same names) by MR-Pretrain and TD-Calib."""
         return ("mim_decoder.", "mlm_head.", "fea_proj_image.", "fea_proj_text.")
 
+    def transient_state_prefixes(self) -> tuple[str, ...]:
+        """The EMA teacher is rebuilt from the student at the start of each stage."""
+        return ("teacher.",)
+
+    def compile_targets(self) -> list[nn.Module]:
+        return super().compile_targets() + list(self.mim_decoder.blocks)
+
     @torch.no_grad()
     def sync_teacher(self) -> None:
         """Make the teacher an exact copy of the student encoder (the paper's initialisation)."""

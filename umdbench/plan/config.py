@@ -37,6 +37,7 @@ class CellSpec:
     data_root: str | None = None
     suite: str | None = None
     cell_name: str | None = None
+    encoder: str | None = None  # registered encoder; None = the dataset's default (DatasetPlugin.encoder)
 
     @property
     def label(self) -> str:
@@ -155,16 +156,20 @@ class ResolvedRun:
 
 def resolve(cell: CellSpec, registries) -> ResolvedRun:
     """Build the full config of a cell from the plugins' presets and the user's overrides."""
-    from umdbench.models import ENCODER_PRESETS  # torch import: only when a run is resolved
-
-    if cell.preset not in ENCODER_PRESETS:
-        raise ConfigError(f"unknown preset {cell.preset!r}; choose one of {', '.join(sorted(ENCODER_PRESETS))}.")
     dataset_cls = registries.dataset.get(cell.dataset)
-    if dataset_cls.task == "pretrain":
+    if dataset_cls.task not in registries.task:
+        raise ConfigError(f"dataset {cell.dataset!r} declares task {dataset_cls.task!r}, which no plugin registers as a "
+                          f"task type; {registries.task.unknown_message(dataset_cls.task)}")
+    if not registries.task.get(dataset_cls.task).supervised:
         raise ConfigError(
             f"dataset {cell.dataset!r} is a pre-training corpus (no labels); pass a downstream dataset to "
             f"--dataset and choose the corpus with --cfg-options pretrain.corpus.type={cell.dataset}."
         )
+    encoder_name = cell.encoder or dataset_cls.encoder
+    encoder_cls = registries.encoder.get(encoder_name)
+    if cell.preset not in encoder_cls.presets:
+        raise ConfigError(f"unknown preset {cell.preset!r} for encoder {encoder_name!r}; choose one of "
+                          f"{', '.join(sorted(encoder_cls.presets))}.")
     config: dict = {
         "cell": {
             "pretrain": cell.pretrain,
@@ -175,7 +180,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             "cell_name": cell.cell_name,
         },
         "seed": cell.seed,
-        "model": copy.deepcopy(ENCODER_PRESETS[cell.preset]),
+        "model": {"type": encoder_name, **encoder_cls.default_config(cell.preset)},
         "data": {"num_workers": "auto", "image_cache": True, "eval_batch_size": 64},
         # on_error "skip" drops records with missing/corrupt images, counted and reported
         "dataset": {"type": cell.dataset, "root": resolve_dataset_root(dataset_cls, cell.data_root, cell.dataset),
@@ -183,6 +188,8 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         "pretrain": None,
         "tune": [],
         "eval": {"split": "test"},
+        # experiment tracking beside the local logs: mmengine visualiser backends ("tensorboard", "mlflow")
+        "tracking": {"backends": []},
     }
     if cell.pretrain != "none":
         strategy_cls = registries.pretrain.get(cell.pretrain)
@@ -197,17 +204,14 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         corpus_cfg.setdefault("options", {})
         stage["corpus"] = corpus_cfg
         config["pretrain"] = stage
-    chain = list(cell.tune)
-    for name in chain:
-        strategy_cls = registries.tune.get(name)
-        config["tune"].append({"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)})
     deviations = []
-    if not registries.tune.get(chain[-1]).supervised:
-        # An unsupervised last stage (e.g. TD-Calib alone) trains no task head, so evaluation needs
-        # a supervised stage after it; `direct` is the paper's plain fine-tuning.
-        direct = registries.tune.get("direct")
-        config["tune"].append({"type": "direct", "appended": True, **direct.default_config(cell.preset, cell.dataset)})
-        deviations.append(f"tune chain ends with unsupervised {chain[-1]!r}: a 'direct' stage was appended to train the task head")
+    for name, strategy_cls, appended in tune_chain(cell.tune, registries):
+        stage = {"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)}
+        if appended:
+            stage = {"type": name, "appended": True, **strategy_cls.default_config(cell.preset, cell.dataset)}
+            deviations.append(f"tune chain ends with unsupervised {cell.tune[-1]!r}: a {name!r} stage was appended "
+                              f"to train the task head")
+        config["tune"].append(stage)
     for key, value in cell.overrides:
         apply_override(config, key, value)
     if config["pretrain"] is not None:
@@ -219,6 +223,20 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
                               f"ROCO + MedICaT ({PAPER_PRETRAIN_CORPUS!r})")
     config["deviations"] = deviations + _declared_deviations(config, registries)
     return ResolvedRun(cell, config, config["deviations"])
+
+
+# the supervised stage appended to a chain that ends unsupervised: the paper's plain fine-tuning
+HEAD_STAGE = "direct"
+
+
+def tune_chain(names: tuple[str, ...] | list[str], registries) -> list[tuple[str, type, bool]]:
+    """``(name, strategy class, appended)`` of each tuning stage of a chain. An unsupervised last
+    stage (e.g. TD-Calib alone) trains no task head, so evaluation needs a supervised stage after
+    it: :data:`HEAD_STAGE` is appended (``appended`` True)."""
+    chain = [(name, registries.tune.get(name), False) for name in names]
+    if not chain[-1][1].supervised:
+        chain.append((HEAD_STAGE, registries.tune.get(HEAD_STAGE), True))
+    return chain
 
 
 def _declared_deviations(config: dict, registries) -> list[str]:

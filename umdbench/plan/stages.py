@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from umdbench.plan.config import ResolvedRun, config_hash
 
@@ -34,8 +35,9 @@ def encoder_code_version() -> str:
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.py")):
         digest.update(file.name.encode() + file.read_bytes())
-    loaders = Path(__file__).resolve().parents[1] / "run" / "datasets.py"
-    digest.update(loaders.read_bytes())
+    kit = Path(__file__).resolve().parents[1] / "kit"
+    for name in ("imagetext.py", "tasktypes.py"):  # the built-in task types' records -> tensors
+        digest.update((kit / name).read_bytes())
     return digest.hexdigest()[:10]
 
 
@@ -146,16 +148,15 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
     return stages
 
 
-def describe_plan(stages: list[Stage], cache_root: Path | None = None) -> str:
+def describe_plan(stages: list[Stage], is_cached: Callable[[Stage], bool] | None = None) -> str:
+    """One line per stage; ``is_cached`` (e.g. ``Workspace.is_trained``) marks cached stages."""
     lines = []
     for n, stage in enumerate(stages, 1):
         extra = ""
         if stage.kind != "eval":
             train = stage.cfg.get("train", {})
             extra = f" {train.get('max_iters', '?')} iters x batch {train.get('batch_size', '?')}, lr {train.get('lr', '?')}"
-        cached = ""
-        if cache_root is not None and stage.kind != "eval" and (cache_root / stage.dirname / "artifact.json").is_file():
-            cached = "  [cached]"
+        cached = "  [cached]" if is_cached is not None and stage.kind != "eval" and is_cached(stage) else ""
         parent = f" <- {stage.parent.key[:12]}" if stage.parent else ""
         lines.append(
             f"  {n}. {stage.title:<18} key {stage.key[:12]}{parent}  data {stage.data['type']}:{stage.data['split']}{extra}{cached}"

@@ -6,7 +6,7 @@ into the stage's folder and launches::
     python -m torch.distributed.run --standalone --nproc_per_node N -m umdbench.run.distributed REQUEST.json
 
 Every rank rebuilds the plan from the request, finds the stage by its key and calls
-:func:`umdbench.run.execute.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
+:func:`umdbench.run.stages.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
 ranks talk over gloo (mmengine's own launcher insists on CUDA; see execute.distributed_runner_kwargs).
 The stage's batch size is global: each rank gets ``batch_size // N``. Rank 0 writes the artifact,
 so the cache looks the same as after a single-process run; an interrupted job resumes from the
@@ -27,12 +27,12 @@ from pathlib import Path
 from umdbench.errors import UmdbenchError
 
 
-def write_request(stage, run, ws, plugin_paths=()) -> Path:
-    from umdbench.run.execute import atomic_write_json
+def write_request(stage, run, ctx, plugin_paths=()) -> Path:
+    from umdbench.run.workspace import atomic_write_json
 
-    stage_dir = ws.cache_root / stage.dirname
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    path = stage_dir / "ddp-request.json"
+    ws = ctx.ws
+    path = ws.ddp_request_path(stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cell = dataclasses.asdict(run.cell)
     atomic_write_json(path, {
         "stage_key": stage.key, "cell": cell, "config": run.config, "deviations": run.deviations,
@@ -41,27 +41,42 @@ def write_request(stage, run, ws, plugin_paths=()) -> Path:
     return path
 
 
-def launch_stage(stage, run, ws, nproc: int, plugin_paths=(), timeout: float | None = None) -> Path:
+def launch_stage(stage, run, ctx, nproc: int, plugin_paths=(), timeout: float | None = None) -> Path:
     """Train ``stage`` with ``nproc`` processes on this node; returns the stage folder."""
-    request = write_request(stage, run, ws, plugin_paths)
+    request = write_request(stage, run, ctx, plugin_paths)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
            "-m", "umdbench.run.distributed", str(request)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(cmd, env=env, timeout=timeout)
-    stage_dir = ws.cache_root / stage.dirname
-    if proc.returncode != 0 or not (stage_dir / "artifact.json").is_file():
+    if proc.returncode != 0 or not ctx.ws.is_trained(stage):
         raise UmdbenchError(f"torchrun of stage {stage.title} ({stage.key[:12]}) exited with {proc.returncode}; "
-                            f"logs under {stage_dir / 'train'}. Run the sweep again to resume it.")
-    return stage_dir
+                            f"logs under {ctx.ws.train_dir(stage)}. Run the sweep again to resume it.")
+    return ctx.ws.stage_dir(stage)
+
+
+def torchrun_trainer(nproc: int, plugin_paths=()):
+    """A ``train`` function for :func:`umdbench.run.cell.run_cell` that runs each stage not yet
+    cached as a torchrun job of ``nproc`` processes."""
+    from umdbench.run.builders import echo
+    from umdbench.run.stages import train_stage
+
+    def train(stage, run, ctx, step: str):
+        if nproc <= 1 or ctx.ws.is_trained(stage):
+            return train_stage(stage, run, ctx, step)
+        echo(f"{step} {stage.title}: torchrun with {nproc} processes (key {stage.key[:12]})")
+        return launch_stage(stage, run, ctx, nproc, plugin_paths)
+
+    return train
 
 
 def run_request(request_path: str | Path) -> Path:
     """One rank: rebuild the stage from the request and train it under DDP."""
     from umdbench.plan.config import CellSpec, ResolvedRun
-    from umdbench.run.execute import Workspace, train_stage
     from umdbench.plan.stages import build_plan
     from umdbench.plugin import get_registries
+    from umdbench.run.builders import RunContext
+    from umdbench.run.stages import train_stage
 
     req = json.loads(Path(request_path).read_text())
     cell = dict(req["cell"])
@@ -69,13 +84,13 @@ def run_request(request_path: str | Path) -> Path:
     cell["overrides"] = tuple(tuple(o) for o in cell["overrides"])
     run = ResolvedRun(CellSpec(**cell), req["config"], req.get("deviations", []))
     registries = get_registries(tuple(req.get("plugin_paths", ())))
-    ws = Workspace(Path(req["work_dir"]), registries)
-    stages = {s.key: s for s in build_plan(run, registries, ws.catalog)}
+    ctx = RunContext(Path(req["work_dir"]), registries)
+    stages = {s.key: s for s in build_plan(run, registries, ctx.catalog)}
     if req["stage_key"] not in stages:
         raise UmdbenchError(f"stage {req['stage_key'][:12]} is not in the plan rebuilt from {request_path}: the code "
                             f"or data changed since the request was written; run the sweep again.")
     rank = int(os.environ.get("RANK", "0"))
-    return train_stage(stages[req["stage_key"]], run, ws, f"[rank {rank}]", launcher="pytorch")
+    return train_stage(stages[req["stage_key"]], run, ctx, f"[rank {rank}]", launcher="pytorch")
 
 
 def main(argv: list[str] | None = None) -> int:

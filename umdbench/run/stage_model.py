@@ -4,25 +4,23 @@ from __future__ import annotations
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-PASS_THROUGH = ("label", "answer_type", "image_index", "text_index", "index")
+from umdbench.api import TaskType
+
+__all__ = ["StageModel", "TaskPreprocessor"]
 
 
-class ImageNormalizer(BaseDataPreprocessor):
-    """mmengine's device move, then CLIP normalisation of uint8 ``image`` batches.
+class TaskPreprocessor(BaseDataPreprocessor):
+    """mmengine's device move, then the task type's ``preprocess`` (e.g. CLIP normalisation of
+    uint8 images: done after the move, it keeps worker-to-main and host-to-device copies small and
+    puts the arithmetic on the accelerator when there is one)."""
 
-    The datasets yield uint8 pixels (:mod:`umdbench.run.datasets`); normalising after the move keeps
-    worker-to-main transfers and host-to-device copies 4x smaller and puts the arithmetic on the
-    accelerator when there is one. Float images (synthetic batches, tests) pass unchanged.
-    """
+    def __init__(self, spec: TaskType):
+        super().__init__()
+        self.spec = spec
 
     def forward(self, data, training: bool = False):
-        from umdbench.run.datasets import normalize_image
-
         data = super().forward(data, training)
-        image = data.get("image") if isinstance(data, dict) else None
-        if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
-            data["image"] = normalize_image(image)
-        return data
+        return self.spec.preprocess(data) if isinstance(data, dict) else data
 
 
 class StageModel(BaseModel):
@@ -30,19 +28,21 @@ class StageModel(BaseModel):
 
     The training step is mmengine's, with one addition: between backward and the optimiser step
     the strategy may modulate gradients (GM-Coord), and after the step it may update state that
-    is not trained by the optimiser (an EMA teacher).
+    is not trained by the optimiser (an EMA teacher). Evaluation hands the metric the predict
+    outputs plus the task type's ``metric_keys`` of the batch.
     """
 
-    def __init__(self, strategy: torch.nn.Module):
-        super().__init__(data_preprocessor=ImageNormalizer())
+    def __init__(self, strategy: torch.nn.Module, spec: TaskType):
+        super().__init__(data_preprocessor=TaskPreprocessor(spec))
         self.strategy = strategy
+        self.metric_keys = tuple(spec.metric_keys)
 
     def forward(self, mode: str = "tensor", **batch):
         if mode == "loss":
             return self.strategy(batch)
         if mode == "predict":
             outputs = {k: v.detach().float().cpu() for k, v in self.strategy.predict(batch).items()}
-            outputs.update({k: batch[k].detach().cpu() for k in PASS_THROUGH if k in batch})
+            outputs.update({k: batch[k].detach().cpu() for k in self.metric_keys if k in batch})
             return [outputs]
         raise ValueError(f"StageModel has no mode {mode!r}")
 

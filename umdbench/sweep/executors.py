@@ -15,9 +15,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from umdbench.run.execute import (Workspace, echo, evaluate, result_row, run_cell, stage_wall_time, train_stage,
-                      write_run_config)
+from umdbench.errors import ConfigError, UmdbenchError
+from umdbench.run.builders import RunContext, echo
+from umdbench.run.cell import run_cell, store_result
+from umdbench.run.stages import evaluate_stage, train_stage
 from umdbench.sweep.planning import PlannedCell, SweepPlan, SweepReport, format_failure, mark
+
+
+class StageFailed(UmdbenchError):
+    """A cell needs a stage that already failed in this sweep (not retried within the sweep)."""
 
 
 class LocalExecutor:
@@ -27,79 +33,70 @@ class LocalExecutor:
         self.nproc_per_node = int(nproc_per_node)
         self.plugin_paths = tuple(plugin_paths)
 
-    def _train(self, stage, run, ws: Workspace, step: str) -> None:
-        if self.nproc_per_node > 1 and not (ws.cache_root / stage.dirname / "artifact.json").is_file():
-            from umdbench.run.distributed import launch_stage
+    def run(self, plan: SweepPlan, ctx: RunContext, user_overrides=()) -> SweepReport:
+        from umdbench.run.distributed import torchrun_trainer
 
-            echo(f"{step} {stage.title}: torchrun with {self.nproc_per_node} processes (key {stage.key[:12]})")
-            launch_stage(stage, run, ws, self.nproc_per_node, self.plugin_paths)
-        else:
-            train_stage(stage, run, ws, step)
-
-    def run(self, plan: SweepPlan, ws: Workspace, user_overrides=()) -> SweepReport:
+        base = torchrun_trainer(self.nproc_per_node, self.plugin_paths) if self.nproc_per_node > 1 else train_stage
         report = SweepReport(skipped=plan.by_status("done"))
         failed_stages: dict[str, str] = {}
-        done_stages: set[str] = set()
         needed = plan.needed_stages()
         order = {s.key: n for n, s in enumerate(needed, 1)}
-        for cell in list(plan.pending):
-            if ws.store.get(cell.key) is not None:  # finished by another sweep meanwhile
-                report.skipped.append(cell)
-                mark(plan, ws, cell, "done", user_overrides=user_overrides)
-                continue
-            error = None
-            for stage in cell.training:
-                if stage.key in failed_stages:
-                    error = f"needs stage {stage.title} {stage.key[:12]}, which failed: {failed_stages[stage.key]}"
-                    break
-                if stage.key in done_stages:
-                    continue
-                try:
-                    self._train(stage, plan.runs[stage.key], ws, f"[stage {order[stage.key]}/{len(needed)}]")
-                except Exception as exc:  # noqa: BLE001 - one failed stage must not stop the sweep
-                    failed_stages[stage.key] = f"{type(exc).__name__}: {exc}"
-                    error = f"stage {stage.title} {stage.key[:12]} failed:\n{format_failure(exc)}"
-                    break
-                done_stages.add(stage.key)
+
+        def train(stage, run, ctx, step):
+            # sweep-wide numbering, and a stage that failed once fails its other cells at once
+            if stage.key in failed_stages:
+                raise StageFailed(f"needs stage {stage.title} {stage.key[:12]}, which failed: {failed_stages[stage.key]}")
+            was_trained = ctx.ws.is_trained(stage)
+            try:
+                base(stage, run, ctx, f"[stage {order.get(stage.key, '?')}/{len(needed)}]")
+            except Exception as exc:  # noqa: BLE001 - reported per cell, the sweep goes on
+                failed_stages[stage.key] = f"{type(exc).__name__}: {exc}"
+                raise StageFailed(f"stage {stage.title} {stage.key[:12]} failed:\n{format_failure(exc)}") from exc
+            if not was_trained:
                 report.stages_trained += 1
-            if error is None:
-                try:
-                    run_cell(cell.run, ws)
-                except Exception as exc:  # noqa: BLE001
-                    error = f"evaluation failed:\n{format_failure(exc)}"
-            if error is not None:
-                echo(f"cell {cell.describe()} FAILED: {error}")
-                report.failed.append((cell, error))
-                mark(plan, ws, cell, "failed", error.splitlines()[0], user_overrides)
+
+        for cell in list(plan.pending):
+            if ctx.ws.store.get(cell.key) is not None:  # finished by another sweep meanwhile
+                report.skipped.append(cell)
+                mark(plan, ctx.ws, cell, "done", user_overrides=user_overrides)
+                continue
+            try:
+                run_cell(cell.run, cell.stages, ctx, train=train)
+            except StageFailed as exc:
+                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the sweep
+                error = f"evaluation failed:\n{format_failure(exc)}"
             else:
                 report.finished.append(cell)
-                mark(plan, ws, cell, "done", user_overrides=user_overrides)
+                mark(plan, ctx.ws, cell, "done", user_overrides=user_overrides)
+                continue
+            echo(f"cell {cell.describe()} FAILED: {error}")
+            report.failed.append((cell, error))
+            mark(plan, ctx.ws, cell, "failed", error.splitlines()[0], user_overrides)
         return report
 
 
 # ---------------------------------------------------------------------------------------------
 # Ray
 # ---------------------------------------------------------------------------------------------
-def _worker_workspace(work_dir: str, plugin_paths: tuple[str, ...]) -> Workspace:
+def _worker_context(work_dir: str, plugin_paths: tuple[str, ...]) -> RunContext:
     from umdbench.plugin import get_registries
 
-    return Workspace(Path(work_dir), get_registries(tuple(plugin_paths)))
+    return RunContext(Path(work_dir), get_registries(tuple(plugin_paths)))
 
 
 def _ray_train(stage, run, work_dir, plugin_paths, *parents):
     """Ray task: train one stage (parents are the parent's task results, awaited by Ray)."""
-    ws = _worker_workspace(work_dir, plugin_paths)
-    train_stage(stage, run, ws, "[ray]")
+    train_stage(stage, run, _worker_context(work_dir, plugin_paths), "[ray]")
     return stage.key
 
 
 def _ray_eval(stage, run, work_dir, plugin_paths, *parents):
-    """Ray task: evaluate one cell; the driver writes the row."""
+    """Ray task: evaluate one cell; the driver stores the row (one writer for the store)."""
     from umdbench.results.provenance import device_description
 
-    ws = _worker_workspace(work_dir, plugin_paths)
     started = time.time()
-    metrics = evaluate(stage, run, ws, "[ray]")
+    metrics = evaluate_stage(stage, run, _worker_context(work_dir, plugin_paths), "[ray]")
     return {"metrics": metrics, "device": device_description(), "eval_s": time.time() - started}
 
 
@@ -117,8 +114,6 @@ class RayExecutor:
         try:
             import ray
         except ImportError as exc:
-            from umdbench.errors import UmdbenchError
-
             raise UmdbenchError("--executor ray needs Ray: pip install 'umdbench[ray]' (or 'ray[default]').") from exc
         started_here = False
         if not ray.is_initialized():
@@ -130,22 +125,23 @@ class RayExecutor:
             started_here = True
         return ray, started_here
 
-    def run(self, plan: SweepPlan, ws: Workspace, user_overrides=()) -> SweepReport:
+    def run(self, plan: SweepPlan, ctx: RunContext, user_overrides=()) -> SweepReport:
         ray, started_here = self._init()
         try:
-            return self._run(ray, plan, ws, user_overrides)
+            return self._run(ray, plan, ctx, user_overrides)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _run(self, ray, plan: SweepPlan, ws: Workspace, user_overrides) -> SweepReport:
+    def _run(self, ray, plan: SweepPlan, ctx: RunContext, user_overrides) -> SweepReport:
+        ws = ctx.ws
         report = SweepReport(skipped=plan.by_status("done"))
         work_dir = str(Path(ws.work_dir).resolve())
         train_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_train)
         eval_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_eval)
         refs: dict[str, object] = {}
         for stage in plan.needed_stages():
-            if (ws.cache_root / stage.dirname / "artifact.json").is_file():
+            if ws.is_trained(stage):
                 continue
             parents = [refs[stage.parent.key]] if stage.parent is not None and stage.parent.key in refs else []
             refs[stage.key] = train_task.remote(stage, plan.runs[stage.key], work_dir, self.plugin_paths, *parents)
@@ -158,7 +154,6 @@ class RayExecutor:
             evals[ref] = cell
         echo(f"ray: {len(refs)} training tasks and {len(evals)} evaluations submitted "
              f"({ray.cluster_resources().get('CPU', 0):.0f} CPUs in the cluster)")
-        store = ws.store
         counted: set[str] = set()  # stages trained here whose time is already in a row
         pending = list(evals)
         while pending:
@@ -176,10 +171,8 @@ class RayExecutor:
             # trained by this sweep that no earlier-finished cell has counted (not the queueing time)
             fresh = [s for s in cell.training if s.key in refs and s.key not in counted]
             counted.update(s.key for s in fresh)
-            wall = out["eval_s"] + sum(stage_wall_time(s, ws) for s in fresh)
-            row = result_row(cell.run, cell.stages, out["metrics"], wall, device=out["device"])
-            write_run_config(cell.run, cell.stages, ws)
-            store.add(row)  # the driver writes every row; INSERT OR IGNORE keeps one per cell key
+            wall = out["eval_s"] + sum(ws.stage_wall_time(s) for s in fresh)
+            store_result(cell.run, cell.stages, out["metrics"], wall, ctx, device=out["device"])
             report.finished.append(cell)
             mark(plan, ws, cell, "done", user_overrides=user_overrides)
             metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
@@ -193,11 +186,7 @@ def make_executor(name: str, *, ray_address: str | None = None, num_cpus: int | 
         return LocalExecutor(nproc_per_node=nproc_per_node, plugin_paths=tuple(plugin_paths))
     if name == "ray":
         if nproc_per_node > 1:
-            from umdbench.errors import ConfigError
-
             raise ConfigError("--nproc-per-node > 1 (torchrun) works with the local executor only; "
                               "with Ray each stage is one task.")
         return RayExecutor(address=ray_address, num_cpus=num_cpus, plugin_paths=tuple(plugin_paths))
-    from umdbench.errors import ConfigError
-
     raise ConfigError(f"unknown executor {name!r}; choose local or ray.")

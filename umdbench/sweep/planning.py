@@ -17,9 +17,9 @@ import dataclasses
 import re
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
-from umdbench.plan.config import CellSpec, ResolvedRun, resolve, resolve_dataset_root
+from umdbench.plan.config import CellSpec, ResolvedRun, resolve, resolve_dataset_root, tune_chain
 from umdbench.api import DataError
 from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
 from umdbench.plan.stages import DataCatalog, Stage, build_plan, missing_data
@@ -97,7 +97,8 @@ class SweepPlan:
             "evaluations": len(planned),
         }
 
-    def describe(self, cache_root: Path | None = None) -> str:
+    def describe(self, is_cached: Callable[[Stage], bool] | None = None) -> str:
+        """The plan in words; ``is_cached`` (e.g. ``Workspace.is_trained``) marks cached stages."""
         c = self.counts()
         lines = [f"sweep{' of suite ' + self.suite if self.suite else ''}: {c['cells']} cells "
                  f"({c['pending']} to run, {c['done']} finished, {c['unavailable']} data unavailable"
@@ -123,9 +124,7 @@ class SweepPlan:
             for s in cell.training:
                 users[s.key] = users.get(s.key, 0) + 1
         for n, s in enumerate(self.stages, 1):
-            cached = ""
-            if cache_root is not None and (cache_root / s.dirname / "artifact.json").is_file():
-                cached = "  [cached]"
+            cached = "  [cached]" if is_cached is not None and is_cached(s) else ""
             parent = f" <- {s.parent.key[:12]}" if s.parent else ""
             train = s.cfg.get("train", {})
             lines.append(f"  {n:>3}. {s.title:<18} key {s.key[:12]}{parent}  data {s.data['type']}:{s.data['split']}  "
@@ -140,14 +139,11 @@ class SweepPlan:
 # planning
 # ---------------------------------------------------------------------------------------------
 def _chain(spec: CellSpec, registries) -> list | None:
-    """The cell's tuning strategy classes as resolved (an unsupervised last stage gets ``direct``)."""
+    """The cell's tuning strategy classes as resolved (see :func:`umdbench.plan.config.tune_chain`)."""
     try:
-        classes = [registries.tune.get(name) for name in spec.tune]
-        if not getattr(classes[-1], "supervised", True):
-            classes.append(registries.tune.get("direct"))
+        return [cls for _, cls, _ in tune_chain(spec.tune, registries)]
     except UmdbenchError:
         return None
-    return classes
 
 
 def _stages_with_key(spec: CellSpec, chain: list, rest: str) -> list[int]:

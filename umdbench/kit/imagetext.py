@@ -1,14 +1,13 @@
-"""Records -> tensors: the torch datasets every stage trains and evaluates on.
+"""Image + text records -> tensors: the torch datasets of the built-in image + text task types.
 
 Texts are tokenised once, up front. Images go through :class:`umdbench.data.images.ImageLoader`
 (decoded, resized and cached on disk) and leave the datasets as uint8: data-loader workers hand the
 main process a quarter of the bytes a float batch would take, and the CLIP mean/std normalisation
 runs once per batch on the model's device (:func:`normalize_image`, called by the stage model's
-data preprocessor, :class:`umdbench.run.stage_model.ImageNormalizer`).
+task type's ``preprocess``, :mod:`umdbench.kit.tasktypes`).
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -130,11 +129,3 @@ class PairGridDataset(Dataset):
             "image_index": torch.tensor(i),
             "text_index": torch.tensor(j),
         }
-
-
-def auto_num_workers(requested) -> int:
-    """Data-loader workers sized to the machine: leave one core to the model."""
-    if requested != "auto":
-        return int(requested)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 1))

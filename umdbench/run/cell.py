@@ -1,0 +1,72 @@
+"""The one path from a planned cell to a stored row, used by ``umdbench run`` and every executor.
+
+:func:`run_cell` takes the cell's already-planned stages, trains (or reuses) each, evaluates and
+hands the metrics to :func:`store_result`, which writes the row, ``config.json`` and ``result.json``.
+An executor that trains or evaluates elsewhere (Ray workers, torchrun) still ends in
+:func:`store_result`, so every executor leaves the same files.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from umdbench.plan.config import ResolvedRun
+from umdbench.plan.stages import Stage, describe_plan
+from umdbench.results.provenance import device_description, git_commit, package_versions
+from umdbench.run.builders import RunContext, echo
+from umdbench.run.stages import evaluate_stage, train_stage
+
+__all__ = ["result_row", "run_cell", "store_result"]
+
+TrainFn = Callable[[Stage, ResolvedRun, RunContext, str], object]
+
+
+def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: TrainFn = train_stage) -> dict:
+    """Run (or reuse) every stage of a planned cell and store its row. Returns the row.
+
+    ``train`` trains one stage (default: in this process; the local executor passes a torchrun
+    launcher for multi-process stages)."""
+    cell = stages[-1]
+    existing = ctx.ws.store.get(cell.key)
+    if existing is not None:
+        for n, stage in enumerate(stages[:-1], 1):
+            echo(f"[{n}/{len(stages)}] {stage.title}: " + (f"reusing cached artifact {stage.dirname}"
+                 if ctx.ws.is_trained(stage) else "not in the cache (not needed: the result is stored)"))
+        echo(f"[{len(stages)}/{len(stages)}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
+        return existing
+    ctx.ws.write_run_config(run, stages)
+    echo(f"umdbench run: {run.cell.label}, preset {run.cell.preset}, seed {run.cell.seed}\n"
+         f"{describe_plan(stages, ctx.ws.is_trained)}")
+    trained_before = {s.key for s in stages[:-1] if ctx.ws.is_trained(s)}
+    for n, stage in enumerate(stages[:-1], 1):
+        train(stage, run, ctx, f"[{n}/{len(stages)}]")
+    eval_started = time.time()
+    metrics = evaluate_stage(cell, run, ctx, f"[{len(stages)}/{len(stages)}]")
+    # compute of this cell: its evaluation plus the stages it trained (not time spent waiting)
+    fresh = [s for s in stages[:-1] if s.key not in trained_before]
+    wall = (time.time() - eval_started) + sum(ctx.ws.stage_wall_time(s) for s in fresh)
+    return store_result(run, stages, metrics, wall, ctx)
+
+
+def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float,
+               device: str | None = None) -> dict:
+    """The results-store row of a finished cell (``stages``: its plan, evaluation last)."""
+    cell = stages[-1]
+    return {
+        "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
+        "pretrain": run.cell.pretrain, "tune": "+".join(run.cell.tune), "dataset": run.cell.dataset,
+        "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.config,
+        "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
+        "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
+        "wall_time_s": wall_time_s, "device": device or device_description(),
+    }
+
+
+def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, ctx: RunContext,
+                 device: str | None = None) -> dict:
+    """Write a finished cell: ``config.json``, the store row (kept if one exists) and ``result.json``."""
+    ctx.ws.write_run_config(run, stages)
+    row = result_row(run, stages, metrics, wall_time_s, device)
+    ctx.ws.store.add(row)  # INSERT OR IGNORE: one row per cell key
+    ctx.ws.write_result(row)
+    return row

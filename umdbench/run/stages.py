@@ -1,0 +1,108 @@
+"""The two stage verbs: train a stage (or reuse its cached artifact) and evaluate a tuned stage."""
+from __future__ import annotations
+
+import time
+
+from umdbench.api import TuneStrategy
+from umdbench.errors import UmdbenchError
+from umdbench.plan.config import ResolvedRun
+from umdbench.plan.stages import Stage
+from umdbench.run.builders import (RunContext, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
+                                   compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
+                                   load_for_evaluation, lr_schedule, make_runner)
+
+__all__ = ["evaluate_stage", "train_stage"]
+
+
+def train_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher: str = "none"):
+    """Train one stage unless its artifact is cached; resume it if a previous attempt was killed.
+
+    ``launcher='pytorch'`` runs this process as one rank of a torchrun job (see
+    :mod:`umdbench.run.distributed`): the stage's batch size is split over the ranks and only rank 0
+    writes the artifact. Returns the stage folder.
+    """
+    from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
+
+    from umdbench.run.checkpoint import install_safe_loader
+    from umdbench.run.stage_model import StageModel
+
+    ws = ctx.ws
+    if ws.is_trained(stage):
+        meta = ws.marker(stage)
+        echo(f"{step} {stage.title}: reusing cached artifact {stage.dirname} "
+             f"(trained in {meta.get('wall_time_s', 0):.1f}s; key {stage.key[:12]})")
+        return ws.stage_dir(stage)
+    runner_kwargs = distributed_runner_kwargs(launcher)
+    rank, world = 0, 1
+    if launcher != "none":
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0:
+        ws.write_stage_inputs(stage)
+    train = stage.cfg["train"]
+    batch_size = max(1, int(train["batch_size"]) // world)  # the stage's batch is global across ranks
+    train_dir = ws.train_dir(stage)
+    resume = (train_dir / "last_checkpoint").is_file()
+    echo(f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
+         f"{train['batch_size']} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})")
+    started = time.time()
+    strategy = build_strategy(stage, run, ctx)
+    compile_strategy(strategy, train)
+    dataset, spec = build_dataset(stage, run, ctx, stage.data["split"], training=True)
+    install_safe_loader()
+    interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4)))
+    runner = make_runner(
+        stage, run, ctx, StageModel(strategy, spec), train_dir,
+        train_dataloader=dataloader_cfg(dataset, spec, batch_size, run, train=True),
+        train_cfg={"type": "IterBasedTrainLoop", "max_iters": int(train["max_iters"]), "val_interval": 10**9},
+        optim_wrapper=build_optim_wrapper(strategy, train),
+        param_scheduler=lr_schedule(train),
+        resume=resume,
+        **runner_kwargs,
+    )
+    runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,
+                          "save_last": True}, priority="VERY_LOW")
+    runner.train()
+    if rank != 0:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 writes the artifact
+        return ws.stage_dir(stage)
+    wall = time.time() - started
+    ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world)
+    echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return ws.stage_dir(stage)
+
+
+def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -> dict:
+    """Score the cell's last tuned stage on the evaluation split with the dataset's metric (or its
+    task type's default). Returns ``{metric: value}``."""
+    from mmengine.evaluator import Evaluator
+
+    from umdbench.run.stage_model import StageModel
+
+    tuned = stage.parent
+    echo(f"{step} evaluate on {stage.data['type']}:{stage.data['split']}")
+    strategy = build_strategy(tuned, run, ctx, load_parent=False)
+    load_for_evaluation(strategy, tuned, ctx)
+    if not isinstance(strategy, TuneStrategy) or not strategy.supervised:
+        raise UmdbenchError(f"the last tuning stage {tuned.name!r} is unsupervised and cannot be evaluated")
+    dataset = ctx.catalog.get(stage.data)
+    test_set, spec = build_dataset(stage, run, ctx, stage.data["split"], training=False)
+    metric_name = dataset.metric or spec.default_metric
+    if not metric_name:
+        raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
+                            f"default_metric; set one of them.")
+    metric = ctx.registries.metric.get(metric_name)()
+    runner = make_runner(
+        stage, run, ctx, StageModel(strategy, spec), ctx.ws.eval_dir(stage.key),
+        test_dataloader=dataloader_cfg(test_set, spec, run.config["data"]["eval_batch_size"], run, train=False),
+        test_cfg={"type": "TestLoop"}, test_evaluator=Evaluator([metric]),
+    )
+    metrics = runner.test()
+    return {k: float(v) for k, v in metrics.items()}

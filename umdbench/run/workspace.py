@@ -1,0 +1,160 @@
+"""The work dir's one owner: every path under it, and the stage artifacts (weights) kept there.
+
+Layout::
+
+    stages/<kind>-<name>-<key16>/    one per stage key (the artifact cache)
+        stage.json                   resolved stage config + every input of its key
+        train/                       mmengine work dir: logs, resumable checkpoints, tracking
+        model.safetensors            the artifact handed downstream
+        artifact.json                written last: marks the stage finished (sha256, wall time)
+        ddp-request.json             what a torchrun job of the stage reads (multi-process stages)
+    runs/<cell-key16>/               one per cell
+        config.json                  the run's resolved config and plan
+        eval/                        mmengine work dir of the evaluation
+        result.json                  the stored row, without the config
+    image_cache/                     decoded, resized images shared by every stage
+    results.sqlite                   one row per finished cell, and suite membership
+
+Nothing else in umdbench spells these names: other modules ask a :class:`Workspace`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from umdbench.errors import CheckpointError
+from umdbench.results.store import ResultsStore
+
+__all__ = ["Workspace", "atomic_write_json"]
+
+STORE_FILE = "results.sqlite"
+MARKER_FILE = "artifact.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON through a uniquely named temporary file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Workspace:
+    """Paths and stage artifacts of one work dir (``--work-dir``)."""
+
+    def __init__(self, work_dir: str | Path):
+        self.work_dir = Path(work_dir)
+        self._store: ResultsStore | None = None
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.work_dir)!r})"
+
+    # -- results store -----------------------------------------------------------------------------
+    @property
+    def store_path(self) -> Path:
+        return self.work_dir / STORE_FILE
+
+    @property
+    def store(self) -> ResultsStore:
+        if self._store is None:
+            self._store = ResultsStore(self.store_path)
+        return self._store
+
+    # -- stages ------------------------------------------------------------------------------------
+    @property
+    def stages_dir(self) -> Path:
+        return self.work_dir / "stages"
+
+    def stage_dir(self, stage) -> Path:
+        return self.stages_dir / stage.dirname
+
+    def train_dir(self, stage) -> Path:
+        return self.stage_dir(stage) / "train"
+
+    def ddp_request_path(self, stage) -> Path:
+        return self.stage_dir(stage) / "ddp-request.json"
+
+    def weights_path(self, stage) -> Path:
+        return self.stage_dir(stage) / WEIGHTS_FILE
+
+    def _marker_path(self, stage) -> Path:
+        return self.stage_dir(stage) / MARKER_FILE
+
+    def is_trained(self, stage) -> bool:
+        """Whether the stage's artifact is finished (its marker is written last)."""
+        return self._marker_path(stage).is_file()
+
+    def marker(self, stage) -> dict:
+        """The finished stage's ``artifact.json`` (sha256, wall time, ...)."""
+        path = self._marker_path(stage)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
+                                  f"folder {path.parent} and run again to rebuild that stage.") from exc
+
+    def stage_wall_time(self, stage) -> float:
+        """Training seconds recorded for a finished stage (0 if it has none)."""
+        try:
+            return float(self.marker(stage).get("wall_time_s", 0.0))
+        except (CheckpointError, TypeError, ValueError):
+            return 0.0
+
+    def write_stage_inputs(self, stage) -> None:
+        """``stage.json``: what the stage's key was computed from."""
+        self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.stage_dir(stage) / "stage.json",
+                          {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data})
+
+    def save_stage(self, stage, state: dict, **meta: Any) -> str:
+        """Store a finished stage: the weights, then the marker. Returns the weights' sha256."""
+        from umdbench.run.checkpoint import save_artifact
+
+        self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        sha = save_artifact(state, self.weights_path(stage))
+        atomic_write_json(self._marker_path(stage), {"key": stage.key, "sha256": sha,
+                                                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta})
+        return sha
+
+    def load_stage(self, stage) -> dict:
+        """The finished stage's weights, checked against the sha256 in its marker."""
+        from umdbench.run.checkpoint import load_artifact
+
+        return load_artifact(self.weights_path(stage), self.marker(stage).get("sha256"))
+
+    # -- runs --------------------------------------------------------------------------------------
+    def run_dir(self, cell_key: str) -> Path:
+        return self.work_dir / "runs" / cell_key[:16]
+
+    def eval_dir(self, cell_key: str) -> Path:
+        return self.run_dir(cell_key) / "eval"
+
+    def write_run_config(self, run, stages: list) -> Path:
+        """``runs/<cell key>/config.json``: the cell's resolved config and stage plan."""
+        run_dir = self.run_dir(stages[-1].key)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", {
+            "config": run.config, "config_hash": run.hash,
+            "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
+        return run_dir
+
+    def write_result(self, row: dict) -> Path:
+        """``runs/<cell key>/result.json``: the stored row without its config."""
+        path = self.run_dir(row["cell_key"]) / "result.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {k: v for k, v in row.items() if k != "config"})
+        return path
+
+    # -- caches ------------------------------------------------------------------------------------
+    @property
+    def image_cache_dir(self) -> Path:
+        return self.work_dir / "image_cache"
