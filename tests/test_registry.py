@@ -135,14 +135,28 @@ def test_lazy_entry_of_the_wrong_kind_fails_on_get_and_stays_unresolved(lazy_mod
     assert "not-a-tune" in reg._lazy and "not-a-tune" not in reg._module_dict
 
 
-def test_importing_the_registry_does_not_import_torch():
+def test_loading_builtins_and_rejecting_a_wrong_kind_do_not_import_torch():
     import subprocess
 
-    code = ("import sys, umdbench.plugin, umdbench.hookspecs\n"
-            "r = umdbench.plugin.load_plugins()[0]\n"
-            "print(sorted(m for m in ('torch', 'umdbench.api') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    # the built-in plugin alone: installed third-party plugins may import torch themselves
+    code = textwrap.dedent("""
+        import sys
+        from umdbench.plugin.loading import BuiltinPlugin
+        from umdbench.plugin.registry import Registries, RegistryTypeError
+        registries = Registries()
+        BuiltinPlugin().umdbench_register(registries=registries)
+        assert "mr" in registries.pretrain and "table1" in registries.suite
+        try:
+            registries.pretrain.register("wrong", dict)
+        except RegistryTypeError as exc:
+            assert "umdbench.api.PretrainStrategy" in str(exc), exc
+        else:
+            raise AssertionError("dict accepted as a pre-training strategy")
+        print(sorted(m for m in ("torch", "umdbench.api", "mmengine.evaluator") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "suite"])

@@ -12,6 +12,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,16 @@ def expected_type(kind: str) -> type:
     return import_target(EXPECTED[kind])
 
 
+def loaded_expected_type(kind: str) -> type | None:
+    """:func:`expected_type` if its module is already imported, else None.
+
+    An object can only be a subclass (or instance) of a class whose module was imported, so a
+    module not yet imported means "wrong kind" without importing it: rejecting a bad entry
+    must not pull in torch."""
+    module_name = EXPECTED[kind].partition(":")[0]
+    return expected_type(kind) if module_name in sys.modules else None
+
+
 def _describe(obj: Any) -> str:
     """A short, plain description of what was registered, for error messages."""
     if inspect.isclass(obj):
@@ -82,25 +93,26 @@ def _describe(obj: Any) -> str:
     return f"an instance of {cls.__module__}.{cls.__qualname__} ({obj!r:.60})"
 
 
-def _fix_hint(kind: str, obj: Any, base: type) -> str:
+def _expected_name(kind: str) -> str:
+    return EXPECTED[kind].replace(":", ".")
+
+
+def _fix_hint(kind: str, obj: Any, base: type | None) -> str:
     """The most likely fix for the common mistakes, else the general one."""
-    base_name = f"{base.__module__}.{base.__qualname__}"
     if kind in INSTANCE_KINDS:
-        return f"register a dict (the suite spec, see docs/sweeps.md) under {kind}."
+        return f"register a dict (the suite spec, see docs/sweeps.md) under registries.{kind}."
     if isinstance(obj, str) and ":" in obj:
         return f"to register a 'module:attr' string use registries.{kind}.register_lazy(name, target)."
-    if not inspect.isclass(obj) and isinstance(obj, base):
+    if base is not None and not inspect.isclass(obj) and isinstance(obj, base):
         return "register the class itself, not an instance of it."
     if inspect.isclass(obj):
         for other in EXPECTED:  # registered under the wrong kind?
             if other == kind or other in INSTANCE_KINDS:
                 continue
-            try:
-                if issubclass(obj, expected_type(other)):
-                    return f"it is a {KINDS[other]}: register it under registries.{other} instead."
-            except Exception:  # an unimportable base class must not hide the real error
-                continue
-    return f"make it a subclass of {base_name}, or register it under the kind it belongs to."
+            other_base = loaded_expected_type(other)
+            if other_base is not None and issubclass(obj, other_base):
+                return f"it is a {KINDS[other]}: register it under registries.{other} instead."
+    return f"make it a subclass of {_expected_name(kind)}, or register it under the kind it belongs to."
 
 
 class LazyRegistry(Registry):
@@ -129,13 +141,13 @@ class LazyRegistry(Registry):
 
     def check_type(self, name: str, obj: Any, target: str | None = None, origin: str | None = None) -> None:
         """Raise :class:`RegistryTypeError` unless ``obj`` is what this kind holds (:data:`EXPECTED`)."""
-        base = expected_type(self.kind)
+        base = loaded_expected_type(self.kind)
         if self.kind in INSTANCE_KINDS:
-            ok = isinstance(obj, base)
-            expected = f"a {base.__qualname__}"
+            ok = base is not None and isinstance(obj, base)
+            expected = f"a {EXPECTED[self.kind].partition(':')[2]}"
         else:
-            ok = inspect.isclass(obj) and issubclass(obj, base)
-            expected = f"a subclass of {base.__module__}.{base.__qualname__}"
+            ok = base is not None and inspect.isclass(obj) and issubclass(obj, base)
+            expected = f"a subclass of {_expected_name(self.kind)}"
         if ok:
             return
         where = f" (imported from {target!r})" if target else ""
