@@ -90,7 +90,8 @@ def _describe(obj: Any) -> str:
     if inspect.isfunction(obj) or inspect.isbuiltin(obj):
         return f"function {getattr(obj, '__module__', '?')}.{obj.__qualname__}"
     cls = type(obj)
-    return f"an instance of {cls.__module__}.{cls.__qualname__} ({obj!r:.60})"
+    shown = " ".join(repr(obj).split())  # one line, whatever the repr
+    return f"an instance of {cls.__module__}.{cls.__qualname__} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
 
 
 def _expected_name(kind: str) -> str:
