@@ -2,9 +2,21 @@
 
 ``get_registries()`` is the entry point: it loads the built-in entries (``registry.toml``), the
 ``umdbench`` entry-point group and ``--plugin-path`` files once per process and returns the registries.
-"""
-from umdbench.plugin.loading import PluginInfo, PluginReport, get_plugin_report, get_registries, load_plugins
-from umdbench.plugin.registry import KINDS, LazyRegistry, Registries
+``get_plugin_report()`` says where each plugin came from and why a broken one was skipped.
 
-__all__ = ["KINDS", "LazyRegistry", "PluginInfo", "PluginReport", "Registries", "get_plugin_report",
-           "get_registries", "load_plugins"]
+The hook a plugin implements (``hookimpl``) lives in :mod:`umdbench.hookspecs`, not here.
+"""
+from umdbench.plugin.loading import (PluginInfo, PluginPathError, PluginReport, get_plugin_report, get_registries,
+                                     load_plugins)
+from umdbench.plugin.registry import KINDS, LazyRegistry, Registries, RegistryTypeError
+
+__all__ = [
+    # the process-wide registries and the report of how they were filled
+    "get_registries", "get_plugin_report",
+    # loading into fresh registries (tests, tools)
+    "load_plugins", "PluginInfo", "PluginReport",
+    # the registries themselves
+    "KINDS", "LazyRegistry", "Registries",
+    # errors a user can meet
+    "PluginPathError", "RegistryTypeError",
+]

@@ -1,8 +1,10 @@
 """Plugin discovery: built-ins from ``registry.toml``, third-party entry points, local files.
 
 Every source goes through the same pluggy hook (``umdbench_register``). Plugins are registered
-one at a time: a plugin that fails to import or whose hook raises is recorded in the report,
-its partial registrations are rolled back, and the rest load normally.
+one at a time: a plugin that fails to import or whose hook raises (including a registration of the
+wrong kind of object) is recorded in the report with its traceback, its partial registrations are
+rolled back, and the rest load normally. A ``--plugin-path`` that is not an existing ``.py`` file is
+a usage error (:class:`PluginPathError`), raised before any plugin loads.
 """
 from __future__ import annotations
 
@@ -18,10 +20,15 @@ from types import ModuleType
 import pluggy
 
 from umdbench import __version__
+from umdbench.errors import UmdbenchError
 from umdbench.hookspecs import PROJECT, UmdbenchSpec, hookimpl
 from umdbench.plugin.registry import Registries
 
 ENTRY_POINT_GROUP = "umdbench"
+
+
+class PluginPathError(UmdbenchError):
+    """A ``--plugin-path`` that does not name an existing ``.py`` file."""
 
 
 def registry_toml_path() -> Path:
@@ -59,7 +66,8 @@ class PluginInfo:
     source: str  # "builtin", "entry point <dist>", "path <file>"
     version: str
     registered: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
-    error: str | None = None
+    error: str | None = None  # one line: why the plugin was skipped
+    error_trace: str | None = None  # the full traceback of that failure (`umdbench plugins --traceback`)
 
 
 @dataclass
@@ -71,16 +79,42 @@ class PluginReport:
         return [p for p in self.plugins if p.error]
 
 
-def _load_file(path: str) -> ModuleType:
+def check_plugin_path(path: str) -> Path:
+    """The resolved file of a ``--plugin-path``, or :class:`PluginPathError`.
+
+    A typo in a path must stop the command: skipping it would silently run without the plugin."""
     file = Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise FileNotFoundError(f"--plugin-path {path!r}: no such file")
+    if not file.exists():
+        problem = f"there is no such file ({file})"
+    elif not file.is_file():
+        problem = f"{file} is not a file"
+    elif file.suffix != ".py":
+        problem = f"{file} is not a .py file"
+    else:
+        return file
+    raise PluginPathError(
+        f"--plugin-path {path!r}: {problem}. Pass the path of a Python file that defines a @hookimpl "
+        f"umdbench_register(registries) function (relative paths start from {Path.cwd()}); an installed "
+        f"package registers through the `{ENTRY_POINT_GROUP}` entry-point group instead."
+    )
+
+
+def _load_file(file: Path) -> ModuleType:
     name = f"umdbench_local_plugin_{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # no half-executed module left behind for a later import to find
+        raise
     return module
+
+
+def _record_failure(info: PluginInfo, exc: BaseException, what: str = "") -> None:
+    info.error = f"{what}{type(exc).__name__}: {exc}"
+    info.error_trace = "".join(traceback.format_exception(exc))
 
 
 def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: PluginInfo) -> None:
@@ -95,8 +129,7 @@ def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: P
         for impl in impls:
             impl.function(registries=registries)
     except Exception as exc:  # a broken plugin is reported and skipped, never fatal
-        info.error = f"{type(exc).__name__}: {exc}"
-        info.error_trace = traceback.format_exc()
+        _record_failure(info, exc)
         after = registries.snapshot()
         for kind, reg in registries.kinds().items():
             for name in after[kind] - before[kind]:
@@ -111,6 +144,10 @@ def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: P
 
 
 def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
+    """Load every plugin into fresh registries; a broken plugin is reported, not raised.
+
+    Raises :class:`PluginPathError` for a ``plugin_paths`` entry that is not an existing .py file."""
+    files = [check_plugin_path(path) for path in plugin_paths]  # before anything loads
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(UmdbenchSpec)
     registries = Registries()
@@ -128,18 +165,18 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
         try:
             obj = ep.load()
         except Exception as exc:
-            info.error = f"import failed: {type(exc).__name__}: {exc}"
+            _record_failure(info, exc, "import failed: ")
             report.plugins.append(info)
             continue
         _register_one(pm, registries, obj, info)
         report.plugins.append(info)
 
-    for path in plugin_paths:
-        info = PluginInfo(Path(path).stem, f"path {path}", "local")
+    for path, file in zip(plugin_paths, files):
+        info = PluginInfo(file.stem, f"path {path}", "local")
         try:
-            obj = _load_file(path)
+            obj = _load_file(file)
         except Exception as exc:
-            info.error = f"import failed: {type(exc).__name__}: {exc}"
+            _record_failure(info, exc, "import failed: ")
             report.plugins.append(info)
             continue
         info.version = str(getattr(obj, "__version__", "local"))

@@ -3,11 +3,16 @@
 * ``register_lazy(name, "module:attr")`` records where an entry lives; it is imported on first use.
 * Registering a name twice is an error that names both origins (no silent override).
 * Asking for an unknown name is an error with "did you mean ...?" suggestions.
+* Every entry is type-checked against its kind (:data:`EXPECTED`): an object when it is registered,
+  a lazy entry when it is first imported. A wrong kind is a :class:`RegistryTypeError`.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +30,24 @@ KINDS = {
     "task": "task type",
 }
 
+# What an entry of each kind must be: a subclass of the named class, except suites (a dict
+# instance). Named as "module:attr" and imported on the first check, so that importing the
+# registry (and listing entries) never loads torch.
+EXPECTED = {
+    "pretrain": "umdbench.api:PretrainStrategy",
+    "tune": "umdbench.api:TuneStrategy",
+    "dataset": "umdbench.api:DatasetPlugin",
+    "metric": "mmengine.evaluator:BaseMetric",
+    "suite": "builtins:dict",
+    "encoder": "umdbench.api:Encoder",
+    "task": "umdbench.api:TaskType",
+}
+INSTANCE_KINDS = {"suite"}  # entries that are data, not classes
+
+
+class RegistryTypeError(UmdbenchError, TypeError):
+    """An entry is not the kind of object its registry holds (e.g. a dataset registered as a metric)."""
+
 
 def import_target(target: str) -> Any:
     """Import ``"package.module:attr"`` and return the attribute."""
@@ -39,6 +62,58 @@ def import_target(target: str) -> Any:
     except AttributeError as exc:
         raise UmdbenchError(f"registry entry {target!r}: module {module_name!r} has no attribute {attr!r}.") from exc
     return obj
+
+
+@functools.cache
+def expected_type(kind: str) -> type:
+    """The class an entry of ``kind`` must subclass (or, for suites, be an instance of)."""
+    return import_target(EXPECTED[kind])
+
+
+def loaded_expected_type(kind: str) -> type | None:
+    """:func:`expected_type` if its module is already imported, else None.
+
+    An object can only be a subclass (or instance) of a class whose module was imported, so a
+    module not yet imported means "wrong kind" without importing it: rejecting a bad entry
+    must not pull in torch."""
+    module_name = EXPECTED[kind].partition(":")[0]
+    return expected_type(kind) if module_name in sys.modules else None
+
+
+def _describe(obj: Any) -> str:
+    """A short, plain description of what was registered, for error messages."""
+    if inspect.isclass(obj):
+        bases = ", ".join(f"{b.__module__}.{b.__qualname__}" for b in obj.__bases__)
+        return f"class {obj.__module__}.{obj.__qualname__} (bases: {bases})"
+    if inspect.ismodule(obj):
+        return f"module {obj.__name__}"
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return f"function {getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    cls = type(obj)
+    shown = " ".join(repr(obj).split())  # one line, whatever the repr
+    return f"an instance of {cls.__module__}.{cls.__qualname__} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
+
+
+def _expected_name(kind: str) -> str:
+    return EXPECTED[kind].replace(":", ".")
+
+
+def _fix_hint(kind: str, obj: Any, base: type | None) -> str:
+    """The most likely fix for the common mistakes, else the general one."""
+    if kind in INSTANCE_KINDS:
+        return f"register a dict (the suite spec, see docs/sweeps.md) under registries.{kind}."
+    if isinstance(obj, str) and ":" in obj:
+        return f"to register a 'module:attr' string use registries.{kind}.register_lazy(name, target)."
+    if base is not None and not inspect.isclass(obj) and isinstance(obj, base):
+        return "register the class itself, not an instance of it."
+    if inspect.isclass(obj):
+        for other in EXPECTED:  # registered under the wrong kind?
+            if other == kind or other in INSTANCE_KINDS:
+                continue
+            other_base = loaded_expected_type(other)
+            if other_base is not None and issubclass(obj, other_base):
+                return f"it is a {KINDS[other]}: register it under registries.{other} instead."
+    return f"make it a subclass of {_expected_name(kind)}, or register it under the kind it belongs to."
 
 
 class LazyRegistry(Registry):
@@ -65,8 +140,27 @@ class LazyRegistry(Registry):
         self._lazy[name] = target
         self._origins[name] = self.current_origin
 
+    def check_type(self, name: str, obj: Any, target: str | None = None, origin: str | None = None) -> None:
+        """Raise :class:`RegistryTypeError` unless ``obj`` is what this kind holds (:data:`EXPECTED`)."""
+        base = loaded_expected_type(self.kind)
+        if self.kind in INSTANCE_KINDS:
+            ok = base is not None and isinstance(obj, base)
+            expected = f"a {EXPECTED[self.kind].partition(':')[2]}"
+        else:
+            ok = base is not None and inspect.isclass(obj) and issubclass(obj, base)
+            expected = f"a subclass of {_expected_name(self.kind)}"
+        if ok:
+            return
+        where = f" (imported from {target!r})" if target else ""
+        raise RegistryTypeError(
+            f"{KINDS[self.kind]} {name!r}{where}, registered by {origin or self.origin(name)}, has the wrong kind: an "
+            f"entry of kind {self.kind!r} must be {expected}, but it is {_describe(obj)}. Fix: "
+            f"{_fix_hint(self.kind, obj, base)}"
+        )
+
     def register(self, name: str, obj: Any) -> Any:
         self._check_free(name)
+        self.check_type(name, obj, origin=self.current_origin)
         if callable(obj):
             self._register_module(module=obj, module_name=name)
         else:  # plain data entries (suite specs are dicts); mmengine only takes callables
@@ -109,6 +203,7 @@ class LazyRegistry(Registry):
                     f"{target!r}: {type(exc).__name__}: {exc}. Check that the plugin's package is installed "
                     f"and importable."
                 ) from exc
+            self.check_type(key, obj, target)  # a wrong kind stays lazy: every get raises the same error
             del self._lazy[key]
             self._register_module(module=obj, module_name=key, force=True)
         if key not in self._module_dict:
