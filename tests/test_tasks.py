@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench.api import TaskInfo
+from umdbench.kit.recipes import iters_for
 from umdbench.kit.supervised import SupervisedTune
 from umdbench.kit.tasks import (
     DEFAULT_LOSS,
     build_task_head,
     encode_task,
-    iters_for,
     task_logits,
     task_loss,
     task_predict,

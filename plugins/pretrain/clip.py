@@ -14,7 +14,7 @@ from torch import nn
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import projection
 from umdbench.models.objectives import clip_loss
-from umdbench.models.presets import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 
 
 class CLIPPretrain(PretrainStrategy):

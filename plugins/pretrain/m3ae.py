@@ -11,7 +11,7 @@ from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head
 from umdbench.models.masking import mask_tokens
 from umdbench.models.objectives import itm_loss, itm_sources, mim_loss, mlm_loss
-from umdbench.models.presets import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import resolve_special_ids
 
 _COMMON = {"image_mask_ratio": 0.75, "text_mask_ratio": 0.15, "norm_pix_loss": True,

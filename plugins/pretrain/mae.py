@@ -14,7 +14,7 @@ from torch import nn
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder
 from umdbench.models.objectives import mim_loss
-from umdbench.models.presets import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 
 
 class MAEPretrain(PretrainStrategy):

@@ -15,7 +15,7 @@ import torch
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import itm_head
 from umdbench.models.objectives import itm_loss, itm_sources
-from umdbench.models.presets import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import MultiLevelReconstruction
 
 _COMMON = {

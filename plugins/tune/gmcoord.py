@@ -32,9 +32,9 @@ from torch import nn
 from umdbench.kit import gradmod
 from umdbench.api import TaskInfo
 from umdbench.kit.supervised import SupervisedTune
-from umdbench.kit.tasks import TaskForward, group_scores, iters_for, last_linear
+from umdbench.kit.recipes import FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_TINY, iters_for, m3ae_per_dataset
+from umdbench.kit.tasks import TaskForward, group_scores, last_linear
 
-from .direct import _PAPER_TRAIN, _TINY_TRAIN, _m3ae_per_dataset
 
 VARIANTS = {
     "paper": {"unimodal": "masked", "rule": "paper", "noise": "modulated", "std_eps": 0.0},
@@ -46,7 +46,7 @@ NOISE = ("modulated", "both", "none")
 
 def _gmcoord_per_dataset() -> dict:
     # UMD gmcoord run scripts: M3AE batch sizes except ROCO at 128; epochs 60/25/20/30/20.
-    per = _m3ae_per_dataset({"vqa-rad": 60, "slake": 25, "vqa-med-2019": 20, "melinda": 30})
+    per = m3ae_per_dataset({"vqa-rad": 60, "slake": 25, "vqa-med-2019": 20, "melinda": 30})
     per["roco"] = {"train": {"batch_size": 128, "max_iters": iters_for("roco", 128, 20), "lr_mult": {"head": 5.0}}}
     # Paper Sec. 4.2.2: wd 0.01 SLAKE/MELINDA, 0.1 otherwise; linear decay for VQA-Med-2019, cosine otherwise.
     for ds, wd in {"vqa-rad": 0.1, "slake": 0.01, "vqa-med-2019": 0.1, "melinda": 0.01, "roco": 0.1}.items():
@@ -71,12 +71,12 @@ class GMCoord(SupervisedTune):
     presets = {
         "tiny": {
             **_OPTIONS,
-            "train": {**_TINY_TRAIN, "schedule": "cosine"},
+            "train": {**FINETUNE_TRAIN_TINY, "schedule": "cosine"},
             "per_dataset": {"roco": {"train": {"batch_size": 16}}},
         },
         "paper": {
             **_OPTIONS,
-            "train": {**_PAPER_TRAIN, "max_iters": iters_for("vqa-rad", 64, 60), "weight_decay": 0.1, "schedule": "cosine"},
+            "train": {**FINETUNE_TRAIN_PAPER, "max_iters": iters_for("vqa-rad", 64, 60), "weight_decay": 0.1, "schedule": "cosine"},
             "per_dataset": _gmcoord_per_dataset(),
         },
     }

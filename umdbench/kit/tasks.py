@@ -18,7 +18,6 @@ input columns of every head layer that reads the features belong to text, the la
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,23 +38,6 @@ POOLINGS = ("pooler", "mean")
 DEFAULT_POOLING = "pooler"
 POOLING_WORDS = {"pooler": "the poolers' outputs (Tanh on the first token of each stream)",
                  "mean": "the average embeddings of Z^I and Z^T"}
-
-# Training-split sizes used to express the papers' epoch budgets as optimiser steps.
-# VQA-RAD, SLAKE (English), VQA-Med-2019 (C1-C3) from upstream step counts; MELINDA inferred from the
-# TD-Calib step count (272 steps/epoch at batch 16); ROCO radiology train from the ROCO release.
-TRAIN_SIZES = {
-    "vqa-rad": 3064,
-    "slake": 4919,
-    "vqa-med-2019": 9600,
-    "melinda": 4352,
-    "roco": 65450,
-}
-
-
-def iters_for(dataset: str, batch_size: int, epochs: int) -> int:
-    """Optimiser steps of ``epochs`` passes over ``dataset``'s training split at ``batch_size``."""
-    return math.ceil(TRAIN_SIZES[dataset] / batch_size) * epochs
-
 
 # --------------------------------------------------------------------------------------------
 # Heads

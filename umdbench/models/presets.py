@@ -6,7 +6,6 @@ Every value can be overridden with :func:`umdbench.api.deep_merge`.
 """
 from __future__ import annotations
 
-from umdbench.api import train_config
 
 ENCODER_PRESETS: dict[str, dict] = {
     "tiny": {
@@ -89,16 +88,3 @@ ENCODER_PRESETS: dict[str, dict] = {
         },
     },
 }
-
-
-# Training hyper-parameters of pre-training stages (the `train` dict of a strategy preset).
-# paper: AdamW, lr 1e-5 for the uni-modal encoders, x5 for fusion and heads, 10 % warm-up then
-# linear decay, 100k steps at batch 256 (betas/eps/weight decay as in the released code).
-PRETRAIN_TRAIN_PAPER: dict = train_config(
-    max_iters=100_000, batch_size=256, lr=1e-5, lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 5.0},
-    checkpoint_interval=5_000, log_interval=100,
-)
-# tiny: a short CPU run from random init, so a much larger lr.
-PRETRAIN_TRAIN_TINY: dict = train_config(
-    max_iters=200, batch_size=16, lr=5e-4, checkpoint_interval=100, log_interval=10, grad_clip=1.0,
-)
