@@ -305,7 +305,7 @@ class SweepReport:
 
 
 def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
-    from umdbench.plan.suites import Membership
+    from umdbench.results.store import Membership
 
     out = []
     overrides = [f"{k}={v}" for k, v in user_overrides]
@@ -324,14 +324,12 @@ def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
 
 
 def mark(plan: SweepPlan, ws, cell: PlannedCell, status: str, detail: str = "", user_overrides=()) -> None:
-    """Record a cell's new status (and that of its duplicates) in the suite membership table."""
-    from umdbench.plan.suites import record_membership
-
+    """Record a cell's new status (and that of its duplicates) in the work dir's results store."""
     cell.status = {"done": "done", "failed": "failed"}.get(status, status)
     entries = [e for e in membership_entries(plan, user_overrides) if e.cell_key == cell.key]
     for e in entries:
         e.status, e.detail = status, detail
-    record_membership(ws.work_dir / "results.sqlite", entries)
+    ws.store.record_membership(entries)
 
 
 def format_failure(exc: BaseException) -> str:
