@@ -25,14 +25,14 @@ is recorded by the sweep in the results store; see ``ResultsStore.record_members
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "description"}
+SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -56,7 +56,6 @@ class GridPoint:
     row: SuiteRow
     dataset: str
     overrides: tuple[tuple[str, Any], ...]
-    vary_value: Any = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,6 @@ class Suite:
     vary_key: str | None = None
     vary_label: str | None = None
     vary_values: tuple[Any, ...] = ()
-    description: str = ""
-    spec: dict = field(default_factory=dict, compare=False, hash=False)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -125,7 +122,7 @@ class Suite:
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
             metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_key=vary_key, vary_label=vary_label,
-            vary_values=vary_values, description=str(spec.get("description", "")), spec=dict(spec),
+            vary_values=vary_values,
         )
 
     # -- the grid -----------------------------------------------------------------------------
@@ -144,7 +141,7 @@ class Suite:
                 name = row.name if self.vary_key is None else f"{row.name} {self.vary_label}={value}"
                 extra = () if self.vary_key is None else ((self.vary_key, value),)
                 for dataset in chosen:
-                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + row.overrides + extra, value))
+                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + row.overrides + extra))
         return points
 
     def cell_specs(self, *, seeds: int | list[int] = 1, preset: str = "tiny", data_root: str | None = None,
@@ -161,12 +158,6 @@ class Suite:
 
     def cell_names(self) -> list[str]:
         return list(dict.fromkeys(p.cell_name for p in self.grid()))
-
-    def row_of(self, cell_name: str) -> SuiteRow | None:
-        for p in self.grid():
-            if p.cell_name == cell_name:
-                return p.row
-        return None
 
 
 def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
