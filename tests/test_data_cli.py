@@ -169,3 +169,12 @@ def test_download_without_data_root(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
     rc, _, err = run_cli(["data", "download", "vqa-rad", "--url-base", "http://127.0.0.1:9"], capsys)
     assert rc == 2 and "no data root given" in err and "UMDBENCH_DATA_ROOT=DIR" in err and "vqa_rad/" in err
+
+
+def test_check_generated_dataset_notes_an_unused_data_root(tmp_path, capsys):
+    rc, out, err = run_cli(["data", "check", "medsynth", "--data-root", str(tmp_path), "--quick",
+                            "--option", "n_train=3", "--option", "n_val=2", "--option", "n_test=2"], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"note: --data-root {tmp_path} is not used: dataset 'medsynth' is generated (needs_root = False)."
+    assert lines[1] == "dataset medsynth: (generated: no data folder)" and "train          3 records" in out

@@ -42,6 +42,8 @@ def cmd_check(args) -> int:
 
     cls = get_registries(tuple(args.plugin_path)).dataset.get(args.dataset)
     options = dataset_options(args.option, "--option", cls, args.dataset)
+    if args.data_root and not cls.needs_root:
+        print(f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False).")
     plugin = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "raise", options)
     # plugins written before check(deep=) existed take no argument
     if "deep" in inspect.signature(plugin.check).parameters:
