@@ -16,17 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from umdbench.cli import data as data_cli
+from umdbench.cli import main
 
 
 def run_cli(argv, capsys):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="umdbench")
-    sub = parser.add_subparsers(dest="command")
-    data_cli.add_subcommands(sub)
-    args = parser.parse_args(argv)
-    rc = args.handler(args)
+    """``umdbench ARGV`` in-process, through main's error path: (exit code, stdout, stderr)."""
+    rc = main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -145,3 +140,41 @@ def test_download_refuses_path_traversal(tmp_path, mirror, capsys):
 def test_download_without_url_names_homepage(tmp_path, capsys):
     rc, _, err = run_cli(["data", "download", "slake", "--data-root", str(tmp_path)], capsys)
     assert rc == 2 and "med-vqa.com/slake" in err and "--url-base" in err
+
+
+def test_check_options_use_the_cfg_options_grammar_and_errors_are_one_paragraph(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
+    make_rad(tmp_path)
+    rc, out, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", "verify_images=False"], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", "nonsense=1"], capsys)
+    assert rc == 2 and err.startswith("umdbench: error: dataset 'vqa-rad': ") and "unknown option" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", "layout=[osf"], capsys)
+    assert rc == 2 and "--option 'layout=[osf'" in err and "does not parse" in err
+
+
+@pytest.mark.parametrize("option", ["root", "on_error"])
+def test_check_rejects_constructor_arguments_as_options(option, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
+    make_rad(tmp_path)
+    rc, _, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", f"{option}={tmp_path}"],
+                         capsys)
+    assert rc == 2 and err.startswith("umdbench: error: --option") and f"{option!r} is not a dataset option" in err
+    if option == "root":
+        assert "--data-root DIR" in err and "vqa_rad/" in err
+
+
+def test_download_without_data_root(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
+    rc, _, err = run_cli(["data", "download", "vqa-rad", "--url-base", "http://127.0.0.1:9"], capsys)
+    assert rc == 2 and "no data root given" in err and "UMDBENCH_DATA_ROOT=DIR" in err and "vqa_rad/" in err
+
+
+def test_check_generated_dataset_notes_an_unused_data_root(tmp_path, capsys):
+    rc, out, err = run_cli(["data", "check", "medsynth", "--data-root", str(tmp_path), "--quick",
+                            "--option", "n_train=3", "--option", "n_val=2", "--option", "n_test=2"], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"note: --data-root {tmp_path} is not used: dataset 'medsynth' is generated (needs_root = False)."
+    assert lines[1] == "dataset medsynth: (generated: no data folder)" and "train          3 records" in out

@@ -1,10 +1,12 @@
 """Suite leaderboards from a small hand-made results store: ours beside the paper, plots, index."""
+import subprocess
+import sys
+
 import pytest
 
 from umdbench.results.leaderboard import write_leaderboards
 from umdbench.plugin import get_registries
-from umdbench.results.store import ResultsStore
-from umdbench.plan.suites import Membership, record_membership
+from umdbench.results.store import Membership, ResultsStore
 
 
 def _row(suite, cell_name, dataset, seed, metrics, pretrain="mr", tune="direct", preset="tiny", key=None):
@@ -28,7 +30,7 @@ def store(tmp_path):
     s.add(_row("table4", "5 TD-Calib+GM-Coord", "vqa-rad", 0, {"open": 1.0, "closed": 2.0, "overall": 3.0}))
     # a cell of table1 that table4 shares (same key): membership points table4 "2 MR-Pretrain" at it
     s.add(_row("table1", "UMD", "vqa-rad", 0, {"open": 50.0, "closed": 50.0, "overall": 50.0}, key="shared"))
-    record_membership(s.path, [
+    s.record_membership([
         Membership("table4", "2 MR-Pretrain", "vqa-rad", "tiny", 0, "shared", "done"),
         Membership("table4", "1 none", "slake", "tiny", 0, None, "data unavailable", "slake: the folder /x/slake does not exist"),
         Membership("table1", "UMD", "vqa-rad", "tiny", 0, "shared", "done", overrides=["tune.*.train.max_iters=4"]),
@@ -91,3 +93,13 @@ def test_explicit_suite_without_results_still_shows_paper(store, tmp_path):
     write_leaderboards(store, out, suite="table3")
     md = (out / "table3.md").read_text()
     assert "ResNet-101 [image-only] (reported, not run)" in md and "79.58" in md and "not run" in md
+
+
+def test_leaderboard_command_imports_no_torch_and_no_plugin_module(store, tmp_path):
+    code = ("import sys\nfrom umdbench.cli import main\n"
+            f"rc = main(['leaderboard', '--store', {str(store.path)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'plugins'))\n"
+            "print(rc, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "out" / "table4.md").is_file()

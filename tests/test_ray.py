@@ -2,7 +2,6 @@
 import pytest
 
 from umdbench.results.store import ResultsStore
-from umdbench.plan.suites import read_membership
 
 from test_sweep_support import TINY, umdbench, write_plugin
 
@@ -22,7 +21,7 @@ def test_sweep_on_local_ray(tmp_path):
     assert all(r["seed"] == 0 and r["device"] and r["git_commit"] and "overall" in r["metrics"] for r in rows)
     # the one MR pre-training was trained once and reused by both cells that need it
     assert len(list((work / "stages").glob("pretrain-mr-*/artifact.json"))) == 1
-    assert {m.status for m in read_membership(work / "results.sqlite", "mini")} == {"done"}
+    assert {m.status for m in ResultsStore(work / "results.sqlite").membership("mini")} == {"done"}
     # each run's config is on disk, and the rows' compute adds up to the trained stages (each once)
     # plus the evaluations, not the time spent queueing
     assert all((work / "runs" / r["cell_key"][:16] / "config.json").is_file() for r in rows)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from umdbench.errors import StoreError
-from umdbench.results.store import ResultsStore
+from umdbench.results.store import Membership, ResultsStore
 
 
 def _row(key, seed=0, overall=50.0):
@@ -66,3 +66,21 @@ def test_writer_killed_mid_stream_leaves_whole_rows_only(tmp_path):
         assert row["config"] == {"x": 1}
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_membership_lives_in_the_same_store(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.add(_row("k1"))
+    store.record_membership([
+        Membership("t4", "1 none", "vqa-rad", "tiny", 0, "k1", "planned", overrides=["a.b=1"]),
+        Membership("t4", "1 none", "slake", "tiny", 0, None, "data unavailable", "no slake/"),
+        Membership("t1", "UMD", "vqa-rad", "tiny", 0, "k1", "planned"),
+    ])
+    # the latest sweep of a suite wins: a row with the same (suite, cell, dataset, preset, seed) replaces
+    store.record_membership([Membership("t4", "1 none", "vqa-rad", "tiny", 0, "k1", "done")])
+    t4 = {(m.dataset, m.status, m.cell_key, m.detail) for m in store.membership("t4")}
+    assert t4 == {("vqa-rad", "done", "k1", ""), ("slake", "data unavailable", None, "no slake/")}
+    assert len(store.membership()) == 3 and store.membership("t1")[0].overrides == []
+    store.record_membership([])  # nothing to write is not an error
+    with sqlite3.connect(tmp_path / "r.sqlite") as con:
+        assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= {"runs", "suite_cells"}

@@ -13,7 +13,7 @@ from umdbench.plan.config import CellSpec
 from umdbench.plan.stages import DataCatalog
 from umdbench.plugin import get_registries
 from umdbench.results.store import ResultsStore
-from umdbench.plan.suites import get_suite, read_membership
+from umdbench.plan.suites import get_suite
 from umdbench.sweep.planning import fit_overrides, plan_sweep, topological
 
 from test_sweep_support import REPO, SHARED, TINY, umdbench, write_plugin
@@ -169,7 +169,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(killed_and_resumed):
     assert len(r["before"]) >= 1
     out = r["resumed"].stdout
     assert f"{len(r['before'])} finished" in out
-    members = read_membership(r["work"] / "results.sqlite", "mini")
+    members = ResultsStore(r["work"] / "results.sqlite").membership("mini")
     assert {m.status for m in members} == {"done"} and len(members) == 3
     row = ResultsStore(r["work"] / "results.sqlite").get(rows[0][0])
     assert row["git_commit"] and row["device"] and row["packages"] and row["config"]["cell"]["suite"] == "mini"

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from umdbench.errors import UmdbenchError
+from umdbench.util import deep_merge
 
 # Keys a collated batch may carry (all tensors; B = batch, L = text length).
 BATCH_KEYS = {
@@ -38,17 +39,6 @@ BATCH_KEYS = {
     "image_index": "long [B] retrieval evaluation: which image",
     "text_index": "long [B] retrieval evaluation: which text",
 }
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Return a copy of ``base`` with ``override`` merged in, recursing into dicts."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # Data

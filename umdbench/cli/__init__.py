@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from umdbench.errors import UmdbenchError
+from umdbench.util import DATA_ROOT_ENV
 
 DESCRIPTION = """\
 umdbench: benchmark harness for medical vision-language pre-training (UMD and baselines).
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="tiny", help="model size and hyper-parameters: tiny (default) or paper for the built-in encoder")
     run.add_argument("--encoder", metavar="E", help="registered encoder (default: the dataset's)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
+    run.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
     run.add_argument("--work-dir", metavar="DIR", default="work_dirs", help="cache, logs and results store (default work_dirs)")
     run.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                      help="override resolved config keys, e.g. pretrain.train.max_iters=50 tune.0.train.lr=1e-4")
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[common], help="registered names by kind")
     lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite", "encoder", "task"))
 
-    sub.add_parser("plugins", parents=[common], help="where each plugin came from, its version, load failures")
+    plugins = sub.add_parser("plugins", parents=[common], help="where each plugin came from, its version, load failures")
+    plugins.add_argument("--traceback", action="store_true", help="show where each failed plugin raised")
 
     board = sub.add_parser("leaderboard", parents=[common], help="render markdown leaderboards into results/")
     board.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="where results.sqlite lives")
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     base = sub.add_parser("baselines", parents=[common], help="majority-answer and question-only accuracy of a VQA dataset")
     base.add_argument("dataset", metavar="DATASET")
-    base.add_argument("--data-root", metavar="DIR")
+    base.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
     base.add_argument("--split", default="test")
     base.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100")
 
@@ -82,6 +84,7 @@ def cmd_run(args) -> int:
     cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
                     overrides=overrides, data_root=args.data_root, encoder=args.encoder)
     resolved = resolve(cell, registries)
+    _note_unused_data_root(args.data_root, resolved.config)
     ctx = RunContext(args.work_dir, registries)
     stages = build_plan(resolved, registries, ctx.catalog)
     if args.dry_run:
@@ -96,6 +99,15 @@ def cmd_run(args) -> int:
     print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ctx.ws.store_path} "
           f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)")
     return 0
+
+
+def _note_unused_data_root(arg: str | None, config: dict) -> None:
+    """One line when --data-root was given but no dataset of the run reads files (needs_root = False)."""
+    pretrain = config.get("pretrain") or {}
+    roots = [config["dataset"].get("root"), (pretrain.get("corpus") or {}).get("root")]
+    if arg and not any(roots):
+        print(f"note: --data-root {arg} is not used: dataset {config['dataset']['type']!r} is generated "
+              f"(needs_root = False){' and so is the pre-training corpus' if pretrain else ''}.")
 
 
 def cmd_list(args) -> int:
@@ -119,8 +131,12 @@ def cmd_plugins(args) -> int:
     for info in report.plugins:
         status = f"FAILED: {info.error}" if info.error else ", ".join(f"{k}: {' '.join(v)}" for k, v in info.registered.items())
         print(f"{info.name} {info.version}  [{info.source}]\n    {status or '(registered nothing)'}")
+        if info.error and args.traceback:
+            trace = getattr(info, "error_trace", None) or "(no traceback was captured for this failure)\n"
+            print("".join(f"      {line}\n" for line in trace.rstrip("\n").splitlines()), end="")
     if report.failures:
-        print(f"\n{len(report.failures)} plugin(s) failed to load and were skipped.")
+        hint = "" if args.traceback else "; `umdbench plugins --traceback` shows where each one raised"
+        print(f"\n{len(report.failures)} plugin(s) failed to load and were skipped{hint}.")
     return 0
 
 
@@ -141,16 +157,17 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_baselines(args) -> int:
-    from umdbench.results.baselines import majority_baseline, question_only_baseline
-    from umdbench.plan.config import parse_override, resolve_dataset_root
+    from umdbench.cli.data import build_dataset, dataset_options
     from umdbench.plugin import get_registries
+    from umdbench.results.baselines import majority_baseline, question_only_baseline
+    from umdbench.util import dataset_root
 
     registries = get_registries(tuple(args.plugin_path))
     cls = registries.dataset.get(args.dataset)
     if cls.task != "vqa":
         raise UmdbenchError(f"baselines are defined for VQA datasets; {args.dataset!r} is a {cls.task} dataset.")
-    options = dict(parse_override(o) for o in args.cfg_options)
-    dataset = cls(root=resolve_dataset_root(cls, args.data_root, args.dataset), on_error="skip", **options)
+    options = dataset_options(args.cfg_options, "--cfg-options", cls, args.dataset)
+    dataset = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "skip", options)
     train, test = dataset.records("train"), dataset.records(args.split)
     for name, result in (("majority answer", majority_baseline(train, test)),
                          ("question only", question_only_baseline(train, test))):

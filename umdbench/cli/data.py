@@ -1,101 +1,77 @@
-"""``umdbench data check|download``. Import-light: plugins (and torch) load only when a command runs."""
+"""``umdbench data check|download``. Import-light: plugins (and torch) load only when a command runs.
+
+Errors are :class:`~umdbench.errors.UmdbenchError`; ``umdbench.cli.main`` prints them as one
+paragraph and exits 2.
+"""
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
+import inspect
 
-DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
+from umdbench.errors import ConfigError, UmdbenchError
+from umdbench.util import DATA_ROOT_ENV, data_root, dataset_root, parse_option
 
-
-
-class DataCommandError(Exception):
-    """A user error of a data command (printed as one message, exit 2)."""
-
-
-def lookup_dataset(name: str, plugin_paths: tuple[str, ...] = ()):
-    """The dataset plugin class registered as ``name`` (unknown names raise "did you mean")."""
-    from umdbench.plugin import get_registries
-
-    return get_registries(tuple(plugin_paths)).dataset.get(name)
+# constructor arguments of every dataset plugin that the command sets itself
+RESERVED_OPTIONS = {
+    "root": "the data folder comes from --data-root DIR (or {env}=DIR): the folder that holds {holds}",
+    "on_error": "the command chooses it (check reports every problem; baselines skip bad records)",
+}
 
 
-def resolve_data_root(arg: str | None) -> Path:
-    root = arg or os.environ.get(DATA_ROOT_ENV)
-    if not root:
-        raise DataCommandError(f"no data root given; pass --data-root DIR or set the environment variable "
-                               f"{DATA_ROOT_ENV}=DIR (the folder holding vqa_rad/, slake/, ...)")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        how = "--data-root" if arg else f"{DATA_ROOT_ENV}"
-        raise DataCommandError(f"data root {path} (from {how}) does not exist; fix: pass --data-root DIR or set "
-                               f"{DATA_ROOT_ENV}=DIR to the folder holding the dataset folders")
-    return path
+def dataset_options(items: list[str], flag: str, dataset_cls, name: str) -> dict:
+    """``KEY=VALUE`` dataset options of ``flag``, parsed by :func:`umdbench.util.parse_option`."""
+    options = dict(parse_option(item, flag) for item in items)
+    for key in sorted(set(options) & set(RESERVED_OPTIONS)):
+        why = RESERVED_OPTIONS[key].format(env=DATA_ROOT_ENV, holds=f"{dataset_cls.root_subdir or name}/")
+        raise ConfigError(f"{flag} {key}=...: {key!r} is not a dataset option of {name!r}; {why}.")
+    return options
 
 
-def _parse_options(items: list[str]) -> dict:
-    opts = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DataCommandError(f"--option {item!r}: expected KEY=VALUE")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
-    return opts
+def build_dataset(dataset_cls, name: str, root: str | None, on_error: str, options: dict):
+    """The plugin instance; a plugin's ValueError about its options becomes a one-paragraph error."""
+    try:
+        return dataset_cls(root=root, on_error=on_error, **options)
+    except UmdbenchError:
+        raise
+    except ValueError as exc:  # plugins reject unknown or bad options with ValueError
+        raise ConfigError(f"dataset {name!r}: {exc}") from exc
 
 
 def cmd_check(args) -> int:
-    try:
-        cls = lookup_dataset(args.dataset, tuple(getattr(args, "plugin_path", []) or ()))
-        root = None
-        if cls.needs_root:
-            root = resolve_data_root(args.data_root)
-            if cls.root_subdir:
-                root = root / cls.root_subdir
-                if not root.is_dir():
-                    raise DataCommandError(f"dataset {args.dataset!r}: folder {root} does not exist; fix: put the "
-                                           f"release there (see docs/datasets.md) or run `umdbench data download "
-                                           f"{args.dataset} --data-root DIR --url-base URL`")
-        plugin = cls(root=root, on_error="raise", **_parse_options(args.option))
-        from umdbench.data.check import format_report
+    from umdbench.data.check import format_report
+    from umdbench.plugin import get_registries
 
-        try:
-            report = plugin.check(deep=not args.quick)
-        except TypeError:
-            report = plugin.check()
-    except DataCommandError as exc:
-        print(f"umdbench data check: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError) as exc:  # DataError is a ValueError; unknown names/options
-        print(f"umdbench data check: error: {exc}", file=sys.stderr)
-        return 2
+    cls = get_registries(tuple(args.plugin_path)).dataset.get(args.dataset)
+    options = dataset_options(args.option, "--option", cls, args.dataset)
+    if args.data_root and not cls.needs_root:
+        print(f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False).")
+    plugin = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "raise", options)
+    # plugins written before check(deep=) existed take no argument
+    if "deep" in inspect.signature(plugin.check).parameters:
+        report = plugin.check(deep=not args.quick)
+    else:
+        report = plugin.check()
     print(format_report(report, max_problems=args.max_problems))
     return 0 if report.ok else 1
 
 
 def cmd_download(args) -> int:
-    from umdbench.data.download import HOMEPAGES, DownloadError, download_dataset
+    from umdbench.data.download import HOMEPAGES, download_dataset
+    from umdbench.plugin import get_registries
 
-    try:
-        cls = lookup_dataset(args.dataset, tuple(getattr(args, "plugin_path", []) or ()))
-        if not cls.root_subdir:
-            raise DataCommandError(f"dataset {args.dataset!r} has no data folder of its own (it is built from other "
-                                   f"datasets); download those instead")
-        if not args.url_base:
-            where = HOMEPAGES.get(args.dataset, "its publisher")
-            raise DataCommandError(f"no direct, checksum-pinned public URL is known for {args.dataset!r}; fetch it "
-                                   f"from {where} into <data-root>/{cls.root_subdir}/, or pass --url-base URL of a "
-                                   f"mirror holding {cls.root_subdir}.tar.gz and SHA256SUMS")
-        root = Path(args.data_root or os.environ.get(DATA_ROOT_ENV) or "")
-        if not str(root) or str(root) == ".":
-            raise DataCommandError(f"no data root given; pass --data-root DIR or set {DATA_ROOT_ENV}=DIR")
-        download_dataset(args.dataset, cls.root_subdir, root, args.url_base, sha256=args.sha256)
-    except (DataCommandError, DownloadError, ValueError, KeyError) as exc:
-        print(f"umdbench data download: error: {exc}", file=sys.stderr)
-        return 2
+    cls = get_registries(tuple(args.plugin_path)).dataset.get(args.dataset)
+    if not cls.root_subdir:
+        raise ConfigError(f"dataset {args.dataset!r} has no data folder of its own (it is generated, or built from "
+                          f"other datasets); download those instead.")
+    if not args.url_base:
+        where = HOMEPAGES.get(args.dataset, "its publisher")
+        raise ConfigError(f"no direct, checksum-pinned public URL is known for {args.dataset!r}; fetch it from "
+                          f"{where} into <data-root>/{cls.root_subdir}/, or pass --url-base URL of a mirror holding "
+                          f"{cls.root_subdir}.tar.gz and SHA256SUMS.")
+    root = data_root(args.data_root)
+    if root is None:
+        raise ConfigError(f"no data root given to unpack {args.dataset!r} into; pass --data-root DIR or set "
+                          f"{DATA_ROOT_ENV}=DIR (the folder that will hold {cls.root_subdir}/).")
+    download_dataset(args.dataset, cls.root_subdir, root, args.url_base, sha256=args.sha256)
     print(f"done; verify with: umdbench data check {args.dataset} --data-root {root}")
     return 0
 
@@ -111,7 +87,8 @@ def add_subcommands(subparsers) -> None:
     chk.add_argument("dataset")
     chk.add_argument("--data-root", metavar="DIR", help=f"folder holding the dataset folders (or env {DATA_ROOT_ENV})")
     chk.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="dataset option (JSON value), e.g. --option layout=osf; repeatable")
+                     help="dataset option, e.g. --option layout=osf; the value is a Python literal when it parses "
+                          "as one (true/false/null too), else a string; repeatable")
     chk.add_argument("--quick", action="store_true", help="only check that images exist and parse (no full decode)")
     chk.add_argument("--max-problems", type=int, default=50, metavar="N", help="problems to print (default 50)")
     chk.set_defaults(handler=cmd_check)

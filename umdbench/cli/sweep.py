@@ -47,7 +47,7 @@ def cmd_sweep(args) -> int:
     from umdbench.run.builders import RunContext
     from umdbench.plugin import get_registries
     from umdbench.results.store import ResultsStore
-    from umdbench.plan.suites import get_suite, record_membership
+    from umdbench.plan.suites import get_suite
     from umdbench.sweep.planning import membership_entries, plan_sweep
 
     registries = get_registries(tuple(args.plugin_path))
@@ -73,7 +73,7 @@ def cmd_sweep(args) -> int:
     print(plan.describe(ws.is_trained))
     if args.dry_run:
         return 0
-    record_membership(store_path, membership_entries(plan, overrides))
+    store.record_membership(membership_entries(plan, overrides))
     if not plan.pending:
         print("\nnothing to run: every available cell is finished.")
         return 0

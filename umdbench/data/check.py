@@ -55,7 +55,7 @@ def check_images(refs: dict[str, list[str]], deep: bool = True, base: str | Path
 
 def format_report(report, max_problems: int = 50) -> str:
     """Human-readable text of a CheckReport (used by ``umdbench data check``)."""
-    lines = [f"dataset {report.dataset}: {report.root}"]
+    lines = [f"dataset {report.dataset}: {report.root or '(generated: no data folder)'}"]
     for split, n in report.counts.items():
         lines.append(f"  {split:<8} {n:>7} records")
     for name, digest in report.checksums.items():

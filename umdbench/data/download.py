@@ -14,7 +14,7 @@ The archive is streamed to a temporary file, its sha256 compared with ``SHA256SU
 links outside the target refused) into ``<data-root>/<folder>``. Where to obtain each dataset by
 hand is in :data:`HOMEPAGES` and docs/datasets.md.
 
-Import-light: only the standard library.
+Import-light: only the standard library and :mod:`umdbench.errors`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
+
+from umdbench.errors import UmdbenchError
 
 __all__ = ["HOMEPAGES", "DownloadError", "download_dataset", "read_sha256sums", "ARCHIVE_SUFFIXES"]
 
@@ -42,7 +44,7 @@ HOMEPAGES = {
 }
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UmdbenchError):
     """Download failed; the message names the URL/file and the fix."""
 
 

@@ -6,9 +6,9 @@ file or an ``HxWx3`` uint8 array (generated data).
 
 Cache: one raw file of ``3*S*S`` bytes per (file, size), keyed by
 ``sha1(abs path | mtime_ns | file size | S)``, stored as ``cache_dir/<k[:2]>/<k>.u8``. A later epoch
-or run reads it back with a single ``np.fromfile`` instead of decoding the JPEG. Writes go to a
-temporary file in the same folder followed by ``os.replace``, so concurrent workers never see a
-half-written entry. A cache entry of the wrong size is ignored and rewritten.
+or run reads it back with a single ``np.fromfile`` instead of decoding the JPEG. Entries are written
+with :func:`umdbench.util.atomic_write_bytes`, so concurrent workers never see a half-written entry.
+A cache entry of the wrong size is ignored and rewritten.
 
 Truncated or corrupt images raise :class:`umdbench.api.DataError` naming the file. PIL's global
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never changed here and must stay False.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from umdbench.api import DataError
+from umdbench.util import atomic_write_bytes
 
 __all__ = ["ImageLoader", "decode_resize", "resize_crop", "cache_key"]
 
@@ -116,11 +116,10 @@ class ImageLoader:
         if self.cache_dir is None:
             self.misses += 1
             return decode_resize(path, size)
-        key = cache_key(path, size)
-        entry = self.cache_dir / key[:2] / (key + _CACHE_SUFFIX)
+        entry = self.cache_path(path)
         try:
             arr = np.fromfile(entry, dtype=np.uint8)
-        except (FileNotFoundError, OSError):
+        except OSError:  # not cached yet (or unreadable: decoded again and rewritten)
             arr = None
         if arr is not None and arr.size == self._nbytes:
             self.hits += 1
@@ -149,17 +148,7 @@ class ImageLoader:
     def _write(self, entry: Path, arr: np.ndarray) -> None:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_CACHE_SUFFIX, dir=entry.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
-                os.replace(tmp, entry)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            atomic_write_bytes(entry, memoryview(np.ascontiguousarray(arr)).cast("B"))
         except OSError:
             # A read-only or full cache dir must not break training: the pixels are still correct.
             pass

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from umdbench.api import CheckReport, DatasetPlugin, DataError, Record
+from umdbench.util import DATA_ROOT_ENV
 
 from .answers import normalize_answer
 from .check import check_images, iter_image_refs
 from .fingerprint import dataset_fingerprint, sha256_file
 
-__all__ = ["ReleaseDataset", "VQADataset", "load_json_list", "read_text_lines", "DATA_ROOT_ENV"]
+__all__ = ["ReleaseDataset", "VQADataset", "load_json_list", "read_text_lines"]
 
 log = logging.getLogger("umdbench.data")
-DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
 
 
 def read_text_lines(path: Path) -> list[str]:

@@ -7,20 +7,15 @@ encoder preset, then each strategy's preset (and its ``per_dataset`` entry), the
 """
 from __future__ import annotations
 
-import ast
 import copy
 import difflib
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from umdbench.errors import ConfigError
+from umdbench.util import config_hash, parse_option
+from umdbench.util import dataset_root
 
-DATA_ROOT_ENV = "UMDBENCH_DATA_ROOT"
-PRESETS = ("tiny", "paper")
 PAPER_PRETRAIN_CORPUS = "roco-medicat"  # ROCO + MedICaT, the paper's pre-training data
 
 
@@ -62,25 +57,9 @@ def parse_tune_chain(text: str) -> tuple[str, ...]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value``; the value is a Python literal when it parses as one, else a string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(
-            f"--cfg-options {text!r} is not of the form key.path=value (e.g. "
-            f"pretrain.train.max_iters=100 or tune.0.train.lr=1e-4)."
-        )
-    raw = raw.strip()
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        if raw[:1] in "[{(\"'":
-            raise ConfigError(f"--cfg-options {text!r}: the value {raw!r} looks like a literal but does not parse.")
-        lowered = raw.lower()
-        # "none" stays a string: several options take it as a value (e.g. gmcoord noise=none);
-        # write None (a Python literal) or null for a missing value
-        value = {"true": True, "false": False, "null": None}.get(lowered, raw)
-    return key, value
+    """``key.path=value`` of ``--cfg-options``; the value grammar is :func:`umdbench.util.parse_option`'s."""
+    return parse_option(text, "--cfg-options",
+                        form="key.path=value (e.g. pretrain.train.max_iters=100 or tune.0.train.lr=1e-4)")
 
 
 def apply_override(cfg: dict, key: str, value: Any) -> None:
@@ -111,36 +90,6 @@ def apply_override(cfg: dict, key: str, value: Any) -> None:
             node = node[part]
         else:
             raise ConfigError(f"--cfg-options {key}: {where} is a value ({node!r}), not a section.")
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
-def resolve_dataset_root(dataset_cls, data_root: str | None, name: str) -> str | None:
-    if not dataset_cls.needs_root:
-        return None
-    root = data_root or os.environ.get(DATA_ROOT_ENV)
-    if not root:
-        raise ConfigError(
-            f"dataset {name!r} reads files from disk but no data root was given. Pass --data-root DIR "
-            f"(the folder that holds {dataset_cls.root_subdir or name}/) or set {DATA_ROOT_ENV}=DIR. "
-            f"`umdbench data check {name} --data-root DIR` tells what is missing."
-        )
-    path = Path(root).expanduser()
-    if dataset_cls.root_subdir:
-        path = path / dataset_cls.root_subdir
-    if not path.is_dir():
-        raise ConfigError(
-            f"dataset {name!r}: the folder {path} does not exist. Point --data-root (or {DATA_ROOT_ENV}) at "
-            f"the folder that holds {dataset_cls.root_subdir or name}/, or download it with "
-            f"`umdbench data download {name} --data-root DIR` where a public URL exists."
-        )
-    return str(path.resolve())
 
 
 @dataclass
@@ -183,7 +132,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         "model": {"type": encoder_name, **encoder_cls.default_config(cell.preset)},
         "data": {"num_workers": "auto", "image_cache": True, "eval_batch_size": 64},
         # on_error "skip" drops records with missing/corrupt images, counted and reported
-        "dataset": {"type": cell.dataset, "root": resolve_dataset_root(dataset_cls, cell.data_root, cell.dataset),
+        "dataset": {"type": cell.dataset, "root": dataset_root(dataset_cls, cell.data_root, cell.dataset),
                     "options": {}, "on_error": "raise"},
         "pretrain": None,
         "tune": [],
@@ -217,7 +166,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     if config["pretrain"] is not None:
         corpus = config["pretrain"]["corpus"]
         corpus_cls = registries.dataset.get(corpus["type"])
-        corpus["root"] = resolve_dataset_root(corpus_cls, cell.data_root, corpus["type"])
+        corpus["root"] = dataset_root(corpus_cls, cell.data_root, corpus["type"])
         if dataset_cls.needs_root and corpus["type"] != PAPER_PRETRAIN_CORPUS:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"ROCO + MedICaT ({PAPER_PRETRAIN_CORPUS!r})")

@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from umdbench.plan.config import ResolvedRun, config_hash
+from umdbench.plan.config import ResolvedRun
+from umdbench.util import config_hash
 
 
 @lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""Benchmark suites: the paper's tables as compact grids, and which store rows belong to them.
+"""Benchmark suites: the paper's tables as compact grids.
 
 A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by a plugin through
 ``registries.suite.register(name, spec_dict)``::
@@ -20,23 +20,19 @@ The grid is rows x vary values x datasets; each grid point is run once per seed.
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
 table of ``"key.path" = value``) applies to that row only.
 
-Membership: the results store keys a row by its cell key, so a cell that two suites share (UMD on
-VQA-RAD is both Table 1's "UMD" and Table 4's row 8) is trained and stored once. The sweep records,
-in a side table ``suite_cells`` of the same SQLite file, which cell key each (suite, cell name,
-dataset, preset, seed) points at and whether its data was unavailable; leaderboards read it.
+Which stored row each suite cell points at (a cell two suites share is trained and stored once)
+is recorded by the sweep in the results store; see ``ResultsStore.record_membership``.
 """
 from __future__ import annotations
 
-import json
-import sqlite3
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from umdbench.errors import ConfigError, UnknownNameError
+from umdbench.errors import ConfigError
+from umdbench.plan.config import CellSpec, parse_tune_chain
+from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "description"}
+SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -60,7 +56,6 @@ class GridPoint:
     row: SuiteRow
     dataset: str
     overrides: tuple[tuple[str, Any], ...]
-    vary_value: Any = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +71,6 @@ class Suite:
     vary_key: str | None = None
     vary_label: str | None = None
     vary_values: tuple[Any, ...] = ()
-    description: str = ""
-    spec: dict = field(default_factory=dict, compare=False, hash=False)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -103,8 +96,6 @@ class Suite:
             bad = sorted(set(raw) - ROW_KEYS)
             if bad:
                 raise ConfigError(f"{where}: rows[{i}] has unknown keys {', '.join(bad)}; allowed: {', '.join(sorted(ROW_KEYS))}.")
-            from umdbench.plan.config import parse_tune_chain
-
             rows.append(SuiteRow(
                 name=str(raw["name"]), pretrain=str(raw["pretrain"]), tune=parse_tune_chain(str(raw["tune"])),
                 overrides=_overrides(raw.get("overrides", {}), f"{where} rows[{i}]"),
@@ -131,7 +122,7 @@ class Suite:
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
             metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_key=vary_key, vary_label=vary_label,
-            vary_values=vary_values, description=str(spec.get("description", "")), spec=dict(spec),
+            vary_values=vary_values,
         )
 
     # -- the grid -----------------------------------------------------------------------------
@@ -150,14 +141,12 @@ class Suite:
                 name = row.name if self.vary_key is None else f"{row.name} {self.vary_label}={value}"
                 extra = () if self.vary_key is None else ((self.vary_key, value),)
                 for dataset in chosen:
-                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + row.overrides + extra, value))
+                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + row.overrides + extra))
         return points
 
     def cell_specs(self, *, seeds: int | list[int] = 1, preset: str = "tiny", data_root: str | None = None,
-                   user_overrides: tuple = (), datasets=None) -> list:
+                   user_overrides: tuple = (), datasets=None) -> list[CellSpec]:
         """CellSpecs of the grid for each seed. User overrides come last (they win)."""
-        from umdbench.plan.config import CellSpec
-
         seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
         specs = []
         for seed in seed_list:
@@ -170,107 +159,18 @@ class Suite:
     def cell_names(self) -> list[str]:
         return list(dict.fromkeys(p.cell_name for p in self.grid()))
 
-    def row_of(self, cell_name: str) -> SuiteRow | None:
-        for p in self.grid():
-            if p.cell_name == cell_name:
-                return p.row
-        return None
-
 
 def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
     if isinstance(table, dict):
         return tuple((str(k), v) for k, v in table.items())
     if isinstance(table, list):  # ["key=value", ...]
-        from umdbench.plan.config import parse_override
-
-        return tuple(parse_override(str(item)) for item in table)
+        return tuple(parse_option(str(item), f"{where} overrides", form="key.path=value") for item in table)
     raise ConfigError(f"{where}: 'overrides' must be a table of \"key.path\" = value.")
 
 
 def get_suite(registries, name: str) -> Suite:
-    try:
-        spec = registries.suite.get(name)
-    except UnknownNameError:
-        raise
-    return Suite.from_spec(name, spec)
+    return Suite.from_spec(name, registries.suite.get(name))
 
 
 def all_suites(registries) -> list[Suite]:
     return [get_suite(registries, name) for name in registries.suite.names()]
-
-
-# ---------------------------------------------------------------------------------------------
-# membership: which cell key each suite cell points at (side table in the results store's file)
-# ---------------------------------------------------------------------------------------------
-MEMBERSHIP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS suite_cells (
-    suite TEXT NOT NULL, cell_name TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    cell_key TEXT,                  -- NULL when the cell could not be planned (data unavailable)
-    status TEXT NOT NULL,           -- planned | done | data unavailable | failed
-    detail TEXT,                    -- why (data unavailable / failed)
-    overrides TEXT,                 -- JSON: the user's --cfg-options of the sweep
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (suite, cell_name, dataset, preset, seed)
-);
-"""
-
-
-@dataclass
-class Membership:
-    suite: str
-    cell_name: str
-    dataset: str
-    preset: str
-    seed: int
-    cell_key: str | None
-    status: str
-    detail: str = ""
-    overrides: list = field(default_factory=list)
-
-
-def _connect(store_path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(Path(store_path), timeout=60)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(MEMBERSHIP_SCHEMA)
-    return con
-
-
-def record_membership(store_path: Path, entries: list[Membership]) -> None:
-    """Insert or replace membership rows in one transaction (the latest sweep of a suite wins)."""
-    if not entries:
-        return
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    with _connect(store_path) as con:
-        con.executemany(
-            "INSERT OR REPLACE INTO suite_cells VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(m.suite, m.cell_name, m.dataset, m.preset, int(m.seed), m.cell_key, m.status, m.detail,
-              json.dumps(m.overrides, default=str), now) for m in entries],
-        )
-    # the connection context manager commits; close explicitly to release the file
-    con.close()
-
-
-def read_membership(store_path: Path, suite: str | None = None) -> list[Membership]:
-    if not Path(store_path).is_file():
-        return []
-    con = _connect(store_path)
-    try:
-        query = "SELECT suite, cell_name, dataset, preset, seed, cell_key, status, detail, overrides FROM suite_cells"
-        args: tuple = ()
-        if suite is not None:
-            query += " WHERE suite = ?"
-            args = (suite,)
-        out = []
-        for row in con.execute(query, args):
-            out.append(Membership(*row[:8], overrides=json.loads(row[8]) if row[8] else []))
-        return out
-    finally:
-        con.close()
-
-
-def write_suite_leaderboards(store, out_dir, suite=None, plugin_paths=()) -> list:
-    """Render ``<out_dir>/<suite>.md`` (+ PNG plots) and ``<out_dir>/README.md``; see leaderboard.py."""
-    from umdbench.results.leaderboard import write_suite_boards
-
-    return write_suite_boards(store, Path(out_dir), suite=suite, plugin_paths=plugin_paths)

@@ -4,6 +4,9 @@
 ``<suite>.md`` with our numbers beside the paper's, a PNG plot where the suite asks for one
 (``plot = "rows"``: ablation bars; ``plot = "vary"``: a sweep curve as Fig. 5) and ``README.md``
 indexing the files. Every file is written atomically (temp file + rename).
+
+Import-light: no torch and no plugin module; suite specs come from the registries, which read
+``registry.toml`` and plugin hooks but import no strategy or dataset.
 """
 from __future__ import annotations
 
@@ -15,14 +18,23 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from umdbench.plan.suites import all_suites, get_suite
+from umdbench.plugin import get_registries
+from umdbench.results.paper_results import INFERRED_NOTE, get_table
+from umdbench.util import atomic_write_bytes, atomic_write_text
+
 METRIC_ORDER = ("open", "closed", "overall", "accuracy", "auc", "sensitivity", "specificity",
                 "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 
 
-def mean_std(values: list[float]) -> str:
+def _stats(values: list[float]) -> tuple[float, float | None]:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return values[0], None
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def _fmt(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def ordered_metrics(names) -> list[str]:
@@ -38,7 +50,7 @@ def runs_table(rows: list[dict]) -> str:
     metrics = ordered_metrics({m for row in rows for m in row["metrics"]})
     table = []
     for (pretrain, tune), members in sorted(groups.items()):
-        cells = [mean_std([r["metrics"][m] for r in members if m in r["metrics"]]) if any(m in r["metrics"] for r in members) else "-"
+        cells = [_fmt(*_stats(values)) if (values := [r["metrics"][m] for r in members if m in r["metrics"]]) else "-"
                  for m in metrics]
         table.append([pretrain, tune, *cells, len(members)])
     return tabulate(table, headers=["pretrain", "tune", *metrics, "seeds"], tablefmt="github")
@@ -61,33 +73,13 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
         path = out_dir / "runs.md"
         atomic_write_text(path, "".join(parts))
         written.append(path)
-    from umdbench.plan.suites import write_suite_leaderboards  # suites module renders the paper tables
-
-    written += write_suite_leaderboards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
+    written += write_suite_boards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
     return written
 
 
 # ---------------------------------------------------------------------------------------------
 # suite leaderboards
 # ---------------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _stats(values: list[float]) -> tuple[float, float | None]:
-    if len(values) == 1:
-        return values[0], None
-    return statistics.mean(values), statistics.stdev(values)
-
-
-def _fmt(mean: float, std: float | None) -> str:
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-
 class SuiteResults:
     """Store rows of one suite and preset, per (cell name, dataset), plus cells without a number."""
 
@@ -109,13 +101,11 @@ class SuiteResults:
 
 def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
     """preset -> results. Membership (written by sweeps) first; rows tagged with the suite fill in."""
-    from umdbench.plan.suites import read_membership
-
     names = set(suite.cell_names())
     by_preset: dict[str, SuiteResults] = defaultdict(SuiteResults)
     covered: set[tuple] = set()
     seen_keys: set[tuple] = set()
-    for m in read_membership(store.path, suite.name):
+    for m in store.membership(suite.name):
         if m.cell_name not in names:
             continue  # a row the suite no longer has
         res = by_preset[m.preset]
@@ -140,8 +130,6 @@ STATUS_TEXT = {"data unavailable": "data unavailable", "failed": "failed", "plan
 
 
 def render_suite(suite, results: SuiteResults, preset: str) -> str:
-    from umdbench.results.paper_results import get_table
-
     paper = get_table(suite.paper)
     names = suite.cell_names()
     grid_rows = {p.cell_name: p.row for p in suite.grid()}
@@ -221,8 +209,6 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
         for reason in sorted(r for r in unavailable if r):
             out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
     if any(r.inferred for r in suite.rows):
-        from umdbench.results.paper_results import INFERRED_NOTE
-
         footnotes.append(f"† {INFERRED_NOTE}")
     for row in suite.rows:
         if row.note:
@@ -266,14 +252,12 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     """Fig.-5-style curve (``plot = "vary"``) or ablation bars (``plot = "rows"``); None if nothing to plot."""
     if suite.plot is None or not results.rows:
         return None
-    import os
+    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from umdbench.results.paper_results import get_table
 
     metric = next((m for m in ("overall", "accuracy") if m in suite.metrics), suite.metrics[0] if suite.metrics else None)
     if metric is None:
@@ -320,17 +304,14 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     fig.suptitle(f"{suite.title} [{preset}]", fontsize=9)
     fig.axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, png.getvalue())
     return path
 
 
 def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_paths=()) -> list[Path]:
-    from umdbench.plugin import get_registries
-    from umdbench.plan.suites import all_suites, get_suite
-
     registries = get_registries(tuple(plugin_paths))
     suites = [get_suite(registries, suite)] if suite else all_suites(registries)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ class PaperTable:
     source: str
     columns: tuple[tuple[str, str], ...]
     rows: dict[str, tuple[float | None, ...]]
-    inferred_rows: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     groups: dict[str, str] = field(default_factory=dict)  # row -> group label (image-only, ...)
 
@@ -96,7 +95,6 @@ TABLES: dict[str, PaperTable] = {
             "7": (69.27, 83.82, 78.05, 82.95, 86.54, 84.35, 80.23),
             "8": (68.16, 85.66, 78.71, 82.17, 88.70, 84.73, 80.53),
         },
-        inferred_rows=("5", "6", "7"),
         notes=(INFERRED_NOTE,),
     ),
     "table5": PaperTable(
@@ -112,7 +110,6 @@ TABLES: dict[str, PaperTable] = {
             "7": (79.24, 89.39, 34.59, 94.27),
             "8": (79.58, 91.52, 36.00, 94.56),
         },
-        inferred_rows=("5", "6", "7"),
         notes=(INFERRED_NOTE,),
     ),
     "fig5": PaperTable(

@@ -1,14 +1,23 @@
-"""The results store: one SQLite row per finished cell (cell key), written in one transaction.
+"""The results store: one SQLite file (``results.sqlite``) with two tables.
 
-SQLite commits atomically, so a run killed at any point leaves either the whole row or none; rows
-are never updated in place, so a finished result cannot be damaged by a later run.
+``runs``: one row per finished cell (cell key), written in one transaction. SQLite commits
+atomically, so a run killed at any point leaves either the whole row or none; rows are never
+updated in place, so a finished result cannot be damaged by a later run.
+
+``suite_cells``: suite membership. A row is keyed by its cell key, so a cell that two suites share
+(UMD on VQA-RAD is both Table 1's "UMD" and Table 4's row 8) is trained and stored once. The sweep
+records which cell key each (suite, cell name, dataset, preset, seed) points at and whether its
+data was unavailable or it failed; leaderboards read it.
 """
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from umdbench.errors import StoreError
 
@@ -25,10 +34,36 @@ CREATE TABLE IF NOT EXISTS runs (
     git_commit TEXT, packages TEXT, data_fingerprint TEXT,
     wall_time_s REAL, device TEXT, created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS suite_cells (
+    suite TEXT NOT NULL, cell_name TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    cell_key TEXT,                  -- NULL when the cell could not be planned (data unavailable)
+    status TEXT NOT NULL,           -- planned | done | data unavailable | failed
+    detail TEXT,                    -- why (data unavailable / failed)
+    overrides TEXT,                 -- JSON: the user's --cfg-options of the sweep
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (suite, cell_name, dataset, preset, seed)
+);
 """
 COLUMNS = ("cell_key", "suite", "cell_name", "pretrain", "tune", "dataset", "preset", "seed", "metrics", "config",
            "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at")
 JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages")
+MEMBERSHIP_COLUMNS = ("suite", "cell_name", "dataset", "preset", "seed", "cell_key", "status", "detail", "overrides")
+
+
+@dataclass
+class Membership:
+    """Which stored cell a suite cell points at, and its state in the latest sweep of the suite."""
+
+    suite: str
+    cell_name: str
+    dataset: str
+    preset: str
+    seed: int
+    cell_key: str | None
+    status: str
+    detail: str = ""
+    overrides: list = field(default_factory=list)
 
 
 class ResultsStore:
@@ -44,10 +79,16 @@ class ResultsStore:
                 f"again to start a new store; `umdbench leaderboard --store OLD` can still read a healthy copy."
             ) from exc
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one transaction: committed on success, rolled back on error, always closed."""
         con = sqlite3.connect(self.path, timeout=60)
-        con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        return con
+        try:
+            con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            with con:
+                yield con
+        finally:
+            con.close()
 
     def get(self, cell_key: str) -> dict | None:
         with self._connect() as con:
@@ -74,6 +115,30 @@ class ResultsStore:
             args = (suite,)
         with self._connect() as con:
             return [self._decode(r) for r in con.execute(query + " ORDER BY created_at", args)]
+
+    def record_membership(self, entries: list[Membership]) -> None:
+        """Insert or replace membership rows in one transaction (the latest sweep of a suite wins)."""
+        if not entries:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with self._connect() as con:
+            con.executemany(
+                f"INSERT OR REPLACE INTO suite_cells ({', '.join(MEMBERSHIP_COLUMNS)}, updated_at) "
+                f"VALUES ({', '.join('?' * (len(MEMBERSHIP_COLUMNS) + 1))})",
+                [(m.suite, m.cell_name, m.dataset, m.preset, int(m.seed), m.cell_key, m.status, m.detail,
+                  json.dumps(m.overrides, default=str), now) for m in entries],
+            )
+
+    def membership(self, suite: str | None = None) -> list[Membership]:
+        """Membership rows, of one suite or of all."""
+        query = f"SELECT {', '.join(MEMBERSHIP_COLUMNS)} FROM suite_cells"
+        args: tuple = ()
+        if suite is not None:
+            query += " WHERE suite = ?"
+            args = (suite,)
+        with self._connect() as con:
+            rows = con.execute(query, args).fetchall()
+        return [Membership(*row[:8], overrides=json.loads(row[8]) if row[8] else []) for row in rows]
 
     @staticmethod
     def _decode(row) -> dict:

@@ -16,10 +16,11 @@ import torch
 
 from umdbench.api import DataContext, Encoder, TaskInfo, TaskType, TuneStrategy
 from umdbench.errors import ConfigError, UmdbenchError
-from umdbench.plan.config import ResolvedRun, config_hash
+from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import DataCatalog, Stage
 from umdbench.results.provenance import device_description
 from umdbench.run.workspace import Workspace
+from umdbench.util import config_hash
 
 __all__ = ["RunContext", "TRACKING_BACKENDS", "build_dataset", "build_optim_wrapper", "build_strategy",
            "compile_strategy", "dataloader_cfg", "lr_schedule", "make_runner", "task_type_of", "use_amp"]

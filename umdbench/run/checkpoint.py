@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import torch
@@ -90,10 +91,17 @@ def save_artifact(state: dict[str, torch.Tensor], path: Path) -> str:
     """Write tensors atomically as safetensors; returns the file's sha256."""
     from safetensors.torch import save_file
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
-    return sha256_file(path)
+    # a uniquely named temporary in the same folder: two writers never share one, and the rename is atomic
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+        sha = sha256_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha
 
 
 def load_artifact(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:

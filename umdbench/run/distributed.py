@@ -28,7 +28,7 @@ from umdbench.errors import UmdbenchError
 
 
 def write_request(stage, run, ctx, plugin_paths=()) -> Path:
-    from umdbench.run.workspace import atomic_write_json
+    from umdbench.util import atomic_write_json
 
     ws = ctx.ws
     path = ws.ddp_request_path(stage)

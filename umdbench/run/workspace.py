@@ -20,32 +20,19 @@ Nothing else in umdbench spells these names: other modules ask a :class:`Workspa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from umdbench.errors import CheckpointError
 from umdbench.results.store import ResultsStore
+from umdbench.util import atomic_write_json
 
-__all__ = ["Workspace", "atomic_write_json"]
+__all__ = ["Workspace"]
 
 STORE_FILE = "results.sqlite"
 MARKER_FILE = "artifact.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a uniquely named temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Workspace:

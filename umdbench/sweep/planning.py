@@ -19,7 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from umdbench.plan.config import CellSpec, ResolvedRun, resolve, resolve_dataset_root, tune_chain
+from umdbench.plan.config import CellSpec, ResolvedRun, resolve, tune_chain
+from umdbench.util import dataset_root
 from umdbench.api import DataError
 from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
 from umdbench.plan.stages import DataCatalog, Stage, build_plan, missing_data
@@ -197,7 +198,7 @@ def data_problem(spec: CellSpec, registries) -> str | None:
     except UnknownNameError as exc:
         return f"dataset plugin {spec.dataset!r} is not installed ({str(exc).split('.')[0]})"
     try:
-        resolve_dataset_root(cls, spec.data_root, spec.dataset)
+        dataset_root(cls, spec.data_root, spec.dataset)
     except ConfigError as exc:
         return str(exc).split(". ")[0]
     if spec.pretrain != "none":
@@ -205,7 +206,7 @@ def data_problem(spec: CellSpec, registries) -> str | None:
         if isinstance(corpus, str):
             try:
                 corpus_cls = registries.dataset.get(corpus)
-                resolve_dataset_root(corpus_cls, spec.data_root, corpus)
+                dataset_root(corpus_cls, spec.data_root, corpus)
             except UnknownNameError:
                 return f"pre-training corpus plugin {corpus!r} is not installed"
             except ConfigError as exc:
@@ -301,7 +302,7 @@ class SweepReport:
 
 
 def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
-    from umdbench.plan.suites import Membership
+    from umdbench.results.store import Membership
 
     out = []
     overrides = [f"{k}={v}" for k, v in user_overrides]
@@ -320,14 +321,12 @@ def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
 
 
 def mark(plan: SweepPlan, ws, cell: PlannedCell, status: str, detail: str = "", user_overrides=()) -> None:
-    """Record a cell's new status (and that of its duplicates) in the suite membership table."""
-    from umdbench.plan.suites import record_membership
-
+    """Record a cell's new status (and that of its duplicates) in the work dir's results store."""
     cell.status = {"done": "done", "failed": "failed"}.get(status, status)
     entries = [e for e in membership_entries(plan, user_overrides) if e.cell_key == cell.key]
     for e in entries:
         e.status, e.detail = status, detail
-    record_membership(ws.work_dir / "results.sqlite", entries)
+    ws.store.record_membership(entries)
 
 
 def format_failure(exc: BaseException) -> str:
