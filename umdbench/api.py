@@ -1,16 +1,20 @@
-"""The contract between the umdbench core and its plugins.
+"""The contract between the umdbench core and its plugins (see docs/CONTRACT.md).
 
-Three plugin kinds hang off this module:
+Plugin kinds and their base classes:
 
-* :class:`DatasetPlugin`  -- reads one dataset's release layout into :class:`Record` lists.
+* :class:`DatasetPlugin`    -- reads one dataset's release layout into :class:`Record` lists.
+* :class:`TaskType`         -- one kind of task: records -> batches, the task head H, its loss and
+  predictions, the default metric.
+* :class:`Encoder`          -- the backbone every stage of a run shares (built from ``model`` config).
 * :class:`PretrainStrategy` -- an ``nn.Module`` that owns its heads and returns pre-training losses.
-* :class:`TuneStrategy`   -- an ``nn.Module`` that owns a task head (or reconstruction heads) and
+* :class:`TuneStrategy`     -- an ``nn.Module`` that owns a task head (or reconstruction heads) and
   returns tuning losses and, if supervised, predictions for evaluation.
 
-Strategies receive the shared :class:`~umdbench.models.encoder.MultimodalEncoder` and a plain
-``dict`` config. Batches are dicts of tensors (see :data:`BATCH_KEYS`). A strategy's
-``forward(batch)`` returns ``{"loss_xxx": tensor, ...}``; every key starting with ``loss`` is summed
-into the training loss, other scalar tensors are logged only.
+Metrics are mmengine ``BaseMetric`` subclasses; suites are plain dicts. Strategies receive the
+encoder and a plain ``dict`` config. Batches are dicts of tensors whose keys the task type
+declares (``TaskType.batch_keys``). A strategy's ``forward(batch)`` returns
+``{"loss_xxx": tensor, ...}``; every key starting with ``loss`` is summed into the training loss,
+other scalar tensors are logged only.
 """
 from __future__ import annotations
 
@@ -26,19 +30,10 @@ from torch import nn
 from umdbench.errors import UmdbenchError
 from umdbench.util import deep_merge
 
-# Keys a collated batch may carry (all tensors; B = batch, L = text length).
-BATCH_KEYS = {
-    "image": "float [B,3,H,W], normalised with the CLIP mean/std",
-    "text_ids": "long [B,L] token ids (CLS ... SEP PAD)",
-    "text_mask": "long [B,L] attention mask, 1 = real token",
-    "label": "long [B] answer index (vqa) or class index (classification); -1 = unseen answer",
-    "answer_type": "long [B] 0 = closed, 1 = open (vqa only)",
-    "neg_text_ids": "long [B,K,L] negative captions (retrieval training only)",
-    "neg_text_mask": "long [B,K,L]",
-    "index": "long [B] position of the record in its split",
-    "image_index": "long [B] retrieval evaluation: which image",
-    "text_index": "long [B] retrieval evaluation: which text",
-}
+__all__ = [
+    "CheckReport", "DataContext", "DataError", "DatasetPlugin", "Encoder", "PretrainStrategy", "Record", "Strategy",
+    "TRAIN_DEFAULTS", "TRAIN_KEYS", "TaskInfo", "TaskType", "TuneStrategy", "deep_merge", "train_config",
+]
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -47,11 +42,13 @@ BATCH_KEYS = {
 class Record:
     """One sample of a split, as read from the release layout.
 
-    ``image`` is a path (str) to an image file, or an ``HxWx3`` uint8 array for generated data.
+    ``image`` is what the dataset's task type reads: a path (str) to an image file, an ``HxWx3``
+    uint8 array for generated data, or a dict of named modality volumes (paths or arrays) for
+    multi-parametric scans. Task-specific fields (a label volume, ...) go in ``extra``.
     """
 
     uid: str
-    image: str | np.ndarray
+    image: str | np.ndarray | dict[str, Any]
     text: str
     answer: str | None = None
     answer_type: str | None = None  # "open" | "closed" (vqa)
