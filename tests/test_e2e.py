@@ -192,3 +192,25 @@ def test_tuning_chain_runs_in_the_given_order(tmp_path, capsys):
     tdcalib_key, gmcoord_key = row["stage_keys"]
     stage = json.loads(next((tmp_path / "stages").glob(f"tune-gmcoord-{gmcoord_key[:16]}/stage.json")).read_text())
     assert stage["key_inputs"]["parent"] == tdcalib_key
+
+
+@pytest.mark.slow
+def test_track_tensorboard_logs_every_stage(tmp_path):
+    pytest.importorskip("tensorboard")
+    code = main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
+                 "--track", "tensorboard", "--cfg-options", "tune.0.train.max_iters=3", "tune.0.train.log_interval=1",
+                 "data.num_workers=0"])
+    assert code == 0
+    (stage_dir,) = (tmp_path / "stages").glob("tune-direct-*")
+    events = list((stage_dir / "train").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    row = ResultsStore(tmp_path / "results.sqlite").rows()[0]
+    assert row["config"]["tracking"]["backends"] == ["tensorboard"]
+
+
+def test_track_with_an_unknown_backend_is_a_config_error(tmp_path, capsys):
+    code = main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
+                 "--track", "wandb", "--dry-run"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown backend 'wandb'" in err and "tensorboard" in err and "\n" not in err.strip()

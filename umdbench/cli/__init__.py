@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", metavar="DIR", default="work_dirs", help="cache, logs and results store (default work_dirs)")
     run.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                      help="override resolved config keys, e.g. pretrain.train.max_iters=50 tune.0.train.lr=1e-4")
+    run.add_argument("--track", metavar="B1,B2", help="also log every stage to these experiment trackers: "
+                     "tensorboard, mlflow (each must be installed); same as --cfg-options tracking.backends=...")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stage plan; train nothing")
 
     lst = sub.add_parser("list", parents=[common], help="registered names by kind")
@@ -80,6 +82,8 @@ def cmd_run(args) -> int:
 
     chain = parse_tune_chain(args.tune)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
+    if args.track:
+        overrides += (("tracking.backends", args.track),)
     registries = get_registries(tuple(args.plugin_path))
     cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
                     overrides=overrides, data_root=args.data_root, encoder=args.encoder)

@@ -29,6 +29,8 @@ def add_subcommands(sub, common_parent_parser) -> None:
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
     p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated)")
+    p.add_argument("--track", metavar="B1,B2", help="also log every stage to these experiment trackers: "
+                   "tensorboard, mlflow (each must be installed)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys of every cell (see below)")
     p.add_argument("--executor", default="local", choices=("local", "ray"), help="where stages run (default local)")
@@ -53,6 +55,8 @@ def cmd_sweep(args) -> int:
     registries = get_registries(tuple(args.plugin_path))
     suite = get_suite(registries, args.suite)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
+    if args.track:
+        overrides += (("tracking.backends", args.track),)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     if args.seeds < 1:
         from umdbench.errors import ConfigError

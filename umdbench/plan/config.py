@@ -170,8 +170,34 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         if dataset_cls.needs_root and corpus["type"] != PAPER_PRETRAIN_CORPUS:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"ROCO + MedICaT ({PAPER_PRETRAIN_CORPUS!r})")
+    check_tracking(config)
     config["deviations"] = deviations + _declared_deviations(config, registries)
     return ResolvedRun(cell, config, config["deviations"])
+
+
+# experiment tracking beside the local logs: name -> (mmengine visualiser backend, module, how to install)
+TRACKING_BACKENDS = {
+    "tensorboard": ("TensorboardVisBackend", "tensorboard", "pip install tensorboard (or umdbench[track])"),
+    "mlflow": ("MLflowVisBackend", "mlflow", "pip install mlflow"),
+}
+
+
+def check_tracking(config: dict) -> None:
+    """``tracking.backends`` names known backends whose packages are installed (checked before
+    anything trains, not when the first stage starts)."""
+    import importlib.util
+
+    backends = (config.get("tracking") or {}).get("backends") or []
+    if isinstance(backends, str):
+        backends = [b.strip() for b in backends.split(",") if b.strip()]
+        config["tracking"]["backends"] = backends
+    for name in backends:
+        if name not in TRACKING_BACKENDS:
+            raise ConfigError(f"tracking.backends: unknown backend {name!r}; choose from "
+                              f"{', '.join(sorted(TRACKING_BACKENDS))} (e.g. --track tensorboard).")
+        if importlib.util.find_spec(TRACKING_BACKENDS[name][1]) is None:
+            raise ConfigError(f"tracking.backends lists {name!r} but its package {TRACKING_BACKENDS[name][1]!r} is not "
+                              f"installed; fix: {TRACKING_BACKENDS[name][2]}, or leave {name!r} out.")
 
 
 # the supervised stage appended to a chain that ends unsupervised: the paper's plain fine-tuning

@@ -16,13 +16,13 @@ import torch
 
 from umdbench.api import DataContext, Encoder, TaskInfo, TaskType, TuneStrategy
 from umdbench.errors import ConfigError, UmdbenchError
-from umdbench.plan.config import ResolvedRun
+from umdbench.plan.config import TRACKING_BACKENDS, ResolvedRun
 from umdbench.plan.stages import DataCatalog, Stage
 from umdbench.results.provenance import device_description
 from umdbench.run.workspace import Workspace
 from umdbench.util import config_hash
 
-__all__ = ["RunContext", "TRACKING_BACKENDS", "build_dataset", "build_optim_wrapper", "build_strategy",
+__all__ = ["RunContext", "build_dataset", "build_optim_wrapper", "build_strategy",
            "compile_strategy", "dataloader_cfg", "lr_schedule", "make_runner", "task_type_of", "use_amp"]
 
 
@@ -271,12 +271,6 @@ def lr_schedule(train: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # the mmengine Runner
 # ---------------------------------------------------------------------------------------------
-# experiment tracking: mmengine visualiser backends, beside the local logs (config `tracking.backends`)
-TRACKING_BACKENDS = {
-    "tensorboard": ("TensorboardVisBackend", "tensorboard", "pip install tensorboard"),
-    "mlflow": ("MLflowVisBackend", "mlflow", "pip install mlflow"),
-}
-
 # mmengine notices about its own deprecations, irrelevant to a umdbench user (kept in the file log)
 _MMENGINE_NOTICES = ("will be deprecated", "is the alias of", "has no metainfo", "prefix is not set")
 
@@ -287,24 +281,15 @@ def _drop_mmengine_notices(record: logging.LogRecord) -> bool:
 
 
 def vis_backends(run: ResolvedRun, work_dir: Path, experiment: str) -> list[dict]:
-    """mmengine visualiser backends of a stage: always the local one; TensorBoard and MLflow when
-    the run's ``tracking.backends`` lists them (each must be installed)."""
-    import importlib.util
-
+    """mmengine visualiser backends of a stage: always the local one, plus TensorBoard / MLflow when
+    the run's ``tracking.backends`` lists them (checked when the run was resolved)."""
+    tracking = run.config.get("tracking") or {}
     backends = [{"type": "LocalVisBackend"}]
-    for name in (run.config.get("tracking") or {}).get("backends") or []:
-        if name not in TRACKING_BACKENDS:
-            raise ConfigError(f"tracking.backends: unknown backend {name!r}; choose from "
-                              f"{', '.join(sorted(TRACKING_BACKENDS))} (e.g. --cfg-options tracking.backends=[tensorboard]).")
-        backend, module, install = TRACKING_BACKENDS[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"tracking.backends lists {name!r} but the package {module!r} is not installed; "
-                              f"fix: {install}, or drop it from tracking.backends.")
-        entry = {"type": backend}
+    for name in tracking.get("backends") or []:
+        entry = {"type": TRACKING_BACKENDS[name][0]}
         if name == "mlflow":
             entry.update({"exp_name": "umdbench", "run_name": experiment,
-                          "tracking_uri": (run.config.get("tracking") or {}).get("mlflow_uri")
-                          or (work_dir / "mlruns").resolve().as_uri()})
+                          "tracking_uri": tracking.get("mlflow_uri") or (work_dir / "mlruns").resolve().as_uri()})
         backends.append(entry)
     return backends
 
@@ -333,7 +318,8 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         work_dir=str(work_dir),
         experiment_name=f"{stage.dirname}",
         randomness={"seed": run.config["seed"]},
-        default_hooks={"logger": {"type": "LoggerHook", "interval": 10, "log_metric_by_epoch": False},
+        default_hooks={"logger": {"type": "LoggerHook", "interval": int(stage.cfg.get("train", {}).get("log_interval", 10)),
+                                  "log_metric_by_epoch": False},
                        "checkpoint": None, "timer": {"type": "IterTimerHook"}},
         custom_hooks=[ProgressHook(stage.title)],
         log_processor={"by_epoch": False},
