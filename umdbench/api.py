@@ -111,9 +111,9 @@ class DatasetPlugin:
         """A stable hash of the data this plugin reads (annotation files, image list)."""
         raise NotImplementedError
 
-    def check(self, deep: bool = False) -> CheckReport:
-        """What ``umdbench data check`` reports. ``deep=True`` also decodes every image/volume
-        (slow); the default checks that the files exist and the annotations parse."""
+    def check(self, deep: bool = True) -> CheckReport:
+        """What ``umdbench data check`` reports: annotations parse, referenced files exist, and with
+        ``deep`` (the default; ``--quick`` turns it off) every image/volume decodes."""
         raise NotImplementedError
 
 

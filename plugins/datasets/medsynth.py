@@ -567,7 +567,7 @@ class _MedSynthBase(DatasetPlugin):
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def check(self) -> CheckReport:
+    def check(self, deep: bool = True) -> CheckReport:
         rep = CheckReport(dataset=self.name, root=None)
         S = self.opts["image_size"]
         for split in self.splits:

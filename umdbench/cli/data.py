@@ -5,7 +5,6 @@ paragraph and exits 2.
 """
 from __future__ import annotations
 
-import inspect
 
 from umdbench.errors import ConfigError, UmdbenchError
 from umdbench.util import DATA_ROOT_ENV, data_root, dataset_root, parse_option
@@ -45,11 +44,7 @@ def cmd_check(args) -> int:
     if args.data_root and not cls.needs_root:
         print(f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False).")
     plugin = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "raise", options)
-    # plugins written before check(deep=) existed take no argument
-    if "deep" in inspect.signature(plugin.check).parameters:
-        report = plugin.check(deep=not args.quick)
-    else:
-        report = plugin.check()
+    report = plugin.check(deep=not args.quick)
     print(format_report(report, max_problems=args.max_problems))
     return 0 if report.ok else 1
 

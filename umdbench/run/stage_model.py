@@ -5,6 +5,7 @@ import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
 from umdbench.api import TaskType
+from umdbench.errors import UmdbenchError
 
 __all__ = ["StageModel", "TaskPreprocessor"]
 
@@ -36,12 +37,21 @@ class StageModel(BaseModel):
         super().__init__(data_preprocessor=TaskPreprocessor(spec))
         self.strategy = strategy
         self.metric_keys = tuple(spec.metric_keys)
+        self.prediction_keys = tuple(spec.prediction_keys)
+        self.task_name = spec.name
 
     def forward(self, mode: str = "tensor", **batch):
         if mode == "loss":
             return self.strategy(batch)
         if mode == "predict":
-            outputs = {k: v.detach().float().cpu() for k, v in self.strategy.predict(batch).items()}
+            predicted = self.strategy.predict(batch)
+            if self.prediction_keys and set(predicted) != set(self.prediction_keys):
+                # a metric fed other keys fails later with a KeyError far from the cause
+                raise UmdbenchError(
+                    f"strategy {type(self.strategy).__name__} predicted {sorted(predicted)} but task type "
+                    f"{self.task_name!r} declares prediction_keys {sorted(self.prediction_keys)}; make predict() "
+                    f"return exactly those (TaskType.predict does for the shared head).")
+            outputs = {k: v.detach().float().cpu() for k, v in predicted.items()}
             outputs.update({k: batch[k].detach().cpu() for k in self.metric_keys if k in batch})
             return [outputs]
         raise ValueError(f"StageModel has no mode {mode!r}")
