@@ -31,9 +31,12 @@ from umdbench.errors import UmdbenchError
 from umdbench.util import deep_merge
 
 __all__ = [
-    "CheckReport", "DataContext", "DataError", "DatasetPlugin", "Encoder", "PretrainStrategy", "Record", "Strategy",
+    "CONTRACT_VERSION", "CheckReport", "DataContext", "DataError", "DatasetPlugin", "Encoder", "PretrainStrategy", "Record", "Strategy",
     "TRAIN_DEFAULTS", "TRAIN_KEYS", "TaskInfo", "TaskType", "TuneStrategy", "deep_merge", "train_config",
 ]
+
+# The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
+CONTRACT_VERSION = "1.0"
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -136,7 +139,7 @@ class Encoder(nn.Module):
     @classmethod
     def default_config(cls, preset: str) -> dict:
         if preset not in cls.presets:
-            raise KeyError(f"encoder {cls.name!r} has no preset {preset!r}; it has {sorted(cls.presets)}")
+            raise KeyError(f"no preset {preset!r}; it has {', '.join(sorted(cls.presets)) or 'none'}")
         return copy.deepcopy(cls.presets[preset])
 
     @classmethod
@@ -248,12 +251,18 @@ class Strategy(nn.Module):
     @classmethod
     def default_config(cls, preset: str, dataset: str | None = None) -> dict:
         if preset not in cls.presets:
-            raise KeyError(f"strategy {cls.name!r} has no preset {preset!r}; it has {sorted(cls.presets)}")
+            raise KeyError(f"no preset {preset!r}; it has {', '.join(sorted(cls.presets)) or 'none'}")
         cfg = copy.deepcopy(cls.presets[preset])
         per_dataset = cfg.pop("per_dataset", {})
         if dataset is not None and dataset in per_dataset:
             cfg = deep_merge(cfg, per_dataset[dataset])
         return cfg
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        """Validate the resolved stage config before anything trains (``--dry-run`` included).
+        Raise ``ValueError`` naming the bad option and its allowed values; the core reports it
+        as one paragraph naming this plugin."""
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:

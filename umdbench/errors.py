@@ -26,3 +26,7 @@ class CheckpointError(UmdbenchError):
 
 class StoreError(UmdbenchError):
     pass
+
+
+class PluginError(UmdbenchError):
+    """A plugin rejected its configuration or failed in its own code; the message names the plugin."""

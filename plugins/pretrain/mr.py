@@ -42,6 +42,11 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
                   "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }
 
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        if not 0.0 <= float(cfg.get("alpha", 0.5)) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {cfg.get('alpha')}")
+
     def __init__(self, encoder, cfg: dict):
         super().__init__(encoder, cfg)
         self._setup_reconstruction(encoder, cfg)

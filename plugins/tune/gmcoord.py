@@ -93,8 +93,9 @@ class GMCoord(SupervisedTune):
                 found.append(f"GM-Coord {key}={cfg[key]!r} instead of the paper's {paper[key]!r}")
         return found
 
-    def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
-        super().__init__(encoder, cfg, task)
+    @staticmethod
+    def variant_options(cfg: dict) -> dict:
+        """The variant's unimodal / rule / noise / std_eps, with the config's explicit values on top."""
         variant = cfg.get("variant", "paper")
         if variant not in VARIANTS:
             raise ValueError(f"gmcoord: variant must be one of {sorted(VARIANTS)}, got {variant!r}")
@@ -105,6 +106,17 @@ class GMCoord(SupervisedTune):
             raise ValueError(f"gmcoord: rule must be one of {gradmod.RULES}, got {opts['rule']!r}")
         if opts["noise"] not in NOISE:
             raise ValueError(f"gmcoord: noise must be one of {NOISE}, got {opts['noise']!r}")
+        return opts
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        super().check_config(cfg)
+        cls.variant_options(cfg)
+
+    def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
+        super().__init__(encoder, cfg, task)
+        opts = self.variant_options(cfg)
+        variant = cfg.get("variant", "paper")
         self.variant = variant
         self.unimodal = opts["unimodal"]
         self.rule = opts["rule"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from umdbench.api import Record
+from umdbench.api import DataError, Record
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
@@ -70,6 +70,11 @@ class RecordDataset(Dataset):
         n = len(records)
         if task == "vqa":
             self.labels = torch.tensor([label_index.get(r.answer, -1) for r in records], dtype=torch.long)
+            bad = next((r for r in records if r.answer_type not in ANSWER_TYPES), None)
+            if bad is not None:
+                raise DataError(f"VQA record {bad.uid!r} has answer_type {bad.answer_type!r}; each VQA record needs "
+                                f"'open' or 'closed'. Fix the dataset plugin's records() (or the annotation it reads); "
+                                f"`umdbench data check` lists every such record.")
             self.answer_types = torch.tensor([ANSWER_TYPES[r.answer_type] for r in records], dtype=torch.long)
         elif task == "classification":
             self.labels = torch.tensor([r.label for r in records], dtype=torch.long)

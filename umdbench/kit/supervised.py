@@ -44,6 +44,13 @@ class SupervisedTune(TuneStrategy):
     paper_pooling: ClassVar[str] = DEFAULT_POOLING
 
     @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        if cfg.get("loss", DEFAULT_LOSS) not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {cfg.get('loss')!r}")
+        if cfg.get("pooling", DEFAULT_POOLING) not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.get('pooling')!r}")
+
+    @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
         found = []
         if cfg.get("loss", DEFAULT_LOSS) == "bce":

@@ -119,6 +119,8 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     if cell.preset not in encoder_cls.presets:
         raise ConfigError(f"unknown preset {cell.preset!r} for encoder {encoder_name!r}; choose one of "
                           f"{', '.join(sorted(encoder_cls.presets))}.")
+    with registries.encoder.guard(encoder_name, f"giving its {cell.preset!r} preset"):
+        model = {"type": encoder_name, **encoder_cls.default_config(cell.preset)}
     config: dict = {
         "cell": {
             "pretrain": cell.pretrain,
@@ -129,7 +131,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             "cell_name": cell.cell_name,
         },
         "seed": cell.seed,
-        "model": {"type": encoder_name, **encoder_cls.default_config(cell.preset)},
+        "model": model,
         "data": {"num_workers": "auto", "image_cache": True, "eval_batch_size": 64},
         # on_error "skip" drops records with missing/corrupt images, counted and reported
         "dataset": {"type": cell.dataset, "root": dataset_root(dataset_cls, cell.data_root, cell.dataset),
@@ -142,7 +144,8 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     }
     if cell.pretrain != "none":
         strategy_cls = registries.pretrain.get(cell.pretrain)
-        stage = {"type": cell.pretrain, **strategy_cls.default_config(cell.preset, cell.dataset)}
+        with registries.pretrain.guard(cell.pretrain, f"giving its {cell.preset!r} preset"):
+            stage = {"type": cell.pretrain, **strategy_cls.default_config(cell.preset, cell.dataset)}
         corpus_name = stage.pop("corpus", None) or dataset_cls.default_pretrain_corpus
         if corpus_name is None:
             raise ConfigError(
@@ -155,9 +158,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         config["pretrain"] = stage
     deviations = []
     for name, strategy_cls, appended in tune_chain(cell.tune, registries):
-        stage = {"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)}
+        with registries.tune.guard(name, f"giving its {cell.preset!r} preset"):
+            stage = {"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)}
         if appended:
-            stage = {"type": name, "appended": True, **strategy_cls.default_config(cell.preset, cell.dataset)}
+            stage = {"type": name, "appended": True, **stage}
             deviations.append(f"tune chain ends with unsupervised {cell.tune[-1]!r}: a {name!r} stage was appended "
                               f"to train the task head")
         config["tune"].append(stage)
@@ -171,6 +175,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"ROCO + MedICaT ({PAPER_PRETRAIN_CORPUS!r})")
     check_tracking(config)
+    check_stage_configs(config, registries)
     config["deviations"] = deviations + _declared_deviations(config, registries)
     return ResolvedRun(cell, config, config["deviations"])
 
@@ -212,6 +217,17 @@ def tune_chain(names: tuple[str, ...] | list[str], registries) -> list[tuple[str
     if not chain[-1][1].supervised:
         chain.append((HEAD_STAGE, registries.tune.get(HEAD_STAGE), True))
     return chain
+
+
+def check_stage_configs(config: dict, registries) -> None:
+    """Each strategy validates its resolved stage config (``Strategy.check_config``), so a bad
+    option fails at planning (``--dry-run`` included), never after hours of training."""
+    stages = [("pretrain", registries.pretrain, config["pretrain"])]
+    stages += [(f"tune.{i}", registries.tune, s) for i, s in enumerate(config["tune"])]
+    for where, registry, stage in stages:
+        if stage:
+            with registry.guard(stage["type"], f"checking its config ({where})"):
+                registry.get(stage["type"]).check_config(stage)
 
 
 def _declared_deviations(config: dict, registries) -> list[str]:

@@ -79,7 +79,8 @@ class DataCatalog:
         key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + on_error
         if key not in self._cache:
             cls = self.registries.dataset.get(data_cfg["type"])
-            self._cache[key] = cls(root=data_cfg.get("root"), on_error=on_error, **data_cfg.get("options", {}))
+            with self.registries.dataset.guard(data_cfg["type"], f"reading its options {data_cfg.get('options', {})}"):
+                self._cache[key] = cls(root=data_cfg.get("root"), on_error=on_error, **data_cfg.get("options", {}))
         return self._cache[key]
 
     def fingerprint(self, data_cfg: dict) -> str:

@@ -13,12 +13,13 @@ import functools
 import importlib
 import inspect
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmengine.registry import Registry
 
-from umdbench.errors import RegistryCollisionError, UmdbenchError, UnknownNameError
+from umdbench.errors import PluginError, RegistryCollisionError, UmdbenchError, UnknownNameError
 
 KINDS = {
     "pretrain": "pre-training strategy",
@@ -176,6 +177,21 @@ class LazyRegistry(Registry):
     # -- lookup ---------------------------------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(set(self._lazy) | set(self._module_dict))
+
+    @contextmanager
+    def guard(self, name: str, doing: str):
+        """Run plugin code for entry ``name``; a ``ValueError``/``KeyError``/``TypeError`` it raises
+        (a bad option, a missing preset) becomes one paragraph naming the plugin (exit 2)."""
+        try:
+            yield
+        except UmdbenchError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise PluginError(
+                f"{KINDS[self.kind]} {name!r} (from {self.origin(name)}) failed while {doing}: {detail}. Fix the "
+                f"option it names with --cfg-options (`--dry-run` prints the resolved config), or report it to the "
+                f"plugin's author if the configuration is valid.") from exc
 
     def origin(self, name: str) -> str:
         return self._origins.get(name, "?")

@@ -91,7 +91,8 @@ def build_strategy(stage: Stage, run: ResolvedRun, ctx: RunContext, load_parent:
 
     set_random_seed(run.config["seed"])  # encoder and head initialisation depend on the seed only
     model_cfg = run.config["model"]
-    encoder = ctx.encoder_class(model_cfg).from_config(model_cfg)
+    with ctx.registries.encoder.guard(model_cfg["type"], "building the encoder"):
+        encoder = ctx.encoder_class(model_cfg).from_config(model_cfg)
     parent_state = None
     if load_parent and stage.parent is not None:
         parent_state = ctx.ws.load_stage(stage.parent)
@@ -102,9 +103,12 @@ def build_strategy(stage: Stage, run: ResolvedRun, ctx: RunContext, load_parent:
     if ids is not None:
         cfg["special_ids"] = ids
     if stage.kind == "pretrain":
-        return ctx.registries.pretrain.get(stage.name)(encoder, cfg)
+        with ctx.registries.pretrain.guard(stage.name, "building the strategy"):
+            return ctx.registries.pretrain.get(stage.name)(encoder, cfg)
     dataset = ctx.catalog.get(stage.data)
-    strategy = ctx.registries.tune.get(stage.name)(encoder, cfg, task_info(dataset, task_type_of(ctx, dataset, "tune")))
+    info = task_info(dataset, task_type_of(ctx, dataset, "tune"))
+    with ctx.registries.tune.guard(stage.name, "building the strategy"):
+        strategy = ctx.registries.tune.get(stage.name)(encoder, cfg, info)
     if parent_state is not None:
         carry_over_heads(strategy, parent_state)
     return strategy
