@@ -68,7 +68,7 @@ TOY_PACKAGE = textwrap.dedent('''
         name = "toy-volume-class"
         batch_keys = {"volume": "float [B,M,S,S,S]", "label": "long [B]", "index": "long [B]"}
         prediction_keys = {"logits": "float [B,C]"}
-        metric_keys = ("label",)
+        metric_keys = ("label", "index")
         default_metric = "toy-accuracy"
 
         def build_dataset(self, records, ctx, *, training):
@@ -98,12 +98,21 @@ TOY_PACKAGE = textwrap.dedent('''
 
 
     class ToyAccuracy(BaseMetric):
+        """Accuracy, and recall of the class named "lesion" (read from the dataset's label names; each
+        sample's record is looked up by its index to show per-example metadata reaches metrics)."""
+
         def process(self, data_batch, data_samples):
+            lesion = self.dataset_meta["label_names"].index("lesion")
+            records = self.dataset_meta["records"]
             for out in data_samples:
-                self.results.append(((out["logits"].argmax(-1) == out["label"]).float().sum().item(), len(out["label"])))
+                pred, label = out["logits"].argmax(-1), out["label"]
+                assert [records[i].label for i in out["index"].tolist()] == label.tolist()
+                self.results.append(((pred == label).sum().item(), len(label),
+                                     ((pred == lesion) & (label == lesion)).sum().item(), (label == lesion).sum().item()))
 
         def compute_metrics(self, results):
-            return {"accuracy": 100.0 * sum(h for h, _ in results) / sum(n for _, n in results)}
+            total = [sum(r[i] for r in results) for i in range(4)]
+            return {"accuracy": 100.0 * total[0] / total[1], "lesion_recall": 100.0 * total[2] / max(total[3], 1)}
 
 
     class ToyVolumes(DatasetPlugin):
@@ -174,7 +183,7 @@ def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
             "data.num_workers=0"]
     out = cli(args, toy_env, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    accuracy = float(re.search(r"result: none / direct / toy-vols seed 0: accuracy=([\d.]+)", out.stdout).group(1))
+    accuracy = float(re.search(r"result: none / direct / toy-vols seed 0: accuracy=([\d.]+)  lesion_recall=", out.stdout).group(1))
     # chance is 50 %: the lesion is visible in one modality, and the toy model must find it
     assert accuracy >= 80.0, out.stdout
     config = json.loads(next((work / "runs").glob("*/config.json")).read_text())["config"]

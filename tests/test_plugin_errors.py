@@ -92,3 +92,21 @@ def test_vqa_record_without_answer_type_is_a_data_error(tmp_path, plugin_file, c
     assert code == 2
     err = one_paragraph_error(capsys)
     assert "answer_type None" in err and "'open' or 'closed'" in err
+
+
+def test_plugin_path_before_the_subcommand(tmp_path, plugin_file, capsys):
+    assert main(["--plugin-path", plugin_file, "list", "--kind", "tune"]) == 0
+    assert "picky" in capsys.readouterr().out
+
+
+def test_run_and_list_note_failed_plugins_and_strict_fails(tmp_path, capsys):
+    broken = tmp_path / "broken_plugin.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    assert main(["list", "--plugin-path", str(broken)]) == 0
+    err = capsys.readouterr().err
+    assert "1 plugin(s) failed to load" in err and "broken_plugin" in err
+    assert main(["plugins", "--plugin-path", str(broken)]) == 0
+    capsys.readouterr()
+    assert main(["plugins", "--strict", "--verbose", "--plugin-path", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "RuntimeError: boom" in out and "Traceback" in out

@@ -54,6 +54,16 @@ def test_tune_wildcard_skips_stages_without_the_key(plugin_registries):
     assert fit_overrides(typo, registries)[0].overrides == (("tune.0.poolin", "mean"),)
 
 
+def test_pretrain_wildcard_reaches_only_strategies_with_the_key():
+    registries = get_registries()
+    overrides = _overrides(["pretrain.*.alpha=0.2", "pretrain.*.alhpa=0.3"])
+    mr, _ = fit_overrides(CellSpec("mr", ("direct",), "medsynth", overrides=overrides), registries)
+    mae, dropped = fit_overrides(CellSpec("mae", ("direct",), "medsynth", overrides=overrides), registries)
+    assert mr.overrides == (("pretrain.alpha", 0.2), ("pretrain.alhpa", 0.3))
+    # MAE has no alpha (MR-Pretrain does): skipped; a key no strategy has is kept so the typo is reported
+    assert mae.overrides == (("pretrain.alhpa", 0.3),) and dropped == ("pretrain.*.alpha",)
+
+
 def test_plan_dedupes_shared_stages(plugin_registries):
     _, registries = plugin_registries
     suite = get_suite(registries, "mini-ablation")

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(common)
     parser = argparse.ArgumentParser(prog="umdbench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # also accepted before the sub-command (`umdbench --plugin-path F run ...`); merged in main()
+    parser.add_argument("--plugin-path", action="append", default=[], metavar="FILE", dest="global_plugin_path",
+                        help="load a plugin from a local .py file (repeatable; also after the sub-command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="pre-train -> tune -> evaluate one configuration",
@@ -51,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite", "encoder", "task"))
 
     plugins = sub.add_parser("plugins", parents=[common], help="where each plugin came from, its version, load failures")
-    plugins.add_argument("--traceback", action="store_true", help="show where each failed plugin raised")
+    plugins.add_argument("--traceback", "--verbose", "-v", dest="traceback", action="store_true",
+                         help="show where each failed plugin raised")
+    plugins.add_argument("--strict", action="store_true",
+                         help="exit 1 when any plugin failed to load (for a plugin package's own CI)")
 
     board = sub.add_parser("leaderboard", parents=[common], help="render markdown leaderboards into results/")
     board.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="where results.sqlite lives")
@@ -85,6 +91,7 @@ def cmd_run(args) -> int:
     if args.track:
         overrides += (("tracking.backends", args.track),)
     registries = get_registries(tuple(args.plugin_path))
+    note_failed_plugins()
     cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
                     overrides=overrides, data_root=args.data_root, encoder=args.encoder)
     resolved = resolve(cell, registries)
@@ -118,6 +125,7 @@ def cmd_list(args) -> int:
     from umdbench.plugin import KINDS, get_registries
 
     registries = get_registries(tuple(args.plugin_path))
+    note_failed_plugins()
     for kind, reg in registries.kinds().items():
         if args.kind and kind != args.kind:
             continue
@@ -141,7 +149,20 @@ def cmd_plugins(args) -> int:
     if report.failures:
         hint = "" if args.traceback else "; `umdbench plugins --traceback` shows where each one raised"
         print(f"\n{len(report.failures)} plugin(s) failed to load and were skipped{hint}.")
+        if args.strict:
+            return 1
     return 0
+
+
+def note_failed_plugins() -> None:
+    """One line on stderr when some plugin failed to load, so a run or a listing does not silently
+    miss what it provides."""
+    from umdbench.plugin import get_plugin_report
+
+    failed = [p.name for p in get_plugin_report().failures]
+    if failed:
+        print(f"umdbench: note: {len(failed)} plugin(s) failed to load and were skipped ({', '.join(failed)}); "
+              f"`umdbench plugins --traceback` shows why.", file=sys.stderr)
 
 
 def cmd_leaderboard(args) -> int:
@@ -189,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    args.plugin_path = list(args.global_plugin_path) + list(getattr(args, "plugin_path", None) or [])
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
         return handler(args)

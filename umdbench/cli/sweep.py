@@ -47,12 +47,14 @@ def cmd_sweep(args) -> int:
 
     from umdbench.plan.config import parse_override
     from umdbench.run.builders import RunContext
+    from umdbench.cli import note_failed_plugins
     from umdbench.plugin import get_registries
     from umdbench.results.store import ResultsStore
     from umdbench.plan.suites import get_suite
     from umdbench.sweep.planning import membership_entries, plan_sweep
 
     registries = get_registries(tuple(args.plugin_path))
+    note_failed_plugins()
     suite = get_suite(registries, args.suite)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
     if args.track:

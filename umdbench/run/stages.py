@@ -99,6 +99,10 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
         raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
                             f"default_metric; set one of them.")
     metric = ctx.registries.metric.get(metric_name)()
+    # per-type or soft accuracies need the answer names and each example's record (samples carry
+    # `index`, the record's position in the split)
+    metric.dataset_meta = {"dataset": stage.data["type"], "split": stage.data["split"],
+                           "label_names": list(dataset.label_names() or []), "records": dataset.records(stage.data["split"])}
     runner = make_runner(
         stage, run, ctx, StageModel(strategy, spec), ctx.ws.eval_dir(stage.key),
         test_dataloader=dataloader_cfg(test_set, spec, run.config["data"]["eval_batch_size"], run, train=False),

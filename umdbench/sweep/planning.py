@@ -163,11 +163,25 @@ def _stages_with_key(spec: CellSpec, chain: list, rest: str) -> list[int]:
     return found or list(range(len(chain)))
 
 
+def _pretrain_lacks(spec: CellSpec, registries, first: str) -> bool:
+    """Whether the cell's pre-training preset lacks ``first`` while another registered pre-training
+    strategy has it (a key of some strategies only); a key no strategy has is kept, so the typo is
+    reported when the cell resolves."""
+    def has(name: str) -> bool:
+        try:
+            return first in registries.pretrain.get(name).default_config(spec.preset, spec.dataset)
+        except Exception:  # a strategy that cannot resolve here is reported when its cell resolves
+            return False
+
+    return not has(spec.pretrain) and any(has(n) for n in registries.pretrain.names() if n != spec.pretrain)
+
+
 def fit_overrides(spec: CellSpec, registries) -> tuple[CellSpec, tuple[str, ...]]:
     """Adapt grid-wide overrides to one cell.
 
     ``tune.*.KEY`` expands to every tuning stage of the cell whose preset has KEY (so
-    ``tune.*.pooling=mean`` skips TD-Calib, which has no task head); ``pretrain.KEY`` is dropped for a
+    ``tune.*.pooling=mean`` skips TD-Calib, which has no task head); ``pretrain.*.KEY`` reaches the
+    cell's pre-training only if its preset has KEY (``pretrain.*.alpha=0.2`` skips MAE); ``pretrain.KEY`` is dropped for a
     cell without pre-training and ``tune.N.KEY`` for a chain shorter than N+1 (one override list
     serves the whole grid, e.g. ``pretrain.train.max_iters=4 tune.*.train.max_iters=4``).
     """
@@ -177,6 +191,13 @@ def fit_overrides(spec: CellSpec, registries) -> tuple[CellSpec, tuple[str, ...]
     for key, value in spec.overrides:
         if key.startswith("pretrain.") and spec.pretrain == "none":
             dropped.append(key)
+            continue
+        if key.startswith("pretrain.*."):
+            rest = key[len("pretrain.*."):]
+            if _pretrain_lacks(spec, registries, rest.split(".", 1)[0]):
+                dropped.append(key)
+            else:
+                kept.append((f"pretrain.{rest}", value))
             continue
         m = _TUNE_INDEX.match(key)
         if m and length is not None:
