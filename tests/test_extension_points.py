@@ -188,6 +188,10 @@ def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
     assert accuracy >= 80.0, out.stdout
     config = json.loads(next((work / "runs").glob("*/config.json")).read_text())["config"]
     assert config["model"]["type"] == "toy-volnet" and config["cell"]["dataset"] == "toy-vols"
+    # the row names the package behind each plugin it ran
+    plugins = json.loads(next((work / "runs").glob("*/result.json")).read_text())["plugins"]
+    assert plugins["encoder:toy-volnet"] == plugins["task:toy-volume-class"] == "toyvol-umdbench 0.1"
+    assert plugins["tune:direct"].startswith("umdbench ")
     # a second run is served from the store, like every other cell
     again = cli(args, toy_env, tmp_path)
     assert again.returncode == 0 and "result already in the store" in again.stdout

@@ -84,3 +84,20 @@ def test_membership_lives_in_the_same_store(tmp_path):
     store.record_membership([])  # nothing to write is not an error
     with sqlite3.connect(tmp_path / "r.sqlite") as con:
         assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= {"runs", "suite_cells"}
+
+
+def test_an_older_store_gains_the_plugins_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as con:  # the first release's table, without `plugins`
+        con.execute("CREATE TABLE runs (cell_key TEXT PRIMARY KEY, suite TEXT, cell_name TEXT, pretrain TEXT NOT NULL, "
+                    "tune TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, "
+                    "metrics TEXT NOT NULL, config TEXT NOT NULL, config_hash TEXT NOT NULL, stage_keys TEXT NOT NULL, "
+                    "git_commit TEXT, packages TEXT, data_fingerprint TEXT, wall_time_s REAL, device TEXT, "
+                    "created_at TEXT NOT NULL)")
+        con.execute("INSERT INTO runs VALUES ('k1', NULL, NULL, 'none', 'direct', 'medsynth', 'tiny', 0, '{}', '{}', "
+                    "'h', '[]', NULL, NULL, NULL, 1.0, NULL, '2026-01-01')")
+    store = ResultsStore(path)
+    (old,) = store.rows()
+    assert old["cell_key"] == "k1" and old["plugins"] is None

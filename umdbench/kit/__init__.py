@@ -24,6 +24,7 @@ from umdbench.kit.tasks import (DEFAULT_LOSS, DEFAULT_POOLING, LOSSES, POOLINGS,
 from umdbench.kit.tasktypes import (IMAGE_TEXT_KEYS, ClassificationTask, ImageTextPairs, ImageTextTask, RetrievalTask,
                                     VQATask)
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head, projection
+from umdbench.models.masking import mask_tokens
 from umdbench.models.objectives import clip_loss, itm_loss, mim_loss, mlm_loss
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "TRAIN_SIZES", "iters_for", "m3ae_per_dataset", "PRETRAIN_TRAIN_PAPER", "PRETRAIN_TRAIN_TINY",
     "FINETUNE_TRAIN_PAPER", "FINETUNE_TRAIN_TINY",
     # objectives, heads, gradient modulation
-    "clip_loss", "mim_loss", "mlm_loss", "itm_loss", "MIMDecoder", "MLMHead", "itm_head", "projection", "gradmod",
+    "clip_loss", "mim_loss", "mlm_loss", "itm_loss", "mask_tokens", "MIMDecoder", "MLMHead", "itm_head", "projection", "gradmod",
     # registering
     "hookimpl",
 ]

@@ -68,6 +68,7 @@ class PluginInfo:
     registered: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
     error: str | None = None  # one line: why the plugin was skipped
     error_trace: str | None = None  # the full traceback of that failure (`umdbench plugins --traceback`)
+    package: str = ""  # what result rows record as the provider: "dist-name version" or the local file
 
 
 @dataclass
@@ -139,6 +140,9 @@ def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: P
     else:
         after = registries.snapshot()
         info.registered = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+        for kind, names in info.registered.items():
+            for name in names:
+                registries.kinds()[kind]._packages[name] = info.package
     finally:
         registries.set_origin("unknown")
 
@@ -153,7 +157,7 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
     registries = Registries()
     report = PluginReport()
 
-    builtin = PluginInfo("builtin", str(registry_toml_path().name), __version__)
+    builtin = PluginInfo("builtin", str(registry_toml_path().name), __version__, package=f"umdbench {__version__}")
     _register_one(pm, registries, BuiltinPlugin(), builtin)
     report.plugins.append(builtin)
 
@@ -162,6 +166,7 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
         info = PluginInfo(ep.name, f"entry point {ep.value}", dist.version if dist else "?")
         if dist is not None:
             info.source = f"entry point {ep.value} (package {dist.metadata['Name']})"
+            info.package = f"{dist.metadata['Name']} {dist.version}"
         try:
             obj = ep.load()
         except Exception as exc:
@@ -172,7 +177,7 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
         report.plugins.append(info)
 
     for path, file in zip(plugin_paths, files):
-        info = PluginInfo(file.stem, f"path {path}", "local")
+        info = PluginInfo(file.stem, f"path {path}", "local", package=f"local file {file}")
         try:
             obj = _load_file(file)
         except Exception as exc:

@@ -125,6 +125,7 @@ class LazyRegistry(Registry):
         self.kind = kind
         self._lazy: dict[str, str] = {}
         self._origins: dict[str, str] = {}
+        self._packages: dict[str, str] = {}  # name -> "package version" (set by the plugin loader)
         self.current_origin = "unknown"  # set by the plugin loader while a plugin registers
 
     # -- registration -------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class LazyRegistry(Registry):
         return obj
 
     def unregister(self, name: str) -> None:
+        self._packages.pop(name, None)
         self._lazy.pop(name, None)
         self._module_dict.pop(name, None)
         self._origins.pop(name, None)
@@ -177,6 +179,10 @@ class LazyRegistry(Registry):
     # -- lookup ---------------------------------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(set(self._lazy) | set(self._module_dict))
+
+    def provenance(self, name: str) -> str:
+        """The package (name and version) that registered ``name``, for result rows."""
+        return self._packages.get(name, "?")
 
     @contextmanager
     def guard(self, name: str, doing: str):

@@ -242,6 +242,13 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
     commits = sorted({r["git_commit"] for r in rows if r.get("git_commit")})
     shown = [f"`{c[:12]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in commits]
     lines.append(f"- **commits**: {', '.join(shown) or '–'}")
+    plugins: dict[str, set[str]] = {}  # package -> the plugin names it provided, over every row
+    for r in rows:
+        for used, package in (r.get("plugins") or {}).items():
+            if not package.startswith("umdbench "):
+                plugins.setdefault(package, set()).add(used.split(":", 1)[1])
+    if plugins:
+        lines.append("- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items())))
     if results.overrides:
         lines.append(f"- **overrides** (`--cfg-options`): {' '.join(f'`{o}`' for o in sorted(results.overrides))}")
     lines.append(f"- generated {time.strftime('%Y-%m-%d %H:%M')} by `umdbench leaderboard --suite {suite.name}`")

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config_hash TEXT NOT NULL,
     stage_keys TEXT NOT NULL,       -- JSON list, pre-training first
     git_commit TEXT, packages TEXT, data_fingerprint TEXT,
-    wall_time_s REAL, device TEXT, created_at TEXT NOT NULL
+    wall_time_s REAL, device TEXT, created_at TEXT NOT NULL,
+    plugins TEXT                    -- JSON: "kind:name" -> the package (and version) that provided it
 );
 CREATE TABLE IF NOT EXISTS suite_cells (
     suite TEXT NOT NULL, cell_name TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL,
@@ -46,8 +47,11 @@ CREATE TABLE IF NOT EXISTS suite_cells (
 );
 """
 COLUMNS = ("cell_key", "suite", "cell_name", "pretrain", "tune", "dataset", "preset", "seed", "metrics", "config",
-           "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at")
-JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages")
+           "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at",
+           "plugins")
+JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "plugins")
+# columns added after the first release: (name, SQL type); an older store gains them when opened
+ADDED_COLUMNS = (("plugins", "TEXT"),)
 MEMBERSHIP_COLUMNS = ("suite", "cell_name", "dataset", "preset", "seed", "cell_key", "status", "detail", "overrides")
 
 
@@ -73,6 +77,10 @@ class ResultsStore:
         try:
             with self._connect() as con:
                 con.executescript(SCHEMA)
+                have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+                for name, sql_type in ADDED_COLUMNS:
+                    if name not in have:  # an older store: old rows read NULL there
+                        con.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
@@ -99,6 +107,7 @@ class ResultsStore:
         """Insert a finished cell; returns False (and writes nothing) if the key is already stored."""
         row = dict(row)
         row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        row.setdefault("plugins", {})
         for col in JSON_COLUMNS:
             row[col] = json.dumps(row[col], sort_keys=True)
         values = [row.get(col) for col in COLUMNS]

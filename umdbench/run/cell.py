@@ -48,8 +48,24 @@ def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: T
     return store_result(run, stages, metrics, wall, ctx)
 
 
+def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
+    """``{"kind:name": "package version"}`` of every plugin the cell ran: strategies, datasets,
+    encoder, task type (and the metric, which its dataset or task type names)."""
+    cfg = run.config
+    used = [("encoder", cfg["model"]["type"]), ("dataset", cfg["dataset"]["type"])]
+    if cfg["pretrain"]:
+        used += [("pretrain", cfg["pretrain"]["type"]), ("dataset", cfg["pretrain"]["corpus"]["type"])]
+    used += [("tune", s["type"]) for s in cfg["tune"]]
+    dataset_cls = registries.dataset.get(cfg["dataset"]["type"])
+    used.append(("task", dataset_cls.task))
+    metric = dataset_cls.metric or registries.task.get(dataset_cls.task).default_metric
+    if metric:
+        used.append(("metric", metric))
+    return {f"{kind}:{name}": getattr(registries, kind).provenance(name) for kind, name in used}
+
+
 def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float,
-               device: str | None = None) -> dict:
+               device: str | None = None, plugins: dict | None = None) -> dict:
     """The results-store row of a finished cell (``stages``: its plan, evaluation last)."""
     cell = stages[-1]
     return {
@@ -58,7 +74,7 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
         "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.config,
         "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
         "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
-        "wall_time_s": wall_time_s, "device": device or device_description(),
+        "wall_time_s": wall_time_s, "device": device or device_description(), "plugins": plugins or {},
     }
 
 
@@ -66,7 +82,7 @@ def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time
                  device: str | None = None) -> dict:
     """Write a finished cell: ``config.json``, the store row (kept if one exists) and ``result.json``."""
     ctx.ws.write_run_config(run, stages)
-    row = result_row(run, stages, metrics, wall_time_s, device)
+    row = result_row(run, stages, metrics, wall_time_s, device, plugin_provenance(run, ctx.registries))
     ctx.ws.store.add(row)  # INSERT OR IGNORE: one row per cell key
     ctx.ws.write_result(row)
     return row
