@@ -200,19 +200,23 @@ def test_cells_whose_images_are_missing_are_unavailable_before_training(tmp_path
     # the test split names images that are not there: the cell is reported, not trained for nothing
     from types import SimpleNamespace
 
-    from umdbench.api import Record
+    from umdbench.api import DatasetPlugin, Record
     from umdbench.plan.stages import missing_data
 
-    class HalfThere:
+    class HalfThere(DatasetPlugin):
         def __init__(self, root=None, on_error="raise", **options):
-            self.root = tmp_path
+            super().__init__(tmp_path, on_error, **options)
 
         def records(self, split):
             return [Record(uid=f"{split}/{i}", image=str(self.root / f"{split}{i}.png"), text="q") for i in range(3)]
 
     for i in range(3):
         (tmp_path / f"train{i}.png").write_bytes(b"")
-    catalog = DataCatalog(SimpleNamespace(dataset=SimpleNamespace(get=lambda name: HalfThere)))
+    from umdbench.plugin import Registries
+
+    registries = Registries()
+    registries.dataset.register("half", HalfThere)
+    catalog = DataCatalog(registries)
     data = {"type": "half", "root": str(tmp_path), "options": {}, "on_error": "raise"}
     train, test = (SimpleNamespace(data={**data, "split": s}) for s in ("train", "test"))
     assert missing_data([train], catalog) is None

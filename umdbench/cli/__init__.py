@@ -84,7 +84,7 @@ def cmd_run(args) -> int:
     from umdbench.run.builders import RunContext
     from umdbench.run.cell import run_cell
     from umdbench.plan.stages import build_plan, describe_plan
-    from umdbench.plugin import get_registries
+    from umdbench.plugin import get_registries, note_failed_plugins
 
     chain = parse_tune_chain(args.tune)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
@@ -122,7 +122,7 @@ def _note_unused_data_root(arg: str | None, config: dict) -> None:
 
 
 def cmd_list(args) -> int:
-    from umdbench.plugin import KINDS, get_registries
+    from umdbench.plugin import KINDS, get_registries, note_failed_plugins
 
     registries = get_registries(tuple(args.plugin_path))
     note_failed_plugins()
@@ -152,17 +152,6 @@ def cmd_plugins(args) -> int:
         if args.strict:
             return 1
     return 0
-
-
-def note_failed_plugins() -> None:
-    """One line on stderr when some plugin failed to load, so a run or a listing does not silently
-    miss what it provides."""
-    from umdbench.plugin import get_plugin_report
-
-    failed = [p.name for p in get_plugin_report().failures]
-    if failed:
-        print(f"umdbench: note: {len(failed)} plugin(s) failed to load and were skipped ({', '.join(failed)}); "
-              f"`umdbench plugins --traceback` shows why.", file=sys.stderr)
 
 
 def cmd_leaderboard(args) -> int:

@@ -47,8 +47,7 @@ def cmd_sweep(args) -> int:
 
     from umdbench.plan.config import parse_override
     from umdbench.run.builders import RunContext
-    from umdbench.cli import note_failed_plugins
-    from umdbench.plugin import get_registries
+    from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.results.store import ResultsStore
     from umdbench.plan.suites import get_suite
     from umdbench.sweep.planning import membership_entries, plan_sweep

@@ -206,3 +206,12 @@ def get_plugin_report():
     if _LOADED is None:
         get_registries()
     return _LOADED[1]
+
+
+def note_failed_plugins() -> None:
+    """One line on stderr when some plugin failed to load, so a run or a listing does not silently
+    miss what it provides."""
+    failed = [p.name for p in get_plugin_report().failures]
+    if failed:
+        print(f"umdbench: note: {len(failed)} plugin(s) failed to load and were skipped ({', '.join(failed)}); "
+              f"`umdbench plugins --traceback` shows why.", file=sys.stderr)
