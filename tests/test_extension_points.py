@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 TOY_PACKAGE = textwrap.dedent('''
     """A toy multi-parametric volume plugin package (built by tests/test_extension_points.py)."""
+    import logging
     from types import SimpleNamespace
 
     import numpy as np
@@ -44,6 +45,7 @@ TOY_PACKAGE = textwrap.dedent('''
 
         def __init__(self, cfg):
             super().__init__()
+            logging.getLogger(__name__).info("toy encoder built with width %s", cfg["width"])
             self.hidden_size = int(cfg["hidden"])
             self.net = nn.Sequential(nn.Conv3d(cfg["channels"], cfg["width"], 3, padding=1), nn.ReLU(),
                                      nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(cfg["width"], self.hidden_size))
@@ -188,6 +190,10 @@ def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
     assert accuracy >= 80.0, out.stdout
     config = json.loads(next((work / "runs").glob("*/config.json")).read_text())["config"]
     assert config["model"]["type"] == "toy-volnet" and config["cell"]["dataset"] == "toy-vols"
+    # the plugin's own logger reaches the console and the stage's log
+    assert "[toyvol_umdbench] INFO: toy encoder built with width 8" in out.stdout
+    (stage_log,) = (work / "stages").glob("tune-direct-*/train/*/*.log")
+    assert "toy encoder built with width 8" in stage_log.read_text()
     # the row names the package behind each plugin it ran
     plugins = json.loads(next((work / "runs").glob("*/result.json")).read_text())["plugins"]
     assert plugins["encoder:toy-volnet"] == plugins["task:toy-volume-class"] == "toyvol-umdbench 0.1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class RunContext:
         if not isinstance(self.ws, Workspace):
             self.ws = Workspace(self.ws)
         self.catalog = self.catalog or DataCatalog(self.registries)
+        PluginLogs.route(self.registries)  # before any plugin code runs in this context
 
     def encoder_class(self, model_cfg: dict) -> type[Encoder]:
         return self.registries.encoder.get(model_cfg["type"])
@@ -299,6 +301,7 @@ def vis_backends(run: ResolvedRun, work_dir: Path, experiment: str) -> list[dict
 
 
 def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir: Path, **kwargs):
+    from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
     from umdbench.run.hooks import ProgressHook
@@ -317,6 +320,17 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         def _log_env(self, env_cfg):  # mmengine's collects compiler/CUDA details: slow and noisy
             self.logger.info(f"umdbench stage {stage.dirname}; device {device_description()}; seed {self._seed}")
 
+    plugin_logs = PluginLogs.route(ctx.registries)
+
+    class PluginLogHook(Hook):
+        priority = "VERY_HIGH"
+
+        def before_run(self, runner) -> None:
+            plugin_logs.to_log_of(runner)
+
+        def after_run(self, runner) -> None:
+            plugin_logs.hold()
+
     return StageRunner(
         model=model,
         work_dir=str(work_dir),
@@ -325,13 +339,66 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         default_hooks={"logger": {"type": "LoggerHook", "interval": int(stage.cfg.get("train", {}).get("log_interval", 10)),
                                   "log_metric_by_epoch": False},
                        "checkpoint": None, "timer": {"type": "IterTimerHook"}},
-        custom_hooks=[ProgressHook(stage.title)],
+        custom_hooks=[ProgressHook(stage.title), PluginLogHook()],
         log_processor={"by_epoch": False},
         env_cfg={"cudnn_benchmark": False},
         visualizer={"type": "Visualizer", "vis_backends": vis_backends(run, Path(work_dir), stage.dirname),
                     "name": f"vis-{stage.dirname}-{time.time_ns()}"},
         **kwargs,
     )
+
+
+class PluginLogs:
+    """Records of plugin packages' loggers (``logging.getLogger(__name__)`` in a plugin) go to the
+    console and to the mmengine log of the stage being run. Records emitted while no Runner runs
+    (a strategy being built) are held and written into the next stage's log when it starts.
+    One instance per process: handlers are added to each package logger once."""
+
+    _instance: "PluginLogs | None" = None
+
+    def __init__(self):
+        import logging.handlers
+
+        self.console = logging.StreamHandler(sys.stdout)
+        self.console.setFormatter(logging.Formatter("    [%(name)s] %(levelname)s: %(message)s"))
+        self.held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.DEBUG, target=None)
+        self.routed: set[str] = set()
+
+    @classmethod
+    def route(cls, registries) -> "PluginLogs":
+        if cls._instance is None:
+            cls._instance = cls()
+        self = cls._instance
+        for name in sorted(plugin_packages(registries) - self.routed):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.INFO)
+            logger.addHandler(self.console)
+            logger.addHandler(self.held)
+            self.routed.add(name)
+        return self
+
+    def to_log_of(self, runner) -> None:
+        files = [h for h in runner.logger.handlers if isinstance(h, logging.FileHandler)]
+        self.held.setTarget(files[0] if files else None)
+        self.held.flush()
+
+    def hold(self) -> None:
+        self.held.setTarget(None)
+
+
+def plugin_packages(registries) -> set[str]:
+    """Top-level packages of every registered plugin class (``umdbench_plugins``, a third-party
+    package, a ``--plugin-path`` module), whose loggers :class:`PluginLogs` routes."""
+    names = set()
+    for kind, reg in registries.kinds().items():
+        if kind == "suite":
+            continue
+        for name in reg.names():
+            module = reg.target(name).split(":", 1)[0]
+            if not module.startswith("umdbench.") and module != "umdbench":
+                names.add(module.split(".", 1)[0])
+    return names
 
 
 def distributed_runner_kwargs(launcher: str) -> dict:
