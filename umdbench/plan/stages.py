@@ -1,14 +1,19 @@
 """Resolved config -> a chain of stages, each keyed by a hash of everything upstream of it.
 
 A stage's key covers its own config, the encoder config, the seed, the fingerprint of the data it
-reads, the code version of its plugin, and its parent's key. Two cells that share a pre-training
-(same strategy, config, corpus and seed) therefore share that stage's cached artifact.
+reads, the code it runs (the content of every source file of umdbench and of each plugin package
+its strategy, dataset, encoder, task type and metric come from) and its parent's key; settings
+that cannot change numbers (loader workers, log/checkpoint intervals) are left out. Two cells that
+share a pre-training (same strategy, config, corpus and seed) therefore share that stage's cached
+artifact, and no code change returns a result computed before it.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import inspect
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,31 +24,86 @@ from umdbench.plan.config import ResolvedRun
 from umdbench.util import config_hash
 
 
+# Source files whose content enters a stage key: the code, plus umdbench's registry.toml (which
+# class a built-in name resolves to).
+_SOURCE_SUFFIXES = (".py", ".toml")
+
+# Settings that cannot change a stage's numbers, left out of its key so that changing them reuses
+# the cache: loader workers (each record's pixels and the sampler order do not depend on them),
+# the image cache (it stores exactly what decoding returns), log and checkpoint intervals and how
+# many checkpoints are kept (bookkeeping of the runner only). fused/foreach stay in: the AdamW
+# kernels round differently. The evaluation batch size enters the evaluation's key only.
+NON_NUMERIC_DATA = ("num_workers", "image_cache", "eval_batch_size")
+NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints")
+
+
+def _source_files(top: str) -> list[tuple[str, Path]]:
+    """``(name, path)`` of every source file of the top-level package (or single module) ``top``,
+    found without importing it when it is not imported yet."""
+    module = sys.modules.get(top)
+    if module is not None:
+        folders = list(getattr(module, "__path__", None) or [])
+        file = getattr(module, "__file__", None)
+    else:
+        spec = importlib.util.find_spec(top)
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        file = spec.origin if spec and spec.has_location else None
+    if not folders:
+        return [(Path(file).name, Path(file))] if file else []
+    files = []
+    for folder in folders:
+        for here, subdirs, names in os.walk(folder):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
+            files += [(os.path.relpath(os.path.join(here, n), folder), Path(here, n))
+                      for n in names if n.endswith(_SOURCE_SUFFIXES)]
+    return sorted(files)
+
+
 @lru_cache(maxsize=None)
-def _source_hash(module_name: str) -> str:
-    module = sys.modules[module_name]
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        return "nosource"
-    return hashlib.sha256(source.encode()).hexdigest()[:10]
-
-
-@lru_cache(maxsize=1)
-def encoder_code_version() -> str:
-    """Hash of the shared model code: a change there invalidates every cached stage."""
-    folder = Path(__file__).resolve().parents[1] / "models"
+def package_code_version(top: str) -> str:
+    """Content hash of every source file of the top-level package ``top`` (``umdbench``,
+    ``umdbench_plugins``, a third-party plugin package, or a ``--plugin-path`` module). Computed
+    once per process: reading ~100 small files costs a few milliseconds."""
     digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.py")):
-        digest.update(file.name.encode() + file.read_bytes())
-    kit = Path(__file__).resolve().parents[1] / "kit"
-    for name in ("imagetext.py", "tasktypes.py"):  # the built-in task types' records -> tensors
-        digest.update((kit / name).read_bytes())
-    return digest.hexdigest()[:10]
+    files = _source_files(top)
+    if not files:  # a module without files (built at run time): its source, if inspect finds it
+        try:
+            digest.update(inspect.getsource(sys.modules[top]).encode())
+        except (KeyError, OSError, TypeError):
+            return "nosource"
+    for name, path in files:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
-def code_version(cls) -> str:
-    return f"{getattr(cls, 'version', '0')}-{_source_hash(cls.__module__)}"
+def code_version(*classes, targets: tuple[str, ...] = ()) -> dict:
+    """The code a stage runs: umdbench's own package, and, for each plugin class it uses
+    (strategy, dataset, encoder, task type), the class's declared ``version`` and the content hash
+    of the whole top-level package it comes from. Editing any file of either therefore changes
+    every key that depends on it. ``targets`` are ``module:attr`` registry entries keyed by their
+    package without being imported (a metric: importing torchmetrics would cost planning a second)."""
+    packages = {"umdbench": package_code_version("umdbench")}
+    versions = {}
+    for cls in classes:
+        top = cls.__module__.split(".")[0]
+        packages[top] = package_code_version(top)
+        versions[f"{cls.__module__}:{cls.__qualname__}"] = str(getattr(cls, "version", "0"))
+    for target in targets:
+        top = target.split(":")[0].split(".")[0]
+        packages[top] = package_code_version(top)  # the package only: the same whether imported yet or not
+    return {"packages": packages, "versions": versions}
+
+
+def _numeric(section: dict, drop: tuple[str, ...]) -> dict:
+    return {k: v for k, v in section.items() if k not in drop}
+
+
+def _keyed_stage_cfg(stage_cfg: dict) -> dict:
+    """A stage config without the settings that cannot change its numbers."""
+    out = dict(stage_cfg)
+    if isinstance(out.get("train"), dict):
+        out["train"] = _numeric(out["train"], NON_NUMERIC_TRAIN)
+    return out
 
 
 @dataclass
@@ -115,12 +175,32 @@ def _stage_key(inputs: dict) -> str:
     return config_hash(inputs)
 
 
+def _task_classes(registries, dataset_cls, pretrain: bool) -> list:
+    """The task type(s) a stage on ``dataset_cls`` builds its tensors with."""
+    if dataset_cls.task not in registries.task:
+        return []  # resolve() reports an unknown task type; nothing to hash here
+    spec = registries.task.get(dataset_cls.task)
+    if pretrain and spec.supervised and spec.pretrain_task and spec.pretrain_task in registries.task:
+        return [spec, registries.task.get(spec.pretrain_task)]
+    return [spec]
+
+
+def _metric_targets(registries, dataset_cls) -> tuple[str, ...]:
+    """Where the metric the evaluation scores with lives (the dataset's, else its task type's default)."""
+    name = dataset_cls.metric
+    if not name and dataset_cls.task in registries.task:
+        name = registries.task.get(dataset_cls.task).default_metric
+    return (registries.metric.target(name),) if name and name in registries.metric else ()
+
+
 def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage]:
     cfg = run.config
     stages: list[Stage] = []
     parent: Stage | None = None
-    common = {"model": cfg["model"], "seed": cfg["seed"], "data_pipeline": cfg["data"], "encoder_code": encoder_code_version()}
+    encoder_cls = registries.encoder.get(cfg["model"]["type"])
+    common = {"model": cfg["model"], "seed": cfg["seed"], "data_pipeline": _numeric(cfg["data"], NON_NUMERIC_DATA)}
     dataset_data = {k: cfg["dataset"][k] for k in ("type", "root", "options", "on_error")}
+    dataset_cls = registries.dataset.get(dataset_data["type"])
     dataset_fp = catalog.fingerprint(dataset_data)
 
     if cfg["pretrain"] is not None:
@@ -128,23 +208,31 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
         corpus = stage_cfg.pop("corpus")
         data = {**corpus, "split": "train", "fingerprint": catalog.fingerprint(corpus)}
         cls = registries.pretrain.get(stage_cfg["type"])
-        inputs = {"kind": "pretrain", "cfg": stage_cfg, "data": {k: v for k, v in data.items() if k != "root"},
-                  "code": code_version(cls), **common}
+        corpus_cls = registries.dataset.get(corpus["type"])
+        code = code_version(cls, corpus_cls, encoder_cls, *_task_classes(registries, corpus_cls, pretrain=True))
+        inputs = {"kind": "pretrain", "cfg": _keyed_stage_cfg(stage_cfg),
+                  "data": {k: v for k, v in data.items() if k != "root"}, "code": code, **common}
         parent = Stage("pretrain", stage_cfg["type"], 0, stage_cfg, data, _stage_key(inputs), None, inputs)
         stages.append(parent)
 
+    tune_tasks = _task_classes(registries, dataset_cls, pretrain=False)
     for i, stage_cfg in enumerate(cfg["tune"]):
         cls = registries.tune.get(stage_cfg["type"])
         data = {**dataset_data, "split": "train", "fingerprint": dataset_fp}
-        inputs = {"kind": "tune", "cfg": stage_cfg, "data": {k: v for k, v in data.items() if k != "root"},
-                  "code": code_version(cls), "parent": parent.key if parent else None, **common}
+        inputs = {"kind": "tune", "cfg": _keyed_stage_cfg(stage_cfg),
+                  "data": {k: v for k, v in data.items() if k != "root"},
+                  "code": code_version(cls, dataset_cls, encoder_cls, *tune_tasks),
+                  "parent": parent.key if parent else None, **common}
         stage = Stage("tune", stage_cfg["type"], i, copy.deepcopy(stage_cfg), data, _stage_key(inputs), parent, inputs)
         stages.append(stage)
         parent = stage
 
     data = {**dataset_data, "split": cfg["eval"]["split"], "fingerprint": dataset_fp}
+    # the evaluation's own code too (metric, task type, umdbench's evaluation loop): its key is the
+    # cell key, so a change there must not return the row stored before it
+    code = code_version(dataset_cls, encoder_cls, *tune_tasks, targets=_metric_targets(registries, dataset_cls))
     inputs = {"kind": "eval", "cfg": cfg["eval"], "data": {k: v for k, v in data.items() if k != "root"},
-              "parent": parent.key, "batch": cfg["data"]["eval_batch_size"]}
+              "parent": parent.key, "batch": cfg["data"]["eval_batch_size"], "code": code}
     stages.append(Stage("eval", "eval", 0, copy.deepcopy(cfg["eval"]), data, _stage_key(inputs), parent, inputs))
     return stages
 
