@@ -13,6 +13,7 @@ import copy
 import hashlib
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Callable
 
 from umdbench.plan.config import ResolvedRun
 from umdbench.util import config_hash
+
+log = logging.getLogger("umdbench.data")
 
 
 # Source files whose content enters a stage key: the code, plus umdbench's registry.toml (which
@@ -127,19 +130,26 @@ class Stage:
 
 
 class DataCatalog:
-    """Dataset plugin instances, built once per (type, root, options)."""
+    """Dataset plugin instances, built once per (type, root, options), and the records of each
+    split after the checks a run needs (:meth:`checked_records`)."""
 
     def __init__(self, registries):
         self.registries = registries
         self._cache: dict[str, object] = {}
         self._missing: dict[str, tuple[list[str], int]] = {}
+        self._checked: dict[str, list] = {}
+        self._image_problems: dict[tuple[str, int | None], str | None] = {}
+
+    @staticmethod
+    def _key(data_cfg: dict) -> str:
+        return config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + data_cfg.get("on_error", "raise")
 
     def get(self, data_cfg: dict):
-        on_error = data_cfg.get("on_error", "raise")
-        key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + on_error
+        key = self._key(data_cfg)
         if key not in self._cache:
             cls = self.registries.dataset.get(data_cfg["type"])
-            self._cache[key] = cls(root=data_cfg.get("root"), on_error=on_error, **data_cfg.get("options", {}))
+            self._cache[key] = cls(root=data_cfg.get("root"), on_error=data_cfg.get("on_error", "raise"),
+                                   **data_cfg.get("options", {}))
         return self._cache[key]
 
     def fingerprint(self, data_cfg: dict) -> str:
@@ -156,6 +166,111 @@ class DataCatalog:
             paths = {str(r.image) for r in records if isinstance(r.image, (str, Path))}
             self._missing[key] = (sorted(p for p in paths if not Path(p).is_file()), len(records))
         return self._missing[key]
+
+    def checked_records(self, data_cfg: dict, split: str, image_size: int | None = None,
+                        cache_dir: Path | None = None) -> list:
+        """The records of a split once it is known to be usable: not empty, unique record ids,
+        every image inside the dataset's folder and decodable (through the image cache at
+        ``image_size``, which training then reads; without a size, a full decode). With
+        ``on_error: skip`` records whose image is missing or corrupt are dropped and added to the
+        plugin's ``skipped``; otherwise the first problem raises :class:`DataError` naming the
+        file, the record and the fix. Checked once per process and split."""
+        from umdbench.api import DataError
+
+        key = self._key(data_cfg) + split
+        if key in self._checked:
+            return list(self._checked[key])
+        name, dataset = data_cfg["type"], self.get(data_cfg)
+        skip = data_cfg.get("on_error", "raise") == "skip"
+        records = dataset.records(split)
+        look = f"`umdbench data check {name}` shows what it found"
+        if not records:
+            raise DataError(f"dataset {name!r} has no records in split {split!r} (under {data_cfg.get('root') or 'generated data'}); "
+                            f"fix: restore its annotation file or choose another split; {look}.")
+        seen: dict[str, object] = {}
+        for r in records:
+            if r.uid in seen:
+                raise DataError(f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice "
+                                f"({_where(seen[r.uid])} and {_where(r)}); fix: remove the duplicate from the "
+                                f"annotation file (record ids must be unique) or re-download the release; {look}.")
+            seen[r.uid] = r
+        root = os.path.abspath(data_cfg["root"]) if data_cfg.get("root") else None
+        loader = None
+        if image_size:
+            from umdbench.data.images import ImageLoader
+
+            loader = ImageLoader(int(image_size), cache_dir)
+        kept, dropped = [], 0
+        for r in records:
+            problem = self._image_problem(r.image, root, loader) if isinstance(r.image, (str, Path)) else None
+            if problem is None:
+                kept.append(r)
+                continue
+            message = f"{_where(r)} of dataset {name!r} split {split!r}: image {r.image} {problem}"
+            if not skip:
+                raise DataError(f"{message}; fix: restore or re-download that file (`umdbench data check {name}` "
+                                f"lists every bad image), or leave such records out with --cfg-options "
+                                f"dataset.on_error=skip. Nothing was trained.")
+            dataset.skipped.append(message)
+            dropped += 1
+        if dropped:
+            log.warning("dataset %s split %s: %d record(s) skipped for a missing or corrupt image, %d kept",
+                        name, split, dropped, len(kept))
+        if not kept:
+            raise DataError(f"dataset {name!r} split {split!r}: every record was skipped (on_error=skip), the "
+                            f"first for: {dataset.skipped[-dropped]}; fix: restore the images; {look}.")
+        self._checked[key] = kept
+        return list(kept)
+
+    def _image_problem(self, image, root: str | None, loader) -> str | None:
+        path = os.path.abspath(str(image))
+        # normpath, not resolve: a symlinked dataset folder is fine, a '../' out of it is not
+        if root is not None and not os.path.normpath(path).startswith(os.path.normpath(root) + os.sep):
+            return f"lies outside the dataset folder {root}"
+        memo = (path, loader.image_size if loader else None)
+        if memo not in self._image_problems:
+            if loader is not None:
+                self._image_problems[memo] = loader.check(path)
+            else:
+                from umdbench.data.check import verify_image
+
+                reason = verify_image(path, deep=True)
+                self._image_problems[memo] = None if reason is None else (
+                    "does not exist" if reason == "missing" else f"is {reason}")
+        return self._image_problems[memo]
+
+    def skipped(self, data_cfg: dict) -> int:
+        """Records the plugin has skipped so far (malformed fields, missing or corrupt images)."""
+        return len(getattr(self.get(data_cfg), "skipped", []) or [])
+
+
+def _where(record) -> str:
+    file = record.extra.get("file") if isinstance(getattr(record, "extra", None), dict) else None
+    return f"record {record.uid}" + (f" ({file})" if file else "")
+
+
+def check_cell_data(stages: list, catalog: DataCatalog, run_config: dict, cache_dir: Path | None = None) -> None:
+    """Check every split a planned cell reads (pre-training corpus, training split, evaluation
+    split) before its first stage trains: a corrupt test image must stop the run in seconds, not
+    after hours of training. Raises :class:`DataError` (see :meth:`DataCatalog.checked_records`)."""
+    size = (run_config.get("model") or {}).get("image_size")
+    cache = cache_dir if (run_config.get("data") or {}).get("image_cache", True) else None
+    done = set()
+    for stage in stages:
+        key = (DataCatalog._key(stage.data), stage.data["split"])
+        if key not in done:
+            done.add(key)
+            catalog.checked_records(stage.data, stage.data["split"], size if isinstance(size, int) else None, cache)
+
+
+def skipped_counts(stages: list, catalog: DataCatalog) -> dict[str, int]:
+    """``{dataset type: records skipped}`` over the data a cell read (only types that skipped any)."""
+    out: dict[str, int] = {}
+    for stage in stages:
+        n = catalog.skipped(stage.data)
+        if n:
+            out[stage.data["type"]] = n
+    return out
 
 
 def missing_data(stages: list, catalog: DataCatalog) -> str | None:

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config_hash TEXT NOT NULL,
     stage_keys TEXT NOT NULL,       -- JSON list, pre-training first
     git_commit TEXT, packages TEXT, data_fingerprint TEXT,
-    wall_time_s REAL, device TEXT, created_at TEXT NOT NULL
+    wall_time_s REAL, device TEXT, created_at TEXT NOT NULL,
+    skipped TEXT                    -- JSON: dataset -> records left out (on_error skip, malformed)
 );
 CREATE TABLE IF NOT EXISTS suite_cells (
     suite TEXT NOT NULL, cell_name TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL,
@@ -46,8 +47,16 @@ CREATE TABLE IF NOT EXISTS suite_cells (
 );
 """
 COLUMNS = ("cell_key", "suite", "cell_name", "pretrain", "tune", "dataset", "preset", "seed", "metrics", "config",
-           "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at")
-JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages")
+           "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at",
+           "skipped")
+JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped")
+
+# The store's layout, kept in SQLite's user_version. 1: the first released layout (user_version
+# never set, so read as 0 too); 2: runs.skipped. Older stores are migrated when opened; a store
+# from a newer umdbench is refused rather than written in a layout it does not know.
+SCHEMA_VERSION = 2
+# columns added since version 1: (version, table, column, SQL type)
+MIGRATIONS = [(2, "runs", "skipped", "TEXT")]
 MEMBERSHIP_COLUMNS = ("suite", "cell_name", "dataset", "preset", "seed", "cell_key", "status", "detail", "overrides")
 
 
@@ -73,11 +82,31 @@ class ResultsStore:
         try:
             with self._connect() as con:
                 con.executescript(SCHEMA)
+                self._migrate(con)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
                 f"again to start a new store; `umdbench leaderboard --store OLD` can still read a healthy copy."
             ) from exc
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results store {self.path} has schema version {version}, written by a newer umdbench than this "
+                f"one (which knows versions up to {SCHEMA_VERSION}); fix: upgrade umdbench, or pass another "
+                f"--work-dir / --store so that this store is left as it is.")
+        for _, table, column, sql_type in MIGRATIONS:
+            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            if column not in have:  # CREATE TABLE IF NOT EXISTS kept an older table as it was
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+        if version != SCHEMA_VERSION:
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as con:
+            return con.execute("PRAGMA user_version").fetchone()[0]
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -99,6 +128,7 @@ class ResultsStore:
         """Insert a finished cell; returns False (and writes nothing) if the key is already stored."""
         row = dict(row)
         row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        row.setdefault("skipped", {})
         for col in JSON_COLUMNS:
             row[col] = json.dumps(row[col], sort_keys=True)
         values = [row.get(col) for col in COLUMNS]

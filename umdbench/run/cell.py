@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage, describe_plan
+from umdbench.plan.stages import Stage, check_cell_data, describe_plan, skipped_counts
 from umdbench.results.provenance import device_description, git_commit, package_versions
 from umdbench.run.builders import RunContext, echo
 from umdbench.run.stages import evaluate_stage, train_stage
@@ -38,6 +38,8 @@ def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: T
         echo(f"[{total}/{total}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
         ctx.ws.ensure_result(existing)
         return existing
+    # every split the cell reads, before its first stage trains (raises DataError, exit 2)
+    check_cell_data(stages, ctx.catalog, run.config, ctx.ws.image_cache_dir)
     ctx.ws.write_run_config(run, stages)
     echo(f"umdbench run: {run.cell.label}, preset {run.cell.preset}, seed {run.cell.seed}\n"
          f"{describe_plan(stages, ctx.ws.is_trained)}")
@@ -62,8 +64,9 @@ def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: T
 
 
 def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float,
-               device: str | None = None) -> dict:
-    """The results-store row of a finished cell (``stages``: its plan, evaluation last)."""
+               device: str | None = None, skipped: dict | None = None) -> dict:
+    """The results-store row of a finished cell (``stages``: its plan, evaluation last).
+    ``skipped``: records left out per dataset (``on_error: skip``, malformed fields)."""
     cell = stages[-1]
     return {
         "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
@@ -71,7 +74,7 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
         "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.config,
         "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
         "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
-        "wall_time_s": wall_time_s, "device": device or device_description(),
+        "wall_time_s": wall_time_s, "device": device or device_description(), "skipped": skipped or {},
     }
 
 
@@ -82,7 +85,11 @@ def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time
     cell = stages[-1]
     with ctx.ws.cell_lock(cell.key):  # re-entered when run_cell holds it already
         ctx.ws.write_run_config(run, stages)
-        row = result_row(run, stages, metrics, wall_time_s, device)
+        skipped = skipped_counts(stages, ctx.catalog)
+        if skipped:
+            echo("skipped records (on_error=skip or malformed fields), stored with the row: "
+                 + ", ".join(f"{name} {n}" for name, n in sorted(skipped.items())))
+        row = result_row(run, stages, metrics, wall_time_s, device, skipped)
         if not ctx.ws.store.add(row):  # INSERT OR IGNORE: one row per cell key
             row = ctx.ws.store.get(cell.key)
         ctx.ws.write_result(row)
