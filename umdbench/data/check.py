@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -26,7 +27,9 @@ def open_image(path: str | Path):
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():  # PIL warns between 1x and 2x the limit; refused below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{exc}") from exc
     if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:

@@ -64,7 +64,8 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     train = stage.cfg["train"]
     batch_size = max(1, int(train["batch_size"]) // world)  # the stage's batch is global across ranks
     train_dir = ws.train_dir(stage)
-    resume = (train_dir / "last_checkpoint").is_file()
+    checkpoint = ws.resume_checkpoint(stage)  # relative to this train dir, wherever the work dir now is
+    resume = checkpoint is not None
     echo(f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
          f"{train['batch_size']} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})")
     started = time.time()
@@ -80,6 +81,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         optim_wrapper=build_optim_wrapper(strategy, train),
         param_scheduler=lr_schedule(train),
         resume=resume,
+        load_from=str(checkpoint) if checkpoint is not None else None,
         **runner_kwargs,
     )
     runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,

@@ -72,6 +72,26 @@ class Workspace:
     def train_dir(self, stage) -> Path:
         return self.stage_dir(stage) / "train"
 
+    def resume_checkpoint(self, stage) -> Path | None:
+        """The checkpoint an interrupted stage resumes from, or None to start it afresh.
+
+        mmengine's ``last_checkpoint`` holds an absolute path, which is wrong once the work dir is
+        moved or mounted elsewhere: the file is looked up by name in the stage's own train dir."""
+        pointer = self.train_dir(stage) / "last_checkpoint"
+        if not pointer.is_file():
+            return None
+        try:
+            name = Path(pointer.read_text().strip()).name
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{pointer} cannot be read ({type(exc).__name__}: {exc}); fix: delete it to "
+                                  f"restart the stage from scratch.") from exc
+        checkpoint = self.train_dir(stage) / name
+        if not name or not checkpoint.is_file():
+            raise CheckpointError(
+                f"{pointer} names the checkpoint {pointer.read_text().strip()!r}, which is not in {pointer.parent}; "
+                f"fix: delete {pointer} (and any partial checkpoint there) to restart the stage from scratch.")
+        return checkpoint
+
     def ddp_request_path(self, stage) -> Path:
         return self.stage_dir(stage) / "ddp-request.json"
 
