@@ -184,3 +184,17 @@ def test_a_store_from_a_newer_umdbench_is_refused_in_one_paragraph(tmp_path, cap
     assert main(["leaderboard", "--store", str(store), "--out", str(tmp_path / "out")]) == 2
     err = one_paragraph_error(capsys)
     assert str(store) in err and "newer umdbench" in err and "fix:" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", [None, 0, 2])
+def test_a_finished_stage_keeps_at_most_keep_checkpoints(tmp_path, capsys, keep):
+    work = tmp_path / "work"
+    opts = ["tune.0.train.max_iters=6", "tune.0.train.checkpoint_interval=2"]
+    if keep is not None:
+        opts.append(f"tune.0.train.keep_checkpoints={keep}")
+    assert main(medsynth(work, *opts)) == 0
+    (train_dir,) = work.glob("stages/tune-direct-*/train")
+    kept = sorted(p.name for p in train_dir.glob("iter_*.pth"))
+    assert kept == {None: ["iter_6.pth"], 0: [], 2: ["iter_4.pth", "iter_6.pth"]}[keep]
+    assert (train_dir / "last_checkpoint").is_file() == bool(kept)

@@ -109,7 +109,7 @@ def test_editing_a_third_party_plugin_package_changes_its_stage_keys(monkeypatch
 @pytest.mark.parametrize("override", [
     ("data.num_workers", 0), ("data.num_workers", 3), ("data.image_cache", False),
     ("tune.0.train.log_interval", 1), ("tune.1.train.checkpoint_interval", 7),
-    ("pretrain.train.checkpoint_interval", 3),
+    ("pretrain.train.checkpoint_interval", 3), ("tune.1.train.keep_checkpoints", 0),
 ])
 def test_settings_that_cannot_change_numbers_keep_the_keys(override):
     assert plan_keys(CellSpec("mr", ("tdcalib", "direct"), "medsynth", overrides=(override,))) == plan_keys(MR_CELL)

@@ -94,6 +94,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         return ws.stage_dir(stage)
     wall = time.time() - started
     ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world)
+    ws.prune_checkpoints(stage, int(train.get("keep_checkpoints", 1)))  # after the marker: never without both
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
     if world > 1:
         import torch.distributed as dist

@@ -92,6 +92,24 @@ class Workspace:
                 f"fix: delete {pointer} (and any partial checkpoint there) to restart the stage from scratch.")
         return checkpoint
 
+    def prune_checkpoints(self, stage, keep: int) -> list[Path]:
+        """Delete all but the newest ``keep`` resumable checkpoints of a finished stage (its
+        artifact is what later stages read; a checkpoint only matters if the artifact is lost).
+        Returns the deleted files."""
+        train_dir = self.train_dir(stage)
+
+        def iteration(path: Path) -> int:
+            digits = path.stem.rpartition("_")[2]
+            return int(digits) if digits.isdigit() else -1
+
+        checkpoints = sorted(train_dir.glob("iter_*.pth"), key=iteration, reverse=True)
+        doomed = checkpoints[max(0, int(keep)):]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if keep <= 0:  # no checkpoint left for the pointer to name
+            (train_dir / "last_checkpoint").unlink(missing_ok=True)
+        return doomed
+
     def ddp_request_path(self, stage) -> Path:
         return self.stage_dir(stage) / "ddp-request.json"
 
