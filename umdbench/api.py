@@ -356,6 +356,7 @@ TRAIN_DEFAULTS = {
     "fused": "auto",  # fused AdamW kernel (CUDA and CPU); False = foreach / per-tensor loop
     "foreach": "auto",  # only when fused is False: multi-tensor AdamW; False = per-tensor loop
     "compile": False,  # torch.compile the encoder blocks
+    "keep_checkpoints": 1,  # resumable checkpoints kept once the stage's artifact is written
 }
 
 
@@ -382,4 +383,5 @@ TRAIN_KEYS = {
     "fused": "'auto' = fused AdamW kernel on CUDA and CPU; False = the foreach / per-tensor path",
     "foreach": "with fused False: 'auto' = multi-tensor AdamW; False = per-tensor loop",
     "compile": "torch.compile the encoder blocks (parameter names unchanged)",
+    "keep_checkpoints": "resumable checkpoints a finished stage keeps (newest first; 0 = none); not in the stage key",
 }

@@ -49,27 +49,34 @@ class Melinda(ReleaseDataset):
         except FileNotFoundError as exc:
             raise DataError(f"{path}: file not found; fix: put the MELINDA release's {SPLIT_FILES[split]} there "
                             f"(see docs/datasets.md)") from exc
+        try:
+            with fh:
+                return self._rows(fh, file, split, column, images)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (offset {exc.start}: {exc.reason}); fix: re-download the file, "
+                            f"or convert it to UTF-8 if it was saved in another encoding") from exc
+
+    def _rows(self, fh, file: str, split: str, column: str, images: Path) -> list[Record]:
         out = []
-        with fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise DataError(f"{file}: header row: missing column(s) {missing} (found {header}); fix: use the "
-                                f"release CSV with columns {', '.join(COLUMNS)}")
-            for i, row in enumerate(reader):
-                row_no = i + 2  # 1-based line number in the file, after the header
-                if None in row or any(v is None for v in row.values()):
-                    self._bad(f"{file}: record line {row_no}: wrong number of columns (expected {len(COLUMNS)}); "
-                              f"fix: repair the row (quote captions that contain commas)")
-                    continue
-                figure, caption, value = row["figure_file"].strip(), row["caption"], row[column].strip()
-                if not figure or value == "":
-                    self._bad(f"{file}: record line {row_no}: empty figure_file or {column}; fix: repair or remove the row")
-                    continue
-                out.append(Record(uid=f"{self.name}/{split}/{row_no}", image=str(images / figure), text=caption.strip(),
-                                  extra={"file": file, "line": row_no, "class_name": value,
-                                         **{c: row[c] for c in COLUMNS[2:]}}))
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{file}: header row: missing column(s) {missing} (found {header}); fix: use the "
+                            f"release CSV with columns {', '.join(COLUMNS)}")
+        for i, row in enumerate(reader):
+            row_no = i + 2  # 1-based line number in the file, after the header
+            if None in row or any(v is None for v in row.values()):
+                self._bad(f"{file}: record line {row_no}: wrong number of columns (expected {len(COLUMNS)}); "
+                          f"fix: repair the row (quote captions that contain commas)")
+                continue
+            figure, caption, value = row["figure_file"].strip(), row["caption"], row[column].strip()
+            if not figure or value == "":
+                self._bad(f"{file}: record line {row_no}: empty figure_file or {column}; fix: repair or remove the row")
+                continue
+            out.append(Record(uid=f"{self.name}/{split}/{row_no}", image=str(images / figure), text=caption.strip(),
+                              extra={"file": file, "line": row_no, "class_name": value,
+                                     **{c: row[c] for c in COLUMNS[2:]}}))
         return out
 
     def label_names(self) -> list[str]:

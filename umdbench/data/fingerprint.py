@@ -30,12 +30,18 @@ def list_images(folder: str | Path) -> list[tuple[str, int]]:
     if not folder.is_dir():
         return out
     stack = [folder]
+    # symlinked folders are followed (a dataset may link its images in), each real folder once, so
+    # a link back up the tree (a loop) cannot recurse forever
+    seen = {os.path.realpath(folder)}
     while stack:
         current = stack.pop()
         with os.scandir(current) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
+                    real = os.path.realpath(entry.path)
+                    if real not in seen:
+                        seen.add(real)
+                        stack.append(Path(entry.path))
                 elif entry.name.lower().endswith(IMAGE_SUFFIXES):
                     rel = Path(entry.path).relative_to(folder).as_posix()
                     out.append((rel, entry.stat().st_size))

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from umdbench.api import DataError
+from umdbench.data.check import ImageTooLarge, open_image
 from umdbench.util import atomic_write_bytes
 
 __all__ = ["ImageLoader", "decode_resize", "resize_crop", "cache_key"]
@@ -69,11 +70,14 @@ def decode_resize(path: str | Path, size: int) -> np.ndarray:
             "silently; fix: leave it False (umdbench never sets it)"
         )
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()  # forces the full decode; raises OSError on truncated data
             return resize_crop(img, size)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found; fix: restore the file or re-download the dataset") from exc
+    except ImageTooLarge as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc}); fix: replace the file, downscale it "
+                        f"if it is genuine, or remove the record that refers to it") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc}); "
@@ -128,6 +132,33 @@ class ImageLoader:
         arr = decode_resize(path, size)
         self._write(entry, arr)
         return arr
+
+    def check(self, path: str | Path) -> str | None:
+        """None when the image decodes; otherwise why not ("does not exist", "cannot be decoded
+        (...)"). A cached image is not decoded again, and a decoded one is cached: checking a split
+        before training fills the cache that training reads."""
+        try:
+            entry = self.cache_path(path)
+        except DataError:
+            return "does not exist"
+        if entry is not None:
+            try:
+                if entry.stat().st_size == self._nbytes:
+                    return None
+            except OSError:
+                pass
+        try:
+            arr = decode_resize(path, self.image_size)
+        except DataError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, FileNotFoundError):
+                return "does not exist"
+            if isinstance(cause, ImageTooLarge):
+                return f"is too large to decode safely ({cause})"
+            return f"cannot be decoded ({type(cause).__name__}: {cause})" if cause else str(exc)
+        if entry is not None:
+            self._write(entry, arr)
+        return None
 
     def cache_path(self, path: str | Path) -> Path | None:
         """Where the cache entry of ``path`` lives (None without a cache dir)."""

@@ -49,6 +49,10 @@ def load_json_list(path: Path) -> list:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
                         f"fix: re-download the file (it is damaged or was edited)") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}: "
+                        f"{exc.reason}), so its JSON cannot be read; fix: re-download the file, or convert it to "
+                        f"UTF-8 if it was saved in another encoding (e.g. `iconv -f latin1 -t utf-8`)") from exc
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}; fix: use the release file")
     return data

@@ -1,14 +1,20 @@
 """Resolved config -> a chain of stages, each keyed by a hash of everything upstream of it.
 
 A stage's key covers its own config, the encoder config, the seed, the fingerprint of the data it
-reads, the code version of its plugin, and its parent's key. Two cells that share a pre-training
-(same strategy, config, corpus and seed) therefore share that stage's cached artifact.
+reads, the code it runs (the content of every source file of umdbench and of each plugin package
+its strategy, dataset, encoder, task type and metric come from) and its parent's key; settings
+that cannot change numbers (loader workers, log/checkpoint intervals) are left out. Two cells that
+share a pre-training (same strategy, config, corpus and seed) therefore share that stage's cached
+artifact, and no code change returns a result computed before it.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import inspect
+import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,32 +24,89 @@ from typing import Callable
 from umdbench.plan.config import ResolvedRun
 from umdbench.util import config_hash
 
+log = logging.getLogger("umdbench.data")
+
+
+# Source files whose content enters a stage key: the code, plus umdbench's registry.toml (which
+# class a built-in name resolves to).
+_SOURCE_SUFFIXES = (".py", ".toml")
+
+# Settings that cannot change a stage's numbers, left out of its key so that changing them reuses
+# the cache: loader workers (each record's pixels and the sampler order do not depend on them),
+# the image cache (it stores exactly what decoding returns), log and checkpoint intervals and how
+# many checkpoints are kept (bookkeeping of the runner only). fused/foreach stay in: the AdamW
+# kernels round differently. The evaluation batch size enters the evaluation's key only.
+NON_NUMERIC_DATA = ("num_workers", "image_cache", "eval_batch_size")
+NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints")
+
+
+def _source_files(top: str) -> list[tuple[str, Path]]:
+    """``(name, path)`` of every source file of the top-level package (or single module) ``top``,
+    found without importing it when it is not imported yet."""
+    module = sys.modules.get(top)
+    if module is not None:
+        folders = list(getattr(module, "__path__", None) or [])
+        file = getattr(module, "__file__", None)
+    else:
+        spec = importlib.util.find_spec(top)
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        file = spec.origin if spec and spec.has_location else None
+    if not folders:
+        return [(Path(file).name, Path(file))] if file else []
+    files = []
+    for folder in folders:
+        for here, subdirs, names in os.walk(folder):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
+            files += [(os.path.relpath(os.path.join(here, n), folder), Path(here, n))
+                      for n in names if n.endswith(_SOURCE_SUFFIXES)]
+    return sorted(files)
+
 
 @lru_cache(maxsize=None)
-def _source_hash(module_name: str) -> str:
-    module = sys.modules[module_name]
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        return "nosource"
-    return hashlib.sha256(source.encode()).hexdigest()[:10]
-
-
-@lru_cache(maxsize=1)
-def encoder_code_version() -> str:
-    """Hash of the shared model code: a change there invalidates every cached stage."""
-    folder = Path(__file__).resolve().parents[1] / "models"
+def package_code_version(top: str) -> str:
+    """Content hash of every source file of the top-level package ``top`` (``umdbench``,
+    ``umdbench_plugins``, a third-party plugin package, or a ``--plugin-path`` module). Computed
+    once per process: reading ~100 small files costs a few milliseconds."""
     digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.py")):
-        digest.update(file.name.encode() + file.read_bytes())
-    kit = Path(__file__).resolve().parents[1] / "kit"
-    for name in ("imagetext.py", "tasktypes.py"):  # the built-in task types' records -> tensors
-        digest.update((kit / name).read_bytes())
-    return digest.hexdigest()[:10]
+    files = _source_files(top)
+    if not files:  # a module without files (built at run time): its source, if inspect finds it
+        try:
+            digest.update(inspect.getsource(sys.modules[top]).encode())
+        except (KeyError, OSError, TypeError):
+            return "nosource"
+    for name, path in files:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
-def code_version(cls) -> str:
-    return f"{getattr(cls, 'version', '0')}-{_source_hash(cls.__module__)}"
+def code_version(*classes, targets: tuple[str, ...] = ()) -> dict:
+    """The code a stage runs: umdbench's own package, and, for each plugin class it uses
+    (strategy, dataset, encoder, task type), the class's declared ``version`` and the content hash
+    of the whole top-level package it comes from. Editing any file of either therefore changes
+    every key that depends on it. ``targets`` are ``module:attr`` registry entries keyed by their
+    package without being imported (a metric: importing torchmetrics would cost planning a second)."""
+    packages = {"umdbench": package_code_version("umdbench")}
+    versions = {}
+    for cls in classes:
+        top = cls.__module__.split(".")[0]
+        packages[top] = package_code_version(top)
+        versions[f"{cls.__module__}:{cls.__qualname__}"] = str(getattr(cls, "version", "0"))
+    for target in targets:
+        top = target.split(":")[0].split(".")[0]
+        packages[top] = package_code_version(top)  # the package only: the same whether imported yet or not
+    return {"packages": packages, "versions": versions}
+
+
+def _numeric(section: dict, drop: tuple[str, ...]) -> dict:
+    return {k: v for k, v in section.items() if k not in drop}
+
+
+def _keyed_stage_cfg(stage_cfg: dict) -> dict:
+    """A stage config without the settings that cannot change its numbers."""
+    out = dict(stage_cfg)
+    if isinstance(out.get("train"), dict):
+        out["train"] = _numeric(out["train"], NON_NUMERIC_TRAIN)
+    return out
 
 
 @dataclass
@@ -67,20 +130,27 @@ class Stage:
 
 
 class DataCatalog:
-    """Dataset plugin instances, built once per (type, root, options)."""
+    """Dataset plugin instances, built once per (type, root, options), and the records of each
+    split after the checks a run needs (:meth:`checked_records`)."""
 
     def __init__(self, registries):
         self.registries = registries
         self._cache: dict[str, object] = {}
         self._missing: dict[str, tuple[list[str], int]] = {}
+        self._checked: dict[str, list] = {}
+        self._image_problems: dict[tuple[str, int | None], str | None] = {}
+
+    @staticmethod
+    def _key(data_cfg: dict) -> str:
+        return config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + data_cfg.get("on_error", "raise")
 
     def get(self, data_cfg: dict):
-        on_error = data_cfg.get("on_error", "raise")
-        key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + on_error
+        key = self._key(data_cfg)
         if key not in self._cache:
             cls = self.registries.dataset.get(data_cfg["type"])
             with self.registries.dataset.guard(data_cfg["type"], f"reading its options {data_cfg.get('options', {})}"):
-                self._cache[key] = cls(root=data_cfg.get("root"), on_error=on_error, **data_cfg.get("options", {}))
+                self._cache[key] = cls(root=data_cfg.get("root"), on_error=data_cfg.get("on_error", "raise"),
+                                       **data_cfg.get("options", {}))
         return self._cache[key]
 
     def fingerprint(self, data_cfg: dict) -> str:
@@ -97,6 +167,111 @@ class DataCatalog:
             paths = {str(r.image) for r in records if isinstance(r.image, (str, Path))}
             self._missing[key] = (sorted(p for p in paths if not Path(p).is_file()), len(records))
         return self._missing[key]
+
+    def checked_records(self, data_cfg: dict, split: str, image_size: int | None = None,
+                        cache_dir: Path | None = None) -> list:
+        """The records of a split once it is known to be usable: not empty, unique record ids,
+        every image inside the dataset's folder and decodable (through the image cache at
+        ``image_size``, which training then reads; without a size, a full decode). With
+        ``on_error: skip`` records whose image is missing or corrupt are dropped and added to the
+        plugin's ``skipped``; otherwise the first problem raises :class:`DataError` naming the
+        file, the record and the fix. Checked once per process and split."""
+        from umdbench.api import DataError
+
+        key = self._key(data_cfg) + split
+        if key in self._checked:
+            return list(self._checked[key])
+        name, dataset = data_cfg["type"], self.get(data_cfg)
+        skip = data_cfg.get("on_error", "raise") == "skip"
+        records = dataset.records(split)
+        look = f"`umdbench data check {name}` shows what it found"
+        if not records:
+            raise DataError(f"dataset {name!r} has no records in split {split!r} (under {data_cfg.get('root') or 'generated data'}); "
+                            f"fix: restore its annotation file or choose another split; {look}.")
+        seen: dict[str, object] = {}
+        for r in records:
+            if r.uid in seen:
+                raise DataError(f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice "
+                                f"({_where(seen[r.uid])} and {_where(r)}); fix: remove the duplicate from the "
+                                f"annotation file (record ids must be unique) or re-download the release; {look}.")
+            seen[r.uid] = r
+        root = os.path.abspath(data_cfg["root"]) if data_cfg.get("root") else None
+        loader = None
+        if image_size:
+            from umdbench.data.images import ImageLoader
+
+            loader = ImageLoader(int(image_size), cache_dir)
+        kept, dropped = [], 0
+        for r in records:
+            problem = self._image_problem(r.image, root, loader) if isinstance(r.image, (str, Path)) else None
+            if problem is None:
+                kept.append(r)
+                continue
+            message = f"{_where(r)} of dataset {name!r} split {split!r}: image {r.image} {problem}"
+            if not skip:
+                raise DataError(f"{message}; fix: restore or re-download that file (`umdbench data check {name}` "
+                                f"lists every bad image), or leave such records out with --cfg-options "
+                                f"dataset.on_error=skip. Nothing was trained.")
+            dataset.skipped.append(message)
+            dropped += 1
+        if dropped:
+            log.warning("dataset %s split %s: %d record(s) skipped for a missing or corrupt image, %d kept",
+                        name, split, dropped, len(kept))
+        if not kept:
+            raise DataError(f"dataset {name!r} split {split!r}: every record was skipped (on_error=skip), the "
+                            f"first for: {dataset.skipped[-dropped]}; fix: restore the images; {look}.")
+        self._checked[key] = kept
+        return list(kept)
+
+    def _image_problem(self, image, root: str | None, loader) -> str | None:
+        path = os.path.abspath(str(image))
+        # normpath, not resolve: a symlinked dataset folder is fine, a '../' out of it is not
+        if root is not None and not os.path.normpath(path).startswith(os.path.normpath(root) + os.sep):
+            return f"lies outside the dataset folder {root}"
+        memo = (path, loader.image_size if loader else None)
+        if memo not in self._image_problems:
+            if loader is not None:
+                self._image_problems[memo] = loader.check(path)
+            else:
+                from umdbench.data.check import verify_image
+
+                reason = verify_image(path, deep=True)
+                self._image_problems[memo] = None if reason is None else (
+                    "does not exist" if reason == "missing" else f"is {reason}")
+        return self._image_problems[memo]
+
+    def skipped(self, data_cfg: dict) -> int:
+        """Records the plugin has skipped so far (malformed fields, missing or corrupt images)."""
+        return len(getattr(self.get(data_cfg), "skipped", []) or [])
+
+
+def _where(record) -> str:
+    file = record.extra.get("file") if isinstance(getattr(record, "extra", None), dict) else None
+    return f"record {record.uid}" + (f" ({file})" if file else "")
+
+
+def check_cell_data(stages: list, catalog: DataCatalog, run_config: dict, cache_dir: Path | None = None) -> None:
+    """Check every split a planned cell reads (pre-training corpus, training split, evaluation
+    split) before its first stage trains: a corrupt test image must stop the run in seconds, not
+    after hours of training. Raises :class:`DataError` (see :meth:`DataCatalog.checked_records`)."""
+    size = (run_config.get("model") or {}).get("image_size")
+    cache = cache_dir if (run_config.get("data") or {}).get("image_cache", True) else None
+    done = set()
+    for stage in stages:
+        key = (DataCatalog._key(stage.data), stage.data["split"])
+        if key not in done:
+            done.add(key)
+            catalog.checked_records(stage.data, stage.data["split"], size if isinstance(size, int) else None, cache)
+
+
+def skipped_counts(stages: list, catalog: DataCatalog) -> dict[str, int]:
+    """``{dataset type: records skipped}`` over the data a cell read (only types that skipped any)."""
+    out: dict[str, int] = {}
+    for stage in stages:
+        n = catalog.skipped(stage.data)
+        if n:
+            out[stage.data["type"]] = n
+    return out
 
 
 def missing_data(stages: list, catalog: DataCatalog) -> str | None:
@@ -116,12 +291,32 @@ def _stage_key(inputs: dict) -> str:
     return config_hash(inputs)
 
 
+def _task_classes(registries, dataset_cls, pretrain: bool) -> list:
+    """The task type(s) a stage on ``dataset_cls`` builds its tensors with."""
+    if dataset_cls.task not in registries.task:
+        return []  # resolve() reports an unknown task type; nothing to hash here
+    spec = registries.task.get(dataset_cls.task)
+    if pretrain and spec.supervised and spec.pretrain_task and spec.pretrain_task in registries.task:
+        return [spec, registries.task.get(spec.pretrain_task)]
+    return [spec]
+
+
+def _metric_targets(registries, dataset_cls) -> tuple[str, ...]:
+    """Where the metric the evaluation scores with lives (the dataset's, else its task type's default)."""
+    name = dataset_cls.metric
+    if not name and dataset_cls.task in registries.task:
+        name = registries.task.get(dataset_cls.task).default_metric
+    return (registries.metric.target(name),) if name and name in registries.metric else ()
+
+
 def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage]:
     cfg = run.config
     stages: list[Stage] = []
     parent: Stage | None = None
-    common = {"model": cfg["model"], "seed": cfg["seed"], "data_pipeline": cfg["data"], "encoder_code": encoder_code_version()}
+    encoder_cls = registries.encoder.get(cfg["model"]["type"])
+    common = {"model": cfg["model"], "seed": cfg["seed"], "data_pipeline": _numeric(cfg["data"], NON_NUMERIC_DATA)}
     dataset_data = {k: cfg["dataset"][k] for k in ("type", "root", "options", "on_error")}
+    dataset_cls = registries.dataset.get(dataset_data["type"])
     dataset_fp = catalog.fingerprint(dataset_data)
 
     if cfg["pretrain"] is not None:
@@ -129,23 +324,31 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
         corpus = stage_cfg.pop("corpus")
         data = {**corpus, "split": "train", "fingerprint": catalog.fingerprint(corpus)}
         cls = registries.pretrain.get(stage_cfg["type"])
-        inputs = {"kind": "pretrain", "cfg": stage_cfg, "data": {k: v for k, v in data.items() if k != "root"},
-                  "code": code_version(cls), **common}
+        corpus_cls = registries.dataset.get(corpus["type"])
+        code = code_version(cls, corpus_cls, encoder_cls, *_task_classes(registries, corpus_cls, pretrain=True))
+        inputs = {"kind": "pretrain", "cfg": _keyed_stage_cfg(stage_cfg),
+                  "data": {k: v for k, v in data.items() if k != "root"}, "code": code, **common}
         parent = Stage("pretrain", stage_cfg["type"], 0, stage_cfg, data, _stage_key(inputs), None, inputs)
         stages.append(parent)
 
+    tune_tasks = _task_classes(registries, dataset_cls, pretrain=False)
     for i, stage_cfg in enumerate(cfg["tune"]):
         cls = registries.tune.get(stage_cfg["type"])
         data = {**dataset_data, "split": "train", "fingerprint": dataset_fp}
-        inputs = {"kind": "tune", "cfg": stage_cfg, "data": {k: v for k, v in data.items() if k != "root"},
-                  "code": code_version(cls), "parent": parent.key if parent else None, **common}
+        inputs = {"kind": "tune", "cfg": _keyed_stage_cfg(stage_cfg),
+                  "data": {k: v for k, v in data.items() if k != "root"},
+                  "code": code_version(cls, dataset_cls, encoder_cls, *tune_tasks),
+                  "parent": parent.key if parent else None, **common}
         stage = Stage("tune", stage_cfg["type"], i, copy.deepcopy(stage_cfg), data, _stage_key(inputs), parent, inputs)
         stages.append(stage)
         parent = stage
 
     data = {**dataset_data, "split": cfg["eval"]["split"], "fingerprint": dataset_fp}
+    # the evaluation's own code too (metric, task type, umdbench's evaluation loop): its key is the
+    # cell key, so a change there must not return the row stored before it
+    code = code_version(dataset_cls, encoder_cls, *tune_tasks, targets=_metric_targets(registries, dataset_cls))
     inputs = {"kind": "eval", "cfg": cfg["eval"], "data": {k: v for k, v in data.items() if k != "root"},
-              "parent": parent.key, "batch": cfg["data"]["eval_batch_size"]}
+              "parent": parent.key, "batch": cfg["data"]["eval_batch_size"], "code": code}
     stages.append(Stage("eval", "eval", 0, copy.deepcopy(cfg["eval"]), data, _stage_key(inputs), parent, inputs))
     return stages
 

@@ -66,15 +66,23 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
             by_key[(row["dataset"], row["preset"])].append(row)
         parts = ["# umdbench runs\n", "Every finished run in the store, mean ± std over seeds (percent).\n"]
         for (dataset, preset), members in sorted(by_key.items()):
-            commits = sorted({r["git_commit"] for r in members})
+            # rows from older stores or other executors may lack either (NULL): said, not sorted with None
+            commits = _known(r["git_commit"][:12] if r.get("git_commit") else None for r in members)
+            devices = _known(r.get("device") for r in members)
             parts.append(f"\n## {dataset} (preset {preset})\n\n{runs_table(members)}\n\n"
-                         f"<sub>{len(members)} runs; devices: {', '.join(sorted({r['device'] for r in members}))}; "
-                         f"commits: {', '.join(c[:12] for c in commits)}</sub>\n")
+                         f"<sub>{len(members)} runs; devices: {devices}; commits: {commits}</sub>\n")
         path = out_dir / "runs.md"
         atomic_write_text(path, "".join(parts))
         written.append(path)
     written += write_suite_boards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
     return written
+
+
+def _known(values) -> str:
+    """Distinct values, sorted, with "unknown" for missing ones."""
+    values = list(values)
+    known = sorted({v for v in values if v})
+    return ", ".join(known + (["unknown"] if len(known) < len(set(values)) or not known else []))
 
 
 # ---------------------------------------------------------------------------------------------

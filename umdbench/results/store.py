@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS runs (
     stage_keys TEXT NOT NULL,       -- JSON list, pre-training first
     git_commit TEXT, packages TEXT, data_fingerprint TEXT,
     wall_time_s REAL, device TEXT, created_at TEXT NOT NULL,
+    skipped TEXT,                   -- JSON: dataset -> records left out (on_error skip, malformed)
     plugins TEXT                    -- JSON: "kind:name" -> the package (and version) that provided it
 );
 CREATE TABLE IF NOT EXISTS suite_cells (
@@ -48,10 +49,15 @@ CREATE TABLE IF NOT EXISTS suite_cells (
 """
 COLUMNS = ("cell_key", "suite", "cell_name", "pretrain", "tune", "dataset", "preset", "seed", "metrics", "config",
            "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at",
-           "plugins")
-JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "plugins")
-# columns added after the first release: (name, SQL type); an older store gains them when opened
-ADDED_COLUMNS = (("plugins", "TEXT"),)
+           "skipped", "plugins")
+JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped", "plugins")
+
+# The store's layout, kept in SQLite's user_version. 1: the first released layout (user_version
+# never set, so read as 0 too); 2: runs.skipped; 3: runs.plugins. Older stores are migrated when
+# opened; a store from a newer umdbench is refused rather than written in a layout it does not know.
+SCHEMA_VERSION = 3
+# columns added since version 1: (version, table, column, SQL type)
+MIGRATIONS = [(2, "runs", "skipped", "TEXT"), (3, "runs", "plugins", "TEXT")]
 MEMBERSHIP_COLUMNS = ("suite", "cell_name", "dataset", "preset", "seed", "cell_key", "status", "detail", "overrides")
 
 
@@ -77,15 +83,31 @@ class ResultsStore:
         try:
             with self._connect() as con:
                 con.executescript(SCHEMA)
-                have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
-                for name, sql_type in ADDED_COLUMNS:
-                    if name not in have:  # an older store: old rows read NULL there
-                        con.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
+                self._migrate(con)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
                 f"again to start a new store; `umdbench leaderboard --store OLD` can still read a healthy copy."
             ) from exc
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results store {self.path} has schema version {version}, written by a newer umdbench than this "
+                f"one (which knows versions up to {SCHEMA_VERSION}); fix: upgrade umdbench, or pass another "
+                f"--work-dir / --store so that this store is left as it is.")
+        for _, table, column, sql_type in MIGRATIONS:
+            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            if column not in have:  # CREATE TABLE IF NOT EXISTS kept an older table as it was
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+        if version != SCHEMA_VERSION:
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as con:
+            return con.execute("PRAGMA user_version").fetchone()[0]
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -107,6 +129,7 @@ class ResultsStore:
         """Insert a finished cell; returns False (and writes nothing) if the key is already stored."""
         row = dict(row)
         row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        row.setdefault("skipped", {})
         row.setdefault("plugins", {})
         for col in JSON_COLUMNS:
             row[col] = json.dumps(row[col], sort_keys=True)

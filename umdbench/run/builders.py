@@ -156,12 +156,11 @@ def build_dataset(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str, *
     """``(torch dataset, task type)`` of one split, built by the task type of the stage's data."""
     model_cfg = run.config["model"]
     dataset = ctx.catalog.get(stage.data)
-    records = dataset.records(split)
-    if not records:
-        raise UmdbenchError(f"dataset {stage.data['type']!r} has no records in split {split!r}; "
-                            f"`umdbench data check {stage.data['type']}` shows what it found.")
-    spec = task_type_of(ctx, dataset, stage.kind)
     cache_dir = ctx.ws.image_cache_dir if run.config["data"].get("image_cache", True) else None
+    size = model_cfg.get("image_size")
+    # checked (non-empty, unique ids, images decode) once per process; run_cell did it up front
+    records = ctx.catalog.checked_records(stage.data, split, size if isinstance(size, int) else None, cache_dir)
+    spec = task_type_of(ctx, dataset, stage.kind)
     data_ctx = DataContext(model_cfg=model_cfg, stage_cfg=stage.cfg, tokenizer=ctx.tokenizer(model_cfg),
                            label_names=list(dataset.label_names() or []), seed=run.config["seed"],
                            cache_dir=cache_dir)

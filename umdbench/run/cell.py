@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage, describe_plan
+from umdbench.plan.stages import Stage, check_cell_data, describe_plan, skipped_counts
 from umdbench.results.provenance import device_description, git_commit, package_versions
 from umdbench.run.builders import RunContext, echo
 from umdbench.run.stages import evaluate_stage, train_stage
@@ -25,27 +25,42 @@ def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: T
     """Run (or reuse) every stage of a planned cell and store its row. Returns the row.
 
     ``train`` trains one stage (default: in this process; the local executor passes a torchrun
-    launcher for multi-process stages)."""
+    launcher for multi-process stages). Each stage is trained under its lock and the cell is
+    evaluated and stored under the cell's, so two processes running the same cell on one work
+    dir train each stage once and store one row."""
     cell = stages[-1]
+    total = len(stages)
     existing = ctx.ws.store.get(cell.key)
     if existing is not None:
         for n, stage in enumerate(stages[:-1], 1):
-            echo(f"[{n}/{len(stages)}] {stage.title}: " + (f"reusing cached artifact {stage.dirname}"
+            echo(f"[{n}/{total}] {stage.title}: " + (f"reusing cached artifact {stage.dirname}"
                  if ctx.ws.is_trained(stage) else "not in the cache (not needed: the result is stored)"))
-        echo(f"[{len(stages)}/{len(stages)}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
+        echo(f"[{total}/{total}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
+        ctx.ws.ensure_result(existing)
         return existing
+    # every split the cell reads, before its first stage trains (raises DataError, exit 2)
+    check_cell_data(stages, ctx.catalog, run.config, ctx.ws.image_cache_dir)
     ctx.ws.write_run_config(run, stages)
     echo(f"umdbench run: {run.cell.label}, preset {run.cell.preset}, seed {run.cell.seed}\n"
          f"{describe_plan(stages, ctx.ws.is_trained)}")
     trained_before = {s.key for s in stages[:-1] if ctx.ws.is_trained(s)}
     for n, stage in enumerate(stages[:-1], 1):
-        train(stage, run, ctx, f"[{n}/{len(stages)}]")
-    eval_started = time.time()
-    metrics = evaluate_stage(cell, run, ctx, f"[{len(stages)}/{len(stages)}]")
-    # compute of this cell: its evaluation plus the stages it trained (not time spent waiting)
-    fresh = [s for s in stages[:-1] if s.key not in trained_before]
-    wall = (time.time() - eval_started) + sum(ctx.ws.stage_wall_time(s) for s in fresh)
-    return store_result(run, stages, metrics, wall, ctx)
+        train(stage, run, ctx, f"[{n}/{total}]")
+    def waiting(path):
+        echo(f"[{total}/{total}] evaluate: waiting for another process that is evaluating this cell (lock {path})")
+
+    with ctx.ws.cell_lock(cell.key, on_wait=waiting):
+        existing = ctx.ws.store.get(cell.key)
+        if existing is not None:  # stored by the process we waited for
+            echo(f"[{total}/{total}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
+            ctx.ws.ensure_result(existing)
+            return existing
+        eval_started = time.time()
+        metrics = evaluate_stage(cell, run, ctx, f"[{total}/{total}]")
+        # compute of this cell: its evaluation plus the stages it trained (not time spent waiting)
+        fresh = [s for s in stages[:-1] if s.key not in trained_before]
+        wall = (time.time() - eval_started) + sum(ctx.ws.stage_wall_time(s) for s in fresh)
+        return store_result(run, stages, metrics, wall, ctx)
 
 
 def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
@@ -65,8 +80,10 @@ def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
 
 
 def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float,
-               device: str | None = None, plugins: dict | None = None) -> dict:
-    """The results-store row of a finished cell (``stages``: its plan, evaluation last)."""
+               device: str | None = None, skipped: dict | None = None, plugins: dict | None = None) -> dict:
+    """The results-store row of a finished cell (``stages``: its plan, evaluation last).
+    ``skipped``: records left out per dataset (``on_error: skip``, malformed fields); ``plugins``:
+    the package behind each plugin the cell ran."""
     cell = stages[-1]
     return {
         "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
@@ -74,15 +91,24 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
         "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.config,
         "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
         "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
-        "wall_time_s": wall_time_s, "device": device or device_description(), "plugins": plugins or {},
+        "wall_time_s": wall_time_s, "device": device or device_description(), "skipped": skipped or {},
+        "plugins": plugins or {},
     }
 
 
 def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, ctx: RunContext,
                  device: str | None = None) -> dict:
-    """Write a finished cell: ``config.json``, the store row (kept if one exists) and ``result.json``."""
-    ctx.ws.write_run_config(run, stages)
-    row = result_row(run, stages, metrics, wall_time_s, device, plugin_provenance(run, ctx.registries))
-    ctx.ws.store.add(row)  # INSERT OR IGNORE: one row per cell key
-    ctx.ws.write_result(row)
+    """Write a finished cell: ``config.json``, the store row and ``result.json``. A row stored
+    before is kept, and returned; ``result.json`` then describes it, not the new metrics."""
+    cell = stages[-1]
+    with ctx.ws.cell_lock(cell.key):  # re-entered when run_cell holds it already
+        ctx.ws.write_run_config(run, stages)
+        skipped = skipped_counts(stages, ctx.catalog)
+        if skipped:
+            echo("skipped records (on_error=skip or malformed fields), stored with the row: "
+                 + ", ".join(f"{name} {n}" for name, n in sorted(skipped.items())))
+        row = result_row(run, stages, metrics, wall_time_s, device, skipped, plugin_provenance(run, ctx.registries))
+        if not ctx.ws.store.add(row):  # INSERT OR IGNORE: one row per cell key
+            row = ctx.ws.store.get(cell.key)
+        ctx.ws.write_result(row)
     return row

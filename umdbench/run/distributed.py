@@ -59,13 +59,16 @@ def torchrun_trainer(nproc: int, plugin_paths=()):
     """A ``train`` function for :func:`umdbench.run.cell.run_cell` that runs each stage not yet
     cached as a torchrun job of ``nproc`` processes."""
     from umdbench.run.builders import echo
-    from umdbench.run.stages import train_stage
+    from umdbench.run.stages import train_stage, waiting_note
 
     def train(stage, run, ctx, step: str):
         if nproc <= 1 or ctx.ws.is_trained(stage):
             return train_stage(stage, run, ctx, step)
-        echo(f"{step} {stage.title}: torchrun with {nproc} processes (key {stage.key[:12]})")
-        return launch_stage(stage, run, ctx, nproc, plugin_paths)
+        with ctx.ws.stage_lock(stage, on_wait=waiting_note(stage, step)):  # held here: the ranks themselves do not lock
+            if ctx.ws.is_trained(stage):
+                return train_stage(stage, run, ctx, step)
+            echo(f"{step} {stage.title}: torchrun with {nproc} processes (key {stage.key[:12]})")
+            return launch_stage(stage, run, ctx, nproc, plugin_paths)
 
     return train
 

@@ -11,27 +11,48 @@ from umdbench.run.builders import (RunContext, artifact_state, build_dataset, bu
                                    compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
                                    load_for_evaluation, lr_schedule, make_runner)
 
-__all__ = ["evaluate_stage", "train_stage"]
+__all__ = ["evaluate_stage", "train_stage", "waiting_note"]
 
 
 def train_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher: str = "none"):
     """Train one stage unless its artifact is cached; resume it if a previous attempt was killed.
 
-    ``launcher='pytorch'`` runs this process as one rank of a torchrun job (see
-    :mod:`umdbench.run.distributed`): the stage's batch size is split over the ranks and only rank 0
-    writes the artifact. Returns the stage folder.
+    A process holds the stage's lock while it trains, so a second process that needs the same
+    stage waits and then reuses the artifact. ``launcher='pytorch'`` runs this process as one rank
+    of a torchrun job (see :mod:`umdbench.run.distributed`; the process that launched torchrun holds
+    the lock): the stage's batch size is split over the ranks and only rank 0 writes the artifact.
+    Returns the stage folder.
     """
+    ws = ctx.ws
+    if ws.is_trained(stage):
+        return _reuse(stage, ctx, step)
+    if launcher != "none":
+        return _train(stage, run, ctx, step, launcher)
+    with ws.stage_lock(stage, on_wait=waiting_note(stage, step)):
+        if ws.is_trained(stage):  # trained by the process we waited for
+            return _reuse(stage, ctx, step)
+        return _train(stage, run, ctx, step, launcher)
+
+
+def waiting_note(stage: Stage, step: str):
+    """What a process prints when another one holds the stage's lock."""
+    return lambda path: echo(f"{step} {stage.title}: waiting for another process that is training it (lock {path})")
+
+
+def _reuse(stage: Stage, ctx: RunContext, step: str):
+    meta = ctx.ws.marker(stage)
+    echo(f"{step} {stage.title}: reusing cached artifact {stage.dirname} "
+         f"(trained in {meta.get('wall_time_s', 0):.1f}s; key {stage.key[:12]})")
+    return ctx.ws.stage_dir(stage)
+
+
+def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher: str):
     from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
 
     from umdbench.run.checkpoint import install_safe_loader
     from umdbench.run.stage_model import StageModel
 
     ws = ctx.ws
-    if ws.is_trained(stage):
-        meta = ws.marker(stage)
-        echo(f"{step} {stage.title}: reusing cached artifact {stage.dirname} "
-             f"(trained in {meta.get('wall_time_s', 0):.1f}s; key {stage.key[:12]})")
-        return ws.stage_dir(stage)
     runner_kwargs = distributed_runner_kwargs(launcher)
     rank, world = 0, 1
     if launcher != "none":
@@ -43,7 +64,8 @@ def train_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, laun
     train = stage.cfg["train"]
     batch_size = max(1, int(train["batch_size"]) // world)  # the stage's batch is global across ranks
     train_dir = ws.train_dir(stage)
-    resume = (train_dir / "last_checkpoint").is_file()
+    checkpoint = ws.resume_checkpoint(stage)  # relative to this train dir, wherever the work dir now is
+    resume = checkpoint is not None
     echo(f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
          f"{train['batch_size']} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})")
     started = time.time()
@@ -59,6 +81,7 @@ def train_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, laun
         optim_wrapper=build_optim_wrapper(strategy, train),
         param_scheduler=lr_schedule(train),
         resume=resume,
+        load_from=str(checkpoint) if checkpoint is not None else None,
         **runner_kwargs,
     )
     runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,
@@ -71,6 +94,7 @@ def train_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, laun
         return ws.stage_dir(stage)
     wall = time.time() - started
     ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world)
+    ws.prune_checkpoints(stage, int(train.get("keep_checkpoints", 1)))  # after the marker: never without both
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
     if world > 1:
         import torch.distributed as dist

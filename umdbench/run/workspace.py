@@ -8,10 +8,12 @@ Layout::
         model.safetensors            the artifact handed downstream
         artifact.json                written last: marks the stage finished (sha256, wall time)
         ddp-request.json             what a torchrun job of the stage reads (multi-process stages)
+        stage.lock                   held while a process trains the stage (others wait, then reuse)
     runs/<cell-key16>/               one per cell
         config.json                  the run's resolved config and plan
         eval/                        mmengine work dir of the evaluation
         result.json                  the stored row, without the config
+        cell.lock                    held while a process evaluates and stores the cell
     image_cache/                     decoded, resized images shared by every stage
     results.sqlite                   one row per finished cell, and suite membership
 
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from umdbench.errors import CheckpointError
 from umdbench.results.store import ResultsStore
@@ -33,6 +36,8 @@ __all__ = ["Workspace"]
 STORE_FILE = "results.sqlite"
 MARKER_FILE = "artifact.json"
 WEIGHTS_FILE = "model.safetensors"
+STAGE_LOCK_FILE = "stage.lock"
+CELL_LOCK_FILE = "cell.lock"
 
 
 class Workspace:
@@ -66,6 +71,44 @@ class Workspace:
 
     def train_dir(self, stage) -> Path:
         return self.stage_dir(stage) / "train"
+
+    def resume_checkpoint(self, stage) -> Path | None:
+        """The checkpoint an interrupted stage resumes from, or None to start it afresh.
+
+        mmengine's ``last_checkpoint`` holds an absolute path, which is wrong once the work dir is
+        moved or mounted elsewhere: the file is looked up by name in the stage's own train dir."""
+        pointer = self.train_dir(stage) / "last_checkpoint"
+        if not pointer.is_file():
+            return None
+        try:
+            name = Path(pointer.read_text().strip()).name
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{pointer} cannot be read ({type(exc).__name__}: {exc}); fix: delete it to "
+                                  f"restart the stage from scratch.") from exc
+        checkpoint = self.train_dir(stage) / name
+        if not name or not checkpoint.is_file():
+            raise CheckpointError(
+                f"{pointer} names the checkpoint {pointer.read_text().strip()!r}, which is not in {pointer.parent}; "
+                f"fix: delete {pointer} (and any partial checkpoint there) to restart the stage from scratch.")
+        return checkpoint
+
+    def prune_checkpoints(self, stage, keep: int) -> list[Path]:
+        """Delete all but the newest ``keep`` resumable checkpoints of a finished stage (its
+        artifact is what later stages read; a checkpoint only matters if the artifact is lost).
+        Returns the deleted files."""
+        train_dir = self.train_dir(stage)
+
+        def iteration(path: Path) -> int:
+            digits = path.stem.rpartition("_")[2]
+            return int(digits) if digits.isdigit() else -1
+
+        checkpoints = sorted(train_dir.glob("iter_*.pth"), key=iteration, reverse=True)
+        doomed = checkpoints[max(0, int(keep)):]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if keep <= 0:  # no checkpoint left for the pointer to name
+            (train_dir / "last_checkpoint").unlink(missing_ok=True)
+        return doomed
 
     def ddp_request_path(self, stage) -> Path:
         return self.stage_dir(stage) / "ddp-request.json"
@@ -134,12 +177,51 @@ class Workspace:
             "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
         return run_dir
 
+    def result_path(self, cell_key: str) -> Path:
+        return self.run_dir(cell_key) / "result.json"
+
     def write_result(self, row: dict) -> Path:
         """``runs/<cell key>/result.json``: the stored row without its config."""
-        path = self.run_dir(row["cell_key"]) / "result.json"
+        path = self.result_path(row["cell_key"])
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {k: v for k, v in row.items() if k != "config"})
         return path
+
+    def ensure_result(self, row: dict) -> Path:
+        """``result.json`` of a stored row, written again if it went missing (a store copied
+        without its runs/ folder, a cleaned work dir)."""
+        path = self.result_path(row["cell_key"])
+        return path if path.is_file() else self.write_result(row)
+
+    # -- locks -------------------------------------------------------------------------------------
+    def stage_lock(self, stage, on_wait: Callable[[Path], None] | None = None):
+        """Held while this process trains ``stage``: a second process (same work dir, this machine
+        or a shared file system with working locks) waits, then finds the stage trained."""
+        return self._hold(self.stage_dir(stage) / STAGE_LOCK_FILE, on_wait)
+
+    def cell_lock(self, cell_key: str, on_wait: Callable[[Path], None] | None = None):
+        """Held while this process evaluates a cell and stores its row."""
+        return self._hold(self.run_dir(cell_key) / CELL_LOCK_FILE, on_wait)
+
+    @staticmethod
+    @contextmanager
+    def _hold(path: Path, on_wait: Callable[[Path], None] | None) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # one lock object per file in this process, so holding it again (run_cell -> store_result)
+        # re-enters instead of waiting for itself; the OS drops the lock of a killed process
+        lock = FileLock(path, is_singleton=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait(path)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- caches ------------------------------------------------------------------------------------
     @property
