@@ -15,6 +15,7 @@ Region names: with K = 3 the BraTS order WT, TC, ET (keys ``dice_wt`` ...); else
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -40,8 +41,10 @@ def hd95_per_case(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     out = torch.full(pred.shape[:2], math.nan, dtype=torch.float64)
     both = (pred.flatten(2).any(-1) & gt.flatten(2).any(-1))
     for b, k in both.nonzero().tolist():
-        out[b, k] = float(compute_hausdorff_distance(pred[b:b + 1, k:k + 1].float(), gt[b:b + 1, k:k + 1].float(),
-                                                     include_background=True, percentile=95))
+        with warnings.catch_warnings():  # MONAI 1.5-1.6 warns about an argument it passes to itself
+            warnings.simplefilter("ignore", FutureWarning)
+            out[b, k] = float(compute_hausdorff_distance(pred[b:b + 1, k:k + 1].float(), gt[b:b + 1, k:k + 1].float(),
+                                                         include_background=True, percentile=95))
     return out
 
 

@@ -58,11 +58,13 @@ class VolumeDataset(Dataset):
             if "label" not in rec.extra:
                 raise DataError(f"record {rec.uid}: no label volume (Record.extra['label']); a segmentation "
                                 f"split needs one per study.")
-            label = load_volume(rec.extra["label"], f"record {rec.uid} (label)")
+            label = np.asarray(load_volume(rec.extra["label"], f"record {rec.uid} (label)"))
+            for old, new in (rec.extra.get("label_map") or {}).items():  # e.g. BraTS 2023: ET 3 -> 4
+                label = np.where(label == int(old), int(new), label)
             if label.shape != volume.shape[1:]:
                 raise DataError(f"record {rec.uid}: label shape {label.shape} differs from the images' "
                                 f"{volume.shape[1:]}; the label must be on the images' grid.")
-            arrays.append(region_masks(np.asarray(label), self.regions, f"record {rec.uid}"))
+            arrays.append(region_masks(label, self.regions, f"record {rec.uid}"))
         if self.training:
             self._draws += 1
             rng = np.random.default_rng([self.seed, i, self._draws])
