@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from umdbench.api import TaskInfo
+from umdbench.errors import ConfigError
 from umdbench_brain.encoders import ResUNetEncoder, SwinViTEncoder
 from umdbench_brain.strategies import MAE3D, ClsTune, SegTune
 from umdbench_brain.tasks import ScanClassificationTask, SegmentationTask
@@ -51,7 +52,7 @@ def test_seg_strategy_trains_encoder_and_head_and_predicts_whole_volumes():
 
 def test_strategies_refuse_the_other_task():
     encoder = ResUNetEncoder(ResUNetEncoder.default_config("tiny"))
-    with pytest.raises(ValueError, match="cls: scan-classification"):
+    with pytest.raises(ConfigError, match="cls: scan-classification"):
         ClsTune(encoder, ClsTune.default_config("tiny"), _seg_info())
     cls_info = TaskInfo(task="scan-classification", num_classes=2, label_names=["LGG", "HGG"],
                         spec=ScanClassificationTask())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench.api import PretrainStrategy, TaskInfo, TuneStrategy, train_config
+from umdbench.errors import ConfigError
 
 __all__ = ["VolumeTune", "SegTune", "ClsTune", "MAE3D"]
 
@@ -41,7 +42,7 @@ class VolumeTune(TuneStrategy):
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
         if task.spec is None or task.spec.name != self.needs:
-            raise ValueError(f"tuning strategy {self.name!r} tunes {self.needs!r} datasets, but this dataset's task "
+            raise ConfigError(f"tuning strategy {self.name!r} tunes {self.needs!r} datasets, but this dataset's task "
                              f"is {task.task!r}; choose the strategy that matches it (seg: segmentation, "
                              f"cls: scan-classification).")
         super().__init__(encoder, cfg, dataclasses.replace(task))
