@@ -137,3 +137,19 @@ def test_bad_split_file_is_reported(brats21):
     with pytest.raises(DataError, match="BraTS2021_99999"):
         BraTS2021(root=brats21).records("train")
     assert "BraTS2021_99999" in BraTS2021(root=brats21).check().problems[0]
+
+
+def test_umdbench_run_reads_a_brats_copy_through_the_cli(tmp_path, capsys):
+    """NIfTI files -> data loader -> seg -> sliding-window evaluation, via --data-root (2 steps)."""
+    from umdbench.cli import main
+
+    root = tmp_path / "data" / "brats2023"
+    for i in range(6):
+        make_study(root, f"BraTS-MEN-{i:05d}-000", ("t1c", "t1n", "t2f", "t2w"), "-", 3)
+    (root / "splits.json").write_text(json.dumps({"train": [f"BraTS-MEN-{i:05d}-000" for i in range(4)],
+                                                 "val": ["BraTS-MEN-00004-000"], "test": ["BraTS-MEN-00005-000"]}))
+    code = main(["run", "--pretrain", "none", "--tune", "seg", "--dataset", "brats2023", "--data-root",
+                 str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"), "--cfg-options", "model.roi_size=16",
+                 "tune.0.train.max_iters=2", "data.num_workers=0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "result: none / seg / brats2023" in out and "dice_et=" in out
