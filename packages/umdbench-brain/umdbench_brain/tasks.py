@@ -30,7 +30,9 @@ VOLUME_KEYS = {
 
 
 class VolumeDataset(Dataset):
-    """Records -> dicts of tensors. Training: one random ``roi``-cubed crop (when ``crop``), random
+    """Records -> dicts of tensors. Reads ``Record.image`` ({modality: array or NIfTI path}),
+    ``Record.extra["label"]`` (label volume, BraTS codes) remapped by ``extra["label_map"]`` when
+    given, and ``Record.label`` (class). Training: one random ``roi``-cubed crop (when ``crop``), random
     flips on the three axes and a random intensity scale/shift of +-0.1 per channel (the released
     fine-tuning augmentation). Evaluation: the whole volume."""
 
