@@ -72,8 +72,7 @@ def test_scratch_and_mae3d_segmentation_beat_an_untrained_model(tmp_path, capsys
     scratch = metrics_of(out)
     assert set(scratch) >= {"dice", "dice_wt", "dice_tc", "dice_et", "hd95"}
     floor = untrained_dice(tmp_path)
-    print(f"untrained dice {floor:.2f}; scratch {scratch}")  # shown with pytest -rP
-    # measured on the 2-core box: untrained ~6, scratch after 60 steps ~40-55
+    # measured (seed 0, this budget): untrained 1.6, scratch 26.0, mae3d 26.1; the bound leaves ~9 points
     assert floor < 20 and scratch["dice"] > floor + 15, (floor, scratch)
 
     pre = ["pretrain.train.max_iters=20", "pretrain.corpus.options.canvas=32", "pretrain.corpus.options.n_train=8",
@@ -82,7 +81,7 @@ def test_scratch_and_mae3d_segmentation_beat_an_untrained_model(tmp_path, capsys
     assert code == 0, out
     assert "pretrain mae3d: training 20 iters" in out and "brainsynth-corpus:train" in out
     mae = metrics_of(out)
-    print(f"mae3d {mae}")
+    print(f"untrained dice {floor:.2f}\nscratch {scratch}\nmae3d {mae}")  # shown with pytest -rP
     assert mae["dice"] > floor + 15
 
 
