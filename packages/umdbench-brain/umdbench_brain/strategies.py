@@ -1,0 +1,186 @@
+"""Strategies on volume encoders: tuning ``seg`` and ``cls`` (the task type's head on the shared
+encoder, as every umdbench supervised strategy) and pre-training ``mae3d`` (masked volume
+modelling, our baseline choice per notes/brainmvp-spec.md 1.8)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from umdbench.api import PretrainStrategy, TaskInfo, TuneStrategy, train_config
+from umdbench.errors import ConfigError
+
+__all__ = ["VolumeTune", "SegTune", "ClsTune", "MAE3D"]
+
+# The released fine-tuning recipe (notes 1.6): Adam 3e-4, weight decay 1e-4, cosine, batch 2.
+# 12,000 iterations ~ 300 epochs of ~80 training studies at batch 2 (BraTS2023-PED's size).
+FINETUNE_PAPER = train_config(max_iters=12000, batch_size=2, lr=3e-4, weight_decay=1e-4, betas=[0.9, 0.999],
+                              warmup_ratio=0.0, schedule="cosine", checkpoint_interval=1000, log_interval=50)
+# A CPU budget that segments brainsynth clearly above chance in about a minute on 2 cores.
+FINETUNE_TINY = train_config(max_iters=120, batch_size=4, lr=3e-3, weight_decay=1e-4, betas=[0.9, 0.999],
+                             warmup_ratio=0.05, schedule="cosine", checkpoint_interval=60, log_interval=10)
+
+RELEASED_SEG_GAPS = [
+    "optimiser AdamW (decoupled weight decay) instead of the released Adam with L2 weight decay "
+    "(the core builds AdamW); cosine stepped per iteration rather than per epoch",
+    "no deep supervision: one full-resolution output (released: three outputs, losses summed)",
+    "the last iterate is evaluated (released: the best validation checkpoint, validated every 5 epochs)",
+    "no RAS reorientation, 1 mm resampling or foreground crop (volumes are used on their own grid)",
+    "UNet-style residual decoder with trilinear upsampling on this package's encoders "
+    "(released: UniFormer-S with UNETR up-blocks)",
+]
+
+
+class VolumeTune(TuneStrategy):
+    """The task type's head on a volume encoder; loss and predictions from the task type."""
+
+    supervised: ClassVar[bool] = True
+    needs: ClassVar[str] = ""  # the task type this strategy tunes
+
+    def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
+        if task.spec is None or task.spec.name != self.needs:
+            raise ConfigError(f"tuning strategy {self.name!r} tunes {self.needs!r} datasets, but this dataset's task "
+                             f"is {task.task!r}; choose the strategy that matches it (seg: segmentation, "
+                             f"cls: scan-classification).")
+        super().__init__(encoder, cfg, dataclasses.replace(task))
+        self.head = task.spec.build_head(task, self.head_width(encoder))
+
+    def head_width(self, encoder: nn.Module):
+        return int(encoder.hidden_size)
+
+    def options(self) -> dict:
+        return {k: v for k, v in self.cfg.items() if k != "train"}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec = self.task.spec
+        fwd = spec.encode(self.encoder, batch, self.task, self.options(), training=True)
+        logits = spec.logits(self.head, fwd, self.task)
+        return {"loss_task": spec.loss(self.task, logits, spec.target(fwd), self.options())}
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec = self.task.spec
+        fwd = spec.encode(self.encoder, batch, self.task, self.options(), training=False)
+        return spec.predict(self.task, spec.logits(self.head, fwd, self.task))
+
+
+class SegTune(VolumeTune):
+    """Fine-tune encoder + segmentation decoder on random crops; predict whole volumes by
+    sliding-window inference. Options: ``dice_weight`` (0.7), ``bce_weight`` (0.3), ``sw_overlap``
+    (0.5), ``sw_batch_size``, ``augment`` (flips + intensity jitter)."""
+
+    name = "seg"
+    needs = "segmentation"
+    presets: ClassVar[dict] = {
+        "tiny": {"dice_weight": 0.7, "bce_weight": 0.3, "sw_overlap": 0.5, "sw_batch_size": 8, "augment": True,
+                 "train": FINETUNE_TINY},
+        "paper": {"dice_weight": 0.7, "bce_weight": 0.3, "sw_overlap": 0.5, "sw_batch_size": 4, "augment": True,
+                  "train": FINETUNE_PAPER},
+    }
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        found = list(RELEASED_SEG_GAPS)
+        if (cfg.get("dice_weight"), cfg.get("bce_weight")) != (0.7, 0.3):
+            found.append(f"loss {cfg.get('dice_weight')} x Dice + {cfg.get('bce_weight')} x BCE (released: 0.7 + 0.3)")
+        if cfg.get("sw_overlap") != 0.5:
+            found.append(f"sliding-window overlap {cfg.get('sw_overlap')} (released: 0.5)")
+        if not cfg.get("augment", True):
+            found.append("no flips or intensity jitter (released: both)")
+        return found
+
+    def head_width(self, encoder: nn.Module):
+        return (int(encoder.in_channels), *map(int, encoder.feature_channels))
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec = self.task.spec
+        logits = spec.sliding_logits(self.encoder, self.head, batch, self.task, self.options(),
+                                     int(self.encoder.roi_size))
+        return spec.predict(self.task, logits)
+
+
+class ClsTune(VolumeTune):
+    """Fine-tune encoder + MLP head on whole volumes (cross-entropy). Option ``augment``."""
+
+    name = "cls"
+    needs = "scan-classification"
+    presets: ClassVar[dict] = {
+        "tiny": {"augment": True, "train": train_config(**{**FINETUNE_TINY, "max_iters": 100, "lr": 1e-3})},
+        "paper": {"augment": True, "train": FINETUNE_PAPER},
+    }
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        return ["classification head and recipe are not released (BrainMVP issue #9: 'an MLP with softmax'): "
+                "global average pooling of the deepest map + a 2-layer MLP, with the segmentation recipe",
+                "no label-fraction (40 %) subsampling option yet"]
+
+
+class MAE3D(PretrainStrategy):
+    """Masked volume modelling on a volume encoder: split the crop into ``block_size``-cubed blocks,
+    zero ``mask_ratio`` of them in every channel, reconstruct the volume from the deepest feature
+    map (:class:`~umdbench_brain.heads.ReconDecoder`), MSE on the masked voxels of the modalities
+    the study has (``loss_on: all`` = every voxel)."""
+
+    name = "mae3d"
+    presets: ClassVar[dict] = {
+        "tiny": {"mask_ratio": 0.75, "block_size": 4, "loss_on": "masked",
+                 "train": train_config(max_iters=150, batch_size=4, lr=2e-3, weight_decay=0.05, betas=[0.9, 0.95],
+                                       warmup_ratio=0.05, schedule="cosine", checkpoint_interval=75, log_interval=10)},
+        # BrainMVP's pre-training optimisation (notes 1.5), so the baselines share one recipe:
+        # AdamW 3e-4 / wd 1e-5, cosine without warm-up, 24 studies per step, 1500 epochs x 500 studies
+        "paper": {"mask_ratio": 0.75, "block_size": 8, "loss_on": "masked",
+                  "train": train_config(max_iters=31250, batch_size=24, lr=3e-4, weight_decay=1e-5,
+                                        betas=[0.9, 0.999], warmup_ratio=0.0, schedule="cosine",
+                                        checkpoint_interval=2000, log_interval=50)},
+    }
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        found = ["MAE-3D is our baseline choice (notes/brainmvp-spec.md 1.8), not verified against the paper's table",
+                 "masked blocks are zero-filled in place (SimMIM-style, what a CNN encoder can take) rather than "
+                 "dropped as MAE tokens",
+                 "every present modality is a channel of one input (BrainMVP pre-trains on one modality at a time)"]
+        if cfg.get("loss_on", "masked") == "all":
+            found.append("reconstruction loss on every voxel (MAE: masked voxels only)")
+        return found
+
+    def __init__(self, encoder: nn.Module, cfg: dict):
+        super().__init__(encoder, cfg)
+        self.mask_ratio = float(cfg["mask_ratio"])
+        self.block = int(cfg["block_size"])
+        self.loss_on = cfg.get("loss_on", "masked")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mae3d: mask_ratio={self.mask_ratio} must be within (0, 1)")
+        if self.loss_on not in ("masked", "all"):
+            raise ValueError(f"mae3d: loss_on must be 'masked' or 'all', got {self.loss_on!r}")
+        if int(encoder.roi_size) % self.block:
+            raise ValueError(f"mae3d: block_size={self.block} must divide the encoder's roi_size={encoder.roi_size}; "
+                             f"set pretrain.block_size or model.roi_size.")
+        from umdbench_brain.heads import ReconDecoder
+
+        self.decoder = ReconDecoder(int(encoder.hidden_size), int(encoder.feature_strides[-1]), int(encoder.in_channels))
+
+    def block_mask(self, batch: int, shape: tuple[int, int, int], device) -> torch.Tensor:
+        """[B,1,D,H,W] float, 1 = masked; exactly round(ratio x blocks) blocks per sample."""
+        grid = [s // self.block for s in shape]
+        n = grid[0] * grid[1] * grid[2]
+        keep = n - int(round(self.mask_ratio * n))
+        order = torch.rand(batch, n, device=device).argsort(dim=1)
+        mask = torch.ones(batch, n, device=device)
+        mask.scatter_(1, order[:, :keep], 0.0)
+        mask = mask.view(batch, 1, *grid)
+        return F.interpolate(mask, size=tuple(shape), mode="nearest")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        volume = batch["volume"]
+        present = batch["present"].to(volume.dtype)[:, :, None, None, None]
+        mask = self.block_mask(volume.shape[0], tuple(volume.shape[2:]), volume.device)
+        recon = self.decoder(self.encoder(volume * (1.0 - mask))[-1])
+        if recon.shape[2:] != volume.shape[2:]:
+            recon = F.interpolate(recon, size=volume.shape[2:], mode="trilinear", align_corners=False)
+        weight = present * (mask if self.loss_on == "masked" else torch.ones_like(mask))
+        loss = ((recon - volume) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+        return {"loss_rec": loss}
