@@ -90,6 +90,8 @@ class DatasetPlugin:
     needs_root: ClassVar[bool] = True  # False for generated data
     # name of the corpus plugin used for pre-training when a run does not say otherwise
     default_pretrain_corpus: ClassVar[str | None] = None
+    # the corpus this dataset's paper pre-trains on: pre-training on another one is a recorded deviation
+    paper_pretrain_corpus: ClassVar[str | None] = None
     # the subfolder of --data-root where this dataset lives (e.g. "vqa_rad")
     root_subdir: ClassVar[str | None] = None
     # registered metric name; None = the task type's ``default_metric``

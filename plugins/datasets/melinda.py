@@ -21,6 +21,7 @@ SPLIT_FILES = {"train": "train.csv", "val": "dev.csv", "test": "test.csv"}
 
 class Melinda(ReleaseDataset):
     name: ClassVar[str] = "melinda"
+    paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     version: ClassVar[str] = "1"
     task: ClassVar[str] = "classification"
     root_subdir: ClassVar[str] = "melinda"

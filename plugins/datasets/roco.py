@@ -76,6 +76,7 @@ def parse_dlinks(path: Path) -> dict[str, str]:
 
 class Roco(ReleaseDataset):
     name: ClassVar[str] = "roco"
+    paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     version: ClassVar[str] = "1"
     task: ClassVar[str] = "retrieval"
     root_subdir: ClassVar[str] = "roco"

@@ -17,6 +17,7 @@ SPLIT_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json
 
 class Slake(VQADataset):
     name: ClassVar[str] = "slake"
+    paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
     # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
     default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["vqa-rad", "vqa-med-2019"], "exclude_images_of": ["slake"]}}

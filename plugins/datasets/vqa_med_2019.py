@@ -30,6 +30,7 @@ TEST_FILE = "test/VQAMed2019_Test_Questions_w_Ref_Answers.txt"
 
 class VQAMed2019(VQADataset):
     name: ClassVar[str] = "vqa-med-2019"
+    paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
     # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
     default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["vqa-rad", "slake"], "exclude_images_of": ["vqa-med-2019"]}}

@@ -25,6 +25,7 @@ OSF_PHRASES = {"train": ("freeform", "para"), "val": ("test_freeform", "test_par
 
 class VQARad(VQADataset):
     name: ClassVar[str] = "vqa-rad"
+    paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     version: ClassVar[str] = "1"
     root_subdir: ClassVar[str] = "vqa_rad"
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")

@@ -16,8 +16,6 @@ from umdbench.errors import ConfigError
 from umdbench.util import config_hash, parse_option
 from umdbench.util import dataset_root
 
-PAPER_PRETRAIN_CORPUS = "roco-medicat"  # ROCO + MedICaT, the paper's pre-training data
-
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -171,9 +169,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         corpus = config["pretrain"]["corpus"]
         corpus_cls = registries.dataset.get(corpus["type"])
         corpus["root"] = dataset_root(corpus_cls, cell.data_root, corpus["type"])
-        if dataset_cls.needs_root and corpus["type"] != PAPER_PRETRAIN_CORPUS:
+        paper_corpus = dataset_cls.paper_pretrain_corpus
+        if paper_corpus and corpus["type"] != paper_corpus:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
-                              f"ROCO + MedICaT ({PAPER_PRETRAIN_CORPUS!r})")
+                              f"{paper_corpus!r}")
     check_tracking(config)
     check_stage_configs(config, registries)
     config["deviations"] = deviations + _declared_deviations(config, registries)
