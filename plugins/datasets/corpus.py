@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from umdbench.api import CheckReport, DatasetPlugin, DataError, Record
+from umdbench.util import DATA_ROOT_ENV
 
 log = logging.getLogger("umdbench.data")
 
@@ -74,7 +75,7 @@ class Corpus(DatasetPlugin):
     def _data_root(self) -> Path:
         if self.root is None or not self.root.is_dir():
             raise DataError(f"dataset 'corpus': data root {self.root} does not exist; fix: pass --data-root DIR (the "
-                            f"folder holding {', '.join(self.options['sources'])}) or set UMDBENCH_DATA_ROOT=DIR")
+                            f"folder holding {', '.join(self.options['sources'])}) or set {DATA_ROOT_ENV}=DIR")
         return self.root
 
     def _make(self, name: str, on_error: str, extra: dict | None = None) -> DatasetPlugin:

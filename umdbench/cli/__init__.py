@@ -159,8 +159,9 @@ def cmd_leaderboard(args) -> int:
 
     from umdbench.results.leaderboard import write_leaderboards
     from umdbench.results.store import ResultsStore
+    from umdbench.run.workspace import Workspace
 
-    store_path = Path(args.store) if args.store else Path(args.work_dir) / "results.sqlite"
+    store_path = Path(args.store) if args.store else Workspace(args.work_dir).store_path
     if not store_path.is_file():
         raise UmdbenchError(f"no results store at {store_path}: run `umdbench run ...` first, or pass --store FILE.")
     written = write_leaderboards(ResultsStore(store_path), Path(args.out), suite=args.suite,

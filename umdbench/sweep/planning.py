@@ -108,6 +108,8 @@ class SweepPlan:
             tag = cell.status if cell.status != "pending" else "to run"
             key = f" key {cell.key[:12]}" if cell.key else ""
             why = f"  ({cell.reason})" if cell.reason and cell.status != "data unavailable" else ""
+            if cell.dropped_overrides:  # grid-wide overrides that do not apply to this cell
+                why += f"  (not applied here: {', '.join(cell.dropped_overrides)})"
             lines.append(f"  {n:>3}. [{tag}] {cell.describe()}{key}{why}")
         unavailable = self.by_status("data unavailable")
         if unavailable:
