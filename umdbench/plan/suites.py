@@ -15,6 +15,7 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
       { name = "5 TD-Calib+GM-Coord", pretrain = "none", tune = "tdcalib+gmcoord", paper = "5", inferred = true },
     ]
     vary = { key = "pretrain.alpha", label = "alpha", values = [0.2, 0.5, 0.8] }   # optional
+    reference = "1 none"                            # optional: the row others are tested against (default: the first)
 
 The grid is rows x vary values x datasets; each grid point is run once per seed. A row's
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
@@ -32,7 +33,7 @@ from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary"}
+SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "reference"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -71,6 +72,7 @@ class Suite:
     vary_key: str | None = None
     vary_label: str | None = None
     vary_values: tuple[Any, ...] = ()
+    reference: str | None = None  # a row or cell name; None = the first cell
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -118,11 +120,16 @@ class Suite:
         plot = spec.get("plot")
         if plot not in (None, "rows", "vary"):
             raise ConfigError(f"{where}: 'plot' must be 'rows' or 'vary', got {plot!r}.")
+        reference = spec.get("reference")
+        cell_names = [n if vary_key is None else f"{n} {vary_label}={v}" for n in names for v in (vary_values or (None,))]
+        if reference is not None and str(reference) not in names + cell_names:
+            raise ConfigError(f"{where}: 'reference' {reference!r} is not one of its rows ({', '.join(names)})"
+                              + (f" or cells ({', '.join(cell_names)})" if vary_key else "") + ".")
         return cls(
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
             metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_key=vary_key, vary_label=vary_label,
-            vary_values=vary_values,
+            vary_values=vary_values, reference=None if reference is None else str(reference),
         )
 
     # -- the grid -----------------------------------------------------------------------------
@@ -158,6 +165,17 @@ class Suite:
 
     def cell_names(self) -> list[str]:
         return list(dict.fromkeys(p.cell_name for p in self.grid()))
+
+    @property
+    def reference_cell(self) -> str:
+        """The cell every other row is compared with (significance markers): ``reference`` (a cell,
+        or a row's first vary value), default the first cell of the grid."""
+        names = self.cell_names()
+        if self.reference in names:
+            return self.reference
+        if self.reference is not None:
+            return next(n for n in names if n.startswith(f"{self.reference} {self.vary_label}="))
+        return names[0]
 
 
 def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:

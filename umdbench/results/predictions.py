@@ -64,3 +64,35 @@ def metric_correct(arrays: dict[str, np.ndarray], metric: str) -> np.ndarray | N
             return None
         keep = arrays["answer_type"] == _SUBSETS[metric]
     return np.stack([arrays["index"][keep].astype(np.int64), arrays["correct"][keep].astype(np.int64)])
+
+
+def seed_matrix(rows: list[dict], metric: str, base_dir: Path,
+                cache: dict | None = None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """``(correct [seeds, n], index [n], "")`` of one cell's rows (its seeds) for ``metric``, or
+    ``(None, None, why)`` when an interval cannot be computed from what is stored. The stored
+    examples must reproduce each row's stored metric, so an interval is never put beside a
+    number it was not computed from (a soft or multi-answer accuracy is not a mean of ``correct``)."""
+    cache = {} if cache is None else cache
+    mats, index = [], None
+    for row in rows:
+        key = row["cell_key"]
+        if key not in cache:
+            cache[key] = load_for_row(row, base_dir)
+        arrays, why = cache[key]
+        if arrays is None:
+            return None, None, why
+        kept = metric_correct(arrays, metric)
+        if kept is None:
+            return None, None, f"{metric} is not a mean of per-example correctness"
+        if kept.shape[1] == 0:
+            return None, None, f"no test example counts towards {metric}"
+        stored = (row.get("metrics") or {}).get(metric)
+        if stored is None or abs(100.0 * kept[1].mean() - float(stored)) > 1e-3:
+            return None, None, f"the stored predictions do not reproduce the stored {metric}"
+        if index is not None and not np.array_equal(index, kept[0]):
+            return None, None, "the seeds were scored on different test examples"
+        index = kept[0]
+        mats.append(kept[1])
+    if not mats:
+        return None, None, "no rows"
+    return np.stack(mats), index, ""
