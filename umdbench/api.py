@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -115,6 +115,11 @@ class DatasetPlugin:
     def fingerprint(self) -> str:
         """A stable hash of the data this plugin reads (annotation files, image list)."""
         raise NotImplementedError
+
+    def deviations(self) -> list[str]:
+        """Departures from the paper's data that this copy and these options cause (a replaced
+        evaluation split, records left out), in plain language; recorded with every run."""
+        return []
 
     def check(self, deep: bool = True) -> CheckReport:
         """What ``umdbench data check`` reports: annotations parse, referenced files exist, and with

@@ -16,6 +16,7 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
     ]
     vary = { key = "pretrain.alpha", label = "alpha", values = [0.2, 0.5, 0.8] }   # optional
     reference = "1 none"                            # optional: the row others are tested against (default: the first)
+    dataset_options = { "vqa-med-2019" = { eval_split_fallback = "val" } }   # optional: options of one dataset
 
 The grid is rows x vary values x datasets; each grid point is run once per seed. A row's
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
@@ -33,7 +34,8 @@ from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "reference"}
+SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "reference",
+             "dataset_options"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -73,6 +75,7 @@ class Suite:
     vary_label: str | None = None
     vary_values: tuple[Any, ...] = ()
     reference: str | None = None  # a row or cell name; None = the first cell
+    dataset_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # dataset -> its option overrides
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -125,11 +128,21 @@ class Suite:
         if reference is not None and str(reference) not in names + cell_names:
             raise ConfigError(f"{where}: 'reference' {reference!r} is not one of its rows ({', '.join(names)})"
                               + (f" or cells ({', '.join(cell_names)})" if vary_key else "") + ".")
+        raw_options = spec.get("dataset_options", {})
+        if not isinstance(raw_options, dict) or not all(isinstance(v, dict) for v in raw_options.values()):
+            raise ConfigError(f"{where}: 'dataset_options' must be a table of dataset = {{ option = value }}.")
+        stray = sorted(set(raw_options) - set(datasets))
+        if stray:
+            raise ConfigError(f"{where}: 'dataset_options' names {', '.join(stray)}, which is not in its datasets "
+                              f"({', '.join(datasets)}).")
+        dataset_options = tuple((d, tuple((f"dataset.options.{k}", v) for k, v in opts.items()))
+                                for d, opts in raw_options.items())
         return cls(
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
             metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_key=vary_key, vary_label=vary_label,
             vary_values=vary_values, reference=None if reference is None else str(reference),
+            dataset_options=dataset_options,
         )
 
     # -- the grid -----------------------------------------------------------------------------
@@ -148,7 +161,8 @@ class Suite:
                 name = row.name if self.vary_key is None else f"{row.name} {self.vary_label}={value}"
                 extra = () if self.vary_key is None else ((self.vary_key, value),)
                 for dataset in chosen:
-                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + row.overrides + extra))
+                    own = dict(self.dataset_options).get(dataset, ())
+                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + own + row.overrides + extra))
         return points
 
     def cell_specs(self, *, seeds: int | list[int] = 1, preset: str = "tiny", data_root: str | None = None,

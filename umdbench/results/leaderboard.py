@@ -283,6 +283,8 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
                        if results.status.get((n, dataset), ("",))[0] == "data unavailable"}
         for reason in sorted(r for r in unavailable if r):
             out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
+        for deviation in _deviations(results, names, dataset, own=True):
+            out.append(f"\n<sub>deviation: {deviation}</sub>\n")
     if any(r.inferred for r in suite.rows):
         footnotes.append(f"† {INFERRED_NOTE}")
     for row in suite.rows:
@@ -323,6 +325,18 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
             f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n")
 
 
+def _deviations(results: SuiteResults, names, dataset: str, own: bool) -> list[str]:
+    """Deviations recorded with the rows of one dataset: its data's own (``own``: they start with
+    the dataset's name, as DatasetPlugin.deviations writes them) or every other one."""
+    found: dict[str, None] = {}
+    for name in names:
+        for row in results.rows.get((name, dataset), []):
+            for d in (row.get("config") or {}).get("deviations") or []:
+                if str(d).startswith(f"{dataset}:") == own:
+                    found.setdefault(str(d), None)
+    return list(found)
+
+
 def _footer(suite, results: SuiteResults, preset: str) -> str:
     rows = results.all_rows()
     lines = ["\n---\n", f"- **preset**: `{preset}`"]
@@ -351,6 +365,9 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
                 plugins.setdefault(package, set()).add(used.split(":", 1)[1])
     if plugins:
         lines.append("- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items())))
+    others = {d: None for ds in suite.datasets for d in _deviations(results, suite.cell_names(), ds, own=False)}
+    if others:
+        lines.append("- **deviations** recorded with the runs: " + "; ".join(others))
     if results.overrides:
         lines.append(f"- **overrides** (`--cfg-options`): {' '.join(f'`{o}`' for o in sorted(results.overrides))}")
     lines.append(f"- generated {time.strftime('%Y-%m-%d %H:%M')} by `umdbench leaderboard --suite {suite.name}`")
