@@ -150,6 +150,13 @@ class Encoder(nn.Module):
         return copy.deepcopy(cls.presets[preset])
 
     @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        """Departures from the paper this machine forces on the resolved ``model`` config (weights
+        that cannot be had, replaced by random init the user opted into); raise ``ConfigError``
+        when a required weight is missing and no fallback was chosen."""
+        return []
+
+    @classmethod
     def from_config(cls, cfg: dict) -> "Encoder":
         """Build the encoder (fresh or from the pretrained weights its config names)."""
         return cls(cfg)

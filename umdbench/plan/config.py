@@ -175,8 +175,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
                               f"{paper_corpus!r}")
     check_tracking(config)
     check_stage_configs(config, registries)
-    config["deviations"] = deviations + _declared_deviations(config, registries) + _data_deviations(config, dataset_cls,
-                                                                                                 registries)
+    with registries.encoder.guard(encoder_name, "checking its weights"):
+        encoder_deviations = [f"model ({encoder_name}): {d}" for d in encoder_cls.deviations(config["model"])]
+    config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
+                            + _data_deviations(config, dataset_cls, registries))
     return ResolvedRun(cell, config, config["deviations"])
 
 
