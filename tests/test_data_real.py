@@ -148,3 +148,28 @@ def test_corpus_over_real_datasets():
     assert not any(os.path.basename(r.image) in rad_images for s in c.splits for r in c.records(s))
     no_excl = Corpus(SHARED, exclude_images_of=[])
     assert len(no_excl.records("train")) == 4919 + 3000
+
+
+def test_vqa_med_2019_incomplete_copy_falls_back_to_val_and_records_it():
+    from umdbench.plan.config import CellSpec, resolve
+    from umdbench.plugin import get_registries
+
+    root = need("vqa_med_2019")
+    ds = VQAMed2019(root, eval_split_fallback="val", train_missing_images="skip")
+    # the shared copy: no test images -> the validation split is evaluated; train keeps what exists
+    assert [r.uid for r in ds.records("test")] == [r.uid for r in VQAMed2019(root).records("val")]
+    assert len(ds.records("train")) == 3000 and not ds.skipped
+    assert len(ds.deviations()) == 2 and "replaced by the validation split (1500 questions" in ds.deviations()[0]
+    assert "3000 of 9600 training questions" in ds.deviations()[1]
+    assert VQAMed2019(root).deviations() == []  # off by default: such a copy stays "data unavailable"
+    # the suites turn both on for this dataset only, and the run's config records the deviations
+    cell = CellSpec("none", ("direct",), "vqa-med-2019", data_root=str(SHARED),
+                    overrides=(("dataset.options.eval_split_fallback", "val"),
+                               ("dataset.options.train_missing_images", "skip")))
+    devs = resolve(cell, get_registries()).config["deviations"]
+    assert sum(d.startswith("vqa-med-2019:") for d in devs) == 2
+    from umdbench.plan.suites import get_suite
+
+    grid = {p.dataset: dict(p.overrides) for p in get_suite(get_registries(), "table4").grid()}
+    assert grid["vqa-med-2019"]["dataset.options.eval_split_fallback"] == "val"
+    assert "dataset.options.eval_split_fallback" not in grid["vqa-rad"]

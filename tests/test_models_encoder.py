@@ -291,6 +291,8 @@ def test_minilm_package_missing_message(monkeypatch):
 @pytest.mark.slow
 def test_paper_preset_geometry(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    enc = build_encoder(ENCODER_PRESETS["paper"])
+    assert ENCODER_PRESETS["paper"]["vision"]["pretrained"] == "clip"  # the paper starts from CLIP ViT-B/16
+    # offline, without CLIP weights: the opt-in to random init (test_paper_init covers the error)
+    enc = build_encoder({**ENCODER_PRESETS["paper"], "vision": {**ENCODER_PRESETS["paper"]["vision"], "on_missing": "random"}})
     assert enc.hidden_size == 768 and len(enc.fusion.text_layers) == 6 and len(enc.vision.blocks) == 12
     assert enc.num_patches == 576 and enc.text.config.num_hidden_layers == 12

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -116,6 +116,11 @@ class DatasetPlugin:
         """A stable hash of the data this plugin reads (annotation files, image list)."""
         raise NotImplementedError
 
+    def deviations(self) -> list[str]:
+        """Departures from the paper's data that this copy and these options cause (a replaced
+        evaluation split, records left out), in plain language; recorded with every run."""
+        return []
+
     def check(self, deep: bool = True) -> CheckReport:
         """What ``umdbench data check`` reports: annotations parse, referenced files exist, and with
         ``deep`` (the default; ``--quick`` turns it off) every image/volume decodes."""
@@ -143,6 +148,13 @@ class Encoder(nn.Module):
         if preset not in cls.presets:
             raise KeyError(f"no preset {preset!r}; it has {', '.join(sorted(cls.presets)) or 'none'}")
         return copy.deepcopy(cls.presets[preset])
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        """Departures from the paper this machine forces on the resolved ``model`` config (weights
+        that cannot be had, replaced by random init the user opted into); raise ``ConfigError``
+        when a required weight is missing and no fallback was chosen."""
+        return []
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Encoder":

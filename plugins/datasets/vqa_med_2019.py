@@ -12,6 +12,12 @@ upstream does (option ``include_abnormality``). Categories are read in upstream 
 Organ, Plane (which fixes the first-seen order of the answer vocabulary). Test answers with ``#``
 alternatives are kept whole by default (``multi_answer="whole"``, as upstream: 79 answers); the
 alternatives are in ``Record.extra["alternatives"]``; ``multi_answer="first"`` uses the first one.
+
+Incomplete copies (the shared one has no test images and 1,000 of the 3,200 training images):
+``eval_split_fallback="val"`` evaluates on the validation split when any test image is missing,
+and ``train_missing_images="skip"`` trains on the training records whose images exist. Both are
+off by default (such a copy is then "data unavailable"); when they act, :meth:`deviations` says
+so and every run records it.
 """
 from __future__ import annotations
 
@@ -37,9 +43,33 @@ class VQAMed2019(VQADataset):
     version: ClassVar[str] = "1"
     root_subdir: ClassVar[str] = "vqa_med_2019"
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
-    option_defaults = {**VQADataset.option_defaults, "include_abnormality": False, "multi_answer": "whole"}
+    option_defaults = {**VQADataset.option_defaults, "include_abnormality": False, "multi_answer": "whole",
+                       "eval_split_fallback": None, "train_missing_images": "raise"}
     option_choices = {**VQADataset.option_choices, "include_abnormality": (True, False),
-                      "multi_answer": ("whole", "first")}
+                      "multi_answer": ("whole", "first"), "eval_split_fallback": (None, "val"),
+                      "train_missing_images": ("raise", "skip")}
+
+    def _test_images_missing(self) -> bool:
+        if self.options["eval_split_fallback"] != "val":
+            return False
+        if not hasattr(self, "_no_test_images"):
+            listed = self._read_listed("test")
+            self._no_test_images = not listed or any(not Path(r.image).is_file() for r in listed)
+        return self._no_test_images
+
+    def deviations(self) -> list[str]:
+        out = []
+        if self._test_images_missing():
+            out.append(f"vqa-med-2019: this copy lacks test images ({IMAGE_DIRS['test']}/), so the test split is "
+                       f"replaced by the validation split ({len(self._read_listed('val'))} questions; "
+                       f"eval_split_fallback=val); numbers are not comparable with the paper's test accuracy")
+        if self.options["train_missing_images"] == "skip":
+            listed = self._read_listed("train")
+            kept = sum(Path(r.image).is_file() for r in listed)
+            if kept < len(listed):
+                out.append(f"vqa-med-2019: trained on the {kept} of {len(listed)} training questions whose images "
+                           f"exist in this copy (train_missing_images=skip)")
+        return out
 
     def categories(self) -> tuple[str, ...]:
         return ORDER if self.options["include_abnormality"] else ORDER[:3]
@@ -68,6 +98,21 @@ class VQAMed2019(VQADataset):
         )
 
     def _read(self, split: str) -> list[Record]:
+        if split == "test" and self._test_images_missing():
+            return self._read_listed("val")  # recorded by deviations()
+        records = self._read_listed(split)
+        if split == "train" and self.options["train_missing_images"] == "skip":
+            records = [r for r in records if Path(r.image).is_file()]  # recorded by deviations()
+        return records
+
+    def _read_listed(self, split: str) -> list[Record]:
+        """Every record the split's annotation files list (read once)."""
+        cache = self.__dict__.setdefault("_listed", {})
+        if split not in cache:
+            cache[split] = self._read_files(split)
+        return cache[split]
+
+    def _read_files(self, split: str) -> list[Record]:
         out: list[Record] = []
         if split == "test":
             path = self.split_files("test")[0]

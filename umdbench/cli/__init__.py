@@ -102,6 +102,12 @@ def cmd_run(args) -> int:
         import json
 
         print(json.dumps(resolved.config, indent=2, default=str))
+        if resolved.config["model"]["type"] == "coattn":
+            from umdbench.models.availability import describe_init
+
+            print(f"\n{describe_init(resolved.config['model'])}")
+        for deviation in resolved.deviations:
+            print(f"deviation: {deviation}")
         print(f"\nconfig hash {resolved.hash[:16]}\nstage plan ({len(stages)} stages):")
         print(describe_plan(stages, ctx.ws.is_trained))
         return 0

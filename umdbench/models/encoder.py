@@ -60,6 +60,12 @@ class MultimodalEncoder(Encoder):
     presets = ENCODER_PRESETS
 
     @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        from .availability import init_deviations
+
+        return init_deviations(_complete(cfg))
+
+    @classmethod
     def from_config(cls, cfg: dict) -> "MultimodalEncoder":
         return build_encoder({k: v for k, v in cfg.items() if k != "type"})
 
@@ -215,7 +221,12 @@ def build_encoder(cfg: dict) -> MultimodalEncoder:
         load_vision_state_dict(enc.vision, read_state_dict(vcfg["checkpoint"]), str(vcfg["checkpoint"]))
         log.info("vision tower loaded from %s", vcfg["checkpoint"])
     elif vcfg.get("pretrained") == "clip":
-        load_clip_vit_b16(enc.vision)
+        from .availability import clip_available
+
+        if clip_available() or vcfg.get("on_missing", "error") != "random":
+            load_clip_vit_b16(enc.vision)
+        else:  # opted in; resolve() recorded it in the run's deviations
+            log.warning("vision tower: CLIP ViT-B/16 not available offline; random init (vision.on_missing=random)")
     elif vcfg.get("pretrained"):
         raise ValueError(f"vision.pretrained must be None or 'clip', got {vcfg['pretrained']!r} "
                          "(use vision.checkpoint for a local file)")

@@ -62,10 +62,11 @@ ENCODER_PRESETS: dict[str, dict] = {
             "drop_path": 0.0,
             # upstream builds only 11 of CLIP's 12 blocks; opt-in
             "num_blocks_upstream_11": False,
-            # The paper starts from CLIP ViT-B/16. Set to "clip" where the network is reachable
-            # (or point `checkpoint` at a local copy); None = random init.
-            "pretrained": None,
+            # The paper starts from CLIP ViT-B/16 (from the hub or its cache; `checkpoint` = a local
+            # copy). Offline without it: an error, unless on_missing="random" (a recorded deviation).
+            "pretrained": "clip",
             "checkpoint": None,
+            "on_missing": "error",
         },
         "text": {
             "arch": "roberta",

@@ -175,7 +175,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
                               f"{paper_corpus!r}")
     check_tracking(config)
     check_stage_configs(config, registries)
-    config["deviations"] = deviations + _declared_deviations(config, registries)
+    with registries.encoder.guard(encoder_name, "checking its weights"):
+        encoder_deviations = [f"model ({encoder_name}): {d}" for d in encoder_cls.deviations(config["model"])]
+    config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
+                            + _data_deviations(config, dataset_cls, registries))
     return ResolvedRun(cell, config, config["deviations"])
 
 
@@ -227,6 +230,21 @@ def check_stage_configs(config: dict, registries) -> None:
         if stage:
             with registry.guard(stage["type"], f"checking its config ({where})"):
                 registry.get(stage["type"]).check_config(stage)
+
+
+def _data_deviations(config: dict, dataset_cls, registries) -> list[str]:
+    """What the dataset copy and its options change (DatasetPlugin.deviations). Only a plugin that
+    declares some is instantiated here, so planning other datasets reads no files."""
+    from umdbench.api import DataError, DatasetPlugin
+
+    if getattr(dataset_cls, "deviations", DatasetPlugin.deviations) is DatasetPlugin.deviations:
+        return []
+    data = config["dataset"]
+    with registries.dataset.guard(data["type"], "listing its deviations"):
+        try:
+            return list(dataset_cls(data["root"], data.get("on_error", "raise"), **data["options"]).deviations())
+        except (DataError, OSError):
+            return []  # unreadable data: the data checks before training name the file and the fix
 
 
 def _declared_deviations(config: dict, registries) -> list[str]:

@@ -15,6 +15,8 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
       { name = "5 TD-Calib+GM-Coord", pretrain = "none", tune = "tdcalib+gmcoord", paper = "5", inferred = true },
     ]
     vary = { key = "pretrain.alpha", label = "alpha", values = [0.2, 0.5, 0.8] }   # optional
+    reference = "1 none"                            # optional: the row others are tested against (default: the first)
+    dataset_options = { "vqa-med-2019" = { eval_split_fallback = "val" } }   # optional: options of one dataset
 
 The grid is rows x vary values x datasets; each grid point is run once per seed. A row's
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
@@ -32,7 +34,8 @@ from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary"}
+SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "reference",
+             "dataset_options"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -71,6 +74,8 @@ class Suite:
     vary_key: str | None = None
     vary_label: str | None = None
     vary_values: tuple[Any, ...] = ()
+    reference: str | None = None  # a row or cell name; None = the first cell
+    dataset_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # dataset -> its option overrides
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -118,11 +123,26 @@ class Suite:
         plot = spec.get("plot")
         if plot not in (None, "rows", "vary"):
             raise ConfigError(f"{where}: 'plot' must be 'rows' or 'vary', got {plot!r}.")
+        reference = spec.get("reference")
+        cell_names = [n if vary_key is None else f"{n} {vary_label}={v}" for n in names for v in (vary_values or (None,))]
+        if reference is not None and str(reference) not in names + cell_names:
+            raise ConfigError(f"{where}: 'reference' {reference!r} is not one of its rows ({', '.join(names)})"
+                              + (f" or cells ({', '.join(cell_names)})" if vary_key else "") + ".")
+        raw_options = spec.get("dataset_options", {})
+        if not isinstance(raw_options, dict) or not all(isinstance(v, dict) for v in raw_options.values()):
+            raise ConfigError(f"{where}: 'dataset_options' must be a table of dataset = {{ option = value }}.")
+        stray = sorted(set(raw_options) - set(datasets))
+        if stray:
+            raise ConfigError(f"{where}: 'dataset_options' names {', '.join(stray)}, which is not in its datasets "
+                              f"({', '.join(datasets)}).")
+        dataset_options = tuple((d, tuple((f"dataset.options.{k}", v) for k, v in opts.items()))
+                                for d, opts in raw_options.items())
         return cls(
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
             metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_key=vary_key, vary_label=vary_label,
-            vary_values=vary_values,
+            vary_values=vary_values, reference=None if reference is None else str(reference),
+            dataset_options=dataset_options,
         )
 
     # -- the grid -----------------------------------------------------------------------------
@@ -141,7 +161,8 @@ class Suite:
                 name = row.name if self.vary_key is None else f"{row.name} {self.vary_label}={value}"
                 extra = () if self.vary_key is None else ((self.vary_key, value),)
                 for dataset in chosen:
-                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + row.overrides + extra))
+                    own = dict(self.dataset_options).get(dataset, ())
+                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + own + row.overrides + extra))
         return points
 
     def cell_specs(self, *, seeds: int | list[int] = 1, preset: str = "tiny", data_root: str | None = None,
@@ -158,6 +179,17 @@ class Suite:
 
     def cell_names(self) -> list[str]:
         return list(dict.fromkeys(p.cell_name for p in self.grid()))
+
+    @property
+    def reference_cell(self) -> str:
+        """The cell every other row is compared with (significance markers): ``reference`` (a cell,
+        or a row's first vary value), default the first cell of the grid."""
+        names = self.cell_names()
+        if self.reference in names:
+            return self.reference
+        if self.reference is not None:
+            return next(n for n in names if n.startswith(f"{self.reference} {self.vary_label}="))
+        return names[0]
 
 
 def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:

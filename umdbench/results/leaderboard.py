@@ -1,4 +1,6 @@
-"""Markdown leaderboards from the results store (tabulate), mean +- std over seeds.
+"""Markdown leaderboards from the results store (tabulate): mean +- std over seeds, and, from the
+stored per-example predictions, a 95 % interval over seeds and test questions per cell and a
+significance marker against the suite's reference row (``umdbench.results.intervals``).
 
 ``write_leaderboards`` writes ``runs.md`` (every run, when no suite is chosen) and, per suite,
 ``<suite>.md`` with our numbers beside the paper's, a PNG plot where the suite asks for one
@@ -16,11 +18,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from tabulate import tabulate
 
 from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
+from umdbench.results import intervals
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
+from umdbench.results.predictions import seed_matrix
 from umdbench.util import atomic_write_bytes, atomic_write_text
 
 METRIC_ORDER = ("open", "closed", "overall", "accuracy", "auc", "sensitivity", "specificity",
@@ -42,18 +47,33 @@ def ordered_metrics(names) -> list[str]:
     return known + sorted(set(names) - set(known))
 
 
-def runs_table(rows: list[dict]) -> str:
-    """One table of (pretrain, tune) rows x metrics for rows of one dataset and preset."""
+def _interval_text(rows: list[dict], metric: str, base_dir: Path | None, cache: dict) -> str:
+    """`` [low, high]`` of the rows' 95 % interval, or "" when their predictions do not allow one."""
+    if base_dir is None:
+        return ""
+    correct, _, _ = seed_matrix(rows, metric, base_dir, cache)
+    if correct is None:
+        return ""
+    ci = intervals.cell_interval(correct)
+    return f" [{ci.low:.2f}, {ci.high:.2f}]"
+
+
+def runs_table(rows: list[dict], base_dir: Path | None = None, cache: dict | None = None) -> str:
+    """One table of (pretrain, tune) rows x metrics for rows of one dataset and preset; with
+    ``base_dir`` (the store's folder) a cell whose rows have per-example predictions also shows
+    its 95 % interval."""
+    cache = {} if cache is None else cache
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["pretrain"], row["tune"])].append(row)
     metrics = ordered_metrics({m for row in rows for m in row["metrics"]})
     table = []
     for (pretrain, tune), members in sorted(groups.items()):
-        cells = [_fmt(*_stats(values)) if (values := [r["metrics"][m] for r in members if m in r["metrics"]]) else "-"
+        cells = [_fmt(*_stats(values)) + _interval_text([r for r in members if m in r["metrics"]], m, base_dir, cache)
+                 if (values := [r["metrics"][m] for r in members if m in r["metrics"]]) else "-"
                  for m in metrics]
         table.append([pretrain, tune, *cells, len(members)])
-    return tabulate(table, headers=["pretrain", "tune", *metrics, "seeds"], tablefmt="github")
+    return tabulate(table, headers=["pretrain", "tune", *metrics, "seeds"], tablefmt="github", disable_numparse=True)
 
 
 def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_paths=()) -> list[Path]:
@@ -64,18 +84,27 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
         by_key: dict[tuple, list[dict]] = defaultdict(list)
         for row in rows:
             by_key[(row["dataset"], row["preset"])].append(row)
-        parts = ["# umdbench runs\n", "Every finished run in the store, mean ± std over seeds (percent).\n"]
+        parts = ["# umdbench runs\n", "Every finished run in the store, mean ± std over seeds (percent) and, where "
+                 "per-example predictions are stored, [the 95 % interval over seeds and test questions] "
+                 "(bootstrap, fixed seed; see docs/sweeps.md).\n"]
+        cache: dict = {}
         for (dataset, preset), members in sorted(by_key.items()):
             # rows from older stores or other executors may lack either (NULL): said, not sorted with None
             commits = _known(r["git_commit"][:12] if r.get("git_commit") else None for r in members)
             devices = _known(r.get("device") for r in members)
-            parts.append(f"\n## {dataset} (preset {preset})\n\n{runs_table(members)}\n\n"
+            parts.append(f"\n## {dataset} (preset {preset})\n\n{runs_table(members, _store_dir(store), cache)}\n\n"
                          f"<sub>{len(members)} runs; devices: {devices}; commits: {commits}</sub>\n")
         path = out_dir / "runs.md"
         atomic_write_text(path, "".join(parts))
         written.append(path)
     written += write_suite_boards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
     return written
+
+
+def _store_dir(store) -> Path | None:
+    """The folder stored predictions paths are relative to (None for a store without a file)."""
+    path = getattr(store, "path", None)
+    return Path(path).parent if path is not None else None
 
 
 def _known(values) -> str:
@@ -91,10 +120,30 @@ def _known(values) -> str:
 class SuiteResults:
     """Store rows of one suite and preset, per (cell name, dataset), plus cells without a number."""
 
-    def __init__(self):
+    def __init__(self, base_dir: Path | None = None):
         self.rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.status: dict[tuple[str, str], tuple[str, str]] = {}  # -> (status, detail)
         self.overrides: set[str] = set()
+        self.base_dir = base_dir  # the store's folder: stored predictions paths are relative to it
+        self._predictions: dict = {}
+
+    def correct(self, cell_name: str, dataset: str, metric: str) -> tuple:
+        """``(correct [seeds, n], index, why)`` of one cell (see ``seed_matrix``)."""
+        rows = [r for r in self.rows.get((cell_name, dataset), []) if metric in r["metrics"]]
+        if self.base_dir is None or not rows:
+            return None, None, "no per-example predictions"
+        return seed_matrix(rows, metric, self.base_dir, self._predictions)
+
+    def interval(self, cell_name: str, dataset: str, metric: str) -> "intervals.Interval | None":
+        correct, _, _ = self.correct(cell_name, dataset, metric)
+        return intervals.cell_interval(correct) if correct is not None else None
+
+    def comparison(self, cell_name: str, reference: str, dataset: str, metric: str) -> "intervals.Comparison | None":
+        row, index, _ = self.correct(cell_name, dataset, metric)
+        ref, ref_index, _ = self.correct(reference, dataset, metric)
+        if row is None or ref is None or not np.array_equal(index, ref_index):
+            return None
+        return intervals.compare(row, ref)
 
     def metric(self, cell_name: str, dataset: str, metric: str) -> tuple[float, float | None, int] | None:
         values = [r["metrics"][metric] for r in self.rows.get((cell_name, dataset), []) if metric in r["metrics"]]
@@ -110,7 +159,7 @@ class SuiteResults:
 def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
     """preset -> results. Membership (written by sweeps) first; rows tagged with the suite fill in."""
     names = set(suite.cell_names())
-    by_preset: dict[str, SuiteResults] = defaultdict(SuiteResults)
+    by_preset: dict[str, SuiteResults] = defaultdict(lambda: SuiteResults(_store_dir(store)))
     covered: set[tuple] = set()
     seen_keys: set[tuple] = set()
     for m in store.membership(suite.name):
@@ -145,14 +194,16 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
     all_rows = results.all_rows()
     metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
     out = [f"# {suite.title}\n\n",
-           f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent), from "
-           f"`umdbench sweep --suite {suite.name}`."]
+           f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent) [95 % interval over "
+           f"seeds and test questions], from `umdbench sweep --suite {suite.name}`; * = differs from the reference "
+           f"row (explained under each table)."]
     if paper is not None and paper.columns:
         out.append(f" Paper: {paper.source}; Δ = ours − paper. **Bold**: best in its column (ours among our "
                    f"rows, paper among the paper's rows). Rows marked *reported, not run* are methods umdbench "
                    f"does not implement, shown with the paper's numbers.")
     out.append("\n")
     footnotes: list[str] = []
+    reference = suite.reference_cell
     for dataset in suite.datasets:
         paper_cols = [m for m in metrics if paper is not None and (dataset, m) in paper.columns]
         headers = ["method"]
@@ -169,9 +220,11 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
             vals = [v for v in vals if v is not None]
             best_paper[m] = max(vals) if vals else None
         table = []
+        compared: dict[str, dict[str, intervals.Comparison]] = {}  # row -> metric -> vs the reference
+        no_interval: dict[str, list[str]] = defaultdict(list)  # why -> rows shown without an interval
         for name in names:
             row = grid_rows[name]
-            label = name + (" †" if row.inferred else "") + (" ‡" if row.note else "")
+            label = name + (" †" if row.inferred else "") + (" ‡" if row.note else "") + (" (ref)" if name == reference else "")
             status = results.status.get((name, dataset))
             line = [label]
             seeds = 0
@@ -182,6 +235,16 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
                     text = _fmt(v[0], v[1])
                     if best_ours[m] is not None and v[0] == best_ours[m] and len(names) > 1:
                         text = f"**{text}**"
+                    correct, _, why = results.correct(name, dataset, m)
+                    if correct is not None:
+                        ci = intervals.cell_interval(correct)
+                        text += f" [{ci.low:.2f}, {ci.high:.2f}]"
+                        cmp = results.comparison(name, reference, dataset, m) if name != reference else None
+                        if cmp is not None:
+                            compared.setdefault(name, {})[m] = cmp
+                            text += " *" if cmp.significant else ""
+                    elif why and not why.startswith("no test example"):
+                        no_interval[why].append(name)
                 elif status is not None:
                     text = STATUS_TEXT.get(status[0], status[0])
                 else:
@@ -212,10 +275,16 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
                 reported.append(line)
         table = reported + table
         out.append(f"\n## {dataset}\n\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
+        out.append(_differences(compared, metrics, reference, results, dataset))
+        for why, rows_without in sorted(no_interval.items()):
+            out.append(f"\n<sub>no interval for {', '.join(dict.fromkeys(rows_without))}: {why}; shown as mean ± std "
+                       f"over seeds only.</sub>\n")
         unavailable = {results.status[(n, dataset)][1] for n in names
                        if results.status.get((n, dataset), ("",))[0] == "data unavailable"}
         for reason in sorted(r for r in unavailable if r):
             out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
+        for deviation in _deviations(results, names, dataset, own=True):
+            out.append(f"\n<sub>deviation: {deviation}</sub>\n")
     if any(r.inferred for r in suite.rows):
         footnotes.append(f"† {INFERRED_NOTE}")
     for row in suite.rows:
@@ -227,6 +296,45 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
         out.append("\n" + "\n".join(f"- {f}" for f in dict.fromkeys(footnotes)) + "\n")
     out.append(_footer(suite, results, preset))
     return "".join(out)
+
+
+def _differences(compared: dict, metrics: list[str], reference: str, results: SuiteResults, dataset: str) -> str:
+    """Under a dataset's table: each row's difference from the reference with its paired interval
+    and p, what the intervals and * mean, and the smallest difference the test split resolves."""
+    if not compared:
+        return ""
+    shown = [m for m in metrics if any(m in c for c in compared.values())]
+    table = []
+    for name, by_metric in compared.items():
+        line = [name]
+        for m in shown:
+            c = by_metric.get(m)
+            line.append("–" if c is None else f"{c.diff.mean:+.2f} [{c.diff.low:+.2f}, {c.diff.high:+.2f}] "
+                                               f"p={c.p:.3f}{' *' if c.significant else ''}")
+        table.append(line)
+    n = {m: len(results.correct(reference, dataset, m)[1]) for m in shown}
+    resolve = ", ".join(f"{m} {statistics.median(c[m].diff.half_width for c in compared.values() if m in c):.2f}"
+                        for m in shown)
+    headers = ["vs reference " + reference] + [f"Δ {m} (n={n[m]})" for m in shown]
+    return (f"\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n\n"
+            f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
+            f"questions together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
+            f"reference `{reference}` on the same test questions, each question's correctness averaged over the "
+            f"row's seeds, with a paired bootstrap 95 % interval; * = significant (paired sign-flip permutation "
+            f"test, {intervals.PERMUTATIONS} permutations, p < {intervals.ALPHA}). Smallest difference this test "
+            f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n")
+
+
+def _deviations(results: SuiteResults, names, dataset: str, own: bool) -> list[str]:
+    """Deviations recorded with the rows of one dataset: its data's own (``own``: they start with
+    the dataset's name, as DatasetPlugin.deviations writes them) or every other one."""
+    found: dict[str, None] = {}
+    for name in names:
+        for row in results.rows.get((name, dataset), []):
+            for d in (row.get("config") or {}).get("deviations") or []:
+                if str(d).startswith(f"{dataset}:") == own:
+                    found.setdefault(str(d), None)
+    return list(found)
 
 
 def _footer(suite, results: SuiteResults, preset: str) -> str:
@@ -257,6 +365,9 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
                 plugins.setdefault(package, set()).add(used.split(":", 1)[1])
     if plugins:
         lines.append("- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items())))
+    others = {d: None for ds in suite.datasets for d in _deviations(results, suite.cell_names(), ds, own=False)}
+    if others:
+        lines.append("- **deviations** recorded with the runs: " + "; ".join(others))
     if results.overrides:
         lines.append(f"- **overrides** (`--cfg-options`): {' '.join(f'`{o}`' for o in sorted(results.overrides))}")
     lines.append(f"- generated {time.strftime('%Y-%m-%d %H:%M')} by `umdbench leaderboard --suite {suite.name}`")

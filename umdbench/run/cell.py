@@ -80,10 +80,12 @@ def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
 
 
 def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float,
-               device: str | None = None, skipped: dict | None = None, plugins: dict | None = None) -> dict:
+               device: str | None = None, skipped: dict | None = None, plugins: dict | None = None,
+               predictions: dict | None = None) -> dict:
     """The results-store row of a finished cell (``stages``: its plan, evaluation last).
     ``skipped``: records left out per dataset (``on_error: skip``, malformed fields); ``plugins``:
-    the package behind each plugin the cell ran."""
+    the package behind each plugin the cell ran; ``predictions``: the reference to the cell's
+    per-example predictions file (path, sha256, n), None when it has none."""
     cell = stages[-1]
     return {
         "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
@@ -92,7 +94,7 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
         "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
         "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
         "wall_time_s": wall_time_s, "device": device or device_description(), "skipped": skipped or {},
-        "plugins": plugins or {},
+        "plugins": plugins or {}, "predictions": predictions,
     }
 
 
@@ -107,7 +109,8 @@ def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time
         if skipped:
             echo("skipped records (on_error=skip or malformed fields), stored with the row: "
                  + ", ".join(f"{name} {n}" for name, n in sorted(skipped.items())))
-        row = result_row(run, stages, metrics, wall_time_s, device, skipped, plugin_provenance(run, ctx.registries))
+        row = result_row(run, stages, metrics, wall_time_s, device, skipped, plugin_provenance(run, ctx.registries),
+                         ctx.ws.predictions_ref(cell.key))
         if not ctx.ws.store.add(row):  # INSERT OR IGNORE: one row per cell key
             row = ctx.ws.store.get(cell.key)
         ctx.ws.write_result(row)

@@ -105,7 +105,8 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
 
 def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -> dict:
     """Score the cell's last tuned stage on the evaluation split with the dataset's metric (or its
-    task type's default). Returns ``{metric: value}``."""
+    task type's default). Returns ``{metric: value}``; the per-example predictions go to the
+    cell's ``predictions.npz`` (store_result references them in the row)."""
     from mmengine.evaluator import Evaluator
 
     from umdbench.run.stage_model import StageModel
@@ -122,7 +123,10 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
     if not metric_name:
         raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
                             f"default_metric; set one of them.")
+    from umdbench.run.predictions import PredictionRecorder
+
     metric = ctx.registries.metric.get(metric_name)()
+    recorder = PredictionRecorder()  # per-example predictions, for the leaderboard's intervals
     # per-type or soft accuracies need the answer names and each example's record (samples carry
     # `index`, the record's position in the split)
     metric.dataset_meta = {"dataset": stage.data["type"], "split": stage.data["split"],
@@ -130,7 +134,8 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
     runner = make_runner(
         stage, run, ctx, StageModel(strategy, spec), ctx.ws.eval_dir(stage.key),
         test_dataloader=dataloader_cfg(test_set, spec, run.config["data"]["eval_batch_size"], run, train=False),
-        test_cfg={"type": "TestLoop"}, test_evaluator=Evaluator([metric]),
+        test_cfg={"type": "TestLoop"}, test_evaluator=Evaluator([metric, recorder]),
     )
     metrics = runner.test()
+    ctx.ws.write_predictions(stage.key, recorder.arrays)
     return {k: float(v) for k, v in metrics.items()}

@@ -12,6 +12,7 @@ Layout::
     runs/<cell-key16>/               one per cell
         config.json                  the run's resolved config and plan
         eval/                        mmengine work dir of the evaluation
+        predictions.npz              per-example predictions of the evaluation (the row holds its sha256)
         result.json                  the stored row, without the config
         cell.lock                    held while a process evaluates and stores the cell
     image_cache/                     decoded, resized images shared by every stage
@@ -28,14 +29,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from umdbench.errors import CheckpointError
+from umdbench.results import predictions as predictions_file
 from umdbench.results.store import ResultsStore
-from umdbench.util import atomic_write_json
+from umdbench.util import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Workspace"]
 
 STORE_FILE = "results.sqlite"
 MARKER_FILE = "artifact.json"
 WEIGHTS_FILE = "model.safetensors"
+PREDICTIONS_FILE = "predictions.npz"
 STAGE_LOCK_FILE = "stage.lock"
 CELL_LOCK_FILE = "cell.lock"
 
@@ -176,6 +179,31 @@ class Workspace:
             "config": run.config, "config_hash": run.hash,
             "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
         return run_dir
+
+    def predictions_path(self, cell_key: str) -> Path:
+        return self.run_dir(cell_key) / PREDICTIONS_FILE
+
+    def write_predictions(self, cell_key: str, arrays) -> Path | None:
+        """``runs/<cell key>/predictions.npz`` from an evaluation's per-example arrays; None (and no
+        file, not even a stale one) when the task recorded none."""
+        path = self.predictions_path(cell_key)
+        if arrays is None:
+            path.unlink(missing_ok=True)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, predictions_file.encode(arrays))
+        return path
+
+    def predictions_ref(self, cell_key: str) -> dict | None:
+        """What a store row keeps of the cell's predictions file: its path relative to the store's
+        folder, sha256, number of examples and field names; None when there is no file."""
+        path = self.predictions_path(cell_key)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        arrays = predictions_file.decode(data)
+        return {"path": path.relative_to(self.store_path.parent).as_posix(), "sha256": predictions_file.sha256(data),
+                "n": int(len(arrays["index"])), "fields": sorted(arrays)}
 
     def result_path(self, cell_key: str) -> Path:
         return self.run_dir(cell_key) / "result.json"

@@ -1,0 +1,98 @@
+"""Per-example predictions stored with a result: the file format and how a row refers to it.
+
+A cell's evaluation writes ``runs/<cell>/predictions.npz`` (through the Workspace); its store row
+keeps ``predictions = {"path": <relative to the store's folder>, "sha256", "n", "fields"}``.
+Arrays (one entry per test example, sorted by ``index``): ``index`` (position in the split),
+``pred`` and ``label`` (answer / class ids; label -1 = not in the vocabulary), ``correct`` (0/1),
+and ``answer_type`` (VQA: 0 closed, 1 open). Loaded with ``allow_pickle=False``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["decode", "encode", "load_for_row", "metric_correct"]
+
+
+def encode(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_for_row(row: dict, base_dir: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The row's per-example arrays, or ``(None, why)``: no reference (a row from an older store
+    or a task without per-example labels), a missing file (a store copied without ``runs/``) or a
+    checksum that does not match (the file was replaced)."""
+    ref = row.get("predictions")
+    if not ref:
+        return None, "no per-example predictions stored (an older store or a task without per-example labels)"
+    path = Path(base_dir) / ref["path"]
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None, f"per-example predictions {path} are missing (a store copied without its runs/ folder)"
+    if sha256(data) != ref.get("sha256"):
+        return None, f"per-example predictions {path} do not match the checksum in the store (replaced after the run)"
+    return decode(data), ""
+
+
+# metric name -> which examples it averages `correct` over (None: every example)
+_SUBSETS = {"overall": None, "accuracy": None, "open": 1, "closed": 0}
+
+
+def metric_correct(arrays: dict[str, np.ndarray], metric: str) -> np.ndarray | None:
+    """``(index, correct)`` restricted to the examples the metric averages over, as a 2-row array;
+    None when the metric is not a mean of ``correct`` (AUC, recall@k, ...)."""
+    if metric not in _SUBSETS:
+        return None
+    keep = np.ones(len(arrays["correct"]), dtype=bool)
+    if _SUBSETS[metric] is not None:
+        if "answer_type" not in arrays:
+            return None
+        keep = arrays["answer_type"] == _SUBSETS[metric]
+    return np.stack([arrays["index"][keep].astype(np.int64), arrays["correct"][keep].astype(np.int64)])
+
+
+def seed_matrix(rows: list[dict], metric: str, base_dir: Path,
+                cache: dict | None = None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """``(correct [seeds, n], index [n], "")`` of one cell's rows (its seeds) for ``metric``, or
+    ``(None, None, why)`` when an interval cannot be computed from what is stored. The stored
+    examples must reproduce each row's stored metric, so an interval is never put beside a
+    number it was not computed from (a soft or multi-answer accuracy is not a mean of ``correct``)."""
+    cache = {} if cache is None else cache
+    mats, index = [], None
+    for row in rows:
+        key = row["cell_key"]
+        if key not in cache:
+            cache[key] = load_for_row(row, base_dir)
+        arrays, why = cache[key]
+        if arrays is None:
+            return None, None, why
+        kept = metric_correct(arrays, metric)
+        if kept is None:
+            return None, None, f"{metric} is not a mean of per-example correctness"
+        if kept.shape[1] == 0:
+            return None, None, f"no test example counts towards {metric}"
+        stored = (row.get("metrics") or {}).get(metric)
+        if stored is None or abs(100.0 * kept[1].mean() - float(stored)) > 1e-3:
+            return None, None, f"the stored predictions do not reproduce the stored {metric}"
+        if index is not None and not np.array_equal(index, kept[0]):
+            return None, None, "the seeds were scored on different test examples"
+        index = kept[0]
+        mats.append(kept[1])
+    if not mats:
+        return None, None, "no rows"
+    return np.stack(mats), index, ""

@@ -1,0 +1,67 @@
+"""Per-example predictions of an evaluation, kept beside the cell's row.
+
+During evaluation a :class:`PredictionRecorder` sits next to the dataset's metric and keeps, for
+every test example (by its ``index`` in the split), what an accuracy needs to be recomputed:
+the predicted label, the true label, whether they match and, for VQA, the answer type. The
+leaderboard bootstraps its intervals from these (``umdbench.results.predictions``). Task types
+whose predictions are not one label per example (retrieval scores, segmentation maps) record
+nothing; their rows render without intervals.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from mmengine.evaluator import BaseMetric
+
+__all__ = ["PredictionRecorder", "per_example"]
+
+
+def per_example(sample: dict) -> dict[str, np.ndarray] | None:
+    """The per-example fields of one evaluated batch, or None when its predictions are not one
+    label per example (no ``index``, no ``[B, C]`` logits beside a ``[B]`` label)."""
+    logits, label, index = sample.get("logits"), sample.get("label"), sample.get("index")
+    if not all(isinstance(t, torch.Tensor) for t in (logits, label, index)):
+        return None
+    label, index = label.view(-1).long(), index.view(-1).long()
+    if logits.dim() != 2 or label.numel() != logits.shape[0] or index.numel() != logits.shape[0]:
+        return None
+    pred = logits.argmax(dim=-1).long()
+    out = {"index": index.numpy().astype(np.int32), "pred": pred.numpy().astype(np.int32),
+           "label": label.numpy().astype(np.int32),
+           # a label of -1 (answer outside the vocabulary) is always wrong, as in the VQA metric
+           "correct": ((pred == label) & (label >= 0)).numpy().astype(np.uint8)}
+    answer_type = sample.get("answer_type")
+    if isinstance(answer_type, torch.Tensor) and answer_type.numel() == label.numel():
+        out["answer_type"] = answer_type.view(-1).numpy().astype(np.int8)  # 0 closed, 1 open
+    return out
+
+
+class PredictionRecorder(BaseMetric):
+    """A metric that reports nothing and keeps the per-example fields in ``self.arrays`` (sorted
+    by ``index``; None when the task's predictions have no per-example label)."""
+
+    default_prefix = None
+
+    def __init__(self):
+        super().__init__()
+        self.arrays: dict[str, np.ndarray] | None = None
+        self._usable = True
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            fields = per_example(sample) if self._usable else None
+            if fields is None:
+                self._usable = False  # one batch without per-example labels: record nothing at all
+                continue
+            self.results.append(fields)
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        if not self._usable or not results or len({frozenset(r) for r in results}) != 1:
+            self.arrays = None
+            return {}
+        merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+        order = np.argsort(merged["index"], kind="stable")
+        self.arrays = {k: v[order] for k, v in merged.items()}
+        return {}
