@@ -25,8 +25,9 @@ ENTRIES = {
         "swinvit3d": f"{_P}.encoders:SwinViTEncoder",
     },
     "metric": {"dice": f"{_P}.metrics:DiceMetric"},
-    "tune": {"seg": f"{_P}.strategies:SegTune", "cls": f"{_P}.strategies:ClsTune"},
-    "pretrain": {"mae3d": f"{_P}.strategies:MAE3D"},
+    "tune": {"seg": f"{_P}.strategies:SegTune", "cls": f"{_P}.strategies:ClsTune",
+             "seg-tmpl": f"{_P}.brainmvp:SegTemplateTune", "cls-tmpl": f"{_P}.brainmvp:ClsTemplateTune"},
+    "pretrain": {"mae3d": f"{_P}.strategies:MAE3D", "brainmvp": f"{_P}.brainmvp:BrainMVP"},
 }
 
 SUITES = {
