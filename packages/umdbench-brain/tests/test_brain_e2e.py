@@ -34,10 +34,14 @@ def test_entry_point_registers_every_kind_and_a_valid_suite(capsys):
     for kind, name in [("dataset", "brats2021"), ("dataset", "brats2023"), ("task", "segmentation"),
                        ("task", "scan-classification"), ("task", "volumes"), ("encoder", "resunet3d"),
                        ("encoder", "swinvit3d"), ("metric", "dice"), ("tune", "seg"), ("tune", "cls"),
-                       ("pretrain", "mae3d")]:
+                       ("tune", "seg-tmpl"), ("tune", "cls-tmpl"), ("pretrain", "mae3d"), ("pretrain", "brainmvp"),
+                       ("pretrain", "simclr3d"), ("pretrain", "models-genesis")]:
         reg.__getattribute__(kind).get(name)  # imports and type-checks the lazy entry
     suite = Suite.from_spec("brain-seg", reg.suite.get("brain-seg"))
-    assert [r.name for r in suite.rows] == ["scratch", "MAE-3D"] and suite.datasets == ("brainsynth",)
+    assert [r.name for r in suite.rows] == ["scratch", "MAE-3D", "SimCLR-3D", "Models Genesis", "BrainMVP"]
+    assert suite.datasets == ("brainsynth",)
+    for name in ("brain-missing-modality", "brainmvp-ablation"):
+        assert Suite.from_spec(name, reg.suite.get(name)).rows
     code, out = run_cli(["plugins"], capsys)
     assert code == 0 and "umdbench-brain" in out and "0 plugin(s) failed" not in out
 
@@ -97,3 +101,17 @@ def test_wrong_strategy_for_the_task_is_a_one_line_error(tmp_path, capsys):
     code, out = run_cli(["run", "--pretrain", "none", "--tune", "cls", "--dataset", "brainsynth",
                          "--work-dir", str(tmp_path), "--cfg-options", *SMALL, "tune.0.train.max_iters=1"], capsys)
     assert code != 0 and "seg: segmentation" in out
+
+
+def test_brainmvp_pretraining_hands_templates_to_seg_tmpl_end_to_end(tmp_path, capsys):
+    """brainmvp -> seg-tmpl on brainsynth with one modality dropped from every test study (filled
+    from the pre-trained templates); a tiny budget, so only completion and the hand-off are checked."""
+    pre = ["pretrain.train.max_iters=4", "pretrain.train.batch_size=2", "pretrain.corpus.options.canvas=32",
+           "pretrain.corpus.options.n_train=4", "pretrain.contrast_start_frac=0.5", "dataset.options.test_drop=1",
+           "dataset.options.n_test=2", "tune.0.train.max_iters=3", "tune.0.train.batch_size=2"]
+    code, out = run_cli(["run", "--pretrain", "brainmvp", "--tune", "seg-tmpl", "--dataset", "brainsynth",
+                         "--work-dir", str(tmp_path), "--cfg-options", *SMALL, *pre], capsys)
+    assert code == 0, out
+    assert "pretrain brainmvp: training 4 iters" in out and "loss_contrast" in out  # on from step 2 of 4
+    result = metrics_of(out)
+    assert set(result) >= {"dice", "dice_wt", "dice_tc", "dice_et"} and 0.0 <= result["dice"] <= 100.0

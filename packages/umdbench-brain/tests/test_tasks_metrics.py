@@ -86,7 +86,7 @@ def test_classification_and_pretrain_datasets():
     cls_item = ScanClassificationTask().build_dataset([_record()], _ctx(labels=("LGG", "HGG")), training=True)[0]
     assert cls_item["volume"].shape == (4, 20, 20, 20) and int(cls_item["label"]) == 1
     pre = VolumePretrainTask().build_dataset([_record()], _ctx(), training=True)[0]
-    assert set(pre) == {"volume", "present", "index"} and pre["volume"].shape == (4, 16, 16, 16)
+    assert set(pre) == {"volume", "present", "index", "crop_origin", "volume_shape", "flips"} and pre["volume"].shape == (4, 16, 16, 16)
 
 
 def test_seg_loss_prefers_the_right_answer():

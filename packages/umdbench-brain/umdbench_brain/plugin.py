@@ -25,20 +25,58 @@ ENTRIES = {
         "swinvit3d": f"{_P}.encoders:SwinViTEncoder",
     },
     "metric": {"dice": f"{_P}.metrics:DiceMetric"},
-    "tune": {"seg": f"{_P}.strategies:SegTune", "cls": f"{_P}.strategies:ClsTune"},
-    "pretrain": {"mae3d": f"{_P}.strategies:MAE3D"},
+    "tune": {"seg": f"{_P}.strategies:SegTune", "cls": f"{_P}.strategies:ClsTune",
+             "seg-tmpl": f"{_P}.brainmvp:SegTemplateTune", "cls-tmpl": f"{_P}.brainmvp:ClsTemplateTune"},
+    "pretrain": {"mae3d": f"{_P}.strategies:MAE3D", "brainmvp": f"{_P}.brainmvp:BrainMVP",
+                 "simclr3d": f"{_P}.baselines:SimCLR3D", "models-genesis": f"{_P}.baselines:ModelsGenesis"},
 }
+
+_OURS = "our baseline choice (notes/brainmvp-spec.md 1.8), not the paper's table"
+SEG_METRICS = ["dice", "dice_wt", "dice_tc", "dice_et", "hd95"]
+BRAINMVP_ROW = {"name": "BrainMVP", "pretrain": "brainmvp", "tune": "seg-tmpl"}
 
 SUITES = {
     "brain-seg": {
         "title": "Brain tumour segmentation on brainsynth phantoms, Dice (%)",
         "datasets": ["brainsynth"],
-        "metrics": ["dice", "dice_wt", "dice_tc", "dice_et", "hd95"],
+        "metrics": SEG_METRICS,
         "plot": "rows",
         "rows": [
             {"name": "scratch", "pretrain": "none", "tune": "seg"},
-            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg",
-             "note": "our baseline choice (notes/brainmvp-spec.md 1.8), not the paper's table"},
+            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS},
+            {"name": "SimCLR-3D", "pretrain": "simclr3d", "tune": "seg", "note": _OURS},
+            {"name": "Models Genesis", "pretrain": "models-genesis", "tune": "seg", "note": _OURS},
+            dict(BRAINMVP_ROW),
+        ],
+    },
+    # 1-2 modalities removed from every test study; BrainMVP with and without template filling
+    "brain-missing-modality": {
+        "title": "Segmentation with modalities missing at test time (brainsynth), Dice (%)",
+        "datasets": ["brainsynth"],
+        "metrics": SEG_METRICS,
+        "plot": "rows",
+        "vary": {"key": "dataset.options.test_drop", "label": "modalities dropped", "values": [0, 1, 2]},
+        "rows": [
+            {"name": "scratch", "pretrain": "none", "tune": "seg"},
+            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS},
+            {"name": "BrainMVP, zeros", "pretrain": "brainmvp", "tune": "seg-tmpl",
+             "overrides": {"tune.0.fill_missing": "zeros"}},
+            {"name": "BrainMVP, templates", "pretrain": "brainmvp", "tune": "seg-tmpl"},
+        ],
+    },
+    # the paper's ablation order: cross-modal reconstruction, + template view, + contrastive term
+    "brainmvp-ablation": {
+        "title": "BrainMVP ablation on brainsynth segmentation, Dice (%)",
+        "datasets": ["brainsynth"],
+        "metrics": SEG_METRICS,
+        "plot": "rows",
+        "rows": [
+            # no template view, so no templates to fine-tune with
+            {"name": "reconstruction only", "pretrain": "brainmvp", "tune": "seg",
+             "overrides": {"pretrain.w_template": 0.0, "pretrain.w_contrast": 0.0}},
+            {"name": "+ templates", "pretrain": "brainmvp", "tune": "seg-tmpl",
+             "overrides": {"pretrain.w_contrast": 0.0}},
+            {"name": "+ contrastive", "pretrain": "brainmvp", "tune": "seg-tmpl"},
         ],
     },
 }

@@ -166,14 +166,27 @@ def make_study(seed: int, stream: int, index: int, canvas: int = 48, missing_rat
     return {"image": image, "label": label, "grade": grade}
 
 
+DROP_STREAM = 99  # the seed stream of test-time modality drops (independent of the studies' own draws)
+
+
+def drop_modalities(study: dict, n: int, rng: np.random.Generator) -> dict:
+    """The study without ``n`` of its modalities (uniform without replacement; one always stays)."""
+    present = sorted(study["image"])
+    n = min(int(n), len(present) - 1)
+    gone = set(rng.choice(present, size=n, replace=False).tolist()) if n > 0 else set()
+    return {**study, "image": {m: v for m, v in study["image"].items() if m not in gone}}
+
+
 class _BrainSynthBase(DatasetPlugin):
     """Options: n_train, n_val, n_test (studies per split), canvas (edge in voxels, >= 16),
-    missing_rate (probability that a study lacks one modality), seed."""
+    missing_rate (probability that a study lacks one modality), test_drop (modalities removed from
+    every test study, chosen per study with a fixed seed; at least one stays), seed."""
 
     version = "1"
     needs_root = False
     encoder = "resunet3d"
-    _defaults: dict[str, Any] = {"n_train": 48, "n_val": 8, "n_test": 24, "canvas": 48, "missing_rate": 0.2, "seed": 0}
+    _defaults: dict[str, Any] = {"n_train": 48, "n_val": 8, "n_test": 24, "canvas": 48, "missing_rate": 0.2,
+                                 "test_drop": 0, "seed": 0}
     _streams = {"train": STREAMS["train"], "val": STREAMS["val"], "test": STREAMS["test"]}
 
     def __init__(self, root=None, on_error: str = "raise", **options: Any):
@@ -210,6 +223,8 @@ class _BrainSynthBase(DatasetPlugin):
             out = []
             for i in range(self._count(split)):
                 study = make_study(o["seed"], self._streams[split], i, o["canvas"], o["missing_rate"])
+                if split == "test" and o.get("test_drop"):
+                    study = drop_modalities(study, o["test_drop"], _rng(o["seed"], DROP_STREAM, i))
                 out.append(self._record(f"{self.name}-{split}-{i:04d}", study))
             self._cache[split] = out
         return self._cache[split]

@@ -26,6 +26,9 @@ VOLUME_KEYS = {
     "volume": "float [B,M,D,H,W] per-channel percentile-scaled to [0,1]; an absent modality is zeros",
     "present": "long [B,M] 1 = the study has this modality",
     "index": "long [B] position of the record in its split",
+    "crop_origin": "long [B,3] first voxel of the crop in the study's grid (0 when uncropped; negative where padded)",
+    "volume_shape": "long [B,3] the study's grid before cropping (template crops centre it in the template canvas)",
+    "flips": "long [B,3] 1 = the crop was flipped along that spatial axis (after cropping)",
 }
 
 
@@ -56,6 +59,8 @@ class VolumeDataset(Dataset):
         rec = self.records[i]
         volume, present = record_volume(rec, self.modalities)
         arrays = [volume]
+        shape = list(volume.shape[1:])
+        origin, flips = [0, 0, 0], [0, 0, 0]
         if self.regions is not None:
             if "label" not in rec.extra:
                 raise DataError(f"record {rec.uid}: no label volume (Record.extra['label']); a segmentation "
@@ -71,16 +76,19 @@ class VolumeDataset(Dataset):
             self._draws += 1
             rng = np.random.default_rng([self.seed, i, self._draws])
             if self.crop:
-                arrays = random_crop(arrays, self.roi, rng)
+                arrays, origin = random_crop(arrays, self.roi, rng, with_origin=True)
             if self.augment:
                 for axis in (1, 2, 3):
                     if rng.uniform() < 0.5:
                         arrays = [np.flip(a, axis) for a in arrays]
+                        flips[axis - 1] = 1
                 gain = rng.uniform(0.9, 1.1, (len(self.modalities), 1, 1, 1)).astype(np.float32)
                 shift = rng.uniform(-0.1, 0.1, (len(self.modalities), 1, 1, 1)).astype(np.float32)
                 arrays[0] = (arrays[0] * gain + shift) * present[:, None, None, None]
         item = {"volume": torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32)),
-                "present": torch.from_numpy(present), "index": torch.tensor(i)}
+                "present": torch.from_numpy(present), "index": torch.tensor(i),
+                "crop_origin": torch.tensor(origin, dtype=torch.long),
+                "volume_shape": torch.tensor(shape, dtype=torch.long), "flips": torch.tensor(flips, dtype=torch.long)}
         if self.regions is not None:
             item["seg"] = torch.from_numpy(np.ascontiguousarray(arrays[1]))
         if self.with_class:

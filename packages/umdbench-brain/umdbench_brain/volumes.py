@@ -87,9 +87,10 @@ def region_masks(label: np.ndarray, regions: Sequence[str], what: str) -> np.nda
     return np.stack([np.isin(label, REGION_CODES[r]) for r in regions]).astype(np.uint8)
 
 
-def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator, *, with_origin: bool = False):
     """One random ``size``-cubed window, the same for every array ([C,D,H,W]); zero-padded first
-    where a side is shorter than ``size``."""
+    where a side is shorter than ``size``. ``with_origin``: also return the window's first voxel
+    in the unpadded grid (negative where padded), which template crops need."""
     shape = arrays[0].shape[1:]
     pad = [(0, 0)] + [((max(0, size - s)) // 2, max(0, size - s) - (max(0, size - s)) // 2) for s in shape]
     if any(p != (0, 0) for p in pad):
@@ -97,7 +98,10 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
         shape = arrays[0].shape[1:]
     start = [int(rng.integers(0, s - size + 1)) for s in shape]
     window = (slice(None),) + tuple(slice(b, b + size) for b in start)
-    return [a[window] for a in arrays]
+    crops = [a[window] for a in arrays]
+    if with_origin:
+        return crops, [b - p[0] for b, p in zip(start, pad[1:])]
+    return crops
 
 
 def record_volume(record: Record, modalities: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
