@@ -44,7 +44,7 @@ class RunContext:
     def __post_init__(self):
         if not isinstance(self.ws, Workspace):
             self.ws = Workspace(self.ws)
-        self.catalog = self.catalog or DataCatalog(self.registries)
+        self.catalog = self.catalog or DataCatalog(self.registries, cache_dir=self.ws.work_dir)
         PluginLogs.route(self.registries)  # before any plugin code runs in this context
 
     def encoder_class(self, model_cfg: dict) -> type[Encoder]:
