@@ -186,7 +186,7 @@ def render(data: dict, load_before: tuple, load_after: tuple, wall_s: float | No
            "python -m benchmarks.gpu --strategy mr --batch 32 --steps 20 --peak-tflops 989   # H100 SXM bf16 dense",
            "```", "",
            "It builds the paper preset on CUDA, trains through the same `build_optim_wrapper` path (fused AdamW,",
-           "`AmpOptimWrapper` bf16 autocast; `--amp false` for fp32), counts the step's FLOPs with `FlopCounterMode`",
+           "bf16 autocast; `--amp false` for fp32), counts the step's FLOPs with `FlopCounterMode`",
            "and prints samples/s, TFLOP/s, MFU and the projected time of each Table 1 stage at its preset",
            "`max_iters` x `batch_size`.", ""]
     body_start = next((i for i, l in enumerate(lines) if l.startswith("## ")), len(lines))

@@ -142,3 +142,21 @@ def test_the_metric_package_is_keyed_without_importing_it():
     registries = load_plugins()[0]
     plan_keys(MR_CELL, registries)
     assert "vqa-accuracy" in registries.metric._lazy
+
+
+def test_planning_cache_reuses_missing_images_and_follows_the_data(tmp_path):
+    # the planner's on-disk cache answers missing_images without reading records; a change of
+    # the data (fingerprint) or a new work dir recomputes; a missing work dir is never created
+    registries = load_plugins()[0]
+    data = {"type": "medsynth", "root": None, "options": {"n_train": 24, "n_test": 8}, "on_error": "raise"}
+    absent = DataCatalog(registries, cache_dir=tmp_path / "absent")
+    assert absent.missing_images(data, "train")[1] > 0 and not (tmp_path / "absent").exists()
+    first = DataCatalog(registries, cache_dir=tmp_path)
+    expected = first.missing_images(data, "train")
+    assert (tmp_path / plan_stages.PLANNING_CACHE).is_file()
+    warm = DataCatalog(registries, cache_dir=tmp_path)
+    dataset = warm.get(data)
+    dataset.records = lambda split: pytest.fail("records read despite a warm cache")
+    assert warm.missing_images(data, "train") == expected
+    other = {**data, "options": {"n_train": 12, "n_test": 8}}  # another fingerprint
+    assert DataCatalog(registries, cache_dir=tmp_path).missing_images(other, "train")[1] != expected[1]

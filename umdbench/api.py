@@ -366,7 +366,9 @@ TRAIN_DEFAULTS = {
     "warmup_ratio": 0.1,
     "schedule": "linear",
     "grad_clip": None,
-    "amp": "auto",  # bf16 autocast on CUDA, fp32 on CPU; False = always fp32
+    # fp32 unless a preset opts in: small (tiny) runs stay bit-reproducible; the paper presets set
+    # "auto" = bf16 autocast where it is native (CUDA, CPUs with AVX-512 BF16 / AMX)
+    "amp": False,
     "fused": "auto",  # fused AdamW kernel (CUDA and CPU); False = foreach / per-tensor loop
     "foreach": "auto",  # only when fused is False: multi-tensor AdamW; False = per-tensor loop
     "compile": False,  # torch.compile the encoder blocks
@@ -393,7 +395,8 @@ TRAIN_KEYS = {
     "checkpoint_interval": "iterations between resumable checkpoints",
     "log_interval": "iterations between log lines",
     "grad_clip": "max grad norm or None",
-    "amp": "'auto' = bf16 autocast on CUDA (fp32 on CPU); False = fp32 everywhere",
+    "amp": "False = fp32 (default); 'auto' = bf16 autocast where native (CUDA, CPU with AVX-512 BF16 / AMX), "
+           "resolved when the run is planned (the config and stage key record the result); 'bf16' = always",
     "fused": "'auto' = fused AdamW kernel on CUDA and CPU; False = the foreach / per-tensor path",
     "foreach": "with fused False: 'auto' = multi-tensor AdamW; False = per-tensor loop",
     "compile": "torch.compile the encoder blocks (parameter names unchanged)",

@@ -162,3 +162,41 @@ def dataset_root(dataset_cls, data_root: str | Path | None, name: str) -> str | 
             f"`umdbench data download {name} --data-root DIR --url-base URL` from a mirror."
         )
     return str(path.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed precision: which value of ``train.amp`` applies on this machine
+# ---------------------------------------------------------------------------------------------
+AMP_OFF = (False, None, "off", "fp32", "false", "False", "no")
+AMP_ON = (True, "bf16", "on", "true", "True")
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), read from the kernel's flags
+    so that planning needs no torch import. Without these flags bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_amp(value: Any) -> str | bool:
+    """The precision a stage with ``train.amp = value`` trains in on this machine: ``"bf16"`` (bf16
+    autocast) or ``False`` (fp32). ``"auto"`` means bf16 where it is native: CUDA with bf16 support
+    when a GPU is present (stages then train there), else a CPU with AVX-512 BF16 / AMX."""
+    if value in AMP_OFF:
+        return False
+    if value in AMP_ON:
+        return "bf16"
+    if value != "auto":
+        raise ConfigError(f"train.amp must be 'auto', 'bf16' or False, got {value!r}.")
+    import torch  # only for "auto" (paper presets), whose strategy classes import torch anyway
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else False
+    return "bf16" if cpu_native_bf16() else False

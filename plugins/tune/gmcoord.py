@@ -26,6 +26,8 @@ coefficient is used per optimiser step (upstream modulates after every micro-bat
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -135,8 +137,11 @@ class GMCoord(SupervisedTune):
         return group_scores(li, self.task, fwd.group), group_scores(lt, self.task, fwd.group)
 
     def contributions(self, fwd: TaskForward) -> tuple[float, float]:
-        """``(sum C^I, sum C^T)`` of one batch (no gradient)."""
-        with torch.no_grad():
+        """``(sum C^I, sum C^T)`` of one batch (no gradient), in fp32 even under bf16 autocast: rho
+        (Eq. 11) is a ratio of sums of probabilities, which bf16's 8-bit mantissa would round."""
+        device = fwd.text_feat.device.type
+        with torch.no_grad(), torch.autocast(device_type=device, enabled=False):
+            fwd = dataclasses.replace(fwd, text_feat=fwd.text_feat.float(), image_feat=fwd.image_feat.float())
             li, lt = self.unimodal_logits(fwd)
             if li.dim() == 1:  # retrieval pairs without negatives: nothing to rank against
                 return 0.0, 0.0

@@ -17,7 +17,7 @@ UPSTREAM_FEATURE_WEIGHT = 1e-5
 
 _TRAIN_PAPER = train_config(
     max_iters=5760, batch_size=32, lr=1e-5, lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0},
-    checkpoint_interval=1000, log_interval=50,
+    checkpoint_interval=1000, log_interval=50, amp="auto",
 )
 
 _COMMON = {
@@ -48,7 +48,7 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
             **copy.deepcopy(_COMMON), "decoder": {"dim": 64, "depth": 1, "heads": 2}, "fea_dim": 64,
             "train": {**copy.deepcopy(_TRAIN_PAPER), "max_iters": 100, "batch_size": 16, "lr": 2e-4,
                       "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 5.0}, "checkpoint_interval": 50,
-                      "log_interval": 10, "grad_clip": 1.0},
+                      "log_interval": 10, "grad_clip": 1.0, "amp": False},
         },
         "paper": {
             **copy.deepcopy(_COMMON), "decoder": {"dim": 384, "depth": 4, "heads": 6}, "fea_dim": 384,

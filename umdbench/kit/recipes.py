@@ -35,11 +35,12 @@ def iters_for(dataset: str, batch_size: int, epochs: int) -> int:
 
 
 # Training hyper-parameters of pre-training stages (the `train` dict of a strategy preset).
+# paper presets train in bf16 where it is native (amp "auto"); tiny ones in fp32 (bit-reproducible).
 # paper: AdamW, lr 1e-5 for the uni-modal encoders, x5 for fusion and heads, 10 % warm-up then
 # linear decay, 100k steps at batch 256 (betas/eps/weight decay as in the released code).
 PRETRAIN_TRAIN_PAPER: dict = train_config(
     max_iters=100_000, batch_size=256, lr=1e-5, lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 5.0},
-    checkpoint_interval=5_000, log_interval=100,
+    checkpoint_interval=5_000, log_interval=100, amp="auto",
 )
 # tiny: a short CPU run from random init, so a much larger lr.
 PRETRAIN_TRAIN_TINY: dict = train_config(
@@ -50,7 +51,7 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
 # fusion x5, head x50 (VQA); 10 % warm-up then linear decay.
 FINETUNE_TRAIN_PAPER = train_config(
     max_iters=iters_for("vqa-rad", 64, 50), batch_size=64, lr=5e-6,
-    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0}, checkpoint_interval=500, log_interval=50,
+    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0}, checkpoint_interval=500, log_interval=50, amp="auto",
 )
 
 FINETUNE_TRAIN_TINY = train_config(

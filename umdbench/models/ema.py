@@ -25,8 +25,8 @@ def ema_update_(teacher: nn.Module, student: nn.Module, decay: float) -> None:
         else:
             t.copy_(s)
     if floats_t:
-        torch._foreach_mul_(floats_t, decay)
-        torch._foreach_add_(floats_t, floats_s, alpha=1.0 - decay)
+        # one multi-tensor kernel: t + (1 - decay) * (s - t) == decay * t + (1 - decay) * s
+        torch._foreach_lerp_(floats_t, floats_s, 1.0 - decay)
 
 
 @torch.no_grad()

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from umdbench.api import Encoder
@@ -15,7 +14,6 @@ from .fusion import Fusion
 from .presets import ENCODER_PRESETS
 from .text import build_text_tower, text_forward, text_width
 from .vision import build_vision_tower, grid_of, vision_forward
-from .weights import load_clip_vit_b16, load_vision_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +112,8 @@ class MultimodalEncoder(Encoder):
             side = int(round(n_old ** 0.5))
             if side * side != n_old:
                 return  # not a square grid: let load_state_dict report the mismatch
+            from timm.layers import resample_abs_pos_embed  # lazily: see vision.py
+
             state_dict[key] = resample_abs_pos_embed(old, new_size=list(grid_of(self.vision)),
                                                      old_size=[side, side], num_prefix_tokens=1)
             log.info("resampled %s from %dx%d to %s", key, side, side, grid_of(self.vision))
@@ -217,6 +217,8 @@ def build_encoder(cfg: dict) -> MultimodalEncoder:
     cfg = _complete(cfg)
     enc = MultimodalEncoder(cfg)
     vcfg = cfg["vision"]
+    from .weights import load_clip_vit_b16, load_vision_state_dict, read_state_dict  # imports timm: see vision.py
+
     if vcfg.get("checkpoint"):
         load_vision_state_dict(enc.vision, read_state_dict(vcfg["checkpoint"]), str(vcfg["checkpoint"]))
         log.info("vision tower loaded from %s", vcfg["checkpoint"])

@@ -51,7 +51,10 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.attn_impl == "math":
             h = math_attention(q, k, v, attn_mask, p)
-        else:  # flash / memory-efficient kernels on CUDA, the fused CPU kernel otherwise
+        else:
+            # flash / memory-efficient kernels on CUDA (dropout included), the fused CPU kernel
+            # otherwise. With dropout_p > 0 on the CPU torch has no fused kernel and runs its math
+            # path; a hand-written explicit path measured no faster (BENCHMARKS.md), so SDPA stays.
             h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         h = h.transpose(1, 2).reshape(x.shape)
         h = F.dropout(self.out(h), p, self.training)

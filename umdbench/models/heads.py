@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from .encoder import _init_new_module
@@ -37,6 +36,8 @@ class MIMDecoder(nn.Module):
         super().__init__()
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        from timm.models.vision_transformer import Block  # lazily: see umdbench/models/vision.py
+
         self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, patch_size * patch_size * 3)

@@ -150,8 +150,8 @@ class MultiLevelReconstruction:
             self._forwards += 1
         mlm_ids, labels = mask_tokens(ids, mask, self.special_ids, self.text_mask_ratio)
         s = self.encoder(image, mlm_ids, mask, image_mask_ratio=self.image_mask_ratio, mask_noise=mask_noise)
-        with torch.no_grad() if self.teacher_no_grad else contextlib.nullcontext():
-            t = self.teacher(image, ids, mask)
+        with self._teacher_mode():
+            t = self.teacher(image, ids, mask)  # under the student's autocast too: bf16 where it uses bf16
         pred = self.mim_decoder(s.image_feats, s.ids_restore)
         l_mim = mim_loss(pred, self.encoder.patchify(image), s.image_mask, self.norm_pix_loss)
         l_mlm, mlm_acc = mlm_loss(self.mlm_head, s.text_feats, labels)
@@ -160,14 +160,30 @@ class MultiLevelReconstruction:
         return {"mim": l_mim, "mlm": l_mlm, "feamim": l_feamim, "feamlm": l_feamlm, "mlm_acc": mlm_acc,
                 "student": s, "teacher": t, "mlm_ids": mlm_ids, "mlm_labels": labels, "mim_pred": pred}
 
+    def _teacher_mode(self):
+        """``no_grad`` for the teacher pass (the benchmarks' reference records the graph).
+        Not ``inference_mode``: its outputs leave this method (``terms["teacher"]``, and with
+        ``fea_target_grad`` the target projections' graph), and inference tensors fail in any
+        later op autograd records."""
+        return torch.no_grad() if self.teacher_no_grad else contextlib.nullcontext()
+
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.quirks["fea_target_grad"] else x.detach()
+
+    def _target_proj(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``h(x)`` of teacher features as a target: without ``fea_target_grad`` it is detached,
+        so it is computed under ``no_grad`` (no graph recorded only to be dropped); inference
+        tensors from the teacher are fine as inputs there."""
+        if self.quirks["fea_target_grad"] or not self.teacher_no_grad:
+            return self._target(proj(x))
+        with torch.no_grad():
+            return proj(x)
 
     def _feamim(self, s, t) -> torch.Tensor:
         if self.quirks["feamim_bypass_decoder"]:
             dec = self.mim_decoder
             pred = dec.unshuffle(dec.embed(s.image_feats), s.ids_restore)[:, 1:]
-            target = self._target(dec.embed(t.image_feats)[:, 1:])
+            target = self._target_proj(dec.embed, t.image_feats)[:, 1:]
             return feature_mse(pred, target, s.image_mask)
         # Eq. 4 as written: h^I on the student's image tokens (CLS + the visible patches it has)
         # against h^I on the teacher's tokens at the same positions (teacher saw the whole image).
@@ -176,8 +192,8 @@ class MultiLevelReconstruction:
         ids_keep = ids_keep_from_restore(s.ids_restore, keep)
         t_vis = torch.gather(t.image_feats[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
         t_sel = torch.cat([t.image_feats[:, :1], t_vis], dim=1)
-        return feature_mse(self.fea_proj_image(s.image_feats), self._target(self.fea_proj_image(t_sel)))
+        return feature_mse(self.fea_proj_image(s.image_feats), self._target_proj(self.fea_proj_image, t_sel))
 
     def _feamlm(self, s, t, mask) -> torch.Tensor:
         weight = None if self.quirks["fea_all_text_tokens"] else mask
-        return feature_mse(self.fea_proj_text(s.text_feats), self._target(self.fea_proj_text(t.text_feats)), weight)
+        return feature_mse(self.fea_proj_text(s.text_feats), self._target_proj(self.fea_proj_text, t.text_feats), weight)

@@ -3,16 +3,24 @@ from __future__ import annotations
 
 from functools import partial
 
+from typing import TYPE_CHECKING
+
 import torch
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
+# timm is imported where a tower is built or resampled, not at module import: importing it pulls
+# torchvision and torch._dynamo (~2 s), which planning (`--dry-run`, sweeps) never needs.
 
 from .masking import random_masking
 
 
 def build_vision_tower(vcfg: dict, image_size: int, patch_size: int) -> VisionTransformer:
     """A timm ViT with no classifier; key names are timm's, so timm checkpoints load as they are."""
+    from timm.models.vision_transformer import VisionTransformer
+
     depth = int(vcfg["depth"])
     if vcfg.get("num_blocks_upstream_11", False):
         depth -= 1  # the released code builds layers - 1 blocks (the last CLIP block is dropped)
@@ -50,6 +58,8 @@ def position_embedding(vit: VisionTransformer, grid: tuple[int, int]) -> torch.T
     """``vit.pos_embed`` [1, 1+N, D] for a ``grid`` of patches (bicubic resample if it differs)."""
     if tuple(grid) == grid_of(vit):
         return vit.pos_embed
+    from timm.layers import resample_abs_pos_embed
+
     return resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(grid_of(vit)),
                                   num_prefix_tokens=1)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from umdbench.errors import ConfigError
-from umdbench.util import config_hash, parse_option
+from umdbench.util import config_hash, parse_option, resolve_amp
 from umdbench.util import dataset_root
 
 
@@ -173,6 +173,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         if paper_corpus and corpus["type"] != paper_corpus:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"{paper_corpus!r}")
+    resolve_precision(config)
     check_tracking(config)
     check_stage_configs(config, registries)
     with registries.encoder.guard(encoder_name, "checking its weights"):
@@ -180,6 +181,14 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
                             + _data_deviations(config, dataset_cls, registries))
     return ResolvedRun(cell, config, config["deviations"])
+
+
+def resolve_precision(config: dict) -> None:
+    """Each stage's ``train.amp`` as it applies on this machine (``"auto"`` -> ``"bf16"`` or False):
+    the config saved with the run and the stage key then say which precision trained it."""
+    for stage in [config["pretrain"], *config["tune"]]:
+        if stage and isinstance(stage.get("train"), dict):
+            stage["train"]["amp"] = resolve_amp(stage["train"].get("amp", False))
 
 
 # experiment tracking beside the local logs: name -> (mmengine visualiser backend, module, how to install)

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from umdbench.plan.config import ResolvedRun
-from umdbench.util import config_hash
+from umdbench.util import atomic_write_json, config_hash
 
 log = logging.getLogger("umdbench.data")
 
@@ -38,6 +39,10 @@ _SOURCE_SUFFIXES = (".py", ".toml")
 # kernels round differently. The evaluation batch size enters the evaluation's key only.
 NON_NUMERIC_DATA = ("num_workers", "image_cache", "eval_batch_size")
 NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints")
+
+# the planner's on-disk cache in the work dir (DataCatalog(cache_dir=...)), and its entry limit
+PLANNING_CACHE = "planning-cache.json"
+PLANNING_CACHE_MAX = 512
 
 
 def _source_files(top: str) -> list[tuple[str, Path]]:
@@ -133,8 +138,13 @@ class DataCatalog:
     """Dataset plugin instances, built once per (type, root, options), and the records of each
     split after the checks a run needs (:meth:`checked_records`)."""
 
-    def __init__(self, registries):
+    def __init__(self, registries, cache_dir: str | Path | None = None):
         self.registries = registries
+        # planning results kept across processes (``--dry-run`` and sweeps with a warm work dir):
+        # which images of a split are missing, keyed by the data's fingerprint (annotation bytes +
+        # image listing) and the plugin's code, so any change to either recomputes it
+        self.cache_path = Path(cache_dir) / PLANNING_CACHE if cache_dir is not None else None
+        self._disk: dict | None = None
         self._cache: dict[str, object] = {}
         self._missing: dict[str, tuple[list[str], int]] = {}
         self._checked: dict[str, list] = {}
@@ -163,10 +173,53 @@ class DataCatalog:
             return [], 0
         key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + split
         if key not in self._missing:
+            disk_key = self._disk_key(data_cfg, split) if self.cache_path is not None else None
+            hit = self._disk_cache().get(disk_key) if disk_key else None
+            if hit is not None:
+                self._missing[key] = ([], int(hit))
+                return self._missing[key]
             records = self.get(data_cfg).records(split)
             paths = {str(r.image) for r in records if isinstance(r.image, (str, Path))}
             self._missing[key] = (sorted(p for p in paths if not Path(p).is_file()), len(records))
+            if disk_key and not self._missing[key][0]:
+                # only "nothing missing" is remembered: should it go stale (a plugin whose
+                # fingerprint skips its images), run_cell's data check still stops the run before
+                # training; a split with missing images is looked at afresh every time
+                self._remember(disk_key, len(records))
         return self._missing[key]
+
+    # -- the on-disk planning cache ----------------------------------------------------------
+    def _disk_key(self, data_cfg: dict, split: str) -> str:
+        cls = self.registries.dataset.get(data_cfg["type"])
+        top = cls.__module__.split(".")[0]
+        return config_hash({"what": "missing_images", "split": split, "fingerprint": self.fingerprint(data_cfg),
+                            "data": {k: data_cfg.get(k) for k in ("type", "root", "options")},
+                            "code": [package_code_version(top), package_code_version("umdbench")]})
+
+    def _disk_cache(self) -> dict:
+        if self._disk is None:
+            self._disk = {}
+            if self.cache_path is not None and self.cache_path.is_file():
+                try:
+                    loaded = json.loads(self.cache_path.read_text())
+                    self._disk = loaded if isinstance(loaded, dict) else {}
+                except (OSError, ValueError):
+                    self._disk = {}  # unreadable: recompute (it is only a cache)
+        return self._disk
+
+    def _remember(self, key: str, value) -> None:
+        cache = self._disk_cache()
+        cache[key] = value
+        # only into an existing work dir: a dry run on a new one writes nothing
+        if self.cache_path is None or not self.cache_path.parent.is_dir():
+            return
+        if len(cache) > PLANNING_CACHE_MAX:  # oldest first (dicts keep insertion order)
+            for old in list(cache)[: len(cache) - PLANNING_CACHE_MAX]:
+                del cache[old]
+        try:
+            atomic_write_json(self.cache_path, cache)
+        except OSError:
+            pass  # a read-only work dir plans without the cache
 
     def checked_records(self, data_cfg: dict, split: str, image_size: int | None = None,
                         cache_dir: Path | None = None) -> list:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from umdbench.plan.config import TRACKING_BACKENDS, ResolvedRun
 from umdbench.plan.stages import DataCatalog, Stage
 from umdbench.results.provenance import device_description
 from umdbench.run.workspace import Workspace
-from umdbench.util import config_hash
+from umdbench.util import config_hash, resolve_amp
 
 __all__ = ["RunContext", "build_dataset", "build_optim_wrapper", "build_strategy",
            "compile_strategy", "dataloader_cfg", "lr_schedule", "make_runner", "task_type_of", "use_amp"]
@@ -43,7 +44,7 @@ class RunContext:
     def __post_init__(self):
         if not isinstance(self.ws, Workspace):
             self.ws = Workspace(self.ws)
-        self.catalog = self.catalog or DataCatalog(self.registries)
+        self.catalog = self.catalog or DataCatalog(self.registries, cache_dir=self.ws.work_dir)
         PluginLogs.route(self.registries)  # before any plugin code runs in this context
 
     def encoder_class(self, model_cfg: dict) -> type[Encoder]:
@@ -190,12 +191,31 @@ def dataloader_cfg(dataset, spec: TaskType, batch_size: int, run: ResolvedRun, *
 # optimisation
 # ---------------------------------------------------------------------------------------------
 def use_amp(train: dict) -> bool:
-    """bf16 autocast for the stage: on when CUDA is present and ``train.amp`` is not False
-    (``"auto"``/absent/True); never on CPU, where fp32 stays the reference numerics."""
-    amp = train.get("amp", "auto")
-    if amp in (False, "off", "fp32", "false", "False"):
-        return False
-    return torch.cuda.is_available()
+    """bf16 autocast for the stage: ``train.amp`` as planned (:func:`umdbench.util.resolve_amp`;
+    "auto" = bf16 where native: CUDA, or a CPU with AVX-512 BF16 / AMX). False = fp32."""
+    return resolve_amp(train.get("amp", False)) == "bf16"
+
+
+@lru_cache(maxsize=None)
+def bf16_optim_wrapper_class():
+    """An mmengine ``OptimWrapper`` whose forward runs under bf16 autocast on the model's device
+    (CPU or CUDA). No loss scaler: bf16 has fp32's exponent range. (mmengine's AmpOptimWrapper
+    refuses CPUs and adds a GradScaler, which bf16 does not need.)"""
+    import contextlib
+
+    from mmengine.optim import OptimWrapper
+
+    class Bf16OptimWrapper(OptimWrapper):
+        cast_dtype = torch.bfloat16
+
+        @contextlib.contextmanager
+        def optim_context(self, model):
+            param = next(model.parameters(), None)
+            device = param.device.type if param is not None else "cpu"
+            with super().optim_context(model), torch.autocast(device_type=device, dtype=torch.bfloat16):
+                yield
+
+    return Bf16OptimWrapper
 
 
 def build_optim_wrapper(strategy, train: dict):
@@ -203,11 +223,11 @@ def build_optim_wrapper(strategy, train: dict):
 
     Performance options (read with defaults, so they need not be in the preset):
     ``fused`` ("auto": the fused AdamW kernel, CUDA or CPU), ``foreach`` ("auto": multi-tensor AdamW
-    when ``fused`` is False; False = the per-tensor loop) and ``amp`` ("auto": bf16 autocast through mmengine's
-    ``AmpOptimWrapper`` on CUDA, off on CPU; False = fp32 everywhere). Parameters under the
+    when ``fused`` is False; False = the per-tensor loop) and ``amp`` (see :func:`use_amp`: bf16
+    autocast of the forward; weights, gradients and optimiser state stay fp32). Parameters under the
     strategy's :meth:`transient_state_prefixes` are never optimised.
     """
-    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    from mmengine.optim import OptimWrapper
 
     transient = tuple(strategy.transient_state_prefixes())
     groups: dict[str, list] = {}
@@ -239,8 +259,7 @@ def build_optim_wrapper(strategy, train: dict):
     clip = train.get("grad_clip")
     clip_grad = {"max_norm": float(clip)} if clip else None
     if use_amp(train):
-        # bf16 has fp32's exponent range: no loss scaling needed (a static scale of 1 is a no-op)
-        return AmpOptimWrapper(optimizer=optimizer, clip_grad=clip_grad, dtype="bfloat16", loss_scale=1.0)
+        return bf16_optim_wrapper_class()(optimizer, clip_grad=clip_grad)
     return OptimWrapper(optimizer, clip_grad=clip_grad)
 
 
@@ -317,7 +336,9 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
             return logger
 
         def _log_env(self, env_cfg):  # mmengine's collects compiler/CUDA details: slow and noisy
-            self.logger.info(f"umdbench stage {stage.dirname}; device {device_description()}; seed {self._seed}")
+            precision = "bf16 autocast" if use_amp(stage.cfg.get("train", {})) else "fp32"
+            self.logger.info(f"umdbench stage {stage.dirname}; device {device_description()}; {precision}; "
+                             f"seed {self._seed}")
 
     plugin_logs = PluginLogs.route(ctx.registries)
 
