@@ -45,11 +45,13 @@ def test_presets_and_plan_record_the_precision(registries, monkeypatch):
     assert [s["train"]["amp"] for s in [tiny["pretrain"], *tiny["tune"]]] == [False, False, False]
     monkeypatch.setattr(util, "cpu_native_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    paper = resolve(CellSpec("mr", ("tdcalib", "gmcoord"), "medsynth", preset="paper"), registries).config
+    offline = (("model.vision.on_missing", "random"),)  # no CLIP weights offline: opt into random init
+    paper = resolve(CellSpec("mr", ("tdcalib", "gmcoord"), "medsynth", preset="paper", overrides=offline),
+                    registries).config
     # "auto" is resolved at planning: the saved config names what applies on this machine
     assert [s["train"]["amp"] for s in [paper["pretrain"], *paper["tune"]]] == ["bf16"] * 3
     monkeypatch.setattr(util, "cpu_native_bf16", lambda: False)
-    spec = CellSpec("mr", ("gmcoord",), "medsynth", preset="paper")
+    spec = CellSpec("mr", ("gmcoord",), "medsynth", preset="paper", overrides=offline)
     fp32 = resolve(spec, registries)
     assert fp32.config["pretrain"]["train"]["amp"] is False
     monkeypatch.setattr(util, "cpu_native_bf16", lambda: True)
