@@ -24,9 +24,11 @@ NUM_CLASSES = 64  # answer vocabulary of the synthetic VQA task used for the tun
 
 
 def encoder_cfg(preset: str) -> dict:
-    """The preset's encoder; offline, so the text tower is a random-init encoder of the preset's
-    geometry with the packaged bert-base-uncased vocabulary (what the paper preset falls back to)."""
-    return deep_merge(copy.deepcopy(ENCODER_PRESETS[preset]), {"text": {"pretrained": None, "tokenizer": "minilm"}})
+    """The preset's encoder; offline, so both towers are random-init encoders of the preset's geometry
+    (no CLIP weights here; timing does not depend on the weights) and the text tower uses the packaged
+    bert-base-uncased vocabulary (what the paper preset falls back to)."""
+    return deep_merge(copy.deepcopy(ENCODER_PRESETS[preset]), {"text": {"pretrained": None, "tokenizer": "minilm"},
+                                                               "vision": {"pretrained": None}})
 
 
 # -- memory ----------------------------------------------------------------------------------
