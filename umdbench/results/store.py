@@ -82,10 +82,24 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock
+
         try:
-            with self._connect() as con:
+            # two processes opening a new or older store at once would race on creating tables, the
+            # switch to WAL and the migration ("database is locked"): one at a time sets it up
+            with FileLock(str(self.path) + ".init.lock", timeout=120), self._connect() as con:
+                # WAL (readers never block the writer) is a property of the file: set once, here
+                con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
                 self._migrate(con)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise StoreError(
+                    f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
+                    f"again to start a new store; `umdbench leaderboard --store OLD` can still read a healthy copy."
+                ) from exc
+            raise StoreError(f"results store {self.path} stayed locked by another process for too long ({exc}); "
+                             f"wait for the other umdbench run to finish and run again.") from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
@@ -116,7 +130,6 @@ class ResultsStore:
         """A connection for one transaction: committed on success, rolled back on error, always closed."""
         con = sqlite3.connect(self.path, timeout=60)
         try:
-            con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             with con:
                 yield con
         finally:
