@@ -153,14 +153,25 @@ def load_for_evaluation(strategy, stage: Stage, ctx: RunContext) -> None:
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+def image_cache_dir(run: ResolvedRun, ctx: RunContext) -> Path | None:
+    return ctx.ws.image_cache_dir if run.config["data"].get("image_cache", True) else None
+
+
+def stage_records(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str) -> list:
+    """The records a stage's split is built from: checked (non-empty, unique ids, images decode)
+    once per process, run_cell did it up front; with ``on_error: skip`` unusable ones are left out,
+    so a batch's ``index`` is a position in this list, not in ``records(split)``."""
+    size = run.config["model"].get("image_size")
+    return ctx.catalog.checked_records(stage.data, split, size if isinstance(size, int) else None,
+                                       image_cache_dir(run, ctx))
+
+
 def build_dataset(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str, *, training: bool):
     """``(torch dataset, task type)`` of one split, built by the task type of the stage's data."""
     model_cfg = run.config["model"]
     dataset = ctx.catalog.get(stage.data)
-    cache_dir = ctx.ws.image_cache_dir if run.config["data"].get("image_cache", True) else None
-    size = model_cfg.get("image_size")
-    # checked (non-empty, unique ids, images decode) once per process; run_cell did it up front
-    records = ctx.catalog.checked_records(stage.data, split, size if isinstance(size, int) else None, cache_dir)
+    cache_dir = image_cache_dir(run, ctx)
+    records = stage_records(stage, run, ctx, split)
     spec = task_type_of(ctx, dataset, stage.kind)
     data_ctx = DataContext(model_cfg=model_cfg, stage_cfg=stage.cfg, tokenizer=ctx.tokenizer(model_cfg),
                            label_names=list(dataset.label_names() or []), seed=run.config["seed"],

@@ -9,7 +9,7 @@ from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage
 from umdbench.run.builders import (RunContext, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
                                    compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
-                                   load_for_evaluation, lr_schedule, make_runner)
+                                   load_for_evaluation, lr_schedule, make_runner, stage_records)
 
 __all__ = ["evaluate_stage", "train_stage", "waiting_note"]
 
@@ -130,7 +130,8 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
     # per-type or soft accuracies need the answer names and each example's record (samples carry
     # `index`, the record's position in the split)
     metric.dataset_meta = {"dataset": stage.data["type"], "split": stage.data["split"],
-                           "label_names": list(dataset.label_names() or []), "records": dataset.records(stage.data["split"])}
+                           "label_names": list(dataset.label_names() or []),
+                           "records": stage_records(stage, run, ctx, stage.data["split"])}
     runner = make_runner(
         stage, run, ctx, StageModel(strategy, spec), ctx.ws.eval_dir(stage.key),
         test_dataloader=dataloader_cfg(test_set, spec, run.config["data"]["eval_batch_size"], run, train=False),
