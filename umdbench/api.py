@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.1"
+CONTRACT_VERSION = "1.2"
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -96,6 +96,9 @@ class DatasetPlugin:
     root_subdir: ClassVar[str | None] = None
     # registered metric name; None = the task type's ``default_metric``
     metric: ClassVar[str | None] = None
+    # options that change only what is evaluated (e.g. modalities removed from test studies):
+    # training stages are planned without them, so varying one re-uses the trained stages
+    test_only_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: str | Path | None = None, on_error: str = "raise", **options: Any):
         if on_error not in ("raise", "skip"):
@@ -373,6 +376,7 @@ TRAIN_DEFAULTS = {
     "foreach": "auto",  # only when fused is False: multi-tensor AdamW; False = per-tensor loop
     "compile": False,  # torch.compile the encoder blocks
     "keep_checkpoints": 1,  # resumable checkpoints kept once the stage's artifact is written
+    "label_fraction": 1.0,  # share of the labelled training split a tuning stage trains on
 }
 
 
@@ -401,4 +405,6 @@ TRAIN_KEYS = {
     "foreach": "with fused False: 'auto' = multi-tensor AdamW; False = per-tensor loop",
     "compile": "torch.compile the encoder blocks (parameter names unchanged)",
     "keep_checkpoints": "resumable checkpoints a finished stage keeps (newest first; 0 = none); not in the stage key",
+    "label_fraction": "tuning stages: train on this share (0, 1] of the training split's records, drawn once per "
+                      "seed; smaller fractions are subsets of larger ones (label-efficiency studies)",
 }

@@ -237,6 +237,15 @@ def check_stage_configs(config: dict, registries) -> None:
     stages += [(f"tune.{i}", registries.tune, s) for i, s in enumerate(config["tune"])]
     for where, registry, stage in stages:
         if stage:
+            fraction = stage.get("train", {}).get("label_fraction", 1.0)
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+                raise ConfigError(f"{where}.train.label_fraction={fraction!r} must be a number in (0, 1] (the share of "
+                                  f"the training split a tuning stage trains on); fix it with --cfg-options "
+                                  f"{where}.train.label_fraction=0.1")
+            if where == "pretrain" and fraction != 1.0:
+                raise ConfigError(f"pretrain.train.label_fraction={fraction!r}: pre-training reads an unlabelled corpus, "
+                                  f"so a label fraction applies to tuning stages only; set "
+                                  f"tune.<i>.train.label_fraction instead")
             with registry.guard(stage["type"], f"checking its config ({where})"):
                 registry.get(stage["type"]).check_config(stage)
 

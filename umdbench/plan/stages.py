@@ -362,6 +362,15 @@ def _metric_targets(registries, dataset_cls) -> tuple[str, ...]:
     return (registries.metric.target(name),) if name and name in registries.metric else ()
 
 
+def _training_view(dataset_data: dict, dataset_cls) -> dict:
+    """The dataset config tuning stages train on: without the options that change only the
+    evaluated split (``DatasetPlugin.test_only_options``), so those stages are shared across them."""
+    dropped = set(dataset_cls.test_only_options) & set(dataset_data["options"])
+    if not dropped:
+        return dataset_data
+    return {**dataset_data, "options": {k: v for k, v in dataset_data["options"].items() if k not in dropped}}
+
+
 def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage]:
     cfg = run.config
     stages: list[Stage] = []
@@ -385,9 +394,11 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
         stages.append(parent)
 
     tune_tasks = _task_classes(registries, dataset_cls, pretrain=False)
+    train_data = _training_view(dataset_data, dataset_cls)
+    train_fp = dataset_fp if train_data is dataset_data else catalog.fingerprint(train_data)
     for i, stage_cfg in enumerate(cfg["tune"]):
         cls = registries.tune.get(stage_cfg["type"])
-        data = {**dataset_data, "split": "train", "fingerprint": dataset_fp}
+        data = {**train_data, "split": "train", "fingerprint": train_fp}
         inputs = {"kind": "tune", "cfg": _keyed_stage_cfg(stage_cfg),
                   "data": {k: v for k, v in data.items() if k != "root"},
                   "code": code_version(cls, dataset_cls, encoder_cls, *tune_tasks),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from umdbench.api import DataContext, Encoder, TaskInfo, TaskType, TuneStrategy
@@ -166,12 +167,25 @@ def stage_records(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str) -
                                        image_cache_dir(run, ctx))
 
 
+def label_subset(records: list, fraction: float, seed: int) -> list:
+    """``round(fraction x n)`` records (at least one), in their split order: a prefix of one
+    permutation drawn from the seed, so at one seed a smaller fraction is a subset of a larger one."""
+    fraction = float(fraction)
+    if fraction >= 1.0:
+        return records
+    keep = max(1, int(round(fraction * len(records))))
+    order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x1ABE1]))).permutation(len(records))
+    return [records[i] for i in sorted(order[:keep].tolist())]
+
+
 def build_dataset(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str, *, training: bool):
     """``(torch dataset, task type)`` of one split, built by the task type of the stage's data."""
     model_cfg = run.config["model"]
     dataset = ctx.catalog.get(stage.data)
     cache_dir = image_cache_dir(run, ctx)
     records = stage_records(stage, run, ctx, split)
+    if training and stage.kind == "tune":
+        records = label_subset(records, stage.cfg["train"].get("label_fraction", 1.0), run.config["seed"])
     spec = task_type_of(ctx, dataset, stage.kind)
     data_ctx = DataContext(model_cfg=model_cfg, stage_cfg=stage.cfg, tokenizer=ctx.tokenizer(model_cfg),
                            label_names=list(dataset.label_names() or []), seed=run.config["seed"],

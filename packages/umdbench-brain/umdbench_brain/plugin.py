@@ -64,6 +64,20 @@ SUITES = {
             {"name": "BrainMVP, templates", "pretrain": "brainmvp", "tune": "seg-tmpl"},
         ],
     },
+    # the same tuning recipe on a share of the labelled training studies (a prefix of one
+    # permutation per seed, so 10 % is a subset of 40 %); pre-training still sees the whole corpus
+    "brain-label-efficiency": {
+        "title": "Label efficiency on brainsynth segmentation, Dice (%) by share of labelled training studies",
+        "datasets": ["brainsynth"],
+        "metrics": SEG_METRICS,
+        "plot": "vary",
+        "vary": {"key": "tune.*.train.label_fraction", "label": "labels", "values": [0.1, 0.2, 0.4, 1.0]},
+        "rows": [
+            {"name": "scratch", "pretrain": "none", "tune": "seg"},
+            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS},
+            dict(BRAINMVP_ROW),
+        ],
+    },
     # the paper's ablation order: cross-modal reconstruction, + template view, + contrastive term
     "brainmvp-ablation": {
         "title": "BrainMVP ablation on brainsynth segmentation, Dice (%)",

@@ -114,8 +114,7 @@ class ClsTune(VolumeTune):
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
         return ["classification head and recipe are not released (BrainMVP issue #9: 'an MLP with softmax'): "
-                "global average pooling of the deepest map + a 2-layer MLP, with the segmentation recipe",
-                "no label-fraction (40 %) subsampling option yet"]
+                "global average pooling of the deepest map + a 2-layer MLP, with the segmentation recipe"]
 
 
 class MAE3D(PretrainStrategy):

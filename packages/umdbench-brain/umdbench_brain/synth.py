@@ -185,6 +185,7 @@ class _BrainSynthBase(DatasetPlugin):
     version = "1"
     needs_root = False
     encoder = "resunet3d"
+    test_only_options = ("test_drop",)  # training stages are shared across test-time drops
     _defaults: dict[str, Any] = {"n_train": 48, "n_val": 8, "n_test": 24, "canvas": 48, "missing_rate": 0.2,
                                  "test_drop": 0, "seed": 0}
     _streams = {"train": STREAMS["train"], "val": STREAMS["val"], "test": STREAMS["test"]}
