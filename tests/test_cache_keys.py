@@ -120,6 +120,7 @@ def test_settings_that_cannot_change_numbers_keep_the_keys(override):
     (("tune.0.train.lr", 1e-3), 1),
     (("data.eval_batch_size", 7), 3),
     (("pretrain.train.max_iters", 3), 0),
+    (("tune.1.train.label_fraction", 0.5), 2),
 ])
 def test_settings_that_change_numbers_change_the_keys_downstream(override, changed_from):
     base = plan_keys(MR_CELL)
