@@ -354,11 +354,18 @@ def _task_classes(registries, dataset_cls, pretrain: bool) -> list:
     return [spec]
 
 
-def _metric_targets(registries, dataset_cls) -> tuple[str, ...]:
-    """Where the metric the evaluation scores with lives (the dataset's, else its task type's default)."""
+def metric_name(registries, dataset_cls) -> str | None:
+    """The metric a dataset's evaluation scores with: the dataset's own, else its task type's
+    default (None when neither names one). The one place this rule is spelled."""
     name = dataset_cls.metric
     if not name and dataset_cls.task in registries.task:
         name = registries.task.get(dataset_cls.task).default_metric
+    return name or None
+
+
+def _metric_targets(registries, dataset_cls) -> tuple[str, ...]:
+    """Where the metric the evaluation scores with lives."""
+    name = metric_name(registries, dataset_cls)
     return (registries.metric.target(name),) if name and name in registries.metric else ()
 
 

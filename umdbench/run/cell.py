@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage, check_cell_data, describe_plan, skipped_counts
+from umdbench.plan.stages import Stage, check_cell_data, describe_plan, metric_name, skipped_counts
 from umdbench.results.provenance import device_description, git_commit, package_versions
 from umdbench.run.builders import RunContext, echo
 from umdbench.run.stages import evaluate_stage, train_stage
@@ -73,7 +73,7 @@ def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
     used += [("tune", s["type"]) for s in cfg["tune"]]
     dataset_cls = registries.dataset.get(cfg["dataset"]["type"])
     used.append(("task", dataset_cls.task))
-    metric = dataset_cls.metric or registries.task.get(dataset_cls.task).default_metric
+    metric = metric_name(registries, dataset_cls)
     if metric:
         used.append(("metric", metric))
     return {f"{kind}:{name}": getattr(registries, kind).provenance(name) for kind, name in used}

@@ -6,7 +6,7 @@ import time
 from umdbench.api import TuneStrategy
 from umdbench.errors import UmdbenchError
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage
+from umdbench.plan.stages import Stage, metric_name
 from umdbench.run.builders import (RunContext, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
                                    compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
                                    load_for_evaluation, lr_schedule, make_runner, stage_records)
@@ -119,13 +119,13 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
         raise UmdbenchError(f"the last tuning stage {tuned.name!r} is unsupervised and cannot be evaluated")
     dataset = ctx.catalog.get(stage.data)
     test_set, spec = build_dataset(stage, run, ctx, stage.data["split"], training=False)
-    metric_name = dataset.metric or spec.default_metric
-    if not metric_name:
+    name = metric_name(ctx.registries, type(dataset))
+    if not name:
         raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
                             f"default_metric; set one of them.")
     from umdbench.run.predictions import PredictionRecorder
 
-    metric = ctx.registries.metric.get(metric_name)()
+    metric = ctx.registries.metric.get(name)()
     recorder = PredictionRecorder()  # per-example predictions, for the leaderboard's intervals
     # per-type or soft accuracies need the answer names and each example's record (samples carry
     # `index`, the record's position in the split)
