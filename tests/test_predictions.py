@@ -52,9 +52,35 @@ def test_run_stores_predictions_referenced_by_checksum(tmp_path, capsys):
     assert why == "" and ref["n"] == 70 and arrays["index"].tolist() == list(range(70))
     # the stored examples recompute the stored metrics exactly
     for metric in ("overall", "open", "closed"):
-        kept = pfile.metric_correct(arrays, metric)
-        assert kept[1].mean() * 100 == pytest.approx(row["metrics"][metric]), metric
+        _, values = pfile.metric_values(arrays, metric)
+        assert values.mean() * 100 == pytest.approx(row["metrics"][metric]), metric
     # a replaced file is refused, not used
     path.write_bytes(pfile.encode({k: np.zeros_like(v) for k, v in arrays.items()}))
     arrays, why = pfile.load_for_row(row, tmp_path)
     assert arrays is None and "checksum" in why
+
+
+def test_a_metrics_own_per_example_scores_are_stored_and_reproduce_it():
+    from umdbench.run.predictions import with_metric_scores
+
+    # a Dice-like metric over 4 studies, reported in shuffled order
+    per_example = {"index": np.array([2, 0, 3, 1]), "dice": np.array([0.5, 1.0, 0.25, 0.75]),
+                   "dice_wt": np.array([1.0, 1.0, 0.5, 0.5]), "ragged": np.array([1.0])}
+    arrays = with_metric_scores(None, per_example)
+    assert arrays["index"].tolist() == [0, 1, 2, 3]
+    assert arrays["score__dice"].tolist() == [1.0, 0.75, 0.5, 0.25] and "score__ragged" not in arrays
+    assert with_metric_scores(None, None) is None
+    index, values = pfile.metric_values(pfile.decode(pfile.encode(arrays)), "dice")
+    assert index.tolist() == [0, 1, 2, 3] and values.mean() * 100 == pytest.approx(62.5)
+    assert pfile.metric_values(arrays, "hd95") is None  # not a mean over every example: no interval
+    # two seeds -> the matrix the leaderboard bootstraps; a row whose stored value differs is refused
+    rows = []
+    for seed, shift in enumerate((0.0, 0.25)):
+        vals = {**per_example, "dice": per_example["dice"] * (1 - shift)}
+        data = pfile.encode(with_metric_scores(None, vals))
+        rows.append((data, {"cell_key": f"cell{seed}", "metrics": {"dice": 100 * vals["dice"].mean()}}))
+    cache = {row["cell_key"]: (pfile.decode(data), "") for data, row in rows}
+    matrix, index, why = pfile.seed_matrix([row for _, row in rows], "dice", None, cache)
+    assert why == "" and matrix.shape == (2, 4) and index.tolist() == [0, 1, 2, 3]
+    bad = dict(rows[1][1], metrics={"dice": 99.0})
+    assert pfile.seed_matrix([bad], "dice", None, {"cell1": cache["cell1"]})[0] is None

@@ -4,7 +4,8 @@ A cell's evaluation writes ``runs/<cell>/predictions.npz`` (through the Workspac
 keeps ``predictions = {"path": <relative to the store's folder>, "sha256", "n", "fields"}``.
 Arrays (one entry per test example, sorted by ``index``): ``index`` (position in the split),
 ``pred`` and ``label`` (answer / class ids; label -1 = not in the vocabulary), ``correct`` (0/1),
-and ``answer_type`` (VQA: 0 closed, 1 open). Loaded with ``allow_pickle=False``.
+and ``answer_type`` (VQA: 0 closed, 1 open); ``score__<metric>`` where a metric reports its own
+per-example values (e.g. each study's Dice, in [0, 1]). Loaded with ``allow_pickle=False``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["decode", "encode", "load_for_row", "metric_correct"]
+__all__ = ["decode", "encode", "load_for_row", "metric_values", "seed_matrix"]
 
 
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
@@ -51,19 +52,23 @@ def load_for_row(row: dict, base_dir: Path) -> tuple[dict[str, np.ndarray] | Non
 
 # metric name -> which examples it averages `correct` over (None: every example)
 _SUBSETS = {"overall": None, "accuracy": None, "open": 1, "closed": 0}
+SCORE_PREFIX = "score__"  # a metric's own per-example values (e.g. each study's Dice), see run/predictions.py
 
 
-def metric_correct(arrays: dict[str, np.ndarray], metric: str) -> np.ndarray | None:
-    """``(index, correct)`` restricted to the examples the metric averages over, as a 2-row array;
-    None when the metric is not a mean of ``correct`` (AUC, recall@k, ...)."""
-    if metric not in _SUBSETS:
+def metric_values(arrays: dict[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(index, values)`` of the examples the metric averages over (values in [0, 1]: the metric's
+    own per-example scores when it stored them, else correctness); None when the metric is not a
+    mean over examples (AUC, recall@k, HD95, ...)."""
+    if f"{SCORE_PREFIX}{metric}" in arrays:
+        return arrays["index"].astype(np.int64), arrays[f"{SCORE_PREFIX}{metric}"].astype(np.float64)
+    if metric not in _SUBSETS or "correct" not in arrays:
         return None
     keep = np.ones(len(arrays["correct"]), dtype=bool)
     if _SUBSETS[metric] is not None:
         if "answer_type" not in arrays:
             return None
         keep = arrays["answer_type"] == _SUBSETS[metric]
-    return np.stack([arrays["index"][keep].astype(np.int64), arrays["correct"][keep].astype(np.int64)])
+    return arrays["index"][keep].astype(np.int64), arrays["correct"][keep].astype(np.float64)
 
 
 def seed_matrix(rows: list[dict], metric: str, base_dir: Path,
@@ -81,18 +86,19 @@ def seed_matrix(rows: list[dict], metric: str, base_dir: Path,
         arrays, why = cache[key]
         if arrays is None:
             return None, None, why
-        kept = metric_correct(arrays, metric)
+        kept = metric_values(arrays, metric)
         if kept is None:
-            return None, None, f"{metric} is not a mean of per-example correctness"
-        if kept.shape[1] == 0:
+            return None, None, f"{metric} is not a mean over per-example values"
+        examples, values = kept
+        if len(values) == 0:
             return None, None, f"no test example counts towards {metric}"
         stored = (row.get("metrics") or {}).get(metric)
-        if stored is None or abs(100.0 * kept[1].mean() - float(stored)) > 1e-3:
+        if stored is None or abs(100.0 * values.mean() - float(stored)) > 1e-3:
             return None, None, f"the stored predictions do not reproduce the stored {metric}"
-        if index is not None and not np.array_equal(index, kept[0]):
+        if index is not None and not np.array_equal(index, examples):
             return None, None, "the seeds were scored on different test examples"
-        index = kept[0]
-        mats.append(kept[1])
+        index = examples
+        mats.append(values)
     if not mats:
         return None, None, "no rows"
     return np.stack(mats), index, ""

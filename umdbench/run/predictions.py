@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 
-__all__ = ["PredictionRecorder", "per_example"]
+from umdbench.results.predictions import SCORE_PREFIX
+
+__all__ = ["PredictionRecorder", "per_example", "with_metric_scores"]
 
 
 def per_example(sample: dict) -> dict[str, np.ndarray] | None:
@@ -65,3 +67,20 @@ class PredictionRecorder(BaseMetric):
         order = np.argsort(merged["index"], kind="stable")
         self.arrays = {k: v[order] for k, v in merged.items()}
         return {}
+
+
+def with_metric_scores(arrays: dict[str, np.ndarray] | None, per_example: Any) -> dict[str, np.ndarray] | None:
+    """``arrays`` (the recorder's, or None) plus the metric's own per-example values, when the metric
+    set ``per_example = {"index": [n], name: [n], ...}`` in ``compute_metrics`` (values whose mean x
+    100 is that metric, e.g. each study's Dice), stored as ``score__<name>`` sorted by index."""
+    if not isinstance(per_example, dict) or "index" not in per_example:
+        return arrays
+    index = np.asarray(per_example["index"]).astype(np.int64).ravel()
+    order = np.argsort(index, kind="stable")
+    scores = {f"{SCORE_PREFIX}{k}": np.asarray(v, dtype=np.float64).ravel()[order]
+              for k, v in per_example.items() if k != "index" and len(np.asarray(v).ravel()) == len(index)}
+    if arrays is None:
+        return {"index": index[order].astype(np.int32), **scores}
+    if not np.array_equal(np.asarray(arrays["index"]).astype(np.int64), index[order]):
+        return arrays  # two views of different examples: keep the recorder's, which is never wrong
+    return {**arrays, **scores}

@@ -123,7 +123,7 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
     if not name:
         raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
                             f"default_metric; set one of them.")
-    from umdbench.run.predictions import PredictionRecorder
+    from umdbench.run.predictions import PredictionRecorder, with_metric_scores
 
     metric = ctx.registries.metric.get(name)()
     recorder = PredictionRecorder()  # per-example predictions, for the leaderboard's intervals
@@ -138,5 +138,5 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
         test_cfg={"type": "TestLoop"}, test_evaluator=Evaluator([metric, recorder]),
     )
     metrics = runner.test()
-    ctx.ws.write_predictions(stage.key, recorder.arrays)
+    ctx.ws.write_predictions(stage.key, with_metric_scores(recorder.arrays, getattr(metric, "per_example", None)))
     return {k: float(v) for k, v in metrics.items()}

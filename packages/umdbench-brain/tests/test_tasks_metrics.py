@@ -132,3 +132,20 @@ def test_sliding_window_covers_a_volume_larger_than_the_window():
     assert out.shape == (2, 3, 24, 20, 16) and torch.isfinite(out).all()
     with pytest.raises(TypeError, match="channels per scale"):
         task.build_head(info, 64)
+
+
+def test_dice_per_study_scores_reproduce_the_reported_dice():
+    metric = DiceMetric(hd95=False)
+    gen = torch.Generator().manual_seed(0)
+    for start in (0, 2):  # two batches of two studies, 3 regions on 6^3
+        logits = torch.randn(2, 3, 6, 6, 6, generator=gen)
+        seg = (torch.rand(2, 3, 6, 6, 6, generator=gen) > 0.6).float()
+        seg[1, 2] = 0  # an empty region: scores 1 only if predicted empty
+        metric.process({}, [{"seg_logits": logits, "seg": seg, "index": torch.tensor([start + 1, start])}])
+    out = metric.compute_metrics(metric.results)
+    per = metric.per_example
+    assert sorted(per["index"].tolist()) == [0, 1, 2, 3]
+    assert per["dice"].mean() * 100 == pytest.approx(out["dice"])
+    for region in ("wt", "tc", "et"):
+        assert per[f"dice_{region}"].mean() * 100 == pytest.approx(out[f"dice_{region}"])
+    assert np.allclose(per["dice"], np.mean([per["dice_wt"], per["dice_tc"], per["dice_et"]], axis=0))

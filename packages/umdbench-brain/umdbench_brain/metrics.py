@@ -9,6 +9,8 @@ i.e. probability > 0.5) and ``seg`` [B,K,...] (ground-truth masks).
 * HD95 per case and region where both masks are non-empty (undefined otherwise), averaged over
   those cases; ``hd95`` averages the regions that have any. Distances in voxels.
 
+``per_example`` (after ``compute_metrics``): each study's Dice, overall and per region, by ``index``.
+
 Region names: with K = 3 the BraTS order WT, TC, ET (keys ``dice_wt`` ...); else ``dice_r0`` ...
 (the metric is built without the task's label names).
 """
@@ -63,6 +65,8 @@ class DiceMetric(BaseMetric):
                 raise ValueError(f"dice metric: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} "
                                  f"differ in shape; the strategy must predict whole volumes.")
             entry = {"dice": dice_per_case(pred, gt)}
+            if "index" in sample:  # the study's position in the split (per-study scores)
+                entry["index"] = sample["index"].view(-1).long()
             if self.hd95:
                 entry["hd95"] = hd95_per_case(pred, gt)
             self.results.append(entry)
@@ -73,6 +77,13 @@ class DiceMetric(BaseMetric):
         names = BRATS_REGIONS if k == 3 else tuple(f"r{i}" for i in range(k))
         out = {f"dice_{n}": float(dice[:, i].mean()) * 100.0 for i, n in enumerate(names)}
         out["dice"] = float(dice.mean(0).mean()) * 100.0
+        # each study's Dice (a fraction; its mean x 100 is the metric): the leaderboard's intervals
+        # bootstrap over test studies from these. HD95 is not a mean over every study, so it has none.
+        self.per_example = None
+        if all("index" in r for r in results):
+            index = torch.cat([r["index"] for r in results])
+            self.per_example = {"index": index.numpy(), "dice": dice.mean(1).numpy(),
+                                **{f"dice_{n}": dice[:, i].numpy() for i, n in enumerate(names)}}
         if self.hd95 and all("hd95" in r for r in results):
             hd = torch.cat([r["hd95"] for r in results])
             per_region = [float(hd[:, i][~hd[:, i].isnan()].mean()) if (~hd[:, i].isnan()).any() else math.nan
