@@ -46,9 +46,22 @@ def test_sweep_plan(benchmark, suite, tmp_path):
     probe = _run("sweep", "--help", check=False)
     if probe.returncode:
         pytest.skip("`umdbench sweep` is not available")
-    args = ("sweep", "--suite", suite, "--dry-run")
+    # an existing work dir keeps the plan cache (a dry run on a new one writes nothing)
+    (tmp_path / "wd").mkdir()
+    args = ("sweep", "--suite", suite, "--dry-run", "--work-dir", str(tmp_path / "wd"))
     first = _run(*args, check=False)
     if first.returncode:
         pytest.skip(f"`umdbench {' '.join(args)}` failed: {first.stderr.strip()[-300:]}")
-    benchmark.pedantic(_run, args=args, rounds=1, iterations=1)  # the probe run above warmed the caches
-    _info(benchmark, "umdbench " + " ".join(args))
+    # the probe run above warmed the caches (plan cache, fingerprints)
+    benchmark.pedantic(_run, args=args, rounds=5, iterations=1)
+    _info(benchmark, f"umdbench sweep --suite {suite} --dry-run (warm)")
+
+
+def test_run_plan(benchmark, tmp_path):
+    """`umdbench run --dry-run` of the UMD chain with a warm plan cache."""
+    (tmp_path / "wd").mkdir()
+    args = ("run", "--pretrain", "mr", "--tune", "tdcalib+gmcoord", "--dataset", "medsynth", "--dry-run",
+            "--work-dir", str(tmp_path / "wd"))
+    _run(*args)
+    benchmark.pedantic(_run, args=args, rounds=5, iterations=1)
+    _info(benchmark, "umdbench run --pretrain mr --tune tdcalib+gmcoord --dataset medsynth --dry-run (warm)")

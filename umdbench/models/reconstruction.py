@@ -161,19 +161,23 @@ class MultiLevelReconstruction:
                 "student": s, "teacher": t, "mlm_ids": mlm_ids, "mlm_labels": labels, "mim_pred": pred}
 
     def _teacher_mode(self):
-        """``no_grad`` for the teacher pass (the benchmarks' reference records the graph).
-        Not ``inference_mode``: its outputs leave this method (``terms["teacher"]``, and with
-        ``fea_target_grad`` the target projections' graph), and inference tensors fail in any
-        later op autograd records."""
-        return torch.no_grad() if self.teacher_no_grad else contextlib.nullcontext()
+        """The cheapest mode the teacher pass allows: ``inference_mode`` (no graph, no version
+        counters) when its outputs only ever feed targets computed under ``no_grad`` and index ops
+        (the default); ``no_grad`` with ``fea_target_grad``, whose target projections record a graph
+        on the teacher features (inference tensors cannot be saved for backward); autograd on in
+        the benchmarks' eager reference. Under the student's autocast either way (bf16 where the
+        student computes in bf16)."""
+        if not self.teacher_no_grad:
+            return contextlib.nullcontext()
+        return torch.no_grad() if self.quirks["fea_target_grad"] else torch.inference_mode()
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.quirks["fea_target_grad"] else x.detach()
 
     def _target_proj(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``h(x)`` of teacher features as a target: without ``fea_target_grad`` it is detached,
-        so it is computed under ``no_grad`` (no graph recorded only to be dropped); inference
-        tensors from the teacher are fine as inputs there."""
+        so it is computed under ``no_grad`` (no graph recorded only to be dropped); the teacher's
+        inference tensors are fine as inputs there (nothing is saved for backward)."""
         if self.quirks["fea_target_grad"] or not self.teacher_no_grad:
             return self._target(proj(x))
         with torch.no_grad():
