@@ -107,10 +107,12 @@ def test_code_stamp_covers_plugin_files_and_umdbench(tmp_path):
     assert "umdbench" in plancache._plugin_tops() and "umdbench_plugins" in plancache._plugin_tops()
 
 
-def test_constants_match_the_workspace():
-    from umdbench.run.workspace import MARKER_FILE, STORE_FILE
+def test_replay_states_the_paths_the_workspace_builds(tmp_path):
+    from umdbench.run.workspace import Workspace
 
-    assert (plancache.MARKER_FILE, plancache.STORE_FILE) == (MARKER_FILE, STORE_FILE)
+    ws = Workspace(tmp_path / "wd")
+    assert ws.store_path == tmp_path / "wd" / plancache.STORE_FILE
+    assert ws.stages_dir == tmp_path / "wd" / plancache.STAGES_DIR
 
 
 def test_note_config_records_paths_and_roots(tmp_path):

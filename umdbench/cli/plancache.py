@@ -36,10 +36,7 @@ from typing import Any, Callable
 PLAN_CACHE = "plan-cache.json"
 PLAN_CACHE_MAX = 64
 FORMAT = 1
-# mirrors umdbench.run.workspace (importing it costs numpy; tests check they agree)
-STORE_FILE = "results.sqlite"
-MARKER_FILE = "artifact.json"
-STAGES_DIR = "stages"
+from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE  # (importing the Workspace costs numpy)
 
 _ENV_PREFIXES = ("UMDBENCH_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "CUDA_", "PYTORCH_", "OMP_")
 _ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PYTHONPATH")

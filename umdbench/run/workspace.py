@@ -31,12 +31,11 @@ from typing import Any, Callable, Iterator
 from umdbench.errors import CheckpointError
 from umdbench.results import predictions as predictions_file
 from umdbench.results.store import ResultsStore
+from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE
 from umdbench.util import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Workspace"]
 
-STORE_FILE = "results.sqlite"
-MARKER_FILE = "artifact.json"
 WEIGHTS_FILE = "model.safetensors"
 PREDICTIONS_FILE = "predictions.npz"
 STAGE_LOCK_FILE = "stage.lock"
@@ -67,7 +66,7 @@ class Workspace:
     # -- stages ------------------------------------------------------------------------------------
     @property
     def stages_dir(self) -> Path:
-        return self.work_dir / "stages"
+        return self.work_dir / STAGES_DIR
 
     def stage_dir(self, stage) -> Path:
         return self.stages_dir / stage.dirname

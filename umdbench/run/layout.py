@@ -1,0 +1,7 @@
+"""The names of the work dir's top-level entries, in a module that imports nothing, so a dry-run
+replay (``umdbench.cli.plancache``) can state them without importing the rest of ``umdbench.run``.
+``umdbench.run.workspace.Workspace`` is the one place that builds paths from them."""
+
+STORE_FILE = "results.sqlite"  # one row per finished cell
+MARKER_FILE = "artifact.json"  # written last in a stage folder: the stage is finished
+STAGES_DIR = "stages"  # one folder per trained stage
