@@ -144,7 +144,9 @@ def test_reference_row_is_configurable(tmp_path):
     suite = Suite.from_spec("toy", {**SPEC, "reference": "B"})
     assert suite.reference_cell == "B"
     assert Suite.from_spec("toy", SPEC).reference_cell == "A"
-    vary = Suite.from_spec("v", {**SPEC, "reference": "B", "vary": {"key": "pretrain.alpha", "values": [0.2, 0.5]}})
+    # a vary key must exist in every row's stages: the rows that pre-train
+    vary = Suite.from_spec("v", {**SPEC, "rows": SPEC["rows"][1:], "reference": "B",
+                                 "vary": {"key": "pretrain.alpha", "values": [0.2, 0.5]}})
     assert vary.reference_cell == "B alpha=0.2"
     with pytest.raises(ConfigError, match="'reference' 'Z' is not one of its rows"):
         Suite.from_spec("toy", {**SPEC, "reference": "Z"})

@@ -1,7 +1,13 @@
 """CLIP baseline: symmetric InfoNCE between the uni-modal [CLS] features of the two towers.
 
 No fusion pass (``fuse=False``); small linear projections map each tower's first token to a shared
-embedding; the inverse temperature is learned in log space (init 1/0.07, clamped at 100).
+embedding; the inverse temperature is learned in log space (init 1/0.07). As in OpenCLIP, the learned
+log scale is clamped to [0, ln max_logit_scale] after each optimiser step, not in the forward pass
+(a value clamped there gets no gradient and could never come back below the bound).
+
+Under data-parallel training (torchrun) the embeddings of every rank are gathered, with gradients,
+before the loss (``global_negatives``): each loss sees the whole global batch as negatives, so the
+loss and its gradients are those of one process on the global batch, whatever the process count.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from torch import nn
 
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import projection
-from umdbench.models.objectives import clip_loss
+from umdbench.models.objectives import clip_loss, gather_with_grad
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
 
 
@@ -22,19 +28,29 @@ class CLIPPretrain(PretrainStrategy):
     version = "1"
     presets = {
         "tiny": {"embed_dim": 64, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
-                 "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
+                 "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
         "paper": {"embed_dim": 512, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
-                  "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
+                  "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        out = []
+        if not cfg.get("global_negatives", True):
+            out.append("global_negatives=false: under torchrun each rank's InfoNCE sees only its own slice of the "
+                       "batch as negatives (batch / N), so the loss depends on the process count")
+        return out
 
     def __init__(self, encoder, cfg: dict):
         super().__init__(encoder, cfg)
         dim = int(cfg.get("embed_dim", 512))
         self.mask_ratio = float(cfg.get("image_mask_ratio", 0.0))
+        self.global_negatives = bool(cfg.get("global_negatives", True))
         self.image_proj = projection(encoder.vision_width, dim)
         self.text_proj = projection(encoder.text_width, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / float(cfg.get("init_temperature", 0.07)))))
         self.max_log_scale = math.log(float(cfg.get("max_logit_scale", 100.0)))
+        init = min(max(math.log(1.0 / float(cfg.get("init_temperature", 0.07))), 0.0), self.max_log_scale)
+        self.logit_scale = nn.Parameter(torch.tensor(init))
 
     def embed(self, batch: dict[str, torch.Tensor], mask_noise: torch.Tensor | None = None):
         feats, _, _ = self.encoder.encode_image(batch["image"], self.mask_ratio, mask_noise)
@@ -43,6 +59,14 @@ class CLIPPretrain(PretrainStrategy):
 
     def forward(self, batch: dict[str, torch.Tensor], mask_noise: torch.Tensor | None = None) -> dict:
         img, txt = self.embed(batch, mask_noise)
-        scale = self.logit_scale.clamp(0.0, self.max_log_scale)
-        loss, acc = clip_loss(img, txt, scale)
-        return {"loss_clip": loss, "clip": loss.detach(), "clip_acc": acc, "logit_scale": scale.detach().exp()}
+        if self.global_negatives and self.training:
+            # every rank sees the global batch: same loss on each rank, and DDP's gradient average
+            # of (sum-reduced) feature gradients equals the one-process gradient
+            img, txt = gather_with_grad(img), gather_with_grad(txt)
+        loss, acc = clip_loss(img, txt, self.logit_scale)
+        return {"loss_clip": loss, "clip": loss.detach(), "clip_acc": acc, "logit_scale": self.logit_scale.detach().exp()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        # OpenCLIP: clamp the learned log scale after the step, so the forward never cuts its gradient
+        self.logit_scale.clamp_(0.0, self.max_log_scale)

@@ -67,7 +67,8 @@ class M3AEPretrain(PretrainStrategy):
         pred = self.mim_decoder(feats, o.ids_restore)
         l_mim = mim_loss(pred, self.encoder.patchify(image), o.image_mask, self.norm_pix_loss)
         # ITM
-        src, itm_labels = itm_sources(image.shape[0], image.device)
+        # negatives are checked on content: a repeated image (or caption) never gives a false "mismatch"
+        src, itm_labels = itm_sources(image.shape[0], image.device, image=image, text_ids=ids)
         o = self.encoder.forward_pairs(image, src, ids, mask, pooled_only=True)
         l_itm, itm_acc = itm_loss(self.itm_head(o.pooled), itm_labels)
         w = self.weights

@@ -68,7 +68,9 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
         out = {f"loss_{k}": w[k] * r[k] for k in ("mim", "mlm", "feamim", "feamlm")}
         out.update({k: r[k].detach() for k in ("mim", "mlm", "feamim", "feamlm", "mlm_acc")})
         if self.use_itm:
-            src, labels = itm_sources(batch["image"].shape[0], batch["image"].device)
+            # negatives are checked on content: a repeated image (or caption) never gives a false "mismatch"
+            src, labels = itm_sources(batch["image"].shape[0], batch["image"].device, image=batch["image"],
+                                      text_ids=batch["text_ids"])
             o = self.encoder.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"], pooled_only=True)
             l_itm, acc = itm_loss(self.itm_head(o.pooled), labels)
             out["loss_itm"] = l_itm

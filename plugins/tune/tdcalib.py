@@ -67,6 +67,22 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
         },
     }
 
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        alpha = cfg.get("alpha")
+        if alpha is None:
+            return
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be null (Eq. 8: the four terms summed) or a number in [0, 1] "
+                             f"(Eq. 7's trade-off, as Fig. 5 varies it), got {alpha!r}")
+        upstream_fw = cfg.get("upstream_feature_weight")
+        if upstream_fw is None:
+            upstream_fw = bool(cfg.get("upstream_quirks", False))
+        if upstream_fw:
+            raise ValueError(f"alpha={alpha} weights the feature-level terms by alpha, but upstream_feature_weight "
+                             f"(also turned on by upstream_quirks) fixes them at {UPSTREAM_FEATURE_WEIGHT}: the alpha "
+                             f"would have no effect on them. Set tune.<i>.upstream_feature_weight=false, or drop alpha")
+
     def __init__(self, encoder, cfg: dict, task=None):
         super().__init__(encoder, cfg, task)
         # Strategy.__init__ stores the encoder; now the heads and the EMA teacher

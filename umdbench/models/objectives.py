@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -41,19 +42,74 @@ def mlm_loss(head, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return loss, acc.detach()
 
 
-def itm_sources(batch_size: int, device=None, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITM pairing of a batch: a random half of the texts get their neighbour's image.
+def same_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B, B] bool: ``out[i, j]`` when sample ``i`` and sample ``j`` of ``x`` ([B, ...]) are
+    identical, element for element (the diagonal is always true).
 
-    Returns ``(src, labels)``: text ``i`` is paired with image ``src[i]`` (``i`` or ``i - 1``,
-    rolled), label 1 = matched pair, 0 = mismatched.
+    Statistics of a sample of each row (16 contiguous blocks of 256 values, spread over the row)
+    pick the candidate pairs; only those are compared in full, so a batch without duplicates costs
+    next to nothing.
+    """
+    b = x.shape[0]
+    flat = x.detach().reshape(b, -1)
+    n = flat.shape[1]
+    if n > 16 * 256:
+        starts = torch.linspace(0, n - 256, 16).long().tolist()
+        stats = torch.cat([flat[:, s : s + 256] for s in starts], dim=1)
+    else:
+        stats = flat
+    stats = stats if stats.is_floating_point() else stats.float()
+    # identical rows give identical statistics; close ones are only candidates, checked in full below
+    sums = torch.stack([stats.sum(1, dtype=torch.float32), torch.linalg.vector_norm(stats, dim=1).float()], dim=1)
+    close = torch.isclose(sums[:, None, :], sums[None, :, :], rtol=1e-5, atol=1e-5).all(-1)
+    out = torch.eye(b, dtype=torch.bool, device=x.device)
+    for i, j in close.nonzero().tolist():
+        if i < j and torch.equal(flat[i], flat[j]):
+            out[i, j] = out[j, i] = True
+    return out
+
+
+def itm_sources(batch_size: int, device=None, generator: torch.Generator | None = None, *,
+                image: torch.Tensor | None = None, text_ids: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM pairing of a batch: a random half of the texts get another sample's image.
+
+    Returns ``(src, labels)``: text ``i`` is paired with image ``src[i]``, label 1 = matched pair,
+    0 = mismatched. A mismatched text takes the image of the nearest preceding sample (batch order,
+    rolled) whose pair with it is not a true pair of the batch.
+
+    With ``image`` ([B, ...]) and ``text_ids`` ([B, L]) given, "true pair" is checked on content:
+    image ``j`` with text ``i`` matches when some sample ``k`` of the batch has image ``k`` identical
+    to image ``j`` (every pixel) and text ``k`` identical to text ``i`` (every token id). So a batch
+    holding the same image twice (several questions about one image), or the same caption twice,
+    never yields a "mismatched" pair that is in fact a real pair. Texts without any valid partner
+    (a batch of one image only) stay matched; the negatives are drawn among the others, half the
+    batch where possible. Without ``image``/``text_ids`` every other sample counts as a different
+    image (the batch is assumed duplicate-free).
     """
     src = torch.arange(batch_size, device=device)
     labels = torch.ones(batch_size, dtype=torch.long, device=device)
     if batch_size < 2:
         return src, labels
-    neg = torch.randperm(batch_size, generator=generator)[: batch_size // 2].to(src.device)
-    src[neg] = (neg - 1) % batch_size
+    if image is not None or text_ids is not None:
+        same_img = same_rows(image).to(device) if image is not None else torch.eye(batch_size, dtype=torch.bool, device=device)
+        same_txt = same_rows(text_ids).to(device) if text_ids is not None else torch.eye(batch_size, dtype=torch.bool, device=device)
+        # matched[i, j]: text i with image j is a real pair (some k has img_k == img_j, txt_k == txt_i)
+        matched = (same_txt.float() @ same_img.float().t()) > 0
+    else:
+        matched = torch.eye(batch_size, dtype=torch.bool, device=device)
+    # candidate images for text i in preference order: i-1, i-2, ... (rolled)
+    offsets = torch.arange(1, batch_size, device=device)
+    order = (src[:, None] - offsets[None, :]) % batch_size  # [B, B-1]
+    valid = ~matched.gather(1, order)
+    has_partner = valid.any(1)
+    candidates = has_partner.nonzero().flatten().cpu()
+    if candidates.numel() == 0:
+        return src, labels
+    pick = torch.randperm(candidates.numel(), generator=generator)[: min(batch_size // 2, candidates.numel())]
+    neg = candidates[pick].to(src.device)
+    first = valid[neg].float().argmax(1)  # first valid offset of each negative text
+    src[neg] = order[neg, first]
     labels[neg] = 0
     return src, labels
 
@@ -75,9 +131,22 @@ def feature_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` ([b, ...]) of every data-parallel rank along dim 0, in rank order, keeping
+    the autograd graph: the backward pass sums each rank's gradient for the slice of every rank
+    (``torch.distributed.nn.functional.all_gather``). Returns ``x`` unchanged outside a process
+    group of two or more. Every rank must pass the same shape."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor):
-    """Symmetric InfoNCE on L2-normalised embeddings; ``logit_scale`` is the (already clamped)
-    log inverse temperature. Returns ``(loss, image->text accuracy)``."""
+    """Symmetric InfoNCE on L2-normalised embeddings; ``logit_scale`` is the log inverse
+    temperature (used as given: bounds belong to the optimiser step, see the CLIP strategy).
+    Returns ``(loss, image->text accuracy)``."""
     image_emb = F.normalize(image_emb.float(), dim=-1)
     text_emb = F.normalize(text_emb.float(), dim=-1)
     logits = logit_scale.exp() * image_emb @ text_emb.t()

@@ -15,12 +15,21 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
       { name = "5 TD-Calib+GM-Coord", pretrain = "none", tune = "tdcalib+gmcoord", paper = "5", inferred = true },
     ]
     vary = { key = "pretrain.alpha", label = "alpha", values = [0.2, 0.5, 0.8] }   # optional
+    vary = { keys = ["pretrain.alpha", "tune.tdcalib.alpha"], label = "alpha", values = [0.2, 0.5, 0.8] }
     reference = "1 none"                            # optional: the row others are tested against (default: the first)
     dataset_options = { "vqa-med-2019" = { eval_split_fallback = "val" } }   # optional: options of one dataset
 
 The grid is rows x vary values x datasets; each grid point is run once per seed. A row's
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
 table of ``"key.path" = value``) applies to that row only.
+
+``vary`` sets one value on one key (``key``) or on several keys together (``keys``: each grid
+point gives every key the same value, e.g. Fig. 5's alpha in MR-Pretrain and in TD-Calib). A key
+may name a tuning stage by its strategy, ``tune.<name>.<option>``; each row turns it into that
+stage's index in its own chain (``tune.tdcalib.alpha`` -> ``tune.0.alpha`` in ``tdcalib+gmcoord``).
+Every row must have every stage a vary key names (``pretrain.*`` needs a pre-training stage,
+``tune.<name>.*`` / ``tune.<i>.*`` that tuning stage): a row without it is refused when the suite
+is read, rather than silently left un-varied.
 
 Which stored row each suite cell points at (a cell two suites share is trained and stored once)
 is recorded by the sweep in the results store; see ``ResultsStore.record_membership``.
@@ -71,7 +80,7 @@ class Suite:
     paper: str | None = None
     plot: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
-    vary_key: str | None = None
+    vary_keys: tuple[str, ...] = ()  # every key gets the vary value; tune.<name>.* as written (see grid)
     vary_label: str | None = None
     vary_values: tuple[Any, ...] = ()
     reference: str | None = None  # a row or cell name; None = the first cell
@@ -112,14 +121,29 @@ class Suite:
         if dup:
             raise ConfigError(f"{where}: row names must be unique; repeated: {', '.join(dup)}.")
         vary = spec.get("vary")
-        vary_key = vary_label = None
+        vary_keys: tuple[str, ...] = ()
+        vary_label = None
         vary_values: tuple = ()
         if vary is not None:
-            if not isinstance(vary, dict) or "key" not in vary or not vary.get("values"):
-                raise ConfigError(f"{where}: 'vary' must be {{key = \"cfg.path\", values = [...], label = \"...\"}}.")
-            vary_key = str(vary["key"])
-            vary_label = str(vary.get("label", vary_key.rsplit(".", 1)[-1]))
+            form = (f"{where}: 'vary' must be {{key = \"cfg.path\", values = [...], label = \"...\"}} or, to set several "
+                    f"keys to the same value, {{keys = [\"pretrain.alpha\", \"tune.tdcalib.alpha\"], values = [...], "
+                    f"label = \"...\"}}")
+            if not isinstance(vary, dict) or not vary.get("values") or ("key" in vary) == ("keys" in vary):
+                raise ConfigError(f"{form}.")
+            bad_vary = sorted(set(vary) - {"key", "keys", "values", "label"})
+            if bad_vary:
+                raise ConfigError(f"{form}; it has unknown keys {', '.join(bad_vary)}.")
+            keys = [vary["key"]] if "key" in vary else vary["keys"]
+            if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys) \
+                    or len(set(keys)) != len(keys):
+                raise ConfigError(f"{form}; 'keys' must be a non-empty list of distinct cfg paths, got {keys!r}.")
+            vary_keys = tuple(keys)
+            vary_label = str(vary.get("label", vary_keys[0].rsplit(".", 1)[-1]))
             vary_values = tuple(vary["values"])
+            for row in rows:
+                for key in vary_keys:
+                    stage_key(key, row, where)  # every row has every stage a vary key names
+        vary_key = vary_keys[0] if vary_keys else None
         plot = spec.get("plot")
         if plot not in (None, "rows", "vary"):
             raise ConfigError(f"{where}: 'plot' must be 'rows' or 'vary', got {plot!r}.")
@@ -140,10 +164,15 @@ class Suite:
         return cls(
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
             metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
-            overrides=_overrides(spec.get("overrides", {}), where), vary_key=vary_key, vary_label=vary_label,
+            overrides=_overrides(spec.get("overrides", {}), where), vary_keys=vary_keys, vary_label=vary_label,
             vary_values=vary_values, reference=None if reference is None else str(reference),
             dataset_options=dataset_options,
         )
+
+    @property
+    def vary_key(self) -> str | None:
+        """The first vary key (None for a suite without ``vary``)."""
+        return self.vary_keys[0] if self.vary_keys else None
 
     # -- the grid -----------------------------------------------------------------------------
     def grid(self, datasets: tuple[str, ...] | list[str] | None = None) -> list[GridPoint]:
@@ -159,7 +188,7 @@ class Suite:
         for row in self.rows:
             for value in values:
                 name = row.name if self.vary_key is None else f"{row.name} {self.vary_label}={value}"
-                extra = () if self.vary_key is None else ((self.vary_key, value),)
+                extra = tuple((stage_key(k, row, f"suite {self.name!r}"), value) for k in self.vary_keys)
                 for dataset in chosen:
                     own = dict(self.dataset_options).get(dataset, ())
                     points.append(GridPoint(self.name, name, row, dataset, self.overrides + own + row.overrides + extra))
@@ -190,6 +219,36 @@ class Suite:
         if self.reference is not None:
             return next(n for n in names if n.startswith(f"{self.reference} {self.vary_label}="))
         return names[0]
+
+
+def stage_key(key: str, row: SuiteRow, where: str) -> str:
+    """``key`` as a cfg path of ``row``'s own config: ``tune.<name>.rest`` becomes ``tune.<i>.rest``
+    with ``i`` the stage's place in the row's tune chain. Raises ConfigError when the row has no
+    stage the key names (``pretrain.*`` on a row without pre-training, a tuning stage not in its
+    chain)."""
+    parts = key.split(".")
+    fix = (f"Give the row that stage, move the row to a suite of its own, or drop {key!r} from the suite's "
+           f"vary keys.")
+    if parts[0] == "pretrain" and row.pretrain == "none":
+        raise ConfigError(f"{where}: vary key {key!r} sets a pre-training option, but row {row.name!r} has no "
+                          f"pre-training stage (pretrain = \"none\"). {fix}")
+    if parts[0] != "tune":
+        return key
+    if len(parts) < 3:
+        raise ConfigError(f"{where}: vary key {key!r} must name a tuning stage and an option, "
+                          f"e.g. tune.tdcalib.alpha or tune.0.train.lr.")
+    chain = " + ".join(row.tune)
+    if parts[1] == "*":  # every tuning stage (expanded where the override is applied)
+        return key
+    if parts[1].isdigit():
+        if int(parts[1]) >= len(row.tune):
+            raise ConfigError(f"{where}: vary key {key!r} names tuning stage {parts[1]}, but row {row.name!r} has "
+                              f"{len(row.tune)} ({chain}). {fix}")
+        return key
+    if parts[1] not in row.tune:
+        raise ConfigError(f"{where}: vary key {key!r} names tuning stage {parts[1]!r}, which row {row.name!r} does "
+                          f"not run (its chain: {chain}). {fix}")
+    return ".".join(["tune", str(row.tune.index(parts[1])), *parts[2:]])
 
 
 def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
