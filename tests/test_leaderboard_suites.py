@@ -103,3 +103,16 @@ def test_leaderboard_command_imports_no_torch_and_no_plugin_module(store, tmp_pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "0 []"
     assert (tmp_path / "out" / "table4.md").is_file()
+
+
+def test_lower_is_better_columns_bold_their_smallest_value(tmp_path):
+    registries = get_registries(reload=True)
+    registries.suite.register("distances", {
+        "title": "Distances", "datasets": ["medsynth"], "metrics": ["dice", "hd95"], "lower_is_better": ["hd95"],
+        "rows": [{"name": "a", "pretrain": "none", "tune": "direct"}, {"name": "b", "pretrain": "none", "tune": "direct"}]})
+    s = ResultsStore(tmp_path / "results.sqlite")
+    s.add(_row("distances", "a", "medsynth", 0, {"dice": 80.0, "hd95": 3.0}, pretrain="none"))
+    s.add(_row("distances", "b", "medsynth", 0, {"dice": 70.0, "hd95": 9.0}, pretrain="none"))
+    md = (write_leaderboards(s, tmp_path / "out", suite="distances") and (tmp_path / "out" / "distances.md")).read_text()
+    assert "**80.00**" in md and "**3.00**" in md and "**9.00**" not in md
+    get_registries(reload=True)

@@ -8,6 +8,7 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
     paper = "table4"                                # key into umdbench.results.paper_results.TABLES
     datasets = ["vqa-rad", "slake", "vqa-med-2019"]
     metrics = ["open", "closed", "overall"]         # columns of the leaderboard, in order
+    lower_is_better = ["hd95"]                      # optional: columns whose best value is the smallest
     plot = "rows"                                   # "rows" (bar chart) | "vary" (line plot) | omitted
     overrides = { }                                 # cfg overrides for every cell of the suite
     rows = [
@@ -44,7 +45,7 @@ from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
 SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "reference",
-             "dataset_options"}
+             "dataset_options", "lower_is_better"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -77,6 +78,7 @@ class Suite:
     datasets: tuple[str, ...]
     rows: tuple[SuiteRow, ...]
     metrics: tuple[str, ...] = ()
+    lower_is_better: tuple[str, ...] = ()  # metric columns whose best value is the smallest (distances)
     paper: str | None = None
     plot: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
@@ -163,7 +165,8 @@ class Suite:
                                 for d, opts in raw_options.items())
         return cls(
             name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
-            metrics=tuple(spec.get("metrics", ())), paper=spec.get("paper"), plot=plot,
+            metrics=tuple(spec.get("metrics", ())), lower_is_better=tuple(spec.get("lower_is_better", ())),
+            paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_keys=vary_keys, vary_label=vary_label,
             vary_values=vary_values, reference=None if reference is None else str(reference),
             dataset_options=dataset_options,

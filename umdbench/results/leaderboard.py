@@ -1,5 +1,5 @@
 """Markdown leaderboards from the results store (tabulate): mean +- std over seeds, and, from the
-stored per-example predictions, a 95 % interval over seeds and test questions per cell and a
+stored per-example predictions, a 95 % interval over seeds and test examples per cell and a
 significance marker against the suite's reference row (``umdbench.results.intervals``).
 
 ``write_leaderboards`` writes ``runs.md`` (every run, when no suite is chosen) and, per suite,
@@ -85,7 +85,7 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
         for row in rows:
             by_key[(row["dataset"], row["preset"])].append(row)
         parts = ["# umdbench runs\n", "Every finished run in the store, mean ± std over seeds (percent) and, where "
-                 "per-example predictions are stored, [the 95 % interval over seeds and test questions] "
+                 "per-example predictions are stored, [the 95 % interval over seeds and test examples] "
                  "(bootstrap, fixed seed; see docs/sweeps.md).\n"]
         cache: dict = {}
         for (dataset, preset), members in sorted(by_key.items()):
@@ -195,7 +195,7 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
     metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
     out = [f"# {suite.title}\n\n",
            f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent) [95 % interval over "
-           f"seeds and test questions], from `umdbench sweep --suite {suite.name}`; * = differs from the reference "
+           f"seeds and test examples], from `umdbench sweep --suite {suite.name}`; * = differs from the reference "
            f"row (explained under each table)."]
     if paper is not None and paper.columns:
         out.append(f" Paper: {paper.source}; Δ = ours − paper. **Bold**: best in its column (ours among our "
@@ -213,7 +213,9 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
                 headers += [f"{m} (paper)", f"Δ {m}"]
         headers.append("seeds")
         # best values per column
-        best_ours = {m: max((v[0] for n in names if (v := results.metric(n, dataset, m))), default=None) for m in metrics}
+        best_of = {m: (min if m in suite.lower_is_better else max) for m in metrics}
+        best_ours = {m: best_of[m]((v[0] for n in names if (v := results.metric(n, dataset, m))), default=None)
+                     for m in metrics}
         best_paper = {}
         for m in paper_cols:
             vals = [paper.value(r, dataset, m) for r in paper.rows]
@@ -318,9 +320,9 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
     headers = ["vs reference " + reference] + [f"Δ {m} (n={n[m]})" for m in shown]
     return (f"\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n\n"
             f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
-            f"questions together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
-            f"reference `{reference}` on the same test questions, each question's correctness averaged over the "
-            f"row's seeds, with a paired bootstrap 95 % interval; * = significant (paired sign-flip permutation "
+            f"examples together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
+            f"reference `{reference}` on the same test examples, each example's value (its correctness, or the "
+            f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; * = significant (paired sign-flip permutation "
             f"test, {intervals.PERMUTATIONS} permutations, p < {intervals.ALPHA}). Smallest difference this test "
             f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n")
 

@@ -40,6 +40,7 @@ SUITES = {
         "title": "Brain tumour segmentation on brainsynth phantoms, Dice (%)",
         "datasets": ["brainsynth"],
         "metrics": SEG_METRICS,
+        "lower_is_better": ["hd95"],
         "plot": "rows",
         "rows": [
             {"name": "scratch", "pretrain": "none", "tune": "seg"},
@@ -54,6 +55,7 @@ SUITES = {
         "title": "Segmentation with modalities missing at test time (brainsynth), Dice (%)",
         "datasets": ["brainsynth"],
         "metrics": SEG_METRICS,
+        "lower_is_better": ["hd95"],
         "plot": "rows",
         "vary": {"key": "dataset.options.test_drop", "label": "modalities dropped", "values": [0, 1, 2]},
         "rows": [
@@ -70,6 +72,7 @@ SUITES = {
         "title": "Label efficiency on brainsynth segmentation, Dice (%) by share of labelled training studies",
         "datasets": ["brainsynth"],
         "metrics": SEG_METRICS,
+        "lower_is_better": ["hd95"],
         "plot": "vary",
         "vary": {"key": "tune.*.train.label_fraction", "label": "labels", "values": [0.1, 0.4, 1.0]},
         "rows": [
@@ -83,6 +86,7 @@ SUITES = {
         "title": "BrainMVP ablation on brainsynth segmentation, Dice (%)",
         "datasets": ["brainsynth"],
         "metrics": SEG_METRICS,
+        "lower_is_better": ["hd95"],
         "plot": "rows",
         "rows": [
             # no template view, so no templates to fine-tune with
