@@ -19,6 +19,14 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def test_entry_points_register_both_encoders():
+    from umdbench.plugin import get_registries
+
+    reg = get_registries()
+    assert reg.encoder.get("uniformer3d") is UniFormerEncoder and reg.encoder.get("monai3d") is MonaiEncoder
+    assert reg.encoder.origin("uniformer3d").startswith("entry point umdbench_brain.plugin")
+
+
 @pytest.mark.parametrize("cls,extra", TINY, ids=IDS)
 def test_tiny_pyramids_match_the_declared_channels_and_strides(cls, extra):
     torch.manual_seed(0)
@@ -147,12 +155,12 @@ def test_cli_scratch_segmentation_with_uniformer3d_completes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("encoder,options,words", [
-    ("uniformer3d", ["model.roi_size=24"], ["uniformer3d", "roi_size=24", "multiple of 16"]),
+    ("uniformer3d", ["model.roi_size=24"], ["uniformer3d", "roi_size=24", "multiple of 16", "model.roi_size"]),
     ("monai3d", ["model.arch=vnet"], ["monai3d", "vnet", "model.arch"]),
 ])
 def test_cli_bad_encoder_option_is_one_paragraph_exit_2(tmp_path, capsys, encoder, options, words):
     code = main(["run", "--pretrain", "none", "--tune", "seg", "--dataset", "brainsynth", "--encoder", encoder,
-                 "--work-dir", str(tmp_path), "--cfg-options", "data.num_workers=0", *options])
+                 "--work-dir", str(tmp_path), "--cfg-options", *SMALL, *options])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("umdbench: error:") and "\n" not in err and "Traceback" not in err, err
