@@ -79,6 +79,20 @@ def test_uniformer_paper_geometry_is_the_released_uniformer_small():
     assert encoder.embeds[0].proj.stride == (2, 2, 2)  # stem stride 2 (the 2-D UniFormer uses 4)
 
 
+def test_uniformer_paper_forward_costs_what_the_notes_compute():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):  # shapes only: a 96^3 forward without the compute
+        encoder = UniFormerEncoder(UniFormerEncoder.default_config("paper") | {"modalities": ["t1"]}).eval()
+        with FlopCounterMode(display=False) as counter:
+            feats = encoder(torch.empty(1, 1, 96, 96, 96))
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 48, 48, 48), (128, 24, 24, 24), (320, 12, 12, 12),
+                                                   (512, 6, 6, 6)]
+    # notes/brainmvp-spec.md 4: 63.4 G multiply-accumulates per 96^3 view (17 + 11 + 33 + 2.5 by stage)
+    macs = counter.get_total_flops() / 2
+    assert 62.0e9 < macs < 64.5e9, macs
+
+
 def test_uniformer_tiny_is_the_notes_cpu_sizing():
     encoder = UniFormerEncoder(UniFormerEncoder.default_config("tiny"))
     # notes/brainmvp-spec.md 4: widths 16/32/64/128, depth 1, head_dim 32, ~0.36 M parameters
@@ -118,10 +132,14 @@ def test_monai3d_swinunetr_is_swinvit3d_with_the_same_seed():
 
 def test_paper_presets_of_the_monai_archs_build_the_published_widths():
     cfg = MonaiEncoder.default_config("paper")
-    unet = MonaiEncoder(cfg | {"arch": "basicunet"})
+    with torch.device("meta"):  # UNETR's paper ViT holds ~100 M parameters; shapes are all this needs
+        unet = MonaiEncoder(cfg | {"arch": "basicunet"})
+        unetr = MonaiEncoder(cfg | {"arch": "unetr"})
     assert unet.feature_channels == (32, 32, 64, 128, 256) and unet.feature_strides == (1, 2, 4, 8, 16)
-    swin = MonaiEncoder(cfg)
-    assert swin.feature_channels == (48, 96, 192, 384, 768) and swin.feature_strides == (2, 4, 8, 16, 32)
+    assert unetr.feature_channels == (32, 64, 128, 768) and unetr.feature_strides == (2, 4, 8, 16)
+    assert len(unetr.vit.blocks) == 12 and unetr.skip_layers == (3, 6, 9)
+    # SwinUNETR's BraTS setting: feature size 48, doubling over the patch embedding and 4 stages
+    assert cfg["swinunetr"]["feature_size"] == 48 and len(cfg["swinunetr"]["depths"]) == 4
 
 
 @pytest.mark.parametrize("cls,cfg,match", [
