@@ -23,6 +23,8 @@ ENTRIES = {
     "encoder": {
         "resunet3d": f"{_P}.encoders:ResUNetEncoder",
         "swinvit3d": f"{_P}.encoders:SwinViTEncoder",
+        "uniformer3d": f"{_P}.encoders:UniFormerEncoder",
+        "monai3d": f"{_P}.encoders:MonaiEncoder",
     },
     "metric": {"dice": f"{_P}.metrics:DiceMetric"},
     "tune": {"seg": f"{_P}.strategies:SegTune", "cls": f"{_P}.strategies:ClsTune",
