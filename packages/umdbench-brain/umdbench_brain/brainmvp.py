@@ -47,8 +47,8 @@ _COMMON = {"mask_rate": 0.8, "w_template": 10.0, "w_cross": 1.0, "w_contrast": 1
            "contrast_start_frac": CONTRAST_START_PAPER, "template_only_frac": 0.0}
 
 BRAINMVP_GAPS = [
-    "backbone: this package's encoders (resunet3d / swinvit3d) rather than UniFormer-S; the reconstruction "
-    "decoder halves widths per transposed conv (released: 512-320-128-64-64 then a 1x1 conv)",
+    "the reconstruction decoder halves widths per transposed conv (released: 512-320-128-64-64 then a 1x1 conv); "
+    "the backbone is the run's encoder (its own deviations say whether it is the released UniFormer-S)",
     "one M-channel encoder for all stages: the masked view sits in its modality's input channel, the other "
     "channels are zero (released: a 1-channel stem re-initialised for fine-tuning)",
     "the target modality is drawn per study among its present modalities, the cross-modal filler among the "

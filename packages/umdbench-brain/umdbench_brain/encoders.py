@@ -52,6 +52,16 @@ class VolumeEncoder(Encoder):
     def stride_multiple(cls, cfg: dict) -> int:
         return 1
 
+    # BrainMVP's released backbone is UniFormer-S (notes/brainmvp-spec.md 1.3); every other
+    # volume encoder is recorded as a departure from it
+    released_backbone: ClassVar[bool] = False
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        if cls.released_backbone:
+            return []
+        return [f"backbone {cls.name} (BrainMVP's released backbone: UniFormer-S, `--encoder uniformer3d`)"]
+
 
 class ResUNetEncoder(VolumeEncoder):
     """A residual 3-D CNN encoder (the UNet variant of notes/brainmvp-spec.md 1.3 in shape: a
@@ -239,6 +249,7 @@ class UniFormerEncoder(VolumeEncoder):
     defaults, as released. ``tiny`` is the notes' 2-core sizing (widths 16/32/64/128, depth 1, 32^3)."""
 
     name = "uniformer3d"
+    released_backbone = True
     presets: ClassVar[dict[str, dict]] = {
         "tiny": {"modalities": BRATS_MODALITIES, "roi_size": 32, "widths": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
                  "local_stages": 2, "head_dim": 32, "mlp_ratio": 4.0, "qkv_bias": True, "local_kernel": 5,
