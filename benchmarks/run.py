@@ -185,6 +185,11 @@ def render(data: dict, load_before: tuple, load_after: tuple, wall_s: float | No
                                 f"{'met' if _median(b) < t else 'NOT met'})")
         lines.append("")
 
+    # -- 3-D rows (umdbench-brain): rendered by benchmarks/cases_3d.py ------------------------
+    from benchmarks.cases_3d import render_3d
+
+    lines += render_3d(by_kind, verdicts)
+
     head = ["## Targets", ""] + [f"* {v}" for v in verdicts] + [""]
     gpu = ["## GPU figures (not measured here)", "",
            "This suite ran without a GPU, so the paper-preset MR step in bf16 on CUDA, its MFU, and the time per",

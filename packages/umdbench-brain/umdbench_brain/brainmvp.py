@@ -54,8 +54,8 @@ BRAINMVP_GAPS = [
     "the target modality is drawn per study among its present modalities, the cross-modal filler among the "
     "study's other present ones (released: one slot of a shuffled, repeat-padded list of 4, shared by the batch); "
     "a study with one modality fills view B from the template",
-    "no RAS reorientation, 1 mm resampling or foreground crop; a study is centred in the template canvas on its "
-    "own grid",
+    "a study is centred in the template canvas on its pre-processed grid (RAS, 1 mm and foreground crop are the "
+    "dataset's pre-processing: BraTS readers apply them unless preprocess=none, a dataset deviation)",
     "one device batch per optimiser step (released: 3 per GPU x 4 GPUs x accumulation 2, the first micro-step "
     "of each epoch alone; SyncBatchNorm); the corpus is not truncated to the 500 studies of the released "
     "--debug run (the paper budget counts 1500 epochs of 500 studies)",

@@ -7,6 +7,12 @@ Layouts (one folder per study under ``<data root>/<root_subdir>``):
 * ``brats2023`` (root_subdir ``brats2023``): ``<case>/<case>-{t1c,t1n,t2f,t2w,seg}.nii.gz``;
   labels 0/1/2/3 (3 = enhancing), remapped 3 -> 4 when read so both releases share one region rule.
 
+Pre-processing (option ``preprocess``): ``released`` (default) = the released fine-tuning transforms,
+RAS orientation, 1 mm isotropic resampling (label nearest neighbour) and a crop to the foreground of
+all modalities, before the per-channel percentile scaling (``umdbench_brain.volumes``); ``none`` =
+volumes on their stored grid, a recorded deviation. Pre-processed studies are cached on disk by the
+task types (``StudyLoader``), so only the first epoch decodes and resamples the NIfTI files.
+
 File suffixes map to this package's modality names (t1, t1c, t2, flair). Splits: a
 ``splits.json`` in the dataset folder (``{"train": [case, ...], "val": [...], "test": [...]}``)
 when present, else a deterministic 70/10/20 split by a hash of the case name (option ``seed``).
@@ -21,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from umdbench.api import CheckReport, DataError, DatasetPlugin, Record
+from umdbench_brain.volumes import PREPROCESS_MODES
 
 __all__ = ["BraTS2021", "BraTS2023"]
 
@@ -29,7 +36,7 @@ SPLIT_FILE = "splits.json"
 
 class _BraTS(DatasetPlugin):
     task = "segmentation"
-    encoder = "resunet3d"
+    encoder = "uniformer3d"  # the released backbone on the paper's data; brainsynth (a CPU phantom) keeps resunet3d
     needs_root = True
     version = "1"
     # file suffix -> canonical modality
@@ -37,7 +44,7 @@ class _BraTS(DatasetPlugin):
     separator: ClassVar[str] = "_"
     label_values: ClassVar[tuple[int, ...]] = ()
     label_remap: ClassVar[dict[int, int]] = {}
-    _defaults = {"seed": 0}
+    _defaults = {"seed": 0, "preprocess": "released"}
 
     def __init__(self, root=None, on_error: str = "raise", **options: Any):
         super().__init__(root, on_error, **options)
@@ -45,6 +52,10 @@ class _BraTS(DatasetPlugin):
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {unknown}; allowed: {sorted(self._defaults)}")
         self.opts = {**self._defaults, **options}
+        if self.opts["preprocess"] not in PREPROCESS_MODES:
+            raise ValueError(f"{self.name}: option preprocess={self.opts['preprocess']!r} is not known; allowed: "
+                             f"{', '.join(PREPROCESS_MODES)} (released = RAS, 1 mm, foreground crop; none = the "
+                             f"stored grid), e.g. --cfg-options dataset.options.preprocess=released.")
         self._cases: list[Path] | None = None
 
     # -- layout -------------------------------------------------------------------------------------
@@ -106,11 +117,18 @@ class _BraTS(DatasetPlugin):
                 continue
             seg = files.pop("seg")
             out.append(Record(uid=case.name, image={m: str(p) for m, p in files.items()}, text="",
-                              extra={"label": str(seg), "label_map": dict(self.label_remap), "study": case.name}))
+                              extra={"label": str(seg), "label_map": dict(self.label_remap), "study": case.name,
+                                     "preprocess": self.opts["preprocess"]}))
         return out
 
     def label_names(self) -> list[str]:
         return ["WT", "TC", "ET"]
+
+    def deviations(self) -> list[str]:
+        if self.opts["preprocess"] == "none":
+            return ["preprocess=none: volumes used on their stored grid (released: RAS orientation, 1 mm isotropic "
+                    "resampling and a foreground crop before percentile scaling, notes/brainmvp-spec.md 1.6)"]
+        return []
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"{self.name}:{self.version}:{self.opts}".encode())

@@ -28,7 +28,6 @@ RELEASED_SEG_GAPS = [
     "(the core builds AdamW); cosine stepped per iteration rather than per epoch",
     "no deep supervision: one full-resolution output (released: three outputs, losses summed)",
     "the last iterate is evaluated (released: the best validation checkpoint, validated every 5 epochs)",
-    "no RAS reorientation, 1 mm resampling or foreground crop (volumes are used on their own grid)",
     "UNet-style residual decoder with trilinear upsampling (released: UNETR up-blocks)",
 ]
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from umdbench.api import DataContext, DataError, Record, TaskInfo, TaskType
-from umdbench_brain.volumes import load_volume, random_crop, record_volume, region_masks
+from umdbench_brain.volumes import StudyLoader, random_crop, region_masks
 
 __all__ = ["VolumeDataset", "VolumeForward", "SegmentationTask", "ScanClassificationTask", "VolumePretrainTask",
            "seg_loss", "VOLUME_KEYS"]
@@ -35,12 +35,13 @@ VOLUME_KEYS = {
 class VolumeDataset(Dataset):
     """Records -> dicts of tensors. Reads ``Record.image`` ({modality: array or NIfTI path}),
     ``Record.extra["label"]`` (label volume, BraTS codes) remapped by ``extra["label_map"]`` when
-    given, and ``Record.label`` (class). Training: one random ``roi``-cubed crop (when ``crop``), random
-    flips on the three axes and a random intensity scale/shift of +-0.1 per channel (the released
+    given, and ``Record.label`` (class); file-backed studies are pre-processed and cached on disk by
+    :class:`umdbench_brain.volumes.StudyLoader` (``cache_dir``). Training: one random ``roi``-cubed
+    crop (when ``crop``), random flips on the three axes and a random intensity scale/shift of +-0.1 per channel (the released
     fine-tuning augmentation). Evaluation: the whole volume."""
 
     def __init__(self, records: list[Record], modalities, *, roi: int, training: bool, crop: bool, seed: int,
-                 regions=None, with_class: bool = False, augment: bool = True):
+                 regions=None, with_class: bool = False, augment: bool = True, cache_dir=None):
         self.records = records
         self.modalities = tuple(modalities)
         self.roi = int(roi)
@@ -50,6 +51,8 @@ class VolumeDataset(Dataset):
         self.with_class = with_class
         self.augment = augment and training
         self.seed = int(seed)
+        # decoded + pre-processed studies (file-backed records) cached under cache_dir/volumes
+        self.studies = StudyLoader(self.modalities, cache_dir)
         self._draws = 0  # per-process counter: each draw gets its own stream, reproducibly per worker
 
     def __len__(self) -> int:
@@ -57,20 +60,11 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        volume, present = record_volume(rec, self.modalities)
+        volume, present, label = self.studies.load(rec, with_label=self.regions is not None)
         arrays = [volume]
         shape = list(volume.shape[1:])
         origin, flips = [0, 0, 0], [0, 0, 0]
         if self.regions is not None:
-            if "label" not in rec.extra:
-                raise DataError(f"record {rec.uid}: no label volume (Record.extra['label']); a segmentation "
-                                f"split needs one per study.")
-            label = np.asarray(load_volume(rec.extra["label"], f"record {rec.uid} (label)"))
-            for old, new in (rec.extra.get("label_map") or {}).items():  # e.g. BraTS 2023: ET 3 -> 4
-                label = np.where(label == int(old), int(new), label)
-            if label.shape != volume.shape[1:]:
-                raise DataError(f"record {rec.uid}: label shape {label.shape} differs from the images' "
-                                f"{volume.shape[1:]}; the label must be on the images' grid.")
             arrays.append(region_masks(label, self.regions, f"record {rec.uid}"))
         if self.training:
             self._draws += 1
@@ -135,7 +129,7 @@ class VolumePretrainTask(_VolumeTask):
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
         return VolumeDataset(records, _modalities(ctx), roi=ctx.model_cfg["roi_size"], training=training, crop=True,
-                             seed=ctx.seed, augment=False)
+                             seed=ctx.seed, augment=False, cache_dir=ctx.cache_dir)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -165,7 +159,8 @@ class SegmentationTask(_VolumeTask):
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
         return VolumeDataset(records, _modalities(ctx), roi=ctx.model_cfg["roi_size"], training=training, crop=True,
-                             seed=ctx.seed, regions=ctx.label_names, augment=ctx.stage_cfg.get("augment", True))
+                             seed=ctx.seed, regions=ctx.label_names, augment=ctx.stage_cfg.get("augment", True),
+                             cache_dir=ctx.cache_dir)
 
     def build_head(self, info: TaskInfo, width) -> nn.Module:
         from umdbench_brain.heads import SegDecoder
@@ -213,7 +208,8 @@ class ScanClassificationTask(_VolumeTask):
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
         return VolumeDataset(records, _modalities(ctx), roi=ctx.model_cfg["roi_size"], training=training,
-                             crop=False, seed=ctx.seed, with_class=True, augment=ctx.stage_cfg.get("augment", True))
+                             crop=False, seed=ctx.seed, with_class=True, augment=ctx.stage_cfg.get("augment", True),
+                             cache_dir=ctx.cache_dir)
 
     def build_head(self, info: TaskInfo, width) -> nn.Module:
         width = int(width)
