@@ -61,17 +61,7 @@ def load_volume(source: Any, what: str) -> np.ndarray:
     """An array as is, or a NIfTI file through nibabel; ``what`` names the record for errors."""
     if isinstance(source, np.ndarray):
         return source
-    path = Path(source)
-    try:
-        import nibabel as nib
-
-        return np.asanyarray(nib.load(str(path)).dataobj)
-    except FileNotFoundError as exc:
-        raise DataError(f"{what}: file {path} does not exist; restore it or run `umdbench data check` on the "
-                        f"dataset to list every missing file.") from exc
-    except Exception as exc:  # nibabel raises several types for truncated or foreign files
-        raise DataError(f"{what}: {path} is not a readable NIfTI volume ({type(exc).__name__}: {exc}); "
-                        f"re-copy the file from the release.") from exc
+    return load_nifti(source, what)[0]
 
 
 def load_nifti(source: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
