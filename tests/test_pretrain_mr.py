@@ -63,17 +63,20 @@ def test_terms_against_hand_computation():
 
     # Eq. 4, image: h^I on the student's CLS + visible tokens vs h^I on the teacher's same tokens
     hI, hT = strat.fea_proj_image, strat.fea_proj_text
-    fea = []
-    for b in range(4):
-        positions = [0] + [1 + int(i) for i in keep[b]]
-        for j, p in enumerate(positions):
-            fea.append(((hI(s.image_feats[b, j]) - hI(t.image_feats[b, p])) ** 2).mean())
-    assert r["feamim"].item() == pytest.approx(torch.stack(fea).mean().item(), rel=1e-5)
+    # the teacher runs under inference_mode (its outputs are targets, never differentiated), so
+    # the hand computation, which only compares values, runs without autograd too
+    with torch.no_grad():
+        fea = []
+        for b in range(4):
+            positions = [0] + [1 + int(i) for i in keep[b]]
+            for j, p in enumerate(positions):
+                fea.append(((hI(s.image_feats[b, j]) - hI(t.image_feats[b, p])) ** 2).mean())
+        assert r["feamim"].item() == pytest.approx(torch.stack(fea).mean().item(), rel=1e-5)
 
-    # Eq. 4, text: every real token (padding excluded)
-    fea = [((hT(s.text_feats[b, p]) - hT(t.text_feats[b, p])) ** 2).mean()
-           for b in range(4) for p in range(ids.shape[1]) if mask[b, p]]
-    assert r["feamlm"].item() == pytest.approx(torch.stack(fea).mean().item(), rel=1e-5)
+        # Eq. 4, text: every real token (padding excluded)
+        fea = [((hT(s.text_feats[b, p]) - hT(t.text_feats[b, p])) ** 2).mean()
+               for b in range(4) for p in range(ids.shape[1]) if mask[b, p]]
+        assert r["feamlm"].item() == pytest.approx(torch.stack(fea).mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [0.2, 0.5, 0.8])
