@@ -116,8 +116,10 @@ def build_case(name: str, preset: str, batch_size: int | None = None, seed: int 
     from umdbench.run.builders import special_ids
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
+    from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
 
+    limit_heap_retention()  # as a stage's training process does
     torch.manual_seed(seed)
     registries = get_registries(())
     ecfg = encoder_cfg(preset)

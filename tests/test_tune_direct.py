@@ -119,8 +119,8 @@ def test_retrieval_predict_scores_pairs():
 @pytest.mark.parametrize("cls", [DirectTune, LinearProbe, GMCoord])
 def test_presets_are_well_formed(cls):
     assert issubclass(cls, TuneStrategy) and cls.supervised
-    assert set(cls.presets) == {"tiny", "paper"}
-    for preset in ("tiny", "paper"):
+    assert set(cls.presets) == {"tiny", "small", "paper"}
+    for preset in ("tiny", "small", "paper"):
         for ds in (None,) + DATASETS:
             cfg = cls.default_config(preset, ds)
             assert set(cfg["train"]) == set(TRAIN_KEYS), (preset, ds)

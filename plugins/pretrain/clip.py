@@ -20,7 +20,7 @@ from torch import nn
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import projection
 from umdbench.models.objectives import clip_loss, gather_with_grad
-from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 
 
 class CLIPPretrain(PretrainStrategy):
@@ -29,6 +29,8 @@ class CLIPPretrain(PretrainStrategy):
     presets = {
         "tiny": {"embed_dim": 64, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
                  "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
+        "small": {"embed_dim": 256, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
+                  "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL)},
         "paper": {"embed_dim": 512, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
                   "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }

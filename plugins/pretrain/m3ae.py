@@ -11,7 +11,7 @@ from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head
 from umdbench.models.masking import mask_tokens
 from umdbench.models.objectives import itm_loss, itm_sources, mim_loss, mlm_loss
-from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import resolve_special_ids
 
 _COMMON = {"image_mask_ratio": 0.75, "text_mask_ratio": 0.15, "norm_pix_loss": True,
@@ -25,6 +25,8 @@ class M3AEPretrain(PretrainStrategy):
         # tiny has 2 fusion layers: the MIM decoder reads the image stream after the first one
         "tiny": {**copy.deepcopy(_COMMON), "mim_layer": 1, "decoder": {"dim": 64, "depth": 1, "heads": 2},
                  "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
+        "small": {**copy.deepcopy(_COMMON), "mim_layer": 1, "decoder": {"dim": 128, "depth": 2, "heads": 4},
+                  "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL)},
         # paper geometry: 6 fusion layers, MIM from the image stream after 3 (the M3AE setting);
         # M3AE pretrains at 288 px, the UMD comparison uses the shared 384 px encoder preset.
         "paper": {**copy.deepcopy(_COMMON), "mim_layer": 3, "decoder": {"dim": 384, "depth": 4, "heads": 6},

@@ -14,7 +14,7 @@ from torch import nn
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder
 from umdbench.models.objectives import mim_loss
-from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 
 
 class MAEPretrain(PretrainStrategy):
@@ -23,6 +23,8 @@ class MAEPretrain(PretrainStrategy):
     presets = {
         "tiny": {"image_mask_ratio": 0.75, "norm_pix_loss": True, "decoder": {"dim": 64, "depth": 1, "heads": 2},
                  "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
+        "small": {"image_mask_ratio": 0.75, "norm_pix_loss": True, "decoder": {"dim": 128, "depth": 2, "heads": 4},
+                  "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL)},
         "paper": {"image_mask_ratio": 0.75, "norm_pix_loss": True, "decoder": {"dim": 384, "depth": 4, "heads": 6},
                   "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }

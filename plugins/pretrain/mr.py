@@ -15,7 +15,7 @@ import torch
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import itm_head
 from umdbench.models.objectives import itm_loss, itm_sources
-from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_TINY
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import MultiLevelReconstruction
 
 _COMMON = {
@@ -38,6 +38,8 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
     presets = {
         "tiny": {**copy.deepcopy(_COMMON), "decoder": {"dim": 64, "depth": 1, "heads": 2}, "fea_dim": 64,
                  "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
+        "small": {**copy.deepcopy(_COMMON), "decoder": {"dim": 128, "depth": 2, "heads": 4}, "fea_dim": 128,
+                  "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL)},
         "paper": {**copy.deepcopy(_COMMON), "decoder": {"dim": 384, "depth": 4, "heads": 6}, "fea_dim": 384,
                   "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }

@@ -8,7 +8,8 @@ MELINDA / ROCO) at batch 64/32/32/16/256, expressed as ``max_iters``.
 """
 from __future__ import annotations
 
-from umdbench.kit.recipes import FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_TINY, m3ae_per_dataset
+from umdbench.kit.recipes import (FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_SMALL, FINETUNE_TRAIN_TINY, SMALL_FINETUNE_EPOCHS,
+                                  m3ae_per_dataset, small_per_dataset)
 from umdbench.kit.supervised import SupervisedTune
 
 class DirectTune(SupervisedTune):
@@ -22,6 +23,12 @@ class DirectTune(SupervisedTune):
             "pooling": "pooler",
             "train": dict(FINETUNE_TRAIN_TINY),
             "per_dataset": {"roco": {"train": {"batch_size": 16}}},
+        },
+        "small": {
+            "loss": "ce",
+            "pooling": "pooler",
+            "train": dict(FINETUNE_TRAIN_SMALL),
+            "per_dataset": small_per_dataset(SMALL_FINETUNE_EPOCHS),
         },
         "paper": {
             "loss": "ce",

@@ -34,7 +34,8 @@ from torch import nn
 from umdbench.kit import gradmod
 from umdbench.api import TaskInfo
 from umdbench.kit.supervised import SupervisedTune
-from umdbench.kit.recipes import FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_TINY, iters_for, m3ae_per_dataset
+from umdbench.kit.recipes import (FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_SMALL, FINETUNE_TRAIN_TINY, SMALL_FINETUNE_EPOCHS,
+                                  iters_for, m3ae_per_dataset, small_per_dataset)
 from umdbench.kit.tasks import TaskForward, group_scores, last_linear
 
 
@@ -75,6 +76,11 @@ class GMCoord(SupervisedTune):
             **_OPTIONS,
             "train": {**FINETUNE_TRAIN_TINY, "schedule": "cosine"},
             "per_dataset": {"roco": {"train": {"batch_size": 16}}},
+        },
+        "small": {
+            **_OPTIONS,
+            "train": {**FINETUNE_TRAIN_SMALL, "schedule": "cosine"},
+            "per_dataset": small_per_dataset(SMALL_FINETUNE_EPOCHS),
         },
         "paper": {
             **_OPTIONS,

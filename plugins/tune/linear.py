@@ -18,7 +18,8 @@ from .direct import DirectTune
 
 def _linear_presets() -> dict:
     presets = copy.deepcopy(DirectTune.presets)
-    presets["tiny"]["train"].update({"lr": 1e-3, "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 1.0}})
+    for name in ("tiny", "small"):
+        presets[name]["train"].update({"lr": 1e-3, "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 1.0}})
     return presets
 
 

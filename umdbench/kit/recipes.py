@@ -7,6 +7,8 @@ them instead of importing another plugin's private constants.
 * :data:`PRETRAIN_TRAIN_PAPER` / :data:`PRETRAIN_TRAIN_TINY` -- pre-training stages.
 * :data:`FINETUNE_TRAIN_PAPER` / :data:`FINETUNE_TRAIN_TINY` / :func:`m3ae_per_dataset` -- the
   M3AE downstream fine-tuning recipe (upstream run scripts) and its per-dataset entries.
+* :data:`PRETRAIN_TRAIN_SMALL` / :data:`FINETUNE_TRAIN_SMALL` / :func:`small_per_dataset` -- the
+  ``small`` preset's CPU recipes.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import math
 
 from umdbench.api import train_config
 
-__all__ = ["FINETUNE_TRAIN_PAPER", "FINETUNE_TRAIN_TINY", "PRETRAIN_TRAIN_PAPER", "PRETRAIN_TRAIN_TINY",
-           "TRAIN_SIZES", "iters_for", "m3ae_per_dataset"]
+__all__ = ["FINETUNE_TRAIN_PAPER", "FINETUNE_TRAIN_SMALL", "FINETUNE_TRAIN_TINY", "PRETRAIN_TRAIN_PAPER",
+           "PRETRAIN_TRAIN_SMALL", "PRETRAIN_TRAIN_TINY", "SMALL_FINETUNE_EPOCHS", "TRAIN_SIZES", "iters_for",
+           "m3ae_per_dataset", "small_per_dataset"]
 
 # Training-split sizes used to express the papers' epoch budgets as optimiser steps.
 # VQA-RAD, SLAKE (English), VQA-Med-2019 (C1-C3) from upstream step counts; MELINDA inferred from the
@@ -47,6 +50,12 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
     max_iters=200, batch_size=16, lr=5e-4, checkpoint_interval=100, log_interval=10, grad_clip=1.0,
 )
 
+# small: a CPU run that learns. The text tower is pretrained (MiniLM-L6), so the encoder lr is a
+# fine-tuning one; the random vision tower and fusion learn under warm-up; fp32 (bit-reproducible).
+PRETRAIN_TRAIN_SMALL: dict = train_config(
+    max_iters=600, batch_size=32, lr=2e-4, checkpoint_interval=200, log_interval=20, grad_clip=1.0,
+)
+
 # Fine-tuning (the M3AE downstream recipe): AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), lr 5e-6,
 # fusion x5, head x50 (VQA); 10 % warm-up then linear decay.
 FINETUNE_TRAIN_PAPER = train_config(
@@ -59,6 +68,21 @@ FINETUNE_TRAIN_TINY = train_config(
     batch_size=32, lr=5e-4, lr_mult={"encoder": 1.0, "fusion": 1.0, "head": 2.0},
     checkpoint_interval=100, log_interval=10,
 )
+
+
+FINETUNE_TRAIN_SMALL = train_config(
+    max_iters=iters_for("vqa-rad", 32, 6), batch_size=32, lr=1e-4,
+    lr_mult={"encoder": 1.0, "fusion": 2.0, "head": 10.0}, checkpoint_interval=200, log_interval=20, grad_clip=1.0,
+)
+
+
+def small_per_dataset(epochs: dict[str, int], batch_size: int = 32) -> dict:
+    """Per-dataset step budgets of the ``small`` recipes (epochs at ``batch_size``)."""
+    return {ds: {"train": {"max_iters": iters_for(ds, batch_size, ep)}} for ds, ep in epochs.items()}
+
+
+#: epochs per dataset of the small fine-tuning stages (about the same number of steps on each)
+SMALL_FINETUNE_EPOCHS = {"vqa-rad": 6, "slake": 4, "vqa-med-2019": 2, "melinda": 4, "roco": 1}
 
 
 def m3ae_per_dataset(epochs: dict[str, int]) -> dict:

@@ -1,6 +1,7 @@
 """Encoder geometry presets.
 
-``tiny`` is a CPU-sized model (random init) used by tests and quick runs; ``paper`` is the UMD
+``tiny`` is a CPU-sized model (random init) used by tests and quick runs; ``small`` is the CPU
+preset that learns (pretrained MiniLM-L6 text tower, small random-init vision tower); ``paper`` is the UMD
 paper's geometry: ViT-B/16 at 384 px, RoBERTa-base, 6 co-attention layers of width 768 / 12 heads.
 Every value can be overridden with :func:`umdbench.api.deep_merge`.
 """
@@ -47,6 +48,44 @@ ENCODER_PRESETS: dict[str, dict] = {
             "num_heads": 2,
             "mlp_ratio": 4.0,
             "dropout": 0.0,
+        },
+    },
+    # small: learns on 2 CPU cores. The text tower is the packaged pretrained MiniLM-L6 BERT (real
+    # weights, bert-base-uncased vocab; the paper also starts from a pretrained text encoder);
+    # the vision tower and fusion are CPU-sized and random-init (no image weights are obtainable
+    # offline). Geometry of the text tower comes from the checkpoint; the values here match it.
+    "small": {
+        "image_size": 128,
+        "patch_size": 16,
+        "max_text_len": 32,
+        "vision": {
+            "style": "clip",
+            "embed_dim": 256,
+            "depth": 4,
+            "num_heads": 4,
+            "mlp_ratio": 4.0,
+            "drop_path": 0.0,
+            "num_blocks_upstream_11": False,
+            "pretrained": None,
+            "checkpoint": None,
+        },
+        "text": {
+            "arch": "bert",
+            "pretrained": "minilm",
+            "tokenizer": "minilm",
+            "hidden_size": 384,
+            "num_layers": 6,
+            "num_heads": 12,
+            "intermediate_size": 1536,
+            "dropout": 0.1,
+            "on_missing": "error",
+        },
+        "fusion": {
+            "hidden_size": 256,
+            "num_layers": 2,
+            "num_heads": 4,
+            "mlp_ratio": 4.0,
+            "dropout": 0.1,
         },
     },
     "paper": {

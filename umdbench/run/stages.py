@@ -50,8 +50,10 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
 
     from umdbench.run.checkpoint import install_safe_loader
+    from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
 
+    limit_heap_retention()
     ws = ctx.ws
     runner_kwargs = distributed_runner_kwargs(launcher)
     rank, world = 0, 1
