@@ -9,7 +9,7 @@ includes the weights, the optimiser state created in the warm-up step and the pr
 ``UMDBENCH_BENCH_PAPER`` = comma-separated strategies to also run at the paper preset
 (default ``mr``; ``all`` for every pre-training strategy; empty to skip), batch
 ``UMDBENCH_BENCH_PAPER_BATCH`` (default 2), timed over ``UMDBENCH_BENCH_PAPER_ROUNDS`` rounds
-(default 2; each takes 15-40 s on 2 CPU cores).
+(default 5, the issue-16 median; each takes 7-20 s on 2 CPU cores).
 """
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ import os
 
 import pytest
 
+from umdbench.run.builders import use_amp
+
 from .cases import PRETRAIN, TUNE, build_case, peak_rss_mib, reset_peak_rss, rss_mib, step_flops
 
 _paper = os.environ.get("UMDBENCH_BENCH_PAPER", "mr").strip()
 PAPER = list(PRETRAIN) if _paper == "all" else [s for s in _paper.split(",") if s]
 PAPER_BATCH = int(os.environ.get("UMDBENCH_BENCH_PAPER_BATCH", "2"))
-PAPER_ROUNDS = int(os.environ.get("UMDBENCH_BENCH_PAPER_ROUNDS", "2"))
+PAPER_ROUNDS = int(os.environ.get("UMDBENCH_BENCH_PAPER_ROUNDS", "5"))
 
 SPECS = [(name, "tiny", None) for name in PRETRAIN + TUNE] + [(name, "paper", PAPER_BATCH) for name in PAPER]
 PARAMS = [pytest.param(spec, mode, id=f"{spec[0]}-{spec[1]}-{mode}") for spec in SPECS for mode in ("fast", "reference")]
@@ -53,6 +55,7 @@ def test_train_step(benchmark, spec, mode, load_average):
     peak = peak_rss_mib()
     info = {"kind": "train_step", "case": case.label, "strategy": name, "preset": preset, "mode": mode,
             "batch_size": case.batch_size, "params_m": case.num_params() / 1e6, "rss_before_mib": before,
+            "precision": ("bf16 autocast" if use_amp(case.train) else "fp32") if mode == "fast" else "fp32",
             "peak_rss_mib": peak, "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (process)",
             "load_avg_1m": os.getloadavg()[0]}
     if mode == "fast" and name == "mr":
