@@ -112,7 +112,8 @@ def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0
     return batch
 
 
-def build_case(name: str, preset: str, batch_size: int | None = None, seed: int = 0) -> StepCase:
+def build_case(name: str, preset: str, batch_size: int | None = None, seed: int = 0,
+               train_overrides: dict | None = None) -> StepCase:
     from umdbench.run.builders import special_ids
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
@@ -129,6 +130,7 @@ def build_case(name: str, preset: str, batch_size: int | None = None, seed: int 
     cls = reg.get(name)
     cfg = cls.default_config(preset, "vqa-rad" if tune else None)
     cfg["special_ids"] = special_ids(build_tokenizer(ecfg))
+    cfg["train"].update(train_overrides or {})
     strategy = cls(encoder, cfg, TaskInfo("vqa", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)])) if tune \
         else cls(encoder, cfg)
     bs = int(batch_size or cfg["train"]["batch_size"])

@@ -97,12 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     from .cases import build_case, peak_rss_mib, reset_peak_rss, rss_mib
     from umdbench.run.builders import use_amp
 
-    case = build_case(args.strategy, args.preset, args.batch)
-    if args.set:
-        for item in args.set:
-            key, _, value = item.partition("=")
-            case.train[key] = _parse_value(value)
-        case.set_mode("fast")  # rebuild the optimiser (and whatever reads train) with the overrides
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = _parse_value(value)
+    case = build_case(args.strategy, args.preset, args.batch, train_overrides=overrides)
     rss_built = rss_mib()
     for _ in range(args.warmup):
         case.step()

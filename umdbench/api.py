@@ -375,6 +375,8 @@ TRAIN_DEFAULTS = {
     "fused": "auto",  # fused AdamW kernel (CUDA and CPU); False = foreach / per-tensor loop
     "foreach": "auto",  # only when fused is False: multi-tensor AdamW; False = per-tensor loop
     "compile": False,  # torch.compile the encoder blocks
+    # each parameter stepped and its gradient freed during backward (same updates, lower peak memory)
+    "step_in_backward": "auto",
     "keep_checkpoints": 1,  # resumable checkpoints kept once the stage's artifact is written
     "label_fraction": 1.0,  # share of the labelled training split a tuning stage trains on
 }
@@ -404,6 +406,10 @@ TRAIN_KEYS = {
     "fused": "'auto' = fused AdamW kernel on CUDA and CPU; False = the foreach / per-tensor path",
     "foreach": "with fused False: 'auto' = multi-tensor AdamW; False = per-tensor loop",
     "compile": "torch.compile the encoder blocks (parameter names unchanged)",
+    "step_in_backward": "'auto' = under bf16 autocast, step each parameter and free its gradient during backward "
+                        "where nothing needs all gradients at once (no grad_clip, no gradient modulation, one "
+                        "process); True = wherever that holds; False = never. Same updates bit for bit; not in "
+                        "the stage key",
     "keep_checkpoints": "resumable checkpoints a finished stage keeps (newest first; 0 = none); not in the stage key",
     "label_fraction": "tuning stages: train on this share (0, 1] of the training split's records, drawn once per "
                       "seed; smaller fractions are subsets of larger ones (label-efficiency studies)",

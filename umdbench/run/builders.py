@@ -249,7 +249,9 @@ def build_optim_wrapper(strategy, train: dict):
     Performance options (read with defaults, so they need not be in the preset):
     ``fused`` ("auto": the fused AdamW kernel, CUDA or CPU), ``foreach`` ("auto": multi-tensor AdamW
     when ``fused`` is False; False = the per-tensor loop) and ``amp`` (see :func:`use_amp`: bf16
-    autocast of the forward; weights, gradients and optimiser state stay fp32). Parameters under the
+    autocast of the forward; weights, gradients and optimiser state stay fp32), ``step_in_backward``
+    (see :mod:`umdbench.run.step_in_backward`: each parameter stepped and its gradient freed during
+    backward; "auto" = under bf16 autocast where nothing needs all gradients at once). Parameters under the
     strategy's :meth:`transient_state_prefixes` are never optimised.
     """
     from mmengine.optim import OptimWrapper
@@ -283,9 +285,13 @@ def build_optim_wrapper(strategy, train: dict):
     optimizer = torch.optim.AdamW(param_groups, **kwargs)
     clip = train.get("grad_clip")
     clip_grad = {"max_norm": float(clip)} if clip else None
-    if use_amp(train):
-        return bf16_optim_wrapper_class()(optimizer, clip_grad=clip_grad)
-    return OptimWrapper(optimizer, clip_grad=clip_grad)
+    amp = use_amp(train)
+    wrapper = bf16_optim_wrapper_class() if amp else OptimWrapper
+    from umdbench.run.step_in_backward import step_in_backward_class, wants_step_in_backward
+
+    if wants_step_in_backward(strategy, train, amp):
+        wrapper = step_in_backward_class(wrapper)
+    return wrapper(optimizer, clip_grad=clip_grad)
 
 
 def compile_strategy(strategy, train: dict) -> bool:
