@@ -53,8 +53,8 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
         # small: reconstruction on the target data before the supervised stage, about half its steps
         "small": {
             **copy.deepcopy(_COMMON), "decoder": {"dim": 128, "depth": 2, "heads": 4}, "fea_dim": 128,
-            "train": {**copy.deepcopy(_TRAIN_PAPER), "max_iters": 300, "batch_size": 32, "lr": 1e-4,
-                      "lr_mult": {"encoder": 1.0, "fusion": 2.0, "head": 5.0}, "checkpoint_interval": 100,
+            "train": {**copy.deepcopy(_TRAIN_PAPER), "max_iters": 150, "batch_size": 32, "lr": 1e-4,
+                      "lr_mult": {"encoder": 1.0, "fusion": 2.0, "head": 5.0}, "checkpoint_interval": 50,
                       "log_interval": 20, "grad_clip": 1.0, "amp": False},
         },
         "paper": {

@@ -53,7 +53,7 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
 # small: a CPU run that learns. The text tower is pretrained (MiniLM-L6), so the encoder lr is a
 # fine-tuning one; the random vision tower and fusion learn under warm-up; fp32 (bit-reproducible).
 PRETRAIN_TRAIN_SMALL: dict = train_config(
-    max_iters=600, batch_size=32, lr=2e-4, checkpoint_interval=200, log_interval=20, grad_clip=1.0,
+    max_iters=300, batch_size=32, lr=2e-4, checkpoint_interval=100, log_interval=20, grad_clip=1.0,
 )
 
 # Fine-tuning (the M3AE downstream recipe): AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), lr 5e-6,
@@ -71,8 +71,8 @@ FINETUNE_TRAIN_TINY = train_config(
 
 
 FINETUNE_TRAIN_SMALL = train_config(
-    max_iters=iters_for("vqa-rad", 32, 6), batch_size=32, lr=1e-4,
-    lr_mult={"encoder": 1.0, "fusion": 2.0, "head": 10.0}, checkpoint_interval=200, log_interval=20, grad_clip=1.0,
+    max_iters=iters_for("vqa-rad", 32, 3), batch_size=32, lr=1e-4,
+    lr_mult={"encoder": 1.0, "fusion": 2.0, "head": 10.0}, checkpoint_interval=100, log_interval=20, grad_clip=1.0,
 )
 
 
@@ -82,7 +82,7 @@ def small_per_dataset(epochs: dict[str, int], batch_size: int = 32) -> dict:
 
 
 #: epochs per dataset of the small fine-tuning stages (about the same number of steps on each)
-SMALL_FINETUNE_EPOCHS = {"vqa-rad": 6, "slake": 4, "vqa-med-2019": 2, "melinda": 4, "roco": 1}
+SMALL_FINETUNE_EPOCHS = {"vqa-rad": 3, "slake": 2, "vqa-med-2019": 1, "melinda": 2, "roco": 1}
 
 
 def m3ae_per_dataset(epochs: dict[str, int]) -> dict:
