@@ -2,7 +2,7 @@
 
     python -m benchmarks.memory_probe                       # paper MR step, batch 2, fast path
     python -m benchmarks.memory_probe --phases              # + where in the step the peak falls
-    python -m benchmarks.memory_probe --set activation_checkpointing=false
+    python -m benchmarks.memory_probe --set step_in_backward=false
 
 Builds the case exactly as the benchmark suite does (:func:`benchmarks.cases.build_case`: the
 strategy wrapped in ``StageModel`` with ``build_optim_wrapper``), runs ``--warmup`` steps (which
@@ -15,7 +15,7 @@ load allows; this script is for memory, the timed figures come from ``python -m 
 ``--phases`` samples VmRSS from a thread every few milliseconds and reports the highest value
 seen in each phase of the last step (forward, backward, optimiser), so a change can be aimed at
 the phase that sets the peak. ``--set key=value`` overrides a ``train`` key of the case (values
-parsed as JSON, else kept as strings) before the optimiser is built.
+parsed as the CLI's --cfg-options values are) before the optimiser is built.
 """
 from __future__ import annotations
 
@@ -26,13 +26,6 @@ import threading
 import time
 
 import torch
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 class _Sampler:
@@ -97,10 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     from .cases import build_case, peak_rss_mib, reset_peak_rss, rss_mib
     from umdbench.run.builders import use_amp
 
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = _parse_value(value)
+    from umdbench.util import parse_option
+
+    overrides = dict(parse_option(item, "--set") for item in args.set)
     case = build_case(args.strategy, args.preset, args.batch, train_overrides=overrides)
     rss_built = rss_mib()
     for _ in range(args.warmup):

@@ -18,8 +18,7 @@ from umdbench.api import train_config
 
 __all__ = ["FINETUNE_TRAIN_PAPER", "FINETUNE_TRAIN_SMALL", "FINETUNE_TRAIN_TINY", "PRETRAIN_TRAIN_PAPER",
            "PRETRAIN_TRAIN_SMALL", "PRETRAIN_TRAIN_TINY", "SMALL_FINETUNE_EPOCHS", "SMALL_FINETUNE_OVERRIDES",
-           "TRAIN_SIZES", "iters_for",
-           "m3ae_per_dataset", "small_per_dataset"]
+           "TRAIN_SIZES", "iters_for", "m3ae_per_dataset", "small_per_dataset"]
 
 # Training-split sizes used to express the papers' epoch budgets as optimiser steps.
 # VQA-RAD, SLAKE (English), VQA-Med-2019 (C1-C3) from upstream step counts; MELINDA inferred from the

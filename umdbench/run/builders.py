@@ -250,8 +250,8 @@ def build_optim_wrapper(strategy, train: dict):
     ``fused`` ("auto": the fused AdamW kernel, CUDA or CPU), ``foreach`` ("auto": multi-tensor AdamW
     when ``fused`` is False; False = the per-tensor loop) and ``amp`` (see :func:`use_amp`: bf16
     autocast of the forward; weights, gradients and optimiser state stay fp32), ``step_in_backward``
-    (see :mod:`umdbench.run.step_in_backward`: each parameter stepped and its gradient freed during
-    backward; "auto" = under bf16 autocast where nothing needs all gradients at once). Parameters under the
+    (see :mod:`umdbench.run.step_in_backward`: parameters stepped and their gradients freed in
+    buckets during backward; "auto" = under bf16 autocast where nothing needs all gradients at once). Parameters under the
     strategy's :meth:`transient_state_prefixes` are never optimised.
     """
     from mmengine.optim import OptimWrapper

@@ -1,5 +1,5 @@
-"""The optimiser step inside the backward pass: each parameter is updated, and its gradient freed,
-as soon as its gradient is complete.
+"""The optimiser step inside the backward pass: parameters are updated, and their gradients freed,
+in buckets as soon as their gradients are complete.
 
 A plain step holds every gradient (1.28 GiB at the paper preset) until backward ends. Here a
 post-accumulate-grad hook marks a parameter complete once autograd has summed all of its
