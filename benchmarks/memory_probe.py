@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             case.step()
         times.append(time.perf_counter() - t)
+    from umdbench.run.host_memory import active_allocator
+
     out = {
-        "case": case.label, "precision": "bf16 autocast" if use_amp(case.train) else "fp32",
+        "case": case.label, "allocator": active_allocator(), "precision": "bf16 autocast" if use_amp(case.train) else "fp32",
         "overrides": args.set, "threads": torch.get_num_threads(),
         "rss_built_gib": round(rss_built / 1024, 3),
         "peak_rss_gib": round(peak_rss_mib() / 1024, 3),
@@ -123,4 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from umdbench.run.host_memory import reexec_on_allocator
+
+    reexec_on_allocator()  # as `umdbench run` does: mimalloc where installed (UMDBENCH_ALLOCATOR=system: glibc)
     main()

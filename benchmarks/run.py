@@ -43,7 +43,10 @@ def run_suite(extra: list[str]) -> int:
     a fresh process of its own, as the issue-16 figures were taken: a process that already ran the
     other cases carries their heap, which would count in the paper step's peak RSS."""
     JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    from umdbench.run.host_memory import allocator_env
+
+    # the step cases run on the allocator a stage's training process runs on (mimalloc where installed)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **allocator_env()}
     paper = env.get("UMDBENCH_BENCH_PAPER", "mr").strip()
     rc = _pytest("benchmarks", JSON_OUT, extra, {**env, "UMDBENCH_BENCH_PAPER": ""})
     data = json.loads(JSON_OUT.read_text()) if JSON_OUT.is_file() else {"benchmarks": []}
@@ -111,7 +114,9 @@ def render(data: dict, load_before: tuple, load_after: tuple, wall_s: float | No
                   "The paper-preset cases run in fresh processes, one per mode, as the issue-16 figures were "
                   "taken; the fast path at the paper preset steps the optimiser inside backward "
                   "(`train.step_in_backward`). **precision** = the fast path's compute precision (bf16 autocast "
-                  "where the CPU has native bf16, at the paper preset; the reference is fp32).", "",
+                  "where the CPU has native bf16, at the paper preset; the reference is fp32). Both modes run on the "
+                  f"allocator a stage's training process gets (`umdbench.run.host_memory`): "
+                  f"**{', '.join(sorted({b['extra_info'].get('allocator', '?') for b in steps}))}**.", "",
                   "| strategy | preset | batch | precision | params (M) | fast s/step | fast samples/s | reference s/step "
                   "| reference samples/s | speed-up | peak RSS fast / ref (GiB) | rounds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -19,6 +19,7 @@ import os
 import pytest
 
 from umdbench.run.builders import use_amp
+from umdbench.run.host_memory import active_allocator
 
 from .cases import PRETRAIN, TUNE, build_case, peak_rss_mib, reset_peak_rss, rss_mib, step_flops
 
@@ -57,7 +58,7 @@ def test_train_step(benchmark, spec, mode, load_average):
             "batch_size": case.batch_size, "params_m": case.num_params() / 1e6, "rss_before_mib": before,
             "precision": ("bf16 autocast" if use_amp(case.train) else "fp32") if mode == "fast" else "fp32",
             "peak_rss_mib": peak, "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (process)",
-            "load_avg_1m": os.getloadavg()[0]}
+            "load_avg_1m": os.getloadavg()[0], "allocator": active_allocator()}
     if mode == "fast" and name == "mr":
         info["flops_per_step"] = step_flops(case)
     benchmark.extra_info.update(info)

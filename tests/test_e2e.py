@@ -15,6 +15,7 @@ import pytest
 
 from umdbench.cli import main
 from umdbench.results.store import ResultsStore
+from umdbench.run.host_memory import mimalloc_library
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -113,6 +114,9 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     assert "tune direct: resuming" in out.stdout
     rows = ResultsStore(tmp_path / "results.sqlite").rows()
     assert len(rows) == 1 and "overall" in rows[0]["metrics"]
+    # the command trained on mimalloc (re-executed with it preloaded), and the row says so
+    expected = "mimalloc allocator" if mimalloc_library() else "system allocator"
+    assert expected in rows[0]["device"], rows[0]["device"]
     log = "\n".join(p.read_text() for p in pointer.parent.rglob("*.log"))
     assert "Resumed" in log or "resumed" in log
 

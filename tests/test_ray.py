@@ -2,6 +2,7 @@
 import pytest
 
 from umdbench.results.store import ResultsStore
+from umdbench.run.host_memory import mimalloc_library
 
 from test_sweep_support import TINY, umdbench, write_plugin
 
@@ -19,6 +20,9 @@ def test_sweep_on_local_ray(tmp_path):
     rows = ResultsStore(work / "results.sqlite").rows(suite="mini")
     assert sorted(r["cell_name"] for r in rows) == ["1 none", "2 mr", "4 mr+gm"]
     assert all(r["seed"] == 0 and r["device"] and r["git_commit"] and "overall" in r["metrics"] for r in rows)
+    # the workers were started on the training allocator (the driver, which only plans, was not)
+    allocator = "mimalloc allocator" if mimalloc_library() else "system allocator"
+    assert all(allocator in r["device"] for r in rows), [r["device"] for r in rows]
     # the one MR pre-training was trained once and reused by both cells that need it
     assert len(list((work / "stages").glob("pretrain-mr-*/artifact.json"))) == 1
     assert {m.status for m in ResultsStore(work / "results.sqlite").membership("mini")} == {"done"}

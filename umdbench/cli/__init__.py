@@ -202,6 +202,14 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboa
             "baselines": cmd_baselines}
 
 
+def _trains_here(args) -> bool:
+    """Whether this command trains stages in this process (or its torchrun children); a Ray
+    sweep's stages run in Ray workers, which get the allocator through their runtime env."""
+    if args.command not in ("run", "sweep") or args.dry_run:
+        return False
+    return getattr(args, "executor", "local") != "ray"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     args.plugin_path = list(args.global_plugin_path) + list(getattr(args, "plugin_path", None) or [])
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
+        if argv is None and _trains_here(args):
+            # a process that trains runs on mimalloc where installed (umdbench.run.host_memory)
+            from umdbench.run.host_memory import reexec_on_allocator
+
+            reexec_on_allocator()
         if args.command in ("run", "sweep") and args.dry_run:
             # a repeated dry run replays its stored plan: no torch, model or plugin import
             from umdbench.cli.plancache import cached_dry_run

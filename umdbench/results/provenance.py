@@ -7,7 +7,8 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGES = ("umdbench", "torch", "torchvision", "onedl-mmengine", "transformers", "timm", "torchmetrics", "numpy", "pillow")
+PACKAGES = ("umdbench", "torch", "torchvision", "onedl-mmengine", "transformers", "timm", "torchmetrics", "numpy", "pillow",
+            "cmeel-mimalloc")
 
 
 @lru_cache(maxsize=1)
@@ -36,9 +37,19 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def active_allocator() -> str:
+    """``mimalloc`` when it is mapped into this process (``umdbench.run.host_memory``), else ``system``."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "system"
+    return "mimalloc" if "libmimalloc" in maps else "system"
+
+
 def device_description() -> str:
     import torch
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return (f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"{active_allocator()} allocator")

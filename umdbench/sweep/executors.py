@@ -115,9 +115,14 @@ class RayExecutor:
             import ray
         except ImportError as exc:
             raise UmdbenchError("--executor ray needs Ray: pip install 'umdbench[ray]' (or 'ray[default]').") from exc
+        from umdbench.run.host_memory import allocator_env
+
         started_here = False
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": True}
+            env = allocator_env()  # workers train; they start on mimalloc where installed
+            if env:
+                kwargs["runtime_env"] = {"env_vars": env}
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
