@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrain", required=True, metavar="P", help="pre-training strategy, or 'none' (scratch)")
     run.add_argument("--tune", required=True, metavar="T1+T2", help="tuning strategies, applied left to right")
     run.add_argument("--dataset", required=True, metavar="D", help="downstream dataset")
-    run.add_argument("--preset", default="tiny", help="model size and hyper-parameters: tiny (default) or paper for the built-in encoder")
+    run.add_argument("--preset", default="tiny", help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
     run.add_argument("--encoder", metavar="E", help="registered encoder (default: the dataset's)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")

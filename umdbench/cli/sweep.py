@@ -25,7 +25,7 @@ def add_subcommands(sub, common_parent_parser) -> None:
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", required=True, metavar="NAME", help="suite name (`umdbench list --kind suite`)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per cell (default 1)")
-    p.add_argument("--preset", default="tiny", help="model size and hyper-parameters: tiny (default) or paper for the built-in encoder")
+    p.add_argument("--preset", default="tiny", help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
     p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated)")
