@@ -50,6 +50,17 @@ def test_apply_override_unknown_key_suggests():
         apply_override({"tune": [{}]}, "tune.3.x", 1)
 
 
+def test_star_index_reaches_every_stage_that_has_the_key():
+    """`run --cfg-options tune.*.KEY` reads as `sweep` reads it: every tuning stage that has KEY."""
+    cfg = {"tune": [{"type": "tdcalib", "train": {"lr": 1.0}}, {"type": "direct", "pooling": "cls", "train": {"lr": 1.0}}]}
+    apply_override(cfg, "tune.*.train.lr", 0.5)
+    apply_override(cfg, "tune.*.pooling", "mean")  # TD-Calib has no task head: left alone
+    assert [t["train"]["lr"] for t in cfg["tune"]] == [0.5, 0.5]
+    assert "pooling" not in cfg["tune"][0] and cfg["tune"][1]["pooling"] == "mean"
+    with pytest.raises(ConfigError, match="no element of tune .a list of 2. has 'train.lrr'"):
+        apply_override(cfg, "tune.*.train.lrr", 1)
+
+
 def test_resolved_config_records_deviations_and_appended_direct():
     from umdbench.plan.config import CellSpec, resolve
     from umdbench.plugin import get_registries

@@ -60,13 +60,39 @@ def parse_override(text: str) -> tuple[str, Any]:
                         form="key.path=value (e.g. pretrain.train.max_iters=100 or tune.0.train.lr=1e-4)")
 
 
+def _has_path(node: Any, parts: list[str]) -> bool:
+    """Whether ``parts`` leads to an existing key of ``node`` (a new key of an ``options`` dict counts)."""
+    for depth, part in enumerate(parts):
+        if isinstance(node, dict) and (part in node or (depth == len(parts) - 1 and parts[depth - 1:depth] == ["options"])):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
 def apply_override(cfg: dict, key: str, value: Any) -> None:
+    """Set ``key`` (dotted; list indices as numbers, ``*`` for every element that has the rest of
+    the path) in ``cfg`` to ``value``."""
     node: Any = cfg
     parts = key.split(".")
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(parts[:depth]) or "<root>"
         if isinstance(node, list):
+            if part == "*" and not last:
+                # every element that has the rest of the path (as `sweep` reads tune.*.KEY)
+                rest = ".".join(parts[depth + 1:])
+                applied = 0
+                for element in node:
+                    if _has_path(element, parts[depth + 1:]):
+                        apply_override(element, rest, value)
+                        applied += 1
+                if not applied:
+                    raise ConfigError(f"--cfg-options {key}: no element of {where} (a list of {len(node)}) has "
+                                      f"{rest!r}. `umdbench run ... --dry-run` prints the full config.")
+                return
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"--cfg-options {key}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}.")
             if last:
