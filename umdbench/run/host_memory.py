@@ -5,8 +5,8 @@ installed (a Linux x86-64 dependency of umdbench), configured to return freed pa
 instead of keeping them: ``MIMALLOC_ARENA_EAGER_COMMIT=0`` (an arena's memory is committed as it
 is used, not all at once) and a 500 ms purge delay (freed pages go back that long after their last
 use, so a step's activations are returned between steps but not re-faulted within one). At the
-paper preset this took the MR step's peak RSS from 8.44 to 8.0-8.2 GiB at the same step time; a
-0-10 ms delay gave 7.9 GiB at 1.4-2x the step time. An allocator must be in place before the
+paper preset this took the MR step's peak RSS from 8.44-8.71 to 8.05-8.12 GiB, and the step from
+7.0 to 6.2 s (BENCHMARKS.md); a 0-10 ms delay gave 7.9 GiB at 1.4-2x the step time, 1 s 8.24 GiB. An allocator must be in place before the
 interpreter starts, so :func:`reexec_on_allocator` re-executes the process (same argv) with
 ``LD_PRELOAD`` set, and :func:`allocator_env` gives the variables to start a child process (a
 Ray worker, a benchmark case) on it. ``UMDBENCH_ALLOCATOR`` chooses: ``auto`` (default; mimalloc
