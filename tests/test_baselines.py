@@ -28,3 +28,27 @@ def test_cli_baselines_on_embedded_dataset(capsys):
     for line in out.strip().splitlines():
         overall = float(line.split("overall=")[1].split()[0])
         assert overall < 60.0
+
+
+def test_cli_baselines_kept_under_the_fingerprint_a_run_records(tmp_path, capsys):
+    """`baselines --work-dir` keeps them under the split's data fingerprint, the one a run on the same
+    data stores in its row, so the leaderboard can match them (its rendering: test_leaderboard_suites)."""
+    import json
+
+    from umdbench.results.baselines import reference_key
+    from umdbench.results.store import ResultsStore
+    from umdbench.run.workspace import Workspace
+
+    opts = ["n_train=400", "n_test=200", "n_val=20"]
+    work = tmp_path / "wd"
+    assert main(["baselines", "medsynth", "--cfg-options", *opts, "--work-dir", str(work)]) == 0
+    printed = {" ".join(line.split()[2:4]): float(line.split("overall=")[1].split()[0])
+               for line in capsys.readouterr().out.splitlines() if "overall=" in line}
+    assert main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work),
+                 "--cfg-options", "tune.0.train.max_iters=2", "data.num_workers=0",
+                 *[f"dataset.options.{o}" for o in opts]]) == 0
+    row = ResultsStore(Workspace(work).store_path).rows()[0]
+    kept = json.loads(Workspace(work).reference_points_path.read_text())
+    assert list(kept) == [reference_key("medsynth", "test", row["data_fingerprint"])]
+    points = kept[reference_key("medsynth", "test", row["data_fingerprint"])]
+    assert {name: round(v["overall"], 2) for name, v in points.items()} == printed

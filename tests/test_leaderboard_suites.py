@@ -116,3 +116,21 @@ def test_lower_is_better_columns_bold_their_smallest_value(tmp_path):
     md = (write_leaderboards(s, tmp_path / "out", suite="distances") and (tmp_path / "out" / "distances.md")).read_text()
     assert "**80.00**" in md and "**3.00**" in md and "**9.00**" not in md
     get_registries(reload=True)
+
+
+def test_reference_points_are_printed_under_their_split(store, tmp_path):
+    """Stored no-image baselines appear under the table of the split (and data) they were computed on."""
+    from umdbench.results.baselines import reference_key
+
+    points = {reference_key("vqa-rad", "test", "fpvqa-rad"): {
+        "question only": {"overall": 52.77, "open": 27.37, "closed": 69.49},
+        "majority answer": {"overall": 31.93, "open": 6.15, "closed": 48.9}},
+        reference_key("vqa-rad", "test", "other-data"): {"question only": {"overall": 1.0}, "majority answer": {"overall": 1.0}}}
+    write_leaderboards(store, tmp_path / "a", suite="table4", reference_points=points)
+    md = (tmp_path / "a" / "table4.md").read_text()
+    assert "question only 52.77 overall (open 27.37, closed 69.49)" in md
+    assert "majority answer 31.93 overall (open 6.15, closed 48.90)" in md
+    # row 1 (mean overall 67.0), row 2 (50.0) and row 8 (72.0) against 52.77: only row 2 is below
+    assert "Rows whose mean overall is below question-only: 2 MR-Pretrain, 5 TD-Calib+GM-Coord." in md
+    write_leaderboards(store, tmp_path / "b", suite="table4")  # none stored: the command that adds them
+    assert "`umdbench baselines vqa-rad --work-dir WORK_DIR`" in (tmp_path / "b" / "table4.md").read_text()

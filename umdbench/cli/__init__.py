@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
     base.add_argument("--split", default="test")
     base.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100")
+    base.add_argument("--work-dir", metavar="DIR",
+                      help="also keep them in DIR, where `umdbench leaderboard --work-dir DIR` prints them under the dataset's table")
 
     from umdbench.cli import data as data_commands
     from umdbench.cli import sweep as sweep_commands
@@ -169,11 +171,14 @@ def cmd_leaderboard(args) -> int:
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
 
+    from umdbench.results.baselines import load_reference_points
+
     store_path = Path(args.store) if args.store else Workspace(args.work_dir).store_path
     if not store_path.is_file():
         raise UmdbenchError(f"no results store at {store_path}: run `umdbench run ...` first, or pass --store FILE.")
+    points = load_reference_points(Workspace(store_path.parent).reference_points_path)
     written = write_leaderboards(ResultsStore(store_path), Path(args.out), suite=args.suite,
-                                 plugin_paths=tuple(args.plugin_path))
+                                 plugin_paths=tuple(args.plugin_path), reference_points=points)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -182,7 +187,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_baselines(args) -> int:
     from umdbench.cli.data import build_dataset, dataset_options
     from umdbench.plugin import get_registries
-    from umdbench.results.baselines import majority_baseline, question_only_baseline
+    from umdbench.results.baselines import reference_key, reference_points, store_reference_points
     from umdbench.util import dataset_root
 
     registries = get_registries(tuple(args.plugin_path))
@@ -192,9 +197,15 @@ def cmd_baselines(args) -> int:
     options = dataset_options(args.cfg_options, "--cfg-options", cls, args.dataset)
     dataset = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "skip", options)
     train, test = dataset.records("train"), dataset.records(args.split)
-    for name, result in (("majority answer", majority_baseline(train, test)),
-                         ("question only", question_only_baseline(train, test))):
+    points = reference_points(train, test)
+    for name, result in points.items():
         print(f"{args.dataset} {args.split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    if args.work_dir:
+        from umdbench.run.workspace import Workspace
+
+        path = Workspace(args.work_dir).reference_points_path
+        store_reference_points(path, reference_key(args.dataset, args.split, dataset.fingerprint()), points)
+        print(f"kept in {path}")
     return 0
 
 

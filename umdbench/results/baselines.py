@@ -2,21 +2,27 @@
 
 A VQA score means little without them: on datasets whose closed questions are mostly "yes", the
 majority answer alone scores well. ``umdbench baselines DATASET`` prints both beside each other,
-with the same open / closed / overall split as the VQA metric.
+with the same open / closed / overall split as the VQA metric; with ``--work-dir`` it also keeps
+them in the work dir's reference-points file, keyed by dataset, split and data fingerprint, where
+``umdbench leaderboard`` finds them and prints them under the dataset's table (the leaderboard
+itself reads no data and imports no torch).
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
-import torch
+from umdbench.util import atomic_write_json
 
-from umdbench.api import Record
+__all__ = ["majority_baseline", "question_only_baseline", "reference_key", "reference_points", "load_reference_points",
+           "store_reference_points"]
 
 TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def _accuracy(records: list[Record], predictions: list[str]) -> dict[str, float]:
+def _accuracy(records: list, predictions: list[str]) -> dict[str, float]:
     out = {}
     for name, keep in (("overall", lambda r: True), ("open", lambda r: r.answer_type == "open"),
                        ("closed", lambda r: r.answer_type == "closed")):
@@ -25,7 +31,7 @@ def _accuracy(records: list[Record], predictions: list[str]) -> dict[str, float]
     return out
 
 
-def majority_baseline(train: list[Record], test: list[Record]) -> dict[str, float]:
+def majority_baseline(train: list, test: list) -> dict[str, float]:
     """Most frequent training answer, per answer type (open / closed) as the type is given."""
     by_type = {t: Counter(r.answer for r in train if r.answer_type == t).most_common(1) for t in ("open", "closed")}
     overall = Counter(r.answer for r in train).most_common(1)[0][0]
@@ -33,8 +39,10 @@ def majority_baseline(train: list[Record], test: list[Record]) -> dict[str, floa
     return _accuracy(test, preds)
 
 
-def question_only_baseline(train: list[Record], test: list[Record], epochs: int = 30, seed: int = 0) -> dict[str, float]:
+def question_only_baseline(train: list, test: list, epochs: int = 30, seed: int = 0) -> dict[str, float]:
     """Bag-of-words (unigrams + bigrams) logistic regression from the question to the answer."""
+    import torch
+
     def features(text: str) -> list[str]:
         words = TOKEN.findall(text.lower())
         return words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
@@ -66,3 +74,29 @@ def question_only_baseline(train: list[Record], test: list[Record], epochs: int 
     with torch.no_grad():
         predicted = model(x_test).argmax(1).tolist()
     return _accuracy(test, [answers[i] for i in predicted])
+
+
+def reference_points(train: list, test: list) -> dict[str, dict[str, float]]:
+    """Both baselines of one split: ``{"question only": {...}, "majority answer": {...}}``."""
+    return {"question only": question_only_baseline(train, test), "majority answer": majority_baseline(train, test)}
+
+
+def reference_key(dataset: str, split: str, fingerprint: str) -> str:
+    """What a stored reference point belongs to: the same dataset, split and data as a row."""
+    return f"{dataset}|{split}|{fingerprint}"
+
+
+def load_reference_points(path: Path) -> dict[str, dict]:
+    """The stored reference points (empty when there is no file)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def store_reference_points(path: Path, key: str, points: dict[str, dict[str, float]]) -> None:
+    """Add (or replace) one split's reference points in the file, atomically."""
+    stored = load_reference_points(path)
+    stored[key] = points
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, stored)

@@ -24,6 +24,7 @@ from tabulate import tabulate
 from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
 from umdbench.results import intervals
+from umdbench.results.baselines import reference_key
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
 from umdbench.results.predictions import seed_matrix
 from umdbench.util import atomic_write_bytes, atomic_write_text
@@ -76,7 +77,11 @@ def runs_table(rows: list[dict], base_dir: Path | None = None, cache: dict | Non
     return tabulate(table, headers=["pretrain", "tune", *metrics, "seeds"], tablefmt="github", disable_numparse=True)
 
 
-def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_paths=()) -> list[Path]:
+def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_paths=(),
+                       reference_points: dict | None = None) -> list[Path]:
+    """Every board of the store (``runs.md`` and one per suite) into ``out_dir``. ``reference_points``:
+    stored no-image baselines (:func:`umdbench.results.baselines.load_reference_points`), printed
+    under the tables of the dataset splits they were computed on."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = store.rows()
     written = []
@@ -97,7 +102,8 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
         path = out_dir / "runs.md"
         atomic_write_text(path, "".join(parts))
         written.append(path)
-    written += write_suite_boards(store, out_dir, suite=suite, plugin_paths=plugin_paths)
+    written += write_suite_boards(store, out_dir, suite=suite, plugin_paths=plugin_paths,
+                                  reference_points=reference_points)
     return written
 
 
@@ -186,7 +192,7 @@ def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
 STATUS_TEXT = {"data unavailable": "data unavailable", "failed": "failed", "planned": "pending", "done": "missing"}
 
 
-def render_suite(suite, results: SuiteResults, preset: str) -> str:
+def render_suite(suite, results: SuiteResults, preset: str, reference_points: dict | None = None) -> str:
     paper = get_table(suite.paper)
     names = suite.cell_names()
     grid_rows = {p.cell_name: p.row for p in suite.grid()}
@@ -278,6 +284,7 @@ def render_suite(suite, results: SuiteResults, preset: str) -> str:
         table = reported + table
         out.append(f"\n## {dataset}\n\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
         out.append(_differences(compared, metrics, reference, results, dataset))
+        out.append(_reference_points(results, names, dataset, reference_points or {}))
         for why, rows_without in sorted(no_interval.items()):
             out.append(f"\n<sub>no interval for {', '.join(dict.fromkeys(rows_without))}: {why}; shown as mean ± std "
                        f"over seeds only.</sub>\n")
@@ -325,6 +332,34 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
             f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; * = significant (paired sign-flip permutation "
             f"test, {intervals.PERMUTATIONS} permutations, p < {intervals.ALPHA}). Smallest difference this test "
             f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n")
+
+
+def _reference_points(results: SuiteResults, names, dataset: str, points: dict) -> str:
+    """Under a VQA dataset's table: the question-only and majority-answer accuracy of the split its
+    rows were evaluated on (same data fingerprint), and which rows fall below question-only."""
+    rows = [r for n in names for r in results.rows.get((n, dataset), [])]
+    if not rows or "closed" not in rows[0]["metrics"]:
+        return ""  # baselines are defined for VQA only
+    splits = {reference_key(dataset, ((r.get("config") or {}).get("eval") or {}).get("split", "test"),
+                            str(r.get("data_fingerprint"))) for r in rows}
+    found = [points[k] for k in sorted(splits) if k in points]
+    if len(splits) != 1 or not found:
+        return (f"\n<sub>no-image reference points: `umdbench baselines {dataset} --work-dir WORK_DIR` (same "
+                f"--data-root as the runs) adds the question-only and majority-answer accuracy of this split here.</sub>\n")
+    point = found[0]
+
+    def text(name: str) -> str:
+        acc = point[name]
+        rest = ", ".join(f"{m} {acc[m]:.2f}" for m in ("open", "closed") if m in acc)
+        return f"{name} {acc['overall']:.2f} overall ({rest})"
+
+    q_only = point["question only"]["overall"]
+    below = [n for n in names if (v := results.metric(n, dataset, "overall")) and v[0] < q_only]
+    verdict = (f"Rows whose mean overall is below question-only: {', '.join(below)}." if below
+               else "Every row with a result is above question-only overall.")
+    return (f"\n<sub>No-image reference points on the same split and data (`umdbench baselines {dataset}`): "
+            f"{text('question only')} (bag-of-words logistic regression, no image); {text('majority answer')}. "
+            f"{verdict}</sub>\n")
 
 
 def _deviations(results: SuiteResults, names, dataset: str, own: bool) -> list[str]:
@@ -439,7 +474,8 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     return path
 
 
-def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_paths=()) -> list[Path]:
+def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_paths=(),
+                       reference_points: dict | None = None) -> list[Path]:
     registries = get_registries(tuple(plugin_paths))
     suites = [get_suite(registries, suite)] if suite else all_suites(registries)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +489,7 @@ def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_pa
         presets = sorted(by_preset, key=lambda p: (p != "paper", p))
         parts = []
         for preset in presets:
-            parts.append(render_suite(s, by_preset[preset], preset))
+            parts.append(render_suite(s, by_preset[preset], preset, reference_points))
             plot_name = f"{s.name}.png" if preset == presets[0] else f"{s.name}-{preset}.png"
             png = plot_suite(s, by_preset[preset], preset, out_dir / plot_name)
             if png is not None:

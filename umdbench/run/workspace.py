@@ -17,6 +17,7 @@ Layout::
         cell.lock                    held while a process evaluates and stores the cell
     image_cache/                     decoded, resized images shared by every stage
     results.sqlite                   one row per finished cell, and suite membership
+    reference-points.json            no-image baselines per dataset split (`umdbench baselines --work-dir`)
 
 Nothing else in umdbench spells these names: other modules ask a :class:`Workspace`.
 """
@@ -38,6 +39,7 @@ __all__ = ["Workspace"]
 
 WEIGHTS_FILE = "model.safetensors"
 PREDICTIONS_FILE = "predictions.npz"
+REFERENCE_POINTS_FILE = "reference-points.json"
 STAGE_LOCK_FILE = "stage.lock"
 CELL_LOCK_FILE = "cell.lock"
 
@@ -178,6 +180,11 @@ class Workspace:
             "config": run.config, "config_hash": run.hash,
             "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
         return run_dir
+
+    @property
+    def reference_points_path(self) -> Path:
+        """The no-image baselines of the datasets evaluated here (:mod:`umdbench.results.baselines`)."""
+        return self.work_dir / REFERENCE_POINTS_FILE
 
     def predictions_path(self, cell_key: str) -> Path:
         return self.run_dir(cell_key) / PREDICTIONS_FILE
