@@ -52,3 +52,31 @@ def test_cli_baselines_kept_under_the_fingerprint_a_run_records(tmp_path, capsys
     assert list(kept) == [reference_key("medsynth", "test", row["data_fingerprint"])]
     points = kept[reference_key("medsynth", "test", row["data_fingerprint"])]
     assert {name: round(v["overall"], 2) for name, v in points.items()} == printed
+
+
+def test_cli_baselines_of_a_whole_work_dir(tmp_path, capsys):
+    """Without DATASET, `baselines --work-dir` covers each VQA split the store's rows were evaluated
+    on, read with the rows' own dataset options, and skips what it has kept already."""
+    import json
+
+    from umdbench.results.baselines import question_only_baseline
+    from umdbench.results.store import ResultsStore
+    from umdbench.plugin import get_registries
+    from umdbench.run.workspace import Workspace
+
+    work = tmp_path / "wd"
+    opts = ["n_train=300", "n_test=120", "n_val=20"]
+    assert main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work),
+                 "--cfg-options", "tune.0.train.max_iters=2", "data.num_workers=0",
+                 *[f"dataset.options.{o}" for o in opts]]) == 0
+    capsys.readouterr()
+    assert main(["baselines", "--work-dir", str(work)]) == 0
+    kept = json.loads(Workspace(work).reference_points_path.read_text())
+    row = ResultsStore(Workspace(work).store_path).rows()[0]
+    (key, points), = kept.items()
+    assert key == f"medsynth|test|{row['data_fingerprint']}"
+    data = get_registries().dataset.get("medsynth")(root=None, n_train=300, n_test=120, n_val=20)
+    assert points["question only"] == question_only_baseline(data.records("train"), data.records("test"))
+    assert main(["baselines", "--work-dir", str(work)]) == 0
+    assert "medsynth test: kept already" in capsys.readouterr().out
+    assert main(["baselines"]) == 2  # neither a dataset nor a work dir: the one-line error, exit 2

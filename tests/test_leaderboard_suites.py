@@ -133,4 +133,4 @@ def test_reference_points_are_printed_under_their_split(store, tmp_path):
     # row 1 (mean overall 67.0), row 2 (50.0) and row 8 (72.0) against 52.77: only row 2 is below
     assert "Rows whose mean overall is below question-only: 2 MR-Pretrain, 5 TD-Calib+GM-Coord." in md
     write_leaderboards(store, tmp_path / "b", suite="table4")  # none stored: the command that adds them
-    assert "`umdbench baselines vqa-rad --work-dir WORK_DIR`" in (tmp_path / "b" / "table4.md").read_text()
+    assert "`umdbench baselines --work-dir WORK_DIR`" in (tmp_path / "b" / "table4.md").read_text()

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--suite", metavar="NAME", help="only this suite")
 
     base = sub.add_parser("baselines", parents=[common], help="majority-answer and question-only accuracy of a VQA dataset")
-    base.add_argument("dataset", metavar="DATASET")
+    base.add_argument("dataset", metavar="DATASET", nargs="?",
+                      help="a VQA dataset; omitted with --work-dir: every VQA dataset split evaluated there")
     base.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
     base.add_argument("--split", default="test")
     base.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100")
@@ -191,13 +192,14 @@ def cmd_baselines(args) -> int:
     from umdbench.util import dataset_root
 
     registries = get_registries(tuple(args.plugin_path))
+    if args.dataset is None:
+        return _baselines_of_store(args, registries)
     cls = registries.dataset.get(args.dataset)
     if cls.task != "vqa":
         raise UmdbenchError(f"baselines are defined for VQA datasets; {args.dataset!r} is a {cls.task} dataset.")
     options = dataset_options(args.cfg_options, "--cfg-options", cls, args.dataset)
     dataset = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "skip", options)
-    train, test = dataset.records("train"), dataset.records(args.split)
-    points = reference_points(train, test)
+    points = reference_points(dataset.records("train"), dataset.records(args.split))
     for name, result in points.items():
         print(f"{args.dataset} {args.split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
     if args.work_dir:
@@ -206,6 +208,44 @@ def cmd_baselines(args) -> int:
         path = Workspace(args.work_dir).reference_points_path
         store_reference_points(path, reference_key(args.dataset, args.split, dataset.fingerprint()), points)
         print(f"kept in {path}")
+    return 0
+
+
+def _baselines_of_store(args, registries) -> int:
+    """``umdbench baselines --work-dir DIR``: the reference points of every VQA split the store's
+    rows were evaluated on, each read with the row's own dataset root and options."""
+    from umdbench.results.baselines import load_reference_points, reference_key, reference_points, store_reference_points
+    from umdbench.results.store import ResultsStore
+    from umdbench.run.workspace import Workspace
+
+    if not args.work_dir:
+        raise UmdbenchError("umdbench baselines needs a DATASET, or --work-dir DIR to cover every VQA dataset "
+                            "evaluated there.")
+    ws = Workspace(args.work_dir)
+    if not ws.store_path.is_file():
+        raise UmdbenchError(f"no results store at {ws.store_path}: name a DATASET, or pass the work dir of a sweep.")
+    kept = load_reference_points(ws.reference_points_path)
+    splits: dict[str, tuple[str, dict, str]] = {}
+    for row in ResultsStore(ws.store_path).rows():
+        data = (row.get("config") or {}).get("dataset") or {}
+        split = ((row.get("config") or {}).get("eval") or {}).get("split", "test")
+        if "closed" in row["metrics"]:  # VQA rows
+            splits.setdefault(reference_key(row["dataset"], split, str(row.get("data_fingerprint"))),
+                              (row["dataset"], data, split))
+    for key, (name, data, split) in sorted(splits.items()):
+        if key in kept:
+            print(f"{name} {split}: kept already")
+            continue
+        cls = registries.dataset.get(data.get("type", name))
+        dataset = cls(root=data.get("root"), on_error="skip", **(data.get("options") or {}))
+        if reference_key(name, split, dataset.fingerprint()) != key:
+            print(f"{name} {split}: skipped, the data at {data.get('root')} changed since its rows were stored")
+            continue
+        points = reference_points(dataset.records("train"), dataset.records(split))
+        store_reference_points(ws.reference_points_path, key, points)
+        for label, result in points.items():
+            print(f"{name} {split} {label:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    print(f"kept in {ws.reference_points_path}")
     return 0
 
 

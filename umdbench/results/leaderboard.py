@@ -344,8 +344,8 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
                             str(r.get("data_fingerprint"))) for r in rows}
     found = [points[k] for k in sorted(splits) if k in points]
     if len(splits) != 1 or not found:
-        return (f"\n<sub>no-image reference points: `umdbench baselines {dataset} --work-dir WORK_DIR` (same "
-                f"--data-root as the runs) adds the question-only and majority-answer accuracy of this split here.</sub>\n")
+        return ("\n<sub>no-image reference points: `umdbench baselines --work-dir WORK_DIR` (the work dir of "
+                "these runs) adds the question-only and majority-answer accuracy of this split here.</sub>\n")
     point = found[0]
 
     def text(name: str) -> str:
