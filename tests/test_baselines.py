@@ -80,3 +80,11 @@ def test_cli_baselines_of_a_whole_work_dir(tmp_path, capsys):
     assert main(["baselines", "--work-dir", str(work)]) == 0
     assert "medsynth test: kept already" in capsys.readouterr().out
     assert main(["baselines"]) == 2  # neither a dataset nor a work dir: the one-line error, exit 2
+    # a row whose data is not on this machine is skipped with its reason; the others are kept
+    ghost = dict(row, cell_key="ghost", dataset="vqa-rad", data_fingerprint="gone",
+                 config={"dataset": {"type": "vqa-rad", "root": str(tmp_path / "absent"), "options": {}}})
+    ResultsStore(Workspace(work).store_path).add(ghost)
+    capsys.readouterr()
+    assert main(["baselines", "--work-dir", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "vqa-rad test: skipped, its data cannot be read here" in out and "medsynth test: kept already" in out

@@ -169,10 +169,9 @@ def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
     from umdbench.results.leaderboard import write_leaderboards
+    from umdbench.results.baselines import load_reference_points
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
-
-    from umdbench.results.baselines import load_reference_points
 
     store_path = Path(args.store) if args.store else Workspace(args.work_dir).store_path
     if not store_path.is_file():
@@ -236,12 +235,18 @@ def _baselines_of_store(args, registries) -> int:
         if key in kept:
             print(f"{name} {split}: kept already")
             continue
-        cls = registries.dataset.get(data.get("type", name))
-        dataset = cls(root=data.get("root"), on_error="skip", **(data.get("options") or {}))
-        if reference_key(name, split, dataset.fingerprint()) != key:
+        try:
+            cls = registries.dataset.get(data.get("type", name))
+            dataset = cls(root=data.get("root"), on_error="skip", **(data.get("options") or {}))
+            fingerprint = dataset.fingerprint()
+            train, test = (dataset.records("train"), dataset.records(split)) if key.endswith(fingerprint) else ([], [])
+        except (UmdbenchError, OSError, ValueError) as exc:  # one unreadable dataset does not stop the others
+            print(f"{name} {split}: skipped, its data cannot be read here ({exc})")
+            continue
+        if reference_key(name, split, fingerprint) != key:
             print(f"{name} {split}: skipped, the data at {data.get('root')} changed since its rows were stored")
             continue
-        points = reference_points(dataset.records("train"), dataset.records(split))
+        points = reference_points(train, test)
         store_reference_points(ws.reference_points_path, key, points)
         for label, result in points.items():
             print(f"{name} {split} {label:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
