@@ -199,8 +199,7 @@ def cmd_baselines(args) -> int:
     options = dataset_options(args.cfg_options, "--cfg-options", cls, args.dataset)
     dataset = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "skip", options)
     points = reference_points(dataset.records("train"), dataset.records(args.split))
-    for name, result in points.items():
-        print(f"{args.dataset} {args.split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    _print_reference_points(args.dataset, args.split, points)
     if args.work_dir:
         from umdbench.run.workspace import Workspace
 
@@ -210,10 +209,17 @@ def cmd_baselines(args) -> int:
     return 0
 
 
+def _print_reference_points(dataset: str, split: str, points: dict) -> None:
+    for name, result in points.items():
+        print(f"{dataset} {split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+
+
 def _baselines_of_store(args, registries) -> int:
     """``umdbench baselines --work-dir DIR``: the reference points of every VQA split the store's
     rows were evaluated on, each read with the row's own dataset root and options."""
-    from umdbench.results.baselines import load_reference_points, reference_key, reference_points, store_reference_points
+    from umdbench.cli.data import build_dataset
+    from umdbench.results.baselines import (load_reference_points, reference_key, reference_points, row_reference_key,
+                                            store_reference_points)
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
 
@@ -226,30 +232,27 @@ def _baselines_of_store(args, registries) -> int:
     kept = load_reference_points(ws.reference_points_path)
     splits: dict[str, tuple[str, dict, str]] = {}
     for row in ResultsStore(ws.store_path).rows():
-        data = (row.get("config") or {}).get("dataset") or {}
-        split = ((row.get("config") or {}).get("eval") or {}).get("split", "test")
         if "closed" in row["metrics"]:  # VQA rows
-            splits.setdefault(reference_key(row["dataset"], split, str(row.get("data_fingerprint"))),
-                              (row["dataset"], data, split))
+            config = row.get("config") or {}
+            splits.setdefault(row_reference_key(row), (row["dataset"], config.get("dataset") or {},
+                                                       (config.get("eval") or {}).get("split", "test")))
     for key, (name, data, split) in sorted(splits.items()):
         if key in kept:
             print(f"{name} {split}: kept already")
             continue
         try:
-            cls = registries.dataset.get(data.get("type", name))
-            dataset = cls(root=data.get("root"), on_error="skip", **(data.get("options") or {}))
-            fingerprint = dataset.fingerprint()
-            train, test = (dataset.records("train"), dataset.records(split)) if key.endswith(fingerprint) else ([], [])
+            dataset = build_dataset(registries.dataset.get(data.get("type", name)), name, data.get("root"), "skip",
+                                    data.get("options") or {})
+            if reference_key(name, split, dataset.fingerprint()) != key:
+                print(f"{name} {split}: skipped, the data at {data.get('root')} changed since its rows were stored")
+                continue
+            train, test = dataset.records("train"), dataset.records(split)
         except (UmdbenchError, OSError, ValueError) as exc:  # one unreadable dataset does not stop the others
             print(f"{name} {split}: skipped, its data cannot be read here ({exc})")
             continue
-        if reference_key(name, split, fingerprint) != key:
-            print(f"{name} {split}: skipped, the data at {data.get('root')} changed since its rows were stored")
-            continue
         points = reference_points(train, test)
         store_reference_points(ws.reference_points_path, key, points)
-        for label, result in points.items():
-            print(f"{name} {split} {label:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+        _print_reference_points(name, split, points)
     print(f"kept in {ws.reference_points_path}")
     return 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from umdbench.util import atomic_write_json
 
 __all__ = ["majority_baseline", "question_only_baseline", "reference_key", "reference_points", "load_reference_points",
-           "store_reference_points"]
+           "row_reference_key", "store_reference_points"]
 
 TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -84,6 +84,12 @@ def reference_points(train: list, test: list) -> dict[str, dict[str, float]]:
 def reference_key(dataset: str, split: str, fingerprint: str) -> str:
     """What a stored reference point belongs to: the same dataset, split and data as a row."""
     return f"{dataset}|{split}|{fingerprint}"
+
+
+def row_reference_key(row: dict) -> str:
+    """The :func:`reference_key` of the split and data a stored row was evaluated on."""
+    split = ((row.get("config") or {}).get("eval") or {}).get("split", "test")
+    return reference_key(row["dataset"], split, str(row.get("data_fingerprint")))
 
 
 def load_reference_points(path: Path) -> dict[str, dict]:

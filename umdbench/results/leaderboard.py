@@ -24,7 +24,7 @@ from tabulate import tabulate
 from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
 from umdbench.results import intervals
-from umdbench.results.baselines import reference_key
+from umdbench.results.baselines import row_reference_key
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
 from umdbench.results.predictions import seed_matrix
 from umdbench.util import atomic_write_bytes, atomic_write_text
@@ -340,13 +340,11 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
     rows = [r for n in names for r in results.rows.get((n, dataset), [])]
     if not rows or "closed" not in rows[0]["metrics"]:
         return ""  # baselines are defined for VQA only
-    splits = {reference_key(dataset, ((r.get("config") or {}).get("eval") or {}).get("split", "test"),
-                            str(r.get("data_fingerprint"))) for r in rows}
-    found = [points[k] for k in sorted(splits) if k in points]
-    if len(splits) != 1 or not found:
+    splits = {row_reference_key(r) for r in rows}
+    if len(splits) != 1 or (key := splits.pop()) not in points:
         return ("\n<sub>no-image reference points: `umdbench baselines --work-dir WORK_DIR` (the work dir of "
                 "these runs) adds the question-only and majority-answer accuracy of this split here.</sub>\n")
-    point = found[0]
+    point = points[key]
 
     def text(name: str) -> str:
         acc = point[name]
