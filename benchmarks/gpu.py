@@ -33,7 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA) | false")
     ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the hot blocks")
-    ap.add_argument("--cells", default="direct,tdcalib,gmcoord", help="tuning strategies to project (VQA-RAD)")
+    ap.add_argument("--cells", default="direct,tdcalib,gmcoord",
+                    help="further strategies to measure (pre-training or tuning; tuning ones on VQA-RAD)")
+    ap.add_argument("--out", help="also append each result to this JSON-lines file as soon as it is measured")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu needs a CUDA GPU")
@@ -68,11 +70,17 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
         return out
 
-    results = [measure(args.strategy, args.batch, args.steps)]
+    def record(r: dict) -> dict:
+        # one line per strategy, written at once, so a run stopped by its time limit keeps what it measured
+        print(json.dumps(r), flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(r) + "\n")
+        return r
+
+    results = [record(measure(args.strategy, args.batch, args.steps))]
     for name in [c for c in args.cells.split(",") if c and c != args.strategy]:
-        results.append(measure(name, min(args.batch, 64), max(5, args.steps // 2)))
-    for r in results:
-        print(json.dumps(r))
+        results.append(record(measure(name, min(args.batch, 64), max(5, args.steps // 2))))
     cell = sum(r["projected_stage_h"] for r in results if r["strategy"] in ("mr", "tdcalib", "gmcoord"))
     print(f"projected UMD Table 1 cell (MR-Pretrain + TD-Calib + GM-Coord on VQA-RAD): {cell:.1f} h")
     return 0
