@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.2"
+CONTRACT_VERSION = "1.3"
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -379,6 +379,7 @@ TRAIN_DEFAULTS = {
     "step_in_backward": "auto",
     "keep_checkpoints": 1,  # resumable checkpoints kept once the stage's artifact is written
     "label_fraction": 1.0,  # share of the labelled training split a tuning stage trains on
+    "accumulative_counts": 1,  # micro-batches per optimiser step (gradient accumulation)
 }
 
 
@@ -413,4 +414,8 @@ TRAIN_KEYS = {
     "keep_checkpoints": "resumable checkpoints a finished stage keeps (newest first; 0 = none); not in the stage key",
     "label_fraction": "tuning stages: train on this share (0, 1] of the training split's records, drawn once per "
                       "seed; smaller fractions are subsets of larger ones (label-efficiency studies)",
+    "accumulative_counts": "N > 1: each optimiser step sums the gradients of N micro-batches of batch_size / N "
+                           "(a batch too large for one device's memory); max_iters, the schedule and the "
+                           "intervals still count optimiser steps. In-batch negatives (ITM, contrastive) then come "
+                           "from each micro-batch: recorded as a deviation",
 }

@@ -202,6 +202,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     resolve_precision(config)
     check_tracking(config)
     check_stage_configs(config, registries)
+    deviations += check_accumulation(config)
     with registries.encoder.guard(encoder_name, "checking its weights"):
         encoder_deviations = [f"model ({encoder_name}): {d}" for d in encoder_cls.deviations(config["model"])]
     config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
@@ -240,6 +241,29 @@ def check_tracking(config: dict) -> None:
         if importlib.util.find_spec(TRACKING_BACKENDS[name][1]) is None:
             raise ConfigError(f"tracking.backends lists {name!r} but its package {TRACKING_BACKENDS[name][1]!r} is not "
                               f"installed; fix: {TRACKING_BACKENDS[name][2]}, or leave {name!r} out.")
+
+
+def check_accumulation(config: dict) -> list[str]:
+    """``train.accumulative_counts`` of each stage: a whole number >= 1 that divides the batch.
+    Returns the deviation each accumulating stage records: its in-batch negatives (ITM pairs,
+    contrastive logits) are drawn from a micro-batch, not from the paper's whole batch."""
+    found = []
+    for label, stage in [("pretrain", config["pretrain"]), *((f"tune.{i}", s) for i, s in enumerate(config["tune"]))]:
+        if not stage:
+            continue
+        train = stage.get("train") or {}
+        accum, batch = train.get("accumulative_counts", 1), train.get("batch_size")
+        if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+            raise ConfigError(f"{label}.train.accumulative_counts must be a whole number >= 1, got {accum!r}; "
+                              f"e.g. --cfg-options {label}.train.accumulative_counts=2.")
+        if accum == 1:
+            continue
+        if not isinstance(batch, int) or batch % accum:
+            raise ConfigError(f"{label}.train.batch_size {batch!r} does not split into {accum} micro-batches "
+                              f"({label}.train.accumulative_counts); make the batch a multiple of {accum}.")
+        found.append(f"{label} {stage['type']}: batch {batch} accumulated over {accum} micro-batches of "
+                     f"{batch // accum}; in-batch negatives and batch statistics come from each micro-batch")
+    return found
 
 
 # the supervised stage appended to a chain that ends unsupervised: the paper's plain fine-tuning

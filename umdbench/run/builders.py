@@ -291,7 +291,13 @@ def build_optim_wrapper(strategy, train: dict):
 
     if wants_step_in_backward(strategy, train, amp):
         wrapper = step_in_backward_class(wrapper)
-    return wrapper(optimizer, clip_grad=clip_grad)
+    return wrapper(optimizer, clip_grad=clip_grad, accumulative_counts=accumulation(train))
+
+
+def accumulation(train: dict) -> int:
+    """Micro-batches per optimiser step (``train.accumulative_counts``; checked when the run is
+    planned, :func:`umdbench.plan.config.check_accumulation`)."""
+    return int(train.get("accumulative_counts", 1) or 1)
 
 
 def compile_strategy(strategy, train: dict) -> bool:
@@ -308,8 +314,11 @@ def compile_strategy(strategy, train: dict) -> bool:
 
 
 def lr_schedule(train: dict) -> list[dict]:
-    total = int(train["max_iters"])
-    warm = int(round(float(train.get("warmup_ratio", 0.1)) * total))
+    """Warm-up then decay, in loop iterations: with gradient accumulation a loop iteration is one
+    micro-batch, so the bounds are optimiser steps x ``accumulative_counts``."""
+    accum = accumulation(train)
+    total = int(train["max_iters"]) * accum
+    warm = int(round(float(train.get("warmup_ratio", 0.1)) * int(train["max_iters"]))) * accum
     schedule = []
     if warm > 0:
         schedule.append({"type": "LinearLR", "start_factor": 1e-3, "end_factor": 1.0, "by_epoch": False,
@@ -387,7 +396,8 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         work_dir=str(work_dir),
         experiment_name=f"{stage.dirname}",
         randomness={"seed": run.config["seed"]},
-        default_hooks={"logger": {"type": "LoggerHook", "interval": int(stage.cfg.get("train", {}).get("log_interval", 10)),
+        default_hooks={"logger": {"type": "LoggerHook", "interval": int(stage.cfg.get("train", {}).get("log_interval", 10))
+                                  * accumulation(stage.cfg.get("train", {})),
                                   "log_metric_by_epoch": False},
                        "checkpoint": None, "timer": {"type": "IterTimerHook"}},
         custom_hooks=[ProgressHook(stage.title), PluginLogHook()],

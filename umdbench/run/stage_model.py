@@ -61,7 +61,8 @@ class StageModel(BaseModel):
             data = self.data_preprocessor(data, True)
             losses = self(**data, mode="loss")
         parsed, log_vars = self.parse_losses(losses)
-        optim_wrapper.backward(parsed)
+        # 1 / micro-batches per step (1 without gradient accumulation), as OptimWrapper.update_params
+        optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
         if optim_wrapper.should_update():
             for key, value in self.strategy.modulate_gradients().items():
                 log_vars[key] = torch.as_tensor(float(value))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 
 from umdbench.api import TuneStrategy
-from umdbench.errors import UmdbenchError
+from umdbench.errors import ConfigError, UmdbenchError
 from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage, metric_name
-from umdbench.run.builders import (RunContext, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
+from umdbench.run.builders import (RunContext, accumulation, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
                                    compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
                                    load_for_evaluation, lr_schedule, make_runner, stage_records)
 
@@ -64,22 +64,28 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     if rank == 0:
         ws.write_stage_inputs(stage)
     train = stage.cfg["train"]
-    batch_size = max(1, int(train["batch_size"]) // world)  # the stage's batch is global across ranks
+    accum = accumulation(train)
+    if int(train["batch_size"]) % (world * accum):
+        raise ConfigError(f"{stage.title}: batch_size {train['batch_size']} does not split into {world} process(es) "
+                            f"x {accum} micro-batches; make it a multiple of {world * accum}.")
+    # the stage's batch is global across ranks and micro-batches; one loop iteration is one micro-batch
+    batch_size = max(1, int(train["batch_size"]) // (world * accum))
     train_dir = ws.train_dir(stage)
     checkpoint = ws.resume_checkpoint(stage)  # relative to this train dir, wherever the work dir now is
     resume = checkpoint is not None
+    micro = f" ({accum} micro-batches of {batch_size})" if accum > 1 else ""
     echo(f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
-         f"{train['batch_size']} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})")
+         f"{train['batch_size']}{micro} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})")
     started = time.time()
     strategy = build_strategy(stage, run, ctx)
     compile_strategy(strategy, train)
     dataset, spec = build_dataset(stage, run, ctx, stage.data["split"], training=True)
     install_safe_loader()
-    interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4)))
+    interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4))) * accum
     runner = make_runner(
         stage, run, ctx, StageModel(strategy, spec), train_dir,
         train_dataloader=dataloader_cfg(dataset, spec, batch_size, run, train=True),
-        train_cfg={"type": "IterBasedTrainLoop", "max_iters": int(train["max_iters"]), "val_interval": 10**9},
+        train_cfg={"type": "IterBasedTrainLoop", "max_iters": int(train["max_iters"]) * accum, "val_interval": 10**9},
         optim_wrapper=build_optim_wrapper(strategy, train),
         param_scheduler=lr_schedule(train),
         resume=resume,
