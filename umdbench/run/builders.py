@@ -376,11 +376,12 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
             return logger
 
         def _log_env(self, env_cfg):  # mmengine's collects compiler/CUDA details: slow and noisy
-            precision = "bf16 autocast" if use_amp(stage.cfg.get("train", {})) else "fp32"
+            precision = "bf16 autocast" if use_amp(train) else "fp32"
             self.logger.info(f"umdbench stage {stage.dirname}; device {device_description()}; {precision}; "
                              f"seed {self._seed}")
 
     plugin_logs = PluginLogs.route(ctx.registries)
+    train = stage.cfg.get("train", {})
 
     class PluginLogHook(Hook):
         priority = "VERY_HIGH"
@@ -396,8 +397,7 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         work_dir=str(work_dir),
         experiment_name=f"{stage.dirname}",
         randomness={"seed": run.config["seed"]},
-        default_hooks={"logger": {"type": "LoggerHook", "interval": int(stage.cfg.get("train", {}).get("log_interval", 10))
-                                  * accumulation(stage.cfg.get("train", {})),
+        default_hooks={"logger": {"type": "LoggerHook", "interval": int(train.get("log_interval", 10)) * accumulation(train),
                                   "log_metric_by_epoch": False},
                        "checkpoint": None, "timer": {"type": "IterTimerHook"}},
         custom_hooks=[ProgressHook(stage.title), PluginLogHook()],

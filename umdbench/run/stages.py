@@ -65,9 +65,9 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         ws.write_stage_inputs(stage)
     train = stage.cfg["train"]
     accum = accumulation(train)
-    if int(train["batch_size"]) % (world * accum):
+    if accum > 1 and int(train["batch_size"]) % (world * accum):  # planning checked accum alone; ranks show here
         raise ConfigError(f"{stage.title}: batch_size {train['batch_size']} does not split into {world} process(es) "
-                            f"x {accum} micro-batches; make it a multiple of {world * accum}.")
+                          f"x {accum} micro-batches; make it a multiple of {world * accum}.")
     # the stage's batch is global across ranks and micro-batches; one loop iteration is one micro-batch
     batch_size = max(1, int(train["batch_size"]) // (world * accum))
     train_dir = ws.train_dir(stage)
