@@ -134,3 +134,21 @@ def test_reference_points_are_printed_under_their_split(store, tmp_path):
     assert "Rows whose mean overall is below question-only: 2 MR-Pretrain, 5 TD-Calib+GM-Coord." in md
     write_leaderboards(store, tmp_path / "b", suite="table4")  # none stored: the command that adds them
     assert "`umdbench baselines --work-dir WORK_DIR`" in (tmp_path / "b" / "table4.md").read_text()
+
+
+def test_a_metric_undefined_on_a_split_is_dropped_not_averaged(tmp_path):
+    # VQA-Med-2019 has no closed question: its runs report closed = NaN, which statistics.stdev cannot
+    # take (it raised AttributeError on the real sweep); the column goes and a note says why.
+    get_registries(reload=True)
+    s = ResultsStore(tmp_path / "results.sqlite")
+    for seed, acc in enumerate((40.0, 44.0)):
+        s.add(_row("table4", "1 none", "vqa-med-2019", seed, {"open": acc, "closed": float("nan"), "overall": acc},
+                   pretrain="none"))
+    s.add(_row("table4", "1 none", "vqa-rad", 0, {"open": 30.0, "closed": 60.0, "overall": 50.0}, pretrain="none"))
+    write_leaderboards(s, tmp_path / "out", suite="table4")
+    md = (tmp_path / "out" / "table4.md").read_text()
+    med = md.split("## vqa-med-2019")[1].split("\n## ")[0]
+    assert "42.00 ± 2.83" in med and "nan" not in med.lower()
+    assert "| closed" not in med and "not shown: closed" in med
+    rad = md.split("## vqa-rad")[1].split("\n## ")[0]
+    assert "| closed" in rad and "60.00" in rad

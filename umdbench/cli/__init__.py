@@ -211,7 +211,7 @@ def cmd_baselines(args) -> int:
 
 def _print_reference_points(dataset: str, split: str, points: dict) -> None:
     for name, result in points.items():
-        print(f"{dataset} {split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items()))
+        print(f"{dataset} {split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items() if v == v))  # NaN: no question of that type
 
 
 def _baselines_of_store(args, registries) -> int:

@@ -13,6 +13,7 @@ Import-light: no torch and no plugin module; suite specs come from the registrie
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -152,11 +153,21 @@ class SuiteResults:
         return intervals.compare(row, ref)
 
     def metric(self, cell_name: str, dataset: str, metric: str) -> tuple[float, float | None, int] | None:
-        values = [r["metrics"][metric] for r in self.rows.get((cell_name, dataset), []) if metric in r["metrics"]]
+        # NaN means the metric is undefined for this split (e.g. "closed" on VQA-Med-2019, whose
+        # questions are all open), not a score: such a cell shows as missing, never as a mean of NaN.
+        values = [v for r in self.rows.get((cell_name, dataset), [])
+                  if isinstance(v := r["metrics"].get(metric), (int, float)) and math.isfinite(v)]
         if not values:
             return None
         mean, std = _stats(values)
         return mean, std, len(values)
+
+    def undefined(self, dataset: str, metric: str) -> bool:
+        """True when runs on ``dataset`` report ``metric`` but never a number (NaN: the split has no
+        example of that kind, e.g. no closed question in VQA-Med-2019)."""
+        reported = [r["metrics"][metric] for (_, d), rows in self.rows.items() if d == dataset
+                    for r in rows if metric in r["metrics"]]
+        return bool(reported) and not any(isinstance(v, (int, float)) and math.isfinite(v) for v in reported)
 
     def all_rows(self) -> list[dict]:
         return [r for rows in self.rows.values() for r in rows]
@@ -198,7 +209,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
     grid_rows = {p.cell_name: p.row for p in suite.grid()}
     used_paper_rows = {grid_rows[n].paper_row for n in names if suite.vary_key is None}
     all_rows = results.all_rows()
-    metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
+    suite_metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
     out = [f"# {suite.title}\n\n",
            f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent) [95 % interval over "
            f"seeds and test examples], from `umdbench sweep --suite {suite.name}`; * = differs from the reference "
@@ -211,6 +222,8 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
     footnotes: list[str] = []
     reference = suite.reference_cell
     for dataset in suite.datasets:
+        undefined = [m for m in suite_metrics if results.undefined(dataset, m)]
+        metrics = [m for m in suite_metrics if m not in undefined]
         paper_cols = [m for m in metrics if paper is not None and (dataset, m) in paper.columns]
         headers = ["method"]
         for m in metrics:
@@ -292,6 +305,9 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                        if results.status.get((n, dataset), ("",))[0] == "data unavailable"}
         for reason in sorted(r for r in unavailable if r):
             out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
+        if undefined:
+            out.append(f"\n<sub>not shown: {', '.join(undefined)}; every run on {dataset} reports it undefined "
+                       f"(the evaluated split has no example of that kind).</sub>\n")
         for deviation in _deviations(results, names, dataset, own=True):
             out.append(f"\n<sub>deviation: {deviation}</sub>\n")
     if any(r.inferred for r in suite.rows):
@@ -348,8 +364,8 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
 
     def text(name: str) -> str:
         acc = point[name]
-        rest = ", ".join(f"{m} {acc[m]:.2f}" for m in ("open", "closed") if m in acc)
-        return f"{name} {acc['overall']:.2f} overall ({rest})"
+        rest = ", ".join(f"{m} {acc[m]:.2f}" for m in ("open", "closed") if math.isfinite(acc.get(m, math.nan)))
+        return f"{name} {acc['overall']:.2f} overall" + (f" ({rest})" if rest else "")
 
     q_only = point["question only"]["overall"]
     below = [n for n in names if (v := results.metric(n, dataset, "overall")) and v[0] < q_only]
