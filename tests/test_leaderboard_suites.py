@@ -86,6 +86,10 @@ def test_reported_only_rows_and_index(store, tmp_path):
     assert (out / "fig5.png").is_file()
     fig5 = (out / "fig5.md").read_text()
     assert "UMD alpha=0.5" in fig5 and "**45.00**" in fig5 and "plot only" in fig5
+    # boards of another preset rendered into a sub-folder are indexed one level up
+    write_leaderboards(store, out / "other", suite="table4")
+    write_leaderboards(store, out, suite="fig5")
+    assert "- [other/](other/README.md): table4.md" in (out / "README.md").read_text()
 
 
 def test_explicit_suite_without_results_still_shows_paper(store, tmp_path):
