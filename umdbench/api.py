@@ -369,8 +369,8 @@ TRAIN_DEFAULTS = {
     "warmup_ratio": 0.1,
     "schedule": "linear",
     "grad_clip": None,
-    # fp32 unless a preset opts in: small (tiny) runs stay bit-reproducible; the paper presets set
-    # "auto" = bf16 autocast where it is native (CUDA, CPUs with AVX-512 BF16 / AMX)
+    # fp32 unless a preset opts in: tiny runs (tests) stay bit-reproducible; the small and paper presets
+    # set "auto" = bf16 autocast where it is native (CUDA, CPUs with AVX-512 BF16 / AMX)
     "amp": False,
     "fused": "auto",  # fused AdamW kernel (CUDA and CPU); False = foreach / per-tensor loop
     "foreach": "auto",  # only when fused is False: multi-tensor AdamW; False = per-tensor loop

@@ -55,7 +55,7 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
             **copy.deepcopy(_COMMON), "decoder": {"dim": 128, "depth": 2, "heads": 4}, "fea_dim": 128,
             "train": {**copy.deepcopy(_TRAIN_PAPER), "max_iters": 150, "batch_size": 32, "lr": 1e-4,
                       "lr_mult": {"encoder": 1.0, "fusion": 2.0, "head": 5.0}, "checkpoint_interval": 50,
-                      "log_interval": 20, "grad_clip": 1.0, "amp": False},
+                      "log_interval": 20, "grad_clip": 1.0, "amp": "auto"},
         },
         "paper": {
             **copy.deepcopy(_COMMON), "decoder": {"dim": 384, "depth": 4, "heads": 6}, "fea_dim": 384,

@@ -38,7 +38,8 @@ def iters_for(dataset: str, batch_size: int, epochs: int) -> int:
 
 
 # Training hyper-parameters of pre-training stages (the `train` dict of a strategy preset).
-# paper presets train in bf16 where it is native (amp "auto"); tiny ones in fp32 (bit-reproducible).
+# paper and small presets train in bf16 autocast where it is native (amp "auto", resolved at plan time
+# into the stage key, so a bf16 result is never reused where fp32 ran); tiny ones in fp32.
 # paper: AdamW, lr 1e-5 for the uni-modal encoders, x5 for fusion and heads, 10 % warm-up then
 # linear decay, 100k steps at batch 256 (betas/eps/weight decay as in the released code).
 PRETRAIN_TRAIN_PAPER: dict = train_config(
@@ -51,12 +52,15 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
 )
 
 # small: a CPU run that learns. The text tower is pretrained (MiniLM-L6), so the encoder lr is a
-# fine-tuning one; the random vision tower and fusion learn under warm-up; fp32 (bit-reproducible).
+# fine-tuning one; the random vision tower and fusion learn under warm-up. bf16 autocast where native:
+# on the 2-core box it cuts a step by 26-39 % (direct 0.49 -> 0.36 s, GM-Coord 0.55 -> 0.38, TD-Calib
+# 1.07 -> 0.71, MR-Pretrain 1.86 -> 1.14, same process and load), which brings Table 4 on two datasets
+# x 3 seeds from about 4 h to under 3; VQA-RAD row 1 at seed 0 gives the same 56.32 / 41.34 as in fp32.
 # Measured (VQA-RAD, seed 0, then `direct` with mean pooling; overall / open): no pre-training 56.32 /
 # 41.34; after this recipe 49.67 / 25.70; after lr 5e-5 52.33 / 32.96. At this scale MR-Pretrain moves
 # the pretrained text tower away from what fine-tuning needs more than it teaches (results/small/NOTES.md).
 PRETRAIN_TRAIN_SMALL: dict = train_config(
-    max_iters=300, batch_size=32, lr=2e-4, checkpoint_interval=100, log_interval=20, grad_clip=1.0,
+    max_iters=300, batch_size=32, lr=2e-4, checkpoint_interval=100, log_interval=20, grad_clip=1.0, amp="auto",
 )
 
 # Fine-tuning (the M3AE downstream recipe): AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), lr 5e-6,
@@ -76,6 +80,7 @@ FINETUNE_TRAIN_TINY = train_config(
 FINETUNE_TRAIN_SMALL = train_config(
     max_iters=iters_for("vqa-rad", 32, 3), batch_size=32, lr=1e-4,
     lr_mult={"encoder": 1.0, "fusion": 2.0, "head": 10.0}, checkpoint_interval=100, log_interval=20, grad_clip=1.0,
+    amp="auto",
 )
 
 
