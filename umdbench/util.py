@@ -10,6 +10,7 @@ import ast
 import copy
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +89,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 # KEY=VALUE option flags (--cfg-options, data check --option, suite overrides)
 # ---------------------------------------------------------------------------------------------
 _WORDS = {"true": True, "false": False, "null": None}
+
+
+def is_score(value: Any) -> bool:
+    """A metric value that is a number: an int or a finite float. A stored NaN is not a score but
+    marks a metric its split leaves undefined (e.g. "closed" on a split without closed questions)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def parse_option(text: str, flag: str, form: str = "KEY=VALUE (e.g. layout=osf or n_test=100)") -> tuple[str, Any]:

@@ -210,8 +210,10 @@ def cmd_baselines(args) -> int:
 
 
 def _print_reference_points(dataset: str, split: str, points: dict) -> None:
+    from umdbench.util import is_score
+
     for name, result in points.items():
-        print(f"{dataset} {split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items() if v == v))  # NaN: no question of that type
+        print(f"{dataset} {split} {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in result.items() if is_score(v)))
 
 
 def _baselines_of_store(args, registries) -> int:

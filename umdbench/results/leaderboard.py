@@ -13,7 +13,6 @@ Import-light: no torch and no plugin module; suite specs come from the registrie
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from umdbench.results import intervals
 from umdbench.results.baselines import row_reference_key
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
 from umdbench.results.predictions import seed_matrix
-from umdbench.util import atomic_write_bytes, atomic_write_text
+from umdbench.util import atomic_write_bytes, atomic_write_text, is_score
 
 METRIC_ORDER = ("open", "closed", "overall", "accuracy", "auc", "sensitivity", "specificity",
                 "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
@@ -155,8 +154,7 @@ class SuiteResults:
     def metric(self, cell_name: str, dataset: str, metric: str) -> tuple[float, float | None, int] | None:
         # NaN means the metric is undefined for this split (e.g. "closed" on VQA-Med-2019, whose
         # questions are all open), not a score: such a cell shows as missing, never as a mean of NaN.
-        values = [v for r in self.rows.get((cell_name, dataset), [])
-                  if isinstance(v := r["metrics"].get(metric), (int, float)) and math.isfinite(v)]
+        values = [v for r in self.rows.get((cell_name, dataset), []) if is_score(v := r["metrics"].get(metric))]
         if not values:
             return None
         mean, std = _stats(values)
@@ -167,7 +165,7 @@ class SuiteResults:
         example of that kind, e.g. no closed question in VQA-Med-2019)."""
         reported = [r["metrics"][metric] for (_, d), rows in self.rows.items() if d == dataset
                     for r in rows if metric in r["metrics"]]
-        return bool(reported) and not any(isinstance(v, (int, float)) and math.isfinite(v) for v in reported)
+        return bool(reported) and not any(is_score(v) for v in reported)
 
     def all_rows(self) -> list[dict]:
         return [r for rows in self.rows.values() for r in rows]
@@ -364,7 +362,7 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
 
     def text(name: str) -> str:
         acc = point[name]
-        rest = ", ".join(f"{m} {acc[m]:.2f}" for m in ("open", "closed") if math.isfinite(acc.get(m, math.nan)))
+        rest = ", ".join(f"{m} {acc[m]:.2f}" for m in ("open", "closed") if is_score(acc.get(m)))
         return f"{name} {acc['overall']:.2f} overall" + (f" ({rest})" if rest else "")
 
     q_only = point["question only"]["overall"]
