@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default="results", metavar="DIR", help="output folder (default results)")
     board.add_argument("--suite", metavar="NAME", help="only this suite")
 
+    copy = sub.add_parser(
+        "copy-results", help="copy finished results (store rows, predictions, reference points) between work dirs",
+        description="Copy what leaderboards read from one work dir into another: store rows (rows already there "
+                    "are kept), suite membership, per-example predictions and reference points; no trained stage. "
+                    "The copy renders the same boards, and a sweep into it skips every copied cell.",
+        epilog="examples:\n  umdbench copy-results --from work_dirs/small --to results/small/store   # keep with the boards\n"
+               "  umdbench copy-results --from results/small/store --to work_dirs/small   # resume a sweep elsewhere",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    copy.add_argument("--from", dest="src", required=True, metavar="DIR", help="work dir (or results folder) to copy from")
+    copy.add_argument("--to", dest="dst", required=True, metavar="DIR", help="work dir to copy into (created if missing)")
+
     base = sub.add_parser("baselines", parents=[common], help="majority-answer and question-only accuracy of a VQA dataset")
     base.add_argument("dataset", metavar="DATASET", nargs="?",
                       help="a VQA dataset; omitted with --work-dir: every VQA dataset split evaluated there")
@@ -184,6 +195,17 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_copy_results(args) -> int:
+    from umdbench.run.workspace import Workspace
+
+    counts = Workspace(args.dst).copy_results_from(Workspace(args.src))
+    print(f"copied {counts['rows']} result rows and {counts['predictions']} predictions files from {args.src} to "
+          f"{args.dst}; {counts['kept']} rows were already there"
+          + (f"; {counts['unverified']} rows came without predictions (missing or failing their checksum in "
+             f"{args.src})" if counts["unverified"] else ""))
+    return 0
+
+
 def cmd_baselines(args) -> int:
     from umdbench.cli.data import build_dataset, dataset_options
     from umdbench.plugin import get_registries
@@ -260,7 +282,7 @@ def _baselines_of_store(args, registries) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard,
-            "baselines": cmd_baselines}
+            "baselines": cmd_baselines, "copy-results": cmd_copy_results}
 
 
 def _trains_here(args) -> bool:

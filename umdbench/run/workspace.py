@@ -227,6 +227,50 @@ class Workspace:
         path = self.result_path(row["cell_key"])
         return path if path.is_file() else self.write_result(row)
 
+    # -- copying results between work dirs ----------------------------------------------------------
+    def copy_results_from(self, src: "Workspace") -> dict[str, int]:
+        """Copy what leaderboards read from the work dir ``src`` into this one: its store rows (a row
+        already here is kept, never replaced), suite membership (``src``'s entries win), each row's
+        per-example predictions and the no-image reference points. Trained stages are not copied.
+
+        A copied folder renders the same boards as ``src`` (``umdbench leaderboard --work-dir``) and
+        a sweep into it skips every copied cell, so a sweep can go on after its machine is gone from
+        a results folder committed with the boards. Files are written before the rows that name
+        them, so a copy killed half-way leaves no row pointing at a missing file; running it again
+        finishes it. Returns counts: ``rows`` copied, ``kept`` (already here), ``predictions`` files
+        copied, ``unverified`` rows whose predictions file was missing in ``src`` or failed its checksum
+        (copied without the file: their boards show no interval, as in ``src``)."""
+        from umdbench.errors import StoreError
+        from umdbench.results.baselines import load_reference_points
+
+        if not src.store_path.is_file():
+            raise StoreError(f"{src.store_path}: no results store to copy from; fix: pass the work dir (or results "
+                             f"folder) that holds results.sqlite.")
+        if src.store_path.resolve() == self.store_path.resolve():
+            raise StoreError(f"{src.store_path}: source and destination are the same store; fix: pass another --to.")
+        counts = {"rows": 0, "kept": 0, "predictions": 0, "unverified": 0}
+        rows = src.store.rows()
+        for row in rows:
+            ref = row.get("predictions")
+            if not ref or self.store.get(row["cell_key"]) is not None:
+                continue
+            path = src.predictions_path(row["cell_key"])
+            data = path.read_bytes() if path.is_file() else None
+            if data is None or predictions_file.sha256(data) != ref.get("sha256"):
+                counts["unverified"] += 1
+                continue
+            dest = self.predictions_path(row["cell_key"])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest, data)
+            counts["predictions"] += 1
+        for row in rows:
+            counts["rows" if self.store.add(row) else "kept"] += 1
+        self.store.record_membership(src.store.membership())
+        points = load_reference_points(src.reference_points_path)
+        if points:
+            atomic_write_json(self.reference_points_path, {**load_reference_points(self.reference_points_path), **points})
+        return counts
+
     # -- locks -------------------------------------------------------------------------------------
     def stage_lock(self, stage, on_wait: Callable[[Path], None] | None = None):
         """Held while this process trains ``stage``: a second process (same work dir, this machine

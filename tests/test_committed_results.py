@@ -1,0 +1,40 @@
+"""The committed leaderboards are what their committed results say, under today's code.
+
+A results folder that keeps its runs (``results/<folder>/store/``, written by ``umdbench
+copy-results``) is copied into a temporary work dir and every board beside it is rendered again;
+the markdown and the runs file must match the committed ones (the render time aside). A board
+edited by hand, a result that lost its predictions, or a change to how boards are computed that
+was not followed by a re-render fails here."""
+from pathlib import Path
+
+import pytest
+
+from umdbench.results.baselines import load_reference_points
+from umdbench.results.leaderboard import write_suite_boards
+from umdbench.run.workspace import Workspace
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+BOARDS = sorted((store_dir, board) for store_dir in RESULTS.glob("**/store") if (store_dir / "results.sqlite").is_file()
+                for board in store_dir.parent.glob("*.md") if (store_dir.parent / f"{board.stem}-runs.jsonl").is_file())
+
+
+def _without_render_time(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("- generated "))
+
+
+@pytest.mark.parametrize("store_dir,board", BOARDS, ids=[str(b.relative_to(RESULTS)) for _, b in BOARDS])
+def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, board, tmp_path):
+    work = Workspace(tmp_path / "work")
+    counts = work.copy_results_from(Workspace(store_dir))
+    assert counts["unverified"] == 0, "a committed result lost its per-example predictions"
+    out = tmp_path / "out"
+    write_suite_boards(work.store, out, suite=board.stem, reference_points=load_reference_points(work.reference_points_path))
+    assert _without_render_time((out / board.name).read_text()) == _without_render_time(board.read_text())
+    runs = f"{board.stem}-runs.jsonl"
+    assert (out / runs).read_text() == (board.parent / runs).read_text()
+
+
+def test_every_results_folder_with_a_store_has_a_board():
+    # the parametrised test above covers boards beside a store; a store nobody renders is a mistake
+    for store_dir in RESULTS.glob("**/store"):
+        assert any(b.parent == store_dir.parent for _, b in BOARDS), f"{store_dir} has no board beside it"
