@@ -34,7 +34,8 @@ def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, boar
     assert (out / runs).read_text() == (board.parent / runs).read_text()
 
 
-def test_every_results_folder_with_a_store_has_a_board():
-    # the parametrised test above covers boards beside a store; a store nobody renders is a mistake
+def test_committed_stores_are_found_and_each_has_a_board():
+    # without this, a moved or renamed store would leave the parametrised test with nothing to check
+    assert any(b.name == "table4.md" and b.parent.name == "small" for _, b in BOARDS), BOARDS
     for store_dir in RESULTS.glob("**/store"):
         assert any(b.parent == store_dir.parent for _, b in BOARDS), f"{store_dir} has no board beside it"
