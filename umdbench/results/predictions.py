@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["decode", "encode", "load_for_row", "metric_values", "seed_matrix"]
+__all__ = ["decode", "encode", "load_for_row", "metric_values", "read_for_row", "seed_matrix"]
 
 
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
@@ -37,6 +37,13 @@ def load_for_row(row: dict, base_dir: Path) -> tuple[dict[str, np.ndarray] | Non
     """The row's per-example arrays, or ``(None, why)``: no reference (a row from an older store
     or a task without per-example labels), a missing file (a store copied without ``runs/``) or a
     checksum that does not match (the file was replaced)."""
+    data, why = read_for_row(row, base_dir)
+    return (decode(data), "") if data is not None else (None, why)
+
+
+def read_for_row(row: dict, base_dir: Path) -> tuple[bytes | None, str]:
+    """The bytes of the row's predictions file once they match the row's sha256, or ``(None, why)``
+    (see :func:`load_for_row`)."""
     ref = row.get("predictions")
     if not ref:
         return None, "no per-example predictions stored (an older store or a task without per-example labels)"
@@ -47,7 +54,7 @@ def load_for_row(row: dict, base_dir: Path) -> tuple[dict[str, np.ndarray] | Non
         return None, f"per-example predictions {path} are missing (a store copied without its runs/ folder)"
     if sha256(data) != ref.get("sha256"):
         return None, f"per-example predictions {path} do not match the checksum in the store (replaced after the run)"
-    return decode(data), ""
+    return data, ""
 
 
 # metric name -> which examples it averages `correct` over (None: every example)

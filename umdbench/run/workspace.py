@@ -254,9 +254,8 @@ class Workspace:
             ref = row.get("predictions")
             if not ref or self.store.get(row["cell_key"]) is not None:
                 continue
-            path = src.predictions_path(row["cell_key"])
-            data = path.read_bytes() if path.is_file() else None
-            if data is None or predictions_file.sha256(data) != ref.get("sha256"):
+            data, _ = predictions_file.read_for_row(row, src.store_path.parent)
+            if data is None:
                 counts["unverified"] += 1
                 continue
             dest = self.predictions_path(row["cell_key"])
