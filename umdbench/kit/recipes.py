@@ -55,9 +55,9 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
 # fine-tuning one; the random vision tower and fusion learn under warm-up. bf16 autocast where native:
 # on the 2-core box it cuts a step by 26-39 % (direct 0.49 -> 0.36 s, GM-Coord 0.55 -> 0.38, TD-Calib
 # 1.07 -> 0.71, MR-Pretrain 1.86 -> 1.14, same process and load) and a stage by about 15-30 % inside a
-# sweep; Table 4 on two datasets x 3 seeds is still about 7.4 core-hours, about 4 h of the box (stage
-# medians of the 1 Dec bf16 sweep; issue 17 asks for 3). Row 1 over 3 seeds: VQA-RAD 56.32, SLAKE
-# 65.13 overall, as in fp32.
+# sweep; Table 4 on two datasets x 3 seeds is 4.2-7.4 core-hours, about 2.2 h or 4 h of the box
+# depending on the machine (issue 17 asks for 3; results/small/NOTES.md). Row 1 over 3 seeds: VQA-RAD
+# 56.32, SLAKE 65.13 overall, as in fp32.
 # Measured (VQA-RAD, seed 0, then `direct` with mean pooling; overall / open): no pre-training 56.32 /
 # 41.34; after this recipe 49.67 / 25.70; after lr 5e-5 52.33 / 32.96. At this scale MR-Pretrain moves
 # the pretrained text tower away from what fine-tuning needs more than it teaches (results/small/NOTES.md).

@@ -54,8 +54,9 @@ ENCODER_PRESETS: dict[str, dict] = {
     # weights, bert-base-uncased vocab; the paper also starts from a pretrained text encoder);
     # the vision tower and fusion are CPU-sized and random-init (no image weights are obtainable
     # offline). Geometry of the text tower comes from the checkpoint; the values here match it.
-    # Sized for 2 CPU cores (issue 17 asked for Table 4 on two datasets x 3 seeds within 3 h; it is
-    # about 4 h even with the recipes' bf16 autocast; results/small/NOTES.md):
+    # Sized for 2 CPU cores (issue 17 asked for Table 4 on two datasets x 3 seeds within 3 h; with
+    # the recipes' bf16 autocast it is about 2.2 h on one 2-core machine, 4 h on a slower one;
+    # results/small/NOTES.md):
     # 112 px (49 patches), 24 text tokens (99 % of VQA-RAD / SLAKE questions fit in 22).
     "small": {
         "image_size": 112,
