@@ -16,7 +16,7 @@ def test_sweep_on_local_ray(tmp_path):
             "--executor", "ray", "--ray-num-cpus", "2", "--cfg-options", *TINY]
     result = umdbench(argv, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "ray: 4 training tasks and 3 evaluations submitted" in result.stdout
+    assert "ray: 4 training stages and 3 evaluations to run, 2 at a time, earliest cell first" in result.stdout
     rows = ResultsStore(work / "results.sqlite").rows(suite="mini")
     assert sorted(r["cell_name"] for r in rows) == ["1 none", "2 mr", "4 mr+gm"]
     assert all(r["seed"] == 0 and r["device"] and r["git_commit"] and "overall" in r["metrics"] for r in rows)

@@ -3,10 +3,11 @@
 * :class:`LocalExecutor` (default): one process, stages in topological order, cell by cell, each
   cell evaluated as soon as its last stage is trained. With ``nproc_per_node > 1`` every training
   stage runs as a torchrun job (DDP, :mod:`umdbench.run.distributed`).
-* :class:`RayExecutor`: every unique stage is a Ray task that waits for its parent's task;
-  independent stages run in parallel over the cluster. Workers train and evaluate; the driver
-  writes the results rows. Needs the optional extra ``pip install 'umdbench[ray]'`` and a work
-  dir (and data root) that every node sees at the same path.
+* :class:`RayExecutor`: every unique stage is a Ray task; independent stages run in parallel over
+  the cluster, submitted by the driver one free CPU at a time, earliest cell first
+  (:class:`CellFirstQueue`), so a sweep cut short leaves finished cells. Workers train and
+  evaluate; the driver writes the results rows. Needs the optional extra ``pip install
+  'umdbench[ray]'`` and a work dir (and data root) that every node sees at the same path.
 
 A failed stage does not stop the sweep: cells that need it are reported failed, the rest run on.
 """
@@ -85,19 +86,92 @@ def _worker_context(work_dir: str, plugin_paths: tuple[str, ...]) -> RunContext:
     return RunContext(Path(work_dir), get_registries(tuple(plugin_paths)))
 
 
-def _ray_train(stage, run, work_dir, plugin_paths, *parents):
-    """Ray task: train one stage (parents are the parent's task results, awaited by Ray)."""
+def _ray_error(exc: Exception) -> str:
+    """The last line of a RayTaskError (the remote exception), with its type."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def _ray_train(stage, run, work_dir, plugin_paths):
+    """Ray task: train one stage (the driver submits it once its parent is trained)."""
     train_stage(stage, run, _worker_context(work_dir, plugin_paths), "[ray]")
     return stage.key
 
 
-def _ray_eval(stage, run, work_dir, plugin_paths, *parents):
+def _ray_eval(stage, run, work_dir, plugin_paths):
     """Ray task: evaluate one cell; the driver stores the row (one writer for the store)."""
     from umdbench.results.provenance import device_description
 
     started = time.time()
     metrics = evaluate_stage(stage, run, _worker_context(work_dir, plugin_paths), "[ray]")
     return {"metrics": metrics, "device": device_description(), "eval_s": time.time() - started}
+
+
+class CellFirstQueue:
+    """The training stages a Ray sweep still has to run, handed out earliest cell first.
+
+    Ray runs ready tasks roughly in submission order, so submitting every stage up front trains all
+    the pre-trainings (which have no parents) before any fine-tuning: a sweep stopped half-way then
+    has many trained parents and few finished cells, and the parents are lost with the work dir.
+    Here the driver asks for one stage per free CPU: among the stages whose parent is trained, the
+    one needed by the earliest unfinished cell (ties: the plan's topological order).
+    """
+
+    def __init__(self, plan: SweepPlan, is_trained):
+        needed = plan.needed_stages()
+        first_cell: dict[str, int] = {}
+        for n, cell in enumerate(plan.pending):
+            for stage in cell.training:
+                first_cell.setdefault(stage.key, n)
+        self._rank = {s.key: (first_cell.get(s.key, len(first_cell)), n) for n, s in enumerate(needed)}
+        self._todo = {s.key: s for s in needed if not is_trained(s)}
+        self.running: set[str] = set()
+        self.trained: set[str] = set()  # by this sweep
+        self.failed: dict[str, str] = {}  # stage key -> error; a failed stage's descendants included
+
+    def __len__(self) -> int:
+        """Stages not yet handed out."""
+        return len(self._todo)
+
+    def is_done(self, stage) -> bool:
+        """Trained, by this sweep or before it."""
+        key = stage.key
+        return key in self.trained or (key not in self._todo and key not in self.running and key not in self.failed)
+
+    def pop(self):
+        """The next stage to train, or None while every remaining one waits for its parent."""
+        ready = [s for s in self._todo.values() if s.parent is None or self.is_done(s.parent)]
+        if not ready:
+            return None
+        stage = min(ready, key=lambda s: self._rank[s.key])
+        del self._todo[stage.key]
+        self.running.add(stage.key)
+        return stage
+
+    def finish(self, stage) -> None:
+        self.running.discard(stage.key)
+        self.trained.add(stage.key)
+
+    def fail(self, stage, error: str) -> None:
+        """Mark ``stage`` failed and drop every remaining stage below it."""
+        self.running.discard(stage.key)
+        self.failed[stage.key] = error
+        dropped = True
+        while dropped:
+            dropped = False
+            for key, s in list(self._todo.items()):
+                if s.parent is not None and s.parent.key in self.failed:
+                    self.failed[key] = f"its parent {s.parent.title} {s.parent.key[:12]} failed: {error}"
+                    del self._todo[key]
+                    dropped = True
+
+    def cell_state(self, cell) -> str | None:
+        """``"ready"`` when every training stage of ``cell`` is trained, the error of its first failed
+        stage, or None while it waits."""
+        for stage in cell.training:
+            if stage.key in self.failed:
+                return f"stage {stage.title} {stage.key[:12]} failed: {self.failed[stage.key]}"
+        return "ready" if all(self.is_done(s) for s in cell.training) else None
 
 
 class RayExecutor:
@@ -144,37 +218,53 @@ class RayExecutor:
         work_dir = str(Path(ws.work_dir).resolve())
         train_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_train)
         eval_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_eval)
-        refs: dict[str, object] = {}
-        for stage in plan.needed_stages():
-            if ws.is_trained(stage):
-                continue
-            parents = [refs[stage.parent.key]] if stage.parent is not None and stage.parent.key in refs else []
-            refs[stage.key] = train_task.remote(stage, plan.runs[stage.key], work_dir, self.plugin_paths, *parents)
-        report.stages_trained = len(refs)
-        evals: dict[object, PlannedCell] = {}
-        for cell in plan.pending:
-            last = cell.training[-1].key
-            parents = [refs[last]] if last in refs else []
-            ref = eval_task.remote(cell.eval_stage, cell.run, work_dir, self.plugin_paths, *parents)
-            evals[ref] = cell
-        echo(f"ray: {len(refs)} training tasks and {len(evals)} evaluations submitted "
-             f"({ray.cluster_resources().get('CPU', 0):.0f} CPUs in the cluster)")
+        queue = CellFirstQueue(plan, ws.is_trained)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
+        echo(f"ray: {len(queue)} training stages and {len(plan.pending)} evaluations to run, {slots} at a "
+             f"time, earliest cell first")
+        waiting = list(plan.pending)  # cells not yet evaluated
+        trains: dict[object, object] = {}  # ref -> stage
+        evals: dict[object, PlannedCell] = {}  # ref -> cell
         counted: set[str] = set()  # stages trained here whose time is already in a row
-        pending = list(evals)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            cell = evals[ready[0]]
+
+        def fail_cell(cell, error):
+            echo(f"cell {cell.describe()} FAILED: {error}")
+            report.failed.append((cell, error))
+            mark(plan, ws, cell, "failed", error.splitlines()[0], user_overrides)
+
+        while True:
+            for cell in list(waiting):  # evaluations first: they finish cells
+                state = queue.cell_state(cell)
+                if state is None:
+                    continue
+                waiting.remove(cell)
+                if state != "ready":
+                    fail_cell(cell, state)
+                    continue
+                evals[eval_task.remote(cell.eval_stage, cell.run, work_dir, self.plugin_paths)] = cell
+            while len(trains) + len(evals) < slots and (stage := queue.pop()) is not None:
+                trains[train_task.remote(stage, plan.runs[stage.key], work_dir, self.plugin_paths)] = stage
+            if not trains and not evals:
+                break
+            (ref,), _ = ray.wait([*trains, *evals], num_returns=1)
+            if ref in trains:
+                stage = trains.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - its cells are reported failed, the rest run on
+                    queue.fail(stage, _ray_error(exc))
+                else:
+                    queue.finish(stage)
+                continue
+            cell = evals.pop(ref)
             try:
-                out = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - RayTaskError of this cell or of a parent stage
-                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-                echo(f"cell {cell.describe()} FAILED: {error}")
-                report.failed.append((cell, error))
-                mark(plan, ws, cell, "failed", error, user_overrides)
+                out = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - RayTaskError of this cell's evaluation
+                fail_cell(cell, _ray_error(exc))
                 continue
             # compute of this cell, as the local executor counts it: its evaluation plus the stages
             # trained by this sweep that no earlier-finished cell has counted (not the queueing time)
-            fresh = [s for s in cell.training if s.key in refs and s.key not in counted]
+            fresh = [s for s in cell.training if s.key in queue.trained and s.key not in counted]
             counted.update(s.key for s in fresh)
             wall = out["eval_s"] + sum(ws.stage_wall_time(s) for s in fresh)
             store_result(cell.run, cell.stages, out["metrics"], wall, ctx, device=out["device"])
@@ -182,6 +272,7 @@ class RayExecutor:
             mark(plan, ws, cell, "done", user_overrides=user_overrides)
             metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
             echo(f"ray: finished {cell.describe()}: {metrics}")
+        report.stages_trained = len(queue.trained)
         return report
 
 
