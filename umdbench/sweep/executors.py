@@ -272,6 +272,8 @@ class RayExecutor:
             mark(plan, ws, cell, "done", user_overrides=user_overrides)
             metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
             echo(f"ray: finished {cell.describe()}: {metrics}")
+        for cell in waiting:  # only if a stage's parent was never planned: a bug, reported, not hidden
+            fail_cell(cell, "its stages could not be scheduled (a parent stage is missing from the plan)")
         report.stages_trained = len(queue.trained)
         return report
 
