@@ -27,6 +27,14 @@ class StageFailed(UmdbenchError):
     """A cell needs a stage that already failed in this sweep (not retried within the sweep)."""
 
 
+def _report_failed_cell(plan: SweepPlan, ws, report: SweepReport, cell: PlannedCell, error: str,
+                       user_overrides=()) -> None:
+    """Say that ``cell`` failed, list it in ``report`` and mark it failed in the store (first line)."""
+    echo(f"cell {cell.describe()} FAILED: {error}")
+    report.failed.append((cell, error))
+    mark(plan, ws, cell, "failed", error.splitlines()[0], user_overrides)
+
+
 class LocalExecutor:
     name = "local"
 
@@ -71,9 +79,7 @@ class LocalExecutor:
                 report.finished.append(cell)
                 mark(plan, ctx.ws, cell, "done", user_overrides=user_overrides)
                 continue
-            echo(f"cell {cell.describe()} FAILED: {error}")
-            report.failed.append((cell, error))
-            mark(plan, ctx.ws, cell, "failed", error.splitlines()[0], user_overrides)
+            _report_failed_cell(plan, ctx.ws, report, cell, error, user_overrides)
         return report
 
 
@@ -123,7 +129,7 @@ class CellFirstQueue:
         for n, cell in enumerate(plan.pending):
             for stage in cell.training:
                 first_cell.setdefault(stage.key, n)
-        self._rank = {s.key: (first_cell.get(s.key, len(first_cell)), n) for n, s in enumerate(needed)}
+        self._rank = {s.key: (first_cell[s.key], n) for n, s in enumerate(needed)}
         self._todo = {s.key: s for s in needed if not is_trained(s)}
         self.running: set[str] = set()
         self.trained: set[str] = set()  # by this sweep
@@ -228,9 +234,7 @@ class RayExecutor:
         counted: set[str] = set()  # stages trained here whose time is already in a row
 
         def fail_cell(cell, error):
-            echo(f"cell {cell.describe()} FAILED: {error}")
-            report.failed.append((cell, error))
-            mark(plan, ws, cell, "failed", error.splitlines()[0], user_overrides)
+            _report_failed_cell(plan, ws, report, cell, error, user_overrides)
 
         while True:
             for cell in list(waiting):  # evaluations first: they finish cells
