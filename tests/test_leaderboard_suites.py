@@ -156,3 +156,16 @@ def test_a_metric_undefined_on_a_split_is_dropped_not_averaged(tmp_path):
     assert "| closed" not in med and "not shown: closed" in med
     rad = md.split("## vqa-rad")[1].split("\n## ")[0]
     assert "| closed" in rad and "60.00" in rad
+
+
+def test_an_extra_dataset_is_shown_beyond_the_paper_once_stored(store, tmp_path):
+    write_leaderboards(store, tmp_path / "a", suite="fig5")
+    assert "vqa-med-2019" not in (tmp_path / "a" / "fig5.md").read_text()  # nothing stored: not shown
+    for alpha in (0.2, 0.5, 0.8):
+        store.add(_row("fig5", f"UMD alpha={alpha}", "vqa-med-2019", 0, {"open": 30.0, "overall": 30.0}))
+    write_leaderboards(store, tmp_path / "b", suite="fig5")
+    md = (tmp_path / "b" / "fig5.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[-1] == "## vqa-med-2019" and "## vqa-rad" in sections
+    med = md.split("## vqa-med-2019")[1]
+    assert "Beyond the paper" in med and "`--datasets vqa-med-2019`" in med and "30.00" in med

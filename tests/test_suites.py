@@ -63,7 +63,26 @@ def test_dataset_subset_and_unknown_dataset(registries):
         t4.grid(["melinda"])
 
 
+def test_extra_datasets_run_only_when_named(registries):
+    """Fig. 5 is reported on VQA-RAD and SLAKE; VQA-Med-2019 is runnable beyond the paper, on request."""
+    fig5 = get_suite(registries, "fig5")
+    assert fig5.datasets == ("vqa-rad", "slake") and fig5.extra_datasets == ("vqa-med-2019",)
+    assert {p.dataset for p in fig5.grid()} == {"vqa-rad", "slake"}  # the default is the paper's
+    med = fig5.grid(["vqa-med-2019"])
+    assert {p.dataset for p in med} == {"vqa-med-2019"} and len(med) == 3
+    # the dataset's own options (validation split, skip records without images) come with it
+    assert ("dataset.options.eval_split_fallback", "val") in med[0].overrides
+    with pytest.raises(ConfigError, match="beyond the paper, vqa-med-2019"):
+        fig5.grid(["roco"])
+    assert fig5.shown_datasets({"vqa-rad"}) == ("vqa-rad", "slake")
+    assert fig5.shown_datasets({"vqa-med-2019"}) == ("vqa-rad", "slake", "vqa-med-2019")
+
+
 @pytest.mark.parametrize("spec,message", [
+    ({"datasets": ["a"], "extra_datasets": ["a"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]},
+     "in both 'datasets' and 'extra_datasets'"),
+    ({"datasets": ["a"], "extra_datasets": "b", "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]},
+     "'extra_datasets' must be a list"),
     ({"rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]}, "datasets"),
     ({"datasets": ["medsynth"], "rows": []}, "rows"),
     ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr"}]}, "needs name, pretrain and tune"),

@@ -28,7 +28,8 @@ def add_subcommands(sub, common_parent_parser) -> None:
     p.add_argument("--preset", default="tiny", help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
-    p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated)")
+    p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated); may name its "
+                   "extra_datasets, which go beyond the paper and are not run otherwise")
     p.add_argument("--track", metavar="B1,B2", help="also log every stage to these experiment trackers: "
                    "tensorboard, mlflow (each must be installed)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",

@@ -19,6 +19,7 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
     vary = { keys = ["pretrain.alpha", "tune.tdcalib.alpha"], label = "alpha", values = [0.2, 0.5, 0.8] }
     reference = "1 none"                            # optional: the row others are tested against (default: the first)
     dataset_options = { "vqa-med-2019" = { eval_split_fallback = "val" } }   # optional: options of one dataset
+    extra_datasets = ["vqa-med-2019"]               # optional: also runnable, beyond the paper (see below)
 
 The grid is rows x vary values x datasets; each grid point is run once per seed. A row's
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
@@ -32,6 +33,11 @@ Every row must have every stage a vary key names (``pretrain.*`` needs a pre-tra
 ``tune.<name>.*`` / ``tune.<i>.*`` that tuning stage): a row without it is refused when the suite
 is read, rather than silently left un-varied.
 
+``datasets`` are the paper's; a sweep runs them all by default. ``extra_datasets`` are datasets
+the same rows can also be run on although the paper did not (Fig. 5 on VQA-Med-2019): a sweep runs
+them only when ``--datasets`` names them, and the leaderboard shows them after the paper's, marked
+as beyond the paper, once a stored row exists.
+
 Which stored row each suite cell points at (a cell two suites share is trained and stored once)
 is recorded by the sweep in the results store; see ``ResultsStore.record_membership``.
 """
@@ -44,8 +50,8 @@ from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "metrics", "plot", "overrides", "rows", "vary", "reference",
-             "dataset_options", "lower_is_better"}
+SPEC_KEYS = {"title", "paper", "datasets", "extra_datasets", "metrics", "plot", "overrides", "rows", "vary",
+             "reference", "dataset_options", "lower_is_better"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
 
@@ -87,6 +93,7 @@ class Suite:
     vary_values: tuple[Any, ...] = ()
     reference: str | None = None  # a row or cell name; None = the first cell
     dataset_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # dataset -> its option overrides
+    extra_datasets: tuple[str, ...] = ()  # beyond the paper: run only when --datasets names them
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -102,6 +109,12 @@ class Suite:
         datasets = spec.get("datasets")
         if not datasets or not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
             raise ConfigError(f"{where}: 'datasets' must be a non-empty list of dataset names.")
+        extra = spec.get("extra_datasets", [])
+        if not isinstance(extra, list) or not all(isinstance(d, str) for d in extra):
+            raise ConfigError(f"{where}: 'extra_datasets' must be a list of dataset names.")
+        both = sorted(set(extra) & set(datasets))
+        if both:
+            raise ConfigError(f"{where}: {', '.join(both)} is in both 'datasets' and 'extra_datasets'; keep it in one.")
         raw_rows = spec.get("rows")
         if not raw_rows or not isinstance(raw_rows, list):
             raise ConfigError(f"{where}: 'rows' must be a non-empty list of {{name, pretrain, tune}} tables.")
@@ -157,10 +170,10 @@ class Suite:
         raw_options = spec.get("dataset_options", {})
         if not isinstance(raw_options, dict) or not all(isinstance(v, dict) for v in raw_options.values()):
             raise ConfigError(f"{where}: 'dataset_options' must be a table of dataset = {{ option = value }}.")
-        stray = sorted(set(raw_options) - set(datasets))
+        stray = sorted(set(raw_options) - set(datasets) - set(extra))
         if stray:
             raise ConfigError(f"{where}: 'dataset_options' names {', '.join(stray)}, which is not in its datasets "
-                              f"({', '.join(datasets)}).")
+                              f"({', '.join(datasets + extra)}).")
         dataset_options = tuple((d, tuple((f"dataset.options.{k}", v) for k, v in opts.items()))
                                 for d, opts in raw_options.items())
         return cls(
@@ -169,7 +182,7 @@ class Suite:
             paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_keys=vary_keys, vary_label=vary_label,
             vary_values=vary_values, reference=None if reference is None else str(reference),
-            dataset_options=dataset_options,
+            dataset_options=dataset_options, extra_datasets=tuple(extra),
         )
 
     @property
@@ -181,11 +194,13 @@ class Suite:
     def grid(self, datasets: tuple[str, ...] | list[str] | None = None) -> list[GridPoint]:
         chosen = self.datasets
         if datasets:
-            unknown = [d for d in datasets if d not in self.datasets]
+            allowed = self.datasets + self.extra_datasets
+            unknown = [d for d in datasets if d not in allowed]
             if unknown:
+                beyond = f" (and, beyond the paper, {', '.join(self.extra_datasets)})" if self.extra_datasets else ""
                 raise ConfigError(f"suite {self.name!r} has no dataset {', '.join(unknown)}; "
-                                  f"its datasets: {', '.join(self.datasets)}.")
-            chosen = tuple(d for d in self.datasets if d in datasets)
+                                  f"its datasets: {', '.join(self.datasets)}{beyond}.")
+            chosen = tuple(d for d in allowed if d in datasets)
         points = []
         values = self.vary_values or (None,)
         for row in self.rows:
@@ -208,6 +223,10 @@ class Suite:
                                       seed=seed, overrides=tuple(p.overrides) + tuple(user_overrides),
                                       data_root=data_root, suite=self.name, cell_name=p.cell_name))
         return specs
+
+    def shown_datasets(self, stored: set[str] | frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """The datasets a leaderboard shows: the paper's, then each extra dataset that has a stored row."""
+        return self.datasets + tuple(d for d in self.extra_datasets if d in stored)
 
     def cell_names(self) -> list[str]:
         return list(dict.fromkeys(p.cell_name for p in self.grid()))

@@ -219,7 +219,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
     out.append("\n")
     footnotes: list[str] = []
     reference = suite.reference_cell
-    for dataset in suite.datasets:
+    for dataset in suite.shown_datasets({k[1] for k in results.rows}):
         undefined = [m for m in suite_metrics if results.undefined(dataset, m)]
         metrics = [m for m in suite_metrics if m not in undefined]
         paper_cols = [m for m in metrics if paper is not None and (dataset, m) in paper.columns]
@@ -293,7 +293,9 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                 line.append("–")
                 reported.append(line)
         table = reported + table
-        out.append(f"\n## {dataset}\n\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
+        beyond = (f"*Beyond the paper, which does not report {dataset} here (`--datasets {dataset}` runs it).*\n\n"
+                  if dataset in suite.extra_datasets else "")
+        out.append(f"\n## {dataset}\n\n{beyond}{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
         out.append(_differences(compared, metrics, reference, results, dataset))
         out.append(_reference_points(results, names, dataset, reference_points or {}))
         for why, rows_without in sorted(no_interval.items()):
@@ -414,7 +416,8 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
                 plugins.setdefault(package, set()).add(used.split(":", 1)[1])
     if plugins:
         lines.append("- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items())))
-    others = {d: None for ds in suite.datasets for d in _deviations(results, suite.cell_names(), ds, own=False)}
+    datasets_shown = suite.shown_datasets({k[1] for k in results.rows})
+    others = {d: None for ds in datasets_shown for d in _deviations(results, suite.cell_names(), ds, own=False)}
     if others:
         lines.append("- **deviations** recorded with the runs: " + "; ".join(others))
     if results.overrides:
@@ -438,7 +441,7 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     if metric is None:
         return None
     paper = get_table(suite.paper)
-    datasets = [d for d in suite.datasets if any(k[1] == d for k in results.rows)]
+    datasets = [d for d in suite.shown_datasets({k[1] for k in results.rows}) if any(k[1] == d for k in results.rows)]
     if not datasets:
         return None
     if suite.plot == "vary":
