@@ -133,6 +133,11 @@ class SuiteResults:
         self.base_dir = base_dir  # the store's folder: stored predictions paths are relative to it
         self._predictions: dict = {}
 
+    @property
+    def stored_datasets(self) -> set[str]:
+        """The datasets with at least one stored row."""
+        return {dataset for _, dataset in self.rows}
+
     def correct(self, cell_name: str, dataset: str, metric: str) -> tuple:
         """``(correct [seeds, n], index, why)`` of one cell (see ``seed_matrix``)."""
         rows = [r for r in self.rows.get((cell_name, dataset), []) if metric in r["metrics"]]
@@ -219,7 +224,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
     out.append("\n")
     footnotes: list[str] = []
     reference = suite.reference_cell
-    for dataset in suite.shown_datasets({k[1] for k in results.rows}):
+    for dataset in suite.shown_datasets(results.stored_datasets):
         undefined = [m for m in suite_metrics if results.undefined(dataset, m)]
         metrics = [m for m in suite_metrics if m not in undefined]
         paper_cols = [m for m in metrics if paper is not None and (dataset, m) in paper.columns]
@@ -416,8 +421,8 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
                 plugins.setdefault(package, set()).add(used.split(":", 1)[1])
     if plugins:
         lines.append("- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items())))
-    datasets_shown = suite.shown_datasets({k[1] for k in results.rows})
-    others = {d: None for ds in datasets_shown for d in _deviations(results, suite.cell_names(), ds, own=False)}
+    others = {d: None for ds in suite.shown_datasets(results.stored_datasets)
+              for d in _deviations(results, suite.cell_names(), ds, own=False)}
     if others:
         lines.append("- **deviations** recorded with the runs: " + "; ".join(others))
     if results.overrides:
@@ -441,7 +446,8 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     if metric is None:
         return None
     paper = get_table(suite.paper)
-    datasets = [d for d in suite.shown_datasets({k[1] for k in results.rows}) if any(k[1] == d for k in results.rows)]
+    stored = results.stored_datasets
+    datasets = [d for d in suite.shown_datasets(stored) if d in stored]
     if not datasets:
         return None
     if suite.plot == "vary":
