@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from umdbench import draws
 from umdbench.api import TaskInfo
 from umdbench.errors import ConfigError
 from umdbench.run.builders import artifact_state, carry_over_heads
@@ -233,10 +234,11 @@ def test_templates_hand_off_from_pretraining_into_fine_tuning():
         other(batch)
 
 
-def test_template_mixing_replaces_0_to_m_minus_1_whole_channels_seeded():
+def test_template_mixing_replaces_0_to_m_minus_1_whole_channels_keyed_per_sample():
     vol = torch.zeros(400, 4, 2, 2, 2)
     tmpl = torch.ones(400, 4, 2, 2, 2)
-    mixed = SegTemplateTune.mix(vol, tmpl, generator=torch.Generator().manual_seed(0))
+    with draws.step_context(seed=0, step=0, positions=range(400)):
+        mixed = SegTemplateTune.mix(vol, tmpl)
     per_channel = mixed.flatten(2)
     assert torch.all((per_channel.sum(2) == 0) | (per_channel.sum(2) == 8))  # whole channels, template or image
     counts = per_channel.sum(2).div(8).sum(1).long()
@@ -244,8 +246,10 @@ def test_template_mixing_replaces_0_to_m_minus_1_whole_channels_seeded():
     assert hist[4] == 0 and all(70 < h < 130 for h in hist[:4]), hist  # k uniform on 0..3
     chan = per_channel.sum(2).div(8).sum(0)
     assert all(100 < c < 200 for c in chan.tolist()), chan  # every channel gets replaced about equally
-    again = SegTemplateTune.mix(vol, tmpl, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(mixed, again)
+    # a sample's choice is its own: the second half alone, at its global positions, mixes the same
+    with draws.step_context(seed=0, step=0, positions=range(200, 400)):
+        assert torch.equal(SegTemplateTune.mix(vol[200:], tmpl[200:]), mixed[200:])
+        assert not torch.equal(SegTemplateTune.mix(vol[200:], tmpl[200:], "mix_second"), mixed[200:])
 
 
 def _tmpl_tune(cls, cfg_over, info):

@@ -10,13 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umdbench import draws
 from umdbench.api import PretrainStrategy
 from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_TINY
+from umdbench_brain.strategies import PRESENT_VOXEL_MEAN
 
 __all__ = ["SimCLR3D", "ModelsGenesis", "nt_xent"]
 
 COMMON_GAPS = ["our baseline choice (notes/brainmvp-spec.md 1.8), not verified against the paper's table; "
                "trained with BrainMVP's pre-training recipe on the same encoder and corpus"]
+
+
+def on_device(generator: torch.Generator | None, device) -> torch.Generator | None:
+    """A generator on ``device`` seeded from a sample's keyed CPU ``generator``: a volume of noise
+    is drawn where it is used, still keyed by the sample (None: the device's process RNG)."""
+    if generator is None:
+        return None
+    return torch.Generator(device).manual_seed(int(torch.randint(0, 2 ** 62, (), generator=generator)))
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -53,6 +63,10 @@ class SimCLR3D(PretrainStrategy):
         return COMMON_GAPS + ["3-D augmentations of our choosing (sub-crop + resize, flips, intensity, noise); "
                               "SimCLR's colour jitter and blur have no MRI counterpart"]
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        return ["NT-Xent over the 2B views of the batch (the other studies' views are the negatives)"]
+
     def __init__(self, encoder: nn.Module, cfg: dict):
         super().__init__(encoder, cfg)
         self.check_config(cfg)
@@ -60,29 +74,35 @@ class SimCLR3D(PretrainStrategy):
         self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True),
                                         nn.Linear(width, int(cfg["proj_dim"])))
 
-    def augment(self, volume: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        B, M = volume.shape[:2]
+    def augment(self, volume: torch.Tensor, present: torch.Tensor, stream: str) -> torch.Tensor:
+        """One view of every crop, drawn from the crop's keyed ``stream`` (:mod:`umdbench.draws`;
+        the process RNG outside a training step)."""
         size = volume.shape[2:]
+        lo_scale = float(self.cfg["min_scale"])
         views = []
-        for b in range(B):
-            edge = [max(1, int(s * float(torch.empty(()).uniform_(self.cfg["min_scale"], 1.0)))) for s in size]
-            lo = [int(torch.randint(0, s - e + 1, ())) for s, e in zip(size, edge)]
+        for b in range(volume.shape[0]):
+            g = draws.sample_generator(b, stream)
+            edge = [max(1, int(s * float(torch.empty(()).uniform_(lo_scale, 1.0, generator=g)))) for s in size]
+            lo = [int(torch.randint(0, s - e + 1, (), generator=g)) for s, e in zip(size, edge)]
             piece = volume[b:b + 1, :, lo[0]:lo[0] + edge[0], lo[1]:lo[1] + edge[1], lo[2]:lo[2] + edge[2]]
             piece = F.interpolate(piece, size=tuple(size), mode="trilinear", align_corners=False)
-            axes = [2 + a for a in range(3) if bool(torch.rand(()) < 0.5)]
-            views.append(piece.flip(axes) if axes else piece)
+            axes = [2 + a for a in range(3) if bool(torch.rand((), generator=g) < 0.5)]
+            piece = piece.flip(axes) if axes else piece
+            gain = torch.empty(1, piece.shape[1], 1, 1, 1).uniform_(0.9, 1.1, generator=g).to(piece.device)
+            shift = torch.empty(1, piece.shape[1], 1, 1, 1).uniform_(-0.1, 0.1, generator=g).to(piece.device)
+            noise = torch.randn(piece.shape, generator=on_device(g, piece.device), device=piece.device)
+            views.append(piece * gain + shift + float(self.cfg["noise_std"]) * noise)
         x = torch.cat(views)
-        gain = torch.empty(B, M, 1, 1, 1, device=x.device).uniform_(0.9, 1.1)
-        shift = torch.empty(B, M, 1, 1, 1, device=x.device).uniform_(-0.1, 0.1)
-        x = x * gain + shift + float(self.cfg["noise_std"]) * torch.randn_like(x)
         return x * present.to(x.dtype)[:, :, None, None, None]  # an absent modality stays absent
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         volume, present = batch["volume"], batch["present"]
-        x = torch.cat([self.augment(volume, present), self.augment(volume, present)])
+        x = torch.cat([self.augment(volume, present, "view_1"), self.augment(volume, present, "view_2")])
         z = self.projection(self.encoder(x)[-1].mean(dim=(2, 3, 4)))
         B = volume.shape[0]
-        return {"loss_contrast": nt_xent(z[:B], z[B:], float(self.cfg["temperature"]))}
+        # negatives from the global batch: every rank's loss is the one-process loss (draws.gather)
+        z1, z2 = draws.gather(z[:B]), draws.gather(z[B:])
+        return {"loss_contrast": nt_xent(z1, z2, float(self.cfg["temperature"]))}
 
 
 class ModelsGenesis(PretrainStrategy):
@@ -112,6 +132,10 @@ class ModelsGenesis(PretrainStrategy):
         return COMMON_GAPS + ["every present modality is a channel of one input (Models Genesis: one CT channel); "
                               "transformations re-implemented from the paper's description"]
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        return [PRESENT_VOXEL_MEAN.format(what="restoration")]
+
     def __init__(self, encoder: nn.Module, cfg: dict):
         super().__init__(encoder, cfg)
         self.check_config(cfg)
@@ -121,14 +145,14 @@ class ModelsGenesis(PretrainStrategy):
                                   int(encoder.in_channels))
 
     @staticmethod
-    def bezier_curve(x: torch.Tensor) -> torch.Tensor:
+    def bezier_curve(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random monotone-ish intensity curve through (0,0) and (1,1), inverted half the time."""
-        p1, p2 = torch.rand(2), torch.rand(2)
+        p1, p2 = torch.rand(2, generator=generator), torch.rand(2, generator=generator)
         t = torch.linspace(0, 1, 256)
         pts = [(1 - t) ** 3 * 0 + 3 * (1 - t) ** 2 * t * p1[i] + 3 * (1 - t) * t ** 2 * p2[i] + t ** 3 for i in (0, 1)]
         xs, order = pts[0].sort()
         ys = pts[1][order]
-        if bool(torch.rand(()) < 0.5):
+        if bool(torch.rand((), generator=generator) < 0.5):
             ys = 1 - ys
         xs, ys = xs.to(x.device), ys.to(x.device)
         v = x.clamp(0, 1)
@@ -136,40 +160,46 @@ class ModelsGenesis(PretrainStrategy):
         x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
         return y0 + (v - x0) / (x1 - x0).clamp_min(1e-6) * (y1 - y0)
 
-    def local_shuffle(self, x: torch.Tensor) -> torch.Tensor:
+    def local_shuffle(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.clone()
         size = x.shape[1:]
         for _ in range(int(self.cfg["shuffle_blocks"])):
-            edge = [int(torch.randint(1, max(2, s // 8) + 1, ())) for s in size]
-            lo = [int(torch.randint(0, s - e + 1, ())) for s, e in zip(size, edge)]
+            edge = [int(torch.randint(1, max(2, s // 8) + 1, (), generator=generator)) for s in size]
+            lo = [int(torch.randint(0, s - e + 1, (), generator=generator)) for s, e in zip(size, edge)]
             sl = (slice(None),) + tuple(slice(a, a + e) for a, e in zip(lo, edge))
             block = x[sl]
             flat = block.reshape(block.shape[0], -1)
-            x[sl] = flat[:, torch.randperm(flat.shape[1], device=x.device)].reshape(block.shape)
+            perm = torch.randperm(flat.shape[1], generator=generator).to(x.device)
+            x[sl] = flat[:, perm].reshape(block.shape)
         return x
 
     @staticmethod
-    def paint(x: torch.Tensor, outpaint: bool) -> torch.Tensor:
+    def paint(x: torch.Tensor, outpaint: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         size = x.shape[1:]
-        noise = torch.rand_like(x)
+        noise = torch.rand(x.shape, generator=on_device(generator, x.device), device=x.device, dtype=x.dtype)
         inside = torch.zeros(size, dtype=torch.bool, device=x.device)
-        for _ in range(int(torch.randint(1, 6, ()))):
+        for _ in range(int(torch.randint(1, 6, (), generator=generator))):
             frac = (0.3, 0.6) if outpaint else (0.1, 0.3)
-            edge = [max(1, int(s * float(torch.empty(()).uniform_(*frac)))) for s in size]
-            lo = [int(torch.randint(0, s - e + 1, ())) for s, e in zip(size, edge)]
+            edge = [max(1, int(s * float(torch.empty(()).uniform_(*frac, generator=generator)))) for s in size]
+            lo = [int(torch.randint(0, s - e + 1, (), generator=generator)) for s, e in zip(size, edge)]
             inside[lo[0]:lo[0] + edge[0], lo[1]:lo[1] + edge[1], lo[2]:lo[2] + edge[2]] = True
         region = ~inside if outpaint else inside
         return torch.where(region, noise, x)
 
     def transform(self, volume: torch.Tensor) -> torch.Tensor:
         out = []
-        for x in volume:  # [M,D,H,W], one study at a time (the transforms are drawn per study)
-            if bool(torch.rand(()) < self.cfg["p_nonlinear"]):
-                x = self.bezier_curve(x)
-            if bool(torch.rand(()) < self.cfg["p_shuffle"]):
-                x = self.local_shuffle(x)
-            if bool(torch.rand(()) < self.cfg["p_paint"]):
-                x = self.paint(x, outpaint=bool(torch.rand(()) < self.cfg["p_outpaint"]))
+        for b, x in enumerate(volume):  # [M,D,H,W], one study at a time (the transforms are drawn per study)
+            g = draws.sample_generator(b, "genesis")  # None outside a step: the process RNG
+
+            def chance(p: float) -> bool:
+                return bool(torch.rand((), generator=g) < p)
+
+            if chance(self.cfg["p_nonlinear"]):
+                x = self.bezier_curve(x, g)
+            if chance(self.cfg["p_shuffle"]):
+                x = self.local_shuffle(x, g)
+            if chance(self.cfg["p_paint"]):
+                x = self.paint(x, outpaint=chance(self.cfg["p_outpaint"]), generator=g)
             out.append(x)
         return torch.stack(out)
 
@@ -179,5 +209,6 @@ class ModelsGenesis(PretrainStrategy):
         x = self.transform(volume) * present
         restored = torch.sigmoid(self.decoder(self.encoder(x), x))
         weight = present.expand_as(volume)
-        loss = ((restored - volume) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+        # the count of present modalities varies per study: divided by the global batch's count
+        loss = draws.global_mean(((restored - volume) ** 2 * weight).sum(), weight.sum())
         return {"loss_restore": loss}

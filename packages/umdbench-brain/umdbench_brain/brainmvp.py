@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umdbench import draws
 from umdbench.api import PretrainStrategy, train_config
 from umdbench.errors import ConfigError
 from umdbench_brain.strategies import FINETUNE_PAPER, ClsTune, SegTune
@@ -63,6 +64,14 @@ BRAINMVP_GAPS = [
 CONTRAST_READING = ("contrastive head: {features} deepest features, {projection}, temperature {temperature} "
                     "(the paper's head and temperature are not reachable offline; released: flattened deepest "
                     "map, no projection, temperature 1.0)")
+
+
+def _pick(allowed: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the ``floor(u x count)``-th allowed entry: a uniform choice among the
+    row's allowed entries from one uniform draw ``u`` in [0, 1)."""
+    count = allowed.sum(1)
+    k = (u * count).long().clamp(max=count - 1)
+    return (allowed.long().cumsum(1) <= k[:, None]).sum(1)
 
 
 class BrainMVP(PretrainStrategy):
@@ -140,6 +149,13 @@ class BrainMVP(PretrainStrategy):
             found.append(f"batch {cfg['train']['batch_size']} studies per step (released 24)")
         return found
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        if not cfg.get("w_contrast"):
+            return []
+        return ["modality-aware InfoNCE between the two views, the batch's other studies as negatives "
+                "(from contrast_start_frac of the steps)"]
+
     def __init__(self, encoder: nn.Module, cfg: dict):
         super().__init__(encoder, cfg)
         self.check_config(cfg)
@@ -173,16 +189,18 @@ class BrainMVP(PretrainStrategy):
 
     def draw_modalities(self, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(target m [B], filler o [B], has_other [B]): m uniform among a study's present modalities,
-        o uniform among its other present ones (o = m where there is none)."""
+        o uniform among its other present ones (o = m where there is none); two keyed uniforms per
+        study, so a study's choice does not depend on the rest of the batch."""
         avail = present.bool()
         if not avail.any(1).all():
             raise ConfigError("brainmvp: a study in the batch has no modality at all (present is all 0); the data "
                               "set yields empty studies. Check the corpus with `umdbench data check`.")
-        m = torch.multinomial(avail.float(), 1).squeeze(1)
+        u = draws.rand(len(avail), 2, stream="modality", device=avail.device)
+        m = _pick(avail, u[:, 0])
         others = avail.clone()
         others[torch.arange(len(m)), m] = False
         has_other = others.any(1)
-        o = torch.multinomial(torch.where(has_other[:, None], others, avail).float(), 1).squeeze(1)
+        o = _pick(torch.where(has_other[:, None], others, avail), u[:, 1])
         return m, o, has_other
 
     def contrast_embedding(self, deepest: torch.Tensor) -> torch.Tensor:
@@ -200,11 +218,11 @@ class BrainMVP(PretrainStrategy):
         tmpl = self.templates.crop(canvas_start(batch, self.templates.canvas), shape)[rows, m][:, None]
         views, names = [], []
         if self.cfg["w_template"] > 0:
-            mask_a = block_mask(B, shape, self.block, self.mask_rate, volume.device)
+            mask_a = block_mask(B, shape, self.block, self.mask_rate, volume.device, stream="mask_template")
             views.append(target * (1 - mask_a) + tmpl * mask_a)
             names.append("template")
         if self.cfg["w_cross"] > 0 or self.contrast_on():
-            mask_b = block_mask(B, shape, self.block, self.mask_rate, volume.device)
+            mask_b = block_mask(B, shape, self.block, self.mask_rate, volume.device, stream="mask_cross")
             use_tmpl = (~has_other) | self.template_only()
             filler = torch.where(use_tmpl[:, None, None, None, None], tmpl, volume[rows, o][:, None])
             views.append(target * (1 - mask_b) + filler * mask_b)
@@ -224,8 +242,9 @@ class BrainMVP(PretrainStrategy):
             if weights[view] > 0:
                 out[f"loss_{view}"] = weights[view] * mse
         if self.contrast_on() and len(names) == 2:
-            za = self.contrast_embedding(deepest[:B])
-            zb = self.contrast_embedding(deepest[B:])
+            # over the global batch: every rank's term is the one-process loss (draws.gather)
+            za = draws.gather(self.contrast_embedding(deepest[:B]))
+            zb = draws.gather(self.contrast_embedding(deepest[B:]))
             out["loss_contrast"] = float(self.cfg["w_contrast"]) * info_nce(za, zb, float(self.cfg["temperature"]))
         return out
 
@@ -297,12 +316,13 @@ class _TemplateTune:
         return torch.where(keep, volume, tmpl)
 
     @staticmethod
-    def mix(volume: torch.Tensor, tmpl: torch.Tensor, generator=None) -> torch.Tensor:
+    def mix(volume: torch.Tensor, tmpl: torch.Tensor, stream: str = "mix") -> torch.Tensor:
         """Per sample: k ~ U{0..M-1} random channels replaced by their templates (released
-        RandomChannelCutmix)."""
+        RandomChannelCutmix); drawn from the sample's keyed ``stream``."""
         B, M = volume.shape[:2]
-        k = torch.randint(0, M, (B,), generator=generator)
-        order = torch.rand(B, M, generator=generator).argsort(1)
+        u = draws.rand(B, M + 1, stream=stream)
+        k = (u[:, 0] * M).long()  # uniform on 0..M-1
+        order = u[:, 1:].argsort(1)
         chosen = order < k[:, None]  # the first k positions of a random permutation
         chosen = chosen.to(volume.device)[:, :, None, None, None]
         return torch.where(chosen, tmpl, volume)
@@ -368,12 +388,12 @@ class SegTemplateTune(_TemplateTune, SegTune):
         volume, tmpl = self.prepared(batch)
         target = batch["seg"]
         mode = self.cfg["consistency"]
-        mix = self.mix if self.cfg["template_mix"] else (lambda v, t: v)
+        mix = self.mix if self.cfg["template_mix"] else (lambda v, t, stream="mix": v)
         if mode == "none":
             logits = self.head_logits(mix(volume, tmpl), True)
             return {"loss_task": seg_loss(logits, target, self.cfg["dice_weight"], self.cfg["bce_weight"])}
         if mode == "tile":
-            first, second = mix(volume, tmpl), mix(volume, tmpl)
+            first, second = mix(volume, tmpl), mix(volume, tmpl, "mix_second")
         else:  # released: np.repeat(image, 2, axis=0) then the channel halves
             repeated = mix(volume, tmpl).repeat_interleave(2, dim=1)
             M = volume.shape[1]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umdbench import draws
 from umdbench.api import Encoder
 
 __all__ = ["VolumeEncoder", "ResUNetEncoder", "SwinViTEncoder", "UniFormerEncoder", "MonaiEncoder",
@@ -162,10 +163,16 @@ def _swin_transformer(in_channels: int, cfg: dict) -> tuple[nn.Module, tuple[int
 # UniFormer-S 3-D (BrainMVP's default backbone; notes/brainmvp-spec.md 1.3), written from the
 # architecture description: conv stages with local token mixing first, global self-attention last.
 # ------------------------------------------------------------------------------------------------
-def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def _drop_path(x: torch.Tensor, p: float, training: bool, stream: str) -> torch.Tensor:
+    """Stochastic depth, one keyed draw per sample (:mod:`umdbench.draws`). The rows of ``x`` may be
+    several views of the step's local batch stacked view after view (BrainMVP, SimCLR): each view of
+    a sample gets its own draw, whatever the split of the batch."""
     if p <= 0.0 or not training:
         return x
-    keep = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype) >= p
+    n, ctx = x.shape[0], draws.current()
+    views = n // len(ctx.positions) if ctx is not None and n % len(ctx.positions) == 0 else 1
+    u = draws.rand(n // views, views, stream=stream, device=x.device)  # raises unless rows are views of the batch
+    keep = (u.t().reshape(n) >= p).to(x.dtype).view(n, *(1,) * (x.dim() - 1))
     return x * keep / (1.0 - p)
 
 
@@ -188,7 +195,7 @@ class _LocalBlock(nn.Module):
     aggregation (BatchNorm -> 1x1 -> depthwise ``kernel``^3 -> 1x1, residual), conv MLP (BatchNorm ->
     1x1 -> GELU -> 1x1, residual)."""
 
-    def __init__(self, dim: int, mlp_ratio: float, kernel: int, drop_path: float):
+    def __init__(self, dim: int, mlp_ratio: float, kernel: int, drop_path: float, index: int):
         super().__init__()
         self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.BatchNorm3d(dim)
@@ -198,11 +205,12 @@ class _LocalBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Conv3d(dim, hidden, 1), nn.GELU(), nn.Conv3d(hidden, dim, 1))
         self.drop_path = drop_path
+        self.stream = f"drop_path.{index}"  # the block's own keyed draws
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos(x)
-        x = x + _drop_path(self.mix(self.norm1(x)), self.drop_path, self.training)
-        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + _drop_path(self.mix(self.norm1(x)), self.drop_path, self.training, f"{self.stream}.mix")
+        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, f"{self.stream}.mlp")
 
 
 class _GlobalBlock(nn.Module):
@@ -210,7 +218,7 @@ class _GlobalBlock(nn.Module):
     block (LayerNorm -> multi-head self-attention over every voxel token -> residual; LayerNorm ->
     MLP -> residual). Attention by ``scaled_dot_product_attention``."""
 
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, drop_path: float):
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, index: int):
         super().__init__()
         self.heads = dim // head_dim
         self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
@@ -221,6 +229,7 @@ class _GlobalBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = drop_path
+        self.stream = f"drop_path.{index}"  # the block's own keyed draws
 
     def attention(self, t: torch.Tensor) -> torch.Tensor:
         b, n, c = t.shape
@@ -232,8 +241,8 @@ class _GlobalBlock(nn.Module):
         x = x + self.pos(x)
         b, c, d, h, w = x.shape
         t = x.flatten(2).transpose(1, 2)
-        t = t + _drop_path(self.attention(self.norm1(t)), self.drop_path, self.training)
-        t = t + _drop_path(self.mlp(self.norm2(t)), self.drop_path, self.training)
+        t = t + _drop_path(self.attention(self.norm1(t)), self.drop_path, self.training, f"{self.stream}.attn")
+        t = t + _drop_path(self.mlp(self.norm2(t)), self.drop_path, self.training, f"{self.stream}.mlp")
         return t.transpose(1, 2).reshape(b, c, d, h, w)
 
 
@@ -295,10 +304,10 @@ class UniFormerEncoder(VolumeEncoder):
         for i, (width, depth) in enumerate(zip(widths, depths)):
             embeds.append(_PatchEmbed3d(prev, width, stem if i == 0 else 2))
             if i < local:
-                blocks = [_LocalBlock(width, mlp_ratio, kernel, rates[k + j]) for j in range(depth)]
+                blocks = [_LocalBlock(width, mlp_ratio, kernel, rates[k + j], k + j) for j in range(depth)]
             else:
-                blocks = [_GlobalBlock(width, int(cfg["head_dim"]), mlp_ratio, bool(cfg["qkv_bias"]), rates[k + j])
-                          for j in range(depth)]
+                blocks = [_GlobalBlock(width, int(cfg["head_dim"]), mlp_ratio, bool(cfg["qkv_bias"]), rates[k + j],
+                                       k + j) for j in range(depth)]
             stages.append(nn.Sequential(*blocks))
             prev, k = width, k + depth
         self.embeds, self.stages = nn.ModuleList(embeds), nn.ModuleList(stages)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umdbench import draws
 from umdbench.api import PretrainStrategy, TaskInfo, TuneStrategy, train_config
 from umdbench.errors import ConfigError
 
@@ -22,6 +23,9 @@ FINETUNE_PAPER = train_config(max_iters=12000, batch_size=2, lr=3e-4, weight_dec
 # A CPU budget that segments brainsynth clearly above chance in about a minute on 2 cores.
 FINETUNE_TINY = train_config(max_iters=120, batch_size=4, lr=3e-3, weight_decay=1e-4, betas=[0.9, 0.999],
                              warmup_ratio=0.05, schedule="cosine", checkpoint_interval=60, log_interval=10)
+
+# a loss averaged over the voxels of the modalities each study has: the count varies per study
+PRESENT_VOXEL_MEAN = "{what} MSE averaged over the batch's voxels of present modalities (a count that varies per study)"
 
 RELEASED_SEG_GAPS = [
     "optimiser AdamW (decoupled weight decay) instead of the released Adam with L2 weight decay "
@@ -144,6 +148,10 @@ class MAE3D(PretrainStrategy):
             found.append("reconstruction loss on every voxel (MAE: masked voxels only)")
         return found
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        return [PRESENT_VOXEL_MEAN.format(what="reconstruction")]
+
     def __init__(self, encoder: nn.Module, cfg: dict):
         super().__init__(encoder, cfg)
         self.mask_ratio = float(cfg["mask_ratio"])
@@ -161,11 +169,12 @@ class MAE3D(PretrainStrategy):
         self.decoder = ReconDecoder(int(encoder.hidden_size), int(encoder.feature_strides[-1]), int(encoder.in_channels))
 
     def block_mask(self, batch: int, shape: tuple[int, int, int], device) -> torch.Tensor:
-        """[B,1,D,H,W] float, 1 = masked; exactly round(ratio x blocks) blocks per sample."""
+        """[B,1,D,H,W] float, 1 = masked; exactly round(ratio x blocks) blocks per sample, drawn
+        from the sample's keyed stream (:mod:`umdbench.draws`)."""
         grid = [s // self.block for s in shape]
         n = grid[0] * grid[1] * grid[2]
         keep = n - int(round(self.mask_ratio * n))
-        order = torch.rand(batch, n, device=device).argsort(dim=1)
+        order = draws.rand(batch, n, stream="mask", device=device).argsort(dim=1)
         mask = torch.ones(batch, n, device=device)
         mask.scatter_(1, order[:, :keep], 0.0)
         mask = mask.view(batch, 1, *grid)
@@ -179,5 +188,6 @@ class MAE3D(PretrainStrategy):
         if recon.shape[2:] != volume.shape[2:]:
             recon = F.interpolate(recon, size=volume.shape[2:], mode="trilinear", align_corners=False)
         weight = present * (mask if self.loss_on == "masked" else torch.ones_like(mask))
-        loss = ((recon - volume) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+        # the count of present modalities varies per study: divided by the global batch's count
+        loss = draws.global_mean(((recon - volume) ** 2 * weight).sum(), weight.sum())
         return {"loss_rec": loss}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from umdbench import draws
 from umdbench.api import DataContext, DataError, Record, TaskInfo, TaskType
 from umdbench_brain.volumes import StudyLoader, random_crop, region_masks
 
@@ -38,7 +39,8 @@ class VolumeDataset(Dataset):
     given, and ``Record.label`` (class); file-backed studies are pre-processed and cached on disk by
     :class:`umdbench_brain.volumes.StudyLoader` (``cache_dir``). Training: one random ``roi``-cubed
     crop (when ``crop``), random flips on the three axes and a random intensity scale/shift of +-0.1 per channel (the released
-    fine-tuning augmentation). Evaluation: the whole volume."""
+    fine-tuning augmentation), drawn from the item's keyed generators (:func:`umdbench.draws.item_rng`)
+    so an item is the same at any world size and worker count. Evaluation: the whole volume."""
 
     def __init__(self, records: list[Record], modalities, *, roi: int, training: bool, crop: bool, seed: int,
                  regions=None, with_class: bool = False, augment: bool = True, cache_dir=None):
@@ -53,7 +55,9 @@ class VolumeDataset(Dataset):
         self.seed = int(seed)
         # decoded + pre-processed studies (file-backed records) cached under cache_dir/volumes
         self.studies = StudyLoader(self.modalities, cache_dir)
-        self._draws = 0  # per-process counter: each draw gets its own stream, reproducibly per worker
+        # outside a keyed training loader (draws.item_rng is None): a per-process counter gives each
+        # draw its own stream, reproducibly per worker
+        self._draws = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,8 +74,9 @@ class VolumeDataset(Dataset):
             self._draws += 1
             rng = np.random.default_rng([self.seed, i, self._draws])
             if self.crop:
-                arrays, origin = random_crop(arrays, self.roi, rng, with_origin=True)
+                arrays, origin = random_crop(arrays, self.roi, draws.item_rng("crop") or rng, with_origin=True)
             if self.augment:
+                rng = draws.item_rng("augment") or rng
                 for axis in (1, 2, 3):
                     if rng.uniform() < 0.5:
                         arrays = [np.flip(a, axis) for a in arrays]

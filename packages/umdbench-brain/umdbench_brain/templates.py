@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umdbench import draws
+
 __all__ = ["ModalityTemplates", "canvas_start", "block_mask", "info_nce"]
 
 
@@ -76,13 +78,15 @@ class ModalityTemplates(nn.Module):
         return torch.stack(out)
 
 
-def block_mask(batch: int, shape, block: int, rate: float, device, generator=None) -> torch.Tensor:
+def block_mask(batch: int, shape, block: int, rate: float, device, stream: str = "mask") -> torch.Tensor:
     """[B,1,*shape] float, 1 = masked: the crop split into ``block``-cubed blocks, of which
-    ``n - floor((1 - rate) * n)`` are masked per sample (released: keep floor(0.2 x 1728) = 345)."""
+    ``n - floor((1 - rate) * n)`` are masked per sample (released: keep floor(0.2 x 1728) = 345).
+    Each sample's blocks come from its own keyed ``stream`` (:mod:`umdbench.draws`), so a mask
+    does not depend on how the batch is split over processes."""
     grid = [int(s) // block for s in shape]
     n = grid[0] * grid[1] * grid[2]
     keep = int((1.0 - rate) * n + 1e-9)  # floor, robust to 0.2*1728 = 345.59999...
-    order = torch.rand(batch, n, device=device, generator=generator).argsort(dim=1)
+    order = draws.rand(batch, n, stream=stream, device=device).argsort(dim=1)
     mask = torch.ones(batch, n, device=device)
     mask.scatter_(1, order[:, :keep], 0.0)
     mask = mask.view(batch, 1, *grid)

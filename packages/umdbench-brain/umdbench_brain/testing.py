@@ -1,0 +1,132 @@
+"""Tiny stages of every brain strategy, for tests and the world-size equivalence harness
+(:mod:`umdbench.run.equivalence`): ``<strategy>_case`` are its case factories
+("umdbench_brain.testing:brainmvp_case", ...), importable by a torchrun worker.
+
+A case is the strategy at its tiny preset on 16^3 crops (the smallest edge every tiny encoder takes)
+with a global batch of 4 studies whose modalities differ (one has a single modality), so the
+per-study choices, masks and present-voxel counts all vary across the batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from umdbench.api import TaskInfo
+
+__all__ = ["B", "CASES", "R", "STEPS", "build_case_strategy", "case", "global_batch"]
+
+R = 16  # crop edge
+B = 4  # global batch
+STEPS = 3  # optimiser steps the harness compares
+CANVAS = [24, 24, 24]  # template canvas; the studies' grid is 20^3
+PRESENT = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 0, 1]])
+
+# strategy -> (class path, encoder, task type, options over the tiny preset). BrainMVP runs on its
+# released backbone (uniformer3d: BatchNorm) and its contrastive term starts at step 1 of 3, so
+# both phases are compared; the others on resunet3d (instance norm).
+CASES: dict[str, tuple[str, str, str, dict]] = {
+    "brainmvp": ("brainmvp:BrainMVP", "uniformer3d", "volumes",
+                 {"block_size": 4, "template_canvas": CANVAS, "contrast_start_frac": 1 / STEPS}),
+    "mae3d": ("strategies:MAE3D", "resunet3d", "volumes", {"block_size": 4}),
+    "simclr3d": ("baselines:SimCLR3D", "resunet3d", "volumes", {}),
+    "models-genesis": ("baselines:ModelsGenesis", "resunet3d", "volumes", {"shuffle_blocks": 8}),
+    "seg": ("strategies:SegTune", "resunet3d", "segmentation", {}),
+    "cls": ("strategies:ClsTune", "resunet3d", "scan-classification", {}),
+    "seg-tmpl": ("brainmvp:SegTemplateTune", "resunet3d", "segmentation", {"template_canvas": CANVAS}),
+    "cls-tmpl": ("brainmvp:ClsTemplateTune", "resunet3d", "scan-classification", {"template_canvas": CANVAS}),
+}
+_TASKS = {"volumes": ("VolumePretrainTask", None),
+          "segmentation": ("SegmentationTask", ["WT", "TC", "ET"]),
+          "scan-classification": ("ScanClassificationTask", ["LGG", "HGG"])}
+
+
+def _load(path: str):
+    import importlib
+
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(f"umdbench_brain.{module}"), attr)
+
+
+def case_train(name: str) -> dict:
+    """The case's train dict: the tiny preset's optimiser at the global batch, ``STEPS`` steps."""
+    cls = _load(CASES[name][0])
+    return {**cls.default_config("tiny")["train"], "batch_size": B, "max_iters": STEPS, "amp": False}
+
+
+def build_case_strategy(name: str):
+    """``(strategy, task type)`` of a case, seeded: the same parameters on every call."""
+    from umdbench_brain import encoders, tasks
+
+    path, encoder_name, task_name, options = CASES[name]
+    cls = _load(path)
+    enc_cls = {"resunet3d": encoders.ResUNetEncoder, "uniformer3d": encoders.UniFormerEncoder}[encoder_name]
+    spec_name, labels = _TASKS[task_name]
+    spec = getattr(tasks, spec_name)()
+    cfg = {**cls.default_config("tiny"), **options, "train": case_train(name)}
+    torch.manual_seed(0)
+    encoder = enc_cls(enc_cls.default_config("tiny") | {"roi_size": R})
+    if labels is None:
+        strategy = cls(encoder, cfg)
+    else:
+        strategy = cls(encoder, cfg, TaskInfo(task=task_name, num_classes=len(labels), label_names=labels, spec=spec))
+    if hasattr(strategy, "init_templates"):  # the parent's templates, as a brainmvp stage hands them on
+        with torch.no_grad():
+            strategy.templates.weight.copy_(torch.rand(strategy.templates.weight.shape,
+                                                       generator=torch.Generator().manual_seed(1)))
+    return strategy, spec
+
+
+def global_batch(name: str, step: int) -> dict[str, torch.Tensor]:
+    """The whole global batch of ``step`` as the training loader yields it (before the task type's
+    preprocess): the same on every call."""
+    g = torch.Generator().manual_seed(1000 + step)
+    present = PRESENT[:B]
+    batch = {"volume": torch.rand(B, 4, R, R, R, generator=g) * present[:, :, None, None, None],
+             "present": present.clone(), "index": torch.arange(B) + step * B,
+             "crop_origin": torch.randint(-2, 7, (B, 3), generator=g), "volume_shape": torch.full((B, 3), 20),
+             "flips": torch.randint(0, 2, (B, 3), generator=g)}
+    task_name = CASES[name][2]
+    if task_name == "segmentation":
+        batch["seg"] = (torch.rand(B, 3, R, R, R, generator=g) > 0.7).to(torch.uint8)
+    elif task_name == "scan-classification":
+        batch["label"] = torch.randint(0, 2, (B,), generator=g)
+    return batch
+
+
+def case(name: str):
+    """The equivalence case of strategy ``name``."""
+    from umdbench.run.equivalence import Case
+
+    strategy, spec = build_case_strategy(name)
+    return Case(strategy=strategy, task=spec, train=case_train(name), batch=lambda step: global_batch(name, step))
+
+
+def brainmvp_case():
+    return case("brainmvp")
+
+
+def mae3d_case():
+    return case("mae3d")
+
+
+def simclr3d_case():
+    return case("simclr3d")
+
+
+def models_genesis_case():
+    return case("models-genesis")
+
+
+def seg_case():
+    return case("seg")
+
+
+def cls_case():
+    return case("cls")
+
+
+def seg_tmpl_case():
+    return case("seg-tmpl")
+
+
+def cls_tmpl_case():
+    return case("cls-tmpl")
