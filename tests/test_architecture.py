@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Lowest first. A name maps the module itself and, for a package, every module below it.
 LAYERS: list[tuple[str, ...]] = [
-    ("umdbench", "umdbench.errors", "umdbench.util", "umdbench.hookspecs"),  # 0: no umdbench deps
+    ("umdbench", "umdbench.errors", "umdbench.util", "umdbench.hookspecs", "umdbench.draws"),  # 0: no umdbench deps
     ("umdbench.api",),  # 1: the plugin contract
     ("umdbench.models", "umdbench.data"),  # 2: building blocks
     ("umdbench.kit",),  # 3: what plugin authors build on
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("umdbench.cli",),  # 9
 ]
 # Names of layer 0 cover only themselves: "umdbench" is the package __init__, not everything.
-EXACT = {"umdbench", "umdbench.errors", "umdbench.util", "umdbench.hookspecs", "umdbench.api"}
+EXACT = {"umdbench", "umdbench.errors", "umdbench.util", "umdbench.hookspecs", "umdbench.draws", "umdbench.api"}
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "umdbench"

@@ -288,12 +288,25 @@ class Strategy(nn.Module):
         Override in strategies that offer released-code quirks or other non-paper options."""
         return []
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        """Terms of the loss that couple the samples of a step's batch (in-batch negatives, a mean
+        over a count that varies per sample, batch statistics), in words, e.g.
+        ``["InfoNCE over in-batch negatives"]``. Data-parallel ranks compute them over the global
+        batch (:mod:`umdbench.draws`); accumulated micro-batches, which run one after another,
+        cannot, so a stage with ``train.accumulative_counts`` > 1 records each as a deviation.
+        Empty (the default) = a step's update does not depend on how its batch is split."""
+        return []
+
     def __init__(self, encoder: nn.Module, cfg: dict):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses (``loss*`` keys, summed by the core) and values to log. Random draws come from
+        :mod:`umdbench.draws` (keyed per sample and step), so the step's update is the same at any
+        world size."""
         raise NotImplementedError
 
     # -- hooks the core calls (each has a default; docs/CONTRACT.md lists when) ---------------------

@@ -43,6 +43,10 @@ class CLIPPretrain(PretrainStrategy):
                        "batch as negatives (batch / N), so the loss depends on the process count")
         return out
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        return ["InfoNCE over the batch's negatives"]
+
     def __init__(self, encoder, cfg: dict):
         super().__init__(encoder, cfg)
         dim = int(cfg.get("embed_dim", 512))

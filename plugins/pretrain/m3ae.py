@@ -10,7 +10,7 @@ from torch import nn
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head
 from umdbench.models.masking import mask_tokens
-from umdbench.models.objectives import itm_loss, itm_sources, mim_loss, mlm_loss
+from umdbench.models.objectives import global_itm_sources, itm_loss, mim_loss, mlm_loss
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import resolve_special_ids
 
@@ -32,6 +32,10 @@ class M3AEPretrain(PretrainStrategy):
         "paper": {**copy.deepcopy(_COMMON), "mim_layer": 3, "decoder": {"dim": 384, "depth": 4, "heads": 6},
                   "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }
+
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        return ["L_MLM averaged over the batch's masked tokens", "ITM negatives paired within the batch"]
 
     def __init__(self, encoder, cfg: dict):
         super().__init__(encoder, cfg)
@@ -70,8 +74,9 @@ class M3AEPretrain(PretrainStrategy):
         l_mim = mim_loss(pred, self.encoder.patchify(image), o.image_mask, self.norm_pix_loss)
         # ITM
         # negatives are checked on content: a repeated image (or caption) never gives a false "mismatch"
-        src, itm_labels = itm_sources(image.shape[0], image.device, image=image, text_ids=ids)
-        o = self.encoder.forward_pairs(image, src, ids, mask, pooled_only=True)
+        # drawn over the global batch: pairs may cross data-parallel ranks, as in one process
+        candidates, src, itm_labels = global_itm_sources(image, ids)
+        o = self.encoder.forward_pairs(candidates, src, ids, mask, pooled_only=True)
         l_itm, itm_acc = itm_loss(self.itm_head(o.pooled), itm_labels)
         w = self.weights
         out.update({"loss_mlm": w["mlm"] * l_mlm, "loss_mim": w["mim"] * l_mim, "loss_itm": w["itm"] * l_itm,

@@ -14,7 +14,7 @@ import torch
 
 from umdbench.api import PretrainStrategy
 from umdbench.models.heads import itm_head
-from umdbench.models.objectives import itm_loss, itm_sources
+from umdbench.models.objectives import global_itm_sources, itm_loss
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import MultiLevelReconstruction
 
@@ -45,6 +45,11 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
     }
 
     @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        extra = ["ITM negatives paired within the batch"] if cfg.get("itm", True) else []
+        return super().batch_coupled_terms(cfg) + extra
+
+    @classmethod
     def check_config(cls, cfg: dict) -> None:
         if not 0.0 <= float(cfg.get("alpha", 0.5)) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {cfg.get('alpha')}")
@@ -71,9 +76,9 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
         out.update({k: r[k].detach() for k in ("mim", "mlm", "feamim", "feamlm", "mlm_acc")})
         if self.use_itm:
             # negatives are checked on content: a repeated image (or caption) never gives a false "mismatch"
-            src, labels = itm_sources(batch["image"].shape[0], batch["image"].device, image=batch["image"],
-                                      text_ids=batch["text_ids"])
-            o = self.encoder.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"], pooled_only=True)
+            # drawn over the global batch: pairs may cross data-parallel ranks, as in one process
+            candidates, src, labels = global_itm_sources(batch["image"], batch["text_ids"])
+            o = self.encoder.forward_pairs(candidates, src, batch["text_ids"], batch["text_mask"], pooled_only=True)
             l_itm, acc = itm_loss(self.itm_head(o.pooled), labels)
             out["loss_itm"] = l_itm
             out["itm"] = l_itm.detach()

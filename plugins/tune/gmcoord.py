@@ -31,7 +31,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from umdbench.kit import gradmod
+from umdbench.kit import draws, gradmod
 from umdbench.api import TaskInfo
 from umdbench.kit.supervised import SupervisedTune
 from umdbench.kit.recipes import (FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_SMALL, FINETUNE_TRAIN_TINY, SMALL_FINETUNE_EPOCHS,
@@ -147,7 +147,8 @@ class GMCoord(SupervisedTune):
         (Eq. 11) is a ratio of sums of probabilities, which bf16's 8-bit mantissa would round."""
         device = fwd.text_feat.device.type
         with torch.no_grad(), torch.autocast(device_type=device, enabled=False):
-            fwd = dataclasses.replace(fwd, text_feat=fwd.text_feat.float(), image_feat=fwd.image_feat.float())
+            wide = torch.promote_types(fwd.text_feat.dtype, torch.float32)  # fp32, or fp64 where it runs in fp64
+            fwd = dataclasses.replace(fwd, text_feat=fwd.text_feat.to(wide), image_feat=fwd.image_feat.to(wide))
             li, lt = self.unimodal_logits(fwd)
             if li.dim() == 1:  # retrieval pairs without negatives: nothing to rank against
                 return 0.0, 0.0
@@ -171,7 +172,8 @@ class GMCoord(SupervisedTune):
     def modulate_gradients(self) -> dict[str, float]:
         if self._contrib is None:
             return {}
-        c_i, c_t = self._contrib
+        # the sums of every rank's samples: rho is a ratio over the global batch
+        c_i, c_t = (float(v) for v in draws.all_sum(torch.tensor(self._contrib, dtype=torch.float64)))
         self._contrib = None
         if c_i <= 0.0 and c_t <= 0.0:  # no usable row (all labels -1): leave gradients alone
             return {"k_I": 1.0, "k_T": 1.0, "rho_I": 1.0, "rho_T": 1.0}
@@ -180,6 +182,7 @@ class GMCoord(SupervisedTune):
         for modality, k in (("image", logs["k_I"]), ("text", logs["k_T"])):
             noise = self.noise == "both" or (self.noise == "modulated" and k < 1.0)
             gradmod.modulate_(
-                (p for _, p in groups[modality] if p.requires_grad), k, noise=noise, std_eps=self.std_eps
+                (p for _, p in groups[modality] if p.requires_grad), k, noise=noise, std_eps=self.std_eps,
+                generator=draws.step_generator(f"gmcoord-{modality}"),  # the same noise on every rank
             )
         return logs

@@ -10,6 +10,7 @@ the objectives, heads and data helpers instead of re-implementing them::
         name = "bias-only"
         presets = {"tiny": {"loss": "ce", "pooling": "pooler", "train": dict(FINETUNE_TRAIN_TINY)}}
 """
+from umdbench import draws
 from umdbench.data.answers import normalize_answer
 from umdbench.data.vqa_common import ReleaseDataset, VQADataset
 from umdbench.hookspecs import hookimpl
@@ -41,6 +42,8 @@ __all__ = [
     "FINETUNE_TRAIN_PAPER", "FINETUNE_TRAIN_TINY",
     # objectives, heads, gradient modulation
     "clip_loss", "mim_loss", "mlm_loss", "itm_loss", "mask_tokens", "MIMDecoder", "MLMHead", "itm_head", "projection", "gradmod",
+    # random draws and batch-wide reductions that are the same at any world size
+    "draws",
     # registering
     "hookimpl",
 ]

@@ -31,7 +31,7 @@ def contribution(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     For retrieval pass the ``[B, 1+K]`` pair scores and a zero target (positive at index 0).
     """
     valid = target >= 0
-    probs = F.softmax(logits[valid].float(), dim=-1)
+    probs = F.softmax(logits[valid].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return probs.gather(1, target[valid].unsqueeze(1)).sum()
 
 
@@ -84,12 +84,13 @@ def modulate_(params: Iterable[nn.Parameter], k: float, noise: bool, std_eps: fl
         std = None
         if noise and g.numel() > 1:
             # kept on the device (no host sync per tensor); a non-finite std means no noise
-            s = g.detach().float().std()
+            s = g.detach().to(torch.promote_types(g.dtype, torch.float32)).std()
             std = torch.where(torch.isfinite(s), s + std_eps, torch.zeros_like(s))
         if k != 1.0:
             g.mul_(k)
         if std is not None:
-            n = torch.randn(g.shape, generator=generator, device=g.device, dtype=torch.float32)
+            on = "cpu" if generator is not None else g.device  # a keyed generator lives on the CPU
+            n = torch.randn(g.shape, generator=generator, device=on, dtype=s.dtype).to(g.device)
             g.add_(n.mul_(std).to(g.dtype))
         changed += 1
     return changed

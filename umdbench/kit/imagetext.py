@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from umdbench import draws
 from umdbench.api import DataError, Record
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
@@ -97,7 +98,7 @@ class RecordDataset(Dataset):
             item["answer_type"] = self.answer_types[i]
         if self.task == "retrieval" and self.negatives:
             # negatives: other captions, drawn fresh each time (different across epochs)
-            rng = np.random.default_rng()
+            rng = draws.item_rng("negatives") or np.random.default_rng()
             others = rng.choice(len(self.records) - 1, size=self.negatives, replace=len(self.records) - 1 < self.negatives)
             others = torch.as_tensor(others + (others >= i), dtype=torch.long)
             item["neg_text_ids"] = self.text_ids[others]

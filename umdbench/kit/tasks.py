@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umdbench import draws
 from umdbench.api import TaskInfo
 
 LOSSES = ("ce", "bce")
@@ -193,13 +194,15 @@ def task_loss(task: TaskInfo, logits: torch.Tensor, target: torch.Tensor | None,
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     valid = target >= 0
+    count = valid.sum()  # the mean is over the usable rows of the global batch (umdbench.draws)
     if not bool(valid.any()):
-        return logits.sum() * 0.0
+        return draws.global_mean(logits.sum() * 0.0, count)
     logits, target = logits[valid], target[valid]
     if loss == "ce":
-        return F.cross_entropy(logits, target)
+        return draws.global_mean(F.cross_entropy(logits, target, reduction="sum"), count)
     onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, onehot) * logits.shape[1]
+    per_row = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(dim=1)
+    return draws.global_mean(per_row.sum(), count)
 
 
 def task_predict(task: TaskInfo, logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from umdbench import draws
+
 
 def num_visible(num_patches: int, ratio: float) -> int:
     """Patches kept at mask ``ratio``: ``int(N * (1 - ratio))`` (the MAE / M3AE rule)."""
@@ -15,12 +17,13 @@ def random_masking(x: torch.Tensor, ratio: float, noise: torch.Tensor | None = N
     """Per-sample random shuffle keeping ``int(N * (1 - ratio))`` tokens of ``x`` [B, N, D].
 
     Returns ``(x_visible [B, K, D], mask [B, N] (1 = dropped), ids_restore [B, N], ids_keep [B, K])``.
-    ``noise`` [B, N] fixes the shuffle (lowest noise is kept); random when None.
+    ``noise`` [B, N] fixes the shuffle (lowest noise is kept); when None it is drawn per sample
+    (:func:`umdbench.draws.rand`, keyed by the sample's step and position in a training step).
     """
     B, N, D = x.shape
     keep = num_visible(N, ratio)
     if noise is None:
-        noise = torch.rand(B, N, device=x.device)
+        noise = draws.rand(B, N, stream="image_mask", device=x.device)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :keep]
@@ -49,24 +52,29 @@ def mask_tokens(
     selected tokens become ``[MASK]`` 80 % of the time, a random non-special token 10 %, and stay
     unchanged 10 %. Returns ``(masked_ids, labels)`` with ``labels = -100`` where not selected.
     ``special_ids`` is the strategy config's ``special_ids`` dict (keys mask, pad, cls, sep,
-    vocab_size, all_special).
+    vocab_size, all_special). Without ``generator`` each sample's draws are its own
+    (:mod:`umdbench.draws`), so a sample is masked the same way whatever batch it is in.
     """
     device = text_ids.device
     specials = torch.tensor(sorted(set(int(i) for i in special_ids["all_special"])), device=device)
+    allowed = _allowed_random_ids(int(special_ids["vocab_size"]), specials)
     eligible = text_mask.bool() & ~torch.isin(text_ids, specials)
-    rand = torch.rand(text_ids.shape, generator=generator, device=device)
+    if generator is None:
+        b, length = text_ids.shape
+        rand = draws.rand(b, length, stream="text_mask", device=device)
+        action = draws.rand(b, length, stream="text_mask_action", device=device)
+        replacement = draws.randint(0, allowed.numel(), b, length, stream="text_mask_random", device=device)
+    else:
+        rand = torch.rand(text_ids.shape, generator=generator, device=device)
+        action = torch.rand(text_ids.shape, generator=generator, device=device)
+        replacement = torch.randint(0, allowed.numel(), text_ids.shape, generator=generator, device=device)
     selected = eligible & (rand < prob)
     labels = torch.where(selected, text_ids, torch.full_like(text_ids, -100))
-    action = torch.rand(text_ids.shape, generator=generator, device=device)
     to_mask = selected & (action < 0.8)
     to_random = selected & (action >= 0.8) & (action < 0.9)
     masked = text_ids.clone()
     masked[to_mask] = int(special_ids["mask"])
-    n_random = int(to_random.sum())
-    if n_random:
-        allowed = _allowed_random_ids(int(special_ids["vocab_size"]), specials)
-        pick = torch.randint(0, allowed.numel(), (n_random,), generator=generator, device=device)
-        masked[to_random] = allowed.to(device)[pick]
+    masked = torch.where(to_random, allowed.to(device)[replacement], masked)
     return masked, labels
 
 

@@ -5,6 +5,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from umdbench import draws
+
 
 def normalise_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch normalisation of pixel targets (MAE ``norm_pix_loss``; unbiased variance)."""
@@ -22,7 +24,7 @@ def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
         target = normalise_patches(target)
     per_patch = ((pred - target) ** 2).mean(dim=-1)
     mask = mask.to(per_patch.dtype)
-    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+    return draws.global_mean((per_patch * mask).sum(), mask.sum())
 
 
 def mlm_loss(head, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,14 +32,18 @@ def mlm_loss(head, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
     The head runs only on those positions. Returns ``(loss, accuracy)``; with no masked token in
     the batch the loss is a zero that still depends on ``feats`` (keeps the graph connected).
+    The mean is over the masked tokens of the global batch (:func:`umdbench.draws.global_mean`):
+    data-parallel ranks hold different numbers of them.
     """
     sel = labels != -100
+    count = sel.sum()
     if not bool(sel.any()):
         zero = feats.sum() * 0.0
+        draws.global_mean(zero, count)  # a collective call every rank makes
         return zero, zero.detach()
     logits = head(feats[sel])
     target = labels[sel]
-    loss = F.cross_entropy(logits.float(), target)
+    loss = draws.global_mean(F.cross_entropy(logits.float(), target, reduction="sum"), count)
     acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc.detach()
 
@@ -126,21 +132,34 @@ def feature_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     [B, L] when given, e.g. the real-token mask)."""
     per_token = ((pred - target) ** 2).mean(dim=-1)
     if weight is None:
-        return per_token.mean()
+        return draws.global_mean(per_token.sum(), per_token.numel())
     weight = weight.to(per_token.dtype)
-    return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+    return draws.global_mean((per_token * weight).sum(), weight.sum())
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` ([b, ...]) of every data-parallel rank along dim 0, in rank order, keeping
-    the autograd graph: the backward pass sums each rank's gradient for the slice of every rank
-    (``torch.distributed.nn.functional.all_gather``). Returns ``x`` unchanged outside a process
-    group of two or more. Every rank must pass the same shape."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return x
-    from torch.distributed.nn.functional import all_gather
+    the autograd graph (:func:`umdbench.draws.gather`)."""
+    return draws.gather(x)
 
-    return torch.cat(all_gather(x), dim=0)
+
+def global_itm_sources(image: torch.Tensor, text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ITM pairing drawn over the step's global batch, as one process on the whole batch draws it.
+
+    The images and texts of every rank are gathered (no gradient: they are inputs) and put in the
+    order of the one-process batch; :func:`itm_sources` pairs them with a generator drawn once per
+    step (the same on every rank). Returns ``(candidates, src, labels)``: local text ``i`` is
+    paired with image ``candidates[src[i]]``, label 1 = matched. In one process ``candidates`` is
+    the batch's own images."""
+    n = image.shape[0]
+    every_image, every_text = draws.gather_nograd(image), draws.gather_nograd(text_ids)
+    positions, mine = draws.global_positions(n, device=image.device)
+    order = positions.argsort()
+    where = order.argsort()[mine]  # local sample i sits at where[i] of the ordered batch
+    candidates = every_image[order]
+    src, labels = itm_sources(candidates.shape[0], image.device, draws.step_generator("itm"),
+                              image=candidates, text_ids=every_text[order])
+    return candidates, src[where], labels[where]
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor):

@@ -70,6 +70,13 @@ class MultiLevelReconstruction:
 
     quirk_names: tuple[str, ...] = tuple(QUIRKS)
 
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        terms = ["L_MLM averaged over the batch's masked tokens"]
+        if not resolve_quirks(cfg).get("fea_all_text_tokens"):
+            terms.append("L_FeaMLM averaged over the batch's real text tokens")
+        return terms
+
     def _setup_reconstruction(self, encoder: nn.Module, cfg: dict) -> None:
         self.special_ids = resolve_special_ids(cfg, encoder)
         self.quirks = resolve_quirks(cfg, self.quirk_names)

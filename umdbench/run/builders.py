@@ -201,14 +201,25 @@ def auto_num_workers(requested) -> int:
     return max(0, min(4, cores - 1))
 
 
-def dataloader_cfg(dataset, spec: TaskType, batch_size: int, run: ResolvedRun, *, train: bool) -> dict:
+def dataloader_cfg(dataset, spec: TaskType, batch_size: int, run: ResolvedRun, *, train: bool,
+                   global_batch: int | None = None, micro_batches: int = 1) -> dict:
+    """The loader of one split. Training reads through the keyed loader
+    (:class:`~umdbench.run.data_parallel.GlobalBatchSampler`): ``batch_size`` is this process's
+    micro-batch, ``global_batch`` the step's batch over every rank and micro-batch."""
+    from umdbench.run.data_parallel import GlobalBatchSampler, KeyedCollate, KeyedItems
+
     workers = auto_num_workers(run.config["data"].get("num_workers", "auto"))
-    sampler = ({"type": "InfiniteSampler", "shuffle": True, "seed": run.config["seed"]} if train
-               else {"type": "DefaultSampler", "shuffle": False})
+    seed = run.config["seed"]
+    if train:
+        dataset, collate = KeyedItems(dataset, seed), KeyedCollate(spec.collate)
+        sampler = {"type": GlobalBatchSampler, "global_batch": int(global_batch or batch_size),
+                   "micro_batches": int(micro_batches), "seed": seed}
+    else:
+        sampler, collate = {"type": "DefaultSampler", "shuffle": False}, spec.collate
     return {
         "dataset": dataset, "sampler": sampler, "batch_size": int(batch_size), "num_workers": workers,
         "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available(),
-        "collate_fn": spec.collate,  # the task type's (mmengine accepts a callable)
+        "collate_fn": collate,  # the task type's (mmengine accepts a callable)
     }
 
 
@@ -465,18 +476,15 @@ def plugin_packages(registries) -> set[str]:
 def distributed_runner_kwargs(launcher: str) -> dict:
     """Runner arguments for a multi-process stage (``launcher='pytorch'``, started by torchrun).
 
-    mmengine's own process-group set-up calls ``torch.cuda.set_device`` unconditionally, so on a
-    machine without CUDA the gloo group is created here first (the Runner then skips its own) and
-    the model wrapper is told not to pin a device.
+    The process group is created here, before the Runner (which then skips its own: mmengine's
+    calls ``torch.cuda.set_device`` unconditionally), so that everything built before the Runner
+    (the optimiser wrapper's step-in-backward choice) already sees the group. The model wrapper is
+    :class:`~umdbench.run.data_parallel.StageDistributedDataParallel` on CPU and CUDA alike: the
+    strategy hooks run as in one process.
     """
     if launcher == "none":
         return {}
-    import torch.distributed as dist
+    from umdbench.run.data_parallel import init_process_group, wrapper_cfg
 
-    kwargs: dict = {"launcher": launcher}
-    if not torch.cuda.is_available():
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        kwargs["cfg"] = {"model_wrapper_cfg": {"type": "MMDistributedDataParallel", "device_ids": None,
-                                               "find_unused_parameters": True}}
-    return kwargs
+    init_process_group()
+    return {"launcher": launcher, "cfg": {"model_wrapper_cfg": wrapper_cfg(torch.cuda.is_available())}}

@@ -1,13 +1,19 @@
 """The mmengine model that wraps one strategy for one stage."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
+from umdbench import draws
 from umdbench.api import TaskType
 from umdbench.errors import UmdbenchError
 
 __all__ = ["StageModel", "TaskPreprocessor"]
+
+#: batch keys the keyed training loader adds (umdbench.run.data_parallel); never handed to a strategy
+STEP_KEY, POSITION_KEY = "sample_step", "sample_position"
 
 
 class TaskPreprocessor(BaseDataPreprocessor):
@@ -33,16 +39,21 @@ class StageModel(BaseModel):
     outputs plus the task type's ``metric_keys`` of the batch.
     """
 
-    def __init__(self, strategy: torch.nn.Module, spec: TaskType):
+    def __init__(self, strategy: torch.nn.Module, spec: TaskType, seed: int = 0):
         super().__init__(data_preprocessor=TaskPreprocessor(spec))
         self.strategy = strategy
+        self.seed = int(seed)  # keys the strategy's random draws with each sample's step and position
         self.metric_keys = tuple(spec.metric_keys)
         self.prediction_keys = tuple(spec.prediction_keys)
         self.task_name = spec.name
 
     def forward(self, mode: str = "tensor", **batch):
+        step, positions = batch.pop(STEP_KEY, None), batch.pop(POSITION_KEY, None)
         if mode == "loss":
-            return self.strategy(batch)
+            if step is None or draws.current() is not None:
+                return self.strategy(batch)
+            with self.step_draws(step, positions):
+                return self.strategy(batch)
         if mode == "predict":
             predicted = self.strategy.predict(batch)
             if self.prediction_keys and set(predicted) != set(self.prediction_keys):
@@ -56,17 +67,31 @@ class StageModel(BaseModel):
             return [outputs]
         raise ValueError(f"StageModel has no mode {mode!r}")
 
-    def train_step(self, data, optim_wrapper):
-        with optim_wrapper.optim_context(self):
-            data = self.data_preprocessor(data, True)
-            losses = self(**data, mode="loss")
-        parsed, log_vars = self.parse_losses(losses)
-        # 1 / micro-batches per step (1 without gradient accumulation), as OptimWrapper.update_params
-        optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
-        if optim_wrapper.should_update():
-            for key, value in self.strategy.modulate_gradients().items():
-                log_vars[key] = torch.as_tensor(float(value))
-            optim_wrapper.step()
-            optim_wrapper.zero_grad()
-            self.strategy.after_optimizer_step()
+    def step_draws(self, step, positions):
+        """The draw context of one (micro-)batch: its optimiser step and its samples' positions in
+        the step's global batch (:mod:`umdbench.draws`)."""
+        return draws.step_context(self.seed, int(step[0]), [int(p) for p in positions.tolist()])
+
+    def train_step(self, data, optim_wrapper, forward=None):
+        """mmengine's step with the strategy's hooks. ``forward`` is the module whose call runs the
+        losses: this model in one process, its DDP wrapper under torchrun
+        (:class:`~umdbench.run.data_parallel.StageDistributedDataParallel`), so the gradients are
+        all-reduced by the time the hooks read them. The whole step, hooks included, runs in the
+        batch's draw context (GM-Coord's gradient noise is a per-step draw)."""
+        forward = self if forward is None else forward
+        keyed = isinstance(data, dict) and STEP_KEY in data
+        context = self.step_draws(data[STEP_KEY], data[POSITION_KEY]) if keyed else contextlib.nullcontext()
+        with context:
+            with optim_wrapper.optim_context(forward):
+                data = self.data_preprocessor(data, True)
+                losses = forward(**data, mode="loss")
+            parsed, log_vars = self.parse_losses(losses)
+            # 1 / micro-batches per step (1 without gradient accumulation), as OptimWrapper.update_params
+            optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
+            if optim_wrapper.should_update():
+                for key, value in self.strategy.modulate_gradients().items():
+                    log_vars[key] = torch.as_tensor(float(value))
+                optim_wrapper.step()
+                optim_wrapper.zero_grad()
+                self.strategy.after_optimizer_step()
         return log_vars

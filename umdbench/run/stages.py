@@ -82,9 +82,17 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     dataset, spec = build_dataset(stage, run, ctx, stage.data["split"], training=True)
     install_safe_loader()
     interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4))) * accum
+    model = StageModel(strategy, spec, seed=run.config["seed"])
+    data_parallel = {"world_size": world, "micro_batches": accum}
+    if world > 1:
+        from umdbench.run.data_parallel import convert_batch_norm
+
+        if convert_batch_norm(model):  # batch statistics of the global batch, as one process has
+            data_parallel["batch_norm"] = "statistics over the global batch (GlobalBatchNorm)"
     runner = make_runner(
-        stage, run, ctx, StageModel(strategy, spec), train_dir,
-        train_dataloader=dataloader_cfg(dataset, spec, batch_size, run, train=True),
+        stage, run, ctx, model, train_dir,
+        train_dataloader=dataloader_cfg(dataset, spec, batch_size, run, train=True,
+                                        global_batch=int(train["batch_size"]), micro_batches=accum),
         train_cfg={"type": "IterBasedTrainLoop", "max_iters": int(train["max_iters"]) * accum, "val_interval": 10**9},
         optim_wrapper=build_optim_wrapper(strategy, train),
         param_scheduler=lr_schedule(train),
@@ -101,7 +109,8 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         dist.barrier()  # rank 0 writes the artifact
         return ws.stage_dir(stage)
     wall = time.time() - started
-    ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world)
+    ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world,
+                  data_parallel=data_parallel)
     ws.prune_checkpoints(stage, int(train.get("keep_checkpoints", 1)))  # after the marker: never without both
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
     if world > 1:
