@@ -31,3 +31,6 @@ def test_two_process_ddp_stage(tmp_path):
 
     row = run_cell(run, stages, ctx)
     assert "overall" in row["metrics"]
+    # the row says how each stage was trained, and what of it depends on that (nothing, here)
+    assert row["schedule"][stage.key] == {"world_size": 2, "micro_batches": 1, "exceptions": []}
+    assert ctx.ws.store.get(row["cell_key"])["schedule"] == row["schedule"]

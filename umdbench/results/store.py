@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_time_s REAL, device TEXT, created_at TEXT NOT NULL,
     skipped TEXT,                   -- JSON: dataset -> records left out (on_error skip, malformed)
     plugins TEXT,                   -- JSON: "kind:name" -> the package (and version) that provided it
-    predictions TEXT                -- JSON: {path, sha256, n, fields} of runs/<cell>/predictions.npz, or NULL
+    predictions TEXT,               -- JSON: {path, sha256, n, fields} of runs/<cell>/predictions.npz, or NULL
+    schedule TEXT                   -- JSON: stage key -> how it was trained (processes, micro-batches, exceptions)
 );
 CREATE TABLE IF NOT EXISTS suite_cells (
     suite TEXT NOT NULL, cell_name TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL,
@@ -50,16 +51,17 @@ CREATE TABLE IF NOT EXISTS suite_cells (
 """
 COLUMNS = ("cell_key", "suite", "cell_name", "pretrain", "tune", "dataset", "preset", "seed", "metrics", "config",
            "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at",
-           "skipped", "plugins", "predictions")
-JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped", "plugins", "predictions")
+           "skipped", "plugins", "predictions", "schedule")
+JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped", "plugins", "predictions", "schedule")
 
 # The store's layout, kept in SQLite's user_version. 1: the first released layout (user_version
 # never set, so read as 0 too); 2: runs.skipped; 3: runs.plugins; 4: runs.predictions (older rows
-# keep NULL: they render without intervals). Older stores are migrated when
+# keep NULL: they render without intervals); 5: runs.schedule (older rows keep NULL: not recorded). Older stores are migrated when
 # opened; a store from a newer umdbench is refused rather than written in a layout it does not know.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # columns added since version 1: (version, table, column, SQL type)
-MIGRATIONS = [(2, "runs", "skipped", "TEXT"), (3, "runs", "plugins", "TEXT"), (4, "runs", "predictions", "TEXT")]
+MIGRATIONS = [(2, "runs", "skipped", "TEXT"), (3, "runs", "plugins", "TEXT"), (4, "runs", "predictions", "TEXT"),
+              (5, "runs", "schedule", "TEXT")]
 MEMBERSHIP_COLUMNS = ("suite", "cell_name", "dataset", "preset", "seed", "cell_key", "status", "detail", "overrides")
 
 
@@ -147,6 +149,7 @@ class ResultsStore:
         row.setdefault("skipped", {})
         row.setdefault("plugins", {})
         row.setdefault("predictions", None)
+        row.setdefault("schedule", None)
         for col in JSON_COLUMNS:
             row[col] = json.dumps(row[col], sort_keys=True)
         values = [row.get(col) for col in COLUMNS]

@@ -98,6 +98,16 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
     }
 
 
+def training_schedule(stages: list[Stage], ctx: RunContext) -> dict:
+    """``{stage key: how it was trained}`` from each stage's marker: processes, micro-batches, and
+    what of the step could not be made independent of them (recorded, never silent)."""
+    out = {}
+    for stage in stages[:-1]:
+        meta = ctx.ws.marker(stage) if ctx.ws.is_trained(stage) else {}
+        out[stage.key] = meta.get("data_parallel") or {"world_size": int(meta.get("world_size", 1))}
+    return out
+
+
 def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, ctx: RunContext,
                  device: str | None = None) -> dict:
     """Write a finished cell: ``config.json``, the store row and ``result.json``. A row stored
@@ -111,6 +121,7 @@ def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time
                  + ", ".join(f"{name} {n}" for name, n in sorted(skipped.items())))
         row = result_row(run, stages, metrics, wall_time_s, device, skipped, plugin_provenance(run, ctx.registries),
                          ctx.ws.predictions_ref(cell.key))
+        row["schedule"] = training_schedule(stages, ctx)
         if not ctx.ws.store.add(row):  # INSERT OR IGNORE: one row per cell key
             row = ctx.ws.store.get(cell.key)
         ctx.ws.write_result(row)

@@ -86,6 +86,24 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
+def per_process_randomness(module: nn.Module) -> list[str]:
+    """What of a stage still draws from each process's own RNG under DDP, in words: dropout and
+    drop-path layers with a nonzero rate. Their masks would have to be drawn per sample from keyed
+    generators on the host, which at the paper's sizes costs more than the step; so a multi-process
+    stage with them records that its update differs from one process's (statistically the same)."""
+    layers = []
+    for name, sub in module.named_modules():
+        rate = getattr(sub, "p", None) if isinstance(sub, nn.Dropout) else getattr(sub, "drop_prob", None)
+        if rate is None:
+            rate = getattr(sub, "dropout", None)  # layers that apply F.dropout themselves keep a float rate
+        if isinstance(rate, float) and rate > 0:
+            layers.append(name)
+    if not layers:
+        return []
+    return [f"{len(layers)} dropout / drop-path layers (e.g. {layers[0]}) draw their masks from each process's "
+            f"RNG, not per sample, so the update differs from one process's on the same batch"]
+
+
 def convert_batch_norm(module: nn.Module) -> list[str]:
     """Replace every BatchNorm1d/2d/3d under ``module`` by :class:`GlobalBatchNorm` in place (same
     parameters and running statistics). Returns the names of the layers replaced."""

@@ -87,8 +87,11 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     if world > 1:
         from umdbench.run.data_parallel import convert_batch_norm
 
+        from umdbench.run.data_parallel import per_process_randomness
+
         if convert_batch_norm(model):  # batch statistics of the global batch, as one process has
             data_parallel["batch_norm"] = "statistics over the global batch (GlobalBatchNorm)"
+        data_parallel["exceptions"] = per_process_randomness(model)
     runner = make_runner(
         stage, run, ctx, model, train_dir,
         train_dataloader=dataloader_cfg(dataset, spec, batch_size, run, train=True,
