@@ -121,3 +121,19 @@ def test_global_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch(tmp
     for g in got:
         torch.testing.assert_close(g["mean"], bn.running_mean)
         torch.testing.assert_close(g["var"], bn.running_var)
+
+
+def test_counter_based_draws_hash_as_the_reference_and_look_uniform():
+    import random
+
+    values = [random.Random(5).getrandbits(64) for _ in range(1)] + [random.Random(i).getrandbits(64) for i in range(200)]
+    got = draws._mix(torch.tensor([draws._signed(v) for v in values], dtype=torch.long))
+    assert [v & ((1 << 64) - 1) for v in got.tolist()] == [draws._mix_int(v) for v in values]
+    with draws.step_context(seed=1, step=2, positions=range(64)):
+        u, z = draws.rand(64, 500, stream="u"), draws.randn(64, 500, stream="z")
+        r = draws.randint(3, 7, 64, 500, stream="r")
+        u64 = draws.rand(64, 500, stream="u", dtype=torch.float64)
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0 and abs(float(u.mean()) - 0.5) < 0.01
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1.0) < 0.02
+    assert set(r.unique().tolist()) == {3, 4, 5, 6}
+    assert float((u64.float() - u).abs().max()) < 1e-6  # the same draws at either precision

@@ -74,14 +74,61 @@ def _stream(name: str | int) -> int:
     return name if isinstance(name, int) else zlib.crc32(str(name).encode())
 
 
+# -- counter-based draws -------------------------------------------------------------------------------
+# A draw is a hash of (seed, step, position, stream, element index): SplitMix64's finaliser, computed on
+# int64 tensors wherever the batch lives (CPU or GPU), so a batch of 256 samples costs a few kernels,
+# not 256 generators. int64 arithmetic wraps around (two's complement) in torch, as the hash needs.
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_M1, _M2, _G = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB), _signed(_GOLDEN)
+
+
+def _mix_int(x: int) -> int:
+    """SplitMix64's finaliser on a Python int (the reference the tensor version must equal)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_mix_int` elementwise on int64 (logical shifts by masking the sign extension)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _M1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _M2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
 def _key(*parts: int) -> int:
-    """A 63-bit generator seed from integers (SeedSequence mixes them; neighbours are unrelated)."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+    """A 64-bit key from integers: each part is mixed into the running hash."""
+    h = 0
+    for p in parts:
+        h = _mix_int(h ^ ((int(p) + _GOLDEN) & _MASK64))
+    return h
 
 
-def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_key(*parts))
+def _bits(n: int, count: int, stream, device) -> torch.Tensor:
+    """``[n, count]`` 64-bit hashes: row ``i`` of local sample ``i``, column ``j`` its j-th draw."""
+    ctx = _STEP.get()
+    keys = torch.tensor([_signed(_key(ctx.seed, ctx.step, p, _stream(stream))) for p in ctx.positions],
+                        dtype=torch.long, device=device)
+    counters = (torch.arange(1, count + 1, dtype=torch.long, device=device) * _G)
+    return _mix(keys[:, None] ^ counters[None, :])
+
+
+def _uniform(bits: torch.Tensor, dtype) -> torch.Tensor:
+    """Uniform [0, 1) from hashes: 24 bits for float32 and below (exactly representable), 53 for float64."""
+    if dtype == torch.float64:
+        return ((bits >> 11) & ((1 << 53) - 1)).to(torch.float64) * 2.0 ** -53
+    return (((bits >> 40) & ((1 << 24) - 1)).to(torch.float32) * 2.0 ** -24).to(dtype)
 
 
 def _positions(n: int) -> tuple[int, ...] | None:
@@ -94,42 +141,45 @@ def _positions(n: int) -> tuple[int, ...] | None:
     return ctx.positions
 
 
+def _numel(shape: tuple) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
 def sample_generator(i: int, stream: str | int) -> torch.Generator | None:
-    """The CPU generator of local sample ``i`` for ``stream`` in this step (None outside a step)."""
+    """A CPU generator of local sample ``i`` for ``stream`` in this step (None outside a step), for
+    draws the tensor functions below do not cover (a per-sample Python decision)."""
     ctx = _STEP.get()
     if ctx is None:
         return None
-    return _generator(ctx.seed, ctx.step, ctx.positions[i], _stream(stream))
-
-
-def _per_sample(fn, n: int, shape: tuple, stream, device, dtype) -> torch.Tensor:
-    positions = _positions(n)
-    if positions is None:
-        return fn((n, *shape), generator=None, device=device, dtype=dtype)
-    ctx = _STEP.get()
-    rows = [fn(shape, generator=_generator(ctx.seed, ctx.step, p, _stream(stream)), device="cpu", dtype=dtype)
-            for p in positions]
-    out = torch.stack(rows) if rows else fn((0, *shape), generator=None, device="cpu", dtype=dtype)
-    return out.to(device) if device is not None else out
+    return torch.Generator().manual_seed(_key(ctx.seed, ctx.step, ctx.positions[i], _stream(stream)) >> 1)
 
 
 def rand(n: int, *shape: int, stream: str | int, device=None, dtype=torch.float32) -> torch.Tensor:
     """``[n, *shape]`` uniform [0, 1): row ``i`` drawn for local sample ``i``."""
-    return _per_sample(lambda s, generator, device, dtype: torch.rand(s, generator=generator, device=device, dtype=dtype),
-                       n, shape, stream, device, dtype)
+    if _positions(n) is None:
+        return torch.rand((n, *shape), device=device, dtype=dtype)
+    return _uniform(_bits(n, _numel(shape), stream, device), dtype).view(n, *shape)
 
 
 def randn(n: int, *shape: int, stream: str | int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """``[n, *shape]`` standard normal: row ``i`` drawn for local sample ``i``."""
-    return _per_sample(lambda s, generator, device, dtype: torch.randn(s, generator=generator, device=device, dtype=dtype),
-                       n, shape, stream, device, dtype)
+    """``[n, *shape]`` standard normal (Box-Muller on two uniforms): row ``i`` drawn for sample ``i``."""
+    if _positions(n) is None:
+        return torch.randn((n, *shape), device=device, dtype=dtype)
+    m = _numel(shape)
+    u = _uniform(_bits(n, 2 * m, stream, device), torch.float64)
+    z = torch.sqrt(-2.0 * torch.log1p(-u[:, :m])) * torch.cos(2.0 * torch.pi * u[:, m:])
+    return z.to(dtype).view(n, *shape)
 
 
 def randint(low: int, high: int, n: int, *shape: int, stream: str | int, device=None) -> torch.Tensor:
     """``[n, *shape]`` integers in [low, high): row ``i`` drawn for local sample ``i``."""
-    return _per_sample(lambda s, generator, device, dtype: torch.randint(low, high, s, generator=generator,
-                                                                          device=device, dtype=dtype),
-                       n, shape, stream, device, torch.long)
+    if _positions(n) is None:
+        return torch.randint(low, high, (n, *shape), device=device)
+    bits = (_bits(n, _numel(shape), stream, device) >> 11) & ((1 << 53) - 1)
+    return (bits % (int(high) - int(low)) + int(low)).view(n, *shape)
 
 
 def step_generator(stream: str | int) -> torch.Generator | None:
@@ -138,7 +188,7 @@ def step_generator(stream: str | int) -> torch.Generator | None:
     ctx = _STEP.get()
     if ctx is None:
         return None
-    return _generator(ctx.seed, ctx.step, -1, _stream(stream))
+    return torch.Generator().manual_seed(_key(ctx.seed, ctx.step, -1, _stream(stream)) >> 1)
 
 
 # -- dataset items --------------------------------------------------------------------------------
