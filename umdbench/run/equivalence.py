@@ -65,8 +65,9 @@ class Report:
         return name, self.diffs[leg][name]
 
     def exact_legs(self) -> tuple[str, ...]:
-        """The legs that must match: ``micro`` only without batch-coupled terms."""
-        return ("ranks",) if self.coupled_terms else ("ranks", "micro")
+        """The legs run that must match: ``micro`` only without batch-coupled terms."""
+        legs = ("ranks",) if self.coupled_terms else ("ranks", "micro")
+        return tuple(leg for leg in legs if leg in self.diffs)
 
 
 def load_case(factory: str) -> Case:
@@ -80,16 +81,17 @@ def _slice(batch: dict, lo: int, hi: int) -> dict:
     return {k: v[lo:hi] for k, v in batch.items()}
 
 
-def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int = 1) -> dict:
+def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int = 1, device: str = "cpu") -> dict:
     """Train the case ``steps`` optimiser steps as rank ``rank`` of ``world`` with ``micro``
-    micro-batches per step; returns its final state (strategy state dict + optimiser state)."""
+    micro-batches per step on ``device``; returns its final state (strategy state dict + optimiser
+    state, on the CPU)."""
     from umdbench.run.builders import build_optim_wrapper
     from umdbench.run.data_parallel import convert_batch_norm, wrapper_cfg
     from umdbench.run.stage_model import POSITION_KEY, STEP_KEY, StageModel
 
     case = load_case(factory)
     while True:
-        model = StageModel(case.strategy, case.task, seed=SEED)
+        model = StageModel(case.strategy, case.task, seed=SEED).to(device)
         model.train()
         runner_model = model
         if world > 1:
@@ -106,21 +108,21 @@ def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int 
             batch = case.batch(step)
             for m in range(micro):
                 start = (m * world + rank) * local
-                data = _slice(batch, start, start + local)
+                data = {k: v.to(device) for k, v in _slice(batch, start, start + local).items()}
                 data[STEP_KEY] = torch.full((local,), step, dtype=torch.long)
                 data[POSITION_KEY] = torch.arange(start, start + local)
                 logs.append({k: float(v.detach()) for k, v in runner_model.train_step(data, optim).items()})
         if case.then is None:
             break
         case = case.then(case.strategy)
-    state = {f"state.{k}": v.detach().float().clone() for k, v in case.strategy.state_dict().items()
+    state = {f"state.{k}": v.detach().double().cpu() for k, v in case.strategy.state_dict().items()
              if v.is_floating_point() or v.dtype in (torch.long, torch.int)}
     names = {id(p): n for n, p in case.strategy.named_parameters()}
     for group in optim.optimizer.param_groups:
         for p in group["params"]:
             for k, v in optim.optimizer.state.get(p, {}).items():
                 if torch.is_tensor(v) and v.numel() > 1:
-                    state[f"optim.{names[id(p)]}.{k}"] = v.detach().float().clone()
+                    state[f"optim.{names[id(p)]}.{k}"] = v.detach().double().cpu()
     return {"state": state, "logs": logs}
 
 
@@ -170,20 +172,24 @@ def _ranks(factories: list[str], steps: int, out: Path, timeout: float) -> None:
         raise RuntimeError(f"the 2-process leg failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def compare(factories: str | list[str], steps: int = 3, timeout: float = 900) -> dict[str, Report]:
-    """Run every factory's three legs (one torchrun job for all the ``ranks`` legs); returns a
-    :class:`Report` per factory."""
+def compare(factories: str | list[str], steps: int = 3, timeout: float = 900, legs=("ranks", "micro"),
+            device: str = "cpu") -> dict[str, Report]:
+    """Run every factory's legs (one torchrun job, on the CPU, for all the ``ranks`` legs; the
+    one-process legs on ``device``); returns a :class:`Report` per factory."""
     factories = [factories] if isinstance(factories, str) else list(factories)
     with tempfile.TemporaryDirectory() as tmp:
-        _ranks(factories, steps, Path(tmp), timeout)
+        if "ranks" in legs:
+            _ranks(factories, steps, Path(tmp), timeout)
         reports = {}
         for i, factory in enumerate(factories):
-            ref = run_leg(factory, steps)["state"]
-            ranks = [torch.load(Path(tmp) / f"{i}-rank{r}.pt", weights_only=True)["state"] for r in range(2)]
+            ref = run_leg(factory, steps, device=device)["state"]
             report = Report(factory, coupled_terms(factory))
-            report.diffs["ranks"] = relative_differences(ranks[0], ref)
-            report.diffs["rank1"] = relative_differences(ranks[1], ranks[0])  # the ranks agree with each other
-            report.diffs["micro"] = relative_differences(run_leg(factory, steps, micro=2)["state"], ref)
+            if "ranks" in legs:
+                ranks = [torch.load(Path(tmp) / f"{i}-rank{r}.pt", weights_only=True)["state"] for r in range(2)]
+                report.diffs["ranks"] = relative_differences(ranks[0], ref)
+                report.diffs["rank1"] = relative_differences(ranks[1], ranks[0])  # the ranks agree with each other
+            if "micro" in legs:
+                report.diffs["micro"] = relative_differences(run_leg(factory, steps, micro=2, device=device)["state"], ref)
             reports[factory] = report
     return reports
 
@@ -271,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="compare the three legs of each factory (default: the built-in strategies)")
     check.add_argument("factories", nargs="*")
     check.add_argument("--steps", type=int, default=3)
+    check.add_argument("--legs", default="ranks,micro", help="ranks (2 gloo processes on the CPU), micro (2 micro-batches)")
+    check.add_argument("--device", default="cpu", help="device of the one-process legs (cpu, cuda)")
     worker = sub.add_parser("worker", help="one rank of the 2-process leg (started by torchrun)")
     worker.add_argument("out")
     worker.add_argument("steps", type=int)
@@ -281,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     factories = args.factories or [f"{BUILTIN_FACTORY}:{name}" for name in BUILTIN]
     failed = 0
-    for factory, report in compare(factories, args.steps).items():
+    legs = tuple(args.legs.split(","))
+    for factory, report in compare(factories, args.steps, legs=legs, device=args.device).items():
         parts = []
-        for leg in ("ranks", "micro"):
+        for leg in legs:
             tensor, diff = report.worst(leg)
             parts.append(f"{leg} {diff:.1e} ({tensor})")
         exact = all(report.worst(leg)[1] <= 1e-5 for leg in report.exact_legs())
