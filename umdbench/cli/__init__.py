@@ -24,6 +24,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from umdbench.cli.launch import add_launch_arguments
+
     common = argparse.ArgumentParser(add_help=False)
     _common(common)
     parser = argparse.ArgumentParser(prog="umdbench", description=DESCRIPTION,
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--track", metavar="B1,B2", help="also log every stage to these experiment trackers: "
                      "tensorboard, mlflow (each must be installed); same as --cfg-options tracking.backends=...")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stage plan; train nothing")
+    add_launch_arguments(run)
 
     lst = sub.add_parser("list", parents=[common], help="registered names by kind")
     lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite", "encoder", "task"))
@@ -100,7 +103,9 @@ def cmd_run(args) -> int:
     from umdbench.plan.stages import build_plan, describe_plan
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.cli.plancache import note_config
+    from umdbench.cli.launch import launch_of
 
+    launch = launch_of(args)
     chain = parse_tune_chain(args.tune)
     overrides = tuple(parse_override(o) for o in args.cfg_options)
     if args.track:
@@ -127,7 +132,14 @@ def cmd_run(args) -> int:
         print(f"\nconfig hash {resolved.hash[:16]}\nstage plan ({len(stages)} stages):")
         print(describe_plan(stages, ctx.ws.is_trained))
         return 0
-    row = run_cell(resolved, stages, ctx)
+    from umdbench.cli.launch import follow_node0, shared_paths
+    from umdbench.run.distributed import stage_trainer
+    from umdbench.run.nodes import node_group
+
+    with node_group(launch, shared_paths(ctx.ws.work_dir, args.data_root, args.plugin_path)) as group:
+        if launch.node_rank > 0:
+            return follow_node0(group, launch, "result")
+        row = run_cell(resolved, stages, ctx, train=stage_trainer(launch, args.plugin_path, group))
     metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(row["metrics"].items()))
     print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ctx.ws.store_path} "
           f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)")

@@ -10,6 +10,7 @@ examples:
   umdbench sweep --suite fig5 --datasets vqa-rad --cfg-options pretrain.train.max_iters=50 tune.*.train.max_iters=50
   umdbench sweep --suite table4 --executor ray --ray-address auto
   umdbench sweep --suite table4 --nproc-per-node 2          # each training stage as a 2-process DDP job
+  umdbench sweep --suite table4 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29400  # node 1: --node-rank 1
 
 --cfg-options apply to every cell: pretrain.* is ignored for cells without pre-training, tune.N.* for
 chains shorter than N+1, and tune.*.KEY applies to every tuning stage that has KEY (tune.*.pooling=mean
@@ -37,22 +38,31 @@ def add_subcommands(sub, common_parent_parser) -> None:
     p.add_argument("--executor", default="local", choices=("local", "ray"), help="where stages run (default local)")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--ray-num-cpus", type=int, metavar="N", help="CPUs of a local Ray (default: all)")
-    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                   help="train each stage with N processes via torchrun/DDP (local executor; default 1)")
     p.add_argument("--dry-run", action="store_true", help="print cells, unique stages and sharing; run nothing")
+    from umdbench.cli.launch import add_launch_arguments
+
+    add_launch_arguments(p)  # --nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint (local executor)
     p.set_defaults(handler=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
-    from pathlib import Path
-
+    from umdbench.cli.launch import follow_node0, launch_of, shared_paths
+    from umdbench.errors import ConfigError
     from umdbench.plan.config import parse_override
-    from umdbench.run.builders import RunContext
+    from umdbench.plan.suites import get_suite
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.results.store import ResultsStore
-    from umdbench.plan.suites import get_suite
-    from umdbench.sweep.planning import membership_entries, plan_sweep
+    from umdbench.run.builders import RunContext
+    from umdbench.run.nodes import node_group
+    from umdbench.sweep.planning import plan_sweep
 
+    launch = launch_of(args)
+    if args.executor == "ray" and launch.world_size > 1:  # before planning, and before other nodes wait
+        from umdbench.sweep.executors import RAY_WITH_TORCHRUN
+
+        raise ConfigError(RAY_WITH_TORCHRUN)
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be at least 1.")
     registries = get_registries(tuple(args.plugin_path))
     note_failed_plugins()
     suite = get_suite(registries, args.suite)
@@ -60,16 +70,12 @@ def cmd_sweep(args) -> int:
     if args.track:
         overrides += (("tracking.backends", args.track),)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
-    if args.seeds < 1:
-        from umdbench.errors import ConfigError
-
-        raise ConfigError("--seeds must be at least 1.")
     specs = suite.cell_specs(seeds=args.seeds, preset=args.preset, data_root=args.data_root,
                              user_overrides=overrides, datasets=datasets)
     ctx = RunContext(args.work_dir, registries)
-    ws = ctx.ws
-    store_path = ws.store_path
-    store = ResultsStore(store_path) if (store_path.is_file() or not args.dry_run) else None
+    follower = launch.node_rank > 0 and not args.dry_run  # joins node 0's jobs; never opens the store
+    store_path = ctx.ws.store_path
+    store = ResultsStore(store_path) if not follower and (store_path.is_file() or not args.dry_run) else None
     plan = plan_sweep(specs, registries, ctx.catalog, store=store, suite=suite.name)
     if args.dry_run:
         from umdbench.cli.plancache import note_config
@@ -82,20 +88,32 @@ def cmd_sweep(args) -> int:
         from umdbench.results.paper_results import INFERRED_NOTE
 
         print(f"note: {INFERRED_NOTE}")
-    print(plan.describe(ws.is_trained))
+    if not follower:
+        print(plan.describe(ctx.ws.is_trained))
     if args.dry_run:
         return 0
+    with node_group(launch, shared_paths(ctx.ws.work_dir, args.data_root, args.plugin_path)) as group:
+        if follower:
+            return follow_node0(group, launch, "rows")
+        return _run_plan(args, suite, plan, ctx, store, overrides, launch, group)
+
+
+def _run_plan(args, suite, plan, ctx, store, overrides, launch, group) -> int:
+    """Node 0's (or the only node's) sweep once planned: membership, the executor, the report."""
+    from umdbench.sweep.executors import make_executor
+    from umdbench.sweep.planning import membership_entries
+    from umdbench.util import data_root
+
     store.record_membership(membership_entries(plan, overrides))
     if not plan.pending:
         print("\nnothing to run: every available cell is finished.")
         return 0
-    from umdbench.sweep.executors import make_executor
-
     executor = make_executor(args.executor, ray_address=args.ray_address, num_cpus=args.ray_num_cpus,
-                             nproc_per_node=args.nproc_per_node, plugin_paths=tuple(args.plugin_path))
+                             plugin_paths=tuple(args.plugin_path), launch=launch, group=group,
+                             data_root=data_root(args.data_root))
     print(f"\nrunning {len(plan.pending)} cells, {len(plan.needed_stages())} training stages ({executor.name} executor)")
     report = executor.run(plan, ctx, overrides)
-    print(f"\nsweep {suite.name}: {report.summary()}; results in {store_path}. "
+    print(f"\nsweep {suite.name}: {report.summary()}; results in {ctx.ws.store_path}. "
           f"`umdbench leaderboard --suite {suite.name} --work-dir {args.work_dir}` renders them.")
     if report.failed:
         print("failed cells (run the same command again to retry them):")

@@ -1,18 +1,22 @@
 """Executors run a :class:`~umdbench.sweep.planning.SweepPlan`.
 
 * :class:`LocalExecutor` (default): one process, stages in topological order, cell by cell, each
-  cell evaluated as soon as its last stage is trained. With ``nproc_per_node > 1`` every training
-  stage runs as a torchrun job (DDP, :mod:`umdbench.run.distributed`).
+  cell evaluated as soon as its last stage is trained. With a :class:`~umdbench.run.distributed.Launch`
+  of more than one process every training stage runs as a torchrun job (DDP,
+  :mod:`umdbench.run.distributed`), on this node or, led by node 0, on several
+  (:mod:`umdbench.run.nodes`).
 * :class:`RayExecutor`: every unique stage is a Ray task; independent stages run in parallel over
   the cluster, submitted by the driver one free CPU at a time, earliest cell first
   (:class:`CellFirstQueue`), so a sweep cut short leaves finished cells. Workers train and
   evaluate; the driver writes the results rows. Needs the optional extra ``pip install
-  'umdbench[ray]'`` and a work dir (and data root) that every node sees at the same path.
+  'umdbench[ray]'`` and a work dir (and data root) that every node sees at the same path, which
+  is checked on every node before anything trains when the executor joins a cluster.
 
 A failed stage does not stop the sweep: cells that need it are reported failed, the rest run on.
 """
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -21,6 +25,10 @@ from umdbench.run.builders import RunContext, echo
 from umdbench.run.cell import run_cell, store_result
 from umdbench.run.stages import evaluate_stage, train_stage
 from umdbench.sweep.planning import PlannedCell, SweepPlan, SweepReport, format_failure, mark
+
+
+RAY_WITH_TORCHRUN = ("--nproc-per-node > 1 and --nnodes > 1 (torchrun) work with the local executor only; with Ray "
+                     "each stage is one task, spread over the cluster's nodes.")
 
 
 class StageFailed(UmdbenchError):
@@ -38,14 +46,20 @@ def _report_failed_cell(plan: SweepPlan, ws, report: SweepReport, cell: PlannedC
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, nproc_per_node: int = 1, plugin_paths: tuple[str, ...] = ()):
-        self.nproc_per_node = int(nproc_per_node)
+    def __init__(self, nproc_per_node: int = 1, plugin_paths: tuple[str, ...] = (), *, launch=None, group=None):
+        """``launch``: a :class:`~umdbench.run.distributed.Launch` (default: ``nproc_per_node`` processes
+        here); ``group``: node 0's :class:`~umdbench.run.nodes.NodeGroup` of a multi-node run."""
+        from umdbench.run.distributed import Launch
+
+        self.launch = launch or Launch(nproc_per_node=int(nproc_per_node))
+        self.nproc_per_node = self.launch.nproc_per_node
         self.plugin_paths = tuple(plugin_paths)
+        self.group = group
 
     def run(self, plan: SweepPlan, ctx: RunContext, user_overrides=()) -> SweepReport:
-        from umdbench.run.distributed import torchrun_trainer
+        from umdbench.run.distributed import stage_trainer
 
-        base = torchrun_trainer(self.nproc_per_node, self.plugin_paths) if self.nproc_per_node > 1 else train_stage
+        base = stage_trainer(self.launch, self.plugin_paths, self.group)
         report = SweepReport(skipped=plan.by_status("done"))
         failed_stages: dict[str, str] = {}
         needed = plan.needed_stages()
@@ -99,9 +113,12 @@ def _ray_error(exc: Exception) -> str:
 
 
 def _ray_train(stage, run, work_dir, plugin_paths):
-    """Ray task: train one stage (the driver submits it once its parent is trained)."""
+    """Ray task: train one stage (the driver submits it once its parent is trained). Returns where
+    it ran, which the driver logs."""
+    import ray
+
     train_stage(stage, run, _worker_context(work_dir, plugin_paths), "[ray]")
-    return stage.key
+    return {"key": stage.key, "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
 
 def _ray_eval(stage, run, work_dir, plugin_paths):
@@ -184,11 +201,13 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1.0,
-                 plugin_paths: tuple[str, ...] = ()):
+                 plugin_paths: tuple[str, ...] = (), data_root: str | Path | None = None):
         self.address = address
         self.num_cpus = num_cpus
         self.cpus_per_task = cpus_per_task
         self.plugin_paths = tuple(str(Path(p).resolve()) for p in plugin_paths)
+        self.data_root = data_root
+        self.placements: dict[str, str] = {}  # stage key -> Ray node id it was trained on
 
     def _init(self):
         try:
@@ -218,10 +237,23 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
+    def _check_nodes(self, ray, work_dir: str) -> None:
+        """On a cluster, every node must see the work dir, data root and plugin files at the
+        driver's paths (a local Ray runs on this machine only)."""
+        from umdbench.run.nodes import check_ray_nodes
+
+        if not self.address:
+            return
+        paths = [("work dir", work_dir), ("data root", self.data_root)]
+        count = check_ray_nodes(ray, paths + [("plugin file", p) for p in self.plugin_paths])
+        seen = "the work dir and data root" if self.data_root else "the work dir"
+        echo(f"ray: all {count} nodes see {seen} at the driver's paths")
+
     def _run(self, ray, plan: SweepPlan, ctx: RunContext, user_overrides) -> SweepReport:
         ws = ctx.ws
         report = SweepReport(skipped=plan.by_status("done"))
         work_dir = str(Path(ws.work_dir).resolve())
+        self._check_nodes(ray, work_dir)
         train_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_train)
         eval_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_eval)
         queue = CellFirstQueue(plan, ws.is_trained)
@@ -254,11 +286,13 @@ class RayExecutor:
             if ref in trains:
                 stage = trains.pop(ref)
                 try:
-                    ray.get(ref)
+                    where = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - its cells are reported failed, the rest run on
                     queue.fail(stage, _ray_error(exc))
                 else:
                     queue.finish(stage)
+                    self.placements[stage.key] = where["node"]
+                    echo(f"ray: trained {stage.title} {stage.key[:12]} on node {where['node'][:12]} ({where['host']})")
                 continue
             cell = evals.pop(ref)
             try:
@@ -283,12 +317,17 @@ class RayExecutor:
 
 
 def make_executor(name: str, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  nproc_per_node: int = 1, plugin_paths=()):
+                  nproc_per_node: int = 1, plugin_paths=(), launch=None, group=None, data_root=None):
+    """``launch`` (a :class:`~umdbench.run.distributed.Launch`) and ``group`` (node 0's node group)
+    serve the local executor; ``data_root`` is checked on every node of a Ray cluster."""
+    from umdbench.run.distributed import Launch
+
+    launch = launch or Launch(nproc_per_node=int(nproc_per_node))
     if name == "local":
-        return LocalExecutor(nproc_per_node=nproc_per_node, plugin_paths=tuple(plugin_paths))
+        return LocalExecutor(plugin_paths=tuple(plugin_paths), launch=launch, group=group)
     if name == "ray":
-        if nproc_per_node > 1:
-            raise ConfigError("--nproc-per-node > 1 (torchrun) works with the local executor only; "
-                              "with Ray each stage is one task.")
-        return RayExecutor(address=ray_address, num_cpus=num_cpus, plugin_paths=tuple(plugin_paths))
+        if launch.world_size > 1:
+            raise ConfigError(RAY_WITH_TORCHRUN)
+        return RayExecutor(address=ray_address, num_cpus=num_cpus, plugin_paths=tuple(plugin_paths),
+                           data_root=data_root)
     raise ConfigError(f"unknown executor {name!r}; choose local or ray.")
