@@ -14,6 +14,7 @@ from umdbench import draws
 from umdbench.api import PretrainStrategy
 from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_TINY
 from umdbench_brain.strategies import PRESENT_VOXEL_MEAN
+from umdbench_brain.templates import wide
 
 __all__ = ["SimCLR3D", "ModelsGenesis", "nt_xent"]
 
@@ -32,7 +33,7 @@ def on_device(generator: torch.Generator | None, device) -> torch.Generator | No
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's NT-Xent: each of the 2B views has its other view as positive and the other 2B-2 as
     negatives."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = F.normalize(wide(torch.cat([z1, z2])), dim=1)
     sim = z @ z.t() / temperature
     n = z1.shape[0]
     sim.fill_diagonal_(float("-inf"))

@@ -26,7 +26,7 @@ from umdbench.api import PretrainStrategy, train_config
 from umdbench.errors import ConfigError
 from umdbench_brain.strategies import FINETUNE_PAPER, ClsTune, SegTune
 from umdbench_brain.tasks import seg_loss
-from umdbench_brain.templates import ModalityTemplates, block_mask, canvas_start, info_nce
+from umdbench_brain.templates import ModalityTemplates, block_mask, canvas_start, info_nce, wide
 
 __all__ = ["BrainMVP", "SegTemplateTune", "ClsTemplateTune", "PRETRAIN_PAPER", "PRETRAIN_TINY"]
 
@@ -238,7 +238,7 @@ class BrainMVP(PretrainStrategy):
         out = {}
         weights = {"template": float(self.cfg["w_template"]), "cross": float(self.cfg["w_cross"])}
         for i, view in enumerate(names):
-            mse = F.mse_loss(recon[i * B:(i + 1) * B].float(), target.float())  # every voxel, as released
+            mse = F.mse_loss(wide(recon[i * B:(i + 1) * B]), wide(target))  # every voxel, as released
             if weights[view] > 0:
                 out[f"loss_{view}"] = weights[view] * mse
         if self.contrast_on() and len(names) == 2:

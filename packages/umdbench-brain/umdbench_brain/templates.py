@@ -15,7 +15,7 @@ from torch import nn
 
 from umdbench import draws
 
-__all__ = ["ModalityTemplates", "canvas_start", "block_mask", "info_nce"]
+__all__ = ["ModalityTemplates", "canvas_start", "block_mask", "info_nce", "wide"]
 
 
 def canvas_start(batch: dict, canvas) -> torch.Tensor:
@@ -93,11 +93,16 @@ def block_mask(batch: int, shape, block: int, rate: float, device, stream: str =
     return mask.repeat_interleave(block, 2).repeat_interleave(block, 3).repeat_interleave(block, 4)
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32 for a loss: AMP's half types widened, float64 kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """CLIP-style symmetric InfoNCE: rows of ``a`` and ``b`` are L2-normalised, the positive of
     a[i] is b[i], the other rows of the batch are negatives; mean of both directions."""
-    a = F.normalize(a.flatten(1).float(), dim=1)
-    b = F.normalize(b.flatten(1).float(), dim=1)
+    a = F.normalize(wide(a.flatten(1)), dim=1)
+    b = F.normalize(wide(b.flatten(1)), dim=1)
     logits = a @ b.t() / temperature
     target = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

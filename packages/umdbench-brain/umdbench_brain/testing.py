@@ -1,6 +1,6 @@
 """Tiny stages of every brain strategy, for tests and the world-size equivalence harness
-(:mod:`umdbench.run.equivalence`): ``<strategy>_case`` are its case factories
-("umdbench_brain.testing:brainmvp_case", ...), importable by a torchrun worker.
+(:mod:`umdbench.run.equivalence`): its case factories are ``umdbench_brain.testing:case:<strategy>``
+(e.g. ``python -m umdbench.run.equivalence check umdbench_brain.testing:case:brainmvp``).
 
 A case is the strategy at its tiny preset on 16^3 crops (the smallest edge every tiny encoder takes)
 with a global batch of 4 studies whose modalities differ (one has a single modality), so the
@@ -12,7 +12,7 @@ import torch
 
 from umdbench.api import TaskInfo
 
-__all__ = ["B", "CASES", "R", "STEPS", "build_case_strategy", "case", "global_batch"]
+__all__ = ["B", "CASES", "R", "STEPS", "build_case_strategy", "case", "case_train", "factory", "global_batch"]
 
 R = 16  # crop edge
 B = 4  # global batch
@@ -37,6 +37,11 @@ CASES: dict[str, tuple[str, str, str, dict]] = {
 _TASKS = {"volumes": ("VolumePretrainTask", None),
           "segmentation": ("SegmentationTask", ["WT", "TC", "ET"]),
           "scan-classification": ("ScanClassificationTask", ["LGG", "HGG"])}
+
+
+def factory(name: str) -> str:
+    """The equivalence harness's factory string of strategy ``name``."""
+    return f"umdbench_brain.testing:case:{name}"
 
 
 def _load(path: str):
@@ -93,40 +98,14 @@ def global_batch(name: str, step: int) -> dict[str, torch.Tensor]:
 
 
 def case(name: str):
-    """The equivalence case of strategy ``name``."""
+    """The equivalence case of strategy ``name`` (factory ``umdbench_brain.testing:case:<name>``), in
+    float64 as the core's cases: what is compared is the split of the batch, not float32 rounding."""
     from umdbench.run.equivalence import Case
 
     strategy, spec = build_case_strategy(name)
-    return Case(strategy=strategy, task=spec, train=case_train(name), batch=lambda step: global_batch(name, step))
+    strategy.double()
 
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        return {k: v.double() if v.is_floating_point() else v for k, v in global_batch(name, step).items()}
 
-def brainmvp_case():
-    return case("brainmvp")
-
-
-def mae3d_case():
-    return case("mae3d")
-
-
-def simclr3d_case():
-    return case("simclr3d")
-
-
-def models_genesis_case():
-    return case("models-genesis")
-
-
-def seg_case():
-    return case("seg")
-
-
-def cls_case():
-    return case("cls")
-
-
-def seg_tmpl_case():
-    return case("seg-tmpl")
-
-
-def cls_tmpl_case():
-    return case("cls-tmpl")
+    return Case(strategy=strategy, task=spec, train=case_train(name), batch=batch)
