@@ -70,3 +70,13 @@ def test_an_accumulating_stage_records_its_strategys_coupled_terms():
     assert not [d for d in deviations("mae", "direct", batch_size=8, accumulative_counts=2) if "micro-batches" in d]
     clip = [d for d in deviations("clip", "gmcoord", batch_size=8, accumulative_counts=2) if "micro-batches" in d]
     assert len(clip) == 1 and "InfoNCE" in clip[0]
+
+
+def test_an_accumulating_stage_on_a_batchnorm_encoder_records_it():
+    registries = get_registries()
+    overrides = (("tune.0.train.batch_size", 4), ("tune.0.train.accumulative_counts", 2))
+    run = resolve(CellSpec("none", ("seg",), "brainsynth", overrides=overrides, encoder="uniformer3d"), registries)
+    (found,) = [d for d in run.deviations if "micro-batches" in d]
+    assert "BatchNorm statistics" in found
+    run = resolve(CellSpec("none", ("seg",), "brainsynth", overrides=overrides, encoder="resunet3d"), registries)
+    assert not [d for d in run.deviations if "micro-batches" in d]  # seg on a norm-free-of-batch encoder is exact

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.3"
+CONTRACT_VERSION = "1.4"
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -157,6 +157,13 @@ class Encoder(nn.Module):
         """Departures from the paper this machine forces on the resolved ``model`` config (weights
         that cannot be had, replaced by random init the user opted into); raise ``ConfigError``
         when a required weight is missing and no fallback was chosen."""
+        return []
+
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        """Parts of the encoder that couple a batch's samples (BatchNorm statistics), in words; as
+        :meth:`Strategy.batch_coupled_terms`, recorded as a deviation of every accumulating stage on
+        this encoder. Under DDP BatchNorm layers are swapped for global-batch ones by the core."""
         return []
 
     @classmethod

@@ -189,6 +189,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             deviations.append(f"tune chain ends with unsupervised {cell.tune[-1]!r}: a {name!r} stage was appended "
                               f"to train the task head")
         config["tune"].append(stage)
+    fill_train_defaults(config)
     for key, value in cell.overrides:
         apply_override(config, key, value)
     if config["pretrain"] is not None:
@@ -200,9 +201,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"{paper_corpus!r}")
     resolve_precision(config)
+    check_activation_checkpointing(config, registries)
     check_tracking(config)
     check_stage_configs(config, registries)
-    deviations += check_accumulation(config)
+    deviations += check_accumulation(config, registries)
     with registries.encoder.guard(encoder_name, "checking its weights"):
         encoder_deviations = [f"model ({encoder_name}): {d}" for d in encoder_cls.deviations(config["model"])]
     config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
@@ -216,6 +218,45 @@ def resolve_precision(config: dict) -> None:
     for stage in [config["pretrain"], *config["tune"]]:
         if stage and isinstance(stage.get("train"), dict):
             stage["train"]["amp"] = resolve_amp(stage["train"].get("amp", False))
+
+
+# train keys the run layer reads that umdbench.api.TRAIN_DEFAULTS does not list, given to every
+# stage before --cfg-options apply (which set only keys that exist) so that they can be set there
+# and --dry-run shows them. activation_checkpointing: umdbench.models.activation_checkpointing.
+CORE_TRAIN_DEFAULTS = {"activation_checkpointing": False}
+
+
+def fill_train_defaults(config: dict) -> None:
+    for stage in [config["pretrain"], *config["tune"]]:
+        if stage and isinstance(stage.get("train"), dict):
+            for key, value in CORE_TRAIN_DEFAULTS.items():
+                stage["train"].setdefault(key, copy.deepcopy(value))
+
+
+def check_activation_checkpointing(config: dict, registries) -> None:
+    """``train.activation_checkpointing`` of each stage: true or false, not with ``train.compile``,
+    and only where the encoder (or the strategy) names blocks to checkpoint (``checkpoint_targets``),
+    checked at planning so that none of these fails when the stage starts."""
+    encoder_cls = registries.encoder.get(config["model"]["type"])
+    for label, stage in [("pretrain", config["pretrain"]), *((f"tune.{i}", s) for i, s in enumerate(config["tune"]))]:
+        train = (stage or {}).get("train") or {}
+        value = train.get("activation_checkpointing", False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label}.train.activation_checkpointing={value!r}: use true (recompute the encoder "
+                              f"blocks' activations in backward: less memory, same updates) or false, e.g. "
+                              f"--cfg-options {label}.train.activation_checkpointing=true.")
+        if not value:
+            continue
+        if train.get("compile", False):  # umdbench.models.activation_checkpointing.COMPILE_CONFLICT
+            raise ConfigError(f"{label}.train.activation_checkpointing=true cannot be combined with "
+                              f"{label}.train.compile=true: compiled blocks draw their dropout masks again when they "
+                              f"are recomputed, so the updates would differ from the plain step's. Set "
+                              f"{label}.train.compile=false or {label}.train.activation_checkpointing=false.")
+        strategy_cls = (registries.pretrain if label == "pretrain" else registries.tune).get(stage["type"])
+        if not any(callable(getattr(cls, "checkpoint_targets", None)) for cls in (encoder_cls, strategy_cls)):
+            raise ConfigError(f"{label}.train.activation_checkpointing=true: the encoder {config['model']['type']!r} "
+                              f"names no blocks to checkpoint (it has no checkpoint_targets()). Set "
+                              f"{label}.train.activation_checkpointing=false.")
 
 
 # experiment tracking beside the local logs: name -> (mmengine visualiser backend, module, how to install)
@@ -243,10 +284,13 @@ def check_tracking(config: dict) -> None:
                               f"installed; fix: {TRACKING_BACKENDS[name][2]}, or leave {name!r} out.")
 
 
-def check_accumulation(config: dict) -> list[str]:
+def check_accumulation(config: dict, registries=None) -> list[str]:
     """``train.accumulative_counts`` of each stage: a whole number >= 1 that divides the batch.
-    Returns the deviation each accumulating stage records: its in-batch negatives (ITM pairs,
-    contrastive logits) are drawn from a micro-batch, not from the paper's whole batch."""
+    Returns the deviation each accumulating stage records: the terms its strategy declares as
+    coupling the samples of a batch (:meth:`~umdbench.api.Strategy.batch_coupled_terms`: in-batch
+    negatives, means over per-sample counts, batch statistics) are computed per micro-batch, not
+    over the whole batch. A strategy without such terms accumulates exactly and records nothing
+    (without ``registries`` every accumulating stage is assumed coupled)."""
     found = []
     for label, stage in [("pretrain", config["pretrain"]), *((f"tune.{i}", s) for i, s in enumerate(config["tune"]))]:
         if not stage:
@@ -261,8 +305,16 @@ def check_accumulation(config: dict) -> list[str]:
         if not isinstance(batch, int) or batch % accum:
             raise ConfigError(f"{label}.train.batch_size {batch!r} does not split into {accum} micro-batches "
                               f"({label}.train.accumulative_counts); make the batch a multiple of {accum}.")
-        found.append(f"{label} {stage['type']}: batch {batch} accumulated over {accum} micro-batches of "
-                     f"{batch // accum}; in-batch negatives and batch statistics come from each micro-batch")
+        if registries is None:
+            terms = ["in-batch negatives and batch statistics"]
+        else:
+            kind = registries.pretrain if label == "pretrain" else registries.tune
+            terms = kind.get(stage["type"]).batch_coupled_terms(stage)
+            terms += registries.encoder.get(config["model"]["type"]).batch_coupled_terms(config["model"])
+        if terms:
+            found.append(f"{label} {stage['type']}: batch {batch} accumulated over {accum} micro-batches of "
+                         f"{batch // accum}; computed per micro-batch instead of over the whole batch: "
+                         f"{'; '.join(terms)}")
     return found
 
 

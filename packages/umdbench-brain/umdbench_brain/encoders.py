@@ -259,6 +259,11 @@ class UniFormerEncoder(VolumeEncoder):
 
     name = "uniformer3d"
     released_backbone = True
+
+    @classmethod
+    def batch_coupled_terms(cls, cfg: dict) -> list[str]:
+        # under DDP the core swaps these for global-batch BatchNorm; micro-batches cannot share statistics
+        return ["BatchNorm statistics of the batch"]
     presets: ClassVar[dict[str, dict]] = {
         "tiny": {"modalities": BRATS_MODALITIES, "roi_size": 32, "widths": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
                  "local_stages": 2, "head_dim": 32, "mlp_ratio": 4.0, "qkv_bias": True, "local_kernel": 5,
