@@ -187,7 +187,10 @@ class LazyRegistry(Registry):
     @contextmanager
     def guard(self, name: str, doing: str):
         """Run plugin code for entry ``name``; a ``ValueError``/``KeyError``/``TypeError`` it raises
-        (a bad option, a missing preset) becomes one paragraph naming the plugin (exit 2)."""
+        (a bad option, a missing preset) becomes one paragraph naming the plugin (exit 2), and so
+        does any other exception raised in the plugin's own code (:mod:`umdbench.plugin.calls`)."""
+        from umdbench.plugin.calls import blame, describe
+
         try:
             yield
         except UmdbenchError:
@@ -198,6 +201,22 @@ class LazyRegistry(Registry):
                 f"{KINDS[self.kind]} {name!r} (from {self.origin(name)}) failed while {doing}: {detail}. Fix the "
                 f"option it names with --cfg-options (`--dry-run` prints the resolved config), or report it to the "
                 f"plugin's author if the configuration is valid.") from exc
+        except Exception as exc:
+            found = blame(exc, [self.ref(name)])
+            if found is None:
+                raise
+            raise PluginError(describe(*found, exc, doing)) from exc
+
+    def ref(self, name: str):
+        """The plugin's :class:`~umdbench.plugin.calls.PluginRef` (its own files), None for the core's."""
+        from umdbench.plugin.calls import PluginRef, _root_of
+
+        module = self.target(name).split(":", 1)[0]
+        if module == "umdbench" or module.startswith("umdbench."):
+            return None
+        obj = self.get(name)
+        return PluginRef(KINDS.get(self.kind, self.kind), name, self.provenance(name), _root_of(module),
+                         obj if isinstance(obj, type) else None)
 
     def origin(self, name: str) -> str:
         return self._origins.get(name, "?")

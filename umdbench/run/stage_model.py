@@ -51,9 +51,9 @@ class StageModel(BaseModel):
         step, positions = batch.pop(STEP_KEY, None), batch.pop(POSITION_KEY, None)
         if mode == "loss":
             if step is None or draws.current() is not None:
-                return self.strategy(batch)
+                return self.checked_losses(self.strategy(batch))
             with self.step_draws(step, positions):
-                return self.strategy(batch)
+                return self.checked_losses(self.strategy(batch))
         if mode == "predict":
             predicted = self.strategy.predict(batch)
             if self.prediction_keys and set(predicted) != set(self.prediction_keys):
@@ -66,6 +66,18 @@ class StageModel(BaseModel):
             outputs.update({k: batch[k].detach().cpu() for k in self.metric_keys if k in batch})
             return [outputs]
         raise ValueError(f"StageModel has no mode {mode!r}")
+
+    def checked_losses(self, out):
+        """A strategy's forward must return a dict with at least one ``loss*`` tensor (mmengine
+        would otherwise fail far from the cause, or train nothing)."""
+        losses = [k for k, v in out.items() if k.startswith("loss") and torch.is_tensor(v)] if isinstance(out, dict) else []
+        if not losses:
+            got = sorted(out) if isinstance(out, dict) else type(out).__name__
+            raise UmdbenchError(
+                f"strategy {type(self.strategy).__name__} ({type(self.strategy).__module__}) returned {got} from "
+                f"forward(); it must return a dict with at least one 'loss*' tensor (summed into the training loss) "
+                f"and any other values to log. Nothing was stored.")
+        return out
 
     def step_draws(self, step, positions):
         """The draw context of one (micro-)batch: its optimiser step and its samples' positions in

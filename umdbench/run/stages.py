@@ -4,9 +4,10 @@ from __future__ import annotations
 import time
 
 from umdbench.api import TuneStrategy
-from umdbench.errors import ConfigError, UmdbenchError
+from umdbench.errors import ConfigError, PluginError, UmdbenchError
 from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage, metric_name
+from umdbench.plugin.calls import plugin_errors
 from umdbench.run.builders import (RunContext, accumulation, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
                                    compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
                                    load_for_evaluation, lr_schedule, make_runner, stage_records)
@@ -49,6 +50,7 @@ def _reuse(stage: Stage, ctx: RunContext, step: str):
 def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher: str):
     from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
 
+    from umdbench.models.activation_checkpointing import apply_activation_checkpointing
     from umdbench.run.checkpoint import install_safe_loader
     from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
@@ -79,6 +81,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     started = time.time()
     strategy = build_strategy(stage, run, ctx)
     compile_strategy(strategy, train)
+    apply_activation_checkpointing(strategy, train)
     dataset, spec = build_dataset(stage, run, ctx, stage.data["split"], training=True)
     install_safe_loader()
     interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4))) * accum
@@ -105,7 +108,8 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     )
     runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,
                           "save_last": True}, priority="VERY_LOW")
-    runner.train()
+    with plugin_errors(stage_plugins(stage, run, ctx), f"training stage {stage.title}"):
+        runner.train()
     if rank != 0:
         import torch.distributed as dist
 
@@ -121,6 +125,20 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
 
         dist.barrier()
     return ws.stage_dir(stage)
+
+
+def stage_plugins(stage: Stage, run: ResolvedRun, ctx: RunContext, metric: str | None = None) -> list:
+    """The plugins whose code a stage runs (strategy, encoder, task type, dataset; the metric when
+    evaluating), for :func:`umdbench.plugin.calls.plugin_errors`."""
+    reg = ctx.registries
+    tuned = stage.parent if stage.kind == "eval" else stage
+    dataset = ctx.catalog.get(stage.data)
+    refs = [reg.pretrain.ref(tuned.name) if tuned.kind == "pretrain" else reg.tune.ref(tuned.name),
+            reg.encoder.ref(run.config["model"]["type"]), reg.dataset.ref(stage.data["type"]),
+            reg.task.ref(dataset.task)]
+    if metric:
+        refs.append(reg.metric.ref(metric))
+    return refs
 
 
 def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -> dict:
@@ -157,6 +175,12 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
         test_dataloader=dataloader_cfg(test_set, spec, run.config["data"]["eval_batch_size"], run, train=False),
         test_cfg={"type": "TestLoop"}, test_evaluator=Evaluator([metric, recorder]),
     )
-    metrics = runner.test()
+    with plugin_errors(stage_plugins(stage, run, ctx, metric=name), f"evaluating on {stage.data['type']}"):
+        metrics = runner.test()
+    bad = {k: v for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    if bad:
+        ref = ctx.registries.metric.ref(name)
+        raise PluginError(f"metric {name!r} ({ref.package if ref else 'umdbench'}) returned values that are not "
+                          f"numbers from compute_metrics(): {bad!r}. Return {{name: float}}; nothing was stored.")
     ctx.ws.write_predictions(stage.key, with_metric_scores(recorder.arrays, getattr(metric, "per_example", None)))
     return {k: float(v) for k, v in metrics.items()}
