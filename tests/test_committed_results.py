@@ -5,6 +5,7 @@ copy-results``) is copied into a temporary work dir and every board beside it is
 the markdown and the runs file must match the committed ones (the render time aside). A board
 edited by hand, a result that lost its predictions, or a change to how boards are computed that
 was not followed by a re-render fails here."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ BOARDS = sorted((store_dir, board) for store_dir in RESULTS.glob("**/store") if 
                 for board in store_dir.parent.glob("*.md") if (store_dir.parent / f"{board.stem}-runs.jsonl").is_file())
 
 
+def _copy_of(store_dir: Path, tmp_path: Path) -> Workspace:
+    """The committed store, copied first: opening a store migrates an older layout in place, and the
+    committed file must stay as it was committed."""
+    return Workspace(shutil.copytree(store_dir, tmp_path / "committed"))
+
+
 def _without_render_time(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("- generated "))
 
@@ -25,7 +32,7 @@ def _without_render_time(text: str) -> str:
 @pytest.mark.parametrize("store_dir,board", BOARDS, ids=[str(b.relative_to(RESULTS)) for _, b in BOARDS])
 def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, board, tmp_path):
     work = Workspace(tmp_path / "work")
-    counts = work.copy_results_from(Workspace(store_dir))
+    counts = work.copy_results_from(_copy_of(store_dir, tmp_path))
     assert counts["unverified"] == 0, "a committed result lost its per-example predictions"
     out = tmp_path / "out"
     write_suite_boards(work.store, out, suite=board.stem, reference_points=load_reference_points(work.reference_points_path))
@@ -39,3 +46,15 @@ def test_committed_stores_are_found_and_each_has_a_board():
     assert any(b.name == "table4.md" and b.parent.name == "small" for _, b in BOARDS), BOARDS
     for store_dir in RESULTS.glob("**/store"):
         assert any(b.parent == store_dir.parent for _, b in BOARDS), f"{store_dir} has no board beside it"
+
+
+def test_the_leaderboard_of_a_committed_store_renders_every_suite(tmp_path):
+    """`umdbench leaderboard --work-dir results/small/store` (no --suite), as the notes say to run it;
+    VQA-Med-2019's closed accuracy is undefined (no closed question) and shows as n/a."""
+    from umdbench.cli import main
+
+    work = Workspace(tmp_path / "work")
+    work.copy_results_from(_copy_of(RESULTS / "small" / "store", tmp_path))
+    assert main(["leaderboard", "--work-dir", str(work.work_dir), "--out", str(tmp_path / "out")]) == 0
+    assert "n/a" in (tmp_path / "out" / "runs.md").read_text()
+    assert {"table1.md", "table4.md", "fig5.md"} <= {p.name for p in (tmp_path / "out").glob("*.md")}

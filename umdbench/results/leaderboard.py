@@ -70,8 +70,10 @@ def runs_table(rows: list[dict], base_dir: Path | None = None, cache: dict | Non
     metrics = ordered_metrics({m for row in rows for m in row["metrics"]})
     table = []
     for (pretrain, tune), members in sorted(groups.items()):
+        # a metric undefined on a split (NaN, e.g. closed accuracy with no closed question) is "n/a"
         cells = [_fmt(*_stats(values)) + _interval_text([r for r in members if m in r["metrics"]], m, base_dir, cache)
-                 if (values := [r["metrics"][m] for r in members if m in r["metrics"]]) else "-"
+                 if (values := [r["metrics"][m] for r in members if is_score(r["metrics"].get(m))])
+                 else ("n/a" if any(m in r["metrics"] for r in members) else "-")
                  for m in metrics]
         table.append([pretrain, tune, *cells, len(members)])
     return tabulate(table, headers=["pretrain", "tune", *metrics, "seeds"], tablefmt="github", disable_numparse=True)
