@@ -1,18 +1,21 @@
-"""Stage keys cover every source file a stage runs and no setting that cannot change its numbers.
+"""Stage keys cover the source a stage runs (its import closure, umdbench.plan.codekey) and no
+setting that cannot change its numbers.
 
-Files are never edited in the repository: a plugin package is copied to tmp_path, and the
-umdbench package's file list is redirected to a tmp copy of the one file being "edited".
+Files are never edited in the repository (other processes read the same tree): a plugin package is
+copied to tmp_path, and codekey's one source reader is swapped for one that returns an edited copy
+of the file being "edited".
 """
-import shutil
+import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from umdbench.plan import codekey
 from umdbench.plan import stages as plan_stages
-from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import DataCatalog, build_plan, package_code_version
+from umdbench.plan.config import CellSpec, parse_override, resolve
+from umdbench.plan.stages import DataCatalog, build_plan
 from umdbench.plugin import load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,58 +23,122 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def fresh_code_hashes():
-    # hashes are computed once per process; each test starts (and leaves) them uncomputed
-    package_code_version.cache_clear()
+    # sources are read once per process; each test starts (and leaves) them unread
+    codekey.clear_caches()
     yield
-    package_code_version.cache_clear()
+    codekey.clear_caches()
+
+
+def plan_stages_of(spec: CellSpec, registries=None) -> list:
+    registries = registries or load_plugins()[0]
+    return build_plan(resolve(spec, registries), registries, DataCatalog(registries))
 
 
 def plan_keys(spec: CellSpec, registries=None) -> list[str]:
-    registries = registries or load_plugins()[0]
-    return [s.key for s in build_plan(resolve(spec, registries), registries, DataCatalog(registries))]
+    return [s.key for s in plan_stages_of(spec, registries)]
 
 
 MR_CELL = CellSpec("mr", ("tdcalib", "direct"), "medsynth")
+# a 3-D cell of the umdbench-brain package (its own encoder, task types and strategies)
+BRAIN_SMALL = ("model.roi_size=16", "dataset.options.canvas=32", "dataset.options.n_train=4",
+               "dataset.options.n_val=2", "dataset.options.n_test=2")
+BRAIN_CELL = CellSpec("mae3d", ("seg",), "brainsynth", overrides=tuple(parse_override(o) for o in BRAIN_SMALL))
 
 
-def edited_copy(monkeypatch, tmp_path, top: str, rel: str) -> None:
-    """Make the hash of package ``top`` read ``rel`` from a tmp copy with one more line."""
-    original = plan_stages._source_files
+def edited(monkeypatch, path: str) -> list:
+    """Make codekey read the repo file ``path`` (relative to the repo) with one more line; returns
+    the list of files read with the edit (empty: no key read it)."""
+    original = codekey.read_source
+    target = (REPO / path).resolve()
+    assert target.is_file(), path
+    hits = []
 
-    def files(name):
-        out = original(name)
-        if name != top:
-            return out
-        swapped = []
-        for r, path in out:
-            if Path(r).as_posix() == rel:
-                copy = tmp_path / "edited" / rel
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                copy.write_bytes(path.read_bytes() + b"\n# an edit\n")
-                path = copy
-            swapped.append((r, path))
-        assert any("edited" in p.parts for _, p in swapped), f"{rel} is not a file of {top}"
-        return swapped
+    def read(file):
+        data = original(file)
+        if Path(file).resolve() == target:
+            hits.append(path)
+            return data + b"\n# an edit\n"
+        return data
 
-    monkeypatch.setattr(plan_stages, "_source_files", files)
+    monkeypatch.setattr(codekey, "read_source", read)
+    codekey.clear_caches()
+    return hits
 
 
-@pytest.mark.parametrize("top, rel", [
-    ("umdbench", "data/images.py"),  # the image loader
-    ("umdbench", "data/answers.py"),  # the answer normaliser
-    ("umdbench", "kit/gradmod.py"),  # gradient modulation
-    ("umdbench", "run/stages.py"),  # the training loop
-    ("umdbench", "registry.toml"),  # which class a built-in name means
-    ("umdbench_plugins", "tune/tdcalib.py"),
-    ("umdbench_plugins", "datasets/medsynth.py"),
+@pytest.mark.parametrize("path", [
+    "umdbench/data/images.py",  # the image loader
+    "umdbench/run/stages.py",  # the training loop
+    "umdbench/run/builders.py",  # optimiser, schedule, runner
+    "umdbench/api.py",  # the plugin contract
+    "umdbench/kit/tasktypes.py",  # VQA batches and the shared head
+    "umdbench/models/encoder.py",  # the co-attention encoder
+    "plugins/datasets/medsynth.py",
 ])
-def test_editing_a_source_file_changes_every_dependent_stage_key(monkeypatch, tmp_path, top, rel):
+def test_editing_a_module_every_stage_runs_changes_every_key(monkeypatch, path):
     before = plan_keys(MR_CELL)
-    package_code_version.cache_clear()
-    edited_copy(monkeypatch, tmp_path, top, rel)
+    edited(monkeypatch, path)
     after = plan_keys(MR_CELL)
     assert len(before) == len(after) == 4
-    assert all(b != a for b, a in zip(before, after)), (before, after)
+    assert all(b != a for b, a in zip(before, after)), (path, before, after)
+
+
+UMD_CELL = CellSpec("mr", ("tdcalib", "gmcoord"), "medsynth")
+
+
+@pytest.mark.parametrize("path, changed", [
+    ("plugins/tune/tdcalib.py", [False, True, True, True]),  # TD-Calib and what is downstream of it
+    ("plugins/pretrain/mr.py", [True, True, True, True]),
+    ("umdbench/kit/gradmod.py", [False, False, True, True]),  # imported by GM-Coord only
+    ("plugins/tune/gmcoord.py", [False, False, True, True]),
+])
+def test_editing_a_plugin_module_changes_the_stages_that_import_it(monkeypatch, path, changed):
+    before = plan_keys(UMD_CELL)
+    edited(monkeypatch, path)
+    after = plan_keys(UMD_CELL)
+    assert [b != a for b, a in zip(before, after)] == changed
+
+
+@pytest.mark.parametrize("path", [
+    "umdbench/results/leaderboard.py",  # renders rows
+    "umdbench/results/provenance.py",  # imported by the builders, cut: cannot change numbers
+    "umdbench/cli/__init__.py",
+    "umdbench/sweep/executors.py",
+    "umdbench/registry.toml",  # suites; the class a name means is keyed as module:qualname
+    "plugins/tune/gmcoord.py",  # a plugin this cell does not use
+    "plugins/pretrain/mae.py",
+    "plugins/datasets/vqa_rad.py",
+])
+def test_editing_code_a_stage_does_not_run_keeps_every_key(monkeypatch, path):
+    cells = [MR_CELL, BRAIN_CELL]
+    before = [plan_keys(c) for c in cells]
+    hits = edited(monkeypatch, path)
+    assert [plan_keys(c) for c in cells] == before
+    assert not hits, f"{path} was read for a key"
+
+
+def test_the_co_attention_fusion_keys_the_2d_stages_and_not_the_brain_ones(monkeypatch):
+    two_d = [MR_CELL, CellSpec("none", ("direct",), "medsynth")]
+    before_2d, before_brain = [plan_keys(c) for c in two_d], plan_keys(BRAIN_CELL)
+    edited(monkeypatch, "umdbench/models/fusion.py")
+    after_2d = [plan_keys(c) for c in two_d]
+    for b, a in zip(before_2d, after_2d):
+        assert all(x != y for x, y in zip(b, a)), (b, a)
+    assert plan_keys(BRAIN_CELL) == before_brain
+
+
+def test_the_key_inputs_name_each_module_and_library():
+    # stage.json holds key_inputs: a changed key can be traced to the module whose sha changed
+    stages = plan_stages_of(MR_CELL)
+    code = stages[1].key_inputs["code"]
+    assert "umdbench_plugins.tune.tdcalib" in code["modules"] and "umdbench.models.fusion" in code["modules"]
+    assert "umdbench.results.leaderboard" not in code["modules"] and "umdbench.cli" not in code["modules"]
+    assert "umdbench_plugins.tune.gmcoord" not in code["modules"]
+    assert code["libraries"]["torch"] and "umdbench_plugins.tune.tdcalib:TDCalib" in code["classes"]
+    assert all(len(sha) == 16 for sha in code["modules"].values())
+    brain = plan_stages_of(BRAIN_CELL)
+    modules = brain[0].key_inputs["code"]["modules"]
+    assert "umdbench_brain.strategies" in modules and "umdbench.models.fusion" not in modules
+    json.dumps(stages[-1].key_inputs)  # what Workspace.write_stage_inputs writes
 
 
 def test_editing_a_third_party_plugin_package_changes_its_stage_keys(monkeypatch, tmp_path):
@@ -97,7 +164,7 @@ def test_editing_a_third_party_plugin_package_changes_its_stage_keys(monkeypatch
         spec = CellSpec("mr", ("tdcalib", "keytune"), "medsynth")
         pre, calib, tuned, cell = plan_keys(spec, registries)
         (pkg / "helpers.py").write_text("SCALE = 2.0\n")
-        package_code_version.cache_clear()  # as a new process would
+        codekey.clear_caches()  # as a new process would
         pre2, calib2, tuned2, cell2 = plan_keys(spec, registries)
     finally:
         for name in [m for m in sys.modules if m == "keytest_plugins" or m.startswith("keytest_plugins.")]:
@@ -129,13 +196,13 @@ def test_settings_that_change_numbers_change_the_keys_downstream(override, chang
     assert all(a != b for a, b in zip(changed[changed_from:], base[changed_from:]))
 
 
-def test_package_files_are_read_once_per_process(monkeypatch):
-    calls = []
-    original = plan_stages._source_files
-    monkeypatch.setattr(plan_stages, "_source_files", lambda top: calls.append(top) or original(top))
+def test_source_files_are_read_once_per_process(monkeypatch):
+    reads = []
+    original = codekey.read_source
+    monkeypatch.setattr(codekey, "read_source", lambda path: reads.append(path) or original(path))
     plan_keys(MR_CELL)
     plan_keys(CellSpec("none", ("direct",), "medsynth"))
-    assert sorted(calls) == ["umdbench", "umdbench_plugins"]
+    assert reads and len(reads) == len(set(reads))
 
 
 def test_the_metric_package_is_keyed_without_importing_it():

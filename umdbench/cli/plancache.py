@@ -10,7 +10,8 @@ that covers every input its output can depend on, and replayed when all of them 
   that steer umdbench, the Hugging Face hub and torch;
 * the code: every source file (``.py``/``.toml``) of umdbench, of each top-level package named in
   ``registry.toml`` or in the ``umdbench`` entry-point group, and of the folder of each
-  ``--plugin-path`` file, by (path, size, mtime); the installed distributions (the ``*.dist-info``
+  ``--plugin-path`` file, by (path, size, mtime) (the files as :mod:`umdbench.plan.codekey` finds
+  them for stage keys: a dry run prints keys, so it depends on at least the files they hash); the installed distributions (the ``*.dist-info``
   names of every ``sys.path`` folder, so an upgrade changes the key);
 * the machine facts planning reads: native CPU bf16, a CUDA device node, and (offline) the
   Hugging Face hub cache listing;
@@ -36,11 +37,11 @@ from typing import Any, Callable
 PLAN_CACHE = "plan-cache.json"
 PLAN_CACHE_MAX = 64
 FORMAT = 1
+from umdbench.plan.codekey import iter_source_files, plugin_tops, source_files
 from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE  # (importing the Workspace costs numpy)
 
 _ENV_PREFIXES = ("UMDBENCH_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "CUDA_", "PYTORCH_", "OMP_")
 _ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PYTHONPATH")
-_SOURCE_SUFFIXES = (".py", ".toml")
 
 # paths named by the resolved configs of the dry run in progress (None: not collecting)
 _noted: dict[str, bool] | None = None
@@ -106,63 +107,22 @@ def tree_stamp(root: str) -> str:
     return h.hexdigest()
 
 
-def _source_stamp(folder: str, h, recursive: bool = True) -> None:
-    for here, subdirs, names in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__" and not d.startswith("."))
-        for name in sorted(names):
-            if name.endswith(_SOURCE_SUFFIXES):
-                path = os.path.join(here, name)
-                h.update(f"{path}\0{json.dumps(_stat(path))}\n".encode())
-        if not recursive:
-            break
-
-
 def _plugin_tops() -> list[str]:
-    """Top-level packages plugins load from: registry.toml targets and entry points (not imported)."""
-    import importlib.metadata as md
-    import tomllib
-
-    tops = {"umdbench"}
-    try:
-        table = tomllib.loads((Path(__file__).resolve().parents[1] / "registry.toml").read_text())
-    except (OSError, ValueError):
-        table = {}
-
-    def targets(node):
-        if isinstance(node, dict):
-            for v in node.values():
-                yield from targets(v)
-        elif isinstance(node, str) and ":" in node:
-            yield node
-
-    tops.update(t.split(":")[0].split(".")[0] for t in targets(table))
-    try:
-        tops.update(ep.value.split(":")[0].split(".")[0].strip() for ep in md.entry_points(group="umdbench"))
-    except Exception:  # a broken distribution: the key still covers the dist-info listing
-        pass
-    return sorted(t for t in tops if t)
+    """Top-level packages plugins load from (:func:`umdbench.plan.codekey.plugin_tops`)."""
+    return list(plugin_tops())
 
 
 def code_stamp(plugin_paths: list[str] | tuple[str, ...] = ()) -> str:
-    import importlib.util
-
     h = hashlib.sha256()
-    for top in _plugin_tops():
-        try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            spec = None
+    for top in plugin_tops():
         h.update(f"top\0{top}\n".encode())
-        if spec is None:
-            continue
-        for folder in spec.submodule_search_locations or []:
-            _source_stamp(folder, h)
-        if not spec.submodule_search_locations and spec.origin:
-            h.update(f"{spec.origin}\0{json.dumps(_stat(spec.origin))}\n".encode())
+        for _, path in source_files(top):
+            h.update(f"{path}\0{json.dumps(_stat(str(path)))}\n".encode())
     for path in plugin_paths:
         full = os.path.abspath(path)
         h.update(f"plugin-path\0{full}\0{json.dumps(_stat(full))}\n".encode())
-        _source_stamp(os.path.dirname(full), h, recursive=False)
+        for _, beside in iter_source_files(os.path.dirname(full), recursive=False):
+            h.update(f"{beside}\0{json.dumps(_stat(str(beside)))}\n".encode())
     for entry in sys.path:
         folder = entry or os.getcwd()
         try:

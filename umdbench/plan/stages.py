@@ -1,36 +1,29 @@
 """Resolved config -> a chain of stages, each keyed by a hash of everything upstream of it.
 
 A stage's key covers its own config, the encoder config, the seed, the fingerprint of the data it
-reads, the code it runs (the content of every source file of umdbench and of each plugin package
-its strategy, dataset, encoder, task type and metric come from) and its parent's key; settings
-that cannot change numbers (loader workers, log/checkpoint intervals) are left out. Two cells that
-share a pre-training (same strategy, config, corpus and seed) therefore share that stage's cached
-artifact, and no code change returns a result computed before it.
+reads, the code it runs (:mod:`umdbench.plan.codekey`: the modules its run path and its strategy,
+dataset, encoder, task type and metric import, and the versions of the libraries that compute)
+and its parent's key; settings that cannot change numbers (loader workers, log/checkpoint
+intervals) are left out. Two cells that share a pre-training (same strategy, config, corpus and
+seed) therefore share that stage's cached artifact, and no code change a stage runs returns a
+result computed before it.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib.util
-import inspect
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from umdbench.plan.codekey import code_key, modules_digest
 from umdbench.plan.config import ResolvedRun
 from umdbench.util import atomic_write_json, config_hash
 
 log = logging.getLogger("umdbench.data")
 
-
-# Source files whose content enters a stage key: the code, plus umdbench's registry.toml (which
-# class a built-in name resolves to).
-_SOURCE_SUFFIXES = (".py", ".toml")
 
 # Settings that cannot change a stage's numbers, left out of its key so that changing them reuses
 # the cache: loader workers (each record's pixels and the sampler order do not depend on them),
@@ -44,63 +37,6 @@ NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints", 
 # the planner's on-disk cache in the work dir (DataCatalog(cache_dir=...)), and its entry limit
 PLANNING_CACHE = "planning-cache.json"
 PLANNING_CACHE_MAX = 512
-
-
-def _source_files(top: str) -> list[tuple[str, Path]]:
-    """``(name, path)`` of every source file of the top-level package (or single module) ``top``,
-    found without importing it when it is not imported yet."""
-    module = sys.modules.get(top)
-    if module is not None:
-        folders = list(getattr(module, "__path__", None) or [])
-        file = getattr(module, "__file__", None)
-    else:
-        spec = importlib.util.find_spec(top)
-        folders = list(spec.submodule_search_locations or []) if spec else []
-        file = spec.origin if spec and spec.has_location else None
-    if not folders:
-        return [(Path(file).name, Path(file))] if file else []
-    files = []
-    for folder in folders:
-        for here, subdirs, names in os.walk(folder):
-            subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
-            files += [(os.path.relpath(os.path.join(here, n), folder), Path(here, n))
-                      for n in names if n.endswith(_SOURCE_SUFFIXES)]
-    return sorted(files)
-
-
-@lru_cache(maxsize=None)
-def package_code_version(top: str) -> str:
-    """Content hash of every source file of the top-level package ``top`` (``umdbench``,
-    ``umdbench_plugins``, a third-party plugin package, or a ``--plugin-path`` module). Computed
-    once per process: reading ~100 small files costs a few milliseconds."""
-    digest = hashlib.sha256()
-    files = _source_files(top)
-    if not files:  # a module without files (built at run time): its source, if inspect finds it
-        try:
-            digest.update(inspect.getsource(sys.modules[top]).encode())
-        except (KeyError, OSError, TypeError):
-            return "nosource"
-    for name, path in files:
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def code_version(*classes, targets: tuple[str, ...] = ()) -> dict:
-    """The code a stage runs: umdbench's own package, and, for each plugin class it uses
-    (strategy, dataset, encoder, task type), the class's declared ``version`` and the content hash
-    of the whole top-level package it comes from. Editing any file of either therefore changes
-    every key that depends on it. ``targets`` are ``module:attr`` registry entries keyed by their
-    package without being imported (a metric: importing torchmetrics would cost planning a second)."""
-    packages = {"umdbench": package_code_version("umdbench")}
-    versions = {}
-    for cls in classes:
-        top = cls.__module__.split(".")[0]
-        packages[top] = package_code_version(top)
-        versions[f"{cls.__module__}:{cls.__qualname__}"] = str(getattr(cls, "version", "0"))
-    for target in targets:
-        top = target.split(":")[0].split(".")[0]
-        packages[top] = package_code_version(top)  # the package only: the same whether imported yet or not
-    return {"packages": packages, "versions": versions}
 
 
 def _numeric(section: dict, drop: tuple[str, ...]) -> dict:
@@ -192,10 +128,9 @@ class DataCatalog:
     # -- the on-disk planning cache ----------------------------------------------------------
     def _disk_key(self, data_cfg: dict, split: str) -> str:
         cls = self.registries.dataset.get(data_cfg["type"])
-        top = cls.__module__.split(".")[0]
         return config_hash({"what": "missing_images", "split": split, "fingerprint": self.fingerprint(data_cfg),
                             "data": {k: data_cfg.get(k) for k in ("type", "root", "options")},
-                            "code": [package_code_version(top), package_code_version("umdbench")]})
+                            "code": modules_digest(cls.__module__)})
 
     def _disk_cache(self) -> dict:
         if self._disk is None:
@@ -395,7 +330,7 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
         data = {**corpus, "split": "train", "fingerprint": catalog.fingerprint(corpus)}
         cls = registries.pretrain.get(stage_cfg["type"])
         corpus_cls = registries.dataset.get(corpus["type"])
-        code = code_version(cls, corpus_cls, encoder_cls, *_task_classes(registries, corpus_cls, pretrain=True))
+        code = code_key(cls, corpus_cls, encoder_cls, *_task_classes(registries, corpus_cls, pretrain=True))
         inputs = {"kind": "pretrain", "cfg": _keyed_stage_cfg(stage_cfg),
                   "data": {k: v for k, v in data.items() if k != "root"}, "code": code, **common}
         parent = Stage("pretrain", stage_cfg["type"], 0, stage_cfg, data, _stage_key(inputs), None, inputs)
@@ -409,7 +344,7 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
         data = {**train_data, "split": "train", "fingerprint": train_fp}
         inputs = {"kind": "tune", "cfg": _keyed_stage_cfg(stage_cfg),
                   "data": {k: v for k, v in data.items() if k != "root"},
-                  "code": code_version(cls, dataset_cls, encoder_cls, *tune_tasks),
+                  "code": code_key(cls, dataset_cls, encoder_cls, *tune_tasks),
                   "parent": parent.key if parent else None, **common}
         stage = Stage("tune", stage_cfg["type"], i, copy.deepcopy(stage_cfg), data, _stage_key(inputs), parent, inputs)
         stages.append(stage)
