@@ -353,7 +353,7 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
     data = {**dataset_data, "split": cfg["eval"]["split"], "fingerprint": dataset_fp}
     # the evaluation's own code too (metric, task type, umdbench's evaluation loop): its key is the
     # cell key, so a change there must not return the row stored before it
-    code = code_version(dataset_cls, encoder_cls, *tune_tasks, targets=_metric_targets(registries, dataset_cls))
+    code = code_key(dataset_cls, encoder_cls, *tune_tasks, targets=_metric_targets(registries, dataset_cls))
     inputs = {"kind": "eval", "cfg": cfg["eval"], "data": {k: v for k, v in data.items() if k != "root"},
               "parent": parent.key, "batch": cfg["data"]["eval_batch_size"], "code": code}
     stages.append(Stage("eval", "eval", 0, copy.deepcopy(cfg["eval"]), data, _stage_key(inputs), parent, inputs))
