@@ -113,7 +113,10 @@ def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0
 
 
 def build_case(name: str, preset: str, batch_size: int | None = None, seed: int = 0,
-               train_overrides: dict | None = None) -> StepCase:
+               train_overrides: dict | None = None, encoder_overrides: dict | None = None) -> StepCase:
+    """The case as a stage builds it: ``train_overrides`` on the preset's ``train`` (before the
+    optimiser is built; ``activation_checkpointing`` applied as ``_train`` applies it),
+    ``encoder_overrides`` merged into :func:`encoder_cfg` (e.g. dropout on at the tiny preset)."""
     from umdbench.run.builders import special_ids
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
@@ -123,7 +126,7 @@ def build_case(name: str, preset: str, batch_size: int | None = None, seed: int 
     limit_heap_retention()  # as a stage's training process does
     torch.manual_seed(seed)
     registries = get_registries(())
-    ecfg = encoder_cfg(preset)
+    ecfg = deep_merge(encoder_cfg(preset), encoder_overrides or {})
     encoder = build_encoder(ecfg)
     tune = name in TUNE
     reg = registries.tune if tune else registries.pretrain
@@ -133,6 +136,9 @@ def build_case(name: str, preset: str, batch_size: int | None = None, seed: int 
     cfg["train"].update(train_overrides or {})
     strategy = cls(encoder, cfg, TaskInfo("vqa", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)])) if tune \
         else cls(encoder, cfg)
+    from umdbench.models.activation_checkpointing import apply_activation_checkpointing
+
+    apply_activation_checkpointing(strategy, cfg["train"])
     bs = int(batch_size or cfg["train"]["batch_size"])
     from umdbench.kit.tasktypes import VQATask, ImageTextPairs
 

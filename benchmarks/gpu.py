@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA) | false")
     ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the hot blocks")
+    ap.add_argument("--activation-checkpointing", action="store_true",
+                    help="train.activation_checkpointing: recompute the encoder blocks in backward (the paper batch "
+                         "on one GPU); the FLOPs then include the recomputation")
     ap.add_argument("--cells", default="direct,tdcalib,gmcoord",
                     help="further strategies to measure (pre-training or tuning; tuning ones on VQA-RAD)")
     ap.add_argument("--out", help="also append each result to this JSON-lines file as soon as it is measured")
@@ -42,7 +45,8 @@ def main(argv=None) -> int:
     from umdbench.run.builders import build_optim_wrapper, compile_strategy
 
     def measure(name: str, batch: int, steps: int) -> dict:
-        case = build_case(name, "paper", batch)
+        case = build_case(name, "paper", batch,
+                          train_overrides={"activation_checkpointing": args.activation_checkpointing})
         case.model.cuda()
         case.batch = {k: v.cuda(non_blocking=True) for k, v in case.batch.items()}
         train = {**case.train, "amp": False if args.amp == "false" else "auto", "compile": args.compile}
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
                "gflop_per_step": flops / 1e9, "tflops": flops / dt / 1e12,
                "mfu": flops / dt / (args.peak_tflops * 1e12), "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30,
                "paper_max_iters": case.train["max_iters"], "paper_batch": case.train["batch_size"],
-               "amp": type(case.optim).__name__, "device": torch.cuda.get_device_name(0)}
+               "amp": type(case.optim).__name__, "device": torch.cuda.get_device_name(0),
+               "activation_checkpointing": args.activation_checkpointing}
         # projected stage time at the paper's schedule (assumes throughput at --batch holds at the paper batch)
         out["projected_stage_h"] = case.train["max_iters"] * case.train["batch_size"] / out["samples_per_s"] / 3600
         del case

@@ -6,9 +6,11 @@
 #
 # `run` (1) installs what the machine lacks from .devcarry/whl and umdbench itself, (2) measures the
 # paper-preset training step of every Table 1/4 strategy in bf16 (benchmarks.gpu: s/step, TFLOP/s,
-# MFU, peak memory), and (3) runs one paper-preset Table 4 cell end to end (MR-Pretrain -> direct
-# -> evaluate on VQA-RAD) at reduced steps through `umdbench run`, storing its row. Everything lands
-# in $OUT as it is produced, so a run stopped by its time limit keeps what it measured.
+# MFU, peak memory), (2b) the MR step at the paper batch of 256 with activation checkpointing (peak
+# CUDA memory: does the paper batch fit one GPU), and (3) runs one paper-preset Table 4 cell end to
+# end (MR-Pretrain -> direct -> evaluate on VQA-RAD) at reduced steps through `umdbench run`,
+# storing its row. Everything lands in $OUT as it is produced, so a run stopped by its time limit
+# keeps what it measured.
 set -u
 CARRY=.devcarry
 mode=${1:-run}
@@ -46,6 +48,21 @@ export PYTHONPATH=$PWD/$CARRY/pkgs:/tmp/site
 # (2) step throughput of each strategy at the paper preset (random init; timing does not depend on weights)
 timeout ${STEP_TIMEOUT:-180} python3 -m benchmarks.gpu --strategy mr --batch 32 --steps 8 --peak-tflops 989 \
   --cells direct,tdcalib,gmcoord,mae,clip,flip,m3ae --out "$OUT/steps.jsonl" 2>&1 | tee "$OUT/steps.log" | grep -v Warning
+
+# (2b) the paper batch on one GPU: the MR step at batch 256 with activation checkpointing, bf16
+# autocast, optimiser stepped in backward; prints its peak CUDA memory (BENCHMARKS.md projects it)
+timeout ${AC_TIMEOUT:-240} python3 -m benchmarks.gpu --strategy mr --batch ${AC_BATCH:-256} --steps 3 --warmup 1 \
+  --activation-checkpointing --cells "" --peak-tflops 989 --out "$OUT/steps-b256-ac.jsonl" 2>&1 \
+  | tee "$OUT/steps-b256-ac.log" | grep -v Warning
+python3 - "$OUT/steps-b256-ac.jsonl" <<'EOF' 2>&1 | tee -a "$OUT/machine.txt"
+import json, sys
+try:
+    r = [json.loads(l) for l in open(sys.argv[1])][-1]
+    print(f"MR paper step, batch {r['batch']}, activation checkpointing, {r['amp']}: peak CUDA memory "
+          f"{r['peak_cuda_gib']:.1f} GiB, {r['s_per_step']:.2f} s/step")
+except Exception as exc:
+    print(f"MR paper step with activation checkpointing: no result ({type(exc).__name__}: {exc})")
+EOF
 
 # (3) one Table 4 cell end to end. The largest pre-training batch that the measured batch-32 peak says fits.
 batch=$(python3 - "$OUT/steps.jsonl" <<'EOF'

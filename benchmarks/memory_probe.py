@@ -3,11 +3,13 @@
     python -m benchmarks.memory_probe                       # paper MR step, batch 2, fast path
     python -m benchmarks.memory_probe --phases              # + where in the step the peak falls
     python -m benchmarks.memory_probe --set step_in_backward=false
+    python -m benchmarks.memory_probe --batch 8 --set activation_checkpointing=true
 
 Builds the case exactly as the benchmark suite does (:func:`benchmarks.cases.build_case`: the
 strategy wrapped in ``StageModel`` with ``build_optim_wrapper``), runs ``--warmup`` steps (which
 allocate the AdamW state), resets the kernel's RSS high-water mark and runs ``--steps`` more.
-Prints one JSON line: peak RSS of the measured steps (``VmHWM`` after ``clear_refs``), the
+Prints one JSON line: peak RSS of the measured steps (``VmHWM`` after ``clear_refs``), the RSS
+between steps (weights, teacher, AdamW state; the peak minus it is what the step adds), the
 process peak (``ru_maxrss``, build included) and the seconds per step. Only the fast path: the
 eager reference peaks near 15 GiB at the paper preset. Step times are whatever the machine's
 load allows; this script is for memory, the timed figures come from ``python -m benchmarks.run``.
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     rss_built = rss_mib()
     for _ in range(args.warmup):
         case.step()
+    time.sleep(1.0)  # past the allocator's purge delay: the step's activations are handed back
+    rss_between = rss_mib()  # weights, teacher, AdamW state: what every step starts from
     exact = reset_peak_rss()
     times = []
     for i in range(args.steps):
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         "case": case.label, "allocator": active_allocator(), "precision": "bf16 autocast" if use_amp(case.train) else "fp32",
         "overrides": args.set, "threads": torch.get_num_threads(),
         "rss_built_gib": round(rss_built / 1024, 3),
+        "rss_between_steps_gib": round(rss_between / 1024, 3),
         "peak_rss_gib": round(peak_rss_mib() / 1024, 3),
         "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss",
         "ru_maxrss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),

@@ -230,6 +230,11 @@ def render(data: dict, load_before: tuple, load_after: tuple, wall_s: float | No
 
     lines += render_3d(by_kind, verdicts)
 
+    # measured on its own (two fresh paper-preset processes, minutes): carried from its committed JSON
+    from benchmarks.activation_memory import section as activation_memory_section
+
+    lines += activation_memory_section()
+
     head = ["## Targets", ""] + [f"* {v}" for v in verdicts] + [""]
     # The GPU section is measured on a lent GPU machine (benchmarks/gpu_check.sh), not by this suite;
     # its committed write-up is carried into every regeneration.

@@ -12,7 +12,7 @@ from umdbench.api import Encoder
 
 from .fusion import Fusion
 from .presets import ENCODER_PRESETS
-from .text import build_text_tower, text_forward, text_width
+from .text import build_text_tower, text_forward, text_layers, text_width
 from .vision import build_vision_tower, grid_of, vision_forward
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ class MultimodalEncoder(Encoder):
     def compile_targets(self) -> list[nn.Module]:
         # the blocks that dominate a step; names and state dicts are unchanged by nn.Module.compile
         return list(self.vision.blocks) + [self.text] + list(self.fusion.text_layers) + list(self.fusion.image_layers)
+
+    def checkpoint_targets(self) -> list[nn.Module]:
+        # what train.activation_checkpointing recomputes in backward: every block of the three
+        # stacks, each a function of its inputs and weights only (umdbench.models.activation_checkpointing)
+        return (list(self.vision.blocks) + text_layers(self.text) + list(self.fusion.text_layers)
+                + list(self.fusion.image_layers))
 
     def __init__(self, cfg: dict):
         super().__init__()

@@ -134,5 +134,15 @@ def text_width(model: nn.Module) -> int:
     return int(model.config.hidden_size)
 
 
+def text_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of a transformers encoder (BERT / RoBERTa: ``encoder.layer``;
+    DistilBERT: ``transformer.layer``), or the whole tower where the layout is unknown."""
+    for stack in ("encoder", "transformer"):
+        layers = getattr(getattr(model, stack, None), "layer", None)
+        if isinstance(layers, nn.ModuleList):
+            return list(layers)
+    return [model]
+
+
 def text_forward(model: nn.Module, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     return model(input_ids=text_ids, attention_mask=text_mask).last_hidden_state

@@ -28,11 +28,14 @@ log = logging.getLogger("umdbench.data")
 # Settings that cannot change a stage's numbers, left out of its key so that changing them reuses
 # the cache: loader workers (each record's pixels and the sampler order do not depend on them),
 # the image cache (it stores exactly what decoding returns), log and checkpoint intervals and how
-# many checkpoints are kept (bookkeeping of the runner only), and whether the optimiser steps inside
-# backward (the same updates bit for bit, tests/test_step_in_backward.py). fused/foreach stay in: the AdamW
-# kernels round differently. The evaluation batch size enters the evaluation's key only.
+# many checkpoints are kept (bookkeeping of the runner only), whether the optimiser steps inside
+# backward (the same updates bit for bit, tests/test_step_in_backward.py) and whether the encoder
+# blocks recompute their activations in backward (the same updates, tests/test_activation_checkpointing.py).
+# fused/foreach stay in: the AdamW kernels round differently. The evaluation batch size enters the
+# evaluation's key only.
 NON_NUMERIC_DATA = ("num_workers", "image_cache", "eval_batch_size")
-NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints", "step_in_backward")
+NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints", "step_in_backward",
+                     "activation_checkpointing")
 
 # the planner's on-disk cache in the work dir (DataCatalog(cache_dir=...)), and its entry limit
 PLANNING_CACHE = "planning-cache.json"
