@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-DATA_ROOT = Path(os.environ.get("UMDBENCH_DATA_ROOT", "/work/shared/datasets"))
+DATA_ROOT = Path(os.environ.get("UMDBENCH_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 IMAGES = sorted(glob.glob(str(DATA_ROOT / "slake" / "imgs" / "*" / "source.jpg")))
 SIZE = int(os.environ.get("UMDBENCH_BENCH_IMAGE_SIZE", "384"))
 

@@ -5,7 +5,9 @@ copy-results``) is copied into a temporary work dir and every board beside it is
 the markdown and the runs file must match the committed ones (the render time aside). A board
 edited by hand, a result that lost its predictions, or a change to how boards are computed that
 was not followed by a re-render fails here."""
+import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,33 @@ def test_the_leaderboard_of_a_committed_store_renders_every_suite(tmp_path):
     assert main(["leaderboard", "--work-dir", str(work.work_dir), "--out", str(tmp_path / "out")]) == 0
     assert "n/a" in (tmp_path / "out" / "runs.md").read_text()
     assert {"table1.md", "table4.md", "fig5.md"} <= {p.name for p in (tmp_path / "out").glob("*.md")}
+
+
+MACHINE_PATH = re.compile(r"(?<![\w<.])/(?:work|home|root|tmp|Users|mnt|scratch|data|opt|srv|var)/")
+
+
+def test_no_committed_result_names_a_path_of_the_machine_that_made_it():
+    """Rows, boards, runs files and notes say `<data-root>/...`: the fingerprint identifies the data."""
+    found = []
+    for path in RESULTS.rglob("*"):
+        if path.suffix in (".md", ".jsonl", ".json", ".txt") and MACHINE_PATH.search(path.read_text()):
+            found.append(str(path.relative_to(RESULTS)))
+        if path.suffix == ".sqlite":
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # read-only: never migrated here
+            try:
+                for row in con.execute("SELECT * FROM runs"):
+                    if any(isinstance(v, str) and MACHINE_PATH.search(v) for v in row):
+                        found.append(f"{path.relative_to(RESULTS)}: {row[0][:12]}")
+            finally:
+                con.close()
+    assert not found, found
+
+
+def test_stored_configs_are_portable(tmp_path):
+    from umdbench.util import portable_paths
+
+    cfg = {"dataset": {"root": str(tmp_path / "data" / "slake")}, "ckpt": "/opt/weights/v.pt",
+           "deviations": [f"read {tmp_path / 'data'}/slake/x"], "n": 3}
+    out = portable_paths(cfg, tmp_path / "data")
+    assert out == {"dataset": {"root": "<data-root>/slake"}, "ckpt": ".../v.pt",
+                   "deviations": ["read <data-root>/slake/x"], "n": 3}

@@ -207,3 +207,35 @@ def resolve_amp(value: Any) -> str | bool:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else False
     return "bf16" if cpu_native_bf16() else False
+
+
+#: written instead of the data root's own path in stored results (the fingerprint identifies the data)
+DATA_ROOT_MARK = "<data-root>"
+
+
+def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
+    """``obj`` (a JSON-like config) as stored with a result, free of the machine's paths: the data
+    root ``root`` becomes ``<data-root>`` wherever it occurs (``<data-root>/vqa_rad``), a path under
+    the current folder becomes relative, and any other absolute path keeps only its last part
+    (``.../name``). What identifies the data is its fingerprint, not where it was read from."""
+    anchors = [(str(Path(root).expanduser().resolve()), DATA_ROOT_MARK)] if root else []
+    if root and str(Path(root).expanduser()) != anchors[0][0]:
+        anchors.append((str(Path(root).expanduser()), DATA_ROOT_MARK))  # as given, when it is a link
+    cwd = str(Path.cwd())
+
+    def fix(text: str) -> str:
+        for prefix, mark in anchors:
+            text = text.replace(prefix.rstrip("/") + "/", mark + "/")
+            if text == prefix.rstrip("/"):
+                text = mark
+        if text.startswith("/") and not any(c.isspace() for c in text):
+            if text == cwd or text.startswith(cwd.rstrip("/") + "/"):
+                return os.path.relpath(text, cwd)
+            return ".../" + Path(text).name
+        return text
+
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(portable_paths(v, root) for v in obj)
+    return fix(obj) if isinstance(obj, str) else obj

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from umdbench.errors import ConfigError
-from umdbench.util import config_hash, parse_option, resolve_amp
+from umdbench.util import config_hash, data_root, parse_option, portable_paths, resolve_amp
 from umdbench.util import dataset_root
 
 
@@ -123,8 +123,15 @@ class ResolvedRun:
     deviations: list[str] = field(default_factory=list)
 
     @property
+    def portable_config(self) -> dict:
+        """The config as a result stores it: no path of this machine (:func:`umdbench.util.portable_paths`)."""
+        return portable_paths(self.config, data_root(self.cell.data_root))
+
+    @property
     def hash(self) -> str:
-        return config_hash(self.config)
+        """The hash of :attr:`portable_config`: the same run on another machine, or with the data
+        elsewhere, has the same hash (the data fingerprint tells the data apart)."""
+        return config_hash(self.portable_config)
 
 
 def resolve(cell: CellSpec, registries) -> ResolvedRun:

@@ -90,7 +90,7 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
     return {
         "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
         "pretrain": run.cell.pretrain, "tune": "+".join(run.cell.tune), "dataset": run.cell.dataset,
-        "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.config,
+        "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.portable_config,
         "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
         "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
         "wall_time_s": wall_time_s, "device": device or device_description(), "skipped": skipped or {},
