@@ -182,6 +182,11 @@ class Encoder(nn.Module):
         """Modules ``train.compile`` may ``torch.compile`` in place (the hot blocks); none by default."""
         return []
 
+    def checkpoint_targets(self) -> list[nn.Module]:
+        """Blocks ``train.activation_checkpointing`` recomputes in backward (each block's output must
+        depend only on its inputs and weights); none by default, and the option is then refused."""
+        return []
+
 
 # --------------------------------------------------------------------------------------------
 # Task types
@@ -400,6 +405,7 @@ TRAIN_DEFAULTS = {
     "keep_checkpoints": 1,  # resumable checkpoints kept once the stage's artifact is written
     "label_fraction": 1.0,  # share of the labelled training split a tuning stage trains on
     "accumulative_counts": 1,  # micro-batches per optimiser step (gradient accumulation)
+    "activation_checkpointing": False,  # recompute the encoder blocks' activations in backward
 }
 
 
@@ -436,6 +442,10 @@ TRAIN_KEYS = {
                       "seed; smaller fractions are subsets of larger ones (label-efficiency studies)",
     "accumulative_counts": "N > 1: each optimiser step sums the gradients of N micro-batches of batch_size / N "
                            "(a batch too large for one device's memory); max_iters, the schedule and the "
-                           "intervals still count optimiser steps. In-batch negatives (ITM, contrastive) then come "
-                           "from each micro-batch: recorded as a deviation",
+                           "intervals still count optimiser steps. Terms the strategy or encoder declares as "
+                           "coupling a batch's samples (batch_coupled_terms: in-batch negatives, token means, "
+                           "BatchNorm) then come from each micro-batch: recorded as a deviation",
+    "activation_checkpointing": "True = the encoder's checkpoint_targets() recompute their activations in backward "
+                                "(less memory, the same updates, RNG replayed); not in the stage key; not with "
+                                "compile",
 }
