@@ -7,7 +7,8 @@
 # `run` (1) installs what the machine lacks from .devcarry/whl and umdbench itself, (2) measures the
 # paper-preset training step of every Table 1/4 strategy in bf16 (benchmarks.gpu: s/step, TFLOP/s,
 # MFU, peak memory), (2b) the MR step at the paper batch of 256 with activation checkpointing (peak
-# CUDA memory: does the paper batch fit one GPU), and (3) runs one paper-preset Table 4 cell end to
+# CUDA memory: does the paper batch fit one GPU), (2c) the micro-batch equivalence of MR-Pretrain and
+# GM-Coord on CUDA, and (3) runs one paper-preset Table 4 cell end to
 # end (MR-Pretrain -> direct -> evaluate on VQA-RAD) at reduced steps through `umdbench run`,
 # storing its row. Everything lands in $OUT as it is produced, so a run stopped by its time limit
 # keeps what it measured.
@@ -63,6 +64,13 @@ try:
 except Exception as exc:
     print(f"MR paper step with activation checkpointing: no result ({type(exc).__name__}: {exc})")
 EOF
+
+# (2c) the world-size equivalence on CUDA: MR-Pretrain and GM-Coord, 3 steps as one batch and as 2
+# micro-batches, float64 (umdbench.run.equivalence; 2 DDP ranks need 2 GPUs, so that leg stays on the CPU
+# tests here). GM-Coord must match; MR-Pretrain's coupled terms (ITM, token means) are reported, not required.
+timeout ${EQ_TIMEOUT:-120} python3 -m umdbench.run.equivalence check --legs micro --device cuda \
+  umdbench.run.equivalence:builtin_case:gmcoord umdbench.run.equivalence:builtin_case:mr 2>&1 \
+  | grep -v Warning | tee "$OUT/equivalence-cuda.log"
 
 # (3) one Table 4 cell end to end. The largest pre-training batch that the measured batch-32 peak says fits.
 batch=$(python3 - "$OUT/steps.jsonl" <<'EOF'
