@@ -113,3 +113,28 @@ def test_paper_tables_are_consistent():
     assert "inferred" in TABLES["table4"].notes[0]
     assert TABLES["table1"].value("UMD", "slake", "overall") == 84.73
     assert TABLES["table1"].value("MFB", "vqa-med-2019", "overall") is None
+
+
+def test_a_sweep_runs_the_suites_seed_count_unless_told(capsys):
+    from umdbench.cli import main
+    from umdbench.plugin import get_registries
+    from umdbench.plan.suites import get_suite
+
+    registries = get_registries()
+    assert {get_suite(registries, n).seeds for n in ("table1", "table2", "table3", "table4", "table5", "fig5")} == {3}
+    assert main(["sweep", "--suite", "fig5", "--dry-run", "--datasets", "vqa-rad", "--data-root", "/nonexistent"]) in (0, 2)
+    out = capsys.readouterr().out
+    assert "seeds 3" in out
+    assert main(["sweep", "--suite", "fig5", "--dry-run", "--seeds", "1", "--datasets", "vqa-rad",
+                 "--data-root", "/nonexistent"]) in (0, 2)
+    assert "seeds 1" in capsys.readouterr().out
+
+
+def test_a_suite_seed_count_must_be_a_whole_number():
+    from umdbench.errors import ConfigError
+    from umdbench.plan.suites import Suite
+
+    spec = {"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "none", "tune": "direct"}]}
+    assert Suite.from_spec("s", spec).seeds == 1
+    with pytest.raises(ConfigError, match="'seeds' must be a whole number"):
+        Suite.from_spec("s", {**spec, "seeds": 0})

@@ -25,7 +25,8 @@ def add_subcommands(sub, common_parent_parser) -> None:
                                    "TD-Calib stages run once) and run it; finished cells are skipped.",
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", required=True, metavar="NAME", help="suite name (`umdbench list --kind suite`)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per cell (default 1)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="seeds 0..N-1 per cell (default: the suite's `seeds`, 3 for the paper's tables)")
     p.add_argument("--preset", default="tiny", help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
@@ -61,11 +62,13 @@ def cmd_sweep(args) -> int:
         from umdbench.sweep.executors import RAY_WITH_TORCHRUN
 
         raise ConfigError(RAY_WITH_TORCHRUN)
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise ConfigError("--seeds must be at least 1.")
     registries = get_registries(tuple(args.plugin_path))
     note_failed_plugins()
     suite = get_suite(registries, args.suite)
+    if args.seeds is None:
+        args.seeds = suite.seeds
     overrides = tuple(parse_override(o) for o in args.cfg_options)
     if args.track:
         overrides += (("tracking.backends", args.track),)

@@ -51,9 +51,15 @@ from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
 SPEC_KEYS = {"title", "paper", "datasets", "extra_datasets", "metrics", "plot", "overrides", "rows", "vary",
-             "reference", "dataset_options", "lower_is_better"}
+             "reference", "dataset_options", "lower_is_better", "seeds"}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
 
+
+
+def _seeds(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: 'seeds' must be a whole number >= 1 (the seeds a sweep runs by default), got {value!r}.")
+    return value
 
 @dataclass(frozen=True)
 class SuiteRow:
@@ -94,6 +100,7 @@ class Suite:
     reference: str | None = None  # a row or cell name; None = the first cell
     dataset_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # dataset -> its option overrides
     extra_datasets: tuple[str, ...] = ()  # beyond the paper: run only when --datasets names them
+    seeds: int = 1  # seeds a sweep runs unless --seeds says otherwise (the boards' intervals need several)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -182,7 +189,7 @@ class Suite:
             paper=spec.get("paper"), plot=plot,
             overrides=_overrides(spec.get("overrides", {}), where), vary_keys=vary_keys, vary_label=vary_label,
             vary_values=vary_values, reference=None if reference is None else str(reference),
-            dataset_options=dataset_options, extra_datasets=tuple(extra),
+            dataset_options=dataset_options, extra_datasets=tuple(extra), seeds=_seeds(spec.get("seeds", 1), where),
         )
 
     @property
