@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrain", required=True, metavar="P", help="pre-training strategy, or 'none' (scratch)")
     run.add_argument("--tune", required=True, metavar="T1+T2", help="tuning strategies, applied left to right")
     run.add_argument("--dataset", required=True, metavar="D", help="downstream dataset")
-    run.add_argument("--preset", default="tiny", help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
+    run.add_argument("--preset", default=None, help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
     run.add_argument("--encoder", metavar="E", help="registered encoder (default: the dataset's)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
@@ -112,7 +112,7 @@ def cmd_run(args) -> int:
         overrides += (("tracking.backends", args.track),)
     registries = get_registries(tuple(args.plugin_path))
     note_failed_plugins()
-    cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset, seed=args.seed,
+    cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset or "tiny", seed=args.seed,
                     overrides=overrides, data_root=args.data_root, encoder=args.encoder)
     resolved = resolve(cell, registries)
     note_config(resolved.config)
@@ -143,7 +143,37 @@ def cmd_run(args) -> int:
     metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(row["metrics"].items()))
     print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ctx.ws.store_path} "
           f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)")
+    _result_in_context(row, stages[-1], ctx, explicit_preset=args.preset is not None)
     return 0
+
+
+def _result_in_context(row: dict, evaluation, ctx, explicit_preset: bool) -> None:
+    """The split's no-image reference points beside a VQA result (computed once per split and data,
+    kept in the work dir as the boards keep them), a plain word when the result is below
+    question-only, and why a ``tiny`` number on real data says little."""
+    from umdbench.results.baselines import (load_reference_points, reference_points, row_reference_key,
+                                            store_reference_points)
+    from umdbench.util import is_score
+
+    dataset = ctx.catalog.get(evaluation.data)
+    if dataset.task != "vqa":
+        return
+    key = row_reference_key(row)
+    points = load_reference_points(ctx.ws.reference_points_path).get(key)
+    if points is None:
+        points = reference_points(dataset.records("train"), dataset.records(evaluation.data["split"]))
+        store_reference_points(ctx.ws.reference_points_path, key, points)
+    for name, result in points.items():
+        print(f"  {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in sorted(result.items()) if is_score(v))
+              + "   (no image: reference point)")
+    ours, text_only = row["metrics"].get("overall"), points.get("question only", {}).get("overall")
+    if is_score(ours) and is_score(text_only) and ours < text_only:
+        print(f"  below question-only ({ours:.2f} < {text_only:.2f}): this model answers worse than one that never "
+              f"sees the image.")
+    if row["preset"] == "tiny" and type(dataset).needs_root:
+        hint = "" if explicit_preset else " (the default)"
+        print(f"  note: preset tiny{hint} is a test-sized model with a random-init text tower; on real data its "
+              f"number says little. --preset small learns on 2 CPU cores (README, Presets).")
 
 
 def _note_unused_data_root(arg: str | None, config: dict) -> None:
@@ -243,6 +273,19 @@ def cmd_baselines(args) -> int:
     return 0
 
 
+def _stored_root(root: str | None, given: str | None) -> str | None:
+    """A dataset root as a row stores it (``<data-root>/slake``), on this machine's data root."""
+    from umdbench.util import DATA_ROOT_MARK, data_root
+
+    if root and root.startswith(DATA_ROOT_MARK):
+        base = data_root(given)
+        if base is None:
+            raise UmdbenchError(f"the rows read {root}: pass --data-root DIR (or set UMDBENCH_DATA_ROOT) to say "
+                                f"where the data root is on this machine.")
+        return str(base) + root[len(DATA_ROOT_MARK):]
+    return root
+
+
 def _print_reference_points(dataset: str, split: str, points: dict) -> None:
     from umdbench.util import is_score
 
@@ -277,8 +320,8 @@ def _baselines_of_store(args, registries) -> int:
             print(f"{name} {split}: kept already")
             continue
         try:
-            dataset = build_dataset(registries.dataset.get(data.get("type", name)), name, data.get("root"), "skip",
-                                    data.get("options") or {})
+            dataset = build_dataset(registries.dataset.get(data.get("type", name)), name,
+                                    _stored_root(data.get("root"), args.data_root), "skip", data.get("options") or {})
             if reference_key(name, split, dataset.fingerprint()) != key:
                 print(f"{name} {split}: skipped, the data at {data.get('root')} changed since its rows were stored")
                 continue
