@@ -36,15 +36,28 @@ def build_dataset(dataset_cls, name: str, root: str | None, on_error: str, optio
 
 
 def cmd_check(args) -> int:
-    from umdbench.data.check import format_report
+    """The checks ``umdbench run`` makes before training, over every split, listed instead of
+    raised: the plugin's ``check(deep)`` (records, images or volumes decoded unless ``--quick``)
+    and :func:`umdbench.data.check.split_problems` (empty split, duplicate ids, paths leaving the
+    folder). Exit 1 when anything was found."""
+    from umdbench.data.check import format_report, split_problems
     from umdbench.plugin import get_registries
 
     cls = get_registries(tuple(args.plugin_path)).dataset.get(args.dataset)
     options = dataset_options(args.option, "--option", cls, args.dataset)
     if args.data_root and not cls.needs_root:
         print(f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False).")
-    plugin = build_dataset(cls, args.dataset, dataset_root(cls, args.data_root, args.dataset), "raise", options)
+    root = dataset_root(cls, args.data_root, args.dataset)
+    plugin = build_dataset(cls, args.dataset, root, "raise", options)
     report = plugin.check(deep=not args.quick)
+    # and what `umdbench run` refuses before training beyond the plugin's own check: an empty split,
+    # a record id twice, an image outside the folder. Records are listed by a lenient copy of the
+    # plugin (malformed ones, which check() reported, are left out instead of stopping the listing).
+    lenient = build_dataset(cls, args.dataset, root, "skip", options) if hasattr(plugin, "raw_records") else plugin
+    for split in cls.splits:
+        for problem in split_problems(lenient, split):
+            if problem not in report.problems:
+                report.problems.append(problem)
     print(format_report(report, max_problems=args.max_problems))
     return 0 if report.ok else 1
 

@@ -6,7 +6,8 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["MAX_IMAGE_PIXELS", "open_image", "verify_image", "check_images", "format_report"]
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_VOLUME_VOXELS", "open_image", "verify_image", "check_images", "format_report",
+           "split_problems", "record_problems"]
 
 _FETCH_FIX = "fix: restore the file (re-download or re-extract the release) or remove the records that use it"
 
@@ -14,6 +15,11 @@ _FETCH_FIX = "fix: restore the file (re-download or re-extract the release) or r
 # holds any 10k x 10k scan, and a larger image is refused before its pixels are decoded (~300 MB
 # as RGB), whether PIL would only have warned (1-2x the limit) or raised (above 2x).
 MAX_IMAGE_PIXELS = 100_000_000
+
+# The same for volumes (NIfTI and other 3-D readers), checked on the header before any voxel is
+# read: 2^28 voxels hold a 512 x 512 x 1024 CT (1 GiB as float32, the size one decoded volume may
+# take); a header declaring more is damaged or not a scan, and is refused instead of allocated.
+MAX_VOLUME_VOXELS = 1 << 28
 
 
 class ImageTooLarge(ValueError):
@@ -82,6 +88,58 @@ def check_images(refs: dict[str, list[str]], deep: bool = True, base: str | Path
                 pass
         problems.append(f"{name}: image {reason}; used by record {shown}; {_FETCH_FIX}")
     return problems
+
+
+def record_problems(records: list, name: str, split: str, root: str | Path | None) -> list[str]:
+    """What ``umdbench run`` refuses in a split before it decodes a file (the rules of
+    :meth:`umdbench.plan.stages.DataCatalog.checked_records`, in its words): no records, a record
+    id twice, a file path that leaves the dataset folder (``..``; a symlinked folder is fine)."""
+    look = f"`umdbench data check {name}` shows what it found"
+    if not records:
+        return [f"dataset {name!r} has no records in split {split!r} (under {root or 'generated data'}); fix: restore "
+                f"its annotation file or choose another split; a run that reads this split stops before training."]
+    problems = []
+    seen: dict[str, object] = {}
+    for r in records:
+        if r.uid in seen:
+            problems.append(f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice ({_where(seen[r.uid])} "
+                            f"and {_where(r)}); fix: remove the duplicate from the annotation file (record ids must "
+                            f"be unique) or re-download the release; {look}.")
+        else:
+            seen[r.uid] = r
+    if root is None:
+        return problems
+    base = os.path.normpath(os.path.abspath(str(root)))
+    for r in records:
+        paths = list(r.image.values()) if isinstance(r.image, dict) else [r.image]
+        for path in paths:
+            if not isinstance(path, (str, Path)):
+                continue
+            if not os.path.normpath(os.path.abspath(str(path))).startswith(base + os.sep):
+                problems.append(f"{_where(r)} of dataset {name!r} split {split!r}: image {path} lies outside the "
+                                f"dataset folder {base}; fix: correct the record's image path (files are read from "
+                                f"inside the dataset folder only) or remove the record.")
+    return problems
+
+
+def split_problems(plugin, split: str) -> list[str]:
+    """:func:`record_problems` of one split of a dataset plugin: its records as listed
+    (``raw_records`` where the plugin has it: before images are looked at, which ``check``
+    reports), or a :class:`~umdbench.api.DataError` reading them as one problem."""
+    from umdbench.api import DataError
+
+    read = getattr(plugin, "raw_records", None) or plugin.records
+    try:
+        records = read(split)
+    except DataError as exc:
+        return [str(exc)]
+    root = os.path.abspath(str(plugin.root)) if getattr(plugin, "root", None) is not None else None
+    return record_problems(records, plugin.name, split, root)
+
+
+def _where(record) -> str:
+    file = record.extra.get("file") if isinstance(getattr(record, "extra", None), dict) else None
+    return f"record {record.uid}" + (f" ({file})" if file else "")
 
 
 def format_report(report, max_problems: int = 50) -> str:

@@ -5,7 +5,8 @@ RGB, shorter side resized to ``S`` (bicubic), then centre-cropped. ``ref`` is a 
 file or an ``HxWx3`` uint8 array (generated data).
 
 Cache: one raw file of ``3*S*S`` bytes per (file, size), keyed by
-``sha1(abs path | mtime_ns | file size | S)``, stored as ``cache_dir/<k[:2]>/<k>.u8``. A later epoch
+``sha1(abs path | mtime_ns | file size | inode | ctime_ns | S)``, stored as
+``cache_dir/<k[:2]>/<k>.u8``. A later epoch
 or run reads it back with a single ``np.fromfile`` instead of decoding the JPEG. Entries are written
 with :func:`umdbench.util.atomic_write_bytes`, so concurrent workers never see a half-written entry.
 A cache entry of the wrong size is ignored and rewritten.
@@ -86,13 +87,14 @@ def decode_resize(path: str | Path, size: int) -> np.ndarray:
 
 
 def cache_key(path: str | Path, size: int) -> str:
-    """sha1 over (absolute path, mtime_ns, file size, target size). Raises DataError if missing."""
+    """sha1 over (absolute path, mtime_ns, file size, inode, ctime_ns, target size): a file rewritten
+    in place with its size and mtime set back still gets a new ctime_ns. Raises DataError if missing."""
     apath = os.path.abspath(path)
     try:
         st = os.stat(apath)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found; fix: restore the file or re-download the dataset") from exc
-    raw = f"{apath}|{st.st_mtime_ns}|{st.st_size}|{size}".encode()
+    raw = f"{apath}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}|{st.st_ctime_ns}|{size}".encode()
     return hashlib.sha1(raw).hexdigest()
 
 

@@ -217,7 +217,14 @@ class VQADataset(ReleaseDataset):
         if not isinstance(question, str) or not question.strip():
             self._bad(f"{file}: record {where}: question is missing or empty; fix: correct or remove this record")
             return None
-        # an empty answer string is kept as upstream does (SLAKE train qid 1622 has one); None is not
+        # an empty answer string is kept as upstream does (SLAKE train qid 1622 has one); None is not.
+        # A JSON true/false is refused, not converted: str() would make it the answer "true", which
+        # no release uses, and reading it as "yes"/"no" would be a guess about what the editor meant
+        if isinstance(answer, bool):
+            self._bad(f"{file}: record {where}: answer is the JSON boolean {str(answer).lower()}, not text; answers "
+                      f"are strings (or numbers) and a boolean is not guessed to mean \"yes\"/\"no\"; fix: write the "
+                      f"answer as text (e.g. \"yes\") or remove this record")
+            return None
         if answer is None or isinstance(answer, (dict, list)):
             self._bad(f"{file}: record {where}: answer is missing or not a string/number; fix: correct or remove "
                       f"this record")

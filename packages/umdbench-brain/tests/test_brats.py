@@ -102,13 +102,13 @@ def test_check_names_study_and_file_for_each_problem(brats21):
     shallow = BraTS2021(root=brats21).check(deep=False).problems
     problems = BraTS2021(root=brats21).check(deep=True).problems
     text = "\n".join(problems)
-    assert "study BraTS2021_00000: missing BraTS2021_00000_t2.nii.gz (t2)" in text
-    assert "study BraTS2021_00001: BraTS2021_00001_t1.nii.gz has shape (8, 8, 9)" in text
-    assert "study BraTS2021_00002: BraTS2021_00002_t2.nii.gz has a different affine from BraTS2021_00002_flair" in text
-    assert "study BraTS2021_00003: BraTS2021_00003_seg.nii.gz has label values [7] outside [0, 1, 2, 4]" in text
-    assert any("study BraTS2021_00004" in p and "BraTS2021_00004_t1.nii.gz is not a readable NIfTI" in p
+    assert "study BraTS2021_00000: file " in text and "BraTS2021_00000_t2.nii.gz (t2) is missing" in text
+    assert "BraTS2021_00001_t1.nii.gz has shape (8, 8, 9) but BraTS2021_00001_flair.nii.gz has (8, 8, 8)" in text
+    assert "BraTS2021_00002_t2.nii.gz has an affine that differs from BraTS2021_00002_flair.nii.gz's" in text
+    assert "BraTS2021_00003_seg.nii.gz (label) has codes [7] outside brats2021's [0, 1, 2, 4]" in text
+    assert any("study BraTS2021_00004" in p and "BraTS2021_00004_t1.nii.gz (t1) is not a readable NIfTI" in p
                for p in problems)
-    assert any("BraTS2021_00004_t2.nii.gz is not a readable NIfTI" in p for p in problems)  # truncated: deep only
+    assert any("BraTS2021_00004_t2.nii.gz (t2) cannot be decoded: it is truncated" in p for p in problems)  # deep only
     assert not any("BraTS2021_00004_t2.nii.gz" in p for p in shallow)
     assert "study BraTS2021_00005: folder" in text and "is empty" in text
     assert all("re-copy" in p or "fix" in p or "resample" in p for p in problems)  # every line says what to do
@@ -116,7 +116,7 @@ def test_check_names_study_and_file_for_each_problem(brats21):
 
 def test_missing_file_raises_or_skips_by_on_error(brats21):
     (brats21 / "BraTS2021_00000" / "BraTS2021_00000_t1ce.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"study BraTS2021_00000: file .*_t1ce.nii.gz is missing.*on_error=skip"):
+    with pytest.raises(DataError, match=r"study BraTS2021_00000: file .*_t1ce.nii.gz \(t1c\) is missing.*on_error=skip"):
         BraTS2021(root=brats21).records("train")
     ds = BraTS2021(root=brats21, on_error="skip")
     assert [r.uid for r in ds.records("train")] == ["BraTS2021_00001", "BraTS2021_00002"]

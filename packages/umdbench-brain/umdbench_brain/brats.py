@@ -15,23 +15,33 @@ task types (``StudyLoader``), so only the first epoch decodes and resamples the 
 
 File suffixes map to this package's modality names (t1, t1c, t2, flair). Splits: a
 ``splits.json`` in the dataset folder (``{"train": [case, ...], "val": [...], "test": [...]}``)
-when present, else a deterministic 70/10/20 split by a hash of the case name (option ``seed``).
+when present (a study listed twice, or under two splits, is refused), else a deterministic
+70/10/20 split by a hash of the case name (option ``seed``).
+
+Checked before use: :meth:`_BraTS.records` returns only studies whose files pass
+:mod:`umdbench_brain.volcheck` (headers, then one decode per file version, remembered in the content
+cache), so ``umdbench run`` refuses a bad study (or skips and counts it, ``on_error=skip``) before
+any stage trains, and ``umdbench data check`` reports the same problems for every study. The
+fingerprint covers the files' content (:meth:`_BraTS.fingerprint`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from umdbench.api import CheckReport, DataError, DatasetPlugin, Record
+from umdbench.data.content import content_cache
+from umdbench_brain.volcheck import study_problems
 from umdbench_brain.volumes import PREPROCESS_MODES
 
 __all__ = ["BraTS2021", "BraTS2023"]
 
 SPLIT_FILE = "splits.json"
+
+log = logging.getLogger("umdbench.data")
 
 
 class _BraTS(DatasetPlugin):
@@ -57,6 +67,10 @@ class _BraTS(DatasetPlugin):
                              f"{', '.join(PREPROCESS_MODES)} (released = RAS, 1 mm, foreground crop; none = the "
                              f"stored grid), e.g. --cfg-options dataset.options.preprocess=released.")
         self._cases: list[Path] | None = None
+        self._mapping: dict[str, str] | None = None
+        self._records: dict[str, list[Record]] = {}
+        self._problems: dict[tuple[str, bool], list[str]] = {}
+        self._fingerprint: str | None = None
 
     # -- layout -------------------------------------------------------------------------------------
     def cases(self) -> list[Path]:
@@ -77,49 +91,121 @@ class _BraTS(DatasetPlugin):
         return out
 
     def _split_of(self) -> dict[str, str]:
+        """``{study: split}``: from ``splits.json`` when present (each study at most once, only known
+        splits and existing study folders), else a deterministic hash split."""
+        if self._mapping is not None:
+            return self._mapping
         names = [c.name for c in self.cases()]
         split_file = self.root / SPLIT_FILE
         if split_file.is_file():
-            try:
-                table = json.loads(split_file.read_text())
-                mapping = {case: split for split in self.splits for case in table.get(split, [])}
-            except (json.JSONDecodeError, AttributeError, TypeError) as exc:
-                raise DataError(f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} ({exc}); "
-                                f"fix or delete it (without it the split is drawn by case-name hash).") from exc
-            unknown = sorted(set(mapping) - set(names))
-            if unknown:
-                raise DataError(f"{self.name}: {split_file} lists studies with no folder, e.g. {unknown[0]}; remove "
-                                f"them from the file or restore the folders.")
-            return mapping
+            self._mapping = self._read_split_file(split_file, set(names))
+            return self._mapping
         mapping = {}
         for name in names:
             u = int(hashlib.sha256(f"{self.opts['seed']}:{name}".encode()).hexdigest()[:8], 16) / 2**32
             mapping[name] = "train" if u < 0.7 else ("val" if u < 0.8 else "test")
+        self._mapping = mapping
         return mapping
 
-    def records(self, split: str) -> list[Record]:
+    def _read_split_file(self, split_file: Path, names: set[str]) -> dict[str, str]:
+        fix = "fix or delete it (without it the split is drawn by case-name hash)"
+        try:
+            table = json.loads(split_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} ({exc}); "
+                            f"{fix}.") from exc
+        if not isinstance(table, dict):
+            raise DataError(f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} (it holds a "
+                            f"{type(table).__name__}); {fix}.")
+        unknown_splits = sorted(set(table) - set(self.splits))
+        if unknown_splits:
+            raise DataError(f"{self.name}: {split_file} names split {unknown_splits[0]!r}, which {self.name} does not "
+                            f"have (its splits are {', '.join(self.splits)}); rename or remove it.")
+        mapping: dict[str, str] = {}
+        for split in self.splits:
+            listed = table.get(split, [])
+            if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+                raise DataError(f"{self.name}: {split_file}: {split!r} must be a list of study folder names; {fix}.")
+            for case in listed:
+                if case in mapping:
+                    where = (f"twice under {split!r}" if mapping[case] == split
+                             else f"under both {mapping[case]!r} and {split!r}")
+                    raise DataError(f"{self.name}: {split_file} lists study {case} {where}; a study belongs to one "
+                                    f"split (a test study trained on inflates its score, a repeated one counts twice); "
+                                    f"fix: keep it in one split, once.")
+                mapping[case] = split
+        unknown = sorted(set(mapping) - names)
+        if unknown:
+            raise DataError(f"{self.name}: {split_file} lists studies with no folder, e.g. {unknown[0]}; remove "
+                            f"them from the file or restore the folders.")
+        return mapping
+
+    def _split_cases(self, split: str) -> list[Path]:
         if split not in self.splits:
             raise KeyError(f"{self.name}: no split {split!r}; splits are {list(self.splits)}")
         mapping = self._split_of()
-        out = []
-        for case in self.cases():
-            if mapping.get(case.name) != split:
-                continue
+        return [case for case in self.cases() if mapping.get(case.name) == split]
+
+    def _record(self, case: Path) -> Record:
+        files = self.files(case)
+        seg = files.pop("seg")
+        return Record(uid=case.name, image={m: str(p) for m, p in files.items()}, text="",
+                      extra={"label": str(seg), "label_map": dict(self.label_remap), "study": case.name,
+                             "preprocess": self.opts["preprocess"]})
+
+    def raw_records(self, split: str) -> list[Record]:
+        """The studies of a split as listed, before any file is opened (what ``data check`` counts)."""
+        return [self._record(case) for case in self._split_cases(split)]
+
+    def study_problems(self, case: Path, deep: bool = True) -> list[str]:
+        """One paragraph per problem of one study (:func:`umdbench_brain.volcheck.study_problems`),
+        the decoded facts remembered per file content, so a study is decoded once per version."""
+        memo = (case.name, deep)
+        if memo not in self._problems:
             files = self.files(case)
-            missing = [p for p in files.values() if not p.is_file()]
-            if missing:
-                message = (f"{self.name}: study {case.name}: file {missing[0]} is missing"
-                           f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; re-copy the study from "
-                           f"the release, or pass --cfg-options dataset.on_error=skip to leave it out.")
-                if self.on_error == "raise":
-                    raise DataError(message)
-                self.skipped.append(message)
+            files = {**{k: v for k, v in files.items() if k != "seg"}, "seg": files["seg"]}
+            cache = content_cache(self.root) if deep else None
+            self._problems[memo] = study_problems(self.name, case.name, files, label_values=self.label_values,
+                                                  label_map=self.label_remap, deep=deep, cache=cache)
+            if cache is not None:
+                cache.save()
+        return self._problems[memo]
+
+    def records(self, split: str) -> list[Record]:
+        """The usable studies of a split: every file present, its header and its decoded content
+        checked (:meth:`study_problems`; once per file version, through the content cache). A bad
+        study raises :class:`DataError` naming it, the file and the fix, or (``on_error=skip``) is
+        left out and counted in ``skipped``. An empty split, or one whose every study was left
+        out, is an error too: nothing could train or be evaluated on it."""
+        if split in self._records:
+            return list(self._records[split])
+        cases = self._split_cases(split)
+        where = f"{SPLIT_FILE} in {self.root}" if (self.root / SPLIT_FILE).is_file() else "the case-name hash split"
+        if not cases:
+            raise DataError(f"{self.name}: split {split!r} has no studies (by {where}; {len(self.cases())} study "
+                            f"folder(s) in {self.root}); fix: list studies under {split!r} in {self.root / SPLIT_FILE}, "
+                            f"or evaluate on another split (--cfg-options eval.split=...). Nothing was trained.")
+        out, skipped = [], []
+        for case in cases:
+            problems = self.study_problems(case)
+            if not problems:
+                out.append(self._record(case))
                 continue
-            seg = files.pop("seg")
-            out.append(Record(uid=case.name, image={m: str(p) for m, p in files.items()}, text="",
-                              extra={"label": str(seg), "label_map": dict(self.label_remap), "study": case.name,
-                                     "preprocess": self.opts["preprocess"]}))
-        return out
+            more = (f"; {len(problems) - 1} more problem(s) in this study, which `umdbench data check {self.name}` "
+                    f"lists" if len(problems) > 1 else "")
+            message = f"{problems[0].rstrip('.')} (split {split!r}{more})."
+            if self.on_error == "raise":
+                raise DataError(f"{message} Nothing was trained.")
+            skipped.append(message)
+        if skipped:
+            self.skipped.extend(skipped)
+            log.warning("dataset %s split %s: %d study(ies) skipped (on_error=skip), %d kept: %s", self.name, split,
+                        len(skipped), len(out), skipped[0])
+        if not out:
+            raise DataError(f"{self.name}: every study of split {split!r} was left out (on_error=skip), the first "
+                            f"for: {skipped[0]}")
+        self._records[split] = out
+        return list(out)
 
     def label_names(self) -> list[str]:
         return ["WT", "TC", "ET"]
@@ -131,22 +217,44 @@ class _BraTS(DatasetPlugin):
         return []
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.name}:{self.version}:{self.opts}".encode())
+        """sha256 over the plugin, its options, ``splits.json`` and the content of every file a
+        study reads (each hashed once per file version, :mod:`umdbench.data.content`); other files
+        of a study folder by name and size. A label recoded in a file of the same size, or another
+        copy of the data in the folder, changes it; the same copy in another folder does not."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        cache = content_cache(self.root if self.root is not None else ".")
+        h = hashlib.sha256(f"{self.name}:{self.version}:{sorted(self.opts.items())}".encode())
         for case in self.cases():
+            needed = {p.name for p in self.files(case).values()}
             for p in sorted(case.iterdir()):
-                h.update(f"{case.name}/{p.name}:{p.stat().st_size}".encode())
+                if p.name in needed:
+                    try:
+                        digest = cache.sha256(p)
+                    except OSError:  # missing or a dangling link: records() and data check name it
+                        digest = "unreadable"
+                    h.update(f"{case.name}/{p.name}:{digest}\n".encode())
+                else:
+                    try:
+                        size = p.lstat().st_size
+                    except OSError:
+                        size = -1
+                    h.update(f"{case.name}/{p.name}:size {size}\n".encode())
         split_file = self.root / SPLIT_FILE
         if split_file.is_file():
-            h.update(split_file.read_bytes())
-        return h.hexdigest()
+            h.update(b"\0splits\0" + split_file.read_bytes())
+        cache.save()
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     # -- check ----------------------------------------------------------------------------------
     def check(self, deep: bool = False) -> CheckReport:
-        """Per study: an empty folder, a missing file, a file nibabel cannot read (not NIfTI, or
-        truncated: found by ``deep``, which decodes every volume), shape or affine mismatch between
-        the study's files, and (``deep``) label values outside the release's codes."""
-        import nibabel as nib
-
+        """What ``umdbench data check`` reports: ``splits.json`` (known splits, each study once),
+        empty study folders and, per study, exactly what :meth:`records` refuses
+        (:meth:`study_problems`): missing files, dangling links, unreadable headers, volumes that
+        are not 3-D or over the size limit, shapes or affines that differ, and with ``deep`` (one
+        decode per file version) truncated data, NaN/inf voxels, blank modalities and label codes
+        outside the release's."""
         rep = CheckReport(dataset=self.name, root=str(self.root))
         try:
             cases = self.cases()
@@ -167,35 +275,7 @@ class _BraTS(DatasetPlugin):
             if not any(case.iterdir()):
                 rep.problems.append(f"{where}: folder {case} is empty; re-copy the study or delete the folder.")
                 continue
-            grid = None  # (file, shape, affine) of the first readable volume
-            for key, path in self.files(case).items():
-                if not path.is_file():
-                    rep.problems.append(f"{where}: missing {path.name} ({'label' if key == 'seg' else key}); expected "
-                                        f"{path}; re-copy it from the release.")
-                    continue
-                try:
-                    img = nib.load(str(path))
-                    shape, affine = tuple(img.shape), np.asarray(img.affine)
-                    data = np.asanyarray(img.dataobj) if deep else None
-                except Exception as exc:  # nibabel raises several types for foreign or truncated files
-                    rep.problems.append(f"{where}: {path} is not a readable NIfTI volume ({type(exc).__name__}: "
-                                        f"{str(exc).splitlines()[0][:120]}); re-copy it from the release.")
-                    continue
-                if grid is None:
-                    grid = (path.name, shape, affine)
-                elif shape != grid[1]:
-                    rep.problems.append(f"{where}: {path.name} has shape {shape} but {grid[0]} has {grid[1]}; the "
-                                        f"files of a study must share one grid (resample or re-copy them).")
-                elif not np.allclose(affine, grid[2], atol=1e-3):
-                    rep.problems.append(f"{where}: {path.name} has a different affine from {grid[0]} (the volumes are "
-                                        f"not co-registered); resample them onto one grid or re-copy the study.")
-                if deep and key == "seg" and data is not None:
-                    values = sorted(int(v) for v in np.unique(data))
-                    bad = [v for v in values if v not in self.label_values]
-                    if bad:
-                        rep.problems.append(f"{where}: {path.name} has label values {bad} outside {list(self.label_values)} "
-                                            f"({self.name} coding); fix the label file or read it with the reader "
-                                            f"of its release.")
+            rep.problems.extend(self.study_problems(case, deep=deep))
         return rep
 
     def example(self) -> str:

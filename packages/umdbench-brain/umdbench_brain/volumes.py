@@ -12,8 +12,8 @@ RAS-ordered and 1 mm-like by construction, with the head roughly centred (no wid
 
 Disk cache (:class:`StudyLoader`): the pre-processed, scaled study (float16 volume, present flags,
 label) of a file-backed record is stored once under ``<cache_dir>/volumes/<k[:2]>/<k>.npz``, where
-``k`` hashes every source file's (absolute path, size, mtime_ns), the modality order, the label
-remapping, the pre-processing settings and :data:`CACHE_VERSION`. Later epochs (and runs) read the
+``k`` hashes every source file's (absolute path, size, mtime_ns, inode, ctime_ns), the modality
+order, the label remapping, the pre-processing settings and :data:`CACHE_VERSION`. Later epochs (and runs) read the
 entry with ``numpy.load(allow_pickle=False)`` and never open the NIfTI files. Entries are written
 atomically (:func:`umdbench.util.atomic_write_bytes`: a unique temporary file, then ``os.replace``),
 so concurrent data-loader workers writing one entry each leave a whole file. An entry that cannot be
@@ -37,7 +37,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from umdbench.api import DataError, Record
+from umdbench.data.check import MAX_VOLUME_VOXELS
 from umdbench.util import atomic_write_bytes
+from umdbench_brain.volcheck import AFFINE_TOLERANCE
 
 __all__ = ["REGION_CODES", "PREPROCESS_MODES", "RELEASED_PREPROCESS", "CACHE_VERSION", "load_volume", "load_nifti",
            "stack_modalities", "released_preprocess", "scale_percentiles", "region_masks", "random_crop",
@@ -71,7 +73,19 @@ def load_nifti(source: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
         import nibabel as nib
 
         img = nib.load(str(path))
-        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+        shape = tuple(int(s) for s in img.shape)
+        if len(shape) != 3 or int(np.prod(shape, dtype=np.int64)) > MAX_VOLUME_VOXELS:
+            # refused on the header, before nibabel allocates what it declares
+            raise DataError(f"{what}: {path} declares shape {shape}; a volume must be 3-D with at most "
+                            f"{MAX_VOLUME_VOXELS:,} voxels (umdbench.data.check.MAX_VOLUME_VOXELS); re-copy the file "
+                            f"from the release (`umdbench data check` lists every such file).")
+        data = np.asanyarray(img.dataobj)
+        if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+            raise DataError(f"{what}: {path} holds NaN or infinite voxels, which scaling would turn into a blank "
+                            f"channel; re-copy the file from the release (`umdbench data check` lists every such file).")
+        return data, np.asarray(img.affine, dtype=np.float64)
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         raise DataError(f"{what}: file {path} does not exist; restore it or run `umdbench data check` on the "
                         f"dataset to list every missing file.") from exc
@@ -102,12 +116,15 @@ def released_preprocess(channels: dict[str, tuple[np.ndarray, np.ndarray]], labe
             raise DataError(f"{what}: modality volumes differ in shape ({m}: {data.shape}, {names[0]}: {shape}) or are "
                             f"not 3-D; the modalities of a study must be co-registered on one grid. Resample them "
                             f"before use.")
-        if not np.allclose(aff, affine, atol=1e-3):
+        if not np.allclose(aff, affine, rtol=0, atol=AFFINE_TOLERANCE):
             raise DataError(f"{what}: the affine of {m} differs from that of {names[0]} (the volumes are not "
                             f"co-registered); resample them onto one grid or re-copy the study.")
-    if label is not None and (label[0].shape != shape or not np.allclose(label[1], affine, atol=1e-3)):
+    if label is not None and (label[0].shape != shape or not np.allclose(label[1], affine, rtol=0, atol=AFFINE_TOLERANCE)):
         raise DataError(f"{what}: the label volume is not on the images' grid (shape {label[0].shape} vs {shape}, "
                         f"or a different affine); the label must share the images' grid.")
+    if not any(np.any(np.asarray(channels[m][0]) != 0) for m in names):
+        raise DataError(f"{what}: every modality is blank (all voxels 0), so the study has no foreground to crop to; "
+                        f"re-copy its files from the release (`umdbench data check` lists every such study).")
     spec = RELEASED_PREPROCESS
     aff = torch.as_tensor(affine, dtype=torch.float64)
     image = np.stack([np.asarray(channels[m][0], dtype=np.float32) for m in names])
@@ -144,6 +161,10 @@ def stack_modalities(image: dict, modalities: Sequence[str], what: str) -> tuple
     """``(volume float32 [M,D,H,W], present int64 [M])`` in ``modalities`` order; absent = zeros."""
     _check_image(image, modalities, what)
     loaded = {m: load_volume(image[m], f"{what} ({m})") for m in modalities if m in image}
+    for m, v in loaded.items():
+        if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v)):
+            raise DataError(f"{what} ({m}): the volume holds NaN or infinite voxels, which scaling would turn into a "
+                            f"blank channel still marked present; fix the data (`umdbench data check` lists them).")
     shapes = {m: v.shape for m, v in loaded.items()}
     shape = next(iter(shapes.values()))
     if any(s != shape or len(s) != 3 for s in shapes.values()):
@@ -305,7 +326,8 @@ class StudyLoader:
         return volume.astype(np.float32), present, label if with_label else None
 
     def key(self, record: Record) -> str:
-        """Hash of the sources' (absolute path, size, mtime_ns), the modality order, the label map,
+        """Hash of the sources' (absolute path, size, mtime_ns, inode, ctime_ns: a same-size rewrite
+        whose mtime was set back still changes ctime_ns), the modality order, the label map,
         the pre-processing settings and the cache version."""
         what = f"record {record.uid}"
         files = {f"image:{m}": p for m, p in sorted(record.image.items())}
@@ -319,7 +341,7 @@ class StudyLoader:
             except OSError as exc:
                 raise DataError(f"{what}: file {apath} ({role}) does not exist; restore it or run `umdbench data "
                                 f"check` on the dataset to list every missing file.") from exc
-            stats.append([role, apath, st.st_size, st.st_mtime_ns])
+            stats.append([role, apath, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
         mode = _preprocess_mode(record, what)
         payload = {"version": CACHE_VERSION, "modalities": list(self.modalities), "files": stats,
                    "label_map": {str(k): int(v) for k, v in (record.extra.get("label_map") or {}).items()},
