@@ -46,10 +46,60 @@ class Interval:
 class Comparison:
     diff: Interval  # row - reference, percent
     p: float
+    p_holm: float | None = None  # Holm-adjusted over the family of rows compared with one reference
 
     @property
     def significant(self) -> bool:
-        return self.p < ALPHA
+        """Significant at ALPHA, family-wise when the Holm-adjusted p is known."""
+        return (self.p if self.p_holm is None else self.p_holm) < ALPHA
+
+
+def holm(p_values: dict) -> dict:
+    """Holm's step-down adjustment of a family of p-values (``{name: p}`` -> ``{name: adjusted}``):
+    the i-th smallest is multiplied by (m - i + 1), made monotone, capped at 1. Rejecting where the
+    adjusted value is below ALPHA keeps the family-wise error rate at ALPHA for any dependence."""
+    order = sorted(p_values, key=p_values.get)
+    m, running, out = len(order), 0.0, {}
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[name]))
+        out[name] = running
+    return out
+
+
+@dataclass(frozen=True)
+class RankInterval:
+    rank: float  # of the observed means, 1 = best
+    low: float
+    high: float
+
+
+def rank_intervals(corrects: dict, draws: int = BOOTSTRAP, seed: int = SEED,
+                   higher_is_better: bool = True) -> dict:
+    """Each row's rank among ``corrects`` (``{name: correct [S, n]}``, the same n examples) with a
+    95 % bootstrap interval: every replicate draws the examples once for all rows (the rows were
+    scored on the same examples) and each row's seeds, ranks the replicate means (ties share the
+    mean rank), and the interval is the 2.5 and 97.5 percentiles of each row's ranks."""
+    names = list(corrects)
+    mats = [np.atleast_2d(np.asarray(corrects[n], dtype=np.float64)) for n in names]
+    rng = np.random.default_rng(seed)
+    weights = _question_weights(mats[0].shape[1], rng, draws)
+    reps = np.stack([_replicates(m, weights, rng) for m in mats], axis=1)  # [draws, rows]
+    sign = -1.0 if higher_is_better else 1.0
+
+    def ranks(values: np.ndarray) -> np.ndarray:
+        key = sign * values
+        less = (key[..., :, None] > key[..., None, :]).sum(-1)
+        equal = (key[..., :, None] == key[..., None, :]).sum(-1)
+        return less + (equal + 1) / 2.0
+
+    observed = ranks(np.array([m.mean() for m in mats]))
+    rep_ranks = ranks(reps)
+    out = {}
+    for j, name in enumerate(names):
+        low = np.percentile(rep_ranks[:, j], 100 * ALPHA / 2, method="lower")  # ranks are discrete
+        high = np.percentile(rep_ranks[:, j], 100 * (1 - ALPHA / 2), method="higher")
+        out[name] = RankInterval(float(observed[j]), float(low), float(high))
+    return out
 
 
 def _replicates(correct: np.ndarray, question_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -12,6 +12,7 @@ Import-light: no torch and no plugin module; suite specs come from the registrie
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -247,6 +248,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
             best_paper[m] = max(vals) if vals else None
         table = []
         compared: dict[str, dict[str, intervals.Comparison]] = {}  # row -> metric -> vs the reference
+        family = _holm_family(results, names, reference, dataset, metrics)
         no_interval: dict[str, list[str]] = defaultdict(list)  # why -> rows shown without an interval
         for name in names:
             row = grid_rows[name]
@@ -265,7 +267,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                     if correct is not None:
                         ci = intervals.cell_interval(correct)
                         text += f" [{ci.low:.2f}, {ci.high:.2f}]"
-                        cmp = results.comparison(name, reference, dataset, m) if name != reference else None
+                        cmp = family.get(m, {}).get(name)
                         if cmp is not None:
                             compared.setdefault(name, {})[m] = cmp
                             text += " *" if cmp.significant else ""
@@ -304,6 +306,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                   if dataset in suite.extra_datasets else "")
         out.append(f"\n## {dataset}\n\n{beyond}{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
         out.append(_differences(compared, metrics, reference, results, dataset))
+        out.append(_rank_lines(results, names, dataset, metrics, suite.lower_is_better))
         out.append(_reference_points(results, names, dataset, reference_points or {}))
         for why, rows_without in sorted(no_interval.items()):
             out.append(f"\n<sub>no interval for {', '.join(dict.fromkeys(rows_without))}: {why}; shown as mean ± std "
@@ -330,6 +333,43 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
     return "".join(out)
 
 
+def _holm_family(results: SuiteResults, names, reference: str, dataset: str, metrics) -> dict:
+    """``{metric: {row: Comparison}}`` against the reference, each metric's rows one family whose
+    p-values are Holm-adjusted (a board runs several tests per dataset and metric)."""
+    out = {}
+    for m in metrics:
+        found = {n: c for n in names if n != reference and (c := results.comparison(n, reference, dataset, m))}
+        adjusted = intervals.holm({n: c.p for n, c in found.items()})
+        out[m] = {n: dataclasses.replace(c, p_holm=adjusted[n]) for n, c in found.items()}
+    return out
+
+
+def _rank_lines(results: SuiteResults, names, dataset: str, metrics, lower_is_better) -> str:
+    """Each row's rank (1 = best) with its 95 % bootstrap interval, per metric, over the rows scored
+    on the same test examples."""
+    lines = []
+    for m in metrics:
+        found = {}
+        for n in names:
+            correct, index, _ = results.correct(n, dataset, m)
+            if correct is not None:
+                found[n] = (correct, index)
+        if len(found) < 2:
+            continue
+        first = next(iter(found.values()))[1]
+        same = {n: c for n, (c, i) in found.items() if np.array_equal(i, first)}
+        if len(same) < 2:
+            continue
+        ranks = intervals.rank_intervals(same, higher_is_better=m not in lower_is_better)
+        text = "; ".join(f"{n} {r.rank:g} [{r.low:g}, {r.high:g}]" for n, r in sorted(ranks.items(), key=lambda kv: kv[1].rank))
+        lines.append(f"- rank by {m} (1 = best) [95 % interval]: {text}")
+    if not lines:
+        return ""
+    return ("\n" + "\n".join(lines) + f"\n\n<sub>Rank intervals: {intervals.BOOTSTRAP} bootstrap replicates "
+            f"drawing the test examples once for all rows and each row's seeds; a row's interval is the 2.5 and 97.5 "
+            f"percentiles of its rank over them.</sub>\n")
+
+
 def _differences(compared: dict, metrics: list[str], reference: str, results: SuiteResults, dataset: str) -> str:
     """Under a dataset's table: each row's difference from the reference with its paired interval
     and p, what the intervals and * mean, and the smallest difference the test split resolves."""
@@ -341,8 +381,9 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
         line = [name]
         for m in shown:
             c = by_metric.get(m)
+            holm = "" if c is None or c.p_holm is None else f" (Holm {c.p_holm:.3f})"
             line.append("–" if c is None else f"{c.diff.mean:+.2f} [{c.diff.low:+.2f}, {c.diff.high:+.2f}] "
-                                               f"p={c.p:.3f}{' *' if c.significant else ''}")
+                                               f"p={c.p:.3f}{holm}{' *' if c.significant else ''}")
         table.append(line)
     n = {m: len(results.correct(reference, dataset, m)[1]) for m in shown}
     resolve = ", ".join(f"{m} {statistics.median(c[m].diff.half_width for c in compared.values() if m in c):.2f}"
@@ -352,8 +393,10 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
             f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
             f"examples together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
             f"reference `{reference}` on the same test examples, each example's value (its correctness, or the "
-            f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; * = significant (paired sign-flip permutation "
-            f"test, {intervals.PERMUTATIONS} permutations, p < {intervals.ALPHA}). Smallest difference this test "
+            f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; p: paired sign-flip permutation "
+            f"test ({intervals.PERMUTATIONS} permutations); Holm: p adjusted over the rows compared with the reference "
+            f"on this dataset and metric; * = significant after that adjustment (Holm p < {intervals.ALPHA}: at most a "
+            f"{intervals.ALPHA:.0%} chance of any false star per dataset and metric). Smallest difference this test "
             f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n")
 
 
