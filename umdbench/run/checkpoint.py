@@ -105,11 +105,15 @@ def save_artifact(state: dict[str, torch.Tensor], path: Path) -> str:
 
 
 def load_artifact(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a stage artifact, after its sha256 matched ``expected_sha256`` (required)."""
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"cached artifact {path} is missing. Delete its folder {path.parent} to rebuild the stage.")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+    if not expected_sha256:  # weights are never loaded unverified
+        raise CheckpointError(f"cached artifact {path} has no recorded sha256 to verify it against (its artifact.json "
+                              f"is corrupt). Delete the folder {path.parent} and run again to rebuild that stage.")
+    if sha256_file(path) != expected_sha256:
         raise CheckpointError(
             f"cached artifact {path} does not match the checksum recorded when it was written (corrupt or "
             f"truncated). Delete the folder {path.parent} and run again to rebuild that stage; nothing else "

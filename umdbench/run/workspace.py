@@ -128,13 +128,21 @@ class Workspace:
         return self._marker_path(stage).is_file()
 
     def marker(self, stage) -> dict:
-        """The finished stage's ``artifact.json`` (sha256, wall time, ...)."""
+        """The finished stage's ``artifact.json`` (sha256, wall time, ...). A marker without the
+        weights' sha256 is corrupt, like an unreadable one: weights that cannot be verified are
+        never loaded."""
         path = self._marker_path(stage)
         try:
-            return json.loads(path.read_text())
+            meta = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
                                   f"folder {path.parent} and run again to rebuild that stage.") from exc
+        sha = meta.get("sha256") if isinstance(meta, dict) else None
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise CheckpointError(f"stage marker {path} is corrupt: it holds no sha256 of the weights "
+                                  f"({WEIGHTS_FILE}), so they cannot be verified and are not loaded. Delete the folder "
+                                  f"{path.parent} and run again to rebuild that stage.")
+        return meta
 
     def stage_wall_time(self, stage) -> float:
         """Training seconds recorded for a finished stage (0 if it has none)."""
@@ -223,9 +231,34 @@ class Workspace:
 
     def ensure_result(self, row: dict) -> Path:
         """``result.json`` of a stored row, written again if it went missing (a store copied
-        without its runs/ folder, a cleaned work dir)."""
+        without its runs/ folder, a cleaned work dir), and ``config.json`` beside it written again
+        from the row when it is missing, garbled or describes another config."""
+        self._ensure_run_config(row)
         path = self.result_path(row["cell_key"])
         return path if path.is_file() else self.write_result(row)
+
+    def _ensure_run_config(self, row: dict) -> None:
+        path = self.run_dir(row["cell_key"]) / "config.json"
+        try:
+            stored = json.loads(path.read_text())
+            if isinstance(stored, dict) and stored.get("config_hash") == row.get("config_hash") \
+                    and isinstance(stored.get("config"), dict) and isinstance(stored.get("plan"), list):
+                return
+        except (OSError, ValueError):
+            pass
+        config = row.get("config") or {}
+        kinds = ([("pretrain", config["pretrain"].get("type"))] if isinstance(config.get("pretrain"), dict) else [])
+        kinds += [("tune", t.get("type")) for t in config.get("tune") or [] if isinstance(t, dict)]
+        keys = list(row.get("stage_keys") or [])
+        plan = [{"title": f"{kind} {name}", "key": key, "dir": f"{kind}-{name}-{key[:16]}"}
+                for (kind, name), key in zip(kinds, keys)] if len(kinds) == len(keys) else \
+            [{"title": None, "key": key, "dir": None} for key in keys]
+        plan.append({"title": "evaluate", "key": row["cell_key"], "dir": f"eval-eval-{row['cell_key'][:16]}"})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"config": config, "config_hash": row.get("config_hash"), "plan": plan})
+        except OSError:
+            pass  # a read-only work dir keeps the row; config.json is a convenience copy of it
 
     # -- copying results between work dirs ----------------------------------------------------------
     def copy_results_from(self, src: "Workspace") -> dict[str, int]:
