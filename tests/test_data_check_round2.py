@@ -112,6 +112,32 @@ def test_release_fingerprints_hash_content_once(shared_datasets, tmp_path, monke
     print(f"{name}: {n} files, cold {cold:.2f}s, warm {warm:.3f}s")
 
 
+def test_the_content_cache_is_checked_against_the_file_and_survives_damage(tmp_path, monkeypatch):
+    from umdbench.data import content
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(b"one")
+    cache = content.ContentCache(data)
+    first = cache.sha256(data / "a.bin")
+    cache.save()
+    (data / "a.bin").write_bytes(b"two")  # same size
+    assert content.ContentCache(data).sha256(data / "a.bin") != first
+    cache.path.write_text("{damaged")  # unreadable: ignored, hashed again, rewritten
+    again = content.ContentCache(data)
+    assert again.sha256(data / "a.bin") == content.hash_file(data / "a.bin") and again.hashed == 1
+    again.save()
+    assert content.ContentCache(data).files
+    monkeypatch.setattr(content, "MAX_FOLDERS", 3)  # one file per data folder, the newest kept
+    for i in range(5):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "x").write_bytes(b"x")
+        c = content.ContentCache(tmp_path / f"d{i}")
+        c.sha256(tmp_path / f"d{i}" / "x")
+        c.save()
+    assert len(list(cache.path.parent.glob("*.json"))) == 3
+
+
 # -- work dir: artifact.json without a checksum, garbled config.json ------------------------------------
 class _Stage:
     dirname = "tune-direct-0123456789abcdef"

@@ -10,8 +10,8 @@ set back by ``touch``), and then the file is hashed again. Facts derived from a 
 another folder re-uses them.
 
 Where: one JSON file per data folder under ``$UMDBENCH_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/umdbench``, else ``~/.cache/umdbench``), in ``content/``. Dataset plugins compute
-fingerprints without knowing the run's work dir, in every process of a run (torchrun ranks, Ray
+``$XDG_CACHE_HOME/umdbench``, else ``~/.cache/umdbench``), in ``content/``, the :data:`MAX_FOLDERS`
+most recently written kept. Dataset plugins compute fingerprints without knowing the run's work dir, in every process of a run (torchrun ranks, Ray
 workers), so the cache lives where each of them finds it. Writes are atomic and merge with what
 another process wrote meanwhile; a cache that cannot be read is ignored and one that cannot be
 written only costs hashing again (it never changes a result: each entry is checked against the
@@ -30,6 +30,7 @@ __all__ = ["CACHE_ENV", "cache_root", "ContentCache", "content_cache", "file_ide
 
 CACHE_ENV = "UMDBENCH_CACHE_DIR"
 FORMAT = 1
+MAX_FOLDERS = 256  # cache files kept (one per data folder), newest first
 _CHUNK = 1 << 20
 
 
@@ -111,9 +112,12 @@ class ContentCache:
             files, facts = self._load()
             files.update(new_files)
             facts.update(new_facts)
+            is_new = not self.path.is_file()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({"format": FORMAT, "scope": self.scope, "files": files,
                                                      "facts": facts}, separators=(",", ":")))
+            if is_new:
+                _prune(self.path.parent)
         except (OSError, ValueError, TypeError):
             pass  # an unwritable cache costs hashing again, nothing else
 
@@ -130,6 +134,23 @@ class ContentCache:
         # an entry of the wrong form is dropped (a damaged or foreign file), never trusted
         files = {k: v for k, v in files.items() if isinstance(v, list) and len(v) == 5 and isinstance(v[4], str)}
         return files, facts
+
+
+def _prune(folder: Path) -> None:
+    """Keep the :data:`MAX_FOLDERS` most recently written cache files (one per data folder): data
+    folders come and go (test fixtures, old copies), and a forgotten entry only costs hashing."""
+    entries = []
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".json"):
+            try:
+                entries.append((entry.stat().st_mtime_ns, entry.path))
+            except OSError:
+                continue
+    for _, path in sorted(entries, reverse=True)[MAX_FOLDERS:]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 _CACHES: dict[tuple[str, str], ContentCache] = {}
