@@ -74,7 +74,9 @@ class LocalExecutor:
                 base(stage, run, ctx, f"[stage {order.get(stage.key, '?')}/{len(needed)}]")
             except Exception as exc:  # noqa: BLE001 - reported per cell, the sweep goes on
                 failed_stages[stage.key] = f"{type(exc).__name__}: {exc}"
-                raise StageFailed(f"stage {stage.title} {stage.key[:12]} failed:\n{format_failure(exc)}") from exc
+                # a UmdbenchError already says what was wrong in one paragraph: no traceback lines
+                detail = str(exc) if isinstance(exc, UmdbenchError) else format_failure(exc)
+                raise StageFailed(f"stage {stage.title} {stage.key[:12]} failed:\n{detail}") from exc
             if not was_trained:
                 report.stages_trained += 1
 
@@ -85,7 +87,7 @@ class LocalExecutor:
                 continue
             try:
                 run_cell(cell.run, cell.stages, ctx, train=train)
-            except StageFailed as exc:
+            except (StageFailed, UmdbenchError) as exc:  # said in one paragraph already
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the sweep
                 error = f"evaluation failed:\n{format_failure(exc)}"
