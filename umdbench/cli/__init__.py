@@ -88,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--work-dir", metavar="DIR",
                       help="also keep them in DIR, where `umdbench leaderboard --work-dir DIR` prints them under the dataset's table")
 
+    from umdbench.cli import adopt as adopt_commands
     from umdbench.cli import power as power_commands
     from umdbench.cli import data as data_commands
     from umdbench.cli import sweep as sweep_commands
 
     data_commands.add_subcommands(sub)
     sweep_commands.add_subcommands(sub, common)
+    adopt_commands.add_subcommands(sub, common)
     power_commands.add_subcommands(sub, common)
     return parser
 

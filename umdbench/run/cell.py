@@ -100,11 +100,14 @@ def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s
 
 def training_schedule(stages: list[Stage], ctx: RunContext) -> dict:
     """``{stage key: how it was trained}`` from each stage's marker: processes, micro-batches, and
-    what of the step could not be made independent of them (recorded, never silent)."""
+    what of the step could not be made independent of them (recorded, never silent); for a stage
+    adopted from a key of older code (``umdbench adopt``), ``adopted_from`` and the evidence."""
     out = {}
     for stage in stages[:-1]:
         meta = ctx.ws.marker(stage) if ctx.ws.is_trained(stage) else {}
-        out[stage.key] = meta.get("data_parallel") or {"world_size": int(meta.get("world_size", 1))}
+        out[stage.key] = dict(meta.get("data_parallel") or {"world_size": int(meta.get("world_size", 1))})
+        if meta.get("adopted_from"):
+            out[stage.key].update(adopted_from=meta["adopted_from"], adoption=meta.get("adoption") or {})
     return out
 
 

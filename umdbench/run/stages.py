@@ -52,6 +52,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
 
     from umdbench.models.activation_checkpointing import apply_activation_checkpointing
     from umdbench.run.checkpoint import install_safe_loader
+    from umdbench.run.evidence import EvidenceHook
     from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
 
@@ -108,6 +109,9 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     )
     runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,
                           "save_last": True}, priority="VERY_LOW")
+    # the first optimiser steps, kept in the marker for `umdbench adopt` (umdbench.run.evidence)
+    evidence = EvidenceHook(lambda: artifact_state(strategy), ws.evidence_path(stage), accum, world, rank)
+    runner.register_hook(evidence)
     with plugin_errors(stage_plugins(stage, run, ctx), f"training stage {stage.title}"):
         runner.train()
     if rank != 0:
@@ -117,7 +121,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         return ws.stage_dir(stage)
     wall = time.time() - started
     ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world,
-                  data_parallel=data_parallel)
+                  data_parallel=data_parallel, evidence=evidence.record())
     ws.prune_checkpoints(stage, int(train.get("keep_checkpoints", 1)))  # after the marker: never without both
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
     if world > 1:

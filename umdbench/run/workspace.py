@@ -8,6 +8,7 @@ Layout::
         model.safetensors            the artifact handed downstream
         artifact.json                written last: marks the stage finished (sha256, wall time)
         ddp-request.json             what a torchrun job of the stage reads (multi-process stages)
+        train/evidence.json          the first optimiser steps, recorded while it trains (umdbench.run.evidence)
         stage.lock                   held while a process trains the stage (others wait, then reuse)
     runs/<cell-key16>/               one per cell
         config.json                  the run's resolved config and plan
@@ -166,6 +167,66 @@ class Workspace:
         atomic_write_json(self._marker_path(stage), {"key": stage.key, "sha256": sha,
                                                      "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta})
         return sha
+
+    def evidence_path(self, stage) -> Path:
+        """Where a training stage records its first optimiser steps (:mod:`umdbench.run.evidence`)."""
+        return self.train_dir(stage) / "evidence.json"
+
+    def stage_inputs(self, stage_dir: Path) -> dict | None:
+        """A stage folder's ``stage.json`` (None when absent or unreadable)."""
+        try:
+            data = json.loads((Path(stage_dir) / "stage.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def finished_stages(self, kind: str, name: str) -> list[Path]:
+        """Folders of finished stages of one strategy (any key), newest marker first."""
+        prefix = f"{kind}-{name}-"
+        found = []
+        if self.stages_dir.is_dir():
+            for folder in self.stages_dir.iterdir():
+                rest = folder.name[len(prefix):] if folder.name.startswith(prefix) else ""
+                if len(rest) == 16 and all(c in "0123456789abcdef" for c in rest) and (folder / MARKER_FILE).is_file():
+                    found.append(folder)
+        return sorted(found, key=lambda f: (f / MARKER_FILE).stat().st_mtime, reverse=True)
+
+    def folder_marker(self, stage_dir: Path) -> dict:
+        """The marker of a finished stage folder found by :meth:`finished_stages`."""
+        path = Path(stage_dir) / MARKER_FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
+                                  f"folder {path.parent} and run again to rebuild that stage.") from exc
+
+    def adopt_artifact(self, stage, source_dir: Path, **meta: Any) -> Path:
+        """Make the finished stage in ``source_dir`` (another key) this stage's artifact: its
+        weights hard-linked (copied where links fail), then a marker with ``meta`` written last,
+        as :meth:`save_stage` does. The weights' sha256 is checked first; returns the folder."""
+        import os
+        import shutil
+
+        from umdbench.run.checkpoint import sha256_file
+
+        source_marker = self.folder_marker(source_dir)
+        source = Path(source_dir) / WEIGHTS_FILE
+        if not source.is_file() or sha256_file(source) != source_marker.get("sha256"):  # refused, not spread
+            raise CheckpointError(f"cached artifact {source} is missing or does not match the checksum recorded when "
+                                  f"it was written; it cannot be adopted. Delete the folder {source.parent} and train "
+                                  f"the stage again (`umdbench run` or `umdbench sweep`).")
+        self.write_stage_inputs(stage)
+        target = self.weights_path(stage)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+        marker = {k: v for k, v in source_marker.items() if k not in ("key", "created_at")}
+        atomic_write_json(self._marker_path(stage), {"key": stage.key, "sha256": source_marker.get("sha256"),
+                                                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                     **marker, **meta})
+        return self.stage_dir(stage)
 
     def load_stage(self, stage) -> dict:
         """The finished stage's weights, checked against the sha256 in its marker."""
