@@ -74,7 +74,8 @@ def _stat(path: str) -> list:
         st = os.stat(path)
     except OSError:
         return ["missing"]
-    return [st.st_size, st.st_mtime_ns, "d" if os.path.isdir(path) else "f"]
+    # inode and ctime too: a same-size rewrite with its mtime set back still changes them
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "d" if os.path.isdir(path) else "f"]
 
 
 def tree_stamp(root: str) -> str:
@@ -98,7 +99,8 @@ def tree_stamp(root: str) -> str:
             except OSError:
                 h.update(f"{entry.path}\0broken\n".encode())
                 continue
-            h.update(f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0"
+                     f"{st.st_ctime_ns}\n".encode())
             if entry.is_dir():
                 real = os.path.realpath(entry.path)
                 if real not in seen:
