@@ -113,7 +113,8 @@ def test_table4_dry_run_shares_stages(capsys, tmp_path):
     if not SHARED.is_dir():
         pytest.skip(f"real datasets not found at {SHARED}")
     get_registries(reload=True)
-    assert main(["sweep", "--suite", "table4", "--dry-run", "--data-root", str(SHARED), "--work-dir", str(tmp_path)]) == 0
+    assert main(["sweep", "--suite", "table4", "--dry-run", "--seeds", "1", "--data-root", str(SHARED),
+                 "--work-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sweep of suite table4: 24 cells" in out
     assert "inferred" in out
