@@ -61,6 +61,7 @@ NEVER_NUMERIC = {
     "umdbench.results.leaderboard": "renders stored rows",
     "umdbench.run.host_memory": "which malloc the process uses (never what it computes)",
     "umdbench.plan.codekey": "this module: how keys are computed, not what a stage computes",
+    "umdbench.plugin.calls": "turns a plugin's exception into a message; runs only once training has failed",
 }
 
 # Third-party distributions whose version can change a stage's numbers (kernels, tokenisers,
