@@ -99,12 +99,12 @@ def test_plugin_path_before_the_subcommand(tmp_path, plugin_file, capsys):
     assert "picky" in capsys.readouterr().out
 
 
-def test_run_and_list_note_failed_plugins_and_strict_fails(tmp_path, capsys):
+def test_a_failing_plugin_path_stops_the_command_and_plugins_reports_it(tmp_path, capsys):
     broken = tmp_path / "broken_plugin.py"
     broken.write_text("raise RuntimeError('boom')\n")
-    assert main(["list", "--plugin-path", str(broken)]) == 0
-    err = capsys.readouterr().err
-    assert "1 plugin(s) failed to load" in err and "broken_plugin" in err
+    assert main(["list", "--plugin-path", str(broken)]) == 2  # the user named the file: no silent run without it
+    err = one_paragraph_error(capsys)
+    assert f"{broken}, line 1: raise RuntimeError('boom')" in err and "RuntimeError: boom" in err
     assert main(["plugins", "--plugin-path", str(broken)]) == 0
     capsys.readouterr()
     assert main(["plugins", "--strict", "--verbose", "--plugin-path", str(broken)]) == 1

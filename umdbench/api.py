@@ -31,12 +31,29 @@ from umdbench.errors import UmdbenchError
 from umdbench.util import deep_merge
 
 __all__ = [
-    "CONTRACT_VERSION", "CheckReport", "DataContext", "DataError", "DatasetPlugin", "Encoder", "PretrainStrategy", "Record", "Strategy",
+    "CONTRACT_VERSION", "CheckReport", "DataContext", "DataError", "DatasetPlugin", "Encoder", "Option", "PretrainStrategy",
+    "Record", "Strategy",
     "TRAIN_DEFAULTS", "TRAIN_KEYS", "TaskInfo", "TaskType", "TuneStrategy", "deep_merge", "train_config",
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.4"
+CONTRACT_VERSION = "1.5"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared option of a plugin's config: what an ``option_schema`` maps each name to (a
+    plain ``(type, default, help)`` tuple is read the same way).
+
+    ``type``: the type, or tuple of types, a value must have; None = any value. An int is accepted
+    where ``float`` is declared, and None wherever the default is None. A ``dict`` option whose
+    default has keys accepts only those keys; an empty default leaves its keys free (checked by the
+    plugin). ``default``: what a strategy's stage config gets when its preset leaves the option out
+    (a dataset's constructor default). ``help``: one line, shown when a value is refused."""
+
+    type: Any = None
+    default: Any = None
+    help: str = ""
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -99,6 +116,9 @@ class DatasetPlugin:
     # options that change only what is evaluated (e.g. modalities removed from test studies):
     # training stages are planned without them, so varying one re-uses the trained stages
     test_only_options: ClassVar[tuple[str, ...]] = ()
+    # option name -> Option (or (type, default, help)): ``dataset.options`` are checked against it
+    # when a run is planned, unknown names with "did you mean"; None = the constructor checks them
+    option_schema: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, root: str | Path | None = None, on_error: str = "raise", **options: Any):
         if on_error not in ("raise", "skip"):
@@ -145,6 +165,9 @@ class Encoder(nn.Module):
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     presets: ClassVar[dict[str, dict]] = {}  # preset name -> encoder config
+    # the interface family this encoder offers, matched by Strategy.encoders beside its registered
+    # name (the brain package's volume encoders: "volume-3d"); "" = its name only
+    family: ClassVar[str] = ""
 
     @classmethod
     def default_config(cls, preset: str) -> dict:
@@ -221,6 +244,12 @@ class TaskType:
     default_metric: ClassVar[str | None] = None  # registered metric name
     # the unsupervised task type whose datasets a pre-training stage builds from this task's data
     pretrain_task: ClassVar[str | None] = None
+    # options this task type reads from a stage's config (``DataContext.stage_cfg``, the ``cfg`` of
+    # ``encode``/``loss``): accepted in the presets of every strategy that trains on its datasets
+    option_schema: ClassVar[dict[str, Any]] = {}
+    # whether strategies that declare no ``task_types`` (``direct``, ``linear``) may train on it;
+    # False when its head or batches need a strategy made for it (a decoder on feature maps)
+    generic_strategies: ClassVar[bool] = True
 
     # -- data ------------------------------------------------------------------------------------
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
@@ -276,12 +305,24 @@ class Strategy(nn.Module):
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     presets: ClassVar[dict[str, dict]] = {}
+    # option name -> Option (or (type, default, help)). Every top-level key of a preset other than
+    # ``train`` and ``per_dataset`` is an option too, so declaring is needed only to check a type or to
+    # give a default that presets leave out; per-dataset entries and --cfg-options are checked against
+    # the options when a run is planned, unknown names with "did you mean"
+    option_schema: ClassVar[dict[str, Any]] = {}
+    # the task types this strategy trains on (a pre-training strategy: those of its corpus, e.g.
+    # "pretrain" image-text pairs); None = any task type that admits generic strategies
+    task_types: ClassVar[tuple[str, ...] | None] = None
+    # the encoders it runs on: registered names or families (Encoder.family); None = any
+    encoders: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def default_config(cls, preset: str, dataset: str | None = None) -> dict:
         if preset not in cls.presets:
             raise KeyError(f"no preset {preset!r}; it has {', '.join(sorted(cls.presets)) or 'none'}")
-        cfg = copy.deepcopy(cls.presets[preset])
+        declared = {name: spec if isinstance(spec, Option) else Option(*spec) for name, spec in cls.option_schema.items()}
+        cfg = {name: copy.deepcopy(spec.default) for name, spec in declared.items() if name not in cls.presets[preset]}
+        cfg.update(copy.deepcopy(cls.presets[preset]))
         per_dataset = cfg.pop("per_dataset", {})
         if dataset is not None and dataset in per_dataset:
             cfg = deep_merge(cfg, per_dataset[dataset])

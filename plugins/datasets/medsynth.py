@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from umdbench.api import CheckReport, DatasetPlugin, Record
+from umdbench.api import CheckReport, DatasetPlugin, Option, Record
 
 __all__ = ["MedSynthVQA", "MedSynthCaptions", "GENERATOR_VERSION", "render_scene", "sample_scene", "TEMPLATES"]
 
@@ -600,6 +600,8 @@ class MedSynthVQA(_MedSynthBase):
     default_pretrain_corpus = "medsynth-captions"
     _kind = "vqa"
     _defaults = {"n_train": 3000, "n_val": 600, "n_test": 600, "image_size": 64, "seed": 0, "questions_per_image": 4}
+    # checked when a run is planned ("did you mean"); the constructor checks the values
+    option_schema = {k: Option(int, v, "a non-negative whole number") for k, v in _defaults.items()}
 
     def _expected_count(self, split: str) -> int:
         return self.opts[f"n_{split}"]
@@ -638,6 +640,7 @@ class MedSynthCaptions(_MedSynthBase):
     splits = ("train", "val")
     _kind = "captions"
     _defaults = {"n": 2000, "n_val": 200, "image_size": 64, "seed": 0}
+    option_schema = {k: Option(int, v, "a non-negative whole number") for k, v in _defaults.items()}
 
     def _expected_count(self, split: str) -> int:
         return self.opts["n"] if split == "train" else self.opts["n_val"]

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from umdbench.api import PretrainStrategy
+from umdbench.api import Option, PretrainStrategy
 from umdbench.models.heads import projection
 from umdbench.models.objectives import clip_loss, gather_with_grad
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
@@ -26,6 +26,15 @@ from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRE
 class CLIPPretrain(PretrainStrategy):
     name = "clip"
     version = "1"
+    task_types = ("pretrain",)
+    encoders = ("coattn",)  # the two towers of the co-attention encoder
+    option_schema = {
+        "embed_dim": Option(int, 512, "width of the shared embedding"),
+        "image_mask_ratio": Option(float, 0.0, "share of image patches dropped (FLIP: 0.5)"),
+        "init_temperature": Option(float, 0.07, "initial softmax temperature"),
+        "max_logit_scale": Option(float, 100.0, "bound of the learned inverse temperature"),
+        "global_negatives": Option(bool, True, "in-batch negatives over the global batch under torchrun"),
+    }
     presets = {
         "tiny": {"embed_dim": 64, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
                  "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from umdbench.api import PretrainStrategy
+from umdbench.api import Option, PretrainStrategy
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head
 from umdbench.models.masking import mask_tokens
 from umdbench.models.objectives import global_itm_sources, itm_loss, mim_loss, mlm_loss
@@ -21,6 +21,16 @@ _COMMON = {"image_mask_ratio": 0.75, "text_mask_ratio": 0.15, "norm_pix_loss": T
 class M3AEPretrain(PretrainStrategy):
     name = "m3ae"
     version = "1"
+    task_types = ("pretrain",)
+    encoders = ("coattn",)  # fusion layers, text tower and ITM pairs of the co-attention encoder
+    option_schema = {
+        "image_mask_ratio": Option(float, 0.75, "share of image patches dropped for MIM"),
+        "text_mask_ratio": Option(float, 0.15, "share of text tokens MLM-masked"),
+        "norm_pix_loss": Option(bool, True, "MIM targets are per-patch normalised pixels"),
+        "weights": Option(dict, {"mlm": 1.0, "mim": 1.0, "itm": 1.0}, "term weights"),
+        "mim_layer": Option((int, type(None)), -1, "fusion layer whose image features MIM reads; -1 or null = the last"),
+        "decoder": Option(dict, {"dim": 384, "depth": 4, "heads": 6}, "MIM decoder geometry"),
+    }
     presets = {
         # tiny has 2 fusion layers: the MIM decoder reads the image stream after the first one
         "tiny": {**copy.deepcopy(_COMMON), "mim_layer": 1, "decoder": {"dim": 64, "depth": 1, "heads": 2},

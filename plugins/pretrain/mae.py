@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import nn
 
-from umdbench.api import PretrainStrategy
+from umdbench.api import Option, PretrainStrategy
 from umdbench.models.heads import MIMDecoder
 from umdbench.models.objectives import mim_loss
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
@@ -20,6 +20,13 @@ from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRE
 class MAEPretrain(PretrainStrategy):
     name = "mae"
     version = "1"
+    task_types = ("pretrain",)
+    encoders = ("coattn",)  # the ViT tower of the co-attention encoder
+    option_schema = {
+        "image_mask_ratio": Option(float, 0.75, "share of image patches dropped before the ViT"),
+        "norm_pix_loss": Option(bool, True, "MIM targets are per-patch normalised pixels"),
+        "decoder": Option(dict, {"dim": 384, "depth": 4, "heads": 6}, "MIM decoder geometry"),
+    }
     presets = {
         "tiny": {"image_mask_ratio": 0.75, "norm_pix_loss": True, "decoder": {"dim": 64, "depth": 1, "heads": 2},
                  "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},

@@ -12,11 +12,11 @@ import copy
 
 import torch
 
-from umdbench.api import PretrainStrategy
+from umdbench.api import Option, PretrainStrategy
 from umdbench.models.heads import itm_head
 from umdbench.models.objectives import global_itm_sources, itm_loss
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
-from umdbench.models.reconstruction import MultiLevelReconstruction
+from umdbench.models.reconstruction import RECONSTRUCTION_OPTIONS, MultiLevelReconstruction
 
 _COMMON = {
     "image_mask_ratio": 0.75,
@@ -35,6 +35,10 @@ _COMMON = {
 class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
     name = "mr"
     version = "1"
+    task_types = ("pretrain",)  # image-text pairs
+    encoders = ("coattn",)  # MIM, MLM and ITM through the co-attention encoder and its text tower
+    option_schema = {**RECONSTRUCTION_OPTIONS, "alpha": Option(float, 0.5, "Eq. 7: weight of the feature-level terms"),
+                     "itm": Option(bool, True, "add the image-text matching term")}
     presets = {
         "tiny": {**copy.deepcopy(_COMMON), "decoder": {"dim": 64, "depth": 1, "heads": 2}, "fea_dim": 64,
                  "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},

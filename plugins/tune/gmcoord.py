@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from umdbench.kit import draws, gradmod
-from umdbench.api import TaskInfo
+from umdbench.api import Option, TaskInfo
 from umdbench.kit.supervised import SupervisedTune
 from umdbench.kit.recipes import (FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_SMALL, FINETUNE_TRAIN_TINY, SMALL_FINETUNE_EPOCHS,
                                   iters_for, m3ae_per_dataset, small_per_dataset)
@@ -71,6 +71,17 @@ class GMCoord(SupervisedTune):
     name = "gmcoord"
     version = "2"  # 2: pooling "mean" by default (paper text), was the poolers
     paper_pooling = "mean"
+    encoders = ("coattn",)  # the modalities' parameters come from MultimodalEncoder.modality_parameters()
+    option_schema = {
+        **SupervisedTune.option_schema,
+        "pooling": Option(str, "mean", "what the head reads: pooler | mean (paper: mean)"),
+        "variant": Option(str, "paper", f"defaults of unimodal / rule / noise / std_eps: {' | '.join(VARIANTS)}"),
+        "beta": Option(float, gradmod.DEFAULT_BETA, "Eq. 12's beta"),
+        "unimodal": Option(str, None, f"{' | '.join(UNIMODAL)}; null = as the variant says"),
+        "rule": Option(str, None, f"{' | '.join(gradmod.RULES)}; null = as the variant says"),
+        "noise": Option(str, None, f"{' | '.join(NOISE)}; null = as the variant says"),
+        "std_eps": Option(float, None, "added to the noise std; null = as the variant says"),
+    }
     presets = {
         "tiny": {
             **_OPTIONS,

@@ -10,8 +10,8 @@ import copy
 
 import torch
 
-from umdbench.api import TuneStrategy, train_config
-from umdbench.models.reconstruction import MultiLevelReconstruction
+from umdbench.api import Option, TuneStrategy, train_config
+from umdbench.models.reconstruction import RECONSTRUCTION_OPTIONS, MultiLevelReconstruction
 
 UPSTREAM_FEATURE_WEIGHT = 1e-5
 
@@ -40,6 +40,15 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
     name = "tdcalib"
     version = "1"
     supervised = False
+    encoders = ("coattn",)  # the reconstruction heads read the co-attention encoder and its text tower
+    option_schema = {
+        **RECONSTRUCTION_OPTIONS,
+        "weights": Option(dict, {"mim": 1.0, "mlm": 1.0, "feamim": 1.0, "feamlm": 1.0}, "Eq. 8's term weights"),
+        "alpha": Option(float, None, "null = Eq. 8's sum; a number in [0, 1] = Eq. 7's trade-off"),
+        "upstream_feature_weight": Option((bool, float), None,
+                                          f"weight the feature terms {UPSTREAM_FEATURE_WEIGHT} (released code); "
+                                          f"null = as upstream_quirks"),
+    }
     # fresh_teacher / fixed_half_weights are MR-Pretrain-only behaviours
     quirk_names = ("ema_per_micro_batch", "teacher_train_mode", "feamim_bypass_decoder", "fea_target_grad",
                    "fea_all_text_tokens")

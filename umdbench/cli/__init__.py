@@ -206,7 +206,7 @@ def cmd_list(args) -> int:
 def cmd_plugins(args) -> int:
     from umdbench.plugin import get_plugin_report, get_registries
 
-    get_registries(tuple(args.plugin_path))
+    get_registries(tuple(args.plugin_path), strict_paths=False)  # a broken --plugin-path is reported here
     report = get_plugin_report()
     for info in report.plugins:
         status = f"FAILED: {info.error}" if info.error else ", ".join(f"{k}: {' '.join(v)}" for k, v in info.registered.items())

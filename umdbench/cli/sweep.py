@@ -50,7 +50,7 @@ def cmd_sweep(args) -> int:
     from umdbench.cli.launch import follow_node0, launch_of, shared_paths
     from umdbench.errors import ConfigError
     from umdbench.plan.config import parse_override
-    from umdbench.plan.suites import get_suite
+    from umdbench.plan.suites import check_suite_names, get_suite
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.results.store import ResultsStore
     from umdbench.run.builders import RunContext
@@ -67,6 +67,7 @@ def cmd_sweep(args) -> int:
     registries = get_registries(tuple(args.plugin_path))
     note_failed_plugins()
     suite = get_suite(registries, args.suite)
+    check_suite_names(suite, registries)
     if args.seeds is None:
         args.seeds = suite.seeds
     overrides = tuple(parse_override(o) for o in args.cfg_options)

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from umdbench.api import TaskInfo, TaskType, TuneStrategy
+from umdbench.api import Option, TaskInfo, TaskType, TuneStrategy
 from umdbench.kit.tasks import DEFAULT_LOSS, DEFAULT_POOLING, LOSSES, POOLING_WORDS, POOLINGS, TaskForward
 from umdbench.kit.tasktypes import BUILTIN_TASK_TYPES
 
@@ -40,6 +40,11 @@ class SupervisedTune(TuneStrategy):
 
     supervised: ClassVar[bool] = True
     freeze_encoder: ClassVar[bool] = False
+    # task_types and encoders stay None: any task type whose head reads encoder.hidden_size features
+    option_schema: ClassVar[dict] = {
+        "loss": Option(str, DEFAULT_LOSS, f"the task loss: {' | '.join(LOSSES)}"),
+        "pooling": Option(str, DEFAULT_POOLING, f"what the head reads: {' | '.join(POOLINGS)}"),
+    }
     # what the paper feeds the head: the poolers' outputs (M3AE fine-tuning); GM-Coord overrides
     paper_pooling: ClassVar[str] = DEFAULT_POOLING
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from umdbench.api import DataContext, Record, TaskInfo, TaskType
+from umdbench.api import DataContext, Option, Record, TaskInfo, TaskType
 from umdbench.kit import tasks as heads
 from umdbench.kit.imagetext import PairGridDataset, RecordDataset, normalize_image
 
@@ -31,6 +31,8 @@ class ImageTextTask(TaskType):
 
     pretrain_task: ClassVar[str | None] = "pretrain"
     record_task: ClassVar[str] = ""  # what RecordDataset builds targets for
+    option_schema: ClassVar[dict] = {
+        "max_text_len": Option(int, None, "text tokens per sample (default: the encoder's model.max_text_len)")}
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
         from umdbench.data.images import ImageLoader
@@ -105,6 +107,8 @@ class RetrievalTask(ImageTextTask):
     prediction_keys = {"score": "float [B] one score per image-text pair"}
     metric_keys = ("image_index", "text_index")
     default_metric = "retrieval-recall"
+    option_schema = {**ImageTextTask.option_schema,
+                     "negatives": Option(int, 0, "negative captions scored against each training image")}
 
     def negatives(self, ctx: DataContext, training: bool) -> int:
         return int(ctx.stage_cfg.get("negatives", 0)) if training else 0

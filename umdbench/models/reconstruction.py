@@ -13,6 +13,8 @@ import logging
 import torch
 from torch import nn
 
+from umdbench.api import Option
+
 from .ema import copy_weights_, ema_update_
 from .heads import MIMDecoder, MLMHead, projection
 from .masking import ids_keep_from_restore, mask_tokens
@@ -34,6 +36,19 @@ QUIRKS = {
 }
 
 SPECIAL_ID_KEYS = ("mask", "pad", "cls", "sep", "vocab_size", "all_special")
+
+# options of MultiLevelReconstruction that MR-Pretrain and TD-Calib declare (their option_schema)
+RECONSTRUCTION_OPTIONS = {
+    "image_mask_ratio": Option(float, 0.75, "share of image patches dropped before the ViT"),
+    "text_mask_ratio": Option(float, 0.15, "share of text tokens MLM-masked"),
+    "ema_decay": Option(float, 0.995, "EMA teacher decay (Eq. 5)"),
+    "norm_pix_loss": Option(bool, False, "MIM targets are per-patch normalised pixels (released code)"),
+    "upstream_quirks": Option(bool, False, "switch on every released-code quirk"),
+    # its keys are QUIRKS' (a misspelt quirk is refused when the run is planned); null = as upstream_quirks
+    "quirks": Option(dict, dict.fromkeys(QUIRKS), "released-code behaviours by name, true/false each"),
+    "decoder": Option(dict, {"dim": 384, "depth": 4, "heads": 6}, "MIM decoder geometry"),
+    "fea_dim": Option(int, 384, "width of the feature projections h^I, h^T"),
+}
 
 
 def resolve_quirks(cfg: dict, allowed=tuple(QUIRKS)) -> dict[str, bool]:

@@ -12,7 +12,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from umdbench.errors import ConfigError
+from umdbench.errors import ConfigError, UmdbenchError
+from umdbench.plan import options
 from umdbench.util import config_hash, data_root, parse_option, portable_paths, resolve_amp
 from umdbench.util import dataset_root
 
@@ -148,8 +149,9 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     encoder_name = cell.encoder or dataset_cls.encoder
     encoder_cls = registries.encoder.get(encoder_name)
     if cell.preset not in encoder_cls.presets:
-        raise ConfigError(f"unknown preset {cell.preset!r} for encoder {encoder_name!r}; choose one of "
-                          f"{', '.join(sorted(encoder_cls.presets))}.")
+        raise ConfigError(f"unknown preset {cell.preset!r} for encoder {encoder_name!r}."
+                          f"{options.did_you_mean(cell.preset, encoder_cls.presets)} Choose one of "
+                          f"{', '.join(sorted(encoder_cls.presets))} with --preset.")
     with registries.encoder.guard(encoder_name, f"giving its {cell.preset!r} preset"):
         model = {"type": encoder_name, **encoder_cls.default_config(cell.preset)}
     config: dict = {
@@ -175,6 +177,12 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     }
     if cell.pretrain != "none":
         strategy_cls = registries.pretrain.get(cell.pretrain)
+        options.check_preset_offered(registries.pretrain, cell.pretrain, strategy_cls, cell.preset)
+        preset_corpus = strategy_cls.presets[cell.preset].get("corpus") if isinstance(
+            strategy_cls.presets[cell.preset], dict) else None
+        preset_corpus = preset_corpus or dataset_cls.default_pretrain_corpus
+        options.check_preset(registries.pretrain, cell.pretrain, strategy_cls, cell.preset,
+                             _task_cls(registries, preset_corpus, pretraining=True), registries)
         with registries.pretrain.guard(cell.pretrain, f"giving its {cell.preset!r} preset"):
             stage = {"type": cell.pretrain, **strategy_cls.default_config(cell.preset, cell.dataset)}
         corpus_name = stage.pop("corpus", None) or dataset_cls.default_pretrain_corpus
@@ -189,6 +197,9 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         config["pretrain"] = stage
     deviations = []
     for name, strategy_cls, appended in tune_chain(cell.tune, registries):
+        options.check_preset_offered(registries.tune, name, strategy_cls, cell.preset)
+        options.check_preset(registries.tune, name, strategy_cls, cell.preset,
+                             _task_cls(registries, cell.dataset, pretraining=False), registries)
         with registries.tune.guard(name, f"giving its {cell.preset!r} preset"):
             stage = {"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)}
         if appended:
@@ -198,7 +209,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         config["tune"].append(stage)
     fill_train_defaults(config)
     for key, value in cell.overrides:
-        apply_override(config, key, value)
+        try:
+            apply_override(config, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{_stage_named(config, key, registries)}") from exc
     if config["pretrain"] is not None:
         corpus = config["pretrain"]["corpus"]
         corpus_cls = registries.dataset.get(corpus["type"])
@@ -207,6 +221,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         if paper_corpus and corpus["type"] != paper_corpus:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"{paper_corpus!r}")
+    check_declared_options(config, registries)
     resolve_precision(config)
     check_activation_checkpointing(config, registries)
     check_tracking(config)
@@ -217,6 +232,43 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
                             + _data_deviations(config, dataset_cls, registries))
     return ResolvedRun(cell, config, config["deviations"])
+
+
+def _task_cls(registries, dataset: Any, pretraining: bool):
+    """The task type class a stage on ``dataset`` (a name or a corpus ``{type, options}``) builds its
+    data with; None when that cannot be told here (the errors come from the checks that need it)."""
+    name = dataset.get("type") if isinstance(dataset, dict) else dataset
+    try:
+        task = options.data_task(registries.dataset.get(name), registries, pretraining)
+        return registries.task.get(task) if task in registries.task else None
+    except UmdbenchError:
+        return None
+
+
+def _stage_named(config: dict, key: str, registries) -> str:
+    """`` tune.0 is tuning strategy 'x' (from ...).``: the plugin behind a --cfg-options key."""
+    parts = key.split(".")
+    if parts[0] == "pretrain" and config.get("pretrain"):
+        return f" pretrain is {options.who(registries.pretrain, config['pretrain']['type'])}."
+    if parts[0] == "tune" and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) < len(config["tune"]):
+        return f" tune.{parts[1]} is {options.who(registries.tune, config['tune'][int(parts[1])]['type'])}."
+    return ""
+
+
+def check_declared_options(config: dict, registries) -> None:
+    """What the plugins declare: each stage's options and train keys (:mod:`umdbench.plan.options`),
+    the dataset's and the corpus's options, and whether each strategy fits its data and the encoder."""
+    options.check_compatibility(config, registries)
+    data = config["dataset"]
+    options.check_dataset_options("dataset.options", registries.dataset, data["type"], data.get("options", {}))
+    if config["pretrain"] is not None:
+        corpus = config["pretrain"]["corpus"]
+        options.check_dataset_options("pretrain.corpus.options", registries.dataset, corpus["type"],
+                                      corpus.get("options", {}))
+        options.check_stage("pretrain", registries.pretrain, config["pretrain"],
+                            _task_cls(registries, corpus, pretraining=True))
+    for i, stage in enumerate(config["tune"]):
+        options.check_stage(f"tune.{i}", registries.tune, stage, _task_cls(registries, data["type"], pretraining=False))
 
 
 def resolve_precision(config: dict) -> None:

@@ -288,6 +288,45 @@ def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
     raise ConfigError(f"{where}: 'overrides' must be a table of \"key.path\" = value.")
 
 
+def check_suite_names(suite: Suite, registries) -> None:
+    """Every strategy and dataset a suite names is registered, and each row fits each of its datasets
+    (``Strategy.task_types`` / ``encoders``), so a misspelt name fails before a sweep plans, not as
+    cells that are silently "data unavailable" or fail one by one."""
+    from umdbench.plan import options
+    from umdbench.plan.config import tune_chain
+
+    where = f"suite {suite.name!r} (from {registries.suite.origin(suite.name)})"
+
+    def known(kind: str, name: str, what: str) -> None:
+        registry = getattr(registries, kind)
+        if name not in registry:
+            raise ConfigError(f"{where}: {what} names {registry.unknown_message(name)}")
+
+    for dataset in suite.datasets + suite.extra_datasets:
+        known("dataset", dataset, "its datasets")
+    for row in suite.rows:
+        if row.pretrain != "none":
+            known("pretrain", row.pretrain, f"row {row.name!r}")
+        for name in row.tune:
+            known("tune", name, f"row {row.name!r}")
+    for row in suite.rows:
+        for dataset in suite.datasets + suite.extra_datasets:
+            overrides = dict(suite.overrides + dict(suite.dataset_options).get(dataset, ()) + row.overrides)
+            dataset_cls = registries.dataset.get(dataset)
+            corpus = overrides.get("pretrain.corpus.type") or dataset_cls.default_pretrain_corpus
+            corpus = corpus.get("type") if isinstance(corpus, dict) else corpus
+            if row.pretrain != "none" and corpus is None:
+                continue  # resolving the cell says which corpus to choose
+            config = {"model": {"type": overrides.get("model.type") or dataset_cls.encoder},
+                      "dataset": {"type": dataset},
+                      "pretrain": None if row.pretrain == "none" else {"type": row.pretrain, "corpus": {"type": corpus}},
+                      "tune": [{"type": name} for name, _, _ in tune_chain(row.tune, registries)]}
+            try:
+                options.check_compatibility(config, registries)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}, row {row.name!r} on {dataset!r}: {exc}") from exc
+
+
 def get_suite(registries, name: str) -> Suite:
     return Suite.from_spec(name, registries.suite.get(name))
 

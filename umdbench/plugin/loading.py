@@ -4,7 +4,9 @@ Every source goes through the same pluggy hook (``umdbench_register``). Plugins 
 one at a time: a plugin that fails to import or whose hook raises (including a registration of the
 wrong kind of object) is recorded in the report with its traceback, its partial registrations are
 rolled back, and the rest load normally. A ``--plugin-path`` that is not an existing ``.py`` file is
-a usage error (:class:`PluginPathError`), raised before any plugin loads.
+a usage error (:class:`PluginPathError`), raised before any plugin loads; one that fails to load is
+one too when the registries are fetched for a command (:func:`get_registries`): the user named that
+file, so running without it would silently run something else. ``umdbench plugins`` still reports it.
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ class PluginInfo:
     registered: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
     error: str | None = None  # one line: why the plugin was skipped
     error_trace: str | None = None  # the full traceback of that failure (`umdbench plugins --traceback`)
+    error_line: str | None = None  # where a --plugin-path file raised: "FILE, line N: code"
     package: str = ""  # what result rows record as the provider: "dist-name version" or the local file
 
 
@@ -113,12 +116,42 @@ def _load_file(file: Path) -> ModuleType:
     return module
 
 
-def _record_failure(info: PluginInfo, exc: BaseException, what: str = "") -> None:
+def _record_failure(info: PluginInfo, exc: BaseException, what: str = "", file: Path | None = None) -> None:
     info.error = f"{what}{type(exc).__name__}: {exc}"
     info.error_trace = "".join(traceback.format_exception(exc))
+    if file is not None:
+        info.error_line = _line_in(file, exc)
 
 
-def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: PluginInfo) -> None:
+def _line_in(file: Path, exc: BaseException) -> str:
+    """``FILE, line N: code`` of the last frame of ``exc`` in ``file`` (the line of a SyntaxError)."""
+    if isinstance(exc, SyntaxError) and exc.filename and Path(exc.filename).resolve() == file:
+        code = (exc.text or "").strip()
+        return f"{file}, line {exc.lineno}" + (f": {code}" if code else "")
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename and Path(frame.filename).resolve() == file:
+            found = frame
+    if found is None:
+        return f"{file} (the exception was raised outside it: `umdbench plugins --traceback` shows where)"
+    code = (found.line or "").strip()
+    return f"{file}, line {found.lineno}" + (f": {code}" if code else "")
+
+
+def check_path_plugins(report: PluginReport) -> None:
+    """A ``--plugin-path`` file that failed to load (import or hook) stops the command: one paragraph
+    naming the file, the exception and its line (:class:`PluginPathError`, exit 2)."""
+    for info in report.plugins:
+        if info.error and info.source.startswith("path "):
+            path = info.source[len("path "):]
+            raise PluginPathError(
+                f"--plugin-path {path!r} failed to load ({info.error_line or path}): {info.error.rstrip('.')}. Fix the file, "
+                f"or leave out --plugin-path {path}; `umdbench plugins --plugin-path {path} --traceback` shows the "
+                f"whole traceback.")
+
+
+def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: PluginInfo,
+                  file: Path | None = None) -> None:
     """Run one plugin's hook in isolation, rolling back what it registered if it fails."""
     before = registries.snapshot()
     registries.set_origin(f"{info.source} ({info.name})")
@@ -129,8 +162,8 @@ def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: P
             raise TypeError("the module defines no @hookimpl umdbench_register(registries) function")
         for impl in impls:
             impl.function(registries=registries)
-    except Exception as exc:  # a broken plugin is reported and skipped, never fatal
-        _record_failure(info, exc)
+    except Exception as exc:  # a broken plugin is reported and skipped (a --plugin-path one: see get_registries)
+        _record_failure(info, exc, file=file)
         after = registries.snapshot()
         for kind, reg in registries.kinds().items():
             for name in after[kind] - before[kind]:
@@ -181,11 +214,11 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
         try:
             obj = _load_file(file)
         except Exception as exc:
-            _record_failure(info, exc, "import failed: ")
+            _record_failure(info, exc, "import failed: ", file=file)
             report.plugins.append(info)
             continue
         info.version = str(getattr(obj, "__version__", "local"))
-        _register_one(pm, registries, obj, info)
+        _register_one(pm, registries, obj, info, file=file)
         report.plugins.append(info)
     return registries, report
 
@@ -193,11 +226,21 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
 _LOADED: tuple[Registries, PluginReport] | None = None
 
 
-def get_registries(plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False) -> Registries:
-    """The process-wide registries with every plugin loaded (built-in, entry points, paths)."""
+def get_registries(plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False,
+                   strict_paths: bool = True) -> Registries:
+    """The process-wide registries with every plugin loaded (built-in, entry points, paths).
+
+    A file of ``plugin_paths`` that fails to load raises :class:`PluginPathError` unless
+    ``strict_paths`` is False (``umdbench plugins``, which reports it)."""
     global _LOADED
     if _LOADED is None or reload or plugin_paths:
         _LOADED = load_plugins(plugin_paths)
+    if strict_paths and plugin_paths:
+        try:
+            check_path_plugins(_LOADED[1])
+        except PluginPathError:
+            _LOADED = None  # the command stops; nothing keeps registries the user did not ask for
+            raise
     return _LOADED[0]
 
 

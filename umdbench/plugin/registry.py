@@ -197,15 +197,50 @@ class LazyRegistry(Registry):
             raise
         except (ValueError, KeyError, TypeError) as exc:
             detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise PluginError(
-                f"{KINDS[self.kind]} {name!r} (from {self.origin(name)}) failed while {doing}: {detail}. Fix the "
-                f"option it names with --cfg-options (`--dry-run` prints the resolved config), or report it to the "
-                f"plugin's author if the configuration is valid.") from exc
+            raise PluginError(f"{KINDS[self.kind]} {name!r} (from {self.origin(name)}) failed while {doing}: {detail}. "
+                              f"{self._fix_for(name, str(detail))}") from exc
         except Exception as exc:
             found = blame(exc, [self.ref(name)])
             if found is None:
                 raise
             raise PluginError(describe(*found, exc, doing)) from exc
+
+    # where an option of each kind is set with --cfg-options
+    OPTION_PATHS = {"pretrain": "pretrain.", "tune": "tune.<i>.", "encoder": "model.", "dataset": "dataset.options."}
+
+    def option_names(self, name: str) -> set[str]:
+        """The options of entry ``name`` a message may name: its declared ``option_schema``, its presets'
+        keys and train keys, and for a dataset without a schema the quoted names in the message."""
+        try:
+            obj = self.get(name)
+        except Exception:  # noqa: BLE001 - an entry that cannot be imported names no options
+            return set()
+        names = set(getattr(obj, "option_schema", None) or {})
+        for preset in (getattr(obj, "presets", None) or {}).values():
+            if isinstance(preset, dict):
+                names |= {str(k) for k in preset}
+                if isinstance(preset.get("train"), dict):
+                    names |= {str(k) for k in preset["train"]}
+        return names - {"train", "per_dataset", "type"}
+
+    def _fix_for(self, name: str, detail: str) -> str:
+        """What to do about a plugin's ValueError/KeyError/TypeError: fix the option it names with
+        --cfg-options, or, when it names none of the plugin's options, report the plugin's fault."""
+        import re
+
+        candidates = self.option_names(name)
+        if self.kind == "dataset" and not candidates:  # options undeclared: the plugin quotes the ones it means
+            candidates = set(re.findall(r"'([A-Za-z_][\w-]*)'", detail))
+        found = {o: re.search(rf"(?<![\w.-]){re.escape(o)}(?![\w-])", detail) for o in candidates}
+        named = sorted((o for o, m in found.items() if m), key=lambda o: (found[o].start(), -len(o)))
+        if named:
+            path = self.OPTION_PATHS.get(self.kind, "")
+            return (f"Fix the option it names ({named[0]}) with --cfg-options, e.g. {path}{named[0]}=VALUE "
+                    f"(`--dry-run` prints the resolved config), or report it to the plugin's author if the "
+                    f"configuration is valid.")
+        return (f"The message names none of its options, so the fault is in the plugin (or its presets), not in "
+                f"your configuration: report it to the plugin's author ({self.origin(name)}; `umdbench plugins` "
+                f"shows its package and version).")
 
     def ref(self, name: str):
         """The plugin's :class:`~umdbench.plugin.calls.PluginRef` (its own files), None for the core's."""

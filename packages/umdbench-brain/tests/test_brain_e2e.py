@@ -100,7 +100,8 @@ def test_scan_classification_runs_end_to_end(tmp_path, capsys):
 def test_wrong_strategy_for_the_task_is_a_one_line_error(tmp_path, capsys):
     code, out = run_cli(["run", "--pretrain", "none", "--tune", "cls", "--dataset", "brainsynth",
                          "--work-dir", str(tmp_path), "--cfg-options", *SMALL, "tune.0.train.max_iters=1"], capsys)
-    assert code != 0 and "seg: segmentation" in out
+    # refused when the run is planned (Strategy.task_types), naming the strategies that fit
+    assert code == 2 and "tuning strategy 'cls'" in out and "fit 'brainsynth'" in out and "seg, seg-tmpl" in out
 
 
 def test_brainmvp_pretraining_hands_templates_to_seg_tmpl_end_to_end(tmp_path, capsys):

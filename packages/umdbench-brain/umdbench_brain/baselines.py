@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench import draws
-from umdbench.api import PretrainStrategy
+from umdbench.api import Option, PretrainStrategy
 from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_TINY
-from umdbench_brain.strategies import PRESENT_VOXEL_MEAN
+from umdbench_brain.strategies import PRESENT_VOXEL_MEAN, VOLUME_ENCODERS
 from umdbench_brain.templates import wide
 
 __all__ = ["SimCLR3D", "ModelsGenesis", "nt_xent"]
@@ -47,6 +47,14 @@ class SimCLR3D(PretrainStrategy):
     -> projection MLP -> NT-Xent at ``temperature`` (0.1)."""
 
     name = "simclr3d"
+    task_types = ("volumes",)
+    encoders = VOLUME_ENCODERS
+    option_schema: ClassVar[dict] = {
+        "temperature": Option(float, 0.1, "NT-Xent temperature, > 0"),
+        "min_scale": Option(float, 0.6, "smallest sub-crop edge, a share of the crop's"),
+        "noise_std": Option(float, 0.05, "Gaussian noise of a view"),
+        "proj_dim": Option(int, 128, "width of the projection MLP's output"),
+    }
     presets: ClassVar[dict] = {
         "tiny": {"temperature": 0.1, "min_scale": 0.6, "noise_std": 0.05, "proj_dim": 64, "train": PRETRAIN_TINY},
         "paper": {"temperature": 0.1, "min_scale": 0.6, "noise_std": 0.05, "proj_dim": 128, "train": PRETRAIN_PAPER},
@@ -114,6 +122,15 @@ class ModelsGenesis(PretrainStrategy):
     present modality; MSE over all voxels."""
 
     name = "models-genesis"
+    task_types = ("volumes",)
+    encoders = VOLUME_ENCODERS
+    option_schema: ClassVar[dict] = {
+        "p_nonlinear": Option(float, 0.9, "probability of the intensity curve"),
+        "p_shuffle": Option(float, 0.5, "probability of local voxel shuffling"),
+        "p_paint": Option(float, 0.9, "probability of in- or out-painting"),
+        "p_outpaint": Option(float, 0.8, "probability that painting is out-painting"),
+        "shuffle_blocks": Option(int, 10000, "blocks shuffled"),
+    }
     _common: ClassVar[dict] = {"p_nonlinear": 0.9, "p_shuffle": 0.5, "p_paint": 0.9, "p_outpaint": 0.8,
                                "shuffle_blocks": 64}
     presets: ClassVar[dict] = {

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench import draws
-from umdbench.api import PretrainStrategy, train_config
+from umdbench.api import Option, PretrainStrategy, train_config
 from umdbench.errors import ConfigError
-from umdbench_brain.strategies import FINETUNE_PAPER, ClsTune, SegTune
+from umdbench_brain.strategies import FINETUNE_PAPER, VOLUME_ENCODERS, ClsTune, SegTune
 from umdbench_brain.tasks import seg_loss
 from umdbench_brain.templates import ModalityTemplates, block_mask, canvas_start, info_nce, wide
 
@@ -83,6 +83,22 @@ class BrainMVP(PretrainStrategy):
     before this fraction; released 0.2, paper 0)."""
 
     name = "brainmvp"
+    task_types = ("volumes",)  # multi-modal studies (e.g. brainsynth-corpus), not image-text pairs
+    encoders = VOLUME_ENCODERS
+    option_schema: ClassVar[dict] = {
+        "mask_rate": Option(float, 0.8, "share of blocks masked, within (0, 1)"),
+        "block_size": Option(int, 8, "edge of a masked block in voxels"),
+        "template_canvas": Option(list, [240, 240, 155], "template shape, three positive integers"),
+        "template_eps": Option(float, 1e-9, "template min-max epsilon"),
+        "w_template": Option(float, 10.0, "weight of the template view's reconstruction"),
+        "w_cross": Option(float, 1.0, "weight of the cross-modal view's reconstruction"),
+        "w_contrast": Option(float, 1.0, "weight of the InfoNCE term"),
+        "temperature": Option(float, 0.1, "InfoNCE temperature, > 0"),
+        "projection": Option(str, "mlp", "mlp | none"),
+        "contrast_features": Option(str, "pooled", "pooled | flatten"),
+        "contrast_start_frac": Option(float, CONTRAST_START_PAPER, "the contrastive term from this share of max_iters"),
+        "template_only_frac": Option(float, 0.0, "view B is a template view before this share of max_iters"),
+    }
     presets: ClassVar[dict] = {
         "tiny": {**_COMMON, "block_size": 4, "template_canvas": [48, 48, 48], "train": PRETRAIN_TINY},
         "paper": {**_COMMON, "block_size": 8, "template_canvas": [240, 240, 155], "train": PRETRAIN_PAPER},
@@ -264,6 +280,13 @@ class _TemplateTune:
     """What ``seg-tmpl`` and ``cls-tmpl`` add to their base: the parent's templates (a buffer, not
     trained), missing-modality filling and modality-template mixing."""
 
+    template_options: ClassVar[dict] = {
+        "template_canvas": Option(list, [48, 48, 48], "template shape: the brainmvp parent's pretrain.template_canvas"),
+        "template_mix": Option(bool, True, "replace 0..M-1 random input modalities by their templates"),
+        "fill_missing": Option(str, "templates", "templates | zeros for absent modalities"),
+        "template_minmax": Option(bool, True, "min-max normalise the templates as pre-training did"),
+    }
+
     @classmethod
     def check_template_config(cls, cfg: dict) -> None:
         canvas = cfg.get("template_canvas")
@@ -346,6 +369,11 @@ class SegTemplateTune(_TemplateTune, SegTune):
     on the MSE between the copies' logits."""
 
     name = "seg-tmpl"
+    option_schema: ClassVar[dict] = {
+        **SegTune.option_schema, **_TemplateTune.template_options,
+        "consistency": Option(str, "tile", "tile | interleave | none"),
+        "consistency_weight": Option(float, 0.1, "weight of the consistency MSE, >= 0"),
+    }
     presets: ClassVar[dict] = {
         "tiny": {**SegTune.presets["tiny"], **_TMPL_COMMON, "consistency": "tile", "consistency_weight": 0.1},
         "paper": {**SegTune.presets["paper"], **_TMPL_COMMON, "template_canvas": [240, 240, 155],
@@ -419,6 +447,7 @@ class ClsTemplateTune(_TemplateTune, ClsTune):
     (no classification code was released; the segmentation recipe's template use is carried over)."""
 
     name = "cls-tmpl"
+    option_schema: ClassVar[dict] = {**ClsTune.option_schema, **_TemplateTune.template_options}
     presets: ClassVar[dict] = {
         "tiny": {**ClsTune.presets["tiny"], **_TMPL_COMMON},
         "paper": {**ClsTune.presets["paper"], **_TMPL_COMMON, "template_canvas": [240, 240, 155]},

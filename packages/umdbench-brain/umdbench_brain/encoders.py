@@ -34,6 +34,7 @@ BRATS_MODALITIES = ["t1", "t1c", "t2", "flair"]
 class VolumeEncoder(Encoder):
     """Common base: reads the channel layout and crop size from the config."""
 
+    family = "volume-3d"  # what the package's strategies declare in Strategy.encoders
     feature_channels: tuple[int, ...] = ()
     feature_strides: tuple[int, ...] = ()
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from umdbench import draws
-from umdbench.api import PretrainStrategy, TaskInfo, TuneStrategy, train_config
+from umdbench.api import Option, PretrainStrategy, TaskInfo, TuneStrategy, train_config
 from umdbench.errors import ConfigError
 
 __all__ = ["VolumeTune", "SegTune", "ClsTune", "MAE3D"]
@@ -23,6 +23,9 @@ FINETUNE_PAPER = train_config(max_iters=12000, batch_size=2, lr=3e-4, weight_dec
 # A CPU budget that segments brainsynth clearly above chance in about a minute on 2 cores.
 FINETUNE_TINY = train_config(max_iters=120, batch_size=4, lr=3e-3, weight_decay=1e-4, betas=[0.9, 0.999],
                              warmup_ratio=0.05, schedule="cosine", checkpoint_interval=60, log_interval=10)
+
+# Encoder.family of this package's volume encoders: what every strategy here runs on
+VOLUME_ENCODERS = ("volume-3d",)
 
 # a loss averaged over the voxels of the modalities each study has: the count varies per study
 PRESENT_VOXEL_MEAN = "{what} MSE averaged over the batch's voxels of present modalities (a count that varies per study)"
@@ -41,6 +44,8 @@ class VolumeTune(TuneStrategy):
 
     supervised: ClassVar[bool] = True
     needs: ClassVar[str] = ""  # the task type this strategy tunes
+    encoders = VOLUME_ENCODERS
+    option_schema: ClassVar[dict] = {"augment": Option(bool, True, "random flips and intensity jitter in training")}
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
         if task.spec is None or task.spec.name != self.needs:
@@ -75,6 +80,14 @@ class SegTune(VolumeTune):
 
     name = "seg"
     needs = "segmentation"
+    task_types = ("segmentation",)
+    option_schema: ClassVar[dict] = {
+        **VolumeTune.option_schema,
+        "dice_weight": Option(float, 0.7, "weight of the soft Dice term"),
+        "bce_weight": Option(float, 0.3, "weight of the BCE term"),
+        "sw_overlap": Option(float, 0.5, "sliding-window overlap at evaluation"),
+        "sw_batch_size": Option(int, 4, "windows per forward at evaluation"),
+    }
     presets: ClassVar[dict] = {
         "tiny": {"dice_weight": 0.7, "bce_weight": 0.3, "sw_overlap": 0.5, "sw_batch_size": 8, "augment": True,
                  "train": FINETUNE_TINY},
@@ -108,6 +121,7 @@ class ClsTune(VolumeTune):
 
     name = "cls"
     needs = "scan-classification"
+    task_types = ("scan-classification",)
     presets: ClassVar[dict] = {
         "tiny": {"augment": True, "train": train_config(**{**FINETUNE_TINY, "max_iters": 100, "lr": 1e-3})},
         "paper": {"augment": True, "train": FINETUNE_PAPER},
@@ -126,6 +140,13 @@ class MAE3D(PretrainStrategy):
     the study has (``loss_on: all`` = every voxel)."""
 
     name = "mae3d"
+    task_types = ("volumes",)
+    encoders = VOLUME_ENCODERS
+    option_schema: ClassVar[dict] = {
+        "mask_ratio": Option(float, 0.75, "share of blocks zeroed, within (0, 1)"),
+        "block_size": Option(int, 8, "edge of a masked block in voxels; divides the encoder's roi_size"),
+        "loss_on": Option(str, "masked", "masked | all voxels"),
+    }
     presets: ClassVar[dict] = {
         "tiny": {"mask_ratio": 0.75, "block_size": 4, "loss_on": "masked",
                  "train": train_config(max_iters=150, batch_size=4, lr=2e-3, weight_decay=0.05, betas=[0.9, 0.95],

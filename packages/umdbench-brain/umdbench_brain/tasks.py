@@ -157,6 +157,7 @@ class SegmentationTask(_VolumeTask):
     whole volume (window = ``roi_size``, overlap ``sw_overlap`` = 0.5)."""
 
     name = "segmentation"
+    generic_strategies = False  # its head is a decoder on the encoder's feature maps: seg / seg-tmpl only
     batch_keys = {**VOLUME_KEYS, "seg": "uint8 [B,K,D,H,W] region masks (float after preprocess)"}
     prediction_keys = {"seg_logits": "float [B,K,D,H,W] one logit per region and voxel"}
     metric_keys = ("seg", "index")
