@@ -15,8 +15,7 @@ plus what the task type of its data declares (options it reads from the stage co
 * a declared type is checked on the resolved stage config (presets and overrides alike);
 * a dict option accepts the keys its presets (or its declared default) give it; one that is empty
   everywhere (MR-Pretrain's ``quirks``) is free-form, checked by the strategy itself;
-* ``train`` keys must be :data:`umdbench.api.TRAIN_KEYS` (or a core train key the planner fills,
-  :data:`umdbench.plan.config.CORE_TRAIN_DEFAULTS`), ``lr_mult`` groups ``encoder``/``fusion``/
+* ``train`` keys must be :data:`umdbench.api.TRAIN_KEYS`, ``lr_mult`` groups ``encoder``/``fusion``/
   ``head``, and ``max_iters``, ``batch_size``, ``lr`` must be there;
 * ``per_dataset`` names a registered dataset, or one not close to any (a dataset of a package that
   is not installed is kept, a misspelt one refused).
@@ -49,12 +48,10 @@ REQUIRED_TRAIN = ("max_iters", "batch_size", "lr")
 
 
 def train_keys() -> dict[str, str]:
-    """Every key a stage's ``train`` dict may hold: the contract's and the planner's own."""
+    """Every key a stage's ``train`` dict may hold (the contract's, activation_checkpointing included)."""
     from umdbench.api import TRAIN_KEYS
-    from umdbench.plan.config import CORE_TRAIN_DEFAULTS
 
-    return {**TRAIN_KEYS, **{k: "a core train key (umdbench.plan.config.CORE_TRAIN_DEFAULTS)" for k in CORE_TRAIN_DEFAULTS
-                             if k not in TRAIN_KEYS}}
+    return dict(TRAIN_KEYS)
 
 
 def did_you_mean(word: str, names, cutoff: float = 0.6) -> str:
