@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from umdbench.cli import adopt as adopt_commands
     from umdbench.cli import power as power_commands
+    from umdbench.cli import overlap as overlap_commands
     from umdbench.cli import data as data_commands
     from umdbench.cli import sweep as sweep_commands
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_commands.add_subcommands(sub, common)
     adopt_commands.add_subcommands(sub, common)
     power_commands.add_subcommands(sub, common)
+    overlap_commands.add_subcommands(sub, common)
     return parser
 
 

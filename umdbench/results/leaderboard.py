@@ -25,6 +25,7 @@ from tabulate import tabulate
 from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
 from umdbench.results import intervals
+from umdbench.data.overlap import data_key, describe_data, load_report
 from umdbench.results.baselines import row_reference_key
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
 from umdbench.results.predictions import seed_matrix
@@ -209,7 +210,8 @@ def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
 STATUS_TEXT = {"data unavailable": "data unavailable", "failed": "failed", "planned": "pending", "done": "missing"}
 
 
-def render_suite(suite, results: SuiteResults, preset: str, reference_points: dict | None = None) -> str:
+def render_suite(suite, results: SuiteResults, preset: str, reference_points: dict | None = None,
+                 overlap: dict | None = None) -> str:
     paper = get_table(suite.paper)
     names = suite.cell_names()
     grid_rows = {p.cell_name: p.row for p in suite.grid()}
@@ -308,6 +310,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
         out.append(_differences(compared, metrics, reference, results, dataset))
         out.append(_rank_lines(results, names, dataset, metrics, suite.lower_is_better))
         out.append(_reference_points(results, names, dataset, reference_points or {}))
+        out.append(_overlap_lines(results, names, dataset, overlap))
         for why, rows_without in sorted(no_interval.items()):
             out.append(f"\n<sub>no interval for {', '.join(dict.fromkeys(rows_without))}: {why}; shown as mean ± std "
                        f"over seeds only.</sub>\n")
@@ -424,6 +427,74 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
     return (f"\n<sub>No-image reference points on the same split and data (`umdbench baselines {dataset}`): "
             f"{text('question only')} (bag-of-words logistic regression, no image); {text('majority answer')}. "
             f"{verdict}</sub>\n")
+
+
+def _overlap_pair(report: dict, row: dict, corpus: dict, cells: dict) -> int | None:
+    """The report's pair for a row: the one it names the row's cell in, else the pair of the same
+    corpus config and test split whose audited data has the row's fingerprint."""
+    cell = cells.get(row.get("cell_key"))
+    if cell is not None and isinstance(cell.get("pair"), int) and 0 <= cell["pair"] < len(report["pairs"]):
+        return cell["pair"]
+    config = row.get("config") or {}
+    data = config.get("dataset") or {}
+    split = (config.get("eval") or {}).get("split", "test")
+    corpora = {c.get("id"): c for c in report.get("corpora") or []}
+    tests = {t.get("id"): t for t in report.get("tests") or []}
+    for i, pair in enumerate(report["pairs"]):
+        c, t = corpora.get(pair.get("corpus")), tests.get(pair.get("test"))
+        if (c and t and data_key(c) == data_key(corpus) and data_key(t) == data_key(data) and t.get("split") == split
+                and row.get("data_fingerprint") in {t.get("fingerprint"), *(t.get("row_fingerprints") or [])}):
+            return i
+    return None
+
+
+def _overlap_lines(results: SuiteResults, names, dataset: str, report: dict | None) -> str:
+    """Under a dataset's table, when the work dir keeps an overlap report (``umdbench overlap``):
+    how many test images the pre-training corpus of its rows also holds, or that none was found."""
+    if not report:
+        return ""
+    cells = {c.get("cell_key"): c for c in report.get("cells") or [] if isinstance(c, dict)}
+    corpora = {c.get("id"): c for c in report.get("corpora") or []}
+    found: dict[int, list[str]] = {}
+    missing: list[str] = []
+    for name in names:
+        for row in results.rows.get((name, dataset), []):
+            corpus = ((row.get("config") or {}).get("pretrain") or {}).get("corpus")
+            if not corpus:
+                continue  # trained from scratch: no corpus to share a test image with
+            index = _overlap_pair(report, row, corpus, cells)
+            (missing if index is None else found.setdefault(index, [])).append(name)
+    lines = []
+    threshold = report.get("threshold")
+    for index, members in sorted(found.items()):
+        pair = report["pairs"][index]
+        corpus = corpora.get(pair.get("corpus"), {})
+        who = f"the pre-training corpus {describe_data(corpus)} of {', '.join(dict.fromkeys(members))}"
+        study = pair.get("kind") == "study"
+        unit = "studies" if study else "images"
+        if pair.get("overlap"):
+            how = (f"{pair['exact']} same content, {pair['same_subject']} same declared subject" if study else
+                   f"{pair['exact']} exact (same file content), {pair['near']} near (Hamming distance <= {threshold} "
+                   f"of a 128-bit perceptual hash)")
+            first = pair["shared"][0] if pair.get("shared") else None
+            example = f", e.g. {first['test']} ~ {first['corpus']}" if first else ""
+            text = (f"train/test overlap: {pair['overlap']} of the {pair['test_items']} test {unit} "
+                    f"({pair['overlap_records']} of {pair['test_records']} test records) have "
+                    f"{'a copy' if study else 'an exact or near duplicate'} in {who}: {how}{example}.")
+        else:
+            criterion = "same content or declared subject" if study else (
+                f"exact or near duplicate, Hamming distance <= {threshold} of a 128-bit perceptual hash")
+            text = (f"train/test overlap: none found: no test {unit[:-1] if not study else 'study'} of the "
+                    f"{pair['test_items']} is in the {pair['corpus_items']} {unit} of {who} ({criterion}).")
+        for lo in pair.get("left_out") or []:
+            text += (f" Its option `{lo['option']}` left out {lo['records']} records ({lo['items']} {unit}); "
+                     + (f"{lo['overlap']} of the test {unit} are among them ({lo['exact']} exact, {lo['near']} near)."
+                        if lo.get("overlap") else f"no test {unit[:-1] if not study else 'study'} is among them."))
+        lines.append(text + " (`umdbench overlap`; every shared item is listed in overlap.json beside the store.)")
+    if missing:
+        lines.append(f"train/test overlap: not audited for {', '.join(dict.fromkeys(missing))}: the overlap report "
+                     f"covers neither their corpus nor this data (`umdbench overlap --work-dir WORK_DIR` adds it).")
+    return "".join(f"\n<sub>{line}</sub>\n" for line in lines)
 
 
 def _deviations(results: SuiteResults, names, dataset: str, own: bool) -> list[str]:
@@ -545,6 +616,7 @@ def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_pa
     registries = get_registries(tuple(plugin_paths))
     suites = [get_suite(registries, suite)] if suite else all_suites(registries)
     out_dir.mkdir(parents=True, exist_ok=True)
+    overlap = load_report(_store_dir(store))  # `umdbench overlap --work-dir`: a line under each dataset
     written: list[Path] = []
     for s in suites:
         by_preset = collect_suite_results(store, s)
@@ -555,7 +627,7 @@ def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_pa
         presets = sorted(by_preset, key=lambda p: (p != "paper", p))
         parts = []
         for preset in presets:
-            parts.append(render_suite(s, by_preset[preset], preset, reference_points))
+            parts.append(render_suite(s, by_preset[preset], preset, reference_points, overlap))
             plot_name = f"{s.name}.png" if preset == presets[0] else f"{s.name}-{preset}.png"
             png = plot_suite(s, by_preset[preset], preset, out_dir / plot_name)
             if png is not None:

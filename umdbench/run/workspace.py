@@ -255,6 +255,14 @@ class Workspace:
         """The no-image baselines of the datasets evaluated here (:mod:`umdbench.results.baselines`)."""
         return self.work_dir / REFERENCE_POINTS_FILE
 
+    @property
+    def overlap_path(self) -> Path:
+        """The train/test overlap report of the corpora and test splits evaluated here
+        (``umdbench overlap``; :mod:`umdbench.data.overlap`), read by the boards."""
+        from umdbench.data.overlap import REPORT_FILE
+
+        return self.work_dir / REPORT_FILE
+
     def predictions_path(self, cell_key: str) -> Path:
         return self.run_dir(cell_key) / PREDICTIONS_FILE
 
@@ -325,7 +333,8 @@ class Workspace:
     def copy_results_from(self, src: "Workspace") -> dict[str, int]:
         """Copy what leaderboards read from the work dir ``src`` into this one: its store rows (a row
         already here is kept, never replaced), suite membership (``src``'s entries win), each row's
-        per-example predictions and the no-image reference points. Trained stages are not copied.
+        per-example predictions, the no-image reference points and the train/test overlap report
+        (``src``'s replaces one here). Trained stages are not copied.
 
         A copied folder renders the same boards as ``src`` (``umdbench leaderboard --work-dir``) and
         a sweep into it skips every copied cell, so a sweep can go on after its machine is gone from
@@ -362,6 +371,8 @@ class Workspace:
         points = load_reference_points(src.reference_points_path)
         if points:
             atomic_write_json(self.reference_points_path, {**load_reference_points(self.reference_points_path), **points})
+        if src.overlap_path.is_file():
+            atomic_write_bytes(self.overlap_path, src.overlap_path.read_bytes())
         return counts
 
     # -- locks -------------------------------------------------------------------------------------
