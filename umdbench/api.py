@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.5"
+CONTRACT_VERSION = "1.6"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from umdbench.kit.supervised import SupervisedTune, task_type_of
 from umdbench.kit.tasks import (DEFAULT_LOSS, DEFAULT_POOLING, LOSSES, POOLINGS, TaskForward, build_task_head,
                                 encode_task, group_scores, head_logits, init_head_weights, last_linear, pool_features,
                                 task_logits, task_loss, task_predict)
+from umdbench.kit.testing import build_test_encoder, build_test_strategy, special_ids_of, task_info_for_test
 from umdbench.kit.tasktypes import (IMAGE_TEXT_KEYS, ClassificationTask, ImageTextPairs, ImageTextTask, RetrievalTask,
                                     VQATask)
 from umdbench.models.heads import MIMDecoder, MLMHead, itm_head, projection
@@ -46,4 +47,6 @@ __all__ = [
     "draws",
     # registering
     "hookimpl",
+    # unit tests of a plugin: an encoder with its special_ids, a strategy on it, a TaskInfo
+    "build_test_encoder", "build_test_strategy", "special_ids_of", "task_info_for_test",
 ]

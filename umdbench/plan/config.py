@@ -171,7 +171,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
                     "options": {}, "on_error": "raise"},
         "pretrain": None,
         "tune": [],
-        "eval": {"split": "test"},
+        # metric: what scores the evaluation (the dataset's `metric`, else its task type's
+        # `default_metric`; `eval.metric=NAME` picks another registered one, which changes only the
+        # evaluation's key, so the trained stages are shared)
+        "eval": {"split": "test", "metric": default_metric(registries, dataset_cls)},
         # experiment tracking beside the local logs: mmengine visualiser backends ("tensorboard", "mlflow")
         "tracking": {"backends": []},
     }
@@ -222,6 +225,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
                               f"{paper_corpus!r}")
     check_declared_options(config, registries)
+    check_eval_metric(config, registries, dataset_cls)
     resolve_precision(config)
     check_activation_checkpointing(config, registries)
     check_tracking(config)
@@ -232,6 +236,33 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
                             + _data_deviations(config, dataset_cls, registries))
     return ResolvedRun(cell, config, config["deviations"])
+
+
+def default_metric(registries, dataset_cls) -> str | None:
+    """The metric a dataset's evaluation scores with unless ``eval.metric`` names another: the
+    dataset's own (``DatasetPlugin.metric``), else its task type's ``default_metric``; None when
+    neither names one. The one place this rule is spelled (``umdbench.plan.stages.metric_name``
+    applies ``eval.metric`` on top of it)."""
+    name = dataset_cls.metric
+    if not name and dataset_cls.task in registries.task:
+        name = registries.task.get(dataset_cls.task).default_metric
+    return name or None
+
+
+def check_eval_metric(config: dict, registries, dataset_cls) -> None:
+    """``eval.metric`` names a registered metric (``null`` = the dataset's default, written out so
+    the config says what scored it); checked at planning, without importing the metric."""
+    section = config["eval"]
+    name = section.get("metric")
+    if name is None:
+        section["metric"] = name = default_metric(registries, dataset_cls)
+        if name is None:
+            return  # neither the dataset nor its task type names one: evaluate_stage says so
+    if not isinstance(name, str) or name not in registries.metric:
+        default = default_metric(registries, dataset_cls)
+        raise ConfigError(f"eval.metric={name!r}: {registries.metric.unknown_message(str(name))} Dataset "
+                          f"{config['dataset']['type']!r} scores with {default!r} by default; choose another "
+                          f"registered metric with --cfg-options eval.metric=NAME (or a suite's overrides).")
 
 
 def _task_cls(registries, dataset: Any, pretraining: bool):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from umdbench.plan.codekey import code_key, modules_digest
-from umdbench.plan.config import ResolvedRun
+from umdbench.plan.config import ResolvedRun, default_metric
 from umdbench.util import atomic_write_json, config_hash
 
 log = logging.getLogger("umdbench.data")
@@ -293,18 +293,18 @@ def _task_classes(registries, dataset_cls, pretrain: bool) -> list:
     return [spec]
 
 
-def metric_name(registries, dataset_cls) -> str | None:
-    """The metric a dataset's evaluation scores with: the dataset's own, else its task type's
-    default (None when neither names one). The one place this rule is spelled."""
-    name = dataset_cls.metric
-    if not name and dataset_cls.task in registries.task:
-        name = registries.task.get(dataset_cls.task).default_metric
-    return name or None
+def metric_name(registries, dataset_cls, eval_cfg: dict | None = None) -> str | None:
+    """The metric an evaluation scores with: the run's ``eval.metric`` when it names one, else the
+    dataset's own, else its task type's default (None when none names one; the default rule is
+    :func:`umdbench.plan.config.default_metric`). ``eval_cfg`` is the config's ``eval`` section (a
+    row stored before ``eval.metric`` existed has none: its dataset's default)."""
+    chosen = (eval_cfg or {}).get("metric")
+    return chosen or default_metric(registries, dataset_cls)
 
 
-def _metric_targets(registries, dataset_cls) -> tuple[str, ...]:
+def _metric_targets(registries, dataset_cls, eval_cfg: dict | None = None) -> tuple[str, ...]:
     """Where the metric the evaluation scores with lives."""
-    name = metric_name(registries, dataset_cls)
+    name = metric_name(registries, dataset_cls, eval_cfg)
     return (registries.metric.target(name),) if name and name in registries.metric else ()
 
 
@@ -355,8 +355,10 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
 
     data = {**dataset_data, "split": cfg["eval"]["split"], "fingerprint": dataset_fp}
     # the evaluation's own code too (metric, task type, umdbench's evaluation loop): its key is the
-    # cell key, so a change there must not return the row stored before it
-    code = code_key(dataset_cls, encoder_cls, *tune_tasks, targets=_metric_targets(registries, dataset_cls))
+    # cell key, so a change there must not return the row stored before it. The metric (eval.metric,
+    # in cfg["eval"]) enters this key only: cells that differ in it share every training stage
+    code = code_key(dataset_cls, encoder_cls, *tune_tasks,
+                    targets=_metric_targets(registries, dataset_cls, cfg["eval"]))
     inputs = {"kind": "eval", "cfg": cfg["eval"], "data": {k: v for k, v in data.items() if k != "root"},
               "parent": parent.key, "batch": cfg["data"]["eval_batch_size"], "code": code}
     stages.append(Stage("eval", "eval", 0, copy.deepcopy(cfg["eval"]), data, _stage_key(inputs), parent, inputs))
@@ -367,7 +369,7 @@ def describe_plan(stages: list[Stage], is_cached: Callable[[Stage], bool] | None
     """One line per stage; ``is_cached`` (e.g. ``Workspace.is_trained``) marks cached stages."""
     lines = []
     for n, stage in enumerate(stages, 1):
-        extra = ""
+        extra = f" metric {stage.cfg['metric']}" if stage.kind == "eval" and stage.cfg.get("metric") else ""
         if stage.kind != "eval":
             train = stage.cfg.get("train", {})
             extra = f" {train.get('max_iters', '?')} iters x batch {train.get('batch_size', '?')}, lr {train.get('lr', '?')}"

@@ -65,7 +65,7 @@ def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: T
 
 def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
     """``{"kind:name": "package version"}`` of every plugin the cell ran: strategies, datasets,
-    encoder, task type (and the metric, which its dataset or task type names)."""
+    encoder, task type (and the metric: eval.metric, by default the one its dataset or task type names)."""
     cfg = run.config
     used = [("encoder", cfg["model"]["type"]), ("dataset", cfg["dataset"]["type"])]
     if cfg["pretrain"]:
@@ -73,7 +73,7 @@ def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
     used += [("tune", s["type"]) for s in cfg["tune"]]
     dataset_cls = registries.dataset.get(cfg["dataset"]["type"])
     used.append(("task", dataset_cls.task))
-    metric = metric_name(registries, dataset_cls)
+    metric = metric_name(registries, dataset_cls, cfg.get("eval"))
     if metric:
         used.append(("metric", metric))
     return {f"{kind}:{name}": getattr(registries, kind).provenance(name) for kind, name in used}

@@ -44,7 +44,9 @@ class PredictionRecorder(BaseMetric):
     """A metric that reports nothing and keeps the per-example fields in ``self.arrays`` (sorted
     by ``index``; None when the task's predictions have no per-example label)."""
 
-    default_prefix = None
+    # it reports no value, so a prefix renames nothing; set, it keeps mmengine from warning that
+    # the recorder has none
+    default_prefix = "predictions"
 
     def __init__(self):
         super().__init__()
@@ -58,6 +60,17 @@ class PredictionRecorder(BaseMetric):
                 self._usable = False  # one batch without per-example labels: record nothing at all
                 continue
             self.results.append(fields)
+
+    def evaluate(self, size: int) -> dict:
+        """mmengine's evaluation, except when nothing was recorded on purpose: a task whose
+        predictions are not one label per example (segmentation maps, retrieval scores) leaves
+        ``results`` empty by design, which mmengine would report as a plugin bug ("got empty
+        `self.results`") after every such evaluation. The task's kind is the same on every rank,
+        so every rank returns here together (no collective call is skipped on one rank only)."""
+        if not self._usable and not self.results:
+            self.arrays, self._usable = None, True
+            return {}
+        return super().evaluate(size)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         if not self._usable or not results or len({frozenset(r) for r in results}) != 1:

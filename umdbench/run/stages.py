@@ -146,22 +146,24 @@ def stage_plugins(stage: Stage, run: ResolvedRun, ctx: RunContext, metric: str |
 
 
 def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -> dict:
-    """Score the cell's last tuned stage on the evaluation split with the dataset's metric (or its
-    task type's default). Returns ``{metric: value}``; the per-example predictions go to the
-    cell's ``predictions.npz`` (store_result references them in the row)."""
+    """Score the cell's last tuned stage on the evaluation split with the run's ``eval.metric`` (by
+    default the dataset's metric, or its task type's default). Returns ``{metric: value}``; the
+    per-example predictions go to the cell's ``predictions.npz`` (store_result references them in
+    the row)."""
     from mmengine.evaluator import Evaluator
 
     from umdbench.run.stage_model import StageModel
 
     tuned = stage.parent
-    echo(f"{step} evaluate on {stage.data['type']}:{stage.data['split']}")
+    echo(f"{step} evaluate on {stage.data['type']}:{stage.data['split']}"
+         + (f" with metric {stage.cfg['metric']}" if stage.cfg.get("metric") else ""))
     strategy = build_strategy(tuned, run, ctx, load_parent=False)
     load_for_evaluation(strategy, tuned, ctx)
     if not isinstance(strategy, TuneStrategy) or not strategy.supervised:
         raise UmdbenchError(f"the last tuning stage {tuned.name!r} is unsupervised and cannot be evaluated")
     dataset = ctx.catalog.get(stage.data)
     test_set, spec = build_dataset(stage, run, ctx, stage.data["split"], training=False)
-    name = metric_name(ctx.registries, type(dataset))
+    name = metric_name(ctx.registries, type(dataset), stage.cfg)  # stage.cfg: the run's eval section
     if not name:
         raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
                             f"default_metric; set one of them.")

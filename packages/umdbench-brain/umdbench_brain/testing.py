@@ -12,7 +12,8 @@ import torch
 
 from umdbench.api import TaskInfo
 
-__all__ = ["B", "CASES", "R", "STEPS", "build_case_strategy", "case", "case_train", "factory", "global_batch"]
+__all__ = ["B", "CASES", "R", "STEPS", "build_case_strategy", "case", "case_train", "factory", "global_batch",
+           "volume_batch"]
 
 R = 16  # crop edge
 B = 4  # global batch
@@ -80,21 +81,35 @@ def build_case_strategy(name: str):
     return strategy, spec
 
 
+def volume_batch(task: str = "segmentation", *, batch: int = B, roi: int = R, seed: int = 0, start: int = 0,
+                 num_regions: int = 3, num_classes: int = 2,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A batch of ``batch`` random studies as a ``task`` data loader yields it (before the task
+    type's preprocess), with every key of the volume batch contract (``tasks.VOLUME_KEYS``):
+    ``volume`` [B,4,roi,roi,roi] (BraTS's four modalities; the studies' modality sets differ as
+    :data:`PRESENT`, cycled), ``present``, ``index`` (``start`` ...), ``crop_origin``,
+    ``volume_shape`` (a 20^3 grid), ``flips``; plus ``seg`` [B,num_regions,...] uint8 for
+    ``segmentation`` or ``label`` [B] for ``scan-classification`` (``volumes``: neither). The same
+    on every call with the same ``seed`` (or draws from ``generator``)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    present = PRESENT[torch.arange(batch) % len(PRESENT)]
+    out = {"volume": torch.rand(batch, 4, roi, roi, roi, generator=g) * present[:, :, None, None, None],
+           "present": present.clone(), "index": torch.arange(batch) + start,
+           "crop_origin": torch.randint(-2, 7, (batch, 3), generator=g), "volume_shape": torch.full((batch, 3), 20),
+           "flips": torch.randint(0, 2, (batch, 3), generator=g)}
+    if task == "segmentation":
+        out["seg"] = (torch.rand(batch, num_regions, roi, roi, roi, generator=g) > 0.7).to(torch.uint8)
+    elif task == "scan-classification":
+        out["label"] = torch.randint(0, num_classes, (batch,), generator=g)
+    elif task != "volumes":
+        raise ValueError(f"volume_batch: task {task!r} is not one of segmentation, scan-classification, volumes")
+    return out
+
+
 def global_batch(name: str, step: int) -> dict[str, torch.Tensor]:
     """The whole global batch of ``step`` as the training loader yields it (before the task type's
     preprocess): the same on every call."""
-    g = torch.Generator().manual_seed(1000 + step)
-    present = PRESENT[:B]
-    batch = {"volume": torch.rand(B, 4, R, R, R, generator=g) * present[:, :, None, None, None],
-             "present": present.clone(), "index": torch.arange(B) + step * B,
-             "crop_origin": torch.randint(-2, 7, (B, 3), generator=g), "volume_shape": torch.full((B, 3), 20),
-             "flips": torch.randint(0, 2, (B, 3), generator=g)}
-    task_name = CASES[name][2]
-    if task_name == "segmentation":
-        batch["seg"] = (torch.rand(B, 3, R, R, R, generator=g) > 0.7).to(torch.uint8)
-    elif task_name == "scan-classification":
-        batch["label"] = torch.randint(0, 2, (B,), generator=g)
-    return batch
+    return volume_batch(CASES[name][2], start=step * B, generator=torch.Generator().manual_seed(1000 + step))
 
 
 def case(name: str):
