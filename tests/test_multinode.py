@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 
@@ -256,28 +257,48 @@ def umdbench_register(registries):
 '''
 
 
-@pytest.mark.slow
-def test_sweep_on_a_two_node_ray_cluster(tmp_path, monkeypatch):
-    pytest.importorskip("ray")
+# The cluster lives in a process of its own: ray.cluster_utils leaves gRPC threads in the process
+# that made it, and a later test that forks (a multiprocessing pool) would inherit their locks held.
+CLUSTER_SCRIPT = textwrap.dedent('''
+    import json, subprocess, sys
     from ray.cluster_utils import Cluster
 
-    # a private Ray temp dir: the cluster's address file must not draw other local `ray.init()`s into it
-    ray_tmp = tempfile.mkdtemp(prefix="umdray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    plugin = tmp_path / "two_nodes_plugin.py"
-    plugin.write_text(TWO_ROWS)
-    work = tmp_path / "work"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         second = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        result = umdbench(["sweep", "--suite", "two-nodes", "--plugin-path", str(plugin), "--work-dir", str(work),
-                           "--executor", "ray", "--ray-address", cluster.address, "--cfg-options", *TINY],
-                          timeout=900)
-        nodes = {cluster.head_node.node_id[:12], second.node_id[:12]}
+        argv = json.loads(sys.argv[1])
+        proc = subprocess.run(argv[:-1] + ["--ray-address", cluster.address] + argv[-1], capture_output=True,
+                              text=True, timeout=900)
+        nodes = [cluster.head_node.node_id[:12], second.node_id[:12]]
     finally:
         cluster.shutdown()
+    print(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "nodes": nodes}))
+''')
+
+
+@pytest.mark.slow
+def test_sweep_on_a_two_node_ray_cluster(tmp_path):
+    pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    # a private Ray temp dir: the cluster's address file must not draw other local `ray.init()`s into it
+    ray_tmp = tempfile.mkdtemp(prefix="umdray-", dir="/tmp")
+    plugin = tmp_path / "two_nodes_plugin.py"
+    plugin.write_text(TWO_ROWS)
+    work = tmp_path / "work"
+    sweep = [sys.executable, "-m", "umdbench.cli", "sweep", "--suite", "two-nodes", "--plugin-path", str(plugin),
+             "--work-dir", str(work), "--executor", "ray", ["--cfg-options", *TINY]]
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        proc = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, json.dumps(sweep)], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=1200)
+    finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = SimpleNamespace(**report)
+    nodes = set(report["nodes"])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "ray: all 2 nodes see the work dir at the driver's paths" in result.stdout
     trained_on = re.findall(r"^ray: trained .+ on node (\w+) ", result.stdout, flags=re.M)

@@ -145,7 +145,8 @@ def _load_in_child(args):
 def test_concurrent_writers_of_one_entry_both_leave_a_valid_file(tmp_path):
     rec = _study(tmp_path / "data")
     cache = tmp_path / "cache"
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a test process may carry threads (gRPC, torch) whose locks a forked child inherits held
+    ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(3)
     with ctx.Pool(3) as pool:
         results = pool.map(_load_in_child, [(rec, cache, barrier)] * 3)
