@@ -63,7 +63,7 @@ def test_uniformer_paper_geometry_is_the_released_uniformer_small():
     cfg = UniFormerEncoder.default_config("paper")
     with torch.device("meta"):  # no memory, no compute
         encoder = UniFormerEncoder(cfg | {"modalities": ["t1"]})  # pre-training: one channel
-    # notes/brainmvp-spec.md 1.3: 22.04 M encoder parameters computed from the released code
+    # 22.04 M encoder parameters, computed from the released code
     assert 21.9e6 < n_params(encoder) < 22.2e6, n_params(encoder)
     assert encoder.feature_channels == (64, 128, 320, 512)
     assert [len(s) for s in encoder.stages] == [3, 4, 8, 3]
@@ -88,14 +88,14 @@ def test_uniformer_paper_forward_costs_what_the_notes_compute():
             feats = encoder(torch.empty(1, 1, 96, 96, 96))
     assert [tuple(f.shape[1:]) for f in feats] == [(64, 48, 48, 48), (128, 24, 24, 24), (320, 12, 12, 12),
                                                    (512, 6, 6, 6)]
-    # notes/brainmvp-spec.md 4: 63.4 G multiply-accumulates per 96^3 view (17 + 11 + 33 + 2.5 by stage)
+    # the released geometry: 63.4 G multiply-accumulates per 96^3 view (17 + 11 + 33 + 2.5 by stage)
     macs = counter.get_total_flops() / 2
     assert 62.0e9 < macs < 64.5e9, macs
 
 
 def test_uniformer_tiny_is_the_notes_cpu_sizing():
     encoder = UniFormerEncoder(UniFormerEncoder.default_config("tiny"))
-    # notes/brainmvp-spec.md 4: widths 16/32/64/128, depth 1, head_dim 32, ~0.36 M parameters
+    # the tiny sizing: widths 16/32/64/128, depth 1, head_dim 32, ~0.36 M parameters
     assert 0.30e6 < n_params(encoder) < 0.42e6, n_params(encoder)
     assert encoder.feature_strides == (2, 4, 8, 16) and encoder.hidden_size == 128
 

@@ -1,5 +1,5 @@
-"""Pre-training baselines on the same volume encoders (our baseline choice, notes/brainmvp-spec.md
-1.8; not verified against the paper's table): ``simclr3d`` (contrast two augmented views of a
+"""Pre-training baselines on the same volume encoders (our baseline choice, see the brain
+README; not verified against the paper's table): ``simclr3d`` (contrast two augmented views of a
 crop, Chen et al. 2020 in 3-D) and ``models-genesis`` (restore a transformed crop, Zhou et al. 2019).
 Both read every present modality as a channel of one input."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from umdbench_brain.templates import wide
 
 __all__ = ["SimCLR3D", "ModelsGenesis", "nt_xent"]
 
-COMMON_GAPS = ["our baseline choice (notes/brainmvp-spec.md 1.8), not verified against the paper's table; "
+COMMON_GAPS = ["our baseline choice (see the brain README: baselines), not verified against the paper's table; "
                "trained with BrainMVP's pre-training recipe on the same encoder and corpus"]
 
 

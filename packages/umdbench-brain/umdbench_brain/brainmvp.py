@@ -1,5 +1,5 @@
 """BrainMVP (Rui et al., arXiv 2410.10604): multi-modal vision pre-training on 3-D brain MRI with
-learnable modality templates, and fine-tuning that uses the templates (notes/brainmvp-spec.md).
+learnable modality templates, and fine-tuning that uses the templates.
 
 Pre-training (``brainmvp``), per step and per study: one present modality ``m`` of a random crop
 is the target; two block-masked views of it are built, the masked blocks filled from the template

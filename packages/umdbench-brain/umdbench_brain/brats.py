@@ -213,7 +213,7 @@ class _BraTS(DatasetPlugin):
     def deviations(self) -> list[str]:
         if self.opts["preprocess"] == "none":
             return ["preprocess=none: volumes used on their stored grid (released: RAS orientation, 1 mm isotropic "
-                    "resampling and a foreground crop before percentile scaling, notes/brainmvp-spec.md 1.6)"]
+                    "resampling and a foreground crop before percentile scaling, the released pre-processing)"]
         return []
 
     def fingerprint(self) -> str:

@@ -54,7 +54,7 @@ class VolumeEncoder(Encoder):
     def stride_multiple(cls, cfg: dict) -> int:
         return 1
 
-    # BrainMVP's released backbone is UniFormer-S (notes/brainmvp-spec.md 1.3); every other
+    # BrainMVP's released backbone is UniFormer-S (the released code's geometry); every other
     # volume encoder is recorded as a departure from it
     released_backbone: ClassVar[bool] = False
 
@@ -66,7 +66,7 @@ class VolumeEncoder(Encoder):
 
 
 class ResUNetEncoder(VolumeEncoder):
-    """A residual 3-D CNN encoder (the UNet variant of notes/brainmvp-spec.md 1.3 in shape: a
+    """A residual 3-D CNN encoder (the UNet variant of the released code in shape: a
     full-resolution stage then stride-2 stages with ``blocks`` residual blocks each), built from
     MONAI's ``UnetResBlock`` (conv-norm-act x2 with a residual path, instance norm)."""
 
@@ -161,7 +161,7 @@ def _swin_transformer(in_channels: int, cfg: dict) -> tuple[nn.Module, tuple[int
 
 
 # ------------------------------------------------------------------------------------------------
-# UniFormer-S 3-D (BrainMVP's default backbone; notes/brainmvp-spec.md 1.3), written from the
+# UniFormer-S 3-D (BrainMVP's default backbone; the released code), written from the
 # architecture description: conv stages with local token mixing first, global self-attention last.
 # ------------------------------------------------------------------------------------------------
 def _drop_path(x: torch.Tensor, p: float, training: bool, stream: str) -> torch.Tensor:
@@ -252,7 +252,7 @@ class UniFormerEncoder(VolumeEncoder):
     each stage; ``local_stages`` conv stages with local relation aggregation, then global
     self-attention stages (``head_dim`` channels per head); a final BatchNorm on the deepest map.
     Returns every stage's output (strides ``stem_stride`` x 1, 2, 4, 8). ``paper`` is the released
-    ``uniformer_small`` geometry (notes/brainmvp-spec.md 1.3: widths 64/128/320/512, depths
+    ``uniformer_small`` geometry (the released code: widths 64/128/320/512, depths
     3/4/8/3, head_dim 64, MLP ratio 4, qkv bias, stem stride 2, 96^3 -> 48/24/12/6); the
     full-resolution skip of the released UNETR decoder is a conv on the raw input, which is the
     segmentation decoder's stem here. Convs start Kaiming-normal (fan_out), the rest PyTorch's

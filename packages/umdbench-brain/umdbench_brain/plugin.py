@@ -33,7 +33,7 @@ ENTRIES = {
                  "simclr3d": f"{_P}.baselines:SimCLR3D", "models-genesis": f"{_P}.baselines:ModelsGenesis"},
 }
 
-_OURS = "our baseline choice (notes/brainmvp-spec.md 1.8), not the paper's table"
+_OURS = "our baseline choice (see the brain README: baselines), not the paper's table"
 SEG_METRICS = ["dice", "dice_wt", "dice_tc", "dice_et", "hd95"]
 BRAINMVP_ROW = {"name": "BrainMVP", "pretrain": "brainmvp", "tune": "seg-tmpl"}
 

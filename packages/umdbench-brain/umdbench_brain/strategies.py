@@ -1,6 +1,6 @@
 """Strategies on volume encoders: tuning ``seg`` and ``cls`` (the task type's head on the shared
 encoder, as every umdbench supervised strategy) and pre-training ``mae3d`` (masked volume
-modelling, our baseline choice per notes/brainmvp-spec.md 1.8)."""
+modelling, our baseline choice per the brain README (baselines))."""
 from __future__ import annotations
 
 import dataclasses
@@ -161,7 +161,7 @@ class MAE3D(PretrainStrategy):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        found = ["MAE-3D is our baseline choice (notes/brainmvp-spec.md 1.8), not verified against the paper's table",
+        found = ["MAE-3D is our baseline choice (see the brain README: baselines), not verified against the paper's table",
                  "masked blocks are zero-filled in place (SimMIM-style, what a CNN encoder can take) rather than "
                  "dropped as MAE tokens",
                  "every present modality is a channel of one input (BrainMVP pre-trains on one modality at a time)"]

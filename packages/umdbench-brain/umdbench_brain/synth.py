@@ -1,7 +1,7 @@
 """brainsynth: procedural multi-parametric brain MRI phantoms with BraTS-style tumour labels.
 
 Nothing is downloaded; every study is a pure function of ``(seed, stream, index, options,
-GENERATOR_VERSION)``. The design follows notes/brainmvp-spec.md 3.1:
+GENERATOR_VERSION)``. The design follows the project's phantom design:
 
 * **Shared anatomy on a fixed canvas.** A brain ellipsoid (random scale +-10 %, small rotation,
   small shift) roughly centred in a ``canvas``-cubed volume: white matter inside, a cortical grey

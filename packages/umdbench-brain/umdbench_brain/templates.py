@@ -1,5 +1,5 @@
 """BrainMVP's modality templates and the pieces its pre-training and fine-tuning share: block
-masks, template crops at a crop's position, the symmetric InfoNCE (notes/brainmvp-spec.md 1.2-1.4).
+masks, template crops at a crop's position, the symmetric InfoNCE (as the paper and its released code define them).
 
 A template is one volume per modality (the encoder's ``model.modalities``) on a fixed canvas
 (``template_canvas``, released 240x240x155). A study is placed centred in that canvas, so a crop

@@ -2,7 +2,7 @@
 modality stacking with the missing-modality rule, per-channel percentile scaling, a disk cache of
 pre-processed studies, BraTS region masks and random crops.
 
-Released pre-processing (notes/brainmvp-spec.md 1.6; ``Record.extra["preprocess"] == "released"``,
+Released pre-processing (``Record.extra["preprocess"] == "released"``,
 set by the BraTS readers): the study's NIfTI volumes, read with nibabel together with their affines,
 go through MONAI's ``Orientationd`` (RAS), ``Spacingd`` (1 mm isotropic; images bilinear, the label
 nearest neighbour) and ``CropForegroundd`` (the box of voxels nonzero in any modality, margin 1, the
