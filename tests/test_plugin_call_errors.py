@@ -138,3 +138,30 @@ def test_a_metric_value_that_is_not_a_number_is_refused(tmp_path, plugin_file, c
     assert run(tmp_path, plugin_file, "direct", dataset="text-data") == 2
     err = one_paragraph_error(capsys)
     assert "metric 'text-metric'" in err and "not numbers" in err and "'high'" in err
+
+
+OLD_CHECK = textwrap.dedent('''
+    from umdbench.hookspecs import hookimpl
+    from umdbench_plugins.datasets.medsynth import MedSynthVQA
+
+
+    class OldCheck(MedSynthVQA):
+        name = "old-check"
+
+        def check(self):
+            return super().check(deep=False)
+
+
+    @hookimpl
+    def umdbench_register(registries):
+        registries.dataset.register("old-check", OldCheck)
+''')
+
+
+def test_a_dataset_check_without_deep_is_named_and_plugin_path_follows_the_dataset(tmp_path, capsys):
+    path = tmp_path / "old_check.py"
+    path.write_text(OLD_CHECK)
+    assert main(["data", "check", "old-check", "--plugin-path", str(path)]) == 2  # after the name, as in `run`
+    err = one_paragraph_error(capsys)
+    assert "dataset 'old-check'" in err and "without the `deep` argument" in err and "OldCheck.check" in err
+    assert main(["data", "--plugin-path", str(path), "check", "medsynth", "--quick"]) == 0

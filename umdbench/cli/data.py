@@ -35,6 +35,24 @@ def build_dataset(dataset_cls, name: str, root: str | None, on_error: str, optio
         raise ConfigError(f"dataset {name!r}: {exc}") from exc
 
 
+def _check_signature(cls, name: str, registries) -> None:
+    """``check`` must take ``deep`` (the contract: ``check(self, deep: bool = True) -> CheckReport``);
+    said before anything is read, instead of a TypeError from the call."""
+    import inspect
+
+    from umdbench.errors import PluginError
+
+    try:
+        params = inspect.signature(cls.check).parameters
+    except (TypeError, ValueError):
+        return
+    if "deep" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise PluginError(f"dataset {name!r} ({registries.dataset.provenance(name)}) defines check{inspect.signature(cls.check)} "
+                          f"without the `deep` argument; the contract is check(self, deep: bool = True) -> CheckReport "
+                          f"(deep = decode every image or volume; False = cheap checks only). Add the argument to "
+                          f"{cls.__module__}.{cls.__qualname__}.check.")
+
+
 def cmd_check(args) -> int:
     """The checks ``umdbench run`` makes before training, over every split, listed instead of
     raised: the plugin's ``check(deep)`` (records, images or volumes decoded unless ``--quick``)
@@ -43,13 +61,17 @@ def cmd_check(args) -> int:
     from umdbench.data.check import format_report, split_problems
     from umdbench.plugin import get_registries
 
-    cls = get_registries(tuple(args.plugin_path)).dataset.get(args.dataset)
+    args.plugin_path = list(args.plugin_path) + list(getattr(args, "check_plugin_path", []))
+    registries = get_registries(tuple(args.plugin_path))
+    cls = registries.dataset.get(args.dataset)
+    _check_signature(cls, args.dataset, registries)
     options = dataset_options(args.option, "--option", cls, args.dataset)
     if args.data_root and not cls.needs_root:
         print(f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False).")
     root = dataset_root(cls, args.data_root, args.dataset)
     plugin = build_dataset(cls, args.dataset, root, "raise", options)
-    report = plugin.check(deep=not args.quick)
+    with registries.dataset.guard(args.dataset, "checking its data"):
+        report = plugin.check(deep=not args.quick)
     # and what `umdbench run` refuses before training beyond the plugin's own check: an empty split,
     # a record id twice, an image outside the folder. Records are listed by a lenient copy of the
     # plugin (malformed ones, which check() reported, are left out instead of stopping the listing).
@@ -99,6 +121,9 @@ def add_subcommands(subparsers) -> None:
                           "as one (true/false/null too), else a string; repeatable")
     chk.add_argument("--quick", action="store_true", help="only check that images exist and parse (no full decode)")
     chk.add_argument("--max-problems", type=int, default=50, metavar="N", help="problems to print (default 50)")
+    # also after the dataset name, where `run` takes it (a dataset the plugin file registers)
+    chk.add_argument("--plugin-path", action="append", default=[], metavar="FILE", dest="check_plugin_path",
+                     help="load a plugin from a local .py file (repeatable)")
     chk.set_defaults(handler=cmd_check)
 
     dl = sub.add_parser("download", help="fetch a release archive, verify sha256, unpack into the data root")
