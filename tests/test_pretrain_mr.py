@@ -216,3 +216,30 @@ def test_special_ids_key_checked_and_derived():
     cfg["special_ids"] = {"mask": 103}
     with pytest.raises(KeyError, match="special_ids"):
         MRPretrain(enc, cfg)
+
+
+def test_freeze_text_keeps_the_text_tower_and_is_a_recorded_deviation():
+    from benchmarks.cases import encoder_cfg, synthetic_batch
+    from umdbench.models import build_encoder, build_tokenizer
+    from umdbench.plan.config import CellSpec, resolve
+    from umdbench.plugin import get_registries
+    from umdbench.run.builders import build_optim_wrapper, special_ids
+    from umdbench_plugins.pretrain.mr import MRPretrain
+
+    torch.manual_seed(0)
+    ecfg = encoder_cfg("tiny")
+    cfg = {**MRPretrain.default_config("tiny"), "freeze_text": True, "special_ids": special_ids(build_tokenizer(ecfg))}
+    strategy = MRPretrain(build_encoder(ecfg), cfg)
+    optim = build_optim_wrapper(strategy, {**cfg["train"], "amp": False, "step_in_backward": False})
+    before = {k: v.clone() for k, v in strategy.encoder.text.state_dict().items()}
+    fusion = {k: v.clone() for k, v in strategy.encoder.fusion.state_dict().items()}
+    out = strategy(synthetic_batch(ecfg, 4, with_labels=False))
+    sum(v for k, v in out.items() if k.startswith("loss")).backward()
+    optim.step()
+    after = strategy.encoder.text.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(fusion[k], v) for k, v in strategy.encoder.fusion.state_dict().items())
+    registries = get_registries()
+    run = resolve(CellSpec("mr", ("direct",), "medsynth", overrides=(("pretrain.freeze_text", True),)), registries)
+    assert any(d.startswith("pretrain (mr): freeze_text") for d in run.deviations)
+    assert resolve(CellSpec("mr", ("direct",), "medsynth"), registries).config["pretrain"]["freeze_text"] is False

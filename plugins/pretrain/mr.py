@@ -38,7 +38,9 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
     task_types = ("pretrain",)  # image-text pairs
     encoders = ("coattn",)  # MIM, MLM and ITM through the co-attention encoder and its text tower
     option_schema = {**RECONSTRUCTION_OPTIONS, "alpha": Option(float, 0.5, "Eq. 7: weight of the feature-level terms"),
-                     "itm": Option(bool, True, "add the image-text matching term")}
+                     "itm": Option(bool, True, "add the image-text matching term"),
+                     "freeze_text": Option(bool, False, "keep the text tower's weights fixed (a probe of whether "
+                                                        "MLM on a small corpus pulls a pretrained tower away)")}
     presets = {
         "tiny": {**copy.deepcopy(_COMMON), "decoder": {"dim": 64, "depth": 1, "heads": 2}, "fea_dim": 64,
                  "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
@@ -47,6 +49,12 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
         "paper": {**copy.deepcopy(_COMMON), "decoder": {"dim": 384, "depth": 4, "heads": 6}, "fea_dim": 384,
                   "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
     }
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        extra = ["freeze_text: the text tower is not trained during MR-Pretrain (the paper trains every tower)"] \
+            if cfg.get("freeze_text") else []
+        return super().deviations(cfg) + extra
 
     @classmethod
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
@@ -65,6 +73,8 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         self.use_itm = bool(cfg.get("itm", True))
+        if cfg.get("freeze_text"):
+            encoder.text.requires_grad_(False)  # the optimiser then skips it; MLM still trains head and fusion
         self.itm_head = itm_head(encoder.hidden_size)
 
     def term_weights(self) -> dict[str, float]:
