@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +38,7 @@ from umdbench.data.content import content_cache
 from umdbench_brain.volcheck import study_problems
 from umdbench_brain.volumes import PREPROCESS_MODES
 
-__all__ = ["BraTS2021", "BraTS2023"]
+__all__ = ["BraTS2021", "BraTS2023", "BraTS2023PED", "BraTS2023MET"]
 
 SPLIT_FILE = "splits.json"
 
@@ -54,6 +55,14 @@ class _BraTS(DatasetPlugin):
     separator: ClassVar[str] = "_"
     label_values: ClassVar[tuple[int, ...]] = ()
     label_remap: ClassVar[dict[int, int]] = {}
+    # what the records hold: their modality names (matched by name with model.modalities; a
+    # modality the encoder has and a study lacks is absent: zeros, or a template with *-tmpl) and
+    # the segmentation regions as unions of label codes (after label_remap)
+    modalities: ClassVar[tuple[str, ...]] = ("t1", "t1c", "t2", "flair")
+    region_codes: ClassVar[dict[str, tuple[int, ...]]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    # a regular expression study folder names match (None: any), and an example for messages
+    study_pattern: ClassVar[str | None] = None
+    study_example: ClassVar[str] = ""
     _defaults = {"seed": 0, "preprocess": "released"}
 
     def __init__(self, root=None, on_error: str = "raise", **options: Any):
@@ -151,7 +160,8 @@ class _BraTS(DatasetPlugin):
         seg = files.pop("seg")
         return Record(uid=case.name, image={m: str(p) for m, p in files.items()}, text="",
                       extra={"label": str(seg), "label_map": dict(self.label_remap), "study": case.name,
-                             "preprocess": self.opts["preprocess"]})
+                             "preprocess": self.opts["preprocess"],
+                             "region_codes": {k: list(v) for k, v in self.region_codes.items()}})
 
     def raw_records(self, split: str) -> list[Record]:
         """The studies of a split as listed, before any file is opened (what ``data check`` counts)."""
@@ -163,13 +173,27 @@ class _BraTS(DatasetPlugin):
         memo = (case.name, deep)
         if memo not in self._problems:
             files = self.files(case)
-            files = {**{k: v for k, v in files.items() if k != "seg"}, "seg": files["seg"]}
+            # images first (the first is the grid the others are compared with), the label last;
+            # a classification release has none
+            files = {**{k: v for k, v in files.items() if k != "seg"}, **({"seg": files["seg"]} if "seg" in files else {})}
             cache = content_cache(self.root) if deep else None
-            self._problems[memo] = study_problems(self.name, case.name, files, label_values=self.label_values,
-                                                  label_map=self.label_remap, deep=deep, cache=cache)
+            found = self.name_problems(case)
+            found += study_problems(self.name, case.name, files, label_values=self.label_values,
+                                    label_map=self.label_remap, deep=deep, cache=cache)
+            self._problems[memo] = found
             if cache is not None:
                 cache.save()
         return self._problems[memo]
+
+    def name_problems(self, case: Path) -> list[str]:
+        """A study folder whose name is not one of this release's (:attr:`study_pattern`), e.g. a
+        BraTS-GLI study in the PED reader's folder: one paragraph, else nothing."""
+        if self.study_pattern is None or re.fullmatch(self.study_pattern, case.name):
+            return []
+        return [f"{self.name}: study {case.name}: folder {case} is not named as a study of {self.name}'s release "
+                f"(expected e.g. {self.study_example}); it belongs to another release; fix: move it out of "
+                f"{self.root} (or read it with the reader of its release), or leave it out with --cfg-options "
+                f"dataset.on_error=skip."]
 
     def records(self, split: str) -> list[Record]:
         """The usable studies of a split: every file present, its header and its decoded content
@@ -272,7 +296,7 @@ class _BraTS(DatasetPlugin):
                                 f"e.g. {self.example()}.")
         for case in cases:
             where = f"{self.name}: study {case.name}"
-            if not any(case.iterdir()):
+            if case.is_dir() and not any(case.iterdir()):
                 rep.problems.append(f"{where}: folder {case} is empty; re-copy the study or delete the folder.")
                 continue
             rep.problems.extend(self.study_problems(case, deep=deep))
@@ -304,3 +328,27 @@ class BraTS2023(_BraTS):
     separator = "-"
     label_values = (0, 1, 2, 3)
     label_remap: ClassVar[dict[int, int]] = {3: 4}
+
+
+class BraTS2023PED(BraTS2023):
+    """BraTS 2023 pediatric tumours (BraTS-PEDs), the training release as distributed on Synapse:
+    ``ASNR-MICCAI-BraTS2023-PED-Challenge-TrainingData/BraTS-PED-NNNNN-NNN/BraTS-PED-NNNNN-NNN-{t1c,t1n,
+    t2f,t2w,seg}.nii.gz``; labels 0/1/2/3 as the other 2023 releases (3 = enhancing, read as 4)."""
+
+    name = "brats2023-ped"
+    root_subdir = "ASNR-MICCAI-BraTS2023-PED-Challenge-TrainingData"
+    default_pretrain_corpus = "brats2023-ped"
+    study_pattern = r"BraTS-PED-\d{5}-\d{3}"
+    study_example = "BraTS-PED-00001-000"
+
+
+class BraTS2023MET(BraTS2023):
+    """BraTS 2023 brain metastases (BraTS-METS), the training release as distributed on Synapse:
+    ``ASNR-MICCAI-BraTS2023-MET-Challenge-TrainingData/BraTS-MET-NNNNN-NNN/BraTS-MET-NNNNN-NNN-{t1c,t1n,
+    t2f,t2w,seg}.nii.gz``; labels 0/1/2/3 (3 = enhancing, read as 4)."""
+
+    name = "brats2023-met"
+    root_subdir = "ASNR-MICCAI-BraTS2023-MET-Challenge-TrainingData"
+    default_pretrain_corpus = "brats2023-met"
+    study_pattern = r"BraTS-MET-\d{5}-\d{3}"
+    study_example = "BraTS-MET-00001-000"

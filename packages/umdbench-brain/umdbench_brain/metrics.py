@@ -11,8 +11,9 @@ i.e. probability > 0.5) and ``seg`` [B,K,...] (ground-truth masks).
 
 ``per_example`` (after ``compute_metrics``): each study's Dice, overall and per region, by ``index``.
 
-Region names: with K = 3 the BraTS order WT, TC, ET (keys ``dice_wt`` ...); else ``dice_r0`` ...
-(the metric is built without the task's label names).
+Region names: the dataset's label names, lower-cased, when the evaluation hands them over
+(``dataset_meta["label_names"]``, K of them: ``dice_wt`` for BraTS, ``dice_gm`` for MRBrainS13,
+``dice_infarct`` for ISLES22); without them, with K = 3 the BraTS order WT, TC, ET, else ``dice_r0`` ...
 """
 from __future__ import annotations
 
@@ -71,10 +72,16 @@ class DiceMetric(BaseMetric):
                 entry["hd95"] = hd95_per_case(pred, gt)
             self.results.append(entry)
 
+    def region_names(self, k: int) -> tuple[str, ...]:
+        given = list((getattr(self, "dataset_meta", None) or {}).get("label_names") or [])
+        if len(given) == k and all(isinstance(n, str) and n for n in given):
+            return tuple(n.lower() for n in given)
+        return BRATS_REGIONS if k == 3 else tuple(f"r{i}" for i in range(k))
+
     def compute_metrics(self, results: list) -> dict[str, float]:
         dice = torch.cat([r["dice"] for r in results])
         k = dice.shape[1]
-        names = BRATS_REGIONS if k == 3 else tuple(f"r{i}" for i in range(k))
+        names = self.region_names(k)
         out = {f"dice_{n}": float(dice[:, i].mean()) * 100.0 for i, n in enumerate(names)}
         out["dice"] = float(dice.mean(0).mean()) * 100.0
         # each study's Dice (a fraction; its mean x 100 is the metric): the leaderboard's intervals

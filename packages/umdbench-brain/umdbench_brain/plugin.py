@@ -14,6 +14,14 @@ ENTRIES = {
         "brainsynth-corpus": f"{_P}.synth:BrainSynthCorpus",
         "brats2021": f"{_P}.brats:BraTS2021",
         "brats2023": f"{_P}.brats:BraTS2023",
+        # BrainMVP's downstream datasets in their release layouts (docs/datasets.md)
+        "brats2023-ped": f"{_P}.brats:BraTS2023PED",
+        "brats2023-met": f"{_P}.brats:BraTS2023MET",
+        "isles22": f"{_P}.releases:ISLES22",
+        "mrbrains13": f"{_P}.releases:MRBrainS13",
+        "upenn-gbm": f"{_P}.releases:UPennGBM",
+        "brats2018-grade": f"{_P}.releases:BraTS2018Grade",
+        "abide": f"{_P}.releases:ABIDE",
     },
     "task": {
         "segmentation": f"{_P}.tasks:SegmentationTask",

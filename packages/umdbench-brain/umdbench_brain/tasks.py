@@ -36,7 +36,8 @@ VOLUME_KEYS = {
 class VolumeDataset(Dataset):
     """Records -> dicts of tensors. Reads ``Record.image`` ({modality: array or NIfTI path}),
     ``Record.extra["label"]`` (label volume, BraTS codes) remapped by ``extra["label_map"]`` when
-    given, and ``Record.label`` (class); file-backed studies are pre-processed and cached on disk by
+    given, its regions the unions of ``extra["region_codes"]`` (``{region: codes}``, else BraTS'),
+    and ``Record.label`` (class); file-backed studies are pre-processed and cached on disk by
     :class:`umdbench_brain.volumes.StudyLoader` (``cache_dir``). Training: one random ``roi``-cubed
     crop (when ``crop``), random flips on the three axes and a random intensity scale/shift of +-0.1 per channel (the released
     fine-tuning augmentation), drawn from the item's keyed generators (:func:`umdbench.draws.item_rng`)
@@ -69,7 +70,7 @@ class VolumeDataset(Dataset):
         shape = list(volume.shape[1:])
         origin, flips = [0, 0, 0], [0, 0, 0]
         if self.regions is not None:
-            arrays.append(region_masks(label, self.regions, f"record {rec.uid}"))
+            arrays.append(region_masks(label, self.regions, f"record {rec.uid}", rec.extra.get("region_codes")))
         if self.training:
             self._draws += 1
             rng = np.random.default_rng([self.seed, i, self._draws])

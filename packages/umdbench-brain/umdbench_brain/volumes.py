@@ -194,13 +194,16 @@ def scale_percentiles(volume: np.ndarray, present: np.ndarray, lower: float = 5.
     return out
 
 
-def region_masks(label: np.ndarray, regions: Sequence[str], what: str) -> np.ndarray:
-    """uint8 [K,D,H,W]: one binary mask per region name of :data:`REGION_CODES`."""
-    bad = [r for r in regions if r not in REGION_CODES]
+def region_masks(label: np.ndarray, regions: Sequence[str], what: str, codes: dict | None = None) -> np.ndarray:
+    """uint8 [K,D,H,W]: one binary mask per region name, each the union of its label codes:
+    ``codes`` (``{region: [code, ...]}``, a record's ``extra["region_codes"]``, declared by its
+    dataset) when given, else :data:`REGION_CODES` (BraTS)."""
+    table = {str(k): tuple(int(c) for c in v) for k, v in codes.items()} if codes else REGION_CODES
+    bad = [r for r in regions if r not in table]
     if bad:
-        raise DataError(f"{what}: regions {bad} are unknown; the segmentation task knows {sorted(REGION_CODES)} "
+        raise DataError(f"{what}: regions {bad} are unknown; the segmentation task knows {sorted(table)} "
                         f"(the dataset's label_names() must list some of them).")
-    return np.stack([np.isin(label, REGION_CODES[r]) for r in regions]).astype(np.uint8)
+    return np.stack([np.isin(label, table[r]) for r in regions]).astype(np.uint8)
 
 
 def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator, *, with_origin: bool = False):
