@@ -301,6 +301,38 @@ class _TemplateTune:
                 raise ValueError(f"{cls.name}: {key}={cfg.get(key)!r} must be true or false")
 
     @classmethod
+    def check_parent_config(cls, cfg: dict, parent: dict | None, where: str = "tune.0") -> None:
+        """This stage's templates against the stage it starts from (``parent``: the resolved config
+        of the pre-training stage for ``tune.0``, else of ``tune.<i-1>``; None without one), so a
+        mismatch is refused when the run is planned, not at the first tuning step after hours of
+        pre-training: the parent must hand on trained templates (``brainmvp`` with its template
+        view, or another ``*-tmpl`` stage) on the same canvas. Called by the core's cross-stage
+        hook where it exists (see the brain README, BrainMVP); ``ValueError`` = one paragraph."""
+        parent_where = "pretrain" if where == "tune.0" else f"tune.{int(where.split('.')[1]) - 1}"
+        kind = (parent or {}).get("type")
+        other = f"tune with `{cls.name.split('-')[0]}` instead (no templates)"
+        if kind is None:
+            raise ValueError(f"{cls.name} ({where}) fills and mixes modalities with the templates its parent stage "
+                             f"learnt, but this run has no parent stage (--pretrain none); pre-train with "
+                             f"`--pretrain brainmvp`, or {other}.")
+        if kind != "brainmvp" and not str(kind).endswith("-tmpl"):
+            raise ValueError(f"{cls.name} ({where}) reads modality templates from its parent stage, but the parent "
+                             f"{parent_where} is {kind!r}, which learns none (the templates would stay zero and the "
+                             f"first tuning step would stop); pre-train with `--pretrain brainmvp`, or {other}.")
+        if kind == "brainmvp" and not float(parent.get("w_template", 0) or 0) > 0:
+            raise ValueError(f"{cls.name} ({where}): the brainmvp parent has pretrain.w_template="
+                             f"{parent.get('w_template')!r}, so it trains no template view and hands on zero "
+                             f"templates; set pretrain.w_template > 0 (released 10), or {other}.")
+        mine, theirs = cfg.get("template_canvas"), parent.get("template_canvas")
+        if theirs is not None and [int(c) for c in mine] != [int(c) for c in theirs]:
+            shape = "[" + ",".join(str(int(c)) for c in theirs) + "]"
+            raise ValueError(f"{cls.name} ({where}): template_canvas={list(mine)} differs from its parent's "
+                             f"{parent_where}.template_canvas={list(theirs)}: the parent's templates would not fit "
+                             f"and the first tuning step would stop after the parent trained. Set both to one shape, "
+                             f"e.g. --cfg-options {parent_where}.template_canvas={shape} "
+                             f"{where}.template_canvas={shape}.")
+
+    @classmethod
     def template_deviations(cls, cfg: dict) -> list[str]:
         found = list(TEMPLATE_TUNE_GAPS)
         if not cfg.get("template_minmax", True):
