@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from umdbench.errors import UmdbenchError
 from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage
@@ -100,7 +102,7 @@ def candidates(ws: Workspace, stage: Stage) -> tuple[list[tuple[Path, dict]], tu
     return matches, nearest
 
 
-def rerun_first_steps(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int) -> dict:
+def rerun_first_steps(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int, threads: int | None = None) -> dict:
     """Train the stage's first ``steps`` optimiser steps under the current code, in a scratch
     folder of the work dir (its parent's artifact and the image cache linked in), and return what
     :class:`~umdbench.run.evidence.EvidenceHook` recorded. Exactly the training path of
@@ -118,11 +120,17 @@ def rerun_first_steps(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: in
             os.symlink(ws.stage_dir(stage.parent).resolve(), scratch.stage_dir(stage.parent), target_is_directory=True)
         if ws.image_cache_dir.is_dir():
             os.symlink(ws.image_cache_dir.resolve(), scratch.image_cache_dir, target_is_directory=True)
-        with stop_after(steps):
-            try:
-                _train(stage, run, RunContext(scratch, ctx.registries, catalog=ctx.catalog), "  re-run", "none")
-            except EvidenceComplete as done:
-                return done.evidence
+        before = torch.get_num_threads()
+        if threads:  # the thread count the stage was trained with: CPU sums then round the same way
+            torch.set_num_threads(int(threads))
+        try:
+            with stop_after(steps):
+                try:
+                    _train(stage, run, RunContext(scratch, ctx.registries, catalog=ctx.catalog), "  re-run", "none")
+                except EvidenceComplete as done:
+                    return done.evidence
+        finally:
+            torch.set_num_threads(before)
         return scratch.marker(stage).get("evidence") or {}
 
 
@@ -165,7 +173,7 @@ def _adopt_one(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int, tole
     echo(f"{stage.title} (key {stage.key[:12]}): re-running its first {k} optimiser step(s) under the current code "
          f"to compare with {recorded[0][0].name}")
     try:
-        rerun = rerun_first_steps(stage, run, ctx, k)
+        rerun = rerun_first_steps(stage, run, ctx, k, (recorded[0][1].get("evidence") or {}).get("threads"))
     except UmdbenchError as exc:  # the current code fails where the old one trained: nothing to adopt
         return Outcome(stage, "refused", f"Re-running its first {k} optimiser step(s) under the current code "
                        f"failed: {exc}")

@@ -131,9 +131,12 @@ class EvidenceHook(Hook):
 
     def record(self) -> dict:
         """What ``artifact.json`` keeps under ``evidence``."""
+        # the CPU threads too: a reduction split over another number of threads rounds differently,
+        # so a re-run that is to be bit-identical uses the same number
         return {"format": FORMAT, "steps": len(self.params_sha256) if self.rank == 0 else len(self.losses),
                 "micro_batches": self.micro_batches, "world_size": self.world_size, "losses": self.losses,
-                "params_sha256": self.params_sha256, "params_norm": self.params_norm}
+                "params_sha256": self.params_sha256, "params_norm": self.params_norm,
+                "threads": torch.get_num_threads()}
 
 
 def read(path: Path) -> dict | None:
