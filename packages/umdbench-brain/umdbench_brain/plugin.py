@@ -44,6 +44,7 @@ ENTRIES = {
 _OURS = "our baseline choice (see the brain README: baselines), not the paper's table"
 SEG_METRICS = ["dice", "dice_wt", "dice_tc", "dice_et", "hd95"]
 BRAINMVP_ROW = {"name": "BrainMVP", "pretrain": "brainmvp", "tune": "seg-tmpl"}
+CLS_METRICS = ["accuracy", "auc"]
 
 SUITES = {
     "brain-seg": {
@@ -89,6 +90,23 @@ SUITES = {
             {"name": "scratch", "pretrain": "none", "tune": "seg"},
             {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS},
             dict(BRAINMVP_ROW),
+        ],
+    },
+    # scan classification as the paper evaluates it (its BraTS 2018 HGG vs LGG task): the same
+    # pre-trainings, tuned with `cls` (BrainMVP: `cls-tmpl`, its templates filling absent modalities);
+    # brats2018-grade reads the release from --data-root (a sweep without it lists its cells as
+    # data unavailable)
+    "brain-cls": {
+        "title": "Scan classification (glioma grade, LGG vs HGG): accuracy and AUC (%)",
+        "datasets": ["brainsynth-grade", "brats2018-grade"],
+        "metrics": CLS_METRICS,
+        "plot": "rows",
+        "rows": [
+            {"name": "scratch", "pretrain": "none", "tune": "cls"},
+            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "cls", "note": _OURS},
+            {"name": "SimCLR-3D", "pretrain": "simclr3d", "tune": "cls", "note": _OURS},
+            {"name": "Models Genesis", "pretrain": "models-genesis", "tune": "cls", "note": _OURS},
+            {"name": "BrainMVP", "pretrain": "brainmvp", "tune": "cls-tmpl"},
         ],
     },
     # the paper's ablation order: cross-modal reconstruction, + template view, + contrastive term
