@@ -8,7 +8,7 @@ A plugin is any module (or object) with a function decorated by :data:`hookimpl`
     def umdbench_register(registries):
         registries.pretrain.register_lazy("my-mae", "my_package.mae:MyMAE")
 
-Built-in plugins are registered through this same hook (from ``umdbench/registry.toml``); third-party
+Built-in plugins are registered through this same hook (from ``registry.toml`` at the repository root); third-party
 packages expose their module under the ``umdbench`` entry-point group; a local file can be
 loaded with ``umdbench --plugin-path FILE``.
 """

@@ -1,1 +1,1 @@
-"""Built-in dataset plugins (registered lazily through umdbench/registry.toml)."""
+"""Built-in dataset plugins (registered lazily through registry.toml)."""

@@ -1,6 +1,6 @@
 """The built-in task types: image + text data for VQA, classification, retrieval and pre-training.
 
-Each is registered under its name in ``umdbench/registry.toml`` (kind ``task``). They share the
+Each is registered under its name in ``registry.toml`` (kind ``task``). They share the
 image + text record pipeline of :mod:`umdbench.kit.imagetext` (uint8 images, texts tokenised once,
 CLIP normalisation per batch after the device move) and the shared task head H of
 :mod:`umdbench.kit.tasks`, so every tuning strategy is judged with the same head.

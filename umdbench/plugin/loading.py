@@ -34,7 +34,8 @@ class PluginPathError(UmdbenchError):
 
 
 def registry_toml_path() -> Path:
-    """``umdbench/registry.toml``: the built-in plugins and suites (package data)."""
+    """``registry.toml``: the built-in plugins and suites. The real file is at the repository root;
+    ``umdbench/registry.toml`` links to it, and a wheel build copies it in as package data."""
     return Path(__file__).resolve().parents[1] / "registry.toml"
 
 
