@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark suite: training-step cases, memory probes, FLOP counts.
 
 A training-step case is one strategy at one preset, wrapped exactly as a stage trains it
-(``StageModel`` + ``execute.build_optim_wrapper``), on a synthetic batch of the preset's batch size.
+(``StageModel`` + ``run.builders.build_optim_wrapper``), on a synthetic batch of the preset's batch size.
 ``mode="fast"`` is umdbench as shipped; ``mode="reference"`` is the plain eager reference
 (:mod:`umdbench.models.reference`) on the SAME module and weights.
 """
