@@ -91,4 +91,5 @@ def test_region_names_follow_the_dice_metric():
     from umdbench_brain.plugin import SEG_METRICS, SUITES
 
     assert kit.SEG_METRICS == SEG_METRICS
-    assert all(s["lower_is_better"] == kit.LOWER_IS_BETTER for s in SUITES.values())
+    assert all(s["lower_is_better"] == kit.LOWER_IS_BETTER for s in SUITES.values() if s["metrics"] == SEG_METRICS)
+    assert all("lower_is_better" not in s for s in SUITES.values() if s["metrics"] != SEG_METRICS)  # brain-cls

@@ -123,9 +123,11 @@ def check_pyramid(encoder: torch.nn.Module, volume: torch.Tensor | None = None) 
 
 # -- metric keys ------------------------------------------------------------------------------------
 def region_names(k: int) -> tuple[str, ...]:
-    """The suffixes of per-region metric keys (``dice_<r>``): BraTS's ``wt``, ``tc``, ``et`` for
-    three regions (the datasets' label order), ``r0``, ``r1`` ... otherwise; the dice metric's rule,
-    for a per-region metric to name its keys alike."""
+    """The suffixes of per-region metric keys (``dice_<r>``) when the dataset's label names are not
+    at hand: BraTS's ``wt``, ``tc``, ``et`` for three regions (the datasets' label order), ``r0``,
+    ``r1`` ... otherwise; the dice metric's rule, for a per-region metric to name its keys alike
+    (with ``dataset_meta["label_names"]``, as the evaluation gives them, ``dice`` uses those,
+    lower-cased: ``dice_gm`` for MRBrainS13)."""
     return BRATS_REGIONS if k == 3 else tuple(f"r{i}" for i in range(k))
 
 
