@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.6"
+CONTRACT_VERSION = "1.7"
 
 
 @dataclass(frozen=True)
@@ -333,6 +333,13 @@ class Strategy(nn.Module):
         """Validate the resolved stage config before anything trains (``--dry-run`` included).
         Raise ``ValueError`` naming the bad option and its allowed values; the core reports it
         as one paragraph naming this plugin."""
+
+    @classmethod
+    def check_parent_config(cls, cfg: dict, parent: dict | None, where: str) -> None:
+        """Validate a tuning stage's config against its parent stage's (``parent``: the resolved
+        pre-training config for ``tune.0``, None without pre-training; else the previous tuning
+        stage's), at planning. Raise ``ValueError`` naming both keys, e.g. a template canvas that
+        differs from the one the parent learned; the core reports it as one paragraph."""
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:

@@ -440,6 +440,10 @@ def check_stage_configs(config: dict, registries) -> None:
                                   f"tune.<i>.train.label_fraction instead")
             with registry.guard(stage["type"], f"checking its config ({where})"):
                 registry.get(stage["type"]).check_config(stage)
+    for i, stage in enumerate(config["tune"]):
+        parent = config["pretrain"] if i == 0 else config["tune"][i - 1]
+        with registries.tune.guard(stage["type"], f"checking its config against its parent's (tune.{i})"):
+            registries.tune.get(stage["type"]).check_parent_config(stage, parent, f"tune.{i}")
 
 
 def _data_deviations(config: dict, dataset_cls, registries) -> list[str]:

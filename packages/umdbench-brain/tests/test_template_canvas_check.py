@@ -1,11 +1,10 @@
 """The template canvas of seg-tmpl / cls-tmpl against its parent's, checked on the resolved config
 (pretrain.template_canvas and tune.0.template_canvas are separate keys): a mismatch, a parent that
 learns no templates, or no parent at all is one paragraph at planning instead of a stop at the first
-tuning step after pre-training. The core calls it once it has a cross-stage hook
-(Strategy.check_parent_config); until then the check is the tuning strategy's classmethod."""
+tuning step after pre-training. The core calls it through its cross-stage hook
+(Strategy.check_parent_config) when a run is resolved."""
 import pytest
 
-from umdbench import api
 from umdbench.errors import UmdbenchError
 from umdbench.plan.config import CellSpec, resolve
 from umdbench.plugin import load_plugins
@@ -28,7 +27,8 @@ def test_the_presets_agree_with_their_parent(preset, tune, dataset):
 
 
 def test_a_canvas_mismatch_is_one_paragraph_with_the_fix():
-    config = resolved(**{"pretrain.template_canvas": [40, 40, 40]})
+    config = resolved()  # planning refuses the mismatch itself (last test); the check alone, on a copy
+    config["pretrain"]["template_canvas"] = [40, 40, 40]
     with pytest.raises(ValueError) as err:
         SegTemplateTune.check_parent_config(config["tune"][0], config["pretrain"])
     text = str(err.value)
@@ -40,14 +40,23 @@ def test_a_canvas_mismatch_is_one_paragraph_with_the_fix():
     SegTemplateTune.check_parent_config(fixed["tune"][0], fixed["pretrain"])
 
 
+def _unchecked(pretrain="brainmvp", **overrides):
+    """The resolved config of a cell planning would refuse: its parent swapped in afterwards."""
+    config = resolved()
+    config["pretrain"] = resolved(pretrain, tune="seg")["pretrain"] if pretrain != "none" else None
+    for key, value in overrides.items():
+        config["pretrain"][key.split(".", 1)[1]] = value
+    return config
+
+
 def test_parents_without_templates_are_refused():
-    config = resolved("mae3d")
+    config = _unchecked("mae3d")
     with pytest.raises(ValueError, match="parent pretrain is 'mae3d', which learns none.*`seg` instead"):
         SegTemplateTune.check_parent_config(config["tune"][0], config["pretrain"])
-    config = resolved("none")
+    config = _unchecked("none")
     with pytest.raises(ValueError, match=r"no parent stage \(--pretrain none\)"):
         SegTemplateTune.check_parent_config(config["tune"][0], config["pretrain"])
-    config = resolved(**{"pretrain.w_template": 0.0, "pretrain.w_contrast": 0.0})
+    config = _unchecked(**{"pretrain.w_template": 0.0, "pretrain.w_contrast": 0.0})
     with pytest.raises(ValueError, match="w_template=0.0, so it trains no template view"):
         SegTemplateTune.check_parent_config(config["tune"][0], config["pretrain"])
     # a *-tmpl parent (tune.1 after tune.0) hands its templates on: its canvas is compared
@@ -56,9 +65,6 @@ def test_parents_without_templates_are_refused():
         SegTemplateTune.check_parent_config(config["tune"][0], tmpl_parent, where="tune.1")
 
 
-@pytest.mark.skipif(not hasattr(api.Strategy, "check_parent_config"),
-                    reason="the core has no cross-stage hook yet (Strategy.check_parent_config called from "
-                           "umdbench.plan.config.check_stage_configs); see the brain README")
-def test_planning_refuses_a_mismatch_once_the_core_calls_the_hook():
+def test_planning_refuses_a_mismatch():
     with pytest.raises(UmdbenchError, match="differs from its parent's pretrain.template_canvas"):
         resolved(**{"pretrain.template_canvas": [40, 40, 40]})
