@@ -112,7 +112,7 @@ def _modalities(ctx: DataContext) -> list[str]:
     mods = ctx.model_cfg.get("modalities")
     if not mods:
         raise DataError(f"encoder {ctx.model_cfg.get('type')!r} names no model.modalities; volume task types need "
-                        f"the channel order, e.g. --cfg-options 'model.modalities=["t1","t1c","t2","flair"]'.")
+                        f"the channel order, e.g. --cfg-options 'model.modalities=[\"t1\",\"t1c\",\"t2\",\"flair\"]'.")
     return list(mods)
 
 
