@@ -32,5 +32,8 @@ def test_two_process_ddp_stage(tmp_path):
     row = run_cell(run, stages, ctx)
     assert "overall" in row["metrics"]
     # the row says how each stage was trained, and what of it depends on that (nothing, here)
-    assert row["schedule"][stage.key] == {"world_size": 2, "micro_batches": 1, "exceptions": []}
+    schedule = row["schedule"][stage.key]
+    assert {k: schedule[k] for k in ("world_size", "micro_batches", "exceptions", "device")} == \
+        {"world_size": 2, "micro_batches": 1, "exceptions": [], "device": "cpu"}
+    assert schedule["threads"] >= 1 and schedule["wall_time_s"] > 0  # what a board's compute column counts
     assert ctx.ws.store.get(row["cell_key"])["schedule"] == row["schedule"]

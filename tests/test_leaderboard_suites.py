@@ -169,3 +169,30 @@ def test_an_extra_dataset_is_shown_beyond_the_paper_once_stored(store, tmp_path)
     assert sections[-1] == "## vqa-med-2019" and "## vqa-rad" in sections
     med = md.split("## vqa-med-2019")[1]
     assert "Beyond the paper" in med and "`--datasets vqa-med-2019`" in med and "30.00" in med
+
+
+def test_a_board_shows_the_compute_its_rows_recorded_and_counts_shared_stages_once(tmp_path):
+    """Rows that record their stages' wall time (row schedule) get a compute column (the stages a
+    cell used, mean over seeds) and a footer total that counts a shared stage once."""
+    from umdbench.plan.suites import Suite
+    from umdbench.results.leaderboard import collect_suite_results, render_suite
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    shared = {"world_size": 1, "micro_batches": 1, "threads": 2, "device": "cpu", "wall_time_s": 1800.0}
+    for seed in (0, 1):
+        none = _row("mini", "none", "medsynth", seed, {"overall": 50.0 + seed}, pretrain="none")
+        none["schedule"] = {f"direct-{seed}": {**shared, "wall_time_s": 360.0}}
+        mr = _row("mini", "mr", "medsynth", seed, {"overall": 55.0 + seed})
+        mr["schedule"] = {"pretrain-shared": shared, f"direct-mr-{seed}": {**shared, "wall_time_s": 360.0}}
+        store.add(none)
+        store.add(mr)
+    suite = Suite.from_spec("mini", {"datasets": ["medsynth"], "metrics": ["overall"],
+                                     "rows": [{"name": "none", "pretrain": "none", "tune": "direct"},
+                                              {"name": "mr", "pretrain": "mr", "tune": "direct"}]})
+    results = collect_suite_results(store, suite)["tiny"]
+    text = render_suite(suite, results, "tiny")
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert "compute" in header
+    assert "0.2 core-h" in text and "1.2 core-h" in text  # none: 360 s x 2 threads; mr: + the 1800 s pre-training
+    # footer: 4 tuning stages of 0.2 core-h + the shared pre-training once (1.0) = 1.8
+    assert "training compute** (each trained stage once, however many cells share it): 1.8 core-h over 5 stages" in text

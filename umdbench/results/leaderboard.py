@@ -238,6 +238,9 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
             headers.append(m)
             if m in paper_cols:
                 headers += [f"{m} (paper)", f"Δ {m}"]
+        with_compute = bool(_board_stage_hours(results.all_rows()))  # rows that recorded their stages' time
+        if with_compute:
+            headers.append("compute")
         headers.append("seeds")
         # best values per column
         best_of = {m: (min if m in suite.lower_is_better else max) for m in metrics}
@@ -285,6 +288,8 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                     ptext = "–" if pv is None else (f"**{pv:.2f}**" if pv == best_paper[m] else f"{pv:.2f}")
                     delta = "–" if (pv is None or v is None) else f"{v[0] - pv:+.2f}"
                     line += [ptext, delta]
+            if with_compute:
+                line.append(_cell_compute_text(results.rows.get((name, dataset), [])))
             line.append(seeds or "–")
             table.append(line)
         reported = []  # the paper's baselines umdbench does not implement: first, as in the paper
@@ -301,7 +306,7 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                     if m in paper_cols:
                         pv = paper.value(prow, dataset, m)
                         line += ["–" if pv is None else (f"**{pv:.2f}**" if pv == best_paper[m] else f"{pv:.2f}"), "–"]
-                line.append("–")
+                line += ["–", "–"] if with_compute else ["–"]
                 reported.append(line)
         table = reported + table
         beyond = (f"*Beyond the paper, which does not report {dataset} here (`--datasets {dataset}` runs it).*\n\n"
@@ -371,6 +376,47 @@ def _rank_lines(results: SuiteResults, names, dataset: str, metrics, lower_is_be
     return ("\n" + "\n".join(lines) + f"\n\n<sub>Rank intervals: {intervals.BOOTSTRAP} bootstrap replicates "
             f"drawing the test examples once for all rows and each row's seeds; a row's interval is the 2.5 and 97.5 "
             f"percentiles of its rank over them.</sub>\n")
+
+
+def _stage_hours(entry: dict) -> tuple[str, float] | None:
+    """``(unit, hours)`` of one trained stage from a row's ``schedule``: core-hours on the CPU
+    (wall time x processes x threads), GPU-hours on CUDA (wall time x processes); None when the row
+    predates the record."""
+    wall = entry.get("wall_time_s")
+    if wall is None:
+        return None
+    procs = int(entry.get("world_size", 1))
+    if entry.get("device") == "cuda":
+        return "GPU-h", wall * procs / 3600
+    return "core-h", wall * procs * int(entry.get("threads", 1)) / 3600
+
+
+def _cell_compute_text(rows: list[dict]) -> str:
+    """A cell's training compute: the stages it used (shared ones in full), mean over its seeds."""
+    totals: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        per_unit: dict[str, float] = defaultdict(float)
+        for entry in (row.get("schedule") or {}).values():
+            if (hours := _stage_hours(entry)) is not None:
+                per_unit[hours[0]] += hours[1]
+        for unit, value in per_unit.items():
+            totals[unit].append(value)
+    return ", ".join(f"{statistics.mean(v):.3g} {unit}" for unit, v in sorted(totals.items())) or "–"
+
+
+def _board_stage_hours(rows: list[dict]) -> dict[str, tuple[float, int]]:
+    """``{unit: (hours, stages)}`` over the unique stages of a board's rows: a stage shared by many
+    cells is counted once."""
+    seen: dict[str, tuple[str, float]] = {}
+    for row in rows:
+        for key, entry in (row.get("schedule") or {}).items():
+            if key not in seen and (hours := _stage_hours(entry)) is not None:
+                seen[key] = hours
+    out: dict[str, tuple[float, int]] = {}
+    for unit, value in seen.values():
+        total, n = out.get(unit, (0.0, 0))
+        out[unit] = (total + value, n + 1)
+    return out
 
 
 def _differences(compared: dict, metrics: list[str], reference: str, results: SuiteResults, dataset: str) -> str:
@@ -525,6 +571,10 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
     devices = sorted({r["device"] for r in rows if r.get("device")})
     wall = sum(float(r.get("wall_time_s") or 0) for r in rows)
     lines.append(f"- **compute**: {', '.join(devices) or '–'}; {wall / 3600:.2f} h of cell wall time over {len(rows)} runs")
+    hours = _board_stage_hours(rows)
+    if hours:
+        lines.append("- **training compute** (each trained stage once, however many cells share it): "
+                     + ", ".join(f"{v:.3g} {unit} over {n} stages" for unit, (v, n) in sorted(hours.items())))
     seeds = sorted({r["seed"] for r in rows})
     lines.append(f"- **seeds**: {', '.join(map(str, seeds)) or '–'}")
     commits = sorted({r["git_commit"] for r in rows if r.get("git_commit")})

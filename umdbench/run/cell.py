@@ -106,6 +106,8 @@ def training_schedule(stages: list[Stage], ctx: RunContext) -> dict:
     for stage in stages[:-1]:
         meta = ctx.ws.marker(stage) if ctx.ws.is_trained(stage) else {}
         out[stage.key] = dict(meta.get("data_parallel") or {"world_size": int(meta.get("world_size", 1))})
+        if meta.get("wall_time_s") is not None:
+            out[stage.key]["wall_time_s"] = float(meta["wall_time_s"])
         if meta.get("adopted_from"):
             out[stage.key].update(adopted_from=meta["adopted_from"], adoption=meta.get("adoption") or {})
     return out

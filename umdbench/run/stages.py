@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from umdbench.api import TuneStrategy
 from umdbench.errors import ConfigError, PluginError, UmdbenchError
 from umdbench.plan.config import ResolvedRun
@@ -87,7 +89,8 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     install_safe_loader()
     interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4))) * accum
     model = StageModel(strategy, spec, seed=run.config["seed"])
-    data_parallel = {"world_size": world, "micro_batches": accum}
+    data_parallel = {"world_size": world, "micro_batches": accum, "threads": torch.get_num_threads(),
+                     "device": "cuda" if torch.cuda.is_available() else "cpu"}  # what a compute column counts
     if world > 1:
         from umdbench.run.data_parallel import convert_batch_norm
 
