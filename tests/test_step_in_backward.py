@@ -95,3 +95,14 @@ def test_a_replaced_wrapper_and_its_optimiser_state_are_freed():
     assert sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters()) == hooks_before
     model.train_step(batch, opt)  # the new wrapper steps alone
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_step_in_backward_true_with_several_processes_is_refused_at_planning(tmp_path, capsys):
+    from umdbench.cli import main
+
+    args = ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
+            "--nproc-per-node", "2", "--dry-run", "--cfg-options"]
+    assert main(args + ["tune.0.train.step_in_backward=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tune.0.train.step_in_backward=true cannot be used with 2 processes" in err
+    assert main(args + ["tune.0.train.step_in_backward=auto"]) == 0

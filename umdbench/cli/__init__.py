@@ -121,6 +121,9 @@ def cmd_run(args) -> int:
     cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset or "tiny", seed=args.seed,
                     overrides=overrides, data_root=args.data_root, encoder=args.encoder)
     resolved = resolve(cell, registries)
+    from umdbench.run.step_in_backward import check_processes
+
+    check_processes(resolved.config, launch.world_size)
     note_config(resolved.config)
     _note_unused_data_root(args.data_root, resolved.config)
     ctx = RunContext(args.work_dir, registries)

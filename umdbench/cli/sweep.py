@@ -81,6 +81,11 @@ def cmd_sweep(args) -> int:
     store_path = ctx.ws.store_path
     store = ResultsStore(store_path) if not follower and (store_path.is_file() or not args.dry_run) else None
     plan = plan_sweep(specs, registries, ctx.catalog, store=store, suite=suite.name)
+    from umdbench.run.step_in_backward import check_processes
+
+    for planned in plan.cells:
+        if planned.run is not None:
+            check_processes(planned.run.config, launch.world_size)
     if args.dry_run:
         from umdbench.cli.plancache import note_config
         from umdbench.util import data_root

@@ -26,7 +26,7 @@ import torch
 
 from umdbench.errors import ConfigError
 
-__all__ = ["BUCKET_BYTES", "incompatibility", "step_in_backward_class", "wants_step_in_backward"]
+__all__ = ["BUCKET_BYTES", "check_processes", "incompatibility", "step_in_backward_class", "wants_step_in_backward"]
 
 #: gradient bytes stepped together (the last bucket of a backward pass may be smaller)
 BUCKET_BYTES = 64 << 20
@@ -121,3 +121,16 @@ def step_in_backward_class(base: type) -> type:
 
     StepInBackward.__name__ = f"StepInBackward{base.__name__}"
     return StepInBackward
+
+
+def check_processes(config: dict, processes: int) -> None:
+    """At planning: ``train.step_in_backward: true`` cannot train with several processes (the ranks
+    would fail at their first step, after the torchrun job started), so it is refused here."""
+    if processes <= 1:
+        return
+    stages = [("pretrain", config.get("pretrain")), *((f"tune.{i}", s) for i, s in enumerate(config.get("tune") or []))]
+    for label, stage in stages:
+        if stage and (stage.get("train") or {}).get("step_in_backward") is True:
+            raise ConfigError(f"{label}.train.step_in_backward=true cannot be used with {processes} processes: "
+                              f"distributed training all-reduces the gradients after backward, so no parameter can "
+                              f"be stepped inside it. Set {label}.train.step_in_backward=auto (off under DDP) or false.")
