@@ -19,7 +19,8 @@ from torch import nn
 
 from umdbench.api import Option, PretrainStrategy
 from umdbench.models.heads import projection
-from umdbench.models.objectives import clip_loss, gather_with_grad
+from umdbench.kit import draws
+from umdbench.models.objectives import clip_loss
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 
 
@@ -77,7 +78,7 @@ class CLIPPretrain(PretrainStrategy):
         if self.global_negatives and self.training:
             # every rank sees the global batch: same loss on each rank, and DDP's gradient average
             # of (sum-reduced) feature gradients equals the one-process gradient
-            img, txt = gather_with_grad(img), gather_with_grad(txt)
+            img, txt = draws.gather(img), draws.gather(txt)
         loss, acc = clip_loss(img, txt, self.logit_scale)
         return {"loss_clip": loss, "clip": loss.detach(), "clip_acc": acc, "logit_scale": self.logit_scale.detach().exp()}
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from umdbench import draws
@@ -135,12 +134,6 @@ def feature_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
         return draws.global_mean(per_token.sum(), per_token.numel())
     weight = weight.to(per_token.dtype)
     return draws.global_mean((per_token * weight).sum(), weight.sum())
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` ([b, ...]) of every data-parallel rank along dim 0, in rank order, keeping
-    the autograd graph (:func:`umdbench.draws.gather`)."""
-    return draws.gather(x)
 
 
 def global_itm_sources(image: torch.Tensor, text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

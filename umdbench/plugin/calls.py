@@ -19,7 +19,7 @@ from pathlib import Path
 
 from umdbench.errors import PluginError, UmdbenchError
 
-__all__ = ["PluginRef", "blame", "plugin_errors", "plugin_ref"]
+__all__ = ["PluginRef", "blame", "plugin_errors"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,6 @@ def _root_of(module_name: str) -> str:
             path = Path(path).resolve()
             return str(path.parent if path.name == "__init__.py" else path)
     return ""
-
-
-def plugin_ref(registries, kind: str, name: str) -> PluginRef | None:
-    """The plugin registered as ``kind``/``name``, or None for the core's own (umdbench.*)."""
-    reg = getattr(registries, kind)
-    reg.get(name)  # imported, so its files are known
-    return reg.ref(name)
 
 
 def _inside(filename: str, root: str) -> bool:
