@@ -138,3 +138,17 @@ def test_a_suite_seed_count_must_be_a_whole_number():
     assert Suite.from_spec("s", spec).seeds == 1
     with pytest.raises(ConfigError, match="'seeds' must be a whole number"):
         Suite.from_spec("s", {**spec, "seeds": 0})
+
+
+def test_row_seeds_caps_one_row(registries):
+    """A row's ``seeds`` runs it for seeds 0..N-1 only (an expensive point once); other rows get the
+    sweep's seeds; a bad value is refused when the suite is read."""
+    spec = {"datasets": ["slake"], "title": "t",
+            "rows": [{"name": "a", "pretrain": "none", "tune": "direct"},
+                     {"name": "b", "pretrain": "mr", "tune": "direct", "seeds": 1}]}
+    specs = Suite.from_spec("capped", spec).cell_specs(seeds=3)
+    assert sorted((s.cell_name, s.seed) for s in specs) == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    with pytest.raises(ConfigError, match=r"rows\[1\].*'seeds'"):
+        Suite.from_spec("bad", {**spec, "rows": [spec["rows"][0], {**spec["rows"][1], "seeds": 0}]})
+    causes = get_suite("causes", registries)
+    assert {r.name: r.seeds for r in causes.rows}["MR 3000 steps"] == 1

@@ -23,7 +23,8 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
 
 The grid is rows x vary values x datasets; each grid point is run once per seed. A row's
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
-table of ``"key.path" = value``) applies to that row only.
+table of ``"key.path" = value``) applies to that row only; ``seeds = N`` runs that row for seeds
+0..N-1 only, however many the sweep runs (an expensive point run once; its board shows the count).
 
 ``vary`` sets one value on one key (``key``) or on several keys together (``keys``: each grid
 point gives every key the same value, e.g. Fig. 5's alpha in MR-Pretrain and in TD-Calib). A key
@@ -52,7 +53,7 @@ from umdbench.util import parse_option
 
 SPEC_KEYS = {"title", "paper", "datasets", "extra_datasets", "metrics", "plot", "overrides", "rows", "vary",
              "reference", "dataset_options", "lower_is_better", "seeds"}
-ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note"}
+ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note", "seeds"}
 
 
 
@@ -70,6 +71,7 @@ class SuiteRow:
     paper_row: str | None = None
     inferred: bool = False
     note: str = ""
+    seeds: int | None = None  # at most this many seeds (0..seeds-1) for this row: an expensive point run once
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Suite:
                 overrides=_overrides(raw.get("overrides", {}), f"{where} rows[{i}]"),
                 paper_row=str(raw.get("paper", raw["name"])), inferred=bool(raw.get("inferred", False)),
                 note=str(raw.get("note", "")),
+                seeds=None if "seeds" not in raw else _seeds(raw["seeds"], f"{where} rows[{i}]"),
             ))
         names = [r.name for r in rows]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -226,6 +229,8 @@ class Suite:
         specs = []
         for seed in seed_list:
             for p in self.grid(datasets):
+                if p.row.seeds is not None and seed >= p.row.seeds:
+                    continue  # the row caps its seeds (an expensive point run fewer times; the board shows its count)
                 specs.append(CellSpec(pretrain=p.row.pretrain, tune=p.row.tune, dataset=p.dataset, preset=preset,
                                       seed=seed, overrides=tuple(p.overrides) + tuple(user_overrides),
                                       data_root=data_root, suite=self.name, cell_name=p.cell_name))
