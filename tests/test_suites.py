@@ -150,5 +150,5 @@ def test_row_seeds_caps_one_row(registries):
     assert sorted((s.cell_name, s.seed) for s in specs) == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
     with pytest.raises(ConfigError, match=r"rows\[1\].*'seeds'"):
         Suite.from_spec("bad", {**spec, "rows": [spec["rows"][0], {**spec["rows"][1], "seeds": 0}]})
-    causes = get_suite("causes", registries)
+    causes = get_suite(registries, "causes")
     assert {r.name: r.seeds for r in causes.rows}["MR 3000 steps"] == 1
