@@ -15,6 +15,7 @@ batch 2, with and without checkpointing (the recomputation is counted in backwar
 ``benchmarks/activation-memory.json``, which ``benchmarks.run`` carries into every regeneration of
 BENCHMARKS.md (as it does the GPU section).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,17 @@ GPU_GIB = 80 * 1e9 / 2**30  # an "80 GB" card (H100 80GB: 79.6 GiB usable of 80 
 
 def probe(batch: int, steps: int, checkpointing: bool) -> dict:
     """One memory_probe run in a fresh process (its own allocator, nothing left from the other mode)."""
-    cmd = [sys.executable, "-m", "benchmarks.memory_probe", "--batch", str(batch), "--steps", str(steps),
-           "--set", f"activation_checkpointing={str(checkpointing).lower()}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory_probe",
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--set",
+        f"activation_checkpointing={str(checkpointing).lower()}",
+    ]
     out = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, check=False)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode or not lines:
@@ -57,8 +67,9 @@ print(json.dumps({"batch": case.batch_size, "plain_gflop": plain / 1e9, "checkpo
 
 def count_flops(batch: int) -> dict:
     """Forward + backward FLOPs of the paper MR step with and without checkpointing (fresh process)."""
-    out = subprocess.run([sys.executable, "-c", FLOPS_SCRIPT, str(batch)], cwd=HERE.parent, capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", FLOPS_SCRIPT, str(batch)], cwd=HERE.parent, capture_output=True, text=True, check=False
+    )
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode or not lines:
         raise SystemExit(f"FLOP count failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -88,7 +99,8 @@ def render(data: dict) -> list[str]:
     ratio_step = step["ckpt"] / step["plain"]
     flops = data.get("flops")
     lines = [
-        HEADING, "",
+        HEADING,
+        "",
         f"One MR-Pretrain training step at the `paper` preset (random-init ViT-B/16 at 384 px, RoBERTa-base geometry, "
         f"6 co-attention layers; {plain['precision']}, optimiser stepped in backward, {plain['allocator']}) at batch "
         f"{data['batch']}, each mode in a fresh process, {data['steps']} measured step(s) after one warm-up. "
@@ -112,7 +124,8 @@ def render(data: dict) -> list[str]:
             f"* The price: {flops['checkpointed_gflop'] / flops['plain_gflop']:.2f}x the FLOPs of a step "
             f"({flops['plain_gflop']:.0f} -> {flops['checkpointed_gflop']:.0f} GFLOP forward + backward at batch "
             f"{flops['batch']}, `FlopCounterMode`): the blocks' forward runs again in backward. (Times are not "
-            f"compared: one step each on 2 cores shared with other work; they are in the JSON.)")
+            f"compared: one step each on 2 cores shared with other work; they are in the JSON.)"
+        )
     lines.append(f"* Reproduce: `{data['command']}`.")
     line = gpu_line()
     if line:
@@ -132,7 +145,8 @@ def render(data: dict) -> list[str]:
             f"decoder and the heads: {by_size:.0f} GiB). Batch 256 with checkpointing thus needs about "
             f"{min(by_ratio, by_size):.0f}-{high:.0f} GiB: {'within' if high < 0.9 * GPU_GIB else 'not surely within'} "
             f"an 80 GB GPU ({GPU_GIB:.1f} GiB). `bash benchmarks/gpu_check.sh run` measures it (the MR step at batch "
-            f"256, checkpointed, bf16).")
+            f"256, checkpointed, bf16)."
+        )
     return lines + [""]
 
 
@@ -159,8 +173,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--flops-batch", type=int, default=2)
-    ap.add_argument("--part", choices=("all", "memory", "flops"), default="all",
-                    help="what to measure (the other part is kept from the stored JSON)")
+    ap.add_argument(
+        "--part",
+        choices=("all", "memory", "flops"),
+        default="all",
+        help="what to measure (the other part is kept from the stored JSON)",
+    )
     ap.add_argument("--render", action="store_true", help="only re-write BENCHMARKS.md's section from the JSON")
     args = ap.parse_args(argv)
     if not args.render:
@@ -168,9 +186,15 @@ def main(argv=None) -> int:
 
         data = json.loads(JSON_OUT.read_text()) if JSON_OUT.is_file() and args.part != "all" else {}
         if args.part in ("all", "memory"):
-            data.update({"batch": args.batch, "steps": args.steps,
-                         "command": f"python -m benchmarks.activation_memory --batch {args.batch} --steps {args.steps}",
-                         "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine()})
+            data.update(
+                {
+                    "batch": args.batch,
+                    "steps": args.steps,
+                    "command": f"python -m benchmarks.activation_memory --batch {args.batch} --steps {args.steps}",
+                    "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                    "machine": machine(),
+                }
+            )
             for key, on in (("plain", False), ("checkpointed", True)):
                 data[key] = probe(args.batch, args.steps, on)
                 print(key, json.dumps(data[key]), flush=True)

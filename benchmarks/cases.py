@@ -5,6 +5,7 @@ A training-step case is one strategy at one preset, wrapped exactly as a stage t
 ``mode="fast"`` is umdbench as shipped; ``mode="reference"`` is the plain eager reference
 (:mod:`umdbench.models.reference`) on the SAME module and weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,10 @@ def encoder_cfg(preset: str) -> dict:
     """The preset's encoder; offline, so both towers are random-init encoders of the preset's geometry
     (no CLIP weights here; timing does not depend on the weights) and the text tower uses the packaged
     bert-base-uncased vocabulary (what the paper preset falls back to)."""
-    return deep_merge(copy.deepcopy(ENCODER_PRESETS[preset]), {"text": {"pretrained": None, "tokenizer": "minilm"},
-                                                               "vision": {"pretrained": None}})
+    return deep_merge(
+        copy.deepcopy(ENCODER_PRESETS[preset]),
+        {"text": {"pretrained": None, "tokenizer": "minilm"}, "vision": {"pretrained": None}},
+    )
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -83,8 +86,8 @@ class StepCase:
 
     def set_mode(self, mode: str) -> None:
         """Switch the module to ``mode`` and rebuild its optimiser (fresh AdamW state)."""
-        from umdbench.run.builders import build_optim_wrapper
         from umdbench.models.reference import reference_train_options, set_reference_mode
+        from umdbench.run.builders import build_optim_wrapper
 
         ref = mode == "reference"
         set_reference_mode(self.strategy, ref)
@@ -103,8 +106,9 @@ class StepCase:
 def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0) -> dict:
     from umdbench.models.testing import synthetic_pairs
 
-    batch, _ = synthetic_pairs(batch_size, image_size=int(cfg["image_size"]), max_len=int(cfg["max_text_len"]),
-                               seed=seed, cfg=cfg)
+    batch, _ = synthetic_pairs(
+        batch_size, image_size=int(cfg["image_size"]), max_len=int(cfg["max_text_len"]), seed=seed, cfg=cfg
+    )
     if with_labels:
         g = torch.Generator().manual_seed(seed)
         batch["label"] = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
@@ -112,14 +116,20 @@ def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0
     return batch
 
 
-def build_case(name: str, preset: str, batch_size: int | None = None, seed: int = 0,
-               train_overrides: dict | None = None, encoder_overrides: dict | None = None) -> StepCase:
+def build_case(
+    name: str,
+    preset: str,
+    batch_size: int | None = None,
+    seed: int = 0,
+    train_overrides: dict | None = None,
+    encoder_overrides: dict | None = None,
+) -> StepCase:
     """The case as a stage builds it: ``train_overrides`` on the preset's ``train`` (before the
     optimiser is built; ``activation_checkpointing`` applied as ``_train`` applies it),
     ``encoder_overrides`` merged into :func:`encoder_cfg` (e.g. dropout on at the tiny preset)."""
-    from umdbench.run.builders import special_ids
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
+    from umdbench.run.builders import special_ids
     from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
 
@@ -134,13 +144,16 @@ def build_case(name: str, preset: str, batch_size: int | None = None, seed: int 
     cfg = cls.default_config(preset, "vqa-rad" if tune else None)
     cfg["special_ids"] = special_ids(build_tokenizer(ecfg))
     cfg["train"].update(train_overrides or {})
-    strategy = cls(encoder, cfg, TaskInfo("vqa", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)])) if tune \
+    strategy = (
+        cls(encoder, cfg, TaskInfo("vqa", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)]))
+        if tune
         else cls(encoder, cfg)
+    )
     from umdbench.models.activation_checkpointing import apply_activation_checkpointing
 
     apply_activation_checkpointing(strategy, cfg["train"])
     bs = int(batch_size or cfg["train"]["batch_size"])
-    from umdbench.kit.tasktypes import VQATask, ImageTextPairs
+    from umdbench.kit.tasktypes import ImageTextPairs, VQATask
 
     model = StageModel(strategy, VQATask() if tune else ImageTextPairs())
     model.train()

@@ -1,4 +1,5 @@
 """Benchmark-suite settings: offline hub, quiet logs, and a per-test peak-RSS probe."""
+
 from __future__ import annotations
 
 import os

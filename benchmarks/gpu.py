@@ -10,6 +10,7 @@ samples/s, step FLOPs (``FlopCounterMode``, forward + backward), achieved TFLOP/
 memory, and the projected wall time of the strategy's paper-preset stage (``max_iters`` at its
 ``batch_size``) plus the Table 1 tuning stages (direct / tdcalib / gmcoord on VQA-RAD).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,17 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA) | false")
     ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the hot blocks")
-    ap.add_argument("--activation-checkpointing", action="store_true",
-                    help="train.activation_checkpointing: recompute the encoder blocks in backward (the paper batch "
-                         "on one GPU); the FLOPs then include the recomputation")
-    ap.add_argument("--cells", default="direct,tdcalib,gmcoord",
-                    help="further strategies to measure (pre-training or tuning; tuning ones on VQA-RAD)")
+    ap.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="train.activation_checkpointing: recompute the encoder blocks in backward (the paper batch "
+        "on one GPU); the FLOPs then include the recomputation",
+    )
+    ap.add_argument(
+        "--cells",
+        default="direct,tdcalib,gmcoord",
+        help="further strategies to measure (pre-training or tuning; tuning ones on VQA-RAD)",
+    )
     ap.add_argument("--out", help="also append each result to this JSON-lines file as soon as it is measured")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -45,8 +52,9 @@ def main(argv=None) -> int:
     from umdbench.run.builders import build_optim_wrapper, compile_strategy
 
     def measure(name: str, batch: int, steps: int) -> dict:
-        case = build_case(name, "paper", batch,
-                          train_overrides={"activation_checkpointing": args.activation_checkpointing})
+        case = build_case(
+            name, "paper", batch, train_overrides={"activation_checkpointing": args.activation_checkpointing}
+        )
         case.model.cuda()
         case.batch = {k: v.cuda(non_blocking=True) for k, v in case.batch.items()}
         train = {**case.train, "amp": False if args.amp == "false" else "auto", "compile": args.compile}
@@ -63,12 +71,21 @@ def main(argv=None) -> int:
             case.step()
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
-        out = {"strategy": name, "batch": batch, "s_per_step": dt, "samples_per_s": batch / dt,
-               "gflop_per_step": flops / 1e9, "tflops": flops / dt / 1e12,
-               "mfu": flops / dt / (args.peak_tflops * 1e12), "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30,
-               "paper_max_iters": case.train["max_iters"], "paper_batch": case.train["batch_size"],
-               "amp": type(case.optim).__name__, "device": torch.cuda.get_device_name(0),
-               "activation_checkpointing": args.activation_checkpointing}
+        out = {
+            "strategy": name,
+            "batch": batch,
+            "s_per_step": dt,
+            "samples_per_s": batch / dt,
+            "gflop_per_step": flops / 1e9,
+            "tflops": flops / dt / 1e12,
+            "mfu": flops / dt / (args.peak_tflops * 1e12),
+            "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "paper_max_iters": case.train["max_iters"],
+            "paper_batch": case.train["batch_size"],
+            "amp": type(case.optim).__name__,
+            "device": torch.cuda.get_device_name(0),
+            "activation_checkpointing": args.activation_checkpointing,
+        }
         # projected stage time at the paper's schedule (assumes throughput at --batch holds at the paper batch)
         out["projected_stage_h"] = case.train["max_iters"] * case.train["batch_size"] / out["samples_per_s"] / 3600
         del case

@@ -10,6 +10,7 @@ counted once), and sums ``max_iters x batch_size / samples_per_s`` over its trai
 Evaluation, data loading and start-up are excluded; so is any gain from a larger batch than the one
 measured. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,14 @@ def suite_stage_hours(suite_name: str, seeds: int, data_root: str | None, rates:
 
     registries = get_registries(())
     suite = get_suite(registries, suite_name)
-    specs = suite.cell_specs(seeds=seeds, preset="paper", data_root=data_root,
-                             # planning only: iterations and batches do not depend on where weights come from
-                             user_overrides=(("model.vision.on_missing", "random"),), datasets=None)
+    specs = suite.cell_specs(
+        seeds=seeds,
+        preset="paper",
+        data_root=data_root,
+        # planning only: iterations and batches do not depend on where weights come from
+        user_overrides=(("model.vision.on_missing", "random"),),
+        datasets=None,
+    )
     plan = plan_sweep(specs, registries, DataCatalog(registries), store=None, suite=suite.name)
     hours: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
@@ -55,7 +61,9 @@ def suite_stage_hours(suite_name: str, seeds: int, data_root: str | None, rates:
         if stage.name not in rates:
             missing.add(stage.name)
             continue
-        hours[stage.name] += int(train["max_iters"]) * int(train["batch_size"]) / rates[stage.name]["samples_per_s"] / 3600
+        hours[stage.name] += (
+            int(train["max_iters"]) * int(train["batch_size"]) / rates[stage.name]["samples_per_s"] / 3600
+        )
     return dict(hours), dict(count), missing
 
 
@@ -78,8 +86,10 @@ def main(argv=None) -> int:
         note = f" (no measurement: {', '.join(sorted(missing))})" if missing else ""
         print(f"| {name} | {stages} | {total:.0f}{note} | {top} {hours.get(top, 0) / max(total, 1e-9):.0%} |")
     print()
-    print("throughput used (samples/s at the measured batch): " + ", ".join(
-        f"{k} {v['samples_per_s']:.0f} @ {v['batch']}" for k, v in sorted(rates.items())))
+    print(
+        "throughput used (samples/s at the measured batch): "
+        + ", ".join(f"{k} {v['samples_per_s']:.0f} @ {v['batch']}" for k, v in sorted(rates.items()))
+    )
     return 0
 
 

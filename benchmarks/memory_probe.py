@@ -19,6 +19,7 @@ seen in each phase of the last step (forward, backward, optimiser), so a change 
 the phase that sets the peak. ``--set key=value`` overrides a ``train`` key of the case (values
 parsed as the CLI's --cfg-options values are) before the optimiser is built.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,10 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key")
     args = ap.parse_args(argv)
 
-    from .cases import build_case, peak_rss_mib, reset_peak_rss, rss_mib
     from umdbench.run.builders import use_amp
-
     from umdbench.util import parse_option
+
+    from .cases import build_case, peak_rss_mib, reset_peak_rss, rss_mib
 
     overrides = dict(parse_option(item, "--set") for item in args.set)
     case = build_case(args.strategy, args.preset, args.batch, train_overrides=overrides)
@@ -114,8 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
     from umdbench.run.host_memory import active_allocator
 
     out = {
-        "case": case.label, "allocator": active_allocator(), "precision": "bf16 autocast" if use_amp(case.train) else "fp32",
-        "overrides": args.set, "threads": torch.get_num_threads(),
+        "case": case.label,
+        "allocator": active_allocator(),
+        "precision": "bf16 autocast" if use_amp(case.train) else "fp32",
+        "overrides": args.set,
+        "threads": torch.get_num_threads(),
         "rss_built_gib": round(rss_built / 1024, 3),
         "rss_between_steps_gib": round(rss_between / 1024, 3),
         "peak_rss_gib": round(peak_rss_mib() / 1024, 3),

@@ -6,6 +6,7 @@ generated BraTS 2021-layout fixture.
 ``160,160,104`` at ``UMDBENCH_BENCH_3D_SPACING`` = 1.5 mm, which resamples to BraTS's 240x240x155 at
 1 mm). Skipped when umdbench-brain is not installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,14 @@ def _dataset(root: Path, cache: Path | None):
 
     ds = BraTS2021(root=root / "brats2021")
     records = [r for s in ds.splits for r in ds.records(s)]
-    ctx = DataContext(model_cfg={"modalities": MODALITIES, "roi_size": ROI}, stage_cfg={}, tokenizer=None,
-                      label_names=ds.label_names(), seed=0, cache_dir=cache)
+    ctx = DataContext(
+        model_cfg={"modalities": MODALITIES, "roi_size": ROI},
+        stage_cfg={},
+        tokenizer=None,
+        label_names=ds.label_names(),
+        seed=0,
+        cache_dir=cache,
+    )
     return SegmentationTask().build_dataset(records, ctx, training=True)
 
 
@@ -52,9 +59,16 @@ def _epoch(dataset):
 
 def _info(benchmark, variant):
     benchmark.group = "data-3d"
-    benchmark.extra_info.update({"kind": "data_3d", "variant": variant, "studies": STUDIES,
-                                 "grid": f"{'x'.join(map(str, GRID))} @ {SPACING} mm", "roi": ROI,
-                                 "load_avg_1m": os.getloadavg()[0]})
+    benchmark.extra_info.update(
+        {
+            "kind": "data_3d",
+            "variant": variant,
+            "studies": STUDIES,
+            "grid": f"{'x'.join(map(str, GRID))} @ {SPACING} mm",
+            "roi": ROI,
+            "load_avg_1m": os.getloadavg()[0],
+        }
+    )
 
 
 def test_brain_data_first_epoch(benchmark, fixture_root, tmp_path):

@@ -8,6 +8,7 @@ all three; empty to skip), batch ``UMDBENCH_BENCH_3D_PAPER_BATCH`` (default 1; t
 pre-training / 2 fine-tuning studies do not fit a 2-core box), ``UMDBENCH_BENCH_3D_PAPER_ROUNDS``
 (default 2). Skipped when umdbench-brain is not installed.
 """
+
 from __future__ import annotations
 
 import gc
@@ -27,7 +28,9 @@ PAPER_ROUNDS = int(os.environ.get("UMDBENCH_BENCH_3D_PAPER_ROUNDS", "2"))
 TINY_ROUNDS = int(os.environ.get("UMDBENCH_BENCH_3D_TINY_ROUNDS", "5"))
 
 SPECS = [(name, "tiny", None) for name in STRATEGIES_3D] + [(name, "paper", PAPER_BATCH) for name in PAPER]
-PARAMS = [pytest.param(spec, mode, id=f"{spec[0]}-{spec[1]}-{mode}") for spec in SPECS for mode in ("fast", "reference")]
+PARAMS = [
+    pytest.param(spec, mode, id=f"{spec[0]}-{spec[1]}-{mode}") for spec in SPECS for mode in ("fast", "reference")
+]
 
 _CASES: dict = {}
 
@@ -50,13 +53,22 @@ def test_brain_train_step(benchmark, spec, mode, load_average):
     before = rss_mib()
     exact = reset_peak_rss()
     paper = preset == "paper"
-    benchmark.pedantic(case.step, rounds=PAPER_ROUNDS if paper else TINY_ROUNDS, iterations=1,
-                       warmup_rounds=1)
+    benchmark.pedantic(case.step, rounds=PAPER_ROUNDS if paper else TINY_ROUNDS, iterations=1, warmup_rounds=1)
     peak = peak_rss_mib()
-    info = {"kind": "train_step_3d", "case": case.label, "strategy": name, "preset": preset, "mode": mode,
-            "batch_size": case.batch_size, "params_m": case.num_params() / 1e6, "rss_before_mib": before,
-            "peak_rss_mib": peak, "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (process)",
-            "amp": case.train.get("amp", False), "load_avg_1m": os.getloadavg()[0]}
+    info = {
+        "kind": "train_step_3d",
+        "case": case.label,
+        "strategy": name,
+        "preset": preset,
+        "mode": mode,
+        "batch_size": case.batch_size,
+        "params_m": case.num_params() / 1e6,
+        "rss_before_mib": before,
+        "peak_rss_mib": peak,
+        "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (process)",
+        "amp": case.train.get("amp", False),
+        "load_avg_1m": os.getloadavg()[0],
+    }
     if mode == "fast":
         flops = step_flops(case)
         info["flops_per_step"] = flops

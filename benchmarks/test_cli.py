@@ -1,5 +1,6 @@
 """CLI start-up (``umdbench --help``, ``umdbench list``) and suite planning
 (``umdbench sweep --suite NAME --dry-run``), each a fresh subprocess."""
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,18 @@ def test_sweep_plan(benchmark, suite, tmp_path):
 def test_run_plan(benchmark, tmp_path):
     """`umdbench run --dry-run` of the UMD chain with a warm plan cache."""
     (tmp_path / "wd").mkdir()
-    args = ("run", "--pretrain", "mr", "--tune", "tdcalib+gmcoord", "--dataset", "medsynth", "--dry-run",
-            "--work-dir", str(tmp_path / "wd"))
+    args = (
+        "run",
+        "--pretrain",
+        "mr",
+        "--tune",
+        "tdcalib+gmcoord",
+        "--dataset",
+        "medsynth",
+        "--dry-run",
+        "--work-dir",
+        str(tmp_path / "wd"),
+    )
     _run(*args)
     benchmark.pedantic(_run, args=args, rounds=5, iterations=1)
     _info(benchmark, "umdbench run --pretrain mr --tune tdcalib+gmcoord --dataset medsynth --dry-run (warm)")

@@ -10,6 +10,7 @@
 Image size ``UMDBENCH_BENCH_IMAGE_SIZE`` (default 384, the paper preset); the loader at 96 px (the
 tiny preset) is measured too, to compare with what the tiny model consumes.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,14 +25,23 @@ DATA_ROOT = Path(os.environ.get("UMDBENCH_DATA_ROOT", Path(__file__).resolve().p
 IMAGES = sorted(glob.glob(str(DATA_ROOT / "slake" / "imgs" / "*" / "source.jpg")))
 SIZE = int(os.environ.get("UMDBENCH_BENCH_IMAGE_SIZE", "384"))
 
-pytestmark = pytest.mark.skipif(not IMAGES, reason=f"SLAKE images not found under {DATA_ROOT}/slake/imgs "
-                                                   "(set UMDBENCH_DATA_ROOT)")
+pytestmark = pytest.mark.skipif(
+    not IMAGES, reason=f"SLAKE images not found under {DATA_ROOT}/slake/imgs (set UMDBENCH_DATA_ROOT)"
+)
 
 
 def _info(benchmark, variant, size, n, **extra):
     benchmark.group = f"data {size}px"
-    benchmark.extra_info.update({"kind": "data", "variant": variant, "image_size": size, "images": n,
-                                 "load_avg_1m": os.getloadavg()[0], **extra})
+    benchmark.extra_info.update(
+        {
+            "kind": "data",
+            "variant": variant,
+            "image_size": size,
+            "images": n,
+            "load_avg_1m": os.getloadavg()[0],
+            **extra,
+        }
+    )
 
 
 @pytest.fixture()
@@ -81,18 +91,26 @@ def _dataloader(size, cache):
     from umdbench.api import Record
     from umdbench.data.images import ImageLoader
     from umdbench.kit.imagetext import RecordDataset
-    from umdbench.run.builders import auto_num_workers
     from umdbench.models import build_tokenizer
     from umdbench.models.presets import ENCODER_PRESETS
+    from umdbench.run.builders import auto_num_workers
 
-    records = [Record(uid=str(i), image=p, text="what modality is used to take this image?") for i, p in enumerate(IMAGES)]
+    records = [
+        Record(uid=str(i), image=p, text="what modality is used to take this image?") for i, p in enumerate(IMAGES)
+    ]
     tok = build_tokenizer(ENCODER_PRESETS["tiny"])
     ds = RecordDataset(records, task="pretrain", tokenizer=tok, max_text_len=32, image_loader=ImageLoader(size, cache))
     workers = auto_num_workers("auto")
     import torch
 
-    dl = DataLoader(ds, batch_size=32, shuffle=True, num_workers=workers, persistent_workers=workers > 0,
-                    pin_memory=torch.cuda.is_available())
+    dl = DataLoader(
+        ds,
+        batch_size=32,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
     return dl, workers
 
 

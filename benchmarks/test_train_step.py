@@ -11,6 +11,7 @@ includes the weights, the optimiser state created in the warm-up step and the pr
 ``UMDBENCH_BENCH_PAPER_BATCH`` (default 2), timed over ``UMDBENCH_BENCH_PAPER_ROUNDS`` rounds
 (default 5, the issue-16 median; each takes 7-20 s on 2 CPU cores).
 """
+
 from __future__ import annotations
 
 import gc
@@ -29,7 +30,9 @@ PAPER_BATCH = int(os.environ.get("UMDBENCH_BENCH_PAPER_BATCH", "2"))
 PAPER_ROUNDS = int(os.environ.get("UMDBENCH_BENCH_PAPER_ROUNDS", "5"))
 
 SPECS = [(name, "tiny", None) for name in PRETRAIN + TUNE] + [(name, "paper", PAPER_BATCH) for name in PAPER]
-PARAMS = [pytest.param(spec, mode, id=f"{spec[0]}-{spec[1]}-{mode}") for spec in SPECS for mode in ("fast", "reference")]
+PARAMS = [
+    pytest.param(spec, mode, id=f"{spec[0]}-{spec[1]}-{mode}") for spec in SPECS for mode in ("fast", "reference")
+]
 
 _CASES: dict = {}
 
@@ -54,11 +57,21 @@ def test_train_step(benchmark, spec, mode, load_average):
     paper = preset == "paper"
     benchmark.pedantic(case.step, rounds=PAPER_ROUNDS if paper else 6, iterations=1, warmup_rounds=1 if paper else 2)
     peak = peak_rss_mib()
-    info = {"kind": "train_step", "case": case.label, "strategy": name, "preset": preset, "mode": mode,
-            "batch_size": case.batch_size, "params_m": case.num_params() / 1e6, "rss_before_mib": before,
-            "precision": ("bf16 autocast" if use_amp(case.train) else "fp32") if mode == "fast" else "fp32",
-            "peak_rss_mib": peak, "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (process)",
-            "load_avg_1m": os.getloadavg()[0], "allocator": active_allocator()}
+    info = {
+        "kind": "train_step",
+        "case": case.label,
+        "strategy": name,
+        "preset": preset,
+        "mode": mode,
+        "batch_size": case.batch_size,
+        "params_m": case.num_params() / 1e6,
+        "rss_before_mib": before,
+        "precision": ("bf16 autocast" if use_amp(case.train) else "fp32") if mode == "fast" else "fp32",
+        "peak_rss_mib": peak,
+        "peak_rss_method": "VmHWM after clear_refs" if exact else "ru_maxrss (process)",
+        "load_avg_1m": os.getloadavg()[0],
+        "allocator": active_allocator(),
+    }
     if mode == "fast" and name == "mr":
         info["flops_per_step"] = step_flops(case)
     benchmark.extra_info.update(info)

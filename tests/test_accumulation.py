@@ -1,6 +1,7 @@
 """Gradient accumulation (``train.accumulative_counts``): N micro-batches per optimiser step give
 the update of the whole batch, the schedule counts optimiser steps, and a bad value is a one-
 paragraph config error before anything trains."""
+
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def _step_gradients(accum: int) -> dict[str, torch.Tensor]:
     optim.step = recording_step
     micro = 8 // accum
     for i in range(accum):
-        case.model.train_step({k: v[i * micro:(i + 1) * micro] for k, v in case.batch.items()}, optim)
+        case.model.train_step({k: v[i * micro : (i + 1) * micro] for k, v in case.batch.items()}, optim)
     assert len(seen) == 1, "one optimiser step per accumulated batch"
     return seen[0]
 

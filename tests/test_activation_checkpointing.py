@@ -1,6 +1,7 @@
 """Activation checkpointing (``train.activation_checkpointing``): the encoder blocks recompute
 their activations in backward, the updates are those of the plain step (dropout included: the RNG
 state is replayed), and the option stays out of the stage key."""
+
 import copy
 
 import pytest
@@ -23,8 +24,9 @@ BF16_IN_BACKWARD = {"amp": "bf16", "step_in_backward": True, "grad_clip": None}
 def _two_steps(name: str, checkpointing: bool, dropout: bool, train: dict | None = None) -> dict:
     """The strategy's state after 2 optimiser steps from seed 3 (the EMA teacher included)."""
     overrides = {**(train or {}), "activation_checkpointing": checkpointing}
-    case = build_case(name, "tiny", batch_size=4, seed=3, train_overrides=overrides,
-                      encoder_overrides=DROPOUT if dropout else None)
+    case = build_case(
+        name, "tiny", batch_size=4, seed=3, train_overrides=overrides, encoder_overrides=DROPOUT if dropout else None
+    )
     assert all(is_checkpointed(b) == checkpointing for b in case.strategy.encoder.checkpoint_targets())
     optim = build_optim_wrapper(case.strategy, case.train)
     if not dropout:
@@ -40,12 +42,16 @@ def _max_abs_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
-@pytest.mark.parametrize("name, dropout, train", [
-    ("mr", True, None),
-    ("mr", True, BF16_IN_BACKWARD),  # the paper preset's path: bf16 autocast, optimiser stepped in backward
-    ("tdcalib", False, None),
-    ("direct", True, None),
-], ids=["mr-dropout", "mr-dropout-bf16-step-in-backward", "tdcalib", "direct-dropout"])
+@pytest.mark.parametrize(
+    "name, dropout, train",
+    [
+        ("mr", True, None),
+        ("mr", True, BF16_IN_BACKWARD),  # the paper preset's path: bf16 autocast, optimiser stepped in backward
+        ("tdcalib", False, None),
+        ("direct", True, None),
+    ],
+    ids=["mr-dropout", "mr-dropout-bf16-step-in-backward", "tdcalib", "direct-dropout"],
+)
 def test_two_steps_give_the_same_parameters(name, dropout, train):
     plain, checkpointed = _two_steps(name, False, dropout, train), _two_steps(name, True, dropout, train)
     start = build_case(name, "tiny", batch_size=4, seed=3).strategy.state_dict()
@@ -84,8 +90,9 @@ def _saved_bytes(case) -> int:
 
 def test_checkpointed_blocks_keep_only_their_inputs():
     plain = _saved_bytes(build_case("direct", "tiny", batch_size=8))
-    checkpointed = _saved_bytes(build_case("direct", "tiny", batch_size=8,
-                                           train_overrides={"activation_checkpointing": True}))
+    checkpointed = _saved_bytes(
+        build_case("direct", "tiny", batch_size=8, train_overrides={"activation_checkpointing": True})
+    )
     assert checkpointed < 0.5 * plain
 
 
@@ -123,8 +130,9 @@ def _plan_keys(*overrides) -> tuple[list[str], dict]:
 def test_the_option_stays_out_of_the_stage_keys_and_bad_values_fail_at_planning():
     keys, config = _plan_keys()
     assert config["pretrain"]["train"]["activation_checkpointing"] is False  # listed, so --cfg-options can set it
-    on_keys, on_config = _plan_keys(("pretrain.train.activation_checkpointing", True),
-                                    ("tune.*.train.activation_checkpointing", True))
+    on_keys, on_config = _plan_keys(
+        ("pretrain.train.activation_checkpointing", True), ("tune.*.train.activation_checkpointing", True)
+    )
     assert on_config["pretrain"]["train"]["activation_checkpointing"] is True
     assert all(t["train"]["activation_checkpointing"] is True for t in on_config["tune"])
     assert on_keys == keys
@@ -135,8 +143,11 @@ def test_the_option_stays_out_of_the_stage_keys_and_bad_values_fail_at_planning(
 def test_with_compile_it_is_refused_at_planning_and_when_applied():
     """Compiled blocks redraw their dropout masks in the recomputation (measured: 4e-3 apart after
     two tiny direct steps with dropout), so the pair would change numbers outside the stage key."""
-    with pytest.raises(ConfigError, match=r"tune\.1\.train\.activation_checkpointing=true cannot be combined with "
-                                          r"tune\.1\.train\.compile=true.*tune\.1\.train\.compile=false"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tune\.1\.train\.activation_checkpointing=true cannot be combined with "
+        r"tune\.1\.train\.compile=true.*tune\.1\.train\.compile=false",
+    ):
         _plan_keys(("tune.1.train.activation_checkpointing", True), ("tune.1.train.compile", True))
     case = build_case("direct", "tiny", batch_size=2)
     with pytest.raises(ConfigError, match="train.compile=false"):

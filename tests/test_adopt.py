@@ -5,6 +5,7 @@ One tiny MR-Pretrain -> direct cell is trained once (3 steps each); every test w
 that work dir. A code change is simulated in-process, never by editing the shared tree: codekey's
 source reader returns a comment-only edit of a module every stage runs (new keys, same numbers),
 and a strategy's forward is patched for a change that alters the numbers."""
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,26 @@ from umdbench.plan import codekey
 from umdbench.results.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["pretrain.train.max_iters=3", "pretrain.train.batch_size=4", "pretrain.corpus.options.n=16",
-        "tune.*.train.max_iters=3", "tune.*.train.batch_size=4", "dataset.options.n_train=16",
-        "dataset.options.n_val=4", "dataset.options.n_test=8", "data.num_workers=0"]
+TINY = [
+    "pretrain.train.max_iters=3",
+    "pretrain.train.batch_size=4",
+    "pretrain.corpus.options.n=16",
+    "tune.*.train.max_iters=3",
+    "tune.*.train.batch_size=4",
+    "dataset.options.n_train=16",
+    "dataset.options.n_val=4",
+    "dataset.options.n_test=8",
+    "data.num_workers=0",
+]
 CELL = ["--pretrain", "mr", "--tune", "direct", "--dataset", "medsynth", "--cfg-options", *TINY]
-SUITE_PLUGIN = '''
+SUITE_PLUGIN = """
 from umdbench.hookspecs import hookimpl
 
 @hookimpl
 def umdbench_register(registries):
     registries.suite.register("adopt-mini", {"title": "one cell", "datasets": ["medsynth"], "metrics": ["overall"],
                                              "rows": [{"name": "mr", "pretrain": "mr", "tune": "direct"}]})
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +64,7 @@ def trained(tmp_path_factory):
 
 def copy_of(trained: Path, tmp_path: Path) -> Path:
     """A work dir of its own: weights hard-linked (never written in place), the rest copied."""
+
     def copy(src, dst):
         return os.link(src, dst) if src.endswith(".safetensors") else shutil.copy2(src, dst)
 
@@ -64,16 +74,20 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
 
 
 def stage_folders(work: Path) -> dict[str, dict]:
-    return {p.name: json.loads((p / "artifact.json").read_text())
-            for p in sorted((work / "stages").iterdir()) if (p / "artifact.json").is_file()}
+    return {
+        p.name: json.loads((p / "artifact.json").read_text())
+        for p in sorted((work / "stages").iterdir())
+        if (p / "artifact.json").is_file()
+    }
 
 
 def comment_edit(monkeypatch) -> None:
     """The keys of a comment-only edit of a module every stage runs: new keys, same numbers."""
     original = codekey.read_source
     target = (REPO / "umdbench/run/builders.py").resolve()
-    monkeypatch.setattr(codekey, "read_source",
-                        lambda p: original(p) + (b"\n# a comment\n" if Path(p).resolve() == target else b""))
+    monkeypatch.setattr(
+        codekey, "read_source", lambda p: original(p) + (b"\n# a comment\n" if Path(p).resolve() == target else b"")
+    )
     codekey.clear_caches()
 
 
@@ -108,7 +122,9 @@ def test_adopt_after_a_comment_only_edit_reuses_every_stage(trained, tmp_path, c
         assert marker["evidence"] == source["evidence"]  # the steps of the run that made these weights
     for folder in new:  # the very weights, not a copy that could differ
         src = next(k for k, v in old.items() if v["key"] == new[folder]["adopted_from"])
-        assert (work / "stages" / folder / "model.safetensors").stat().st_ino == (work / "stages" / src / "model.safetensors").stat().st_ino
+        assert (work / "stages" / folder / "model.safetensors").stat().st_ino == (
+            work / "stages" / src / "model.safetensors"
+        ).stat().st_ino
 
     # the finished stages now plan as cached, for the sweep and for run
     code, out = cli(["sweep", *suite, "--dry-run"], capsys)
@@ -121,8 +137,11 @@ def test_adopt_after_a_comment_only_edit_reuses_every_stage(trained, tmp_path, c
     # run evaluates without training; the row says which stages were adopted, from what
     code, out = cli(["run", *CELL, "--work-dir", work], capsys)
     assert code == 0 and out.count("reusing cached artifact") == 2 and "training 3 iters" not in out, out
-    rows = [r for r in ResultsStore(work / "results.sqlite").rows() if r["cell_key"] not in
-            {r0["cell_key"] for r0 in ResultsStore(trained / "results.sqlite").rows()}]
+    rows = [
+        r
+        for r in ResultsStore(work / "results.sqlite").rows()
+        if r["cell_key"] not in {r0["cell_key"] for r0 in ResultsStore(trained / "results.sqlite").rows()}
+    ]
     assert len(rows) == 1
     schedule = rows[0]["schedule"]
     assert {s["adopted_from"] for s in schedule.values()} == old_keys

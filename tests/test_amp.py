@@ -2,6 +2,7 @@
 AVX-512 BF16 / AMX), fp32 at tiny; the decision is resolved when the run is planned, so the
 saved config and the stage key say which precision trained a stage; bf16 training follows the
 fp32 loss curve; GM-Coord's contributions and noise stay fp32."""
+
 from __future__ import annotations
 
 import pytest
@@ -46,8 +47,9 @@ def test_presets_and_plan_record_the_precision(registries, monkeypatch):
     monkeypatch.setattr(util, "cpu_native_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     offline = (("model.vision.on_missing", "random"),)  # no CLIP weights offline: opt into random init
-    paper = resolve(CellSpec("mr", ("tdcalib", "gmcoord"), "medsynth", preset="paper", overrides=offline),
-                    registries).config
+    paper = resolve(
+        CellSpec("mr", ("tdcalib", "gmcoord"), "medsynth", preset="paper", overrides=offline), registries
+    ).config
     # "auto" is resolved at planning: the saved config names what applies on this machine
     assert [s["train"]["amp"] for s in [paper["pretrain"], *paper["tune"]]] == ["bf16"] * 3
     monkeypatch.setattr(util, "cpu_native_bf16", lambda: False)

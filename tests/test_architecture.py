@@ -7,6 +7,7 @@ under ``if TYPE_CHECKING:`` (they still say which way the dependency points). A 
 ``__init__`` is a module of its own: ``from umdbench.plugin import get_registries`` depends on
 ``umdbench.plugin``, ``from umdbench.cli import data`` on the submodule ``umdbench.cli.data``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -182,17 +183,20 @@ def test_the_walk_sees_the_package():
 
 
 def test_every_module_has_a_layer():
-    unmapped = sorted({m for m in MODULES if layer_of(m) is None}
-                      | {i.target for i in IMPORTS if layer_of(i.target) is None})
-    assert not unmapped, ("modules missing from LAYERS in tests/test_architecture.py (add them to a layer): "
-                          + ", ".join(unmapped))
+    unmapped = sorted(
+        {m for m in MODULES if layer_of(m) is None} | {i.target for i in IMPORTS if layer_of(i.target) is None}
+    )
+    assert not unmapped, (
+        "modules missing from LAYERS in tests/test_architecture.py (add them to a layer): " + ", ".join(unmapped)
+    )
 
 
 def test_imports_that_do_not_resolve_to_a_module_file():
     # a stale path after a move (e.g. `from umdbench.suites import ...`) fails here with its file:line
     missing = [i for i in IMPORTS if i.target not in MODULES]
     assert not missing, "imports of umdbench modules that do not exist:\n" + "\n".join(
-        f"  {i.where()}  ({i.target})" for i in missing)
+        f"  {i.where()}  ({i.target})" for i in missing
+    )
 
 
 def test_no_module_imports_a_higher_layer():
@@ -201,9 +205,12 @@ def test_no_module_imports_a_higher_layer():
         src, dst = layer_of(imp.source), layer_of(imp.target)
         if src is not None and dst is not None and dst > src:
             upward.append(f"  {imp.where()}\n      {imp.source} (layer {src}) -> {imp.target} (layer {dst})")
-    assert not upward, (f"{len(upward)} import(s) point up the layers (lowest first: "
-                        + " < ".join("/".join(n.removeprefix("umdbench.") for n in names) for names in LAYERS)
-                        + "); move the shared code down or invert the dependency:\n" + "\n".join(upward))
+    assert not upward, (
+        f"{len(upward)} import(s) point up the layers (lowest first: "
+        + " < ".join("/".join(n.removeprefix("umdbench.") for n in names) for names in LAYERS)
+        + "); move the shared code down or invert the dependency:\n"
+        + "\n".join(upward)
+    )
 
 
 def test_no_import_cycles():
@@ -231,13 +238,18 @@ def test_layer_table_maps_packages_and_exact_modules():
 
 
 def test_import_light_entry_points_do_not_import_torch():
-    code = ("import sys\nimport umdbench.plugin, umdbench.hookspecs, umdbench.errors\n"
-            "print(sorted(m for m in ('torch', 'umdbench.api') if m in sys.modules))")
+    code = (
+        "import sys\nimport umdbench.plugin, umdbench.hookspecs, umdbench.errors\n"
+        "print(sorted(m for m in ('torch', 'umdbench.api') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-    help_ = subprocess.run([sys.executable, "-X", "importtime", "-m", "umdbench.cli", "--help"],
-                           capture_output=True, text=True, cwd=ROOT)
+    help_ = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "umdbench.cli", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert help_.returncode == 0 and "usage: umdbench" in help_.stdout, help_.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in help_.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in help_.stderr.splitlines() if line.startswith("import time:")
+    }
     assert "torch" not in imported and "umdbench.cli" in imported

@@ -1,6 +1,7 @@
 """Attention dropout on the CPU takes the bf16-capable explicit path (not torch's upcasting math
 fallback) with the same mathematics, and the EMA teacher pass runs under inference_mode unless a
 quirk needs its graph."""
+
 from __future__ import annotations
 
 import torch

@@ -1,13 +1,13 @@
 """Bad input ends in the documented one-paragraph error (exit 2), never a traceback: a
 decompression-bomb image, a non-UTF-8 annotation file, a garbled artifact.json, a work dir moved
 with a half-trained stage, a directory symlink loop, a leaderboard over old or incomplete stores."""
+
 import json
 import shutil
 import sqlite3
 
 import pytest
 from PIL import Image
-
 from test_data_validation import make_vqa_rad, one_paragraph_error, run
 
 from umdbench.cli import main
@@ -23,6 +23,7 @@ def pixel_limit(monkeypatch):
 
     def set_limit(pixels):
         monkeypatch.setattr(data_check, "MAX_IMAGE_PIXELS", pixels)
+
     return set_limit
 
 
@@ -44,14 +45,30 @@ def test_decompression_bomb_is_one_paragraph_naming_the_file(tmp_path, capsys, p
 def test_non_utf8_annotation_json_is_one_paragraph_in_run_sweep_and_check(tmp_path, capsys):
     folder = make_vqa_rad(tmp_path / "data")
     (folder / "testset.json").write_bytes(
-        json.dumps([{"qid": 1, "question": "caf\u00e9?"}]).encode("utf-8").replace(b"\\u00e9", b"\xe9"))
+        json.dumps([{"qid": 1, "question": "caf\u00e9?"}]).encode("utf-8").replace(b"\\u00e9", b"\xe9")
+    )
     assert main(run(tmp_path / "data", tmp_path / "work")) == 2
     err = one_paragraph_error(capsys)
     assert "testset.json: not UTF-8 text" in err and "fix:" in err
 
     # a sweep lists the cell as 'data unavailable', naming the file
-    assert main(["sweep", "--suite", "table4", "--datasets", "vqa-rad", "--dry-run", "--data-root",
-                 str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--suite",
+                "table4",
+                "--datasets",
+                "vqa-rad",
+                "--dry-run",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--work-dir",
+                str(tmp_path / "work"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "testset.json: not UTF-8 text" in out and "Traceback" not in out
 
@@ -70,13 +87,32 @@ def test_melinda_csv_that_is_not_utf8_is_a_data_error(tmp_path):
         Melinda(root=tmp_path).records("train")
 
 
-SMALL = ["model.image_size=32", "data.num_workers=0", "data.eval_batch_size=50", "dataset.options.n_train=32",
-         "dataset.options.n_val=10", "dataset.options.n_test=20", "tune.0.train.batch_size=8"]
+SMALL = [
+    "model.image_size=32",
+    "data.num_workers=0",
+    "data.eval_batch_size=50",
+    "dataset.options.n_train=32",
+    "dataset.options.n_val=10",
+    "dataset.options.n_test=20",
+    "tune.0.train.batch_size=8",
+]
 
 
 def medsynth(work, *options):
-    return ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work),
-            "--cfg-options", *SMALL, *options]
+    return [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        *SMALL,
+        *options,
+    ]
 
 
 @pytest.mark.slow
@@ -134,8 +170,25 @@ def test_a_directory_symlink_loop_does_not_crash_the_fingerprint(tmp_path, capsy
     (folder / "images" / "again").symlink_to(folder / "images", target_is_directory=True)
     names = [name for name, _ in list_images(folder / "images")]
     assert len(names) == len(set(names)) and "synpic0.jpg" in names
-    assert main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "vqa-rad", "--data-root",
-                 str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--pretrain",
+                "none",
+                "--tune",
+                "direct",
+                "--dataset",
+                "vqa-rad",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
 
 
 OLD_SCHEMA = """CREATE TABLE runs (
@@ -150,10 +203,17 @@ def old_store(path, n=2):
     con = sqlite3.connect(path)
     con.executescript(OLD_SCHEMA)
     for seed in range(n):
-        con.execute("INSERT INTO runs VALUES (?,NULL,NULL,'mr','direct','medsynth','tiny',?,?,?,'h','[]',?,NULL,'fp',"
-                    "1.0,NULL,'2024-01-01T00:00:00')",
-                    (f"key{seed}", seed, json.dumps({"overall": 50.0 + seed}), json.dumps({"dataset": {}}),
-                     "abc123" if seed else None))
+        con.execute(
+            "INSERT INTO runs VALUES (?,NULL,NULL,'mr','direct','medsynth','tiny',?,?,?,'h','[]',?,NULL,'fp',"
+            "1.0,NULL,'2024-01-01T00:00:00')",
+            (
+                f"key{seed}",
+                seed,
+                json.dumps({"overall": 50.0 + seed}),
+                json.dumps({"dataset": {}}),
+                "abc123" if seed else None,
+            ),
+        )
     con.commit()
     con.close()
 

@@ -1,7 +1,8 @@
 """Image-free reference points: majority answer and question-only classifier."""
+
 from umdbench.api import Record
-from umdbench.results.baselines import majority_baseline, question_only_baseline
 from umdbench.cli import main
+from umdbench.results.baselines import majority_baseline, question_only_baseline
 
 
 def _rec(q, a, t):
@@ -42,11 +43,31 @@ def test_cli_baselines_kept_under_the_fingerprint_a_run_records(tmp_path, capsys
     opts = ["n_train=400", "n_test=200", "n_val=20"]
     work = tmp_path / "wd"
     assert main(["baselines", "medsynth", "--cfg-options", *opts, "--work-dir", str(work)]) == 0
-    printed = {" ".join(line.split()[2:4]): float(line.split("overall=")[1].split()[0])
-               for line in capsys.readouterr().out.splitlines() if "overall=" in line}
-    assert main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work),
-                 "--cfg-options", "tune.0.train.max_iters=2", "data.num_workers=0",
-                 *[f"dataset.options.{o}" for o in opts]]) == 0
+    printed = {
+        " ".join(line.split()[2:4]): float(line.split("overall=")[1].split()[0])
+        for line in capsys.readouterr().out.splitlines()
+        if "overall=" in line
+    }
+    assert (
+        main(
+            [
+                "run",
+                "--pretrain",
+                "none",
+                "--tune",
+                "direct",
+                "--dataset",
+                "medsynth",
+                "--work-dir",
+                str(work),
+                "--cfg-options",
+                "tune.0.train.max_iters=2",
+                "data.num_workers=0",
+                *[f"dataset.options.{o}" for o in opts],
+            ]
+        )
+        == 0
+    )
     row = ResultsStore(Workspace(work).store_path).rows()[0]
     kept = json.loads(Workspace(work).reference_points_path.read_text())
     assert list(kept) == [reference_key("medsynth", "test", row["data_fingerprint"])]
@@ -59,21 +80,38 @@ def test_cli_baselines_of_a_whole_work_dir(tmp_path, capsys):
     on, read with the rows' own dataset options, and skips what it has kept already."""
     import json
 
+    from umdbench.plugin import get_registries
     from umdbench.results.baselines import question_only_baseline
     from umdbench.results.store import ResultsStore
-    from umdbench.plugin import get_registries
     from umdbench.run.workspace import Workspace
 
     work = tmp_path / "wd"
     opts = ["n_train=300", "n_test=120", "n_val=20"]
-    assert main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work),
-                 "--cfg-options", "tune.0.train.max_iters=2", "data.num_workers=0",
-                 *[f"dataset.options.{o}" for o in opts]]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--pretrain",
+                "none",
+                "--tune",
+                "direct",
+                "--dataset",
+                "medsynth",
+                "--work-dir",
+                str(work),
+                "--cfg-options",
+                "tune.0.train.max_iters=2",
+                "data.num_workers=0",
+                *[f"dataset.options.{o}" for o in opts],
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["baselines", "--work-dir", str(work)]) == 0
     kept = json.loads(Workspace(work).reference_points_path.read_text())
     row = ResultsStore(Workspace(work).store_path).rows()[0]
-    (key, points), = kept.items()
+    ((key, points),) = kept.items()
     assert key == f"medsynth|test|{row['data_fingerprint']}"
     data = get_registries().dataset.get("medsynth")(root=None, n_train=300, n_test=120, n_val=20)
     assert points["question only"] == question_only_baseline(data.records("train"), data.records("test"))
@@ -81,8 +119,13 @@ def test_cli_baselines_of_a_whole_work_dir(tmp_path, capsys):
     assert "medsynth test: kept already" in capsys.readouterr().out
     assert main(["baselines"]) == 2  # neither a dataset nor a work dir: the one-line error, exit 2
     # a row whose data is not on this machine is skipped with its reason; the others are kept
-    ghost = dict(row, cell_key="ghost", dataset="vqa-rad", data_fingerprint="gone",
-                 config={"dataset": {"type": "vqa-rad", "root": str(tmp_path / "absent"), "options": {}}})
+    ghost = dict(
+        row,
+        cell_key="ghost",
+        dataset="vqa-rad",
+        data_fingerprint="gone",
+        config={"dataset": {"type": "vqa-rad", "root": str(tmp_path / "absent"), "options": {}}},
+    )
     ResultsStore(Workspace(work).store_path).add(ghost)
     capsys.readouterr()
     assert main(["baselines", "--work-dir", str(work)]) == 0

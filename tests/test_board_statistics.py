@@ -1,4 +1,5 @@
 """The boards' multiple-comparison control and rank intervals, checked by simulation."""
+
 import numpy as np
 import pytest
 
@@ -15,8 +16,9 @@ def test_holm_adjusts_step_down_and_stays_monotone():
 
 def _table(rng, n, shifts, seeds):
     difficulty = rng.uniform(0.2, 0.9, n)  # per-example, shared by every row: the rows are paired
-    return {f"r{i}": (rng.random((seeds, n)) < np.clip(difficulty + s, 0, 1)).astype(float)
-            for i, s in enumerate(shifts)}
+    return {
+        f"r{i}": (rng.random((seeds, n)) < np.clip(difficulty + s, 0, 1)).astype(float) for i, s in enumerate(shifts)
+    }
 
 
 def test_over_null_tables_the_family_wise_false_positive_rate_stays_at_five_percent():

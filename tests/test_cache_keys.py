@@ -5,6 +5,7 @@ Files are never edited in the repository (other processes read the same tree): a
 copied to tmp_path, and codekey's one source reader is swapped for one that returns an edited copy
 of the file being "edited".
 """
+
 import json
 import sys
 import textwrap
@@ -40,8 +41,13 @@ def plan_keys(spec: CellSpec, registries=None) -> list[str]:
 
 MR_CELL = CellSpec("mr", ("tdcalib", "direct"), "medsynth")
 # a 3-D cell of the umdbench-brain package (its own encoder, task types and strategies)
-BRAIN_SMALL = ("model.roi_size=16", "dataset.options.canvas=32", "dataset.options.n_train=4",
-               "dataset.options.n_val=2", "dataset.options.n_test=2")
+BRAIN_SMALL = (
+    "model.roi_size=16",
+    "dataset.options.canvas=32",
+    "dataset.options.n_train=4",
+    "dataset.options.n_val=2",
+    "dataset.options.n_test=2",
+)
 BRAIN_CELL = CellSpec("mae3d", ("seg",), "brainsynth", overrides=tuple(parse_override(o) for o in BRAIN_SMALL))
 
 
@@ -65,15 +71,18 @@ def edited(monkeypatch, path: str) -> list:
     return hits
 
 
-@pytest.mark.parametrize("path", [
-    "umdbench/data/images.py",  # the image loader
-    "umdbench/run/stages.py",  # the training loop
-    "umdbench/run/builders.py",  # optimiser, schedule, runner
-    "umdbench/api.py",  # the plugin contract
-    "umdbench/kit/tasktypes.py",  # VQA batches and the shared head
-    "umdbench/models/encoder.py",  # the co-attention encoder
-    "plugins/datasets/medsynth.py",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "umdbench/data/images.py",  # the image loader
+        "umdbench/run/stages.py",  # the training loop
+        "umdbench/run/builders.py",  # optimiser, schedule, runner
+        "umdbench/api.py",  # the plugin contract
+        "umdbench/kit/tasktypes.py",  # VQA batches and the shared head
+        "umdbench/models/encoder.py",  # the co-attention encoder
+        "plugins/datasets/medsynth.py",
+    ],
+)
 def test_editing_a_module_every_stage_runs_changes_every_key(monkeypatch, path):
     before = plan_keys(MR_CELL)
     edited(monkeypatch, path)
@@ -85,12 +94,15 @@ def test_editing_a_module_every_stage_runs_changes_every_key(monkeypatch, path):
 UMD_CELL = CellSpec("mr", ("tdcalib", "gmcoord"), "medsynth")
 
 
-@pytest.mark.parametrize("path, changed", [
-    ("plugins/tune/tdcalib.py", [False, True, True, True]),  # TD-Calib and what is downstream of it
-    ("plugins/pretrain/mr.py", [True, True, True, True]),
-    ("umdbench/kit/gradmod.py", [False, False, True, True]),  # imported by GM-Coord only
-    ("plugins/tune/gmcoord.py", [False, False, True, True]),
-])
+@pytest.mark.parametrize(
+    "path, changed",
+    [
+        ("plugins/tune/tdcalib.py", [False, True, True, True]),  # TD-Calib and what is downstream of it
+        ("plugins/pretrain/mr.py", [True, True, True, True]),
+        ("umdbench/kit/gradmod.py", [False, False, True, True]),  # imported by GM-Coord only
+        ("plugins/tune/gmcoord.py", [False, False, True, True]),
+    ],
+)
 def test_editing_a_plugin_module_changes_the_stages_that_import_it(monkeypatch, path, changed):
     before = plan_keys(UMD_CELL)
     edited(monkeypatch, path)
@@ -98,16 +110,19 @@ def test_editing_a_plugin_module_changes_the_stages_that_import_it(monkeypatch, 
     assert [b != a for b, a in zip(before, after)] == changed
 
 
-@pytest.mark.parametrize("path", [
-    "umdbench/results/leaderboard.py",  # renders rows
-    "umdbench/results/provenance.py",  # imported by the builders, cut: cannot change numbers
-    "umdbench/cli/__init__.py",
-    "umdbench/sweep/executors.py",
-    "umdbench/registry.toml",  # suites; the class a name means is keyed as module:qualname
-    "plugins/tune/gmcoord.py",  # a plugin this cell does not use
-    "plugins/pretrain/mae.py",
-    "plugins/datasets/vqa_rad.py",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "umdbench/results/leaderboard.py",  # renders rows
+        "umdbench/results/provenance.py",  # imported by the builders, cut: cannot change numbers
+        "umdbench/cli/__init__.py",
+        "umdbench/sweep/executors.py",
+        "umdbench/registry.toml",  # suites; the class a name means is keyed as module:qualname
+        "plugins/tune/gmcoord.py",  # a plugin this cell does not use
+        "plugins/pretrain/mae.py",
+        "plugins/datasets/vqa_rad.py",
+    ],
+)
 def test_editing_code_a_stage_does_not_run_keeps_every_key(monkeypatch, path):
     cells = [MR_CELL, BRAIN_CELL]
     before = [plan_keys(c) for c in cells]
@@ -147,13 +162,15 @@ def test_editing_a_third_party_plugin_package_changes_its_stage_keys(monkeypatch
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "helpers.py").write_text("SCALE = 1.0\n")
-    (pkg / "tune.py").write_text(textwrap.dedent("""
+    (pkg / "tune.py").write_text(
+        textwrap.dedent("""
         from umdbench_plugins.tune.direct import DirectTune
         from keytest_plugins.helpers import SCALE
 
         class KeyTune(DirectTune):
             name = "keytune"
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "keytest_plugins", raising=False)
     try:
@@ -173,22 +190,32 @@ def test_editing_a_third_party_plugin_package_changes_its_stage_keys(monkeypatch
     assert tuned2 != tuned and cell2 != cell
 
 
-@pytest.mark.parametrize("override", [
-    ("data.num_workers", 0), ("data.num_workers", 3), ("data.image_cache", False),
-    ("tune.0.train.log_interval", 1), ("tune.1.train.checkpoint_interval", 7),
-    ("pretrain.train.checkpoint_interval", 3), ("tune.1.train.keep_checkpoints", 0),
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        ("data.num_workers", 0),
+        ("data.num_workers", 3),
+        ("data.image_cache", False),
+        ("tune.0.train.log_interval", 1),
+        ("tune.1.train.checkpoint_interval", 7),
+        ("pretrain.train.checkpoint_interval", 3),
+        ("tune.1.train.keep_checkpoints", 0),
+    ],
+)
 def test_settings_that_cannot_change_numbers_keep_the_keys(override):
     assert plan_keys(CellSpec("mr", ("tdcalib", "direct"), "medsynth", overrides=(override,))) == plan_keys(MR_CELL)
 
 
-@pytest.mark.parametrize("override, changed_from", [
-    (("tune.1.train.fused", False), 2),  # another AdamW kernel rounds differently
-    (("tune.0.train.lr", 1e-3), 1),
-    (("data.eval_batch_size", 7), 3),
-    (("pretrain.train.max_iters", 3), 0),
-    (("tune.1.train.label_fraction", 0.5), 2),
-])
+@pytest.mark.parametrize(
+    "override, changed_from",
+    [
+        (("tune.1.train.fused", False), 2),  # another AdamW kernel rounds differently
+        (("tune.0.train.lr", 1e-3), 1),
+        (("data.eval_batch_size", 7), 3),
+        (("pretrain.train.max_iters", 3), 0),
+        (("tune.1.train.label_fraction", 0.5), 2),
+    ],
+)
 def test_settings_that_change_numbers_change_the_keys_downstream(override, changed_from):
     base = plan_keys(MR_CELL)
     changed = plan_keys(CellSpec("mr", ("tdcalib", "direct"), "medsynth", overrides=(override,)))

@@ -1,4 +1,5 @@
 """CellFirstQueue: the order in which a Ray sweep hands out training stages (no Ray needed)."""
+
 from types import SimpleNamespace
 
 from umdbench.sweep.executors import CellFirstQueue

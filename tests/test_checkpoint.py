@@ -1,11 +1,10 @@
 """Checkpoints load without unpickling arbitrary objects; bad files give clear errors."""
-import pickle
 
 import pytest
 import torch
 
-from umdbench.run.checkpoint import load_artifact, safe_torch_load, save_artifact
 from umdbench.errors import CheckpointError
+from umdbench.run.checkpoint import load_artifact, safe_torch_load, save_artifact
 
 
 class Evil:
@@ -27,7 +26,9 @@ def test_safe_load_accepts_mmengine_style_checkpoint(tmp_path):
     path = tmp_path / "ok.pth"
     buf = HistoryBuffer()
     buf.update(1.5)
-    torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": {"log": {"loss": buf}}, "meta": {"seed": np.int64(3)}}, path)
+    torch.save(
+        {"state_dict": {"w": torch.ones(2)}, "message_hub": {"log": {"loss": buf}}, "meta": {"seed": np.int64(3)}}, path
+    )
     loaded = safe_torch_load(path)
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
 

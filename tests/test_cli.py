@@ -1,4 +1,5 @@
 """CLI: start-up without torch, clear errors with non-zero exit."""
+
 import subprocess
 import sys
 
@@ -13,12 +14,18 @@ def test_help_does_not_import_torch():
     assert out.strip().splitlines()[-1] == "False False"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["run", "--pretrain", "mrr", "--tune", "direct", "--dataset", "medsynth"], "Did you mean 'mr'"),
-    (["run", "--pretrain", "mr", "--tune", "direct", "--dataset", "vqa-radd"], "unknown dataset 'vqa-radd'"),
-    (["run", "--pretrain", "mr", "--tune", "gmcoord+gmcoord", "--dataset", "medsynth"], "more than once"),
-    (["run", "--pretrain", "mr", "--tune", "direct", "--dataset", "medsynth", "--cfg-options", "x"], "key.path=value"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["run", "--pretrain", "mrr", "--tune", "direct", "--dataset", "medsynth"], "Did you mean 'mr'"),
+        (["run", "--pretrain", "mr", "--tune", "direct", "--dataset", "vqa-radd"], "unknown dataset 'vqa-radd'"),
+        (["run", "--pretrain", "mr", "--tune", "gmcoord+gmcoord", "--dataset", "medsynth"], "more than once"),
+        (
+            ["run", "--pretrain", "mr", "--tune", "direct", "--dataset", "medsynth", "--cfg-options", "x"],
+            "key.path=value",
+        ),
+    ],
+)
 def test_bad_input_exits_nonzero_with_message(argv, message, capsys, tmp_path):
     assert main(argv + ["--work-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
@@ -33,8 +40,10 @@ def test_list_shows_builtins(capsys):
 
 def test_plugins_traceback_shows_where_a_plugin_raised(tmp_path, capsys):
     broken = tmp_path / "broken_plugin.py"
-    broken.write_text("from umdbench.hookspecs import hookimpl\n\n@hookimpl\ndef umdbench_register(registries):\n"
-                      "    raise RuntimeError('boom')\n")
+    broken.write_text(
+        "from umdbench.hookspecs import hookimpl\n\n@hookimpl\ndef umdbench_register(registries):\n"
+        "    raise RuntimeError('boom')\n"
+    )
     try:
         assert main(["plugins", "--plugin-path", str(broken)]) == 0
         out = capsys.readouterr().out
@@ -56,8 +65,10 @@ def test_data_root_for_generated_data_is_noted(tmp_path, capsys):
     config = resolve(CellSpec(pretrain="mr", tune=("direct",), dataset="medsynth"), get_registries()).config
     _note_unused_data_root(str(tmp_path), config)
     out = capsys.readouterr().out
-    assert out == (f"note: --data-root {tmp_path} is not used: dataset 'medsynth' is generated (needs_root = False) "
-                   f"and so is the pre-training corpus.\n")
+    assert out == (
+        f"note: --data-root {tmp_path} is not used: dataset 'medsynth' is generated (needs_root = False) "
+        f"and so is the pre-training corpus.\n"
+    )
     _note_unused_data_root(None, config)
     config["dataset"]["root"] = str(tmp_path)  # a dataset that reads files uses the root: nothing to note
     _note_unused_data_root(str(tmp_path), config)

@@ -5,6 +5,7 @@ copy-results``) is copied into a temporary work dir and every board beside it is
 the markdown and the runs file must match the committed ones (the render time aside). A board
 edited by hand, a result that lost its predictions, or a change to how boards are computed that
 was not followed by a re-render fails here."""
+
 import re
 import shutil
 import sqlite3
@@ -17,8 +18,13 @@ from umdbench.results.leaderboard import write_suite_boards
 from umdbench.run.workspace import Workspace
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-BOARDS = sorted((store_dir, board) for store_dir in RESULTS.glob("**/store") if (store_dir / "results.sqlite").is_file()
-                for board in store_dir.parent.glob("*.md") if (store_dir.parent / f"{board.stem}-runs.jsonl").is_file())
+BOARDS = sorted(
+    (store_dir, board)
+    for store_dir in RESULTS.glob("**/store")
+    if (store_dir / "results.sqlite").is_file()
+    for board in store_dir.parent.glob("*.md")
+    if (store_dir.parent / f"{board.stem}-runs.jsonl").is_file()
+)
 
 
 def _copy_of(store_dir: Path, tmp_path: Path) -> Workspace:
@@ -37,7 +43,9 @@ def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, boar
     counts = work.copy_results_from(_copy_of(store_dir, tmp_path))
     assert counts["unverified"] == 0, "a committed result lost its per-example predictions"
     out = tmp_path / "out"
-    write_suite_boards(work.store, out, suite=board.stem, reference_points=load_reference_points(work.reference_points_path))
+    write_suite_boards(
+        work.store, out, suite=board.stem, reference_points=load_reference_points(work.reference_points_path)
+    )
     assert _without_render_time((out / board.name).read_text()) == _without_render_time(board.read_text())
     runs = f"{board.stem}-runs.jsonl"
     assert (out / runs).read_text() == (board.parent / runs).read_text()
@@ -85,8 +93,16 @@ def test_no_committed_result_names_a_path_of_the_machine_that_made_it():
 def test_stored_configs_are_portable(tmp_path):
     from umdbench.util import portable_paths
 
-    cfg = {"dataset": {"root": str(tmp_path / "data" / "slake")}, "ckpt": "/opt/weights/v.pt",
-           "deviations": [f"read {tmp_path / 'data'}/slake/x"], "n": 3}
+    cfg = {
+        "dataset": {"root": str(tmp_path / "data" / "slake")},
+        "ckpt": "/opt/weights/v.pt",
+        "deviations": [f"read {tmp_path / 'data'}/slake/x"],
+        "n": 3,
+    }
     out = portable_paths(cfg, tmp_path / "data")
-    assert out == {"dataset": {"root": "<data-root>/slake"}, "ckpt": ".../v.pt",
-                   "deviations": ["read <data-root>/slake/x"], "n": 3}
+    assert out == {
+        "dataset": {"root": "<data-root>/slake"},
+        "ckpt": ".../v.pt",
+        "deviations": ["read <data-root>/slake/x"],
+        "n": 3,
+    }

@@ -1,8 +1,9 @@
 """Config parsing, overrides and error messages (no training)."""
+
 import pytest
 
-from umdbench.plan.config import apply_override, parse_override, parse_tune_chain
 from umdbench.errors import ConfigError
+from umdbench.plan.config import apply_override, parse_override, parse_tune_chain
 
 
 def test_tune_chain_parses_left_to_right():
@@ -21,10 +22,19 @@ def test_tune_chain_rejects_repeats():
         parse_tune_chain("gmcoord+tdcalib+gmcoord")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("a.b=3", ("a.b", 3)), ("a.b=1e-4", ("a.b", 1e-4)), ("a=true", ("a", True)), ("a=[1, 2]", ("a", [1, 2])),
-    ("a.b=cosine", ("a.b", "cosine")), ("a=None", ("a", None)), ("a=null", ("a", None)), ("a=none", ("a", "none")),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a.b=3", ("a.b", 3)),
+        ("a.b=1e-4", ("a.b", 1e-4)),
+        ("a=true", ("a", True)),
+        ("a=[1, 2]", ("a", [1, 2])),
+        ("a.b=cosine", ("a.b", "cosine")),
+        ("a=None", ("a", None)),
+        ("a=null", ("a", None)),
+        ("a=none", ("a", "none")),
+    ],
+)
 def test_parse_override_values(text, expected):
     assert parse_override(text) == expected
 
@@ -52,7 +62,9 @@ def test_apply_override_unknown_key_suggests():
 
 def test_star_index_reaches_every_stage_that_has_the_key():
     """`run --cfg-options tune.*.KEY` reads as `sweep` reads it: every tuning stage that has KEY."""
-    cfg = {"tune": [{"type": "tdcalib", "train": {"lr": 1.0}}, {"type": "direct", "pooling": "cls", "train": {"lr": 1.0}}]}
+    cfg = {
+        "tune": [{"type": "tdcalib", "train": {"lr": 1.0}}, {"type": "direct", "pooling": "cls", "train": {"lr": 1.0}}]
+    }
     apply_override(cfg, "tune.*.train.lr", 0.5)
     apply_override(cfg, "tune.*.pooling", "mean")  # TD-Calib has no task head: left alone
     assert [t["train"]["lr"] for t in cfg["tune"]] == [0.5, 0.5]
@@ -65,8 +77,12 @@ def test_resolved_config_records_deviations_and_appended_direct():
     from umdbench.plan.config import CellSpec, resolve
     from umdbench.plugin import get_registries
 
-    cell = CellSpec(pretrain="mr", tune=("tdcalib",), dataset="medsynth",
-                    overrides=(("pretrain.norm_pix_loss", True), ("tune.0.upstream_feature_weight", 1e-5)))
+    cell = CellSpec(
+        pretrain="mr",
+        tune=("tdcalib",),
+        dataset="medsynth",
+        overrides=(("pretrain.norm_pix_loss", True), ("tune.0.upstream_feature_weight", 1e-5)),
+    )
     run = resolve(cell, get_registries())
     assert [s["type"] for s in run.config["tune"]] == ["tdcalib", "direct"]  # direct appended for evaluation
     text = "\n".join(run.config["deviations"])

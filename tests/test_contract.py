@@ -1,5 +1,6 @@
 """docs/CONTRACT.md lists only what is true: every `Class.member` in its tables is declared on that
 base class in umdbench.api, and the core (umdbench outside api.py) uses it."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ gradient average, the gradients of one process on the whole batch: the embedding
 across ranks with their gradients. The logit scale is clamped after the optimiser step (OpenCLIP),
 so the forward pass never cuts its gradient.
 """
+
 import math
 import os
 import runpy
@@ -20,7 +21,7 @@ from umdbench.plugin import get_registries
 
 # The worker builds the strategy and runs one forward + backward. The test runs it once in this
 # process on the whole batch (the reference) and once as two torchrun ranks on the two halves.
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import sys
 
     import torch
@@ -71,7 +72,7 @@ WORKER = textwrap.dedent('''
             results[(name, global_negatives)] = step(model, strat, batch, noise, rank * per, (rank + 1) * per)
         torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
         dist.destroy_process_group()
-''')
+""")
 
 
 @pytest.mark.slow
@@ -79,8 +80,21 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
     script = tmp_path / "clip_ddp_worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     worker = runpy.run_path(str(script))
@@ -174,6 +188,7 @@ def test_per_rank_infonce_is_a_recorded_deviation():
         run = resolve(CellSpec(name, ("direct",), "medsynth"), registries)
         assert not any("global_negatives" in d for d in run.deviations)
         assert run.config["pretrain"]["global_negatives"] is True
-        run = resolve(CellSpec(name, ("direct",), "medsynth", overrides=(("pretrain.global_negatives", False),)),
-                      registries)
+        run = resolve(
+            CellSpec(name, ("direct",), "medsynth", overrides=(("pretrain.global_negatives", False),)), registries
+        )
         assert any(d.startswith(f"pretrain ({name}): global_negatives=false") for d in run.deviations)

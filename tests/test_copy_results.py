@@ -1,9 +1,10 @@
 """Finished results travel between work dirs (`umdbench copy-results`): a copy renders the same
 boards and a run into it reuses the copied cells, so a sweep goes on after its machine is gone."""
+
 import numpy as np
 import pytest
-
 from test_intervals import SPEC, _add  # the toy suite and its row writer
+
 from umdbench.cli import main
 from umdbench.plan.suites import Suite
 from umdbench.results.baselines import load_reference_points, store_reference_points
@@ -11,9 +12,16 @@ from umdbench.results.leaderboard import collect_suite_results, render_suite
 from umdbench.results.store import Membership
 from umdbench.run.workspace import Workspace
 
-SMALL_RUN = ["model.image_size=64", "data.num_workers=0", "data.eval_batch_size=30", "dataset.options.n_train=60",
-             "dataset.options.n_val=10", "dataset.options.n_test=30", "tune.0.train.max_iters=2",
-             "tune.0.train.batch_size=8"]
+SMALL_RUN = [
+    "model.image_size=64",
+    "data.num_workers=0",
+    "data.eval_batch_size=30",
+    "dataset.options.n_train=60",
+    "dataset.options.n_val=10",
+    "dataset.options.n_test=30",
+    "tune.0.train.max_iters=2",
+    "tune.0.train.batch_size=8",
+]
 
 
 def _toy_work_dir(path):
@@ -24,14 +32,19 @@ def _toy_work_dir(path):
         _add(ws, "A", seed, (rng.random(120) < 0.5).astype(int), answer_type)
         _add(ws, "B", seed, (rng.random(120) < 0.8).astype(int), answer_type)
     ws.store.record_membership([Membership("toy", "C", "toy", "tiny", 0, None, "planned", overrides=["x=1"])])
-    store_reference_points(ws.reference_points_path, "toy|test|f", {"majority answer": {"overall": 50.0}, "question only": {"overall": 60.0, "open": 40.0}})
+    store_reference_points(
+        ws.reference_points_path,
+        "toy|test|f",
+        {"majority answer": {"overall": 50.0}, "question only": {"overall": 60.0, "open": 40.0}},
+    )
     return ws
 
 
 def _board(ws):
     suite = Suite.from_spec("toy", SPEC)
-    text = render_suite(suite, collect_suite_results(ws.store, suite)["tiny"], "tiny",
-                        load_reference_points(ws.reference_points_path))
+    text = render_suite(
+        suite, collect_suite_results(ws.store, suite)["tiny"], "tiny", load_reference_points(ws.reference_points_path)
+    )
     return text.split("- generated")[0]
 
 

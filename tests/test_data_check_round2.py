@@ -6,14 +6,12 @@ config.json is written again.
 
 Each test points ``UMDBENCH_CACHE_DIR`` (the content cache) at its own tmp folder.
 """
+
 import json
 import os
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
-
 from test_data_validation import make_vqa_rad, one_paragraph_error, qa, run, write_image
 
 from umdbench.cli import main
@@ -30,18 +28,23 @@ def tree_state(root):
     return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("case, run_says, check_says", [
-    ("duplicate id", "record id 'vqa-rad/test/100' occurs twice", "record id 'vqa-rad/test/100' occurs twice"),
-    ("empty test", "no records in split 'test'", "has no records in split 'test'"),
-    ("outside root", "lies outside the dataset folder", "elsewhere.jpg lies outside the dataset folder"),
-    ("boolean answer", "answer is the JSON boolean true, not text", "answer is the JSON boolean true, not text"),
-])
+@pytest.mark.parametrize(
+    "case, run_says, check_says",
+    [
+        ("duplicate id", "record id 'vqa-rad/test/100' occurs twice", "record id 'vqa-rad/test/100' occurs twice"),
+        ("empty test", "no records in split 'test'", "has no records in split 'test'"),
+        ("outside root", "lies outside the dataset folder", "elsewhere.jpg lies outside the dataset folder"),
+        ("boolean answer", "answer is the JSON boolean true, not text", "answer is the JSON boolean true, not text"),
+    ],
+)
 def test_data_check_refuses_what_run_refuses(tmp_path, capsys, case, run_says, check_says):
     write_image(tmp_path / "data" / "elsewhere.jpg", 9)
-    test = {"duplicate id": [qa(100, "synpic4.jpg"), qa(100, "synpic5.jpg", "no")],
-            "empty test": [],
-            "outside root": [qa(100, "../../elsewhere.jpg"), qa(101, "synpic5.jpg", "no")],
-            "boolean answer": [qa(100, "synpic4.jpg", True), qa(101, "synpic5.jpg", "no")]}[case]
+    test = {
+        "duplicate id": [qa(100, "synpic4.jpg"), qa(100, "synpic5.jpg", "no")],
+        "empty test": [],
+        "outside root": [qa(100, "../../elsewhere.jpg"), qa(101, "synpic5.jpg", "no")],
+        "boolean answer": [qa(100, "synpic4.jpg", True), qa(101, "synpic5.jpg", "no")],
+    }[case]
     folder = make_vqa_rad(tmp_path / "data", test=test)
     before = tree_state(folder)
     assert main(run(tmp_path / "data", tmp_path / "work")) == 2
@@ -165,14 +168,32 @@ def test_an_artifact_json_without_a_checksum_is_corrupt(tmp_path, content):
         load_artifact(ws.weights_path(stage), None)
 
 
-SMALL = ["model.image_size=32", "data.num_workers=0", "data.eval_batch_size=50", "dataset.options.n_train=32",
-         "dataset.options.n_val=10", "dataset.options.n_test=20", "tune.0.train.batch_size=8",
-         "tune.0.train.max_iters=2"]
+SMALL = [
+    "model.image_size=32",
+    "data.num_workers=0",
+    "data.eval_batch_size=50",
+    "dataset.options.n_train=32",
+    "dataset.options.n_val=10",
+    "dataset.options.n_test=20",
+    "tune.0.train.batch_size=8",
+    "tune.0.train.max_iters=2",
+]
 
 
 def medsynth(work):
-    return ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work),
-            "--cfg-options", *SMALL]
+    return [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        *SMALL,
+    ]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """``umdbench data check`` / ``data download`` (download served from a loopback http.server)."""
+
 from __future__ import annotations
 
 import functools
@@ -93,8 +94,11 @@ def _rad_files() -> dict[str, bytes]:
     img = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), 50, dtype=np.uint8)).save(img, format="JPEG")
     rows = [{"qid": 1, "image_name": "synpic1.jpg", "question": "Is it?", "answer": "no", "answer_type": "CLOSED"}]
-    return {"trainset.json": json.dumps(rows).encode(), "testset.json": json.dumps(rows).encode(),
-            "images/synpic1.jpg": img.getvalue()}
+    return {
+        "trainset.json": json.dumps(rows).encode(),
+        "testset.json": json.dumps(rows).encode(),
+        "images/synpic1.jpg": img.getvalue(),
+    }
 
 
 def test_download_verifies_and_unpacks(tmp_path, mirror, capsys):
@@ -123,7 +127,9 @@ def test_download_checksum_mismatch(tmp_path, mirror, capsys):
     assert not (root / "vqa_rad").exists()
     # an explicit --sha256 pin overrides SHA256SUMS
     good = hashlib.sha256(data).hexdigest()
-    rc, _, err = run_cli(["data", "download", "vqa-rad", "--data-root", str(root), "--url-base", url, "--sha256", good], capsys)
+    rc, _, err = run_cli(
+        ["data", "download", "vqa-rad", "--data-root", str(root), "--url-base", url, "--sha256", good], capsys
+    )
     assert rc == 0, err
     assert (root / "vqa_rad" / "trainset.json").is_file()
 
@@ -145,7 +151,9 @@ def test_download_without_url_names_homepage(tmp_path, capsys):
 def test_check_options_use_the_cfg_options_grammar_and_errors_are_one_paragraph(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
     make_rad(tmp_path)
-    rc, out, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", "verify_images=False"], capsys)
+    rc, out, err = run_cli(
+        ["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", "verify_images=False"], capsys
+    )
     assert rc == 0, err
     rc, _, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", "nonsense=1"], capsys)
     assert rc == 2 and err.startswith("umdbench: error: dataset 'vqa-rad': ") and "unknown option" in err
@@ -158,8 +166,9 @@ def test_check_options_use_the_cfg_options_grammar_and_errors_are_one_paragraph(
 def test_check_rejects_constructor_arguments_as_options(option, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
     make_rad(tmp_path)
-    rc, _, err = run_cli(["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", f"{option}={tmp_path}"],
-                         capsys)
+    rc, _, err = run_cli(
+        ["data", "check", "vqa-rad", "--data-root", str(tmp_path), "--option", f"{option}={tmp_path}"], capsys
+    )
     assert rc == 2 and err.startswith("umdbench: error: --option") and f"{option!r} is not a dataset option" in err
     if option == "root":
         assert "--data-root DIR" in err and "vqa_rad/" in err
@@ -172,9 +181,26 @@ def test_download_without_data_root(tmp_path, capsys, monkeypatch):
 
 
 def test_check_generated_dataset_notes_an_unused_data_root(tmp_path, capsys):
-    rc, out, err = run_cli(["data", "check", "medsynth", "--data-root", str(tmp_path), "--quick",
-                            "--option", "n_train=3", "--option", "n_val=2", "--option", "n_test=2"], capsys)
+    rc, out, err = run_cli(
+        [
+            "data",
+            "check",
+            "medsynth",
+            "--data-root",
+            str(tmp_path),
+            "--quick",
+            "--option",
+            "n_train=3",
+            "--option",
+            "n_val=2",
+            "--option",
+            "n_test=2",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[0] == f"note: --data-root {tmp_path} is not used: dataset 'medsynth' is generated (needs_root = False)."
+    assert (
+        lines[0] == f"note: --data-root {tmp_path} is not used: dataset 'medsynth' is generated (needs_root = False)."
+    )
     assert lines[1] == "dataset medsynth: (generated: no data folder)" and "train          3 records" in out

@@ -1,5 +1,6 @@
 """ROCO, MELINDA, MedICaT, roco-medicat on generated fixtures in the exact release format, and
 bad-input handling (errors name the file and the record)."""
+
 from __future__ import annotations
 
 import csv
@@ -46,8 +47,10 @@ def make_roco(root: Path, counts={"train": 30, "validation": 40, "test": 25}, im
             rid = f"ROCO_{n:05d}"
             words = rng.choice([1, 2, 3, 5, 9])  # some captions too short (< 3 words)
             caps.append(f"{rid}\t {caption(rng, words)}  ")
-            links.append(f"{rid}\twget -r ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/aa/bb/PMC{1000 + n}.tar.gz "
-                         f"-P /path/to/Dir\tfig{n}.jpg")
+            links.append(
+                f"{rid}\twget -r ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/aa/bb/PMC{1000 + n}.tar.gz "
+                f"-P /path/to/Dir\tfig{n}.jpg"
+            )
             if images:
                 jpeg(rad / "images" / f"{rid}.jpg", seed=n)
         (rad / "captions.txt").write_text("\n".join(caps) + "\n")
@@ -82,9 +85,14 @@ def test_roco_retrieval_pairs(tmp_path):
     assert [r.extra["roco_id"] for r in val] == upstream_eval_ids(root, "validation", ["train"], 10)
     assert len(val) == 10 and all(len(r.text.split()) >= 3 for r in val)
     assert all(r.text == r.text.strip() and "  " not in r.text for r in val)
-    assert [r.extra["roco_id"] for r in ds.records("test")] == upstream_eval_ids(root, "test", ["train", "validation"], 10)
+    assert [r.extra["roco_id"] for r in ds.records("test")] == upstream_eval_ids(
+        root, "test", ["train", "validation"], 10
+    )
     train = ds.records("train")  # train keeps every caption with >= 3 words
-    n_long = sum(len(line.split("\t")[1].split()) >= 3 for line in (root / "train/radiology/captions.txt").read_text().splitlines())
+    n_long = sum(
+        len(line.split("\t")[1].split()) >= 3
+        for line in (root / "train/radiology/captions.txt").read_text().splitlines()
+    )
     assert len(train) == n_long
     assert all(Path(r.image).is_file() and Path(r.image).stem == r.extra["roco_id"] for r in train)
     assert ds.label_names() is None and ds.task == "retrieval"
@@ -129,8 +137,16 @@ def make_melinda(root: Path, rows={"train": 20, "dev": 8, "test": 9}, cols=MELIN
                 name = f"PMC{n}_fig{n}.jpg"
                 jpeg(root / "melinda_images" / name, seed=n)
                 p = P_LABELS[n % 7] if split != "test" else P_LABELS[n % 3]
-                w.writerow([name, f"Figure {n}. {caption(rng, 6)}, with commas", f"meth {n % 5}", f"pm {n % 4}",
-                            f"ilabel{n % 3}", p][: len(cols)])
+                w.writerow(
+                    [
+                        name,
+                        f"Figure {n}. {caption(rng, 6)}, with commas",
+                        f"meth {n % 5}",
+                        f"pm {n % 4}",
+                        f"ilabel{n % 3}",
+                        p,
+                    ][: len(cols)]
+                )
 
 
 def test_melinda_classification(tmp_path):
@@ -173,11 +189,21 @@ def make_medicat(root: Path, n: int = 8, release: bool = True) -> Path:
     (base / "figures").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        row = {"pdf_hash": f"{i:040x}", "fig_uri": f"2-Figure{i}-1.png", "fig_key": f"Figure{i}",
-               "s2_caption": f"Figure {i}. MRI of the brain showing a lesion." if i % 4 else "Fig",
-               "s2orc_caption": "x", "s2orc_references": ["The lesion is seen on MRI (Figure 1).", "ok"] if i % 2 else None,
-               "radiology": i != 3, "scope": False, "predicted_type": "Medical images", "oa_info": {}}
-        Image.fromarray(np.full((10, 12, 3), i * 20, dtype=np.uint8)).save(base / "figures" / f"{row['pdf_hash']}_{row['fig_uri']}")
+        row = {
+            "pdf_hash": f"{i:040x}",
+            "fig_uri": f"2-Figure{i}-1.png",
+            "fig_key": f"Figure{i}",
+            "s2_caption": f"Figure {i}. MRI of the brain showing a lesion." if i % 4 else "Fig",
+            "s2orc_caption": "x",
+            "s2orc_references": ["The lesion is seen on MRI (Figure 1).", "ok"] if i % 2 else None,
+            "radiology": i != 3,
+            "scope": False,
+            "predicted_type": "Medical images",
+            "oa_info": {},
+        }
+        Image.fromarray(np.full((10, 12, 3), i * 20, dtype=np.uint8)).save(
+            base / "figures" / f"{row['pdf_hash']}_{row['fig_uri']}"
+        )
         rows.append(json.dumps(row))
     jsonl = base / "s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl"
     jsonl.write_text("\n".join(rows) + "\n")
@@ -197,7 +223,11 @@ def test_medicat_release_layout_and_split_rule(tmp_path):
         # figures whose texts are all shorter than 3 words contribute nothing
         assert got == [f for f in figs if int(f, 16) % 4 or int(f, 16) % 2]
     texts = [r.text for s in ds.splits for r in ds.records(s)]
-    assert "Fig" not in texts and "ok" not in texts and len(texts) == len(set(r.uid for s in ds.splits for r in ds.records(s)))
+    assert (
+        "Fig" not in texts
+        and "ok" not in texts
+        and len(texts) == len(set(r.uid for s in ds.splits for r in ds.records(s)))
+    )
 
 
 def test_medicat_malformed_line(tmp_path):
@@ -213,16 +243,26 @@ def test_roco_medicat_corpus(tmp_path):
     refs_dir = tmp_path / "medicat" / "net/nfs2.corp/allennlp/sanjays/roco_files"
     refs_dir.mkdir(parents=True)
     # MedICaT inline references of ROCO figures: keyed PMCxxxx_<figure file> through dlinks.txt
-    (refs_dir / "roco_train_references.jsonl").write_text(json.dumps(
-        {"roco_image_id": "PMC1001_fig1.jpg", "gorc_references": ["As shown in the CT scan (Figure 2).", "too short"]}) + "\n")
+    (refs_dir / "roco_train_references.jsonl").write_text(
+        json.dumps(
+            {
+                "roco_image_id": "PMC1001_fig1.jpg",
+                "gorc_references": ["As shown in the CT scan (Figure 2).", "too short"],
+            }
+        )
+        + "\n"
+    )
     ds = RocoMedicat(tmp_path, val_size=2, test_size=2)
     assert ds.task == "pretrain" and ds.root_subdir is None
     train = ds.records("train")
     by_source = {s: [r for r in train if r.extra["source"] == s] for s in ("roco", "medicat")}
     ref = [r for r in by_source["roco"] if r.extra["kind"] == "reference"]
     assert len(ref) == 1 and ref[0].image.endswith("ROCO_00001.jpg")
-    roco_caps = [ln for ln in (tmp_path / "roco/train/radiology/captions.txt").read_text().splitlines()
-                 if len(ln.split("\t")[1].split()) >= 3]
+    roco_caps = [
+        ln
+        for ln in (tmp_path / "roco/train/radiology/captions.txt").read_text().splitlines()
+        if len(ln.split("\t")[1].split()) >= 3
+    ]
     assert len(by_source["roco"]) == len(roco_caps) + 1
     assert len(by_source["medicat"]) == len(Medicat(tmp_path / "medicat", val_size=2, test_size=2).records("train"))
     assert all(len(r.text.split()) >= 3 for r in train)
@@ -242,20 +282,32 @@ def make_vqa_rad(root: Path, rows: list, test_rows: list | None = None) -> None:
 
 
 def rad_row(qid, **kw):
-    row = {"qid": qid, "image_name": "synpic1.jpg", "question": "Is this normal?", "answer": "Yes",
-           "answer_type": "CLOSED", "question_type": "PRES", "phrase_type": "freeform", "image_organ": "CHEST"}
+    row = {
+        "qid": qid,
+        "image_name": "synpic1.jpg",
+        "question": "Is this normal?",
+        "answer": "Yes",
+        "answer_type": "CLOSED",
+        "question_type": "PRES",
+        "phrase_type": "freeform",
+        "image_organ": "CHEST",
+    }
     row.update(kw)
     return row
 
 
 def test_vqa_missing_image_names_file_and_record(tmp_path):
     make_vqa_rad(tmp_path / "vqa_rad", [rad_row(1), rad_row(2, image_name="synpic404.jpg")])
-    with pytest.raises(DataError, match=r"trainset\.json: record vqa-rad/train/2: image images/synpic404\.jpg not found"):
+    with pytest.raises(
+        DataError, match=r"trainset\.json: record vqa-rad/train/2: image images/synpic404\.jpg not found"
+    ):
         VQARad(tmp_path / "vqa_rad").records("train")
     ds = VQARad(tmp_path / "vqa_rad", on_error="skip")
     assert [r.uid for r in ds.records("train")] == ["vqa-rad/train/1"] and len(ds.skipped) == 1
     report = VQARad(tmp_path / "vqa_rad").check()
-    assert any(p.startswith("images/synpic404.jpg: image missing; used by record vqa-rad/train/2") for p in report.problems)
+    assert any(
+        p.startswith("images/synpic404.jpg: image missing; used by record vqa-rad/train/2") for p in report.problems
+    )
 
 
 def test_vqa_truncated_image_reported_by_check(tmp_path):
@@ -279,7 +331,10 @@ def test_vqa_unknown_answer_type(tmp_path):
 
 def test_vqa_malformed_json_record_and_file(tmp_path):
     make_vqa_rad(tmp_path / "vqa_rad", [rad_row(1), {"qid": 5, "question": "no answer?"}, "junk"])
-    with pytest.raises(DataError, match=r"trainset\.json: record #1 \(qid 5\): missing field\(s\) \['image_name', 'answer', 'answer_type'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"trainset\.json: record #1 \(qid 5\): missing field\(s\) \['image_name', 'answer', 'answer_type'\]",
+    ):
         VQARad(tmp_path / "vqa_rad").records("train")
     ds = VQARad(tmp_path / "vqa_rad", on_error="skip")
     assert len(ds.records("train")) == 1 and len(ds.skipped) == 2 and "record #2" in ds.skipped[1]
@@ -289,8 +344,14 @@ def test_vqa_malformed_json_record_and_file(tmp_path):
 
 
 def test_vqa_answers_are_normalised_and_types_lowercase(tmp_path):
-    make_vqa_rad(tmp_path / "vqa_rad", [rad_row(1, answer="The Left Lung."), rad_row(2, answer=2, answer_type="CLOSED "),
-                                        rad_row(3, answer="None", answer_type="OPEN")])
+    make_vqa_rad(
+        tmp_path / "vqa_rad",
+        [
+            rad_row(1, answer="The Left Lung."),
+            rad_row(2, answer=2, answer_type="CLOSED "),
+            rad_row(3, answer="None", answer_type="OPEN"),
+        ],
+    )
     recs = VQARad(tmp_path / "vqa_rad").records("train")
     assert [(r.answer, r.answer_type) for r in recs] == [("left lung", "closed"), ("2", "closed"), ("0", "open")]
     assert recs[0].extra["raw_answer"] == "The Left Lung."
@@ -299,9 +360,20 @@ def test_vqa_answers_are_normalised_and_types_lowercase(tmp_path):
 def test_slake_unknown_answer_type_and_lang(tmp_path):
     root = tmp_path / "slake"
     jpeg(root / "imgs" / "xmlab0" / "source.jpg")
-    base = {"img_id": 0, "img_name": "xmlab0/source.jpg", "question": "Which organ?", "answer": "Liver",
-            "q_lang": "en", "answer_type": "OPEN", "qid": 0}
-    rows = [base, {**base, "qid": 1, "q_lang": "zh", "question": "哪个器官?"}, {**base, "qid": 2, "answer_type": "closed?"}]
+    base = {
+        "img_id": 0,
+        "img_name": "xmlab0/source.jpg",
+        "question": "Which organ?",
+        "answer": "Liver",
+        "q_lang": "en",
+        "answer_type": "OPEN",
+        "qid": 0,
+    }
+    rows = [
+        base,
+        {**base, "qid": 1, "q_lang": "zh", "question": "哪个器官?"},
+        {**base, "qid": 2, "answer_type": "closed?"},
+    ]
     for f in ("train.json", "validate.json", "test.json"):
         (root / f).write_text(json.dumps(rows[:2]))
     (root / "train.json").write_text(json.dumps(rows))
@@ -323,11 +395,16 @@ def test_vqa_med_wrong_columns(tmp_path):
     (root / "val" / "QAPairsByCategory" / "C2_Plane_val.txt").write_text("synpic1|axial\n")
     (root / "test").mkdir()
     (root / "test" / "VQAMed2019_Test_Questions_w_Ref_Answers.txt").write_text(
-        "synpic1|plane|what plane?|axial\nsynpic1|colour|what colour?|red\n")
-    with pytest.raises(DataError, match=r"val/QAPairsByCategory/C2_Plane_val\.txt: line 1: expected 3 '\|'-separated fields"):
+        "synpic1|plane|what plane?|axial\nsynpic1|colour|what colour?|red\n"
+    )
+    with pytest.raises(
+        DataError, match=r"val/QAPairsByCategory/C2_Plane_val\.txt: line 1: expected 3 '\|'-separated fields"
+    ):
         VQAMed2019(root).records("val")
     assert len(VQAMed2019(root, vocab="train").records("train")) == 3
-    with pytest.raises(DataError, match=r"VQAMed2019_Test_Questions_w_Ref_Answers\.txt: line 2: unknown category 'colour'"):
+    with pytest.raises(
+        DataError, match=r"VQAMed2019_Test_Questions_w_Ref_Answers\.txt: line 2: unknown category 'colour'"
+    ):
         VQAMed2019(root, verify_images=False).records("test")
     report = VQAMed2019(root).check()
     assert any("C2_Plane_val.txt: line 1" in p for p in report.problems)

@@ -1,5 +1,6 @@
 """The pieces that make a step independent of how its batch is split: the keyed loader, keyed draws
 and batch normalisation over the global batch."""
+
 import os
 
 import pytest
@@ -7,8 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from umdbench import draws
-from umdbench.run.data_parallel import (GlobalBatchNorm, GlobalBatchSampler, KeyedCollate, KeyedItems,
-                                        convert_batch_norm)
+from umdbench.run.data_parallel import GlobalBatchNorm, GlobalBatchSampler, KeyedCollate, KeyedItems, convert_batch_norm
 
 
 def _loader_batches(monkeypatch, size, global_batch, world, rank, micro, n_batches):
@@ -62,7 +62,9 @@ def test_an_item_draws_by_its_step_and_position_not_by_who_loads_it():
     assert items[(4, 2, 6)][0]["x"] != a["x"] and items[(4, 3, 5)][0]["x"] != a["x"]
     assert KeyedItems(_Draws(), seed=4)[(4, 2, 5)][0]["x"] != a["x"]
     assert _Draws()[4]["x"] == -1  # outside the keyed loader the dataset keeps its own generator
-    batch = KeyedCollate(lambda items: {"x": torch.stack([i["x"] for i in items])})([items[(1, 0, 0)], items[(2, 0, 1)]])
+    batch = KeyedCollate(lambda items: {"x": torch.stack([i["x"] for i in items])})(
+        [items[(1, 0, 0)], items[(2, 0, 1)]]
+    )
     assert batch["sample_step"].tolist() == [0, 0] and batch["sample_position"].tolist() == [0, 1]
 
 
@@ -96,11 +98,13 @@ def _bn_rank(rank, path, x, out):
     torch.distributed.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
     torch.manual_seed(0)
     bn = GlobalBatchNorm(4)
-    part = x[rank * 3:(rank + 1) * 3].clone().requires_grad_(True)
+    part = x[rank * 3 : (rank + 1) * 3].clone().requires_grad_(True)
     y = bn(part)
     (y * torch.arange(y.numel()).view_as(y)).sum().backward()
-    torch.save({"y": y.detach(), "grad": part.grad, "w": bn.weight.grad, "mean": bn.running_mean,
-                "var": bn.running_var}, f"{out}/{rank}.pt")
+    torch.save(
+        {"y": y.detach(), "grad": part.grad, "w": bn.weight.grad, "mean": bn.running_mean, "var": bn.running_var},
+        f"{out}/{rank}.pt",
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -126,7 +130,9 @@ def test_global_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch(tmp
 def test_counter_based_draws_hash_as_the_reference_and_look_uniform():
     import random
 
-    values = [random.Random(5).getrandbits(64) for _ in range(1)] + [random.Random(i).getrandbits(64) for i in range(200)]
+    values = [random.Random(5).getrandbits(64) for _ in range(1)] + [
+        random.Random(i).getrandbits(64) for i in range(200)
+    ]
     got = draws._mix(torch.tensor([draws._signed(v) for v in values], dtype=torch.long))
     assert [v & ((1 << 64) - 1) for v in got.tolist()] == [draws._mix_int(v) for v in values]
     with draws.step_context(seed=1, step=2, positions=range(64)):

@@ -1,4 +1,5 @@
 """Dataset plugins on the real data in ../shared/datasets (skipped when it is absent)."""
+
 from __future__ import annotations
 
 import collections
@@ -21,8 +22,10 @@ pytestmark = pytest.mark.realdata
 def need(sub: str) -> Path:
     path = SHARED / sub
     if not path.is_dir():
-        pytest.skip(f"real data {path} not found (shared datasets live at ../shared/datasets; "
-                    f"set UMDBENCH_SHARED_DATASETS to use another copy)")
+        pytest.skip(
+            f"real data {path} not found (shared datasets live at ../shared/datasets; "
+            f"set UMDBENCH_SHARED_DATASETS to use another copy)"
+        )
     return path
 
 
@@ -163,9 +166,13 @@ def test_vqa_med_2019_incomplete_copy_falls_back_to_val_and_records_it():
     assert "3000 of 9600 training questions" in ds.deviations()[1]
     assert VQAMed2019(root).deviations() == []  # off by default: such a copy stays "data unavailable"
     # the suites turn both on for this dataset only, and the run's config records the deviations
-    cell = CellSpec("none", ("direct",), "vqa-med-2019", data_root=str(SHARED),
-                    overrides=(("dataset.options.eval_split_fallback", "val"),
-                               ("dataset.options.train_missing_images", "skip")))
+    cell = CellSpec(
+        "none",
+        ("direct",),
+        "vqa-med-2019",
+        data_root=str(SHARED),
+        overrides=(("dataset.options.eval_split_fallback", "val"), ("dataset.options.train_missing_images", "skip")),
+    )
     devs = resolve(cell, get_registries()).config["deviations"]
     assert sum(d.startswith("vqa-med-2019:") for d in devs) == 2
     from umdbench.plan.suites import get_suite

@@ -3,6 +3,7 @@ paragraph (exit 2); `dataset.on_error=skip` leaves corrupt images out and the ro
 
 The data is a VQA-RAD-layout copy of a few records built in tmp_path (never the shared datasets).
 """
+
 import json
 import time
 from pathlib import Path
@@ -14,8 +15,13 @@ from PIL import Image
 from umdbench.cli import main
 from umdbench.results.store import ResultsStore
 
-TINY = ["model.image_size=32", "data.num_workers=0", "data.eval_batch_size=16", "tune.0.train.max_iters=2",
-        "tune.0.train.batch_size=4"]
+TINY = [
+    "model.image_size=32",
+    "data.num_workers=0",
+    "data.eval_batch_size=16",
+    "tune.0.train.max_iters=2",
+    "tune.0.train.batch_size=4",
+]
 
 
 def write_image(path: Path, seed: int) -> None:
@@ -25,8 +31,14 @@ def write_image(path: Path, seed: int) -> None:
 
 
 def qa(qid: int, image: str, answer: str = "yes") -> dict:
-    return {"qid": qid, "image_name": image, "question": f"is there a finding {qid}?", "answer": answer,
-            "answer_type": "CLOSED", "phrase_type": "freeform"}
+    return {
+        "qid": qid,
+        "image_name": image,
+        "question": f"is there a finding {qid}?",
+        "answer": answer,
+        "answer_type": "CLOSED",
+        "phrase_type": "freeform",
+    }
 
 
 def make_vqa_rad(root: Path, train=None, test=None) -> Path:
@@ -42,8 +54,22 @@ def make_vqa_rad(root: Path, train=None, test=None) -> Path:
 
 
 def run(root: Path, work: Path, *extra: str) -> list[str]:
-    return ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "vqa-rad", "--data-root", str(root),
-            "--work-dir", str(work), "--cfg-options", *TINY, *extra]
+    return [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "vqa-rad",
+        "--data-root",
+        str(root),
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        *TINY,
+        *extra,
+    ]
 
 
 def one_paragraph_error(capsys) -> str:
@@ -86,17 +112,22 @@ def test_on_error_skip_leaves_corrupt_images_out_and_the_row_counts_them(tmp_pat
     assert result["skipped"] == {"vqa-rad": 4}
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("empty test", ["no records in split 'test'", "vqa-rad"]),
-    ("duplicate id", ["record id 'vqa-rad/test/100' occurs twice", "testset.json", "unique"]),
-    ("outside root", ["lies outside the dataset folder", "record vqa-rad/test/100"]),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("empty test", ["no records in split 'test'", "vqa-rad"]),
+        ("duplicate id", ["record id 'vqa-rad/test/100' occurs twice", "testset.json", "unique"]),
+        ("outside root", ["lies outside the dataset folder", "record vqa-rad/test/100"]),
+    ],
+)
 def test_unusable_split_is_one_paragraph_before_training(tmp_path, capsys, case, expected):
     outside = tmp_path / "data" / "elsewhere.jpg"
     write_image(outside, 9)
-    test = {"empty test": [],
-            "duplicate id": [qa(100, "synpic4.jpg"), qa(100, "synpic5.jpg", "no")],
-            "outside root": [qa(100, "../../elsewhere.jpg"), qa(101, "synpic5.jpg", "no")]}[case]
+    test = {
+        "empty test": [],
+        "duplicate id": [qa(100, "synpic4.jpg"), qa(100, "synpic5.jpg", "no")],
+        "outside root": [qa(100, "../../elsewhere.jpg"), qa(101, "synpic5.jpg", "no")],
+    }[case]
     make_vqa_rad(tmp_path / "data", test=test)
     code = main(run(tmp_path / "data", tmp_path / "work"))
     assert code == 2

@@ -1,14 +1,14 @@
 """Two-process CPU data-parallel (gloo) training of one tiny stage through torchrun."""
+
 import json
 
 import pytest
+from test_sweep_support import TINY
 
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.run.builders import RunContext
 from umdbench.plan.stages import build_plan
 from umdbench.plugin import get_registries
-
-from test_sweep_support import TINY
+from umdbench.run.builders import RunContext
 
 
 @pytest.mark.slow
@@ -33,7 +33,11 @@ def test_two_process_ddp_stage(tmp_path):
     assert "overall" in row["metrics"]
     # the row says how each stage was trained, and what of it depends on that (nothing, here)
     schedule = row["schedule"][stage.key]
-    assert {k: schedule[k] for k in ("world_size", "micro_batches", "exceptions", "device")} == \
-        {"world_size": 2, "micro_batches": 1, "exceptions": [], "device": "cpu"}
+    assert {k: schedule[k] for k in ("world_size", "micro_batches", "exceptions", "device")} == {
+        "world_size": 2,
+        "micro_batches": 1,
+        "exceptions": [],
+        "device": "cpu",
+    }
     assert schedule["threads"] >= 1 and schedule["wall_time_s"] > 0  # what a board's compute column counts
     assert ctx.ws.store.get(row["cell_key"])["schedule"] == row["schedule"]

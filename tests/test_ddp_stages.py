@@ -6,10 +6,10 @@ logging. Training here is fp32, where a parameter whose gradient is zero by cons
 key biases) is moved by AdamW on rounding noise, so whole-stage comparisons use the norm of the
 change over all tensors together.
 """
+
 import json
 
 import pytest
-import torch
 
 from umdbench.plan.config import CellSpec, parse_override, resolve
 from umdbench.plan.stages import build_plan
@@ -37,14 +37,23 @@ def _relative_change_difference(got: dict, ref: dict, start: dict) -> tuple[floa
     """``(||(got - start) - (ref - start)|| / ||ref - start||, ||ref - start||)`` over all tensors."""
     diff = sum(float(((got[k].float() - ref[k].float()) ** 2).sum()) for k in ref)
     moved = sum(float(((ref[k].float() - start[k].float()) ** 2).sum()) for k in ref)
-    return (diff / max(moved, 1e-30)) ** 0.5, moved ** 0.5
+    return (diff / max(moved, 1e-30)) ** 0.5, moved**0.5
 
 
 @pytest.mark.slow
 def test_two_rank_mr_stage_moves_its_ema_teacher_as_one_process(tmp_path):
     registries = get_registries(reload=True)
-    run = _run(registries, "mr", "direct", ["pretrain.train.max_iters=3", "pretrain.train.batch_size=8",
-                                            "pretrain.train.amp=false", "pretrain.train.checkpoint_interval=3"])
+    run = _run(
+        registries,
+        "mr",
+        "direct",
+        [
+            "pretrain.train.max_iters=3",
+            "pretrain.train.batch_size=8",
+            "pretrain.train.amp=false",
+            "pretrain.train.checkpoint_interval=3",
+        ],
+    )
     one, two = RunContext(tmp_path / "one", registries), RunContext(tmp_path / "two", registries)
     stage = build_plan(run, registries, one.catalog)[0]
     assert stage.kind == "pretrain"
@@ -68,8 +77,17 @@ def test_two_rank_mr_stage_moves_its_ema_teacher_as_one_process(tmp_path):
 @pytest.mark.slow
 def test_two_rank_gmcoord_stage_logs_and_applies_k_and_rho_every_step(tmp_path):
     registries = get_registries(reload=True)
-    run = _run(registries, "none", "gmcoord", ["tune.0.train.max_iters=3", "tune.0.train.batch_size=8",
-                                               "tune.0.train.amp=false", "tune.0.train.log_interval=1"])
+    run = _run(
+        registries,
+        "none",
+        "gmcoord",
+        [
+            "tune.0.train.max_iters=3",
+            "tune.0.train.batch_size=8",
+            "tune.0.train.amp=false",
+            "tune.0.train.log_interval=1",
+        ],
+    )
     ctx = RunContext(tmp_path / "two", registries)
     stage = build_plan(run, registries, ctx.catalog)[0]
     launch_stage(stage, run, ctx, nproc=2, timeout=600)

@@ -2,6 +2,7 @@
 
 Budgets are cut to a few iterations with --cfg-options; what is tested is the machinery.
 """
+
 import json
 import os
 import re
@@ -21,8 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "model.image_size=64", "data.num_workers=0", "data.eval_batch_size=50",
-    "dataset.options.n_train=160", "dataset.options.n_val=40", "dataset.options.n_test=100",
+    "model.image_size=64",
+    "data.num_workers=0",
+    "data.eval_batch_size=50",
+    "dataset.options.n_train=160",
+    "dataset.options.n_val=40",
+    "dataset.options.n_test=100",
 ]
 
 
@@ -72,15 +77,37 @@ def test_run_twice_reuses_cache_and_shares_pretraining(tmp_path, capsys):
 
 
 def test_corrupt_cached_artifact_is_reported_and_nothing_is_damaged(tmp_path, capsys):
-    args = ["run", "--pretrain", "mr", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-            "--cfg-options", *small_budget(1, iters=2)]
+    args = [
+        "run",
+        "--pretrain",
+        "mr",
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--cfg-options",
+        *small_budget(1, iters=2),
+    ]
     assert run_cli(args, capsys)[0] == 0
     (artifact,) = (tmp_path / "stages").glob("pretrain-mr-*/model.safetensors")
     artifact.write_bytes(artifact.read_bytes()[:1000])
     store_before = (tmp_path / "results.sqlite").read_bytes()
     # a new cell that needs the corrupt pre-training
-    args2 = ["run", "--pretrain", "mr", "--tune", "gmcoord", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-             "--cfg-options", *small_budget(1, iters=2)]
+    args2 = [
+        "run",
+        "--pretrain",
+        "mr",
+        "--tune",
+        "gmcoord",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--cfg-options",
+        *small_budget(1, iters=2),
+    ]
     code, out = run_cli(args2, capsys)
     assert code == 2
     assert str(artifact) in out and "Delete the folder" in out
@@ -91,8 +118,22 @@ def test_corrupt_cached_artifact_is_reported_and_nothing_is_damaged(tmp_path, ca
 
 def test_sigkill_mid_stage_then_resume(tmp_path):
     opts = small_budget(1, pretrain=False, iters=40) + ["tune.0.train.checkpoint_interval=5"]
-    cmd = [sys.executable, "-m", "umdbench.cli", "run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth",
-           "--work-dir", str(tmp_path), "--cfg-options", *opts]
+    cmd = [
+        sys.executable,
+        "-m",
+        "umdbench.cli",
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--cfg-options",
+        *opts,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -133,8 +174,24 @@ def test_readme_plugin_file_runs(tmp_path):
     tests/test_example_package.py)."""
     plugin = tmp_path / "bias_only.py"
     plugin.write_text(_readme_plugin_source())
-    code = main(["run", "--plugin-path", str(plugin), "--pretrain", "none", "--tune", "bias-only", "--dataset", "medsynth",
-                 "--work-dir", str(tmp_path / "wd"), "--cfg-options", "tune.0.train.max_iters=3", "data.num_workers=0"])
+    code = main(
+        [
+            "run",
+            "--plugin-path",
+            str(plugin),
+            "--pretrain",
+            "none",
+            "--tune",
+            "bias-only",
+            "--dataset",
+            "medsynth",
+            "--work-dir",
+            str(tmp_path / "wd"),
+            "--cfg-options",
+            "tune.0.train.max_iters=3",
+            "data.num_workers=0",
+        ]
+    )
     assert code == 0
     row = ResultsStore(tmp_path / "wd" / "results.sqlite").rows()[0]
     assert row["tune"] == "bias-only" and row["plugins"]["tune:bias-only"] == f"local file {plugin}"
@@ -157,16 +214,38 @@ def test_broken_entry_point_plugin_is_skipped(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["mae", "clip", "flip", "m3ae"])
 def test_every_pretraining_strategy_runs_through_direct_tuning(strategy, tmp_path, capsys):
-    args = ["run", "--pretrain", strategy, "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-            "--cfg-options", *small_budget(1, iters=3)]
+    args = [
+        "run",
+        "--pretrain",
+        strategy,
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--cfg-options",
+        *small_budget(1, iters=3),
+    ]
     code, out = run_cli(args, capsys)
     assert code == 0, out
     assert f"pretrain {strategy}: done" in out and "overall=" in out
 
 
 def test_tuning_chain_runs_in_the_given_order(tmp_path, capsys):
-    args = ["run", "--pretrain", "none", "--tune", "tdcalib+gmcoord", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-            "--cfg-options", *small_budget(2, pretrain=False, iters=3)]
+    args = [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "tdcalib+gmcoord",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--cfg-options",
+        *small_budget(2, pretrain=False, iters=3),
+    ]
     code, out = run_cli(args, capsys)
     assert code == 0, out
     order = [line.split()[1:3] for line in out.splitlines() if re.match(r"\[\d/\d\] tune \w+: training", line)]
@@ -182,9 +261,25 @@ def test_tuning_chain_runs_in_the_given_order(tmp_path, capsys):
 @pytest.mark.slow
 def test_track_tensorboard_logs_every_stage(tmp_path):
     pytest.importorskip("tensorboard")
-    code = main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-                 "--track", "tensorboard", "--cfg-options", "tune.0.train.max_iters=3", "tune.0.train.log_interval=1",
-                 "data.num_workers=0"])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "direct",
+            "--dataset",
+            "medsynth",
+            "--work-dir",
+            str(tmp_path),
+            "--track",
+            "tensorboard",
+            "--cfg-options",
+            "tune.0.train.max_iters=3",
+            "tune.0.train.log_interval=1",
+            "data.num_workers=0",
+        ]
+    )
     assert code == 0
     (stage_dir,) = (tmp_path / "stages").glob("tune-direct-*")
     events = list((stage_dir / "train").rglob("events.out.tfevents.*"))
@@ -194,8 +289,22 @@ def test_track_tensorboard_logs_every_stage(tmp_path):
 
 
 def test_track_with_an_unknown_backend_is_a_config_error(tmp_path, capsys):
-    code = main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-                 "--track", "wandb", "--dry-run"])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "direct",
+            "--dataset",
+            "medsynth",
+            "--work-dir",
+            str(tmp_path),
+            "--track",
+            "wandb",
+            "--dry-run",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown backend 'wandb'" in err and "tensorboard" in err and "\n" not in err.strip()

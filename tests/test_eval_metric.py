@@ -2,6 +2,7 @@
 suite with its overrides); it enters the evaluation's key only, so cells that differ in it share
 every trained stage. Also: an evaluation whose task records no per-example labels logs no
 "got empty results" warning."""
+
 from __future__ import annotations
 
 import re
@@ -18,9 +19,16 @@ from umdbench.plugin import load_plugins
 from umdbench.results.store import ResultsStore
 from umdbench.run.predictions import PredictionRecorder
 
-SMALL = ["data.num_workers=0", "model.image_size=32", "data.eval_batch_size=50", "dataset.options.n_train=64",
-         "dataset.options.n_val=20", "dataset.options.n_test=50", "tune.0.train.max_iters=3",
-         "tune.0.train.batch_size=8"]
+SMALL = [
+    "data.num_workers=0",
+    "model.image_size=32",
+    "data.eval_batch_size=50",
+    "dataset.options.n_train=64",
+    "dataset.options.n_val=20",
+    "dataset.options.n_test=50",
+    "tune.0.train.max_iters=3",
+    "tune.0.train.batch_size=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +72,13 @@ def test_dry_run_refuses_a_misspelt_metric_and_shows_the_chosen_one(capsys):
 
 
 def test_a_suite_chooses_the_metric_in_its_overrides(registries):
-    spec = {"title": "t", "datasets": ["medsynth"], "metrics": ["accuracy"],
-            "overrides": {"eval.metric": "classification"},
-            "rows": [{"name": "scratch", "pretrain": "none", "tune": "direct"}]}
+    spec = {
+        "title": "t",
+        "datasets": ["medsynth"],
+        "metrics": ["accuracy"],
+        "overrides": {"eval.metric": "classification"},
+        "rows": [{"name": "scratch", "pretrain": "none", "tune": "direct"}],
+    }
     (cell,) = Suite.from_spec("metric-suite", spec).cell_specs()
     run = resolve(cell, registries)
     assert run.config["eval"]["metric"] == "classification"
@@ -83,16 +95,28 @@ def test_an_evaluation_without_per_example_labels_logs_no_empty_results_warning(
     rec = PredictionRecorder()
     assert logged == []  # it has a prefix: no "prefix is not set" either
     # a segmentation batch: per-voxel logits, no [B] label
-    rec.process(None, [{"seg_logits": torch.zeros(2, 3, 4, 4, 4), "seg": torch.zeros(2, 3, 4, 4, 4),
-                        "index": torch.arange(2)}])
+    rec.process(
+        None, [{"seg_logits": torch.zeros(2, 3, 4, 4, 4), "seg": torch.zeros(2, 3, 4, 4, 4), "index": torch.arange(2)}]
+    )
     assert rec.evaluate(2) == {} and rec.arrays is None
     assert not any("empty" in str(m) for m in logged), logged
 
 
 @pytest.mark.slow
 def test_two_runs_that_differ_only_in_the_metric_share_every_trained_stage(tmp_path, capsys):
-    base = ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-            "--cfg-options", *SMALL]
+    base = [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--cfg-options",
+        *SMALL,
+    ]
     assert main(base) == 0
     first = capsys.readouterr().out
     assert "tune direct: training" in first

@@ -1,5 +1,6 @@
 """The worked example package (examples/umdbench-example) installed from a copy outside the
 repository: it imports only public modules, runs, sweeps its own suite, and is named in results."""
+
 from __future__ import annotations
 
 import ast
@@ -28,10 +29,13 @@ def test_example_imports_only_public_modules():
             for name in names:
                 top = name.split(".")[0]
                 if top == "umdbench":
-                    assert name in PUBLIC, f"{path.name}: imports {name}, which is not a public module ({sorted(PUBLIC)})"
+                    assert name in PUBLIC, (
+                        f"{path.name}: imports {name}, which is not a public module ({sorted(PUBLIC)})"
+                    )
                 else:
-                    assert top in THIRD_PARTY or top in sys.stdlib_module_names or top == "umdbench_example", \
+                    assert top in THIRD_PARTY or top in sys.stdlib_module_names or top == "umdbench_example", (
                         f"{path.name}: imports {name}"
+                    )
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +43,37 @@ def installed(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("example")
     copy = shutil.copytree(EXAMPLE, tmp / "src", ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
     site = tmp / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(site), str(copy)], check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(copy),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {"env": dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1"), "tmp": tmp}
 
 
 def cli(args, installed, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "umdbench.cli", *args], env=installed["env"], cwd=installed["tmp"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "umdbench.cli", *args],
+        env=installed["env"],
+        cwd=installed["tmp"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out

@@ -6,6 +6,7 @@ The toy package is a different modality on purpose: each record is a set of name
 standardises them after the device move, and a small 3-D conv encoder feeds the task type's head.
 The built-in ``direct`` strategy trains it: it knows nothing of volumes, only the contract.
 """
+
 from __future__ import annotations
 
 import json
@@ -165,8 +166,9 @@ def toy_env(tmp_path_factory) -> dict:
 
 
 def cli(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "umdbench.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "umdbench.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_toy_package_registers_an_encoder_and_a_task_type(toy_env, tmp_path):
@@ -180,12 +182,27 @@ def test_toy_package_registers_an_encoder_and_a_task_type(toy_env, tmp_path):
 @pytest.mark.slow
 def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
     work = tmp_path / "wd"
-    args = ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "toy-vols", "--work-dir", str(work),
-            "--cfg-options", "tune.0.train.max_iters=60", "tune.0.train.batch_size=16", "tune.0.train.lr=3e-3",
-            "data.num_workers=0"]
+    args = [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "toy-vols",
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        "tune.0.train.max_iters=60",
+        "tune.0.train.batch_size=16",
+        "tune.0.train.lr=3e-3",
+        "data.num_workers=0",
+    ]
     out = cli(args, toy_env, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    accuracy = float(re.search(r"result: none / direct / toy-vols seed 0: accuracy=([\d.]+)  lesion_recall=", out.stdout).group(1))
+    accuracy = float(
+        re.search(r"result: none / direct / toy-vols seed 0: accuracy=([\d.]+)  lesion_recall=", out.stdout).group(1)
+    )
     # chance is 50 %: the lesion is visible in one modality, and the toy model must find it
     assert accuracy >= 80.0, out.stdout
     config = json.loads(next((work / "runs").glob("*/config.json")).read_text())["config"]

@@ -1,5 +1,6 @@
 """Fig. 5 varies alpha in MR-Pretrain and TD-Calib together (UMD Sec. 4.4): suites may vary several
 keys at once, name tuning stages by strategy, and refuse rows without a stage a vary key names."""
+
 import pytest
 
 from umdbench.errors import ConfigError, PluginError
@@ -44,45 +45,74 @@ def test_fig5_cells_carry_the_same_alpha_in_both_stages(registries, data_root):
 
 
 def test_a_tuning_stage_is_named_by_strategy_and_mapped_per_row():
-    suite = Suite.from_spec("s", {
-        "datasets": ["toy"],
-        "rows": [{"name": "A", "pretrain": "mr", "tune": "tdcalib+gmcoord"},
-                 {"name": "B", "pretrain": "mr", "tune": "gmcoord+tdcalib"},
-                 {"name": "C", "pretrain": "mr", "tune": "tdcalib"}],
-        "vary": {"keys": ["pretrain.alpha", "tune.tdcalib.alpha"], "values": [0.3]},
-    })
+    suite = Suite.from_spec(
+        "s",
+        {
+            "datasets": ["toy"],
+            "rows": [
+                {"name": "A", "pretrain": "mr", "tune": "tdcalib+gmcoord"},
+                {"name": "B", "pretrain": "mr", "tune": "gmcoord+tdcalib"},
+                {"name": "C", "pretrain": "mr", "tune": "tdcalib"},
+            ],
+            "vary": {"keys": ["pretrain.alpha", "tune.tdcalib.alpha"], "values": [0.3]},
+        },
+    )
     got = {p.row.name: dict(p.overrides) for p in suite.grid()}
-    assert got == {"A": {"pretrain.alpha": 0.3, "tune.0.alpha": 0.3},
-                   "B": {"pretrain.alpha": 0.3, "tune.1.alpha": 0.3},
-                   "C": {"pretrain.alpha": 0.3, "tune.0.alpha": 0.3}}
+    assert got == {
+        "A": {"pretrain.alpha": 0.3, "tune.0.alpha": 0.3},
+        "B": {"pretrain.alpha": 0.3, "tune.1.alpha": 0.3},
+        "C": {"pretrain.alpha": 0.3, "tune.0.alpha": 0.3},
+    }
     assert suite.cell_names() == ["A alpha=0.3", "B alpha=0.3", "C alpha=0.3"]
     assert suite.vary_key == "pretrain.alpha"
     # the single-key form still works and numeric stage indices pass through
-    one = Suite.from_spec("s", {"datasets": ["toy"], "rows": [{"name": "A", "pretrain": "none", "tune": "direct"}],
-                                "vary": {"key": "tune.0.train.lr", "label": "lr", "values": [1e-4, 1e-3]}})
+    one = Suite.from_spec(
+        "s",
+        {
+            "datasets": ["toy"],
+            "rows": [{"name": "A", "pretrain": "none", "tune": "direct"}],
+            "vary": {"key": "tune.0.train.lr", "label": "lr", "values": [1e-4, 1e-3]},
+        },
+    )
     assert [dict(p.overrides) for p in one.grid()] == [{"tune.0.train.lr": 1e-4}, {"tune.0.train.lr": 1e-3}]
 
 
-@pytest.mark.parametrize("row, vary, message", [
-    ({"pretrain": "mr", "tune": "gmcoord"}, ["pretrain.alpha", "tune.tdcalib.alpha"],
-     r"vary key 'tune.tdcalib.alpha' names tuning stage 'tdcalib', which row 'R' does not run \(its chain: gmcoord\)"),
-    ({"pretrain": "none", "tune": "tdcalib+gmcoord"}, ["pretrain.alpha", "tune.tdcalib.alpha"],
-     r"vary key 'pretrain.alpha' sets a pre-training option, but row 'R' has no pre-training stage"),
-    ({"pretrain": "mr", "tune": "direct"}, ["tune.1.train.lr"], r"names tuning stage 1, but row 'R' has 1 \(direct\)"),
-    ({"pretrain": "mr", "tune": "direct"}, ["tune.direct"], r"must name a tuning stage and an option"),
-])
+@pytest.mark.parametrize(
+    "row, vary, message",
+    [
+        (
+            {"pretrain": "mr", "tune": "gmcoord"},
+            ["pretrain.alpha", "tune.tdcalib.alpha"],
+            r"vary key 'tune.tdcalib.alpha' names tuning stage 'tdcalib', which row 'R' does not run \(its chain: gmcoord\)",
+        ),
+        (
+            {"pretrain": "none", "tune": "tdcalib+gmcoord"},
+            ["pretrain.alpha", "tune.tdcalib.alpha"],
+            r"vary key 'pretrain.alpha' sets a pre-training option, but row 'R' has no pre-training stage",
+        ),
+        (
+            {"pretrain": "mr", "tune": "direct"},
+            ["tune.1.train.lr"],
+            r"names tuning stage 1, but row 'R' has 1 \(direct\)",
+        ),
+        ({"pretrain": "mr", "tune": "direct"}, ["tune.direct"], r"must name a tuning stage and an option"),
+    ],
+)
 def test_rows_without_a_varied_stage_are_refused(row, vary, message):
     spec = {"datasets": ["toy"], "rows": [{"name": "R", **row}], "vary": {"keys": vary, "values": [0.2]}}
     with pytest.raises(ConfigError, match=message):
         Suite.from_spec("s", spec)
 
 
-@pytest.mark.parametrize("vary", [
-    {"key": "pretrain.alpha", "keys": ["pretrain.alpha"], "values": [0.2]},
-    {"keys": [], "values": [0.2]},
-    {"keys": ["pretrain.alpha", "pretrain.alpha"], "values": [0.2]},
-    {"keys": ["pretrain.alpha"], "values": [0.2], "lable": "a"},
-])
+@pytest.mark.parametrize(
+    "vary",
+    [
+        {"key": "pretrain.alpha", "keys": ["pretrain.alpha"], "values": [0.2]},
+        {"keys": [], "values": [0.2]},
+        {"keys": ["pretrain.alpha", "pretrain.alpha"], "values": [0.2]},
+        {"keys": ["pretrain.alpha"], "values": [0.2], "lable": "a"},
+    ],
+)
 def test_malformed_vary_is_one_clear_error(vary):
     spec = {"datasets": ["toy"], "rows": [{"name": "R", "pretrain": "mr", "tune": "direct"}], "vary": vary}
     with pytest.raises(ConfigError, match="'vary' must be"):

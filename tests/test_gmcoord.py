@@ -1,4 +1,5 @@
 """GM-Coord (UMD Eq. 9-13): umdbench.kit.gradmod and the ``gmcoord`` tuning strategy."""
+
 from __future__ import annotations
 
 import math
@@ -6,11 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_tasks import ToyEncoder, task_info, toy_batch
 
 from umdbench.kit import gradmod
 from umdbench_plugins.tune.gmcoord import GMCoord
-
-from test_tasks import ToyEncoder, task_info, toy_batch
 
 BETA = 0.1
 
@@ -292,7 +292,10 @@ def test_paper_preset_hyperparameters():
     t = cfg["train"]
     assert (t["lr"], t["warmup_ratio"], t["schedule"], t["weight_decay"]) == (5e-6, 0.1, "linear", 0.1)
     assert t["max_iters"] == 300 * 20 and t["batch_size"] == 32
-    wd = {ds: GMCoord.default_config("paper", ds)["train"]["weight_decay"] for ds in ("vqa-rad", "slake", "melinda", "roco")}
+    wd = {
+        ds: GMCoord.default_config("paper", ds)["train"]["weight_decay"]
+        for ds in ("vqa-rad", "slake", "melinda", "roco")
+    }
     assert wd == {"vqa-rad": 0.1, "slake": 0.01, "melinda": 0.01, "roco": 0.1}
     for ds in ("vqa-rad", "slake", "melinda", "roco"):
         assert GMCoord.default_config("paper", ds)["train"]["schedule"] == "cosine"
@@ -344,8 +347,9 @@ def test_pooling_default_and_deviation_follow_the_paper_per_strategy():
 
     gm = GMCoord.default_config("tiny", "vqa-rad")
     assert gm["pooling"] == "mean" and not any("head reads" in d for d in GMCoord.deviations(gm))
-    assert any("poolers' outputs" in d and "average embeddings" in d
-               for d in GMCoord.deviations({**gm, "pooling": "pooler"}))
+    assert any(
+        "poolers' outputs" in d and "average embeddings" in d for d in GMCoord.deviations({**gm, "pooling": "pooler"})
+    )
     direct = DirectTune.default_config("tiny", "vqa-rad")
     assert direct["pooling"] == "pooler" and not DirectTune.deviations(direct)
     assert any("average embeddings" in d for d in DirectTune.deviations({**direct, "pooling": "mean"}))

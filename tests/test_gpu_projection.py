@@ -1,5 +1,6 @@
 """The GPU-hours projection (benchmarks.gpu_tables): fastest measurement per strategy, and a suite's
 unique stages at the paper preset priced at iterations x batch / throughput."""
+
 import json
 
 import pytest
@@ -9,8 +10,12 @@ from benchmarks.gpu_tables import best_throughput, suite_stage_hours
 
 def test_best_throughput_keeps_the_fastest_batch_per_strategy(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    a.write_text(json.dumps({"strategy": "mr", "batch": 32, "samples_per_s": 100.0}) + "\n"
-                 + json.dumps({"strategy": "direct", "batch": 32, "samples_per_s": 250.0}) + "\n")
+    a.write_text(
+        json.dumps({"strategy": "mr", "batch": 32, "samples_per_s": 100.0})
+        + "\n"
+        + json.dumps({"strategy": "direct", "batch": 32, "samples_per_s": 250.0})
+        + "\n"
+    )
     b.write_text(json.dumps({"strategy": "mr", "batch": 128, "samples_per_s": 220.0}) + "\n\n")
     best = best_throughput([str(a), str(b)])
     assert best["mr"]["batch"] == 128 and best["direct"]["samples_per_s"] == 250.0

@@ -6,6 +6,7 @@ name, one whose hook registers the wrong kind of object, and one that works. Wit
 PYTHONPATH the CLI must report the broken ones and keep working, and a fast subset of the real test
 suite must still pass.
 """
+
 import os
 import subprocess
 import sys
@@ -48,8 +49,13 @@ PLUGINS = {
 
 # Fast tests that load every installed plugin (directly or through get_registries). The built-in
 # kind check is left out: it judges registry.toml only, whatever else is installed.
-SUBSET = ["tests/test_registry.py", "tests/test_config.py", "tests/test_suites.py",
-          "--deselect", "tests/test_registry.py::test_every_builtin_entry_has_the_kind_it_is_registered_under"]
+SUBSET = [
+    "tests/test_registry.py",
+    "tests/test_config.py",
+    "tests/test_suites.py",
+    "--deselect",
+    "tests/test_registry.py::test_every_builtin_entry_has_the_kind_it_is_registered_under",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +72,9 @@ def polluted_env(tmp_path_factory) -> dict:
 
 
 def cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "umdbench.cli", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "umdbench.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_plugins_command_reports_each_broken_plugin_and_exits_0(polluted_env):
@@ -97,10 +104,20 @@ def test_list_still_shows_the_builtins(polluted_env):
 
 
 def test_fast_test_subset_passes_with_broken_plugins_installed(polluted_env):
-    check = subprocess.run([sys.executable, "-c", "from umdbench.plugin import get_plugin_report as r; "
-                            "print(len(r().failures))"], env=polluted_env, capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-c", "from umdbench.plugin import get_plugin_report as r; print(len(r().failures))"],
+        env=polluted_env,
+        capture_output=True,
+        text=True,
+    )
     assert check.stdout.strip() == "3", check.stdout + check.stderr  # the environment really is polluted
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUBSET],
-                         env=polluted_env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUBSET],
+        env=polluted_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and " failed" not in out.stdout

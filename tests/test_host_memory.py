@@ -1,5 +1,6 @@
 """The training process's glibc mmap threshold (umdbench.run.host_memory): freed tensor memory
 goes back to the kernel instead of staying resident in a fragmented heap."""
+
 from __future__ import annotations
 
 import json

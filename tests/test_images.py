@@ -1,4 +1,5 @@
 """ImageLoader: geometry, disk cache (identical pixels on hits), corrupt/truncated/missing files."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Leaderboard uncertainty (issue 17, part 2): intervals and significance checked against exact
 enumeration of the same resampling schemes on tiny arrays."""
+
 import itertools
 import math
 
@@ -94,9 +95,16 @@ def test_intervals_are_reproducible():
 
 
 # -- the leaderboard -----------------------------------------------------------------------------
-SPEC = {"title": "toy", "datasets": ["toy"], "metrics": ["open", "closed", "overall"],
-        "rows": [{"name": "A", "pretrain": "none", "tune": "direct"}, {"name": "B", "pretrain": "mr", "tune": "direct"},
-                 {"name": "C", "pretrain": "mr", "tune": "tdcalib+direct"}]}
+SPEC = {
+    "title": "toy",
+    "datasets": ["toy"],
+    "metrics": ["open", "closed", "overall"],
+    "rows": [
+        {"name": "A", "pretrain": "none", "tune": "direct"},
+        {"name": "B", "pretrain": "mr", "tune": "direct"},
+        {"name": "C", "pretrain": "mr", "tune": "tdcalib+direct"},
+    ],
+}
 
 
 def _add(ws, name, seed, correct, answer_type, with_predictions=True):
@@ -104,17 +112,42 @@ def _add(ws, name, seed, correct, answer_type, with_predictions=True):
     n = len(correct)
     ref = None
     if with_predictions:
-        arrays = {"index": np.arange(n, dtype=np.int32), "pred": np.zeros(n, np.int32),
-                  "label": np.where(correct == 1, 0, 1).astype(np.int32), "correct": correct.astype(np.uint8),
-                  "answer_type": answer_type.astype(np.int8)}
+        arrays = {
+            "index": np.arange(n, dtype=np.int32),
+            "pred": np.zeros(n, np.int32),
+            "label": np.where(correct == 1, 0, 1).astype(np.int32),
+            "correct": correct.astype(np.uint8),
+            "answer_type": answer_type.astype(np.int8),
+        }
         ws.write_predictions(key, arrays)
         ref = ws.predictions_ref(key)
-    metrics = {"overall": 100 * correct.mean(), "open": 100 * correct[answer_type == 1].mean(),
-               "closed": 100 * correct[answer_type == 0].mean()}
-    ws.store.add({"cell_key": key, "suite": "toy", "cell_name": name, "pretrain": "none", "tune": "direct",
-                  "dataset": "toy", "preset": "tiny", "seed": seed, "metrics": metrics, "config": {},
-                  "config_hash": "h", "stage_keys": [], "git_commit": "c", "packages": {}, "data_fingerprint": "f",
-                  "wall_time_s": 1.0, "device": "cpu", "predictions": ref})
+    metrics = {
+        "overall": 100 * correct.mean(),
+        "open": 100 * correct[answer_type == 1].mean(),
+        "closed": 100 * correct[answer_type == 0].mean(),
+    }
+    ws.store.add(
+        {
+            "cell_key": key,
+            "suite": "toy",
+            "cell_name": name,
+            "pretrain": "none",
+            "tune": "direct",
+            "dataset": "toy",
+            "preset": "tiny",
+            "seed": seed,
+            "metrics": metrics,
+            "config": {},
+            "config_hash": "h",
+            "stage_keys": [],
+            "git_commit": "c",
+            "packages": {},
+            "data_fingerprint": "f",
+            "wall_time_s": 1.0,
+            "device": "cpu",
+            "predictions": ref,
+        }
+    )
 
 
 def test_leaderboard_shows_intervals_markers_and_rows_without_predictions(tmp_path):
@@ -145,8 +178,10 @@ def test_reference_row_is_configurable(tmp_path):
     assert suite.reference_cell == "B"
     assert Suite.from_spec("toy", SPEC).reference_cell == "A"
     # a vary key must exist in every row's stages: the rows that pre-train
-    vary = Suite.from_spec("v", {**SPEC, "rows": SPEC["rows"][1:], "reference": "B",
-                                 "vary": {"key": "pretrain.alpha", "values": [0.2, 0.5]}})
+    vary = Suite.from_spec(
+        "v",
+        {**SPEC, "rows": SPEC["rows"][1:], "reference": "B", "vary": {"key": "pretrain.alpha", "values": [0.2, 0.5]}},
+    )
     assert vary.reference_cell == "B alpha=0.2"
     with pytest.raises(ConfigError, match="'reference' 'Z' is not one of its rows"):
         Suite.from_spec("toy", {**SPEC, "reference": "Z"})

@@ -1,5 +1,6 @@
 """ITM negatives (M3AE, MR-Pretrain) are never a real pair, even when a batch repeats an image or
 a caption (several questions about one image; the same caption on two figures)."""
+
 import pytest
 import torch
 
@@ -18,27 +19,35 @@ def _texts(ids, length=6):
 
 def _is_real_pair(images, texts, text_i, image_j):
     """Some sample k of the batch has image j's pixels and text i's tokens."""
-    return any(torch.equal(images[k], images[image_j]) and torch.equal(texts[k], texts[text_i])
-               for k in range(len(images)))
+    return any(
+        torch.equal(images[k], images[image_j]) and torch.equal(texts[k], texts[text_i]) for k in range(len(images))
+    )
 
 
 def test_same_rows_finds_exact_duplicates_only():
     x = _images([0, 1, 0, 2, 1])
     x[3] = x[0] + 1e-3  # close, but not the same image
     s = same_rows(x)
-    assert s.tolist() == [[True, False, True, False, False], [False, True, False, False, True],
-                          [True, False, True, False, False], [False, False, False, True, False],
-                          [False, True, False, False, True]]
+    assert s.tolist() == [
+        [True, False, True, False, False],
+        [False, True, False, False, True],
+        [True, False, True, False, False],
+        [False, False, False, True, False],
+        [False, True, False, False, True],
+    ]
     assert same_rows(_texts([5, 5, 6])).tolist() == [[True, True, False], [True, True, False], [False, False, True]]
 
 
-@pytest.mark.parametrize("image_ids, text_ids", [
-    ([0, 0, 1, 1, 2, 2, 3, 3], list(range(8))),  # every image twice (two questions per image)
-    ([0, 1, 0, 1, 0, 1, 0, 1], list(range(8))),  # interleaved: the rolled neighbour is never it
-    ([0, 0, 0, 1, 1, 1, 2, 3], list(range(8))),  # runs of three
-    (list(range(8)), [0, 0, 1, 1, 2, 2, 3, 3]),  # every caption twice
-    ([0, 0, 1, 1, 2, 3, 4, 5], [0, 0, 1, 2, 3, 3, 4, 5]),  # a repeated pair, a repeated image, a repeated caption
-])
+@pytest.mark.parametrize(
+    "image_ids, text_ids",
+    [
+        ([0, 0, 1, 1, 2, 2, 3, 3], list(range(8))),  # every image twice (two questions per image)
+        ([0, 1, 0, 1, 0, 1, 0, 1], list(range(8))),  # interleaved: the rolled neighbour is never it
+        ([0, 0, 0, 1, 1, 1, 2, 3], list(range(8))),  # runs of three
+        (list(range(8)), [0, 0, 1, 1, 2, 2, 3, 3]),  # every caption twice
+        ([0, 0, 1, 1, 2, 3, 4, 5], [0, 0, 1, 2, 3, 3, 4, 5]),  # a repeated pair, a repeated image, a repeated caption
+    ],
+)
 def test_mismatched_pairs_are_never_real_pairs(image_ids, text_ids):
     images, texts = _images(image_ids), _texts(text_ids)
     b = len(image_ids)

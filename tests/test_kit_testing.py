@@ -1,5 +1,6 @@
 """umdbench.kit's unit-test helpers build what a stage builds: an encoder from its preset with the
 tokenizer's special_ids, and a strategy on it with its resolved preset config."""
+
 import pytest
 import torch
 
@@ -31,8 +32,9 @@ def test_a_strategy_is_built_with_its_preset_options_and_special_ids():
         presets = {"tiny": {"ratio": 0.15, "train": dict(kit.PRETRAIN_TRAIN_TINY)}}
 
         def forward(self, batch):
-            ids_, labels = kit.mask_tokens(batch["text_ids"], batch["text_mask"], self.cfg["special_ids"],
-                                           float(self.cfg["ratio"]))
+            ids_, labels = kit.mask_tokens(
+                batch["text_ids"], batch["text_mask"], self.cfg["special_ids"], float(self.cfg["ratio"])
+            )
             return {"loss_masked": (labels != -100).float().mean()}
 
     strategy = kit.build_test_strategy(MaskedOnly, encoder, ids, ratio=0.5)
@@ -42,8 +44,9 @@ def test_a_strategy_is_built_with_its_preset_options_and_special_ids():
     clip = kit.build_test_strategy("pretrain:clip", encoder, ids, registries=get_registries())  # by name
     losses = [v for k, v in clip(batch).items() if k.startswith("loss")]
     assert losses and all(torch.isfinite(v) for v in losses)
-    direct = kit.build_test_strategy("tune:direct", encoder, ids, registries=get_registries(),
-                                     task=kit.task_info_for_test("vqa", ["yes", "no"]))
+    direct = kit.build_test_strategy(
+        "tune:direct", encoder, ids, registries=get_registries(), task=kit.task_info_for_test("vqa", ["yes", "no"])
+    )
     assert direct.task.num_classes == 2 and direct.task.spec.name == "vqa"
 
 

@@ -1,9 +1,10 @@
 """``train.label_fraction``: tuning stages train on a seeded share of the training split."""
+
 import pytest
 
 from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import DataCatalog, build_plan
+from umdbench.plan.stages import build_plan
 from umdbench.plugin import load_plugins
 from umdbench.run.builders import RunContext, build_dataset, label_subset
 
@@ -30,8 +31,9 @@ def test_a_bad_share_is_refused_when_the_run_is_planned(where, value):
 
 def test_the_tuning_stage_trains_on_the_share_and_evaluates_on_everything(tmp_path):
     registries = load_plugins()[0]
-    run = resolve(CellSpec("none", ("direct",), "medsynth", overrides=(("tune.0.train.label_fraction", 0.25),)),
-                  registries)
+    run = resolve(
+        CellSpec("none", ("direct",), "medsynth", overrides=(("tune.0.train.label_fraction", 0.25),)), registries
+    )
     ctx = RunContext(tmp_path / "work", registries)
     tune, evaluation = build_plan(run, registries, ctx.catalog)
     whole = ctx.catalog.get(tune.data).records("train")

@@ -1,21 +1,34 @@
 """Suite leaderboards from a small hand-made results store: ours beside the paper, plots, index."""
+
 import subprocess
 import sys
 
 import pytest
 
-from umdbench.results.leaderboard import write_leaderboards
 from umdbench.plugin import get_registries
+from umdbench.results.leaderboard import write_leaderboards
 from umdbench.results.store import Membership, ResultsStore
 
 
 def _row(suite, cell_name, dataset, seed, metrics, pretrain="mr", tune="direct", preset="tiny", key=None):
     return {
-        "cell_key": key or f"{suite}-{cell_name}-{dataset}-{seed}-{preset}", "suite": suite, "cell_name": cell_name,
-        "pretrain": pretrain, "tune": tune, "dataset": dataset, "preset": preset, "seed": seed, "metrics": metrics,
-        "config": {"dataset": {"root": f"/data/{dataset}"}}, "config_hash": "h", "stage_keys": [],
-        "git_commit": "0123456789abcdef-dirty", "packages": {"torch": "2"}, "data_fingerprint": "fp" + dataset,
-        "wall_time_s": 36.0, "device": "cpu: test, 2 threads",
+        "cell_key": key or f"{suite}-{cell_name}-{dataset}-{seed}-{preset}",
+        "suite": suite,
+        "cell_name": cell_name,
+        "pretrain": pretrain,
+        "tune": tune,
+        "dataset": dataset,
+        "preset": preset,
+        "seed": seed,
+        "metrics": metrics,
+        "config": {"dataset": {"root": f"/data/{dataset}"}},
+        "config_hash": "h",
+        "stage_keys": [],
+        "git_commit": "0123456789abcdef-dirty",
+        "packages": {"torch": "2"},
+        "data_fingerprint": "fp" + dataset,
+        "wall_time_s": 36.0,
+        "device": "cpu: test, 2 threads",
     }
 
 
@@ -26,15 +39,35 @@ def store(tmp_path):
     # table4 on vqa-rad: rows 1 and 8 with two seeds, row 5 with one
     for seed, (o, c, a) in enumerate([(60.0, 70.0, 66.0), (62.0, 72.0, 68.0)]):
         s.add(_row("table4", "1 none", "vqa-rad", seed, {"open": o, "closed": c, "overall": a}, pretrain="none"))
-        s.add(_row("table4", "8 all", "vqa-rad", seed, {"open": o + 5, "closed": c + 5, "overall": a + 5}, tune="tdcalib+gmcoord"))
+        s.add(
+            _row(
+                "table4",
+                "8 all",
+                "vqa-rad",
+                seed,
+                {"open": o + 5, "closed": c + 5, "overall": a + 5},
+                tune="tdcalib+gmcoord",
+            )
+        )
     s.add(_row("table4", "5 TD-Calib+GM-Coord", "vqa-rad", 0, {"open": 1.0, "closed": 2.0, "overall": 3.0}))
     # a cell of table1 that table4 shares (same key): membership points table4 "2 MR-Pretrain" at it
     s.add(_row("table1", "UMD", "vqa-rad", 0, {"open": 50.0, "closed": 50.0, "overall": 50.0}, key="shared"))
-    s.record_membership([
-        Membership("table4", "2 MR-Pretrain", "vqa-rad", "tiny", 0, "shared", "done"),
-        Membership("table4", "1 none", "slake", "tiny", 0, None, "data unavailable", "slake: the folder /x/slake does not exist"),
-        Membership("table1", "UMD", "vqa-rad", "tiny", 0, "shared", "done", overrides=["tune.*.train.max_iters=4"]),
-    ])
+    s.record_membership(
+        [
+            Membership("table4", "2 MR-Pretrain", "vqa-rad", "tiny", 0, "shared", "done"),
+            Membership(
+                "table4",
+                "1 none",
+                "slake",
+                "tiny",
+                0,
+                None,
+                "data unavailable",
+                "slake: the folder /x/slake does not exist",
+            ),
+            Membership("table1", "UMD", "vqa-rad", "tiny", 0, "shared", "done", overrides=["tune.*.train.max_iters=4"]),
+        ]
+    )
     # fig5: alpha sweep on two datasets
     for alpha, base in ((0.2, 40.0), (0.5, 45.0), (0.8, 42.0)):
         for dataset in ("vqa-rad", "slake"):
@@ -57,8 +90,14 @@ def test_table4_markdown(store, tmp_path):
     assert "| 50.00 " in md  # row 2 found through membership (cell stored under table1)
     assert "data unavailable" in md and "/x/slake does not exist" in md
     assert "not run" in md  # rows without any result
-    for item in ("**preset**: `tiny`", "**data**:", "fingerprint fpvqa-rad", "**compute**: cpu: test",
-                 "**seeds**: 0, 1", "**commits**: `0123456789ab-dirty`"):
+    for item in (
+        "**preset**: `tiny`",
+        "**data**:",
+        "fingerprint fpvqa-rad",
+        "**compute**: cpu: test",
+        "**seeds**: 0, 1",
+        "**commits**: `0123456789ab-dirty`",
+    ):
         assert item in md, item
     assert (out / "table4.png").read_bytes()[:4] == b"\x89PNG"
     assert "[table4.md](table4.md)" in (out / "README.md").read_text()
@@ -100,10 +139,12 @@ def test_explicit_suite_without_results_still_shows_paper(store, tmp_path):
 
 
 def test_leaderboard_command_imports_no_torch_and_no_plugin_module(store, tmp_path):
-    code = ("import sys\nfrom umdbench.cli import main\n"
-            f"rc = main(['leaderboard', '--store', {str(store.path)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'plugins'))\n"
-            "print(rc, heavy)")
+    code = (
+        "import sys\nfrom umdbench.cli import main\n"
+        f"rc = main(['leaderboard', '--store', {str(store.path)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'plugins'))\n"
+        "print(rc, heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "0 []"
     assert (tmp_path / "out" / "table4.md").is_file()
@@ -111,13 +152,25 @@ def test_leaderboard_command_imports_no_torch_and_no_plugin_module(store, tmp_pa
 
 def test_lower_is_better_columns_bold_their_smallest_value(tmp_path):
     registries = get_registries(reload=True)
-    registries.suite.register("distances", {
-        "title": "Distances", "datasets": ["medsynth"], "metrics": ["dice", "hd95"], "lower_is_better": ["hd95"],
-        "rows": [{"name": "a", "pretrain": "none", "tune": "direct"}, {"name": "b", "pretrain": "none", "tune": "direct"}]})
+    registries.suite.register(
+        "distances",
+        {
+            "title": "Distances",
+            "datasets": ["medsynth"],
+            "metrics": ["dice", "hd95"],
+            "lower_is_better": ["hd95"],
+            "rows": [
+                {"name": "a", "pretrain": "none", "tune": "direct"},
+                {"name": "b", "pretrain": "none", "tune": "direct"},
+            ],
+        },
+    )
     s = ResultsStore(tmp_path / "results.sqlite")
     s.add(_row("distances", "a", "medsynth", 0, {"dice": 80.0, "hd95": 3.0}, pretrain="none"))
     s.add(_row("distances", "b", "medsynth", 0, {"dice": 70.0, "hd95": 9.0}, pretrain="none"))
-    md = (write_leaderboards(s, tmp_path / "out", suite="distances") and (tmp_path / "out" / "distances.md")).read_text()
+    md = (
+        write_leaderboards(s, tmp_path / "out", suite="distances") and (tmp_path / "out" / "distances.md")
+    ).read_text()
     assert "**80.00**" in md and "**3.00**" in md and "**9.00**" not in md
     get_registries(reload=True)
 
@@ -126,10 +179,16 @@ def test_reference_points_are_printed_under_their_split(store, tmp_path):
     """Stored no-image baselines appear under the table of the split (and data) they were computed on."""
     from umdbench.results.baselines import reference_key
 
-    points = {reference_key("vqa-rad", "test", "fpvqa-rad"): {
-        "question only": {"overall": 52.77, "open": 27.37, "closed": 69.49},
-        "majority answer": {"overall": 31.93, "open": 6.15, "closed": 48.9}},
-        reference_key("vqa-rad", "test", "other-data"): {"question only": {"overall": 1.0}, "majority answer": {"overall": 1.0}}}
+    points = {
+        reference_key("vqa-rad", "test", "fpvqa-rad"): {
+            "question only": {"overall": 52.77, "open": 27.37, "closed": 69.49},
+            "majority answer": {"overall": 31.93, "open": 6.15, "closed": 48.9},
+        },
+        reference_key("vqa-rad", "test", "other-data"): {
+            "question only": {"overall": 1.0},
+            "majority answer": {"overall": 1.0},
+        },
+    }
     write_leaderboards(store, tmp_path / "a", suite="table4", reference_points=points)
     md = (tmp_path / "a" / "table4.md").read_text()
     assert "question only 52.77 overall (open 27.37, closed 69.49)" in md
@@ -146,8 +205,16 @@ def test_a_metric_undefined_on_a_split_is_dropped_not_averaged(tmp_path):
     get_registries(reload=True)
     s = ResultsStore(tmp_path / "results.sqlite")
     for seed, acc in enumerate((40.0, 44.0)):
-        s.add(_row("table4", "1 none", "vqa-med-2019", seed, {"open": acc, "closed": float("nan"), "overall": acc},
-                   pretrain="none"))
+        s.add(
+            _row(
+                "table4",
+                "1 none",
+                "vqa-med-2019",
+                seed,
+                {"open": acc, "closed": float("nan"), "overall": acc},
+                pretrain="none",
+            )
+        )
     s.add(_row("table4", "1 none", "vqa-rad", 0, {"open": 30.0, "closed": 60.0, "overall": 50.0}, pretrain="none"))
     write_leaderboards(s, tmp_path / "out", suite="table4")
     md = (tmp_path / "out" / "table4.md").read_text()
@@ -186,9 +253,17 @@ def test_a_board_shows_the_compute_its_rows_recorded_and_counts_shared_stages_on
         mr["schedule"] = {"pretrain-shared": shared, f"direct-mr-{seed}": {**shared, "wall_time_s": 360.0}}
         store.add(none)
         store.add(mr)
-    suite = Suite.from_spec("mini", {"datasets": ["medsynth"], "metrics": ["overall"],
-                                     "rows": [{"name": "none", "pretrain": "none", "tune": "direct"},
-                                              {"name": "mr", "pretrain": "mr", "tune": "direct"}]})
+    suite = Suite.from_spec(
+        "mini",
+        {
+            "datasets": ["medsynth"],
+            "metrics": ["overall"],
+            "rows": [
+                {"name": "none", "pretrain": "none", "tune": "direct"},
+                {"name": "mr", "pretrain": "mr", "tune": "direct"},
+            ],
+        },
+    )
     results = collect_suite_results(store, suite)["tiny"]
     text = render_suite(suite, results, "tiny")
     header = next(line for line in text.splitlines() if line.startswith("| method"))

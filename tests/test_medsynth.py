@@ -2,6 +2,7 @@
 
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_medsynth.py
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,10 @@ def test_plugin_attributes():
     assert MedSynthVQA.default_pretrain_corpus == "medsynth-captions"
     assert MedSynthVQA.splits == ("train", "val", "test")
     assert (MedSynthCaptions.name, MedSynthCaptions.task, MedSynthCaptions.splits) == (
-        "medsynth-captions", "pretrain", ("train", "val"))
+        "medsynth-captions",
+        "pretrain",
+        ("train", "val"),
+    )
     with pytest.raises(ValueError, match="unknown option"):
         MedSynthVQA(n_trian=5)
     with pytest.raises(KeyError):
@@ -234,8 +238,14 @@ class _TinyVQA(nn.Module):
         def block(i, o):
             return [nn.Conv2d(i, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU()]
 
-        self.cnn = nn.Sequential(*block(1, 16), *block(16, 32), *block(32, 32), nn.Flatten(),
-                                 nn.Linear(32 * (size // 8) ** 2, 128), nn.ReLU())
+        self.cnn = nn.Sequential(
+            *block(1, 16),
+            *block(16, 32),
+            *block(32, 32),
+            nn.Flatten(),
+            nn.Linear(32 * (size // 8) ** 2, 128),
+            nn.ReLU(),
+        )
         self.q = nn.Sequential(nn.Linear(n_words, 128), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(3 * 128, 256), nn.ReLU(), nn.Linear(256, n_answers))
 
@@ -274,7 +284,7 @@ def test_image_model_beats_question_only(vqa, question_only):
             net.train()
             perm = torch.randperm(len(Y), generator=gen)
             for k in range(0, len(Y), 64):
-                b = perm[k:k + 64]
+                b = perm[k : k + 64]
                 loss = nn.functional.cross_entropy(net(Xi[b], Xq[b]), Y[b])
                 opt.zero_grad()
                 loss.backward()
@@ -288,6 +298,8 @@ def test_image_model_beats_question_only(vqa, question_only):
     closed = torch.tensor([r.answer_type == "closed" for r in te])
     acc_closed = (pred[closed] == TY[closed]).float().mean().item()
     acc_open = (pred[~closed] == TY[~closed]).float().mean().item()
-    print(f"\nimage+question {acc:.3f} (closed {acc_closed:.3f}, open {acc_open:.3f}); "
-          f"question-only majority {maj_acc:.3f}, BoW-LR {lr_acc:.3f}; chance {chance:.3f}")
+    print(
+        f"\nimage+question {acc:.3f} (closed {acc_closed:.3f}, open {acc_open:.3f}); "
+        f"question-only majority {maj_acc:.3f}, BoW-LR {lr_acc:.3f}; chance {chance:.3f}"
+    )
     assert acc > max(maj_acc, lr_acc) + 0.15

@@ -1,4 +1,5 @@
 """Metric plugins against hand-computed values."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,16 @@ def _run(metric, batches):
 def test_vqa_accuracy_hand_computed():
     # preds: 0, 1, 2, 0 | labels 0, 0, 2, -1 (not in vocab -> wrong) | types closed, open, open, closed
     batches = [
-        {"logits": torch.tensor([[1.0, 0, 0], [0, 1, 0]]), "label": torch.tensor([0, 0]), "answer_type": torch.tensor([0, 1])},
-        {"logits": torch.tensor([[0.0, 0, 1], [1, 0, 0]]), "label": torch.tensor([2, -1]), "answer_type": torch.tensor([1, 0])},
+        {
+            "logits": torch.tensor([[1.0, 0, 0], [0, 1, 0]]),
+            "label": torch.tensor([0, 0]),
+            "answer_type": torch.tensor([0, 1]),
+        },
+        {
+            "logits": torch.tensor([[0.0, 0, 1], [1, 0, 0]]),
+            "label": torch.tensor([2, -1]),
+            "answer_type": torch.tensor([1, 0]),
+        },
     ]
     out = _run(VQAAccuracy(), batches)
     assert out == pytest.approx({"overall": 50.0, "open": 50.0, "closed": 50.0})
@@ -30,8 +39,16 @@ def test_vqa_accuracy_hand_computed():
 
 def test_vqa_accuracy_unseen_answer_never_right_and_empty_subset_nan():
     # label -1 with a prediction of class 0 must not count as right
-    out = _run(VQAAccuracy(), [{"logits": torch.tensor([[5.0, 0], [0, 5.0], [0, 5.0]]), "label": torch.tensor([-1, 1, 0]),
-                                "answer_type": torch.tensor([1, 1, 1])}])
+    out = _run(
+        VQAAccuracy(),
+        [
+            {
+                "logits": torch.tensor([[5.0, 0], [0, 5.0], [0, 5.0]]),
+                "label": torch.tensor([-1, 1, 0]),
+                "answer_type": torch.tensor([1, 1, 1]),
+            }
+        ],
+    )
     assert out["overall"] == pytest.approx(100 / 3) and out["open"] == pytest.approx(100 / 3)
     assert math.isnan(out["closed"])
     assert VQAAccuracy.default_prefix is None
@@ -95,8 +112,10 @@ def test_retrieval_recall_requires_every_pair():
 def test_classification_hand_computed():
     # preds 0,1,1,2 ; labels 0,1,2,2
     logits = torch.tensor([[2.0, 0, 0], [0, 2, 0], [0, 2, 0], [0, 0, 2]])
-    out = _run(ClassificationMetric(), [{"logits": logits[:2], "label": torch.tensor([0, 1])},
-                                         {"logits": logits[2:], "label": torch.tensor([2, 2])}])
+    out = _run(
+        ClassificationMetric(),
+        [{"logits": logits[:2], "label": torch.tensor([0, 1])}, {"logits": logits[2:], "label": torch.tensor([2, 2])}],
+    )
     assert out["accuracy"] == pytest.approx(75.0)
     # recall: c0 1, c1 1, c2 1/2 ; specificity: c0 1, c1 2/3, c2 1
     assert out["sensitivity"] == pytest.approx(100 * 2.5 / 3, abs=1e-4)

@@ -1,4 +1,5 @@
 """The shared multi-modal encoder: shapes, masking path, weights loading, pos-embed resampling."""
+
 import math
 
 import pytest
@@ -126,8 +127,13 @@ def test_modality_parameters_partition(enc):
     assert any(n.startswith("fusion.image_layers.") for n in img)
     assert any(n.startswith("text.encoder.layer.") for n in txt) and "fusion.text_proj.weight" in txt
     rest = {n for n, _ in enc.named_parameters()} - img - txt
-    assert rest == {"fusion.text_pooler.dense.weight", "fusion.text_pooler.dense.bias",
-                    "fusion.image_pooler.dense.weight", "fusion.image_pooler.dense.bias", "type_embed.weight"}
+    assert rest == {
+        "fusion.text_pooler.dense.weight",
+        "fusion.text_pooler.dense.bias",
+        "fusion.image_pooler.dense.weight",
+        "fusion.image_pooler.dense.bias",
+        "type_embed.weight",
+    }
 
 
 def test_tokenizer_contract():
@@ -155,8 +161,16 @@ def test_vision_loads_local_timm_safetensors(tmp_path):
 
     torch.manual_seed(1)
     # a timm-named ViT of the tiny geometry, at another resolution (64 px = 4x4 grid), with a head
-    ref = VisionTransformer(img_size=64, patch_size=16, embed_dim=128, depth=2, num_heads=4, num_classes=10,
-                            pre_norm=True, act_layer="quick_gelu")
+    ref = VisionTransformer(
+        img_size=64,
+        patch_size=16,
+        embed_dim=128,
+        depth=2,
+        num_heads=4,
+        num_classes=10,
+        pre_norm=True,
+        act_layer="quick_gelu",
+    )
     path = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
     enc = build_encoder(tiny_encoder_cfg(vision={"checkpoint": str(path)}))
@@ -251,8 +265,9 @@ def test_missing_text_source_error_or_random(monkeypatch, caplog):
     with pytest.raises(RuntimeError, match="cannot load"):
         build_encoder(tiny_encoder_cfg(text={"pretrained": "/nonexistent/roberta", "tokenizer": "minilm"}))
     with caplog.at_level("WARNING"):
-        enc = build_encoder(tiny_encoder_cfg(text={"pretrained": "/nonexistent/roberta", "tokenizer": "minilm",
-                                                   "on_missing": "random"}))
+        enc = build_encoder(
+            tiny_encoder_cfg(text={"pretrained": "/nonexistent/roberta", "tokenizer": "minilm", "on_missing": "random"})
+        )
     assert "RANDOMLY INITIALISED" in caplog.text
     assert enc.text_width == 128
 
@@ -293,6 +308,8 @@ def test_paper_preset_geometry(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert ENCODER_PRESETS["paper"]["vision"]["pretrained"] == "clip"  # the paper starts from CLIP ViT-B/16
     # offline, without CLIP weights: the opt-in to random init (test_paper_init covers the error)
-    enc = build_encoder({**ENCODER_PRESETS["paper"], "vision": {**ENCODER_PRESETS["paper"]["vision"], "on_missing": "random"}})
+    enc = build_encoder(
+        {**ENCODER_PRESETS["paper"], "vision": {**ENCODER_PRESETS["paper"]["vision"], "on_missing": "random"}}
+    )
     assert enc.hidden_size == 768 and len(enc.fusion.text_layers) == 6 and len(enc.vision.blocks) == 12
     assert enc.num_patches == 576 and enc.text.config.num_hidden_layers == 12

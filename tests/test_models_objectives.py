@@ -1,4 +1,5 @@
 """Masking, loss functions and the EMA update against hand computations."""
+
 import math
 
 import pytest
@@ -7,8 +8,15 @@ from torch import nn
 
 from umdbench.models.ema import copy_weights_, ema_update_
 from umdbench.models.masking import ids_keep_from_restore, mask_tokens, num_visible, random_masking
-from umdbench.models.objectives import (clip_loss, feature_mse, itm_loss, itm_sources, mim_loss, mlm_loss,
-                                        normalise_patches)
+from umdbench.models.objectives import (
+    clip_loss,
+    feature_mse,
+    itm_loss,
+    itm_sources,
+    mim_loss,
+    mlm_loss,
+    normalise_patches,
+)
 
 SPECIAL = {"mask": 103, "pad": 0, "cls": 101, "sep": 102, "vocab_size": 30522, "all_special": [0, 100, 101, 102, 103]}
 
@@ -82,7 +90,7 @@ def test_mim_norm_pix_hand_computed():
     normed = torch.tensor([[[(1 - mean) / std, 0.0, (5 - mean) / std]]])
     torch.testing.assert_close(normalise_patches(target), normed)
     pred = torch.zeros(1, 1, 3)
-    expect = ((normed ** 2).mean()).item()
+    expect = ((normed**2).mean()).item()
     assert mim_loss(pred, target, torch.ones(1, 1), norm_pix=True).item() == pytest.approx(expect, rel=1e-5)
 
 
@@ -195,7 +203,9 @@ def test_forward_pairs_shares_images_without_changing_outputs_or_gradients():
         enc.zero_grad(set_to_none=True)
         out = enc.forward_pairs(batch["image"], src, batch["text_ids"], batch["text_mask"])
         out.pooled.pow(2).sum().backward()
-        grads.append((out.pooled.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}))
+        grads.append(
+            (out.pooled.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+        )
     (a, ga), (b, gb) = grads
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ga.keys() == gb.keys() and any(n.startswith("vision.") for n in ga)

@@ -1,5 +1,6 @@
 """Several nodes: torchrun over two launchers on the loopback interface, a Ray cluster of two nodes on
 this machine, and the check that every node sees the work dir at node 0's path."""
+
 import json
 import os
 import re
@@ -13,17 +14,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_sweep_support import REPO, TINY
 
 from umdbench.errors import ConfigError
 from umdbench.results.store import ResultsStore
 from umdbench.run.distributed import NODE_RANK_ENV, Launch, order_ranks_by_node
 from umdbench.run.nodes import TOKEN_PREFIX, NodeError, check_ray_nodes, look, node_group, write_checks
 
-from test_sweep_support import REPO, TINY, umdbench
-
 # one training stage (direct on medsynth), two iterations of a global batch of 4
 ONE_STAGE = [o for o in TINY if not o.startswith(("pretrain.", "tune.*"))] + [
-    "tune.0.train.max_iters=2", "tune.0.train.batch_size=4"]
+    "tune.0.train.max_iters=2",
+    "tune.0.train.batch_size=4",
+]
 RUN = ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth"]
 
 
@@ -41,13 +43,25 @@ def test_launch_options_become_torchrun_options():
     assert one[0] == "--standalone" and "--nproc-per-node=2" in one
     many = Launch(2, 3, 1, "node0:29400").torchrun_args("umdbench-abc-0")
     assert "--standalone" not in many
-    for option in ("--nnodes=3", "--nproc-per-node=2", "--rdzv-backend=c10d",
-                   "--rdzv-endpoint=node0:29400", "--rdzv-id=umdbench-abc-0", "--max-restarts=0",
-                   "--rdzv-conf=is_host=false"):
+    for option in (
+        "--nnodes=3",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node0:29400",
+        "--rdzv-id=umdbench-abc-0",
+        "--max-restarts=0",
+        "--rdzv-conf=is_host=false",
+    ):
         assert option in many
     assert Launch(2, 3, 1, "node0:29400").world_size == 6
-    for bad in (dict(nnodes=2), dict(nnodes=2, node_rank=2, rdzv_endpoint="h:1"), dict(node_rank=1),
-                dict(rdzv_endpoint="h:1"), dict(nnodes=2, rdzv_endpoint="no-port"), dict(nproc_per_node=0)):
+    for bad in (
+        dict(nnodes=2),
+        dict(nnodes=2, node_rank=2, rdzv_endpoint="h:1"),
+        dict(node_rank=1),
+        dict(rdzv_endpoint="h:1"),
+        dict(nnodes=2, rdzv_endpoint="no-port"),
+        dict(nproc_per_node=0),
+    ):
         with pytest.raises(ConfigError):
             Launch(**bad)
 
@@ -133,9 +147,11 @@ class FakeRay:
         self.blind, self.work = blind, work
 
     def nodes(self):
-        return [{"NodeID": "a" * 56, "Alive": True, "NodeManagerHostname": "head"},
-                {"NodeID": "b" * 56, "Alive": True, "NodeManagerHostname": "worker-2"},
-                {"NodeID": "c" * 56, "Alive": False, "NodeManagerHostname": "gone"}]
+        return [
+            {"NodeID": "a" * 56, "Alive": True, "NodeManagerHostname": "head"},
+            {"NodeID": "b" * 56, "Alive": True, "NodeManagerHostname": "worker-2"},
+            {"NodeID": "c" * 56, "Alive": False, "NodeManagerHostname": "gone"},
+        ]
 
     def remote(self, **_options):
         return lambda fn: _FakeTask(self, fn, None)
@@ -170,8 +186,9 @@ def test_ray_check_names_the_node_that_cannot_see_the_work_dir(tmp_path):
     with pytest.raises(NodeError) as caught:
         check_ray_nodes(FakeRay("b" * 56, work), [("work dir", work), ("data root", None)])
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"Ray node bbbbbbbbbbbb (host {socket.gethostname()}) has "
-                                                      f"no folder at {work} (the work dir).")
+    assert "\n" not in message and message.startswith(
+        f"Ray node bbbbbbbbbbbb (host {socket.gethostname()}) has no folder at {work} (the work dir)."
+    )
     assert "aaaaaaaaaaaa" not in message and "mount the shared file system at the same path" in message
     assert not list(work.glob(f"{TOKEN_PREFIX}*"))
 
@@ -188,10 +205,22 @@ def _two_nodes(tmp_path: Path, work1: Path | None = None, timeout: float = 900) 
     for rank, folder in enumerate([work, work1 or work]):
         out = open(tmp_path / f"node{rank}.out", "w+")
         err = open(tmp_path / f"node{rank}.err", "w+")
-        argv = [*RUN, "--work-dir", str(folder), "--nnodes", "2", "--node-rank", str(rank),
-                "--rdzv-endpoint", endpoint, "--cfg-options", *ONE_STAGE]
-        procs.append(subprocess.Popen([sys.executable, "-m", "umdbench.cli", *argv], stdout=out, stderr=err,
-                                      env=env, cwd=REPO))
+        argv = [
+            *RUN,
+            "--work-dir",
+            str(folder),
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(rank),
+            "--rdzv-endpoint",
+            endpoint,
+            "--cfg-options",
+            *ONE_STAGE,
+        ]
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "umdbench.cli", *argv], stdout=out, stderr=err, env=env, cwd=REPO)
+        )
         logs.append((out, err))
     results = []
     try:
@@ -245,7 +274,7 @@ def test_node_that_sees_another_work_dir_stops_the_run_before_training(tmp_path)
 # ---------------------------------------------------------------------------------------------
 # a Ray cluster of two nodes on this machine
 # ---------------------------------------------------------------------------------------------
-TWO_ROWS = '''
+TWO_ROWS = """
 from umdbench.hookspecs import hookimpl
 
 @hookimpl
@@ -254,12 +283,12 @@ def umdbench_register(registries):
         "title": "two cells on medsynth", "datasets": ["medsynth"], "metrics": ["overall"],
         "rows": [{"name": "none", "pretrain": "none", "tune": "direct"},
                  {"name": "mr", "pretrain": "mr", "tune": "direct"}]})
-'''
+"""
 
 
 # The cluster lives in a process of its own: ray.cluster_utils leaves gRPC threads in the process
 # that made it, and a later test that forks (a multiprocessing pool) would inherit their locks held.
-CLUSTER_SCRIPT = textwrap.dedent('''
+CLUSTER_SCRIPT = textwrap.dedent("""
     import json, subprocess, sys
     from ray.cluster_utils import Cluster
 
@@ -274,7 +303,7 @@ CLUSTER_SCRIPT = textwrap.dedent('''
     finally:
         cluster.shutdown()
     print(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "nodes": nodes}))
-''')
+""")
 
 
 @pytest.mark.slow
@@ -287,12 +316,31 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
     plugin = tmp_path / "two_nodes_plugin.py"
     plugin.write_text(TWO_ROWS)
     work = tmp_path / "work"
-    sweep = [sys.executable, "-m", "umdbench.cli", "sweep", "--suite", "two-nodes", "--plugin-path", str(plugin),
-             "--work-dir", str(work), "--executor", "ray", ["--cfg-options", *TINY]]
+    sweep = [
+        sys.executable,
+        "-m",
+        "umdbench.cli",
+        "sweep",
+        "--suite",
+        "two-nodes",
+        "--plugin-path",
+        str(plugin),
+        "--work-dir",
+        str(work),
+        "--executor",
+        "ray",
+        ["--cfg-options", *TINY],
+    ]
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     try:
-        proc = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, json.dumps(sweep)], capture_output=True,
-                              text=True, env=env, cwd=REPO, timeout=1200)
+        proc = subprocess.run(
+            [sys.executable, "-c", CLUSTER_SCRIPT, json.dumps(sweep)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=1200,
+        )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,5 +1,6 @@
 """`umdbench overlap`: perceptual hashes, their cache, the audit of corpora against test splits, the
 flagged cells, the line under each board and the corpus option that removes near duplicates."""
+
 from __future__ import annotations
 
 import io
@@ -92,7 +93,9 @@ def test_an_unreadable_image_is_listed_not_fatal(tmp_path):
     records = [Record("r1", str(good), "q"), Record("r2", str(bad), "q"), Record("r3", str(good), "q")]
     items = ov.split_items(None, records, ov.Hasher(), tmp_path)
     assert items.records == 3 and len(items.items) == 1 and next(iter(items.items.values())).records == 2
-    assert len(items.unreadable) == 1 and items.unreadable[0].startswith("record r2:") and "bad.jpg" in items.unreadable[0]
+    assert (
+        len(items.unreadable) == 1 and items.unreadable[0].startswith("record r2:") and "bad.jpg" in items.unreadable[0]
+    )
     assert next(iter(items.items.values())).name == "good.jpg"  # relative to the data root
 
 
@@ -107,15 +110,24 @@ def test_studies_match_by_content_and_by_declared_subject():
     class Plugin:
         name = "phantoms"
 
-    corpus = ov.split_items(Plugin(), [Record("c/0001", vol, ""), Record("c/0002", other, "", extra={"subject": "P7"})],
-                            hasher)
-    test = ov.split_items(Plugin(), [Record("t/0001", {k: v.copy() for k, v in vol.items()}, ""),
-                                     Record("t/0002", {"t1": vol["t1"]}, "", extra={"subject": "P7"}),
-                                     Record("t/0003", {"t1": other["t2"]}, "")], hasher)
+    corpus = ov.split_items(
+        Plugin(), [Record("c/0001", vol, ""), Record("c/0002", other, "", extra={"subject": "P7"})], hasher
+    )
+    test = ov.split_items(
+        Plugin(),
+        [
+            Record("t/0001", {k: v.copy() for k, v in vol.items()}, ""),
+            Record("t/0002", {"t1": vol["t1"]}, "", extra={"subject": "P7"}),
+            Record("t/0003", {"t1": other["t2"]}, ""),
+        ],
+        hasher,
+    )
     result = ov.match(corpus, test)
     assert (result["kind"], result["exact"], result["same_subject"], result["overlap"]) == ("study", 1, 1, 2)
     # a declared mapping (--subjects) names the subject of a study id
-    mapped = ov.split_items(Plugin(), [Record("t/0003", {"t1": other["t2"]}, "")], hasher, declared={"phantoms": {"0003": "P7"}})
+    mapped = ov.split_items(
+        Plugin(), [Record("t/0003", {"t1": other["t2"]}, "")], hasher, declared={"phantoms": {"0003": "P7"}}
+    )
     assert ov.match(corpus, mapped)["same_subject"] == 1
     images = ov.split_items(None, [Record("i", np.zeros((8, 8, 3), np.uint8), "")], hasher)
     assert ov.match(corpus, images) is None  # 2-D images are not compared with 3-D studies
@@ -130,17 +142,38 @@ def make_data(root: Path) -> dict:
     rad = root / "vqa_rad"
     for i in (1, 2, 3):
         save(scan(i), rad / "images" / f"synpic{i}.jpg")
-    row = {"qid": 1, "image_name": "synpic3.jpg", "question": "Is this normal?", "answer": "Yes",
-           "answer_type": "CLOSED", "question_type": "PRES", "phrase_type": "freeform", "image_organ": "CHEST"}
+    row = {
+        "qid": 1,
+        "image_name": "synpic3.jpg",
+        "question": "Is this normal?",
+        "answer": "Yes",
+        "answer_type": "CLOSED",
+        "question_type": "PRES",
+        "phrase_type": "freeform",
+        "image_organ": "CHEST",
+    }
     (rad / "trainset.json").write_text(json.dumps([row]))
-    (rad / "testset.json").write_text(json.dumps([{**row, "qid": 2, "image_name": "synpic1.jpg"},
-                                                  {**row, "qid": 3, "image_name": "synpic2.jpg"},
-                                                  {**row, "qid": 4, "image_name": "synpic1.jpg", "question": "Where?"}]))
+    (rad / "testset.json").write_text(
+        json.dumps(
+            [
+                {**row, "qid": 2, "image_name": "synpic1.jpg"},
+                {**row, "qid": 3, "image_name": "synpic2.jpg"},
+                {**row, "qid": 4, "image_name": "synpic1.jpg", "question": "Where?"},
+            ]
+        )
+    )
     slake = root / "slake"
     for i in (0, 1):
         save(scan(20 + i), slake / "imgs" / f"xmlab{i}" / "source.jpg")
-    base = {"img_id": 0, "img_name": "xmlab0/source.jpg", "question": "Which organ?", "answer": "Liver",
-            "q_lang": "en", "answer_type": "OPEN", "qid": 0}
+    base = {
+        "img_id": 0,
+        "img_name": "xmlab0/source.jpg",
+        "question": "Which organ?",
+        "answer": "Liver",
+        "q_lang": "en",
+        "answer_type": "OPEN",
+        "qid": 0,
+    }
     (slake / "train.json").write_text(json.dumps([base]))
     (slake / "validate.json").write_text(json.dumps([{**base, "qid": 1}]))
     (slake / "test.json").write_text(json.dumps([{**base, "qid": 2, "img_id": 1, "img_name": "xmlab1/source.jpg"}]))
@@ -200,8 +233,24 @@ def test_the_command_reports_exact_and_near_duplicates_without_absolute_paths(da
     assert "vqa_rad/images/synpic1.jpg ~ vqa_med_2019/train/Train_images/synpic900.jpg" in out
     assert "exclude_images_of left out 3 records (1 images): 1 of these test images among them" in out
     # --out writes elsewhere; --threshold 0 keeps only identical hashes
-    assert main(["overlap", "--data-root", str(data_root), "--work-dir", str(work), "--datasets", "vqa-rad",
-                 "--threshold", "0", "--out", str(tmp_path / "strict.json")]) == 0
+    assert (
+        main(
+            [
+                "overlap",
+                "--data-root",
+                str(data_root),
+                "--work-dir",
+                str(work),
+                "--datasets",
+                "vqa-rad",
+                "--threshold",
+                "0",
+                "--out",
+                str(tmp_path / "strict.json"),
+            ]
+        )
+        == 0
+    )
     assert _pair(json.loads((tmp_path / "strict.json").read_text()), RAD_CORPUS, "vqa-rad")["near"] == 0
 
 
@@ -221,21 +270,44 @@ def test_command_errors_are_one_paragraph_with_exit_2(data_root, tmp_path, capsy
 # a work dir's rows: flagged cells and the line under each board
 # ---------------------------------------------------------------------------------------------
 def _row(key: str, name: str, pretrain: str, corpus: dict | None, seed: int = 0) -> dict:
-    config = {"dataset": {"type": "vqa-rad", "root": "<data-root>/vqa_rad", "options": {}, "on_error": "raise"},
-              "eval": {"split": "test"},
-              "pretrain": {"type": pretrain, "corpus": {"type": "corpus", "root": "<data-root>", "options": corpus}}
-              if corpus is not None else None}
-    return {"cell_key": key.ljust(32, "0"), "suite": "toy", "cell_name": name, "pretrain": pretrain,
-            "tune": "direct", "dataset": "vqa-rad", "preset": "tiny", "seed": seed,
-            "metrics": {"open": 50.0, "closed": 50.0, "overall": 50.0}, "config": config, "config_hash": "h",
-            "stage_keys": [], "git_commit": "c", "packages": {}, "data_fingerprint": "old-rule",
-            "wall_time_s": 1.0, "device": "cpu"}
+    config = {
+        "dataset": {"type": "vqa-rad", "root": "<data-root>/vqa_rad", "options": {}, "on_error": "raise"},
+        "eval": {"split": "test"},
+        "pretrain": {"type": pretrain, "corpus": {"type": "corpus", "root": "<data-root>", "options": corpus}}
+        if corpus is not None
+        else None,
+    }
+    return {
+        "cell_key": key.ljust(32, "0"),
+        "suite": "toy",
+        "cell_name": name,
+        "pretrain": pretrain,
+        "tune": "direct",
+        "dataset": "vqa-rad",
+        "preset": "tiny",
+        "seed": seed,
+        "metrics": {"open": 50.0, "closed": 50.0, "overall": 50.0},
+        "config": config,
+        "config_hash": "h",
+        "stage_keys": [],
+        "git_commit": "c",
+        "packages": {},
+        "data_fingerprint": "old-rule",
+        "wall_time_s": 1.0,
+        "device": "cpu",
+    }
 
 
-SPEC = {"title": "toy", "datasets": ["vqa-rad"], "metrics": ["open", "closed", "overall"],
-        "rows": [{"name": "scratch", "pretrain": "none", "tune": "direct"},
-                 {"name": "MR", "pretrain": "mr", "tune": "direct"},
-                 {"name": "MR dedup", "pretrain": "mr", "tune": "direct"}]}
+SPEC = {
+    "title": "toy",
+    "datasets": ["vqa-rad"],
+    "metrics": ["open", "closed", "overall"],
+    "rows": [
+        {"name": "scratch", "pretrain": "none", "tune": "direct"},
+        {"name": "MR", "pretrain": "mr", "tune": "direct"},
+        {"name": "MR dedup", "pretrain": "mr", "tune": "direct"},
+    ],
+}
 
 
 def test_cells_whose_pretraining_saw_a_test_image_are_flagged_and_boards_say_so(data_root, tmp_path, capsys):
@@ -254,20 +326,30 @@ def test_cells_whose_pretraining_saw_a_test_image_are_flagged_and_boards_say_so(
     out = capsys.readouterr().out
     report = ov.load_report(ws.work_dir)
     flagged = {(c["cell_name"], c["seed"]): c["flagged"] for c in report["cells"]}
-    assert flagged == {("scratch", 0): False, ("scratch", 1): False, ("MR", 0): True, ("MR", 1): True,
-                       ("MR dedup", 0): False, ("MR dedup", 1): False}
+    assert flagged == {
+        ("scratch", 0): False,
+        ("scratch", 1): False,
+        ("MR", 0): True,
+        ("MR", 1): True,
+        ("MR dedup", 0): False,
+        ("MR dedup", 1): False,
+    }
     assert "1 of 3 cells (2 of 4 rows with pre-training; 2 rows train from scratch)" in out
     assert "toy / MR / vqa-rad (preset tiny, seeds 0, 1): 1 test images (2 records)" in out
     assert "rows record data fingerprint old-rule" in out  # the audited copy is not what the rows recorded
     # the corpus option left the near copy out, and the report says what each option removed
     assert _pair(report, dedup, "vqa-rad")["overlap"] == 0
     assert [lo["option"] for lo in _pair(report, dedup, "vqa-rad")["left_out"]] == [
-        "exclude_images_of", "exclude_near_duplicates_of"]
+        "exclude_images_of",
+        "exclude_near_duplicates_of",
+    ]
     after = render_suite(suite, collect_suite_results(ws.store, suite)["tiny"], "tiny", overlap=report)
     lines = [line for line in after.splitlines() if "train/test overlap" in line]
     assert len(lines) == 2, lines
-    assert ("train/test overlap: 1 of the 2 test images (2 of 3 test records) have an exact or near duplicate in the "
-            "pre-training corpus `corpus` (exclude_images_of vqa-rad; sources slake, vqa-med-2019) of MR: 0 exact") in lines[0]
+    assert (
+        "train/test overlap: 1 of the 2 test images (2 of 3 test records) have an exact or near duplicate in the "
+        "pre-training corpus `corpus` (exclude_images_of vqa-rad; sources slake, vqa-med-2019) of MR: 0 exact"
+    ) in lines[0]
     assert "train/test overlap: none found" in lines[1] and "of MR dedup" in lines[1]
     assert "`exclude_near_duplicates_of` left out 3 records (1 images); 1 of the test images are among them" in lines[1]
     # without a report the board is as before, and the report's lines are all it adds
@@ -308,9 +390,10 @@ def test_the_corpus_option_leaves_out_near_duplicates_of_a_downstream_dataset(da
     assert sum("near duplicate" in m for m in dedup.skipped) == 3
     assert dedup.deviations() and "exclude_near_duplicates_of" in dedup.deviations()[0]
     # a threshold of 0 keeps the re-encoded copy (its hash differs), and the key follows the option
-    assert "synpic900.jpg" in {os.path.basename(r.image) for r in
-                               Corpus(data_root, exclude_near_duplicates_of=["vqa-rad"],
-                                      near_duplicate_threshold=0).records("train")}
+    assert "synpic900.jpg" in {
+        os.path.basename(r.image)
+        for r in Corpus(data_root, exclude_near_duplicates_of=["vqa-rad"], near_duplicate_threshold=0).records("train")
+    }
     assert dedup.fingerprint() != plain.fingerprint()
     assert Corpus(data_root, exclude_near_duplicates_of=[]).fingerprint() == plain.fingerprint()
     with pytest.raises(ValueError, match="near_duplicate_threshold"):
@@ -321,8 +404,13 @@ def test_a_run_with_the_option_records_it_among_its_deviations(data_root):
     from umdbench.plan.config import CellSpec, resolve
     from umdbench.plugin import get_registries
 
-    cell = CellSpec("mr", ("direct",), "vqa-rad", data_root=str(data_root),
-                    overrides=(("pretrain.corpus.options.exclude_near_duplicates_of", ["vqa-rad"]),))
+    cell = CellSpec(
+        "mr",
+        ("direct",),
+        "vqa-rad",
+        data_root=str(data_root),
+        overrides=(("pretrain.corpus.options.exclude_near_duplicates_of", ["vqa-rad"]),),
+    )
     resolved = resolve(cell, get_registries())
     assert resolved.config["pretrain"]["corpus"]["options"]["exclude_near_duplicates_of"] == ["vqa-rad"]
     assert any("exclude_near_duplicates_of" in d and "instead of the paper's" in d for d in resolved.deviations)
@@ -337,8 +425,10 @@ def test_the_brain_phantom_shares_no_study_with_its_corpus(tmp_path, capsys):
     assert main(["overlap", "--work-dir", str(work), "--datasets", "brainsynth"]) == 0
     pair = json.loads((work / "overlap.json").read_text())["pairs"][0]
     assert (pair["kind"], pair["test_items"], pair["corpus_items"], pair["overlap"]) == ("study", 24, 64, 0)
-    assert "x brainsynth test (24 records, 24 studies): none shared  [brainsynth's default pre-training corpus]" in \
-        capsys.readouterr().out
+    assert (
+        "x brainsynth test (24 records, 24 studies): none shared  [brainsynth's default pre-training corpus]"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.realdata

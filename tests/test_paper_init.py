@@ -1,5 +1,6 @@
 """The paper preset starts the vision tower from CLIP ViT-B/16; offline without the weights it
 fails with one paragraph, or records the opted-into random init (issue 17, part 4)."""
+
 import pytest
 
 from umdbench.cli import main
@@ -38,8 +39,11 @@ def test_opting_into_random_init_is_listed_and_recorded(offline_without_clip, tm
 
 def test_a_local_checkpoint_or_a_reachable_hub_needs_no_deviation(monkeypatch, offline_without_clip):
     paper = ENCODER_PRESETS["paper"]
-    with_file = {**paper, "vision": {**paper["vision"], "checkpoint": "/weights/clip.safetensors"},
-                 "text": {**paper["text"], "pretrained": "minilm", "tokenizer": "minilm"}}
+    with_file = {
+        **paper,
+        "vision": {**paper["vision"], "checkpoint": "/weights/clip.safetensors"},
+        "text": {**paper["text"], "pretrained": "minilm", "tokenizer": "minilm"},
+    }
     assert init_deviations(with_file) == []
     with pytest.raises(ConfigError, match="on_missing=random"):
         init_deviations(paper)

@@ -1,14 +1,15 @@
 """The performance options keep numerics: SDPA vs the math reference, the masked-path reference,
 the teacher under no_grad, AdamW implementation choice, AMP off by default, compile off by default."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from umdbench.run.builders import build_optim_wrapper, compile_strategy, use_amp
 from umdbench.models import build_encoder
 from umdbench.models.reference import attention_impls, reference_train_options, set_reference_mode
 from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.run.builders import build_optim_wrapper, compile_strategy, use_amp
 
 TRAIN = {"lr": 1e-3, "weight_decay": 0.01, "betas": [0.9, 0.98], "eps": 1e-8, "grad_clip": None}
 

@@ -1,6 +1,7 @@
 """The dry-run plan cache (umdbench.cli.plancache): a repeated dry run replays its output without
 importing torch, and any change to an input it depends on (code, data, work dir, command line)
 recomputes it."""
+
 from __future__ import annotations
 
 import os
@@ -118,8 +119,14 @@ def test_replay_states_the_paths_the_workspace_builds(tmp_path):
 def test_note_config_records_paths_and_roots(tmp_path):
     plancache._noted = {}
     try:
-        plancache.note_config({"dataset": {"root": str(tmp_path)}, "model": {"vision": {"checkpoint": "ckpt/v.pt"}},
-                               "deviations": ["a/b c"], "name": "plain"})
+        plancache.note_config(
+            {
+                "dataset": {"root": str(tmp_path)},
+                "model": {"vision": {"checkpoint": "ckpt/v.pt"}},
+                "deviations": ["a/b c"],
+                "name": "plain",
+            }
+        )
         noted = dict(plancache._noted)
     finally:
         plancache._noted = None
@@ -130,13 +137,29 @@ def test_cli_dry_run_replays_without_torch(tmp_path):
     """End to end: the second `umdbench run --dry-run` prints the same plan and imports no torch."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    args = ["run", "--pretrain", "mr", "--tune", "tdcalib+gmcoord", "--dataset", "medsynth", "--dry-run",
-            "--work-dir", str(wd)]
-    script = ("import sys; from umdbench.cli import main; rc = main(sys.argv[1:]); "
-              "print('TORCH', 'torch' in sys.modules, 'umdbench_plugins' in sys.modules); sys.exit(rc)")
+    args = [
+        "run",
+        "--pretrain",
+        "mr",
+        "--tune",
+        "tdcalib+gmcoord",
+        "--dataset",
+        "medsynth",
+        "--dry-run",
+        "--work-dir",
+        str(wd),
+    ]
+    script = (
+        "import sys; from umdbench.cli import main; rc = main(sys.argv[1:]); "
+        "print('TORCH', 'torch' in sys.modules, 'umdbench_plugins' in sys.modules); sys.exit(rc)"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    runs = [subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
-                           cwd=tmp_path, timeout=600) for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+        )
+        for _ in range(2)
+    ]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert runs[0].stdout.splitlines()[-1] == "TORCH True True"
     assert runs[1].stdout.splitlines()[-1] == "TORCH False False"

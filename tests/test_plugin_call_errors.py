@@ -1,6 +1,7 @@
 """An exception raised by a plugin's own code while a stage trains or is evaluated is one paragraph
 naming the plugin, its package, the hook and the plugin's own line, exit 2; the stage stays
 resumable. A forward() without a loss and a metric that returns no number are caught the same way."""
+
 from __future__ import annotations
 
 import textwrap
@@ -9,7 +10,7 @@ import pytest
 
 from umdbench.cli import main
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     import torch
     from mmengine.evaluator import BaseMetric
 
@@ -81,10 +82,17 @@ PLUGIN = textwrap.dedent('''
         registries.metric.register("text-metric", Text)
         registries.dataset.register("boom-data", BoomData)
         registries.dataset.register("text-data", TextData)
-''')
+""")
 
-FAST = ["--cfg-options", "tune.0.train.max_iters=2", "tune.0.train.batch_size=4", "data.num_workers=0",
-        "dataset.options.n_train=8", "dataset.options.n_val=4", "dataset.options.n_test=4"]
+FAST = [
+    "--cfg-options",
+    "tune.0.train.max_iters=2",
+    "tune.0.train.batch_size=4",
+    "data.num_workers=0",
+    "dataset.options.n_train=8",
+    "dataset.options.n_val=4",
+    "dataset.options.n_test=4",
+]
 
 
 @pytest.fixture
@@ -95,8 +103,22 @@ def plugin_file(tmp_path):
 
 
 def run(tmp_path, plugin_file, tune, dataset="medsynth"):
-    return main(["run", "--pretrain", "none", "--tune", tune, "--dataset", dataset, "--work-dir",
-                 str(tmp_path / "wd"), "--plugin-path", plugin_file, *FAST])
+    return main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            tune,
+            "--dataset",
+            dataset,
+            "--work-dir",
+            str(tmp_path / "wd"),
+            "--plugin-path",
+            plugin_file,
+            *FAST,
+        ]
+    )
 
 
 def one_paragraph_error(capsys) -> str:
@@ -105,12 +127,16 @@ def one_paragraph_error(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("tune,hook,line", [
-    ("broken-init", "__init__", "self.width = self.encoder.no_such_width"),
-    ("broken-hook", "modulate_gradients", 'return {"k": scale["text"]}'),
-])
-def test_an_exception_in_a_strategys_code_names_the_plugin_hook_and_line(tmp_path, plugin_file, capsys, tune,
-                                                                        hook, line):
+@pytest.mark.parametrize(
+    "tune,hook,line",
+    [
+        ("broken-init", "__init__", "self.width = self.encoder.no_such_width"),
+        ("broken-hook", "modulate_gradients", 'return {"k": scale["text"]}'),
+    ],
+)
+def test_an_exception_in_a_strategys_code_names_the_plugin_hook_and_line(
+    tmp_path, plugin_file, capsys, tune, hook, line
+):
     assert run(tmp_path, plugin_file, tune) == 2
     err = one_paragraph_error(capsys)
     assert f"tuning strategy {tune!r}" in err and "author_plugin.py" in err and f"{hook}()" in err
@@ -140,7 +166,7 @@ def test_a_metric_value_that_is_not_a_number_is_refused(tmp_path, plugin_file, c
     assert "metric 'text-metric'" in err and "not numbers" in err and "'high'" in err
 
 
-OLD_CHECK = textwrap.dedent('''
+OLD_CHECK = textwrap.dedent("""
     from umdbench.hookspecs import hookimpl
     from umdbench_plugins.datasets.medsynth import MedSynthVQA
 
@@ -155,7 +181,7 @@ OLD_CHECK = textwrap.dedent('''
     @hookimpl
     def umdbench_register(registries):
         registries.dataset.register("old-check", OldCheck)
-''')
+""")
 
 
 def test_a_dataset_check_without_deep_is_named_and_plugin_path_follows_the_dataset(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Errors raised in plugin code reach the user as one paragraph that names the plugin, exit 2."""
+
 from __future__ import annotations
 
 import textwrap
@@ -7,7 +8,7 @@ import pytest
 
 from umdbench.cli import main
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from umdbench.api import Record
     from umdbench.hookspecs import hookimpl
     from umdbench.kit import FINETUNE_TRAIN_TINY, SupervisedTune
@@ -43,7 +44,7 @@ PLUGIN = textwrap.dedent('''
         registries.tune.register("tiny-only", TinyOnly)
         registries.tune.register("picky", Picky)
         registries.dataset.register("no-answer-type", NoAnswerType)
-''')
+""")
 
 FAST = ["--cfg-options", "tune.0.train.max_iters=2", "data.num_workers=0"]
 
@@ -62,8 +63,22 @@ def one_paragraph_error(capsys) -> str:
 
 
 def test_bad_option_of_a_builtin_strategy_fails_at_planning(tmp_path, capsys):
-    code = main(["run", "--pretrain", "none", "--tune", "gmcoord", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-                 "--cfg-options", "tune.0.variant=bogus", "--dry-run"])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "gmcoord",
+            "--dataset",
+            "medsynth",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            "tune.0.variant=bogus",
+            "--dry-run",
+        ]
+    )
     assert code == 2
     err = one_paragraph_error(capsys)
     assert "tuning strategy 'gmcoord' (from registry.toml (builtin))" in err and "variant must be one of" in err
@@ -71,24 +86,68 @@ def test_bad_option_of_a_builtin_strategy_fails_at_planning(tmp_path, capsys):
 
 
 def test_missing_preset_names_the_plugin(tmp_path, plugin_file, capsys):
-    code = main(["run", "--plugin-path", plugin_file, "--pretrain", "none", "--tune", "tiny-only", "--dataset",
-                 "medsynth", "--preset", "paper", "--work-dir", str(tmp_path), "--dry-run"])
+    code = main(
+        [
+            "run",
+            "--plugin-path",
+            plugin_file,
+            "--pretrain",
+            "none",
+            "--tune",
+            "tiny-only",
+            "--dataset",
+            "medsynth",
+            "--preset",
+            "paper",
+            "--work-dir",
+            str(tmp_path),
+            "--dry-run",
+        ]
+    )
     assert code == 2
     err = one_paragraph_error(capsys)
     assert "'tiny-only'" in err and "my_plugin" in err and "no preset 'paper'" in err
 
 
 def test_value_error_in_a_strategy_constructor_names_the_plugin(tmp_path, plugin_file, capsys):
-    code = main(["run", "--plugin-path", plugin_file, "--pretrain", "none", "--tune", "picky", "--dataset", "medsynth",
-                 "--work-dir", str(tmp_path), *FAST])
+    code = main(
+        [
+            "run",
+            "--plugin-path",
+            plugin_file,
+            "--pretrain",
+            "none",
+            "--tune",
+            "picky",
+            "--dataset",
+            "medsynth",
+            "--work-dir",
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     assert code == 2
     err = one_paragraph_error(capsys)
     assert "tuning strategy 'picky'" in err and "width must be even, got 3" in err
 
 
 def test_vqa_record_without_answer_type_is_a_data_error(tmp_path, plugin_file, capsys):
-    code = main(["run", "--plugin-path", plugin_file, "--pretrain", "none", "--tune", "direct", "--dataset",
-                 "no-answer-type", "--work-dir", str(tmp_path), *FAST])
+    code = main(
+        [
+            "run",
+            "--plugin-path",
+            plugin_file,
+            "--pretrain",
+            "none",
+            "--tune",
+            "direct",
+            "--dataset",
+            "no-answer-type",
+            "--work-dir",
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     assert code == 2
     err = one_paragraph_error(capsys)
     assert "answer_type None" in err and "'open' or 'closed'" in err

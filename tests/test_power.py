@@ -1,21 +1,27 @@
 """`umdbench power`: the variance components behind it and the command on the committed store."""
+
 import shutil
 
 import numpy as np
 import pytest
+from test_committed_results import RESULTS
 
 from umdbench.cli import main
 from umdbench.results.power import components, examples_needed, resolvable, standard_error
-
-from test_committed_results import RESULTS
 
 
 def _simulated(rng, n, seeds, shift, run_sd):
     """Paired rows: per-example difficulty shared, each seed shifted as a whole by N(0, run_sd)."""
     difficulty = rng.uniform(0.2, 0.9, n)
+
     def row(delta):
-        return np.stack([(rng.random(n) < np.clip(difficulty + delta + rng.normal(0, run_sd), 0, 1)).astype(float)
-                         for _ in range(seeds)])
+        return np.stack(
+            [
+                (rng.random(n) < np.clip(difficulty + delta + rng.normal(0, run_sd), 0, 1)).astype(float)
+                for _ in range(seeds)
+            ]
+        )
+
     return row(shift), row(0.0)
 
 

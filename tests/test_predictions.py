@@ -1,4 +1,5 @@
 """Per-example predictions stored with each result (issue 17, part 1)."""
+
 import hashlib
 
 import numpy as np
@@ -10,17 +11,43 @@ from umdbench.results import predictions as pfile
 from umdbench.results.store import ResultsStore
 from umdbench.run.predictions import PredictionRecorder, per_example
 
-SMALL = ["model.image_size=64", "data.num_workers=0", "data.eval_batch_size=30", "dataset.options.n_train=120",
-         "dataset.options.n_val=20", "dataset.options.n_test=70", "tune.0.train.max_iters=3", "tune.0.train.batch_size=8"]
+SMALL = [
+    "model.image_size=64",
+    "data.num_workers=0",
+    "data.eval_batch_size=30",
+    "dataset.options.n_train=120",
+    "dataset.options.n_val=20",
+    "dataset.options.n_test=70",
+    "tune.0.train.max_iters=3",
+    "tune.0.train.batch_size=8",
+]
 
 
 def test_recorder_keeps_label_prediction_and_type_sorted_by_index():
     rec = PredictionRecorder()
     # two batches out of order; label -1 (answer outside the vocabulary) is never correct
-    rec.process(None, [{"logits": torch.tensor([[0.1, 0.9], [0.8, 0.2]]), "label": torch.tensor([1, -1]),
-                        "answer_type": torch.tensor([0, 1]), "index": torch.tensor([2, 3])}])
-    rec.process(None, [{"logits": torch.tensor([[0.3, 0.7], [0.6, 0.4]]), "label": torch.tensor([0, 0]),
-                        "answer_type": torch.tensor([1, 0]), "index": torch.tensor([0, 1])}])
+    rec.process(
+        None,
+        [
+            {
+                "logits": torch.tensor([[0.1, 0.9], [0.8, 0.2]]),
+                "label": torch.tensor([1, -1]),
+                "answer_type": torch.tensor([0, 1]),
+                "index": torch.tensor([2, 3]),
+            }
+        ],
+    )
+    rec.process(
+        None,
+        [
+            {
+                "logits": torch.tensor([[0.3, 0.7], [0.6, 0.4]]),
+                "label": torch.tensor([0, 0]),
+                "answer_type": torch.tensor([1, 0]),
+                "index": torch.tensor([0, 1]),
+            }
+        ],
+    )
     assert rec.evaluate(4) == {}
     assert rec.arrays["index"].tolist() == [0, 1, 2, 3]
     assert rec.arrays["pred"].tolist() == [1, 0, 1, 0]
@@ -39,8 +66,21 @@ def test_tasks_without_per_example_labels_record_nothing():
 
 @pytest.mark.slow
 def test_run_stores_predictions_referenced_by_checksum(tmp_path, capsys):
-    code = main(["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-                 "--cfg-options", *SMALL])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "direct",
+            "--dataset",
+            "medsynth",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            *SMALL,
+        ]
+    )
     assert code == 0, capsys.readouterr()
     store = ResultsStore(tmp_path / "results.sqlite")
     (row,) = store.rows()
@@ -64,8 +104,12 @@ def test_a_metrics_own_per_example_scores_are_stored_and_reproduce_it():
     from umdbench.run.predictions import with_metric_scores
 
     # a Dice-like metric over 4 studies, reported in shuffled order
-    per_example = {"index": np.array([2, 0, 3, 1]), "dice": np.array([0.5, 1.0, 0.25, 0.75]),
-                   "dice_wt": np.array([1.0, 1.0, 0.5, 0.5]), "ragged": np.array([1.0])}
+    per_example = {
+        "index": np.array([2, 0, 3, 1]),
+        "dice": np.array([0.5, 1.0, 0.25, 0.75]),
+        "dice_wt": np.array([1.0, 1.0, 0.5, 0.5]),
+        "ragged": np.array([1.0]),
+    }
     arrays = with_metric_scores(None, per_example)
     assert arrays["index"].tolist() == [0, 1, 2, 3]
     assert arrays["score__dice"].tolist() == [1.0, 0.75, 0.5, 0.25] and "score__ragged" not in arrays

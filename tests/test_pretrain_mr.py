@@ -1,4 +1,5 @@
 """MR-Pretrain (Eq. 1-7): each term by hand, alpha weighting, EMA teacher, released-code quirks."""
+
 import pytest
 import torch
 
@@ -46,7 +47,7 @@ def test_terms_against_hand_computation():
             if n in keep[b]:
                 continue
             row, col = divmod(n, 6)
-            pix = image[b, :, row * 16:(row + 1) * 16, col * 16:(col + 1) * 16].permute(1, 2, 0).reshape(-1)
+            pix = image[b, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16].permute(1, 2, 0).reshape(-1)
             errs.append(((r["mim_pred"][b, n] - pix) ** 2).mean())
     assert len(errs) == 4 * 27
     assert r["mim"].item() == pytest.approx(torch.stack(errs).mean().item(), rel=1e-5)
@@ -74,8 +75,12 @@ def test_terms_against_hand_computation():
         assert r["feamim"].item() == pytest.approx(torch.stack(fea).mean().item(), rel=1e-5)
 
         # Eq. 4, text: every real token (padding excluded)
-        fea = [((hT(s.text_feats[b, p]) - hT(t.text_feats[b, p])) ** 2).mean()
-               for b in range(4) for p in range(ids.shape[1]) if mask[b, p]]
+        fea = [
+            ((hT(s.text_feats[b, p]) - hT(t.text_feats[b, p])) ** 2).mean()
+            for b in range(4)
+            for p in range(ids.shape[1])
+            if mask[b, p]
+        ]
         assert r["feamlm"].item() == pytest.approx(torch.stack(fea).mean().item(), rel=1e-5)
 
 
@@ -88,8 +93,13 @@ def test_alpha_weighting(alpha):
     for k in ("feamim", "feamlm"):
         assert out[f"loss_{k}"].item() == pytest.approx(alpha * out[k].item(), rel=1e-6)
     assert out["loss_itm"].item() == pytest.approx(out["itm"].item())
-    assert set(k for k in out if k.startswith("loss")) == {"loss_mim", "loss_mlm", "loss_feamim", "loss_feamlm",
-                                                           "loss_itm"}
+    assert set(k for k in out if k.startswith("loss")) == {
+        "loss_mim",
+        "loss_mlm",
+        "loss_feamim",
+        "loss_feamlm",
+        "loss_itm",
+    }
 
 
 def test_upstream_fixed_half_weights():
@@ -156,8 +166,13 @@ def test_per_term_gradient_targets():
     strat.train()
     torch.manual_seed(5)
     out = strat(batch)
-    heads = {"mim": "mim_decoder.", "mlm": "mlm_head.", "feamim": "fea_proj_image.", "feamlm": "fea_proj_text.",
-             "itm": "itm_head."}
+    heads = {
+        "mim": "mim_decoder.",
+        "mlm": "mlm_head.",
+        "feamim": "fea_proj_image.",
+        "feamlm": "fea_proj_text.",
+        "itm": "itm_head.",
+    }
     params = dict(strat.named_parameters())
     for term, own in heads.items():
         strat.zero_grad(set_to_none=True)
@@ -170,8 +185,10 @@ def test_per_term_gradient_targets():
                 assert got == name.startswith(own), (term, name)
         # every reconstruction term also trains the encoder (vision, text and fusion)
         for part in ("encoder.vision.blocks.0.", "encoder.text.encoder.layer.0.", "encoder.fusion.image_layers.0."):
-            assert any(params[n].grad is not None and params[n].grad.any() for n in params if n.startswith(part)), \
-                (term, part)
+            assert any(params[n].grad is not None and params[n].grad.any() for n in params if n.startswith(part)), (
+                term,
+                part,
+            )
 
 
 def test_quirk_feamim_bypass_decoder_trains_only_decoder_input():

@@ -1,4 +1,5 @@
 """Every pre-training strategy (and TD-Calib): losses, gradient flow, hand-off, learning."""
+
 import pytest
 import torch
 
@@ -15,10 +16,13 @@ from umdbench_plugins.tune.tdcalib import TDCalib
 ALL = [MRPretrain, MAEPretrain, CLIPPretrain, FLIPPretrain, M3AEPretrain, TDCalib]
 
 # a smaller geometry than `tiny` so that the learning runs stay fast
-FAST = dict(image_size=64, max_text_len=16,
-            vision={"embed_dim": 64, "depth": 1, "num_heads": 2},
-            text={"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128},
-            fusion={"hidden_size": 64, "num_layers": 2, "num_heads": 2})
+FAST = dict(
+    image_size=64,
+    max_text_len=16,
+    vision={"embed_dim": 64, "depth": 1, "num_heads": 2},
+    text={"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128},
+    fusion={"hidden_size": 64, "num_layers": 2, "num_heads": 2},
+)
 
 
 def make(cls, enc_cfg=None, **overrides):
@@ -45,8 +49,20 @@ def test_presets_and_metadata(cls):
     for preset in ("tiny", "paper"):
         cfg = cls.default_config(preset)
         train = cfg["train"]
-        for key in ("max_iters", "batch_size", "lr", "lr_mult", "weight_decay", "betas", "eps", "warmup_ratio",
-                    "schedule", "checkpoint_interval", "log_interval", "grad_clip"):
+        for key in (
+            "max_iters",
+            "batch_size",
+            "lr",
+            "lr_mult",
+            "weight_decay",
+            "betas",
+            "eps",
+            "warmup_ratio",
+            "schedule",
+            "checkpoint_interval",
+            "log_interval",
+            "grad_clip",
+        ):
             assert key in train, (preset, key)
         assert set(train["lr_mult"]) == {"encoder", "fusion", "head"}
     paper = cls.default_config("paper")["train"]
@@ -67,7 +83,7 @@ def test_forward_losses_and_handoff(cls):
     assert all(not v.requires_grad for k, v in out.items() if not k.startswith("loss"))
     total(out).backward()
     # hand-off: the encoder part of the state dict loads strictly into a fresh encoder
-    state = {k[len("encoder."):]: v for k, v in strat.state_dict().items() if k.startswith("encoder.")}
+    state = {k[len("encoder.") :]: v for k, v in strat.state_dict().items() if k.startswith("encoder.")}
     fresh = build_encoder(enc_cfg)
     fresh.load_state_dict(state, strict=True)
     assert not any(k.startswith(strat.transient_state_prefixes() or ("\0",)) for k in state)

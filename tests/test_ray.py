@@ -1,10 +1,10 @@
 """A sweep through --executor ray on a local Ray (2 CPUs): stages as dependent tasks, rows by the driver."""
+
 import pytest
+from test_sweep_support import TINY, umdbench, write_plugin
 
 from umdbench.results.store import ResultsStore
 from umdbench.run.host_memory import mimalloc_library
-
-from test_sweep_support import TINY, umdbench, write_plugin
 
 ray = pytest.importorskip("ray")
 
@@ -12,8 +12,21 @@ ray = pytest.importorskip("ray")
 @pytest.mark.slow
 def test_sweep_on_local_ray(tmp_path):
     plugin, work = write_plugin(tmp_path), tmp_path / "work"
-    argv = ["sweep", "--suite", "mini", "--plugin-path", str(plugin), "--work-dir", str(work),
-            "--executor", "ray", "--ray-num-cpus", "2", "--cfg-options", *TINY]
+    argv = [
+        "sweep",
+        "--suite",
+        "mini",
+        "--plugin-path",
+        str(plugin),
+        "--work-dir",
+        str(work),
+        "--executor",
+        "ray",
+        "--ray-num-cpus",
+        "2",
+        "--cfg-options",
+        *TINY,
+    ]
     result = umdbench(argv, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "ray: 4 training stages and 3 evaluations to run, 2 at a time, earliest cell first" in result.stdout

@@ -1,4 +1,5 @@
 """Registries: lazy entries, collisions, did-you-mean, type checks by kind, plugin isolation."""
+
 import sys
 import textwrap
 
@@ -10,7 +11,7 @@ from umdbench.plugin.loading import load_plugins, read_registry_toml
 from umdbench.plugin.registry import EXPECTED, KINDS, LazyRegistry, Registries
 
 # A module that records being imported, holding one entry of each of three kinds.
-LAZY_MODULE = '''
+LAZY_MODULE = """
 from mmengine.evaluator import BaseMetric
 from umdbench.api import DatasetPlugin, PretrainStrategy
 
@@ -28,7 +29,7 @@ class Dataset(DatasetPlugin):
 
 class Pretrain(PretrainStrategy):
     name = "lazy-pretrain"
-'''
+"""
 
 
 @pytest.fixture
@@ -95,14 +96,17 @@ def test_registering_the_wrong_kind_names_entry_origin_expected_found_and_fix(la
     assert "my-data" not in reg  # nothing half-registered
 
 
-@pytest.mark.parametrize("kind,obj,hint", [
-    ("pretrain", "umdbench_lazy_entries:Pretrain", "use registries.pretrain.register_lazy"),
-    ("dataset", "INSTANCE", "register the class itself, not an instance"),
-    ("metric", dict, "make it a subclass of mmengine.evaluator"),
-    ("suite", ["not", "a", "dict"], "register a dict"),
-    ("encoder", lambda cfg: None, "make it a subclass of umdbench.api.Encoder"),
-    ("task", object, "make it a subclass of umdbench.api.TaskType"),
-])
+@pytest.mark.parametrize(
+    "kind,obj,hint",
+    [
+        ("pretrain", "umdbench_lazy_entries:Pretrain", "use registries.pretrain.register_lazy"),
+        ("dataset", "INSTANCE", "register the class itself, not an instance"),
+        ("metric", dict, "make it a subclass of mmengine.evaluator"),
+        ("suite", ["not", "a", "dict"], "register a dict"),
+        ("encoder", lambda cfg: None, "make it a subclass of umdbench.api.Encoder"),
+        ("task", object, "make it a subclass of umdbench.api.TaskType"),
+    ],
+)
 def test_common_mistakes_get_a_specific_fix(kind, obj, hint, lazy_module):
     import umdbench_lazy_entries as mod
 
@@ -129,8 +133,11 @@ def test_lazy_entry_of_the_wrong_kind_fails_on_get_and_stays_unresolved(lazy_mod
     reg.current_origin = "entry point some_pkg (package some-pkg)"
     reg.register_lazy("not-a-tune", f"{lazy_module}:Pretrain")  # lazy: not checked yet
     for _ in range(2):  # a failed check is not cached as a good entry
-        with pytest.raises(RegistryTypeError, match=r"'not-a-tune' \(imported from 'umdbench_lazy_entries:Pretrain'\)"
-                                                    r".*some-pkg.*TuneStrategy.*registries.pretrain instead"):
+        with pytest.raises(
+            RegistryTypeError,
+            match=r"'not-a-tune' \(imported from 'umdbench_lazy_entries:Pretrain'\)"
+            r".*some-pkg.*TuneStrategy.*registries.pretrain instead",
+        ):
             reg.get("not-a-tune")
     assert "not-a-tune" in reg._lazy and "not-a-tune" not in reg._module_dict
 
@@ -188,20 +195,24 @@ def test_builtin_plugins_come_from_registry_toml():
 
 def test_broken_local_plugin_is_reported_and_rolled_back(tmp_path):
     good = tmp_path / "good_plugin.py"
-    good.write_text(textwrap.dedent('''
+    good.write_text(
+        textwrap.dedent("""
         from umdbench.hookspecs import hookimpl
         @hookimpl
         def umdbench_register(registries):
             registries.metric.register_lazy("my-metric", "collections:Counter")
-    '''))
+    """)
+    )
     broken = tmp_path / "broken_plugin.py"
-    broken.write_text(textwrap.dedent('''
+    broken.write_text(
+        textwrap.dedent("""
         from umdbench.hookspecs import hookimpl
         @hookimpl
         def umdbench_register(registries):
             registries.metric.register_lazy("half-registered", "collections:Counter")
             raise RuntimeError("boom")
-    '''))
+    """)
+    )
     syntax = tmp_path / "syntax_plugin.py"
     syntax.write_text("def oops(:\n")
     registries, report = load_plugins([str(broken), str(good), str(syntax)])
@@ -220,14 +231,16 @@ def test_broken_local_plugin_is_reported_and_rolled_back(tmp_path):
 
 def test_plugin_registering_the_wrong_kind_is_reported_and_rolled_back(tmp_path):
     plugin = tmp_path / "wrong_kind.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from umdbench.hookspecs import hookimpl
         @hookimpl
         def umdbench_register(registries):
             registries.metric.register_lazy("wrong-kind-ok", "collections:Counter")
             registries.suite.register("wrong-kind-suite", {"title": "fine", "datasets": [], "rows": []})
             registries.pretrain.register("wrong-kind-pretrain", dict)
-    '''))
+    """)
+    )
     registries, report = load_plugins([str(plugin)])
     info = next(p for p in report.plugins if p.name == "wrong_kind")
     assert info.error.startswith("RegistryTypeError:") and "'wrong-kind-pretrain'" in info.error
@@ -240,23 +253,28 @@ def test_plugin_registering_the_wrong_kind_is_reported_and_rolled_back(tmp_path)
 
 def test_plugin_collision_with_builtin_is_reported_not_fatal(tmp_path):
     clash = tmp_path / "clash.py"
-    clash.write_text(textwrap.dedent('''
+    clash.write_text(
+        textwrap.dedent("""
         from umdbench.hookspecs import hookimpl
         @hookimpl
         def umdbench_register(registries):
             registries.pretrain.register_lazy("mr", "collections:Counter")
-    '''))
+    """)
+    )
     registries, report = load_plugins([str(clash)])
     assert registries.pretrain.target("mr").startswith("umdbench_plugins.pretrain.mr")
     failed = {p.name: p.error for p in report.failures}  # by name: other installed plugins may fail too
     assert "registered twice" in failed["clash"]
 
 
-@pytest.mark.parametrize("make,problem", [
-    (lambda d: d / "no_such_plugin.py", "there is no such file"),
-    (lambda d: d, "is not a file"),
-    (lambda d: d / "plugin.txt", "is not a .py file"),
-])
+@pytest.mark.parametrize(
+    "make,problem",
+    [
+        (lambda d: d / "no_such_plugin.py", "there is no such file"),
+        (lambda d: d, "is not a file"),
+        (lambda d: d / "plugin.txt", "is not a .py file"),
+    ],
+)
 def test_bad_plugin_path_is_an_error_not_a_skipped_plugin(tmp_path, make, problem):
     (tmp_path / "plugin.txt").write_text("")
     good = tmp_path / "good.py"

@@ -1,5 +1,6 @@
 """The optimiser step inside backward (umdbench.run.step_in_backward): the same updates as the
 whole-model step, bit for bit, and used only where nothing needs every gradient at once."""
+
 import pytest
 import torch
 
@@ -68,8 +69,7 @@ def test_auto_uses_it_only_under_bf16_and_where_compatible():
 def test_forcing_it_where_it_cannot_work_is_one_paragraph():
     model, _, _ = _mr_model({"grad_clip": None})
     with pytest.raises(ConfigError, match=r"grad_clip.*step_in_backward=auto"):
-        build_optim_wrapper(model.strategy, {**model.strategy.cfg["train"], "grad_clip": 1.0,
-                                             "step_in_backward": True})
+        build_optim_wrapper(model.strategy, {**model.strategy.cfg["train"], "grad_clip": 1.0, "step_in_backward": True})
     # GM-Coord rescales the gradients between backward and the step
     assert GMCoord.modulate_gradients is not MRPretrain.modulate_gradients
     from umdbench.run.step_in_backward import incompatibility
@@ -77,8 +77,9 @@ def test_forcing_it_where_it_cannot_work_is_one_paragraph():
     gm = GMCoord.__new__(GMCoord)
     assert "modulates gradients" in incompatibility(gm, {})
     with pytest.raises(ConfigError, match="auto, true or false"):
-        build_optim_wrapper(model.strategy, {**model.strategy.cfg["train"], "grad_clip": None,
-                                             "step_in_backward": "sometimes"})
+        build_optim_wrapper(
+            model.strategy, {**model.strategy.cfg["train"], "grad_clip": None, "step_in_backward": "sometimes"}
+        )
 
 
 def test_a_replaced_wrapper_and_its_optimiser_state_are_freed():
@@ -100,8 +101,21 @@ def test_a_replaced_wrapper_and_its_optimiser_state_are_freed():
 def test_step_in_backward_true_with_several_processes_is_refused_at_planning(tmp_path, capsys):
     from umdbench.cli import main
 
-    args = ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(tmp_path),
-            "--nproc-per-node", "2", "--dry-run", "--cfg-options"]
+    args = [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "direct",
+        "--dataset",
+        "medsynth",
+        "--work-dir",
+        str(tmp_path),
+        "--nproc-per-node",
+        "2",
+        "--dry-run",
+        "--cfg-options",
+    ]
     assert main(args + ["tune.0.train.step_in_backward=true"]) == 2
     # the error is one line (a note about an unrelated plugin that failed to load may come before it)
     (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("umdbench: error:")]

@@ -1,4 +1,5 @@
 """Results store: atomic rows, no overwrite, survives a killed writer."""
+
 import os
 import signal
 import sqlite3
@@ -14,10 +15,25 @@ from umdbench.results.store import Membership, ResultsStore
 
 
 def _row(key, seed=0, overall=50.0):
-    return {"cell_key": key, "suite": None, "cell_name": None, "pretrain": "mr", "tune": "direct", "dataset": "medsynth",
-            "preset": "tiny", "seed": seed, "metrics": {"overall": overall}, "config": {"x": 1}, "config_hash": "h",
-            "stage_keys": ["a"], "git_commit": "c", "packages": {"torch": "x"}, "data_fingerprint": "fp",
-            "wall_time_s": 1.0, "device": "cpu"}
+    return {
+        "cell_key": key,
+        "suite": None,
+        "cell_name": None,
+        "pretrain": "mr",
+        "tune": "direct",
+        "dataset": "medsynth",
+        "preset": "tiny",
+        "seed": seed,
+        "metrics": {"overall": overall},
+        "config": {"x": 1},
+        "config_hash": "h",
+        "stage_keys": ["a"],
+        "git_commit": "c",
+        "packages": {"torch": "x"},
+        "data_fingerprint": "fp",
+        "wall_time_s": 1.0,
+        "device": "cpu",
+    }
 
 
 def test_add_get_and_no_overwrite(tmp_path):
@@ -39,7 +55,7 @@ def test_corrupt_store_file_is_a_clear_error(tmp_path):
 def test_writer_killed_mid_stream_leaves_whole_rows_only(tmp_path):
     path = tmp_path / "r.sqlite"
     ResultsStore(path)
-    script = textwrap.dedent(f'''
+    script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(os.path.dirname(os.path.dirname(__file__)))!r})
         from umdbench.results.store import ResultsStore
@@ -49,7 +65,7 @@ def test_writer_killed_mid_stream_leaves_whole_rows_only(tmp_path):
         while True:
             store.add(_row(f"k{{i}}", overall=float(i)))
             i += 1
-    ''')
+    """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -71,11 +87,13 @@ def test_writer_killed_mid_stream_leaves_whole_rows_only(tmp_path):
 def test_membership_lives_in_the_same_store(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite")
     store.add(_row("k1"))
-    store.record_membership([
-        Membership("t4", "1 none", "vqa-rad", "tiny", 0, "k1", "planned", overrides=["a.b=1"]),
-        Membership("t4", "1 none", "slake", "tiny", 0, None, "data unavailable", "no slake/"),
-        Membership("t1", "UMD", "vqa-rad", "tiny", 0, "k1", "planned"),
-    ])
+    store.record_membership(
+        [
+            Membership("t4", "1 none", "vqa-rad", "tiny", 0, "k1", "planned", overrides=["a.b=1"]),
+            Membership("t4", "1 none", "slake", "tiny", 0, None, "data unavailable", "no slake/"),
+            Membership("t1", "UMD", "vqa-rad", "tiny", 0, "k1", "planned"),
+        ]
+    )
     # the latest sweep of a suite wins: a row with the same (suite, cell, dataset, preset, seed) replaces
     store.record_membership([Membership("t4", "1 none", "vqa-rad", "tiny", 0, "k1", "done")])
     t4 = {(m.dataset, m.status, m.cell_key, m.detail) for m in store.membership("t4")}
@@ -83,7 +101,10 @@ def test_membership_lives_in_the_same_store(tmp_path):
     assert len(store.membership()) == 3 and store.membership("t1")[0].overrides == []
     store.record_membership([])  # nothing to write is not an error
     with sqlite3.connect(tmp_path / "r.sqlite") as con:
-        assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= {"runs", "suite_cells"}
+        assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= {
+            "runs",
+            "suite_cells",
+        }
 
 
 def test_an_older_store_gains_the_plugins_column(tmp_path):
@@ -91,13 +112,17 @@ def test_an_older_store_gains_the_plugins_column(tmp_path):
 
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as con:  # the first release's table, without `plugins`
-        con.execute("CREATE TABLE runs (cell_key TEXT PRIMARY KEY, suite TEXT, cell_name TEXT, pretrain TEXT NOT NULL, "
-                    "tune TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, "
-                    "metrics TEXT NOT NULL, config TEXT NOT NULL, config_hash TEXT NOT NULL, stage_keys TEXT NOT NULL, "
-                    "git_commit TEXT, packages TEXT, data_fingerprint TEXT, wall_time_s REAL, device TEXT, "
-                    "created_at TEXT NOT NULL)")
-        con.execute("INSERT INTO runs VALUES ('k1', NULL, NULL, 'none', 'direct', 'medsynth', 'tiny', 0, '{}', '{}', "
-                    "'h', '[]', NULL, NULL, NULL, 1.0, NULL, '2026-01-01')")
+        con.execute(
+            "CREATE TABLE runs (cell_key TEXT PRIMARY KEY, suite TEXT, cell_name TEXT, pretrain TEXT NOT NULL, "
+            "tune TEXT NOT NULL, dataset TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, "
+            "metrics TEXT NOT NULL, config TEXT NOT NULL, config_hash TEXT NOT NULL, stage_keys TEXT NOT NULL, "
+            "git_commit TEXT, packages TEXT, data_fingerprint TEXT, wall_time_s REAL, device TEXT, "
+            "created_at TEXT NOT NULL)"
+        )
+        con.execute(
+            "INSERT INTO runs VALUES ('k1', NULL, NULL, 'none', 'direct', 'medsynth', 'tiny', 0, '{}', '{}', "
+            "'h', '[]', NULL, NULL, NULL, 1.0, NULL, '2026-01-01')"
+        )
     store = ResultsStore(path)
     (old,) = store.rows()
     assert old["cell_key"] == "k1" and old["plugins"] is None

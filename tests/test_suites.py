@@ -1,12 +1,12 @@
 """Suites: the paper's tables as compact grids (registry.toml), plugin suites, paper numbers."""
+
 import pytest
+from test_sweep_support import write_plugin
 
 from umdbench.errors import ConfigError
-from umdbench.results.paper_results import TABLES
-from umdbench.plugin import get_registries
 from umdbench.plan.suites import Suite, all_suites, get_suite
-
-from test_sweep_support import write_plugin
+from umdbench.plugin import get_registries
+from umdbench.results.paper_results import TABLES
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,14 @@ def test_table4_ablation_rows(registries):
     assert len(t4.cell_specs(seeds=2)) == 48
     rows = {r.paper_row: (r.pretrain, "+".join(r.tune), r.inferred) for r in t4.rows}
     assert rows == {
-        "1": ("none", "direct", False), "2": ("mr", "direct", False), "3": ("none", "tdcalib", False),
-        "4": ("none", "gmcoord", False), "5": ("none", "tdcalib+gmcoord", True), "6": ("mr", "tdcalib", True),
-        "7": ("mr", "gmcoord", True), "8": ("mr", "tdcalib+gmcoord", False),
+        "1": ("none", "direct", False),
+        "2": ("mr", "direct", False),
+        "3": ("none", "tdcalib", False),
+        "4": ("none", "gmcoord", False),
+        "5": ("none", "tdcalib+gmcoord", True),
+        "6": ("mr", "tdcalib", True),
+        "7": ("mr", "gmcoord", True),
+        "8": ("mr", "tdcalib+gmcoord", False),
     }
     t5 = get_suite(registries, "table5")
     assert [r.paper_row for r in t5.rows] == list("12345678") and t5.datasets == ("melinda",)
@@ -78,18 +83,31 @@ def test_extra_datasets_run_only_when_named(registries):
     assert fig5.shown_datasets({"vqa-med-2019"}) == ("vqa-rad", "slake", "vqa-med-2019")
 
 
-@pytest.mark.parametrize("spec,message", [
-    ({"datasets": ["a"], "extra_datasets": ["a"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]},
-     "in both 'datasets' and 'extra_datasets'"),
-    ({"datasets": ["a"], "extra_datasets": "b", "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]},
-     "'extra_datasets' must be a list"),
-    ({"rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]}, "datasets"),
-    ({"datasets": ["medsynth"], "rows": []}, "rows"),
-    ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr"}]}, "needs name, pretrain and tune"),
-    ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}], "colour": 1}, "unknown keys colour"),
-    ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}] * 2}, "unique"),
-    ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}], "plot": "pie"}, "plot"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            {"datasets": ["a"], "extra_datasets": ["a"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]},
+            "in both 'datasets' and 'extra_datasets'",
+        ),
+        (
+            {"datasets": ["a"], "extra_datasets": "b", "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]},
+            "'extra_datasets' must be a list",
+        ),
+        ({"rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}]}, "datasets"),
+        ({"datasets": ["medsynth"], "rows": []}, "rows"),
+        ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr"}]}, "needs name, pretrain and tune"),
+        (
+            {"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}], "colour": 1},
+            "unknown keys colour",
+        ),
+        ({"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}] * 2}, "unique"),
+        (
+            {"datasets": ["medsynth"], "rows": [{"name": "a", "pretrain": "mr", "tune": "direct"}], "plot": "pie"},
+            "plot",
+        ),
+    ],
+)
 def test_bad_suite_specs_are_explained(spec, message):
     with pytest.raises(ConfigError, match=message):
         Suite.from_spec("bad", spec)
@@ -117,16 +135,31 @@ def test_paper_tables_are_consistent():
 
 def test_a_sweep_runs_the_suites_seed_count_unless_told(capsys):
     from umdbench.cli import main
-    from umdbench.plugin import get_registries
     from umdbench.plan.suites import get_suite
+    from umdbench.plugin import get_registries
 
     registries = get_registries()
     assert {get_suite(registries, n).seeds for n in ("table1", "table2", "table3", "table4", "table5", "fig5")} == {3}
-    assert main(["sweep", "--suite", "fig5", "--dry-run", "--datasets", "vqa-rad", "--data-root", "/nonexistent"]) in (0, 2)
+    assert main(["sweep", "--suite", "fig5", "--dry-run", "--datasets", "vqa-rad", "--data-root", "/nonexistent"]) in (
+        0,
+        2,
+    )
     out = capsys.readouterr().out
     assert "seeds 3" in out
-    assert main(["sweep", "--suite", "fig5", "--dry-run", "--seeds", "1", "--datasets", "vqa-rad",
-                 "--data-root", "/nonexistent"]) in (0, 2)
+    assert main(
+        [
+            "sweep",
+            "--suite",
+            "fig5",
+            "--dry-run",
+            "--seeds",
+            "1",
+            "--datasets",
+            "vqa-rad",
+            "--data-root",
+            "/nonexistent",
+        ]
+    ) in (0, 2)
     assert "seeds 1" in capsys.readouterr().out
 
 
@@ -143,9 +176,14 @@ def test_a_suite_seed_count_must_be_a_whole_number():
 def test_row_seeds_caps_one_row(registries):
     """A row's ``seeds`` runs it for seeds 0..N-1 only (an expensive point once); other rows get the
     sweep's seeds; a bad value is refused when the suite is read."""
-    spec = {"datasets": ["slake"], "title": "t",
-            "rows": [{"name": "a", "pretrain": "none", "tune": "direct"},
-                     {"name": "b", "pretrain": "mr", "tune": "direct", "seeds": 1}]}
+    spec = {
+        "datasets": ["slake"],
+        "title": "t",
+        "rows": [
+            {"name": "a", "pretrain": "none", "tune": "direct"},
+            {"name": "b", "pretrain": "mr", "tune": "direct", "seeds": 1},
+        ],
+    }
     specs = Suite.from_spec("capped", spec).cell_specs(seeds=3)
     assert sorted((s.cell_name, s.seed) for s in specs) == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
     with pytest.raises(ConfigError, match=r"rows\[1\].*'seeds'"):

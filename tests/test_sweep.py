@@ -1,4 +1,5 @@
 """Sweeps: planning a grid into a DAG of unique stages, skipping finished cells, resuming after a kill."""
+
 import os
 import signal
 import sqlite3
@@ -7,16 +8,15 @@ import sys
 import time
 
 import pytest
+from test_sweep_support import REPO, SHARED, TINY, umdbench, write_plugin
 
 from umdbench.cli import main
 from umdbench.plan.config import CellSpec
 from umdbench.plan.stages import DataCatalog
+from umdbench.plan.suites import get_suite
 from umdbench.plugin import get_registries
 from umdbench.results.store import ResultsStore
-from umdbench.plan.suites import get_suite
 from umdbench.sweep.planning import fit_overrides, plan_sweep, topological
-
-from test_sweep_support import REPO, SHARED, TINY, umdbench, write_plugin
 
 
 @pytest.fixture
@@ -34,8 +34,12 @@ def _overrides(items):
 
 def test_fit_overrides_expands_and_drops(plugin_registries):
     _, registries = plugin_registries
-    cell = CellSpec("none", ("tdcalib",), "medsynth",
-                    overrides=_overrides(["pretrain.train.max_iters=2", "tune.*.train.max_iters=3", "tune.2.train.lr=1"]))
+    cell = CellSpec(
+        "none",
+        ("tdcalib",),
+        "medsynth",
+        overrides=_overrides(["pretrain.train.max_iters=2", "tune.*.train.max_iters=3", "tune.2.train.lr=1"]),
+    )
     fitted, dropped = fit_overrides(cell, registries)
     # tdcalib is unsupervised: the chain gets a direct stage appended, so tune.* covers two stages
     assert fitted.overrides == (("tune.0.train.max_iters", 3), ("tune.1.train.max_iters", 3))
@@ -44,8 +48,12 @@ def test_fit_overrides_expands_and_drops(plugin_registries):
 
 def test_tune_wildcard_skips_stages_without_the_key(plugin_registries):
     _, registries = plugin_registries
-    cell = CellSpec("none", ("tdcalib", "gmcoord"), "medsynth",
-                    overrides=_overrides(["tune.*.pooling=mean", "tune.*.train.lr=0.001"]))
+    cell = CellSpec(
+        "none",
+        ("tdcalib", "gmcoord"),
+        "medsynth",
+        overrides=_overrides(["tune.*.pooling=mean", "tune.*.train.lr=0.001"]),
+    )
     fitted, _ = fit_overrides(cell, registries)
     # TD-Calib has no task head, so no pooling key: only gmcoord (stage 1) gets it; train is everywhere
     assert fitted.overrides == (("tune.1.pooling", "mean"), ("tune.0.train.lr", 0.001), ("tune.1.train.lr", 0.001))
@@ -98,8 +106,18 @@ def test_duplicate_cells_run_once(plugin_registries):
 def test_unavailable_data_is_listed_not_fatal(plugin_registries, tmp_path, monkeypatch, capsys):
     path, _ = plugin_registries
     monkeypatch.delenv("UMDBENCH_DATA_ROOT", raising=False)
-    argv = ["sweep", "--suite", "mini-unavailable", "--plugin-path", str(path), "--work-dir", str(tmp_path / "w"),
-            "--dry-run", "--cfg-options", *TINY]
+    argv = [
+        "sweep",
+        "--suite",
+        "mini-unavailable",
+        "--plugin-path",
+        str(path),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--dry-run",
+        "--cfg-options",
+        *TINY,
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 cells (1 to run, 0 finished, 1 data unavailable)" in out
@@ -113,8 +131,23 @@ def test_table4_dry_run_shares_stages(capsys, tmp_path):
     if not SHARED.is_dir():
         pytest.skip(f"real datasets not found at {SHARED}")
     get_registries(reload=True)
-    assert main(["sweep", "--suite", "table4", "--dry-run", "--seeds", "1", "--data-root", str(SHARED),
-                 "--work-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--suite",
+                "table4",
+                "--dry-run",
+                "--seeds",
+                "1",
+                "--data-root",
+                str(SHARED),
+                "--work-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "sweep of suite table4: 24 cells" in out
     assert "inferred" in out
@@ -151,8 +184,14 @@ def killed_and_resumed(tmp_path_factory):
     plugin, work = write_plugin(tmp), tmp / "work"
     argv = ["sweep", "--suite", "mini", "--plugin-path", str(plugin), "--work-dir", str(work), "--cfg-options", *TINY]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "umdbench.cli", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "umdbench.cli", *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None and not _rows(work):

@@ -1,4 +1,5 @@
 """Shared helpers of the sweep / suite / leaderboard / DDP / Ray tests (no tests here)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("UMDBENCH_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 # A local plugin: small suites over the embedded medsynth data (no data root needed).
-PLUGIN = '''
+PLUGIN = """
 from umdbench.hookspecs import hookimpl
 
 ROWS = [
@@ -32,13 +33,20 @@ def umdbench_register(registries):
     registries.suite.register("mini-unavailable", {
         "title": "needs real data", "datasets": ["medsynth", "vqa-rad"], "metrics": ["overall"],
         "rows": [ROWS[0]]})
-'''
+"""
 
 # Real training kept tiny: a few iterations of batch 4 on a few dozen generated samples.
-TINY = ["pretrain.train.max_iters=2", "pretrain.train.batch_size=4", "pretrain.corpus.options.n=16",
-        "tune.*.train.max_iters=2", "tune.*.train.batch_size=4",
-        "dataset.options.n_train=16", "dataset.options.n_val=4", "dataset.options.n_test=8",
-        "data.num_workers=0"]
+TINY = [
+    "pretrain.train.max_iters=2",
+    "pretrain.train.batch_size=4",
+    "pretrain.corpus.options.n=16",
+    "tune.*.train.max_iters=2",
+    "tune.*.train.batch_size=4",
+    "dataset.options.n_train=16",
+    "dataset.options.n_val=4",
+    "dataset.options.n_test=8",
+    "data.num_workers=0",
+]
 
 
 def write_plugin(folder: Path) -> Path:
@@ -49,5 +57,6 @@ def write_plugin(folder: Path) -> Path:
 
 def umdbench(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "umdbench.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "umdbench.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, **kwargs
+    )

@@ -4,6 +4,7 @@ Also home of ``ToyEncoder``, a small test double of the shared encoder that foll
 docs/CONTRACT.md exactly (EncoderOutput fields, ``modality_parameters()``, submodules
 vision/text/fusion); test_gmcoord.py and test_tune_direct.py import it from here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,22 +55,28 @@ class ToyEncoder(nn.Module):
     fusion.text_layer.*; poolers and the type embedding belong to neither (as upstream).
     """
 
-    def __init__(self, hidden: int = 16, vocab: int = 64, image_size: int = 16, patch_size: int = 8, dropout: float = 0.1):
+    def __init__(
+        self, hidden: int = 16, vocab: int = 64, image_size: int = 16, patch_size: int = 8, dropout: float = 0.1
+    ):
         super().__init__()
         self.hidden_size = hidden
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_patches = (image_size // patch_size) ** 2
-        self.vision = nn.ModuleDict({"patch": nn.Linear(3 * patch_size * patch_size, hidden), "ln": nn.LayerNorm(hidden)})
+        self.vision = nn.ModuleDict(
+            {"patch": nn.Linear(3 * patch_size * patch_size, hidden), "ln": nn.LayerNorm(hidden)}
+        )
         self.vision_cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
         self.text = nn.ModuleDict({"emb": nn.Embedding(vocab, hidden), "ln": nn.LayerNorm(hidden)})
-        self.fusion = nn.ModuleDict({
-            "text_layer": nn.Linear(hidden, hidden),
-            "image_layer": nn.Linear(hidden, hidden),
-            "type_emb": nn.Embedding(2, hidden),
-            "text_pooler": nn.Linear(hidden, hidden),
-            "image_pooler": nn.Linear(hidden, hidden),
-        })
+        self.fusion = nn.ModuleDict(
+            {
+                "text_layer": nn.Linear(hidden, hidden),
+                "image_layer": nn.Linear(hidden, hidden),
+                "type_emb": nn.Embedding(2, hidden),
+                "text_pooler": nn.Linear(hidden, hidden),
+                "image_pooler": nn.Linear(hidden, hidden),
+            }
+        )
         self.drop = nn.Dropout(dropout)
 
     def patchify(self, image: torch.Tensor) -> torch.Tensor:
@@ -106,7 +113,9 @@ class ToyEncoder(nn.Module):
         return {"image": image, "text": text}
 
 
-def toy_batch(task: str = "vqa", b: int = 8, num_classes: int = 5, k: int = 3, length: int = 6, seed: int = 0, vocab: int = 64):
+def toy_batch(
+    task: str = "vqa", b: int = 8, num_classes: int = 5, k: int = 3, length: int = 6, seed: int = 0, vocab: int = 64
+):
     """A batch whose label is a function of the text (learnable)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (b, length), generator=g)
@@ -178,10 +187,14 @@ def test_bce_is_upstream_onehot_times_num_answers():
     onehot = torch.zeros(5, 4)
     onehot[torch.arange(5), target] = 1
     # mean over rows and classes, times C  ==  per-row sum over classes, averaged over rows
-    manual = sum(
-        -(onehot[i, c] * F.logsigmoid(logits[i, c]) + (1 - onehot[i, c]) * F.logsigmoid(-logits[i, c]))
-        for i in range(5) for c in range(4)
-    ) / 5
+    manual = (
+        sum(
+            -(onehot[i, c] * F.logsigmoid(logits[i, c]) + (1 - onehot[i, c]) * F.logsigmoid(-logits[i, c]))
+            for i in range(5)
+            for c in range(4)
+        )
+        / 5
+    )
     bce = task_loss(task_info("vqa", 4), logits, target, "bce")
     torch.testing.assert_close(bce, manual)
     assert not torch.allclose(bce, task_loss(task_info("vqa", 4), logits, target, "ce"))

@@ -1,4 +1,5 @@
 """TD-Calib (Eq. 8): the four reconstruction terms on downstream data, without labels."""
+
 import pytest
 import torch
 

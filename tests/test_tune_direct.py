@@ -1,15 +1,15 @@
 """``direct`` (full fine-tuning) and ``linear`` (frozen encoder) tuning strategies."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_tasks import ToyEncoder, task_info, toy_batch
 
 from umdbench.api import TRAIN_KEYS, TuneStrategy
 from umdbench_plugins.tune.direct import DirectTune
 from umdbench_plugins.tune.gmcoord import GMCoord
 from umdbench_plugins.tune.linear import LinearProbe
-
-from test_tasks import ToyEncoder, task_info, toy_batch
 
 DATASETS = ("vqa-rad", "slake", "vqa-med-2019", "roco", "melinda", "medsynth")
 

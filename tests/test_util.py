@@ -1,4 +1,5 @@
 """umdbench.util: the option grammar, the data root, atomic writes, config hashing."""
+
 import json
 import os
 import subprocess
@@ -8,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from umdbench.errors import ConfigError
-from umdbench.util import (DATA_ROOT_ENV, atomic_write_bytes, atomic_write_json, atomic_write_text, config_hash,
-                           data_root, dataset_root, deep_merge, parse_option)
+from umdbench.util import (
+    DATA_ROOT_ENV,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    config_hash,
+    data_root,
+    dataset_root,
+    deep_merge,
+    parse_option,
+)
 
 
 def test_util_imports_only_the_standard_library():
@@ -18,20 +28,40 @@ def test_util_imports_only_the_standard_library():
     assert out.strip() == "['umdbench', 'umdbench.errors', 'umdbench.util']"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("n_test=100", ("n_test", 100)), ("layout=osf", ("layout", "osf")), ("a.b=1e-4", ("a.b", 1e-4)),
-    ("a=TRUE", ("a", True)), ("a=false", ("a", False)), ("a=null", ("a", None)), ("a=None", ("a", None)),
-    ("a=none", ("a", "none")), ("a=[1, 2]", ("a", [1, 2])), ("a={'k': 1}", ("a", {"k": 1})),
-    ("a='x=y'", ("a", "x=y")), ("a=/data/x=1", ("a", "/data/x=1")), (" a = 3 ", ("a", 3)), ("a=''", ("a", "")),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("n_test=100", ("n_test", 100)),
+        ("layout=osf", ("layout", "osf")),
+        ("a.b=1e-4", ("a.b", 1e-4)),
+        ("a=TRUE", ("a", True)),
+        ("a=false", ("a", False)),
+        ("a=null", ("a", None)),
+        ("a=None", ("a", None)),
+        ("a=none", ("a", "none")),
+        ("a=[1, 2]", ("a", [1, 2])),
+        ("a={'k': 1}", ("a", {"k": 1})),
+        ("a='x=y'", ("a", "x=y")),
+        ("a=/data/x=1", ("a", "/data/x=1")),
+        (" a = 3 ", ("a", 3)),
+        ("a=''", ("a", "")),
+    ],
+)
 def test_parse_option_values(text, expected):
     assert parse_option(text, "--option") == expected
 
 
-@pytest.mark.parametrize("bad,message", [
-    ("novalue", "is not of the form KEY=VALUE"), ("=3", "is not of the form"), ("a..b=1", "is not of the form"),
-    ("a=", "has no value"), ("a=[1,", "looks like a literal but does not parse"), ("a='x", "does not parse"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("novalue", "is not of the form KEY=VALUE"),
+        ("=3", "is not of the form"),
+        ("a..b=1", "is not of the form"),
+        ("a=", "has no value"),
+        ("a=[1,", "looks like a literal but does not parse"),
+        ("a='x", "does not parse"),
+    ],
+)
 def test_parse_option_errors_name_the_flag(bad, message):
     with pytest.raises(ConfigError, match=message) as info:
         parse_option(bad, "--option")

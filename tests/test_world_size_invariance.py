@@ -10,6 +10,7 @@ run one after another; they declare those terms, and an accumulating stage recor
 With mmengine's own DDP wrapper (whose training step skips the strategy hooks) the MR-Pretrain,
 TD-Calib and GM-Coord cases fail here: the EMA teacher stays put and no gradient is modulated.
 """
+
 import pytest
 
 from umdbench.plan.config import CellSpec, resolve
@@ -61,8 +62,12 @@ def test_an_accumulating_stage_records_its_strategys_coupled_terms():
     registries = get_registries()
 
     def deviations(pretrain, tune, **train):
-        overrides = tuple((f"{stage}.train.{k}", v) for stage in ("pretrain", "tune.0") for k, v in train.items()
-                          if not (stage == "pretrain" and pretrain == "none"))
+        overrides = tuple(
+            (f"{stage}.train.{k}", v)
+            for stage in ("pretrain", "tune.0")
+            for k, v in train.items()
+            if not (stage == "pretrain" and pretrain == "none")
+        )
         return resolve(CellSpec(pretrain, (tune,), "medsynth", overrides=overrides), registries).deviations
 
     found = [d for d in deviations("mr", "direct", batch_size=8, accumulative_counts=2) if "micro-batches" in d]

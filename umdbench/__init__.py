@@ -6,4 +6,5 @@ The public API is small and import-light (no torch at import time):
 * :mod:`umdbench.hookspecs` -- the pluggy hook a plugin implements (``umdbench_register``).
 * :func:`umdbench.plugin.get_registries` -- the registries, with every plugin loaded.
 """
+
 __version__ = "0.1.0"

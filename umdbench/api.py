@@ -16,6 +16,7 @@ declares (``TaskType.batch_keys``). A strategy's ``forward(batch)`` returns
 ``{"loss_xxx": tensor, ...}``; every key starting with ``loss`` is summed into the training loss,
 other scalar tensors are logged only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,23 @@ from umdbench.errors import UmdbenchError
 from umdbench.util import deep_merge
 
 __all__ = [
-    "CONTRACT_VERSION", "CheckReport", "DataContext", "DataError", "DatasetPlugin", "Encoder", "Option", "PretrainStrategy",
-    "Record", "Strategy",
-    "TRAIN_DEFAULTS", "TRAIN_KEYS", "TaskInfo", "TaskType", "TuneStrategy", "deep_merge", "train_config",
+    "CONTRACT_VERSION",
+    "CheckReport",
+    "DataContext",
+    "DataError",
+    "DatasetPlugin",
+    "Encoder",
+    "Option",
+    "PretrainStrategy",
+    "Record",
+    "Strategy",
+    "TRAIN_DEFAULTS",
+    "TRAIN_KEYS",
+    "TaskInfo",
+    "TaskType",
+    "TuneStrategy",
+    "deep_merge",
+    "train_config",
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
@@ -54,6 +69,7 @@ class Option:
     type: Any = None
     default: Any = None
     help: str = ""
+
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -320,7 +336,9 @@ class Strategy(nn.Module):
     def default_config(cls, preset: str, dataset: str | None = None) -> dict:
         if preset not in cls.presets:
             raise KeyError(f"no preset {preset!r}; it has {', '.join(sorted(cls.presets)) or 'none'}")
-        declared = {name: spec if isinstance(spec, Option) else Option(*spec) for name, spec in cls.option_schema.items()}
+        declared = {
+            name: spec if isinstance(spec, Option) else Option(*spec) for name, spec in cls.option_schema.items()
+        }
         cfg = {name: copy.deepcopy(spec.default) for name, spec in declared.items() if name not in cls.presets[preset]}
         cfg.update(copy.deepcopy(cls.presets[preset]))
         per_dataset = cfg.pop("per_dataset", {})
@@ -477,23 +495,23 @@ TRAIN_KEYS = {
     "log_interval": "iterations between log lines",
     "grad_clip": "max grad norm or None",
     "amp": "False = fp32 (default); 'auto' = bf16 autocast where native (CUDA, CPU with AVX-512 BF16 / AMX), "
-           "resolved when the run is planned (the config and stage key record the result); 'bf16' = always",
+    "resolved when the run is planned (the config and stage key record the result); 'bf16' = always",
     "fused": "'auto' = fused AdamW kernel on CUDA and CPU; False = the foreach / per-tensor path",
     "foreach": "with fused False: 'auto' = multi-tensor AdamW; False = per-tensor loop",
     "compile": "torch.compile the encoder blocks (parameter names unchanged)",
     "step_in_backward": "'auto' = under bf16 autocast, step each parameter and free its gradient during backward "
-                        "where nothing needs all gradients at once (no grad_clip, no gradient modulation, one "
-                        "process); True = wherever that holds; False = never. Same updates bit for bit; not in "
-                        "the stage key",
+    "where nothing needs all gradients at once (no grad_clip, no gradient modulation, one "
+    "process); True = wherever that holds; False = never. Same updates bit for bit; not in "
+    "the stage key",
     "keep_checkpoints": "resumable checkpoints a finished stage keeps (newest first; 0 = none); not in the stage key",
     "label_fraction": "tuning stages: train on this share (0, 1] of the training split's records, drawn once per "
-                      "seed; smaller fractions are subsets of larger ones (label-efficiency studies)",
+    "seed; smaller fractions are subsets of larger ones (label-efficiency studies)",
     "accumulative_counts": "N > 1: each optimiser step sums the gradients of N micro-batches of batch_size / N "
-                           "(a batch too large for one device's memory); max_iters, the schedule and the "
-                           "intervals still count optimiser steps. Terms the strategy or encoder declares as "
-                           "coupling a batch's samples (batch_coupled_terms: in-batch negatives, token means, "
-                           "BatchNorm) then come from each micro-batch: recorded as a deviation",
+    "(a batch too large for one device's memory); max_iters, the schedule and the "
+    "intervals still count optimiser steps. Terms the strategy or encoder declares as "
+    "coupling a batch's samples (batch_coupled_terms: in-batch negatives, token means, "
+    "BatchNorm) then come from each micro-batch: recorded as a deviation",
     "activation_checkpointing": "True = the encoder's checkpoint_targets() recompute their activations in backward "
-                                "(less memory, the same updates, RNG replayed); not in the stage key; not with "
-                                "compile",
+    "(less memory, the same updates, RNG replayed); not in the stage key; not with "
+    "compile",
 }

@@ -27,6 +27,7 @@ or a global count there covers one micro-batch only; strategies say which of the
 the samples of a batch (:meth:`umdbench.api.Strategy.batch_coupled_terms`), and an accumulating
 stage records them as a deviation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["StepContext", "all_sum", "current", "gather", "gather_nograd", "global_mean", "global_positions",
-           "item_context", "item_rng", "rand", "randint", "randn", "sample_generator", "step_context",
-           "step_generator", "world"]
+__all__ = [
+    "StepContext",
+    "all_sum",
+    "current",
+    "gather",
+    "gather_nograd",
+    "global_mean",
+    "global_positions",
+    "item_context",
+    "item_rng",
+    "rand",
+    "randint",
+    "randn",
+    "sample_generator",
+    "step_context",
+    "step_generator",
+    "world",
+]
 
 
 @dataclass(frozen=True)
@@ -118,17 +134,18 @@ def _key(*parts: int) -> int:
 def _bits(n: int, count: int, stream, device) -> torch.Tensor:
     """``[n, count]`` 64-bit hashes: row ``i`` of local sample ``i``, column ``j`` its j-th draw."""
     ctx = _STEP.get()
-    keys = torch.tensor([_signed(_key(ctx.seed, ctx.step, p, _stream(stream))) for p in ctx.positions],
-                        dtype=torch.long, device=device)
-    counters = (torch.arange(1, count + 1, dtype=torch.long, device=device) * _G)
+    keys = torch.tensor(
+        [_signed(_key(ctx.seed, ctx.step, p, _stream(stream))) for p in ctx.positions], dtype=torch.long, device=device
+    )
+    counters = torch.arange(1, count + 1, dtype=torch.long, device=device) * _G
     return _mix(keys[:, None] ^ counters[None, :])
 
 
 def _uniform(bits: torch.Tensor, dtype) -> torch.Tensor:
     """Uniform [0, 1) from hashes: 24 bits for float32 and below (exactly representable), 53 for float64."""
     if dtype == torch.float64:
-        return ((bits >> 11) & ((1 << 53) - 1)).to(torch.float64) * 2.0 ** -53
-    return (((bits >> 40) & ((1 << 24) - 1)).to(torch.float32) * 2.0 ** -24).to(dtype)
+        return ((bits >> 11) & ((1 << 53) - 1)).to(torch.float64) * 2.0**-53
+    return (((bits >> 40) & ((1 << 24) - 1)).to(torch.float32) * 2.0**-24).to(dtype)
 
 
 def _positions(n: int) -> tuple[int, ...] | None:
@@ -136,8 +153,10 @@ def _positions(n: int) -> tuple[int, ...] | None:
     if ctx is None:
         return None
     if len(ctx.positions) != n:
-        raise ValueError(f"a per-sample draw for {n} samples inside a step of {len(ctx.positions)} local samples: "
-                         f"draw one row per sample of the batch")
+        raise ValueError(
+            f"a per-sample draw for {n} samples inside a step of {len(ctx.positions)} local samples: "
+            f"draw one row per sample of the batch"
+        )
     return ctx.positions
 
 
@@ -209,8 +228,9 @@ def item_rng(stream: str | int = "item") -> np.random.Generator | None:
     key = _ITEM.get()
     if key is None:
         return None
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([key[0], key[1] & 0xFFFFFFFF, key[2],
-                                                                       _stream(stream)])))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([key[0], key[1] & 0xFFFFFFFF, key[2], _stream(stream)]))
+    )
 
 
 # -- reductions over the data-parallel group -------------------------------------------------------
@@ -251,8 +271,11 @@ def global_positions(n: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     Outside a step the ranks' local orders, one after another, stand in for the positions."""
     positions = _positions(n)
     rank, size = world()
-    local = torch.arange(rank * n, (rank + 1) * n, device=device) if positions is None else \
-        torch.tensor(positions, device=device)
+    local = (
+        torch.arange(rank * n, (rank + 1) * n, device=device)
+        if positions is None
+        else torch.tensor(positions, device=device)
+    )
     every = gather_nograd(local)
     return every, torch.arange(rank * n, (rank + 1) * n, device=every.device)
 

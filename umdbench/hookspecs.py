@@ -12,6 +12,7 @@ Built-in plugins are registered through this same hook (from ``registry.toml`` a
 packages expose their module under the ``umdbench`` entry-point group; a local file can be
 loaded with ``umdbench --plugin-path FILE``.
 """
+
 import pluggy
 
 __all__ = ["hookimpl", "hookspec", "PROJECT", "UmdbenchSpec"]

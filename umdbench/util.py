@@ -4,6 +4,7 @@ file writes, the grammar of ``KEY=VALUE`` option flags, and where the data root 
 Layer 0: the standard library and :mod:`umdbench.errors` only (no torch), so the CLI, the planner
 and the data plugins can all use it without import cost or cycles.
 """
+
 from __future__ import annotations
 
 import ast
@@ -116,8 +117,10 @@ def parse_option(text: str, flag: str, form: str = "KEY=VALUE (e.g. layout=osf o
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         pass
     if raw[0] in "[{(\"'":
-        raise ConfigError(f"{flag} {text!r}: the value {raw!r} looks like a literal but does not parse; "
-                          f"fix its brackets or quotes, or quote the whole value as a string.")
+        raise ConfigError(
+            f"{flag} {text!r}: the value {raw!r} looks like a literal but does not parse; "
+            f"fix its brackets or quotes, or quote the whole value as a string."
+        )
     # "none" stays a string: several options take it as a value (e.g. gmcoord noise=none);
     # None (the Python literal) or null is the missing value
     return key, _WORDS.get(raw.lower(), raw)

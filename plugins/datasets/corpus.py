@@ -28,6 +28,7 @@ Options:
   (VQA-Med-2019 train is partial in the shared copy); skipped records are listed in ``self.skipped``
   and logged per split. Use ``"raise"`` to demand complete sources.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,11 +38,10 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from umdbench.api import CheckReport, DatasetPlugin, DataError, Record
+from umdbench.api import CheckReport, DataError, DatasetPlugin, Record
 from umdbench.util import DATA_ROOT_ENV
 
 log = logging.getLogger("umdbench.data")
-
 
 
 def dataset_class(name: str):
@@ -58,8 +58,12 @@ class Corpus(DatasetPlugin):
     root_subdir: ClassVar[str | None] = None  # the data root; each source uses its own subfolder
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     option_defaults: ClassVar[dict[str, Any]] = {
-        "sources": ["slake", "vqa-med-2019"], "source_options": {}, "exclude_images_of": ["vqa-rad"],
-        "source_on_error": "skip", "exclude_near_duplicates_of": [], "near_duplicate_threshold": None,
+        "sources": ["slake", "vqa-med-2019"],
+        "source_options": {},
+        "exclude_images_of": ["vqa-rad"],
+        "source_on_error": "skip",
+        "exclude_near_duplicates_of": [],
+        "near_duplicate_threshold": None,
     }
     # options added after stage keys were first computed: left out of the fingerprint at their
     # defaults, so a corpus that does not use them keeps its key
@@ -78,10 +82,13 @@ class Corpus(DatasetPlugin):
             if isinstance(merged[key], str):
                 merged[key] = [merged[key]]
         threshold = merged["near_duplicate_threshold"]
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
-                                      or not 0 <= threshold <= 128):
-            raise ValueError(f"dataset 'corpus': near_duplicate_threshold={threshold!r} must be an integer in 0..128 "
-                             f"(Hamming distance between 128-bit hashes) or null for the default")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= 128
+        ):
+            raise ValueError(
+                f"dataset 'corpus': near_duplicate_threshold={threshold!r} must be an integer in 0..128 "
+                f"(Hamming distance between 128-bit hashes) or null for the default"
+            )
         if not merged["sources"]:
             raise ValueError("dataset 'corpus': option sources is empty")
         super().__init__(root, on_error, **merged)
@@ -97,16 +104,20 @@ class Corpus(DatasetPlugin):
     # -- helpers ------------------------------------------------------------------------------
     def _data_root(self) -> Path:
         if self.root is None or not self.root.is_dir():
-            raise DataError(f"dataset 'corpus': data root {self.root} does not exist; fix: pass --data-root DIR (the "
-                            f"folder holding {', '.join(self.options['sources'])}) or set {DATA_ROOT_ENV}=DIR")
+            raise DataError(
+                f"dataset 'corpus': data root {self.root} does not exist; fix: pass --data-root DIR (the "
+                f"folder holding {', '.join(self.options['sources'])}) or set {DATA_ROOT_ENV}=DIR"
+            )
         return self.root
 
     def _make(self, name: str, on_error: str, extra: dict | None = None) -> DatasetPlugin:
         cls = dataset_class(name)
         root = self._data_root() / cls.root_subdir if cls.root_subdir else self._data_root()
         if cls.needs_root and not root.is_dir():
-            raise DataError(f"corpus: source {name!r} expects its data in {root}, which does not exist; fix: put "
-                            f"the dataset there or drop it from the corpus options (sources / exclude_images_of)")
+            raise DataError(
+                f"corpus: source {name!r} expects its data in {root}, which does not exist; fix: put "
+                f"the dataset there or drop it from the corpus options (sources / exclude_images_of)"
+            )
         opts = dict(self.options["source_options"].get(name, {}))
         opts.update(extra or {})
         return cls(root=root if cls.needs_root else None, on_error=on_error, **opts)
@@ -190,27 +201,43 @@ class Corpus(DatasetPlugin):
                 recs = src.records(split)
                 self.skipped.extend(f"[{name}] {m}" for m in src.skipped[before:])
                 for r in recs:
-                    pair = Record(uid=f"corpus/{r.uid}", image=r.image, text=self.pair_text(r),
-                                  extra={"source": name, "source_uid": r.uid})
+                    pair = Record(
+                        uid=f"corpus/{r.uid}",
+                        image=r.image,
+                        text=self.pair_text(r),
+                        extra={"source": name, "source_uid": r.uid},
+                    )
                     if isinstance(r.image, str) and os.path.basename(r.image) in excluded:
                         n_excl += 1
                         left_out.setdefault("exclude_images_of", []).append(pair)
-                        self.skipped.append(f"[{name}] record {r.uid}: image {os.path.basename(r.image)} also belongs "
-                                            f"to {self.options['exclude_images_of']} (left out to avoid leakage)")
+                        self.skipped.append(
+                            f"[{name}] record {r.uid}: image {os.path.basename(r.image)} also belongs "
+                            f"to {self.options['exclude_images_of']} (left out to avoid leakage)"
+                        )
                         continue
                     if near_of and self._is_near_duplicate(r, src):
                         left_out.setdefault("exclude_near_duplicates_of", []).append(pair)
-                        self.skipped.append(f"[{name}] record {r.uid}: image {os.path.basename(r.image)} is a near "
-                                            f"duplicate (distance <= {self.threshold()}) of an image of {near_of} "
-                                            f"(left out to avoid leakage)")
+                        self.skipped.append(
+                            f"[{name}] record {r.uid}: image {os.path.basename(r.image)} is a near "
+                            f"duplicate (distance <= {self.threshold()}) of an image of {near_of} "
+                            f"(left out to avoid leakage)"
+                        )
                         continue
                     out.append(pair)
             if n_excl:
-                log.warning("corpus split %s: %d record(s) left out because their image belongs to %s",
-                            split, n_excl, self.options["exclude_images_of"])
+                log.warning(
+                    "corpus split %s: %d record(s) left out because their image belongs to %s",
+                    split,
+                    n_excl,
+                    self.options["exclude_images_of"],
+                )
             if left_out.get("exclude_near_duplicates_of"):
-                log.warning("corpus split %s: %d record(s) left out as near duplicates of images of %s", split,
-                            len(left_out["exclude_near_duplicates_of"]), near_of)
+                log.warning(
+                    "corpus split %s: %d record(s) left out as near duplicates of images of %s",
+                    split,
+                    len(left_out["exclude_near_duplicates_of"]),
+                    near_of,
+                )
             if self._hasher is not None:
                 self._hasher.save()
             self.left_out[split] = left_out
@@ -219,10 +246,14 @@ class Corpus(DatasetPlugin):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            options = {k: v for k, v in self.options.items()
-                       if not (k in self._LATER_OPTIONS and v == self._LATER_OPTIONS[k])}
-            h = hashlib.sha256(json.dumps({"name": self.name, "version": self.version, "options": options},
-                                          sort_keys=True, default=str).encode())
+            options = {
+                k: v for k, v in self.options.items() if not (k in self._LATER_OPTIONS and v == self._LATER_OPTIONS[k])
+            }
+            h = hashlib.sha256(
+                json.dumps(
+                    {"name": self.name, "version": self.version, "options": options}, sort_keys=True, default=str
+                ).encode()
+            )
             for name, src in self.sources().items():
                 h.update(f"\0{name}\0{src.fingerprint()}".encode())
             for n in self.options["exclude_images_of"]:
@@ -239,9 +270,11 @@ class Corpus(DatasetPlugin):
     def deviations(self) -> list[str]:
         if not self.options["exclude_near_duplicates_of"]:
             return []
-        return [f"corpus: records whose image is within Hamming distance {self.threshold()} (of 128-bit perceptual "
-                f"hashes) of an image of {', '.join(self.options['exclude_near_duplicates_of'])} are left out "
-                f"(exclude_near_duplicates_of); the paper removes nothing from its pre-training corpus"]
+        return [
+            f"corpus: records whose image is within Hamming distance {self.threshold()} (of 128-bit perceptual "
+            f"hashes) of an image of {', '.join(self.options['exclude_near_duplicates_of'])} are left out "
+            f"(exclude_near_duplicates_of); the paper removes nothing from its pre-training corpus"
+        ]
 
     def check(self, deep: bool = True) -> CheckReport:
         report = CheckReport(dataset=self.name, root=str(self.root) if self.root is not None else None)

@@ -15,6 +15,7 @@ slicing does).
 ``medicat/net/nfs2.corp/allennlp/sanjays/roco_files/roco_{split}_references.jsonl`` (or
 ``medicat/roco_files/...``) exists + the ``medicat`` records above.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,8 @@ from umdbench.api import DataError, Record
 from umdbench.data.vqa_common import ReleaseDataset, read_text_lines
 
 from .roco import image_dir as roco_image_dir
-from .roco import normalise_text, parse_captions, parse_dlinks, split_dir as roco_split_dir
+from .roco import normalise_text, parse_captions, parse_dlinks
+from .roco import split_dir as roco_split_dir
 
 RELEASE_JSONL = "s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl"
 JSONL_CANDIDATES = (f"release/{RELEASE_JSONL}", RELEASE_JSONL, "sample.jsonl", "sample/sample.jsonl")
@@ -38,8 +40,10 @@ def find_jsonl(root: Path) -> Path:
     for cand in JSONL_CANDIDATES:
         if (root / cand).is_file():
             return root / cand
-    raise DataError(f"{root}: no MedICaT annotation file found (looked for {', '.join(JSONL_CANDIDATES)}); fix: unpack "
-                    f"the MedICaT release (or its sample/) into this folder (see docs/datasets.md)")
+    raise DataError(
+        f"{root}: no MedICaT annotation file found (looked for {', '.join(JSONL_CANDIDATES)}); fix: unpack "
+        f"the MedICaT release (or its sample/) into this folder (see docs/datasets.md)"
+    )
 
 
 def split_indices(n: int, val_size: int, test_size: int) -> dict[str, list[int]]:
@@ -49,7 +53,7 @@ def split_indices(n: int, val_size: int, test_size: int) -> dict[str, list[int]]
     n_test = min(test_size, n)
     n_val = min(val_size, n - n_test)
     cut = n - n_test - n_val
-    return {"train": idx[:cut], "val": idx[cut:n - n_test], "test": idx[n - n_test:]}
+    return {"train": idx[:cut], "val": idx[cut : n - n_test], "test": idx[n - n_test :]}
 
 
 def jsonl_rows(path: Path, file: str, bad: Callable[[str], None]):
@@ -60,11 +64,22 @@ def jsonl_rows(path: Path, file: str, bad: Callable[[str], None]):
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as exc:
-            bad(f"{file}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: repair or remove the line")
+            bad(
+                f"{file}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: repair or remove the line"
+            )
 
 
-def read_medicat(root: Path, split: str, bad: Callable[[str], None], *, min_words: int, val_size: int,
-                 test_size: int, rel: Callable[[Path], str], uid_prefix: str) -> list[Record]:
+def read_medicat(
+    root: Path,
+    split: str,
+    bad: Callable[[str], None],
+    *,
+    min_words: int,
+    val_size: int,
+    test_size: int,
+    rel: Callable[[Path], str],
+    uid_prefix: str,
+) -> list[Record]:
     path = find_jsonl(root)
     file = rel(path)
     figures = path.parent / "figures"
@@ -84,8 +99,10 @@ def read_medicat(root: Path, split: str, bad: Callable[[str], None], *, min_word
             texts.append(("caption", caption))
         refs = row.get("s2orc_references")
         if refs is not None and not isinstance(refs, list):
-            bad(f"{file}: line {lineno}: s2orc_references must be a list or null, got {type(refs).__name__}; "
-                f"fix: repair the record")
+            bad(
+                f"{file}: line {lineno}: s2orc_references must be a list or null, got {type(refs).__name__}; "
+                f"fix: repair the record"
+            )
             continue
         texts.extend(("reference", r) for r in (refs or []) if isinstance(r, str))
         key = f"{row['pdf_hash']}_{row['fig_uri']}"
@@ -94,8 +111,14 @@ def read_medicat(root: Path, split: str, bad: Callable[[str], None], *, min_word
             text = normalise_text(text)
             if len(text.split()) < min_words:
                 continue
-            out.append(Record(uid=f"{uid_prefix}/{split}/{key}/{k}", image=str(figures / key), text=text,
-                              extra={"file": file, "line": lineno, "kind": kind, "source": "medicat"}))
+            out.append(
+                Record(
+                    uid=f"{uid_prefix}/{split}/{key}/{k}",
+                    image=str(figures / key),
+                    text=text,
+                    extra={"file": file, "line": lineno, "kind": kind, "source": "medicat"},
+                )
+            )
             k += 1
     return out
 
@@ -116,8 +139,16 @@ class Medicat(ReleaseDataset):
 
     def _read(self, split: str) -> list[Record]:
         o = self.options
-        return read_medicat(self.data_dir, split, self._bad, min_words=int(o["min_words"]), val_size=int(o["val_size"]),
-                            test_size=int(o["test_size"]), rel=self.rel, uid_prefix=self.name)
+        return read_medicat(
+            self.data_dir,
+            split,
+            self._bad,
+            min_words=int(o["min_words"]),
+            val_size=int(o["val_size"]),
+            test_size=int(o["test_size"]),
+            rel=self.rel,
+            uid_prefix=self.name,
+        )
 
 
 class RocoMedicat(ReleaseDataset):
@@ -128,8 +159,16 @@ class RocoMedicat(ReleaseDataset):
     task: ClassVar[str] = "pretrain"
     root_subdir: ClassVar[str | None] = None  # reads <data-root>/roco and <data-root>/medicat
     splits: ClassVar[tuple[str, ...]] = SPLITS
-    option_defaults = {"verify_images": True, "min_words": 3, "val_size": 1000, "test_size": 1000,
-                       "roco_dir": "roco", "medicat_dir": "medicat", "use_roco": True, "use_medicat": True}
+    option_defaults = {
+        "verify_images": True,
+        "min_words": 3,
+        "val_size": 1000,
+        "test_size": 1000,
+        "roco_dir": "roco",
+        "medicat_dir": "medicat",
+        "use_roco": True,
+        "use_medicat": True,
+    }
 
     @property
     def roco_root(self) -> Path:
@@ -141,8 +180,10 @@ class RocoMedicat(ReleaseDataset):
 
     def _require(self, folder: Path, what: str) -> Path:
         if not folder.is_dir():
-            raise DataError(f"roco-medicat: {what} folder {folder} does not exist; fix: put it there, point the option "
-                            f"{what}_dir at it, or set use_{what}=False to build the corpus without it")
+            raise DataError(
+                f"roco-medicat: {what} folder {folder} does not exist; fix: put it there, point the option "
+                f"{what}_dir at it, or set use_{what}=False to build the corpus without it"
+            )
         return folder
 
     def _ref_file(self, split: str) -> Path | None:
@@ -185,19 +226,34 @@ class RocoMedicat(ReleaseDataset):
                 out += self._read_roco_refs(ref, sdir, images, split, min_words)
             cap = sdir / "radiology" / "captions.txt"
             if not cap.is_file():
-                raise DataError(f"{cap}: file not found; fix: put the ROCO release's radiology/ folder of split "
-                                f"{split!r} there, or set use_roco=False")
+                raise DataError(
+                    f"{cap}: file not found; fix: put the ROCO release's radiology/ folder of split "
+                    f"{split!r} there, or set use_roco=False"
+                )
             file = self.rel(cap)
             for lineno, roco_id, caption in parse_captions(cap, self._bad, file):
                 caption = normalise_text(caption)
                 if len(caption.split()) < min_words:
                     continue
-                out.append(Record(uid=f"{self.name}/{split}/roco/{roco_id}", image=str(images / f"{roco_id}.jpg"),
-                                  text=caption, extra={"file": file, "line": lineno, "source": "roco", "kind": "caption"}))
+                out.append(
+                    Record(
+                        uid=f"{self.name}/{split}/roco/{roco_id}",
+                        image=str(images / f"{roco_id}.jpg"),
+                        text=caption,
+                        extra={"file": file, "line": lineno, "source": "roco", "kind": "caption"},
+                    )
+                )
         if o["use_medicat"]:
-            out += read_medicat(self._require(self.medicat_root, "medicat"), split, self._bad, min_words=min_words,
-                                val_size=int(o["val_size"]), test_size=int(o["test_size"]), rel=self.rel,
-                                uid_prefix=f"{self.name}/medicat")
+            out += read_medicat(
+                self._require(self.medicat_root, "medicat"),
+                split,
+                self._bad,
+                min_words=min_words,
+                val_size=int(o["val_size"]),
+                test_size=int(o["test_size"]),
+                rel=self.rel,
+                uid_prefix=f"{self.name}/medicat",
+            )
         return out
 
     def _read_roco_refs(self, path: Path, sdir: Path, images: Path, split: str, min_words: int) -> list[Record]:
@@ -207,8 +263,10 @@ class RocoMedicat(ReleaseDataset):
         for lineno, row in jsonl_rows(path, file, self._bad):
             key = row.get("roco_image_id") if isinstance(row, dict) else None
             if key not in dlinks:
-                self._bad(f"{file}: line {lineno}: roco_image_id {key!r} is not in {split}/radiology/dlinks.txt; "
-                          f"fix: use the dlinks.txt of the same ROCO release")
+                self._bad(
+                    f"{file}: line {lineno}: roco_image_id {key!r} is not in {split}/radiology/dlinks.txt; "
+                    f"fix: use the dlinks.txt of the same ROCO release"
+                )
                 continue
             roco_id = dlinks[key]
             k = 0
@@ -216,7 +274,13 @@ class RocoMedicat(ReleaseDataset):
                 text = normalise_text(str(text))
                 if len(text.split()) < min_words:
                     continue
-                out.append(Record(uid=f"{self.name}/{split}/roco-ref/{roco_id}/{k}", image=str(images / f"{roco_id}.jpg"),
-                                  text=text, extra={"file": file, "line": lineno, "source": "roco", "kind": "reference"}))
+                out.append(
+                    Record(
+                        uid=f"{self.name}/{split}/roco-ref/{roco_id}/{k}",
+                        image=str(images / f"{roco_id}.jpg"),
+                        text=text,
+                        extra={"file": file, "line": lineno, "source": "roco", "kind": "reference"},
+                    )
+                )
                 k += 1
         return out

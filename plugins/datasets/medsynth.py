@@ -21,6 +21,7 @@ coordinates ``x, y`` in ``[-1, 1]`` (``y`` down) in radiological convention: the
 on the image's right. Organs: chest = right lung, left lung; abdomen = liver, spleen, right kidney,
 left kidney; head = right hemisphere, left hemisphere. Every organ has a side (left/right).
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,13 @@ LESION_RADIUS = {"small": (0.055, 0.07), "large": (0.095, 0.115)}
 COUNT_WORDS = ("0", "1", "2", "3")
 
 # Seed streams: VQA splits and caption splits never share an image.
-STREAMS = {("vqa", "train"): 1, ("vqa", "val"): 2, ("vqa", "test"): 3, ("captions", "train"): 11, ("captions", "val"): 12}
+STREAMS = {
+    ("vqa", "train"): 1,
+    ("vqa", "val"): 2,
+    ("vqa", "test"): 3,
+    ("captions", "train"): 11,
+    ("captions", "val"): 12,
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +162,10 @@ class _Canvas:
         y0 = (s_ * cx + c_ * cy) * s + ty
         half = self.size / 2.0
         col, row, rad = (x0 + 1.0) * half - 0.5, (y0 + 1.0) * half - 0.5, radius * s * half + 2.0
-        return (slice(max(int(row - rad), 0), max(min(int(row + rad) + 2, self.size), 0)),
-                slice(max(int(col - rad), 0), max(min(int(col + rad) + 2, self.size), 0)))
+        return (
+            slice(max(int(row - rad), 0), max(min(int(row + rad) + 2, self.size), 0)),
+            slice(max(int(col - rad), 0), max(min(int(col + rad) + 2, self.size), 0)),
+        )
 
     def dist(self, cx, cy, rx, ry, wobble: float = 0.0, k: int = 0, sl=None) -> np.ndarray:
         """Normalised elliptic distance (1 on the boundary), optionally with a wobbly outline."""
@@ -235,14 +244,82 @@ def _anatomy_layers(cv: _Canvas, region: str, modality: str) -> list[tuple[str, 
 
 # tissue intensities per modality (0..1); x-ray values are attenuation coefficients
 TISSUE = {
-    "ct": dict(bg=0.0, fat=0.3, soft=0.44, rib=0.9, lung=0.26, heart=0.52, bone=0.97, bowel=0.36, liver=0.58,
-               spleen=0.5, kidney=0.66, sinus=0.4, vessel=0.62, scalp=0.44, skull=0.98, brain=0.48, csf=0.2),
-    "mri": dict(bg=0.02, fat=0.88, soft=0.36, rib=0.36, lung=0.24, heart=0.22, bone=0.1, bowel=0.7, liver=0.3,
-                spleen=0.52, kidney=0.62, sinus=0.85, vessel=0.05, scalp=0.85, skull=0.08, brain=0.55, csf=0.95),
-    "x-ray": dict(bg=0.0, fat=0.85, soft=1.0, rib=1.6, lung=0.45, heart=1.3, bone=2.2, bowel=0.5, liver=1.15,
-                  spleen=1.08, kidney=1.05, sinus=1.0, vessel=1.1, scalp=0.9, skull=2.4, brain=1.0, csf=0.9),
-    "ultrasound": dict(bg=0.0, fat=0.3, soft=0.32, rib=0.32, lung=0.55, heart=0.08, bone=0.9, bowel=0.45, liver=0.5,
-                       spleen=0.42, kidney=0.26, sinus=0.75, vessel=0.04, scalp=0.4, skull=0.9, brain=0.3, csf=0.08),
+    "ct": dict(
+        bg=0.0,
+        fat=0.3,
+        soft=0.44,
+        rib=0.9,
+        lung=0.26,
+        heart=0.52,
+        bone=0.97,
+        bowel=0.36,
+        liver=0.58,
+        spleen=0.5,
+        kidney=0.66,
+        sinus=0.4,
+        vessel=0.62,
+        scalp=0.44,
+        skull=0.98,
+        brain=0.48,
+        csf=0.2,
+    ),
+    "mri": dict(
+        bg=0.02,
+        fat=0.88,
+        soft=0.36,
+        rib=0.36,
+        lung=0.24,
+        heart=0.22,
+        bone=0.1,
+        bowel=0.7,
+        liver=0.3,
+        spleen=0.52,
+        kidney=0.62,
+        sinus=0.85,
+        vessel=0.05,
+        scalp=0.85,
+        skull=0.08,
+        brain=0.55,
+        csf=0.95,
+    ),
+    "x-ray": dict(
+        bg=0.0,
+        fat=0.85,
+        soft=1.0,
+        rib=1.6,
+        lung=0.45,
+        heart=1.3,
+        bone=2.2,
+        bowel=0.5,
+        liver=1.15,
+        spleen=1.08,
+        kidney=1.05,
+        sinus=1.0,
+        vessel=1.1,
+        scalp=0.9,
+        skull=2.4,
+        brain=1.0,
+        csf=0.9,
+    ),
+    "ultrasound": dict(
+        bg=0.0,
+        fat=0.3,
+        soft=0.32,
+        rib=0.32,
+        lung=0.55,
+        heart=0.08,
+        bone=0.9,
+        bowel=0.45,
+        liver=0.5,
+        spleen=0.42,
+        kidney=0.26,
+        sinus=0.75,
+        vessel=0.04,
+        scalp=0.4,
+        skull=0.9,
+        brain=0.3,
+        csf=0.08,
+    ),
 }
 EDGE_PX = {"ct": 0.6, "mri": 2.2, "x-ray": 2.0, "ultrasound": 1.2}
 LESION_DELTA = {"ct": (0.33, -0.3), "mri": (0.35, -0.28), "x-ray": (0.65, -0.55), "ultrasound": (0.4, -0.3)}
@@ -292,7 +369,9 @@ def render_scene(scene: dict[str, Any], size: int, rng: np.random.Generator) -> 
             ax, ay = 0.0, -1.25
             rr = np.sqrt((X0 - ax) ** 2 + (Y0 - ay) ** 2)
             ang = np.abs(X0 - ax) / np.maximum(rr, 1e-3)
-            fan = np.clip((math.sin(math.radians(46)) - ang) * size * 0.5, 0, 1) * np.clip((2.35 - rr) * size * 0.25, 0, 1)
+            fan = np.clip((math.sin(math.radians(46)) - ang) * size * 0.5, 0, 1) * np.clip(
+                (2.35 - rr) * size * 0.25, 0, 1
+            )
             fan *= np.clip((rr - 0.2) * size * 0.25, 0, 1)
             img = np.clip(img + 0.12, 0, None) * sp * np.exp(-0.35 * (rr - 0.2)) * fan
     img = np.clip(img, 0.0, 1.0)
@@ -403,15 +482,22 @@ TEMPLATES = {
 _TEMPLATE_NAMES = tuple(TEMPLATES)
 # Order in which templates are tried for an image is a weighted random permutation; templates that
 # are often not askable (need lesions) or that balance over many answers are tried earlier.
-_TEMPLATE_WEIGHTS = np.array([{"organ": 6.0, "half": 2.5, "where": 2.0, "bright": 1.2}.get(t, 1.0)
-                              for t in _TEMPLATE_NAMES])
+_TEMPLATE_WEIGHTS = np.array(
+    [{"organ": 6.0, "half": 2.5, "where": 2.0, "bright": 1.2}.get(t, 1.0) for t in _TEMPLATE_NAMES]
+)
 
 
 def answer_set(group: str) -> tuple[str, ...]:
     """The answers a question group (template, or template:parameter) can have."""
     t = group.split(":", 1)[0]
-    return {"modality": MODALITIES, "region": REGIONS, "organ": ALL_ORGANS, "count": COUNT_WORDS,
-            "where": ("left", "right"), "half": ("upper", "lower")}.get(t, YES_NO)
+    return {
+        "modality": MODALITIES,
+        "region": REGIONS,
+        "organ": ALL_ORGANS,
+        "count": COUNT_WORDS,
+        "where": ("left", "right"),
+        "half": ("upper", "lower"),
+    }.get(t, YES_NO)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,8 +505,10 @@ def answer_set(group: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------------------
 VIEW = {"ct": "axial CT", "mri": "axial T2-weighted MRI", "x-ray": "frontal X-ray", "ultrasound": "ultrasound"}
 POLARITY_WORD = {
-    "ct": ("hyperdense", "hypodense"), "mri": ("hyperintense", "hypointense"),
-    "x-ray": ("radiopaque", "radiolucent"), "ultrasound": ("hyperechoic", "hypoechoic"),
+    "ct": ("hyperdense", "hypodense"),
+    "mri": ("hyperintense", "hypointense"),
+    "x-ray": ("radiopaque", "radiolucent"),
+    "ultrasound": ("hyperechoic", "hypoechoic"),
 }
 NORMAL_PHRASE = {"chest": "clear lungs", "abdomen": "normal liver, spleen and kidneys", "head": "a normal brain"}
 NUM_WORDS = {2: "two", 3: "three"}
@@ -431,7 +519,9 @@ def make_caption(scene: dict[str, Any], rng: np.random.Generator) -> str:
     view = VIEW[mod]
     les = scene["lesions"]
     if not les:
-        findings = ["no focal lesion", NORMAL_PHRASE[region], f"no focal lesion and {NORMAL_PHRASE[region]}"][int(rng.integers(3))]
+        findings = ["no focal lesion", NORMAL_PHRASE[region], f"no focal lesion and {NORMAL_PHRASE[region]}"][
+            int(rng.integers(3))
+        ]
     else:
         pol = POLARITY_WORD[mod][0 if scene["polarity"] == "bright" else 1]
         by_organ: dict[str, list[dict]] = defaultdict(list)
@@ -439,7 +529,7 @@ def make_caption(scene: dict[str, Any], rng: np.random.Generator) -> str:
             by_organ[l["organ"]].append(l)
         parts = []
         for organ, ls in by_organ.items():
-            where = f"the {ls[0]['half']} {organ}" if len({l['half'] for l in ls}) == 1 else f"the {organ}"
+            where = f"the {ls[0]['half']} {organ}" if len({l["half"] for l in ls}) == 1 else f"the {organ}"
             if len(ls) == 1:
                 parts.append(f"a {ls[0]['size']} {pol} lesion in {where}")
             else:
@@ -494,12 +584,23 @@ def _vqa_split(seed: int, stream: int, n: int, size: int, per_image: int) -> tup
         if chosen:
             image = _freeze(render_scene(scene, size, rng))
             for j, (tname, group, question, answer, atype) in enumerate(chosen):
-                out.append(Record(
-                    uid=f"medsynth-s{stream}-i{img_idx:06d}-q{j}", image=image, text=question, answer=answer,
-                    answer_type=atype,
-                    extra={"image_id": img_idx, "template": tname, "group": group, "modality": scene["modality"],
-                           "region": scene["region"], "count": len(scene["lesions"])},
-                ))
+                out.append(
+                    Record(
+                        uid=f"medsynth-s{stream}-i{img_idx:06d}-q{j}",
+                        image=image,
+                        text=question,
+                        answer=answer,
+                        answer_type=atype,
+                        extra={
+                            "image_id": img_idx,
+                            "template": tname,
+                            "group": group,
+                            "modality": scene["modality"],
+                            "region": scene["region"],
+                            "count": len(scene["lesions"]),
+                        },
+                    )
+                )
         img_idx += 1
     return tuple(out)
 
@@ -512,9 +613,19 @@ def _caption_split(seed: int, stream: int, n: int, size: int) -> tuple[Record, .
         scene = sample_scene(rng)
         caption = make_caption(scene, _image_rng(seed, stream + 1000, i))
         image = _freeze(render_scene(scene, size, rng))
-        out.append(Record(uid=f"medsynth-cap-s{stream}-i{i:06d}", image=image, text=caption,
-                          extra={"image_id": i, "modality": scene["modality"], "region": scene["region"],
-                                 "count": len(scene["lesions"])}))
+        out.append(
+            Record(
+                uid=f"medsynth-cap-s{stream}-i{i:06d}",
+                image=image,
+                text=caption,
+                extra={
+                    "image_id": i,
+                    "modality": scene["modality"],
+                    "region": scene["region"],
+                    "count": len(scene["lesions"]),
+                },
+            )
+        )
     return tuple(out)
 
 
@@ -562,9 +673,16 @@ class _MedSynthBase(DatasetPlugin):
 
     def fingerprint(self) -> str:
         streams = [STREAMS[(self._kind, s)] for s in self.splits]
-        payload = json.dumps({"generator": GENERATOR_VERSION, "plugin": self.name, "version": self.version,
-                              "options": self.opts, "probe": [self._image_probe_hash(s) for s in streams]},
-                             sort_keys=True)
+        payload = json.dumps(
+            {
+                "generator": GENERATOR_VERSION,
+                "plugin": self.name,
+                "version": self.version,
+                "options": self.opts,
+                "probe": [self._image_probe_hash(s) for s in streams],
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def check(self, deep: bool = True) -> CheckReport:
@@ -576,12 +694,16 @@ class _MedSynthBase(DatasetPlugin):
             rep.checksums[split] = _sha256_records(recs)
             want = self._expected_count(split)
             if len(recs) != want:
-                rep.problems.append(f"{self.name}/{split}: {len(recs)} records, expected {want}; "
-                                    "fix: report a generator bug (GENERATOR_VERSION)")
+                rep.problems.append(
+                    f"{self.name}/{split}: {len(recs)} records, expected {want}; "
+                    "fix: report a generator bug (GENERATOR_VERSION)"
+                )
             for r in recs:
                 if not (isinstance(r.image, np.ndarray) and r.image.shape == (S, S, 3) and r.image.dtype == np.uint8):
-                    rep.problems.append(f"{self.name}/{split}: record {r.uid}: image is not uint8 {S}x{S}x3; "
-                                        "fix: report a generator bug")
+                    rep.problems.append(
+                        f"{self.name}/{split}: record {r.uid}: image is not uint8 {S}x{S}x3; "
+                        "fix: report a generator bug"
+                    )
                     break
             self._check_extra(split, recs, rep)
         return rep
@@ -611,8 +733,9 @@ class MedSynthVQA(_MedSynthBase):
         o = self.opts
         if o["questions_per_image"] < 1:
             raise ValueError(f"{self.name}: questions_per_image must be >= 1")
-        return list(_vqa_split(o["seed"], STREAMS[("vqa", split)], o[f"n_{split}"], o["image_size"],
-                               o["questions_per_image"]))
+        return list(
+            _vqa_split(o["seed"], STREAMS[("vqa", split)], o[f"n_{split}"], o["image_size"], o["questions_per_image"])
+        )
 
     def label_names(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -647,5 +770,8 @@ class MedSynthCaptions(_MedSynthBase):
 
     def records(self, split: str) -> list[Record]:
         self._check_split(split)
-        return list(_caption_split(self.opts["seed"], STREAMS[("captions", split)], self._expected_count(split),
-                                   self.opts["image_size"]))
+        return list(
+            _caption_split(
+                self.opts["seed"], STREAMS[("captions", split)], self._expected_count(split), self.opts["image_size"]
+            )
+        )

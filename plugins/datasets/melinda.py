@@ -6,6 +6,7 @@ in ``melinda_images/<figure_file>``. The class column is option ``label`` (defau
 ``p_meth_label``, 7 classes, as M3AE and UMD). Class names are the sorted unique values of that
 column over train+dev+test (numbers sort numerically when every value is an integer).
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,14 +49,18 @@ class Melinda(ReleaseDataset):
         try:
             fh = open(path, newline="", encoding="utf-8")
         except FileNotFoundError as exc:
-            raise DataError(f"{path}: file not found; fix: put the MELINDA release's {SPLIT_FILES[split]} there "
-                            f"(see docs/datasets.md)") from exc
+            raise DataError(
+                f"{path}: file not found; fix: put the MELINDA release's {SPLIT_FILES[split]} there "
+                f"(see docs/datasets.md)"
+            ) from exc
         try:
             with fh:
                 return self._rows(fh, file, split, column, images)
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (offset {exc.start}: {exc.reason}); fix: re-download the file, "
-                            f"or convert it to UTF-8 if it was saved in another encoding") from exc
+            raise DataError(
+                f"{path}: not UTF-8 text (offset {exc.start}: {exc.reason}); fix: re-download the file, "
+                f"or convert it to UTF-8 if it was saved in another encoding"
+            ) from exc
 
     def _rows(self, fh, file: str, split: str, column: str, images: Path) -> list[Record]:
         out = []
@@ -63,21 +68,30 @@ class Melinda(ReleaseDataset):
         header = reader.fieldnames or []
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            raise DataError(f"{file}: header row: missing column(s) {missing} (found {header}); fix: use the "
-                            f"release CSV with columns {', '.join(COLUMNS)}")
+            raise DataError(
+                f"{file}: header row: missing column(s) {missing} (found {header}); fix: use the "
+                f"release CSV with columns {', '.join(COLUMNS)}"
+            )
         for i, row in enumerate(reader):
             row_no = i + 2  # 1-based line number in the file, after the header
             if None in row or any(v is None for v in row.values()):
-                self._bad(f"{file}: record line {row_no}: wrong number of columns (expected {len(COLUMNS)}); "
-                          f"fix: repair the row (quote captions that contain commas)")
+                self._bad(
+                    f"{file}: record line {row_no}: wrong number of columns (expected {len(COLUMNS)}); "
+                    f"fix: repair the row (quote captions that contain commas)"
+                )
                 continue
             figure, caption, value = row["figure_file"].strip(), row["caption"], row[column].strip()
             if not figure or value == "":
                 self._bad(f"{file}: record line {row_no}: empty figure_file or {column}; fix: repair or remove the row")
                 continue
-            out.append(Record(uid=f"{self.name}/{split}/{row_no}", image=str(images / figure), text=caption.strip(),
-                              extra={"file": file, "line": row_no, "class_name": value,
-                                     **{c: row[c] for c in COLUMNS[2:]}}))
+            out.append(
+                Record(
+                    uid=f"{self.name}/{split}/{row_no}",
+                    image=str(images / figure),
+                    text=caption.strip(),
+                    extra={"file": file, "line": row_no, "class_name": value, **{c: row[c] for c in COLUMNS[2:]}},
+                )
+            )
         return out
 
     def label_names(self) -> list[str]:

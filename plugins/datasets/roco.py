@@ -11,6 +11,7 @@ the number of train lines when train is present); captions are whitespace-normal
 with >= 3 words; val and test keep the first 2,000 (option ``eval_size``), train keeps all.
 Image i of a split matches text i.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,8 +53,10 @@ def parse_captions(path: Path, bad: Callable[[str], None], file: str) -> list[tu
             continue
         parts = line.strip().split("\t")
         if len(parts) != 2 or not parts[0].strip():
-            bad(f"{file}: line {lineno}: expected 'ROCO_ID<TAB>caption', got {len(parts)} tab-separated field(s); "
-                f"fix: repair the line or re-download captions.txt")
+            bad(
+                f"{file}: line {lineno}: expected 'ROCO_ID<TAB>caption', got {len(parts)} tab-separated field(s); "
+                f"fix: repair the line or re-download captions.txt"
+            )
             continue
         out.append((lineno, parts[0].strip(), parts[1]))
     return out
@@ -96,8 +99,10 @@ class Roco(ReleaseDataset):
     def _read(self, split: str) -> list[Record]:
         path = self.captions_file(split)
         if not path.is_file():
-            raise DataError(f"{path}: file not found; fix: put the ROCO release's {SPLIT_DIRS[split][-1]}/radiology/ "
-                            f"folder under {self.data_dir} (see docs/datasets.md)")
+            raise DataError(
+                f"{path}: file not found; fix: put the ROCO release's {SPLIT_DIRS[split][-1]}/radiology/ "
+                f"folder under {self.data_dir} (see docs/datasets.md)"
+            )
         rng = random.Random(42)
         for earlier in self.splits[: self.splits.index(split)]:
             # upstream shuffles every split with one generator: replay the earlier shuffles
@@ -115,14 +120,22 @@ class Roco(ReleaseDataset):
             line = lines[i]
             parts = line.strip().split("\t")
             if len(parts) != 2 or not parts[0].strip():
-                self._bad(f"{file}: line {i + 1}: expected 'ROCO_ID<TAB>caption', got {len(parts)} tab-separated "
-                          f"field(s); fix: repair the line or re-download captions.txt")
+                self._bad(
+                    f"{file}: line {i + 1}: expected 'ROCO_ID<TAB>caption', got {len(parts)} tab-separated "
+                    f"field(s); fix: repair the line or re-download captions.txt"
+                )
                 continue
             roco_id, caption = parts[0].strip(), normalise_text(parts[1])
             if len(caption.split()) < int(self.options["min_words"]):
                 continue  # upstream rule: captions shorter than 3 words are not used
-            out.append(Record(uid=f"{self.name}/{split}/{roco_id}", image=str(images / f"{roco_id}.jpg"), text=caption,
-                              extra={"file": file, "line": i + 1, "roco_id": roco_id}))
+            out.append(
+                Record(
+                    uid=f"{self.name}/{split}/{roco_id}",
+                    image=str(images / f"{roco_id}.jpg"),
+                    text=caption,
+                    extra={"file": file, "line": i + 1, "roco_id": roco_id},
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
         return out

@@ -4,6 +4,7 @@ Layout under ``<data-root>/slake/``: ``train.json``, ``validate.json``, ``test.j
 release, all languages) and ``imgs/xmlabN/source.jpg``. English sizes: 4,919 / 1,053 / 1,061.
 Option ``lang``: ``"en"`` (default, as upstream), ``"zh"`` or ``"all"``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,10 @@ class Slake(VQADataset):
     paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
     # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
-    default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["vqa-rad", "vqa-med-2019"], "exclude_images_of": ["slake"]}}
+    default_pretrain_corpus: ClassVar[dict] = {
+        "type": "corpus",
+        "options": {"sources": ["vqa-rad", "vqa-med-2019"], "exclude_images_of": ["slake"]},
+    }
     version: ClassVar[str] = "1"
     root_subdir: ClassVar[str] = "slake"
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
@@ -42,21 +46,33 @@ class Slake(VQADataset):
         out = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                self._bad(f"{file}: record #{i}: expected a JSON object, got {type(row).__name__}; fix: remove or repair it")
+                self._bad(
+                    f"{file}: record #{i}: expected a JSON object, got {type(row).__name__}; fix: remove or repair it"
+                )
                 continue
             qid = row.get("qid", f"#{i}")
             where = f"#{i} (qid {qid})"
             missing = [k for k in ("img_name", "question", "answer", "answer_type", "q_lang") if k not in row]
             if missing:
-                self._bad(f"{file}: record {where}: missing field(s) {missing}; fix: repair the record or re-download the file")
+                self._bad(
+                    f"{file}: record {where}: missing field(s) {missing}; fix: repair the record or re-download the file"
+                )
                 continue
             if lang != "all" and row["q_lang"] != lang:
                 continue
             rec = self._vqa_record(
-                file=file, where=where, uid=f"{self.name}/{split}/{qid}", image=str(images / str(row["img_name"])),
-                question=row["question"], answer=row["answer"], answer_type=row["answer_type"],
-                extra={k: row[k] for k in ("qid", "img_id", "q_lang", "location", "modality", "content_type", "base_type")
-                       if k in row},
+                file=file,
+                where=where,
+                uid=f"{self.name}/{split}/{qid}",
+                image=str(images / str(row["img_name"])),
+                question=row["question"],
+                answer=row["answer"],
+                answer_type=row["answer_type"],
+                extra={
+                    k: row[k]
+                    for k in ("qid", "img_id", "q_lang", "location", "modality", "content_type", "base_type")
+                    if k in row
+                },
             )
             if rec is not None:
                 out.append(rec)

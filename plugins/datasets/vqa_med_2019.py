@@ -19,6 +19,7 @@ and ``train_missing_images="skip"`` trains on the training records whose images 
 off by default (such a copy is then "data unavailable"); when they act, :meth:`deviations` says
 so and every run records it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,15 +40,27 @@ class VQAMed2019(VQADataset):
     paper_pretrain_corpus: ClassVar[str] = "roco-medicat"  # UMD pre-trains on ROCO + MedICaT
     # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
     # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
-    default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["vqa-rad", "slake"], "exclude_images_of": ["vqa-med-2019"]}}
+    default_pretrain_corpus: ClassVar[dict] = {
+        "type": "corpus",
+        "options": {"sources": ["vqa-rad", "slake"], "exclude_images_of": ["vqa-med-2019"]},
+    }
     version: ClassVar[str] = "1"
     root_subdir: ClassVar[str] = "vqa_med_2019"
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
-    option_defaults = {**VQADataset.option_defaults, "include_abnormality": False, "multi_answer": "whole",
-                       "eval_split_fallback": None, "train_missing_images": "raise"}
-    option_choices = {**VQADataset.option_choices, "include_abnormality": (True, False),
-                      "multi_answer": ("whole", "first"), "eval_split_fallback": (None, "val"),
-                      "train_missing_images": ("raise", "skip")}
+    option_defaults = {
+        **VQADataset.option_defaults,
+        "include_abnormality": False,
+        "multi_answer": "whole",
+        "eval_split_fallback": None,
+        "train_missing_images": "raise",
+    }
+    option_choices = {
+        **VQADataset.option_choices,
+        "include_abnormality": (True, False),
+        "multi_answer": ("whole", "first"),
+        "eval_split_fallback": (None, "val"),
+        "train_missing_images": ("raise", "skip"),
+    }
 
     def _test_images_missing(self) -> bool:
         if self.options["eval_split_fallback"] != "val":
@@ -60,15 +73,19 @@ class VQAMed2019(VQADataset):
     def deviations(self) -> list[str]:
         out = []
         if self._test_images_missing():
-            out.append(f"vqa-med-2019: this copy lacks test images ({IMAGE_DIRS['test']}/), so the test split is "
-                       f"replaced by the validation split ({len(self._read_listed('val'))} questions; "
-                       f"eval_split_fallback=val); numbers are not comparable with the paper's test accuracy")
+            out.append(
+                f"vqa-med-2019: this copy lacks test images ({IMAGE_DIRS['test']}/), so the test split is "
+                f"replaced by the validation split ({len(self._read_listed('val'))} questions; "
+                f"eval_split_fallback=val); numbers are not comparable with the paper's test accuracy"
+            )
         if self.options["train_missing_images"] == "skip":
             listed = self._read_listed("train")
             kept = sum(Path(r.image).is_file() for r in listed)
             if kept < len(listed):
-                out.append(f"vqa-med-2019: trained on the {kept} of {len(listed)} training questions whose images "
-                           f"exist in this copy (train_missing_images=skip)")
+                out.append(
+                    f"vqa-med-2019: trained on the {kept} of {len(listed)} training questions whose images "
+                    f"exist in this copy (train_missing_images=skip)"
+                )
         return out
 
     def categories(self) -> tuple[str, ...]:
@@ -77,7 +94,9 @@ class VQAMed2019(VQADataset):
     def split_files(self, split: str) -> list[Path]:
         if split == "test":
             return [self.data_dir / TEST_FILE]
-        return [self.data_dir / split / "QAPairsByCategory" / f"{CATEGORY_FILES[c]}_{split}.txt" for c in self.categories()]
+        return [
+            self.data_dir / split / "QAPairsByCategory" / f"{CATEGORY_FILES[c]}_{split}.txt" for c in self.categories()
+        ]
 
     def annotation_files(self) -> list[Path]:
         return [f for s in self.splits for f in self.split_files(s) if f.is_file()]
@@ -92,9 +111,14 @@ class VQAMed2019(VQADataset):
         if alternatives:
             extra["alternatives"] = alternatives
         return self._vqa_record(
-            file=file, where=f"line {lineno}", uid=f"{self.name}/{split}/{category}/{lineno}",
+            file=file,
+            where=f"line {lineno}",
+            uid=f"{self.name}/{split}/{category}/{lineno}",
             image=str(self.data_dir / IMAGE_DIRS[split] / f"{image_id}.jpg"),
-            question=question, answer=use, answer_type="OPEN", extra=extra,
+            question=question,
+            answer=use,
+            answer_type="OPEN",
+            extra=extra,
         )
 
     def _read(self, split: str) -> list[Record]:
@@ -123,13 +147,17 @@ class VQAMed2019(VQADataset):
                     continue
                 parts = line.split("|")
                 if len(parts) != 4:
-                    self._bad(f"{file}: line {lineno}: expected 4 '|'-separated fields image|category|question|answer, "
-                              f"got {len(parts)}; fix: repair the line or re-download the file")
+                    self._bad(
+                        f"{file}: line {lineno}: expected 4 '|'-separated fields image|category|question|answer, "
+                        f"got {len(parts)}; fix: repair the line or re-download the file"
+                    )
                     continue
                 image_id, category, question, answer = (p.strip() for p in parts)
                 if category not in CATEGORY_FILES:
-                    self._bad(f"{file}: line {lineno}: unknown category {category!r} (expected one of "
-                              f"{list(CATEGORY_FILES)}); fix: repair the line")
+                    self._bad(
+                        f"{file}: line {lineno}: unknown category {category!r} (expected one of "
+                        f"{list(CATEGORY_FILES)}); fix: repair the line"
+                    )
                     continue
                 if category not in by_cat:
                     continue
@@ -146,8 +174,10 @@ class VQAMed2019(VQADataset):
                     continue
                 parts = line.split("|")
                 if len(parts) != 3:
-                    self._bad(f"{file}: line {lineno}: expected 3 '|'-separated fields image|question|answer, "
-                              f"got {len(parts)}; fix: repair the line or re-download the file")
+                    self._bad(
+                        f"{file}: line {lineno}: expected 3 '|'-separated fields image|question|answer, "
+                        f"got {len(parts)}; fix: repair the line or re-download the file"
+                    )
                     continue
                 image_id, question, answer = (p.strip() for p in parts)
                 rec = self._row(split, file, lineno, category, image_id, question, answer)

@@ -10,6 +10,7 @@ Layouts under ``<data-root>/vqa_rad/``:
 
 Images: ``images/synpic*.jpg`` (or the OSF folder name ``VQA_RAD Image Folder/``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,11 @@ from umdbench.data.vqa_common import VQADataset, load_json_list
 
 OSF_FILE = "VQA_RAD Dataset Public.json"
 IMAGE_DIR_NAMES = ("images", "VQA_RAD Image Folder")
-OSF_PHRASES = {"train": ("freeform", "para"), "val": ("test_freeform", "test_para"), "test": ("test_freeform", "test_para")}
+OSF_PHRASES = {
+    "train": ("freeform", "para"),
+    "val": ("test_freeform", "test_para"),
+    "test": ("test_freeform", "test_para"),
+}
 
 
 class VQARad(VQADataset):
@@ -33,7 +38,10 @@ class VQARad(VQADataset):
     # that also appears in VQA-RAD left out (see umdbench_plugins.datasets.corpus)
     # Pre-train on the other VQA datasets" real images (the paper"s ROCO + MedICaT images are not
     # obtainable offline; select them with --cfg-options pretrain.corpus.type=roco-medicat).
-    default_pretrain_corpus: ClassVar[dict] = {"type": "corpus", "options": {"sources": ["slake", "vqa-med-2019"], "exclude_images_of": ["vqa-rad"]}}
+    default_pretrain_corpus: ClassVar[dict] = {
+        "type": "corpus",
+        "options": {"sources": ["slake", "vqa-med-2019"], "exclude_images_of": ["vqa-rad"]},
+    }
     option_defaults = {**VQADataset.option_defaults, "layout": "mevf"}
     option_choices = {**VQADataset.option_choices, "layout": ("mevf", "osf")}
 
@@ -67,7 +75,9 @@ class VQARad(VQADataset):
         out = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                self._bad(f"{file}: record #{i}: expected a JSON object, got {type(row).__name__}; fix: remove or repair it")
+                self._bad(
+                    f"{file}: record #{i}: expected a JSON object, got {type(row).__name__}; fix: remove or repair it"
+                )
                 continue
             qid = row.get("qid", f"#{i}")
             where = f"#{i} (qid {qid})"
@@ -75,18 +85,27 @@ class VQARad(VQADataset):
                 phrase = row.get("phrase_type")
                 known = {p for ps in OSF_PHRASES.values() for p in ps}
                 if phrase not in known:
-                    self._bad(f"{file}: record {where}: unknown phrase_type {phrase!r} (expected one of {sorted(known)}); "
-                              f"fix: correct the record or use layout='mevf'")
+                    self._bad(
+                        f"{file}: record {where}: unknown phrase_type {phrase!r} (expected one of {sorted(known)}); "
+                        f"fix: correct the record or use layout='mevf'"
+                    )
                     continue
                 if phrase not in OSF_PHRASES[split]:
                     continue
             missing = [k for k in ("image_name", "question", "answer", "answer_type") if k not in row]
             if missing:
-                self._bad(f"{file}: record {where}: missing field(s) {missing}; fix: repair the record or re-download the file")
+                self._bad(
+                    f"{file}: record {where}: missing field(s) {missing}; fix: repair the record or re-download the file"
+                )
                 continue
             rec = self._vqa_record(
-                file=file, where=where, uid=f"{self.name}/{split}/{qid}", image=str(images / str(row["image_name"])),
-                question=row["question"], answer=row["answer"], answer_type=row["answer_type"],
+                file=file,
+                where=where,
+                uid=f"{self.name}/{split}/{qid}",
+                image=str(images / str(row["image_name"])),
+                question=row["question"],
+                answer=row["answer"],
+                answer_type=row["answer_type"],
                 extra={k: row[k] for k in ("qid", "question_type", "phrase_type", "image_organ") if k in row},
             )
             if rec is not None:

@@ -6,6 +6,7 @@ classes that occur in the labels or the predictions (as imblearn's / sklearn's m
 which UMD's EVALLScore uses); the AUC averages over classes that have both positives and negatives
 in the labels (a class with no positive has no defined one-vs-rest AUC).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -53,10 +54,12 @@ class ClassificationMetric(BaseMetric):
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
-            self.results.append({
-                "logits": _as_tensor(sample["logits"]).double(),
-                "label": _as_tensor(sample["label"]).long().view(-1),
-            })
+            self.results.append(
+                {
+                    "logits": _as_tensor(sample["logits"]).double(),
+                    "label": _as_tensor(sample["label"]).long().view(-1),
+                }
+            )
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         logits = torch.cat([r["logits"] for r in results])

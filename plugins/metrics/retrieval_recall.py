@@ -10,6 +10,7 @@ every (image, text) pair of the evaluation set; image i matches text i. The scor
 Ties count against the model: the rank of the match is the number of *other* candidates scoring
 greater than or equal to it, so a constant scorer gets chance-level recall, not 100%.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -33,8 +34,10 @@ def score_matrix(score: torch.Tensor, image_index: torch.Tensor, text_index: tor
     mat[image_index, text_index] = score.double()
     if torch.isnan(mat).any():
         missing = int(torch.isnan(mat).sum())
-        raise ValueError(f"retrieval-recall: {missing} of {n_img * n_txt} (image, text) pairs have no score; "
-                         f"the evaluation must score every pair")
+        raise ValueError(
+            f"retrieval-recall: {missing} of {n_img * n_txt} (image, text) pairs have no score; "
+            f"the evaluation must score every pair"
+        )
     return mat
 
 
@@ -50,16 +53,19 @@ class RetrievalRecall(BaseMetric):
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
-            self.results.append({
-                "score": _as_tensor(sample["score"]).double().view(-1),
-                "image_index": _as_tensor(sample["image_index"]).long().view(-1),
-                "text_index": _as_tensor(sample["text_index"]).long().view(-1),
-            })
+            self.results.append(
+                {
+                    "score": _as_tensor(sample["score"]).double().view(-1),
+                    "image_index": _as_tensor(sample["image_index"]).long().view(-1),
+                    "text_index": _as_tensor(sample["text_index"]).long().view(-1),
+                }
+            )
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         score = torch.cat([r["score"] for r in results])
-        mat = score_matrix(score, torch.cat([r["image_index"] for r in results]),
-                           torch.cat([r["text_index"] for r in results]))
+        mat = score_matrix(
+            score, torch.cat([r["image_index"] for r in results]), torch.cat([r["text_index"] for r in results])
+        )
         i2t = recall_at_k(mat)
         t2i = recall_at_k(mat.t())
         out = {f"t2i_r{k}": t2i[k] for k in KS}

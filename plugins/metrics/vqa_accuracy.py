@@ -5,6 +5,7 @@ vocabulary: always wrong), ``answer_type`` [B] (0 = closed, 1 = open). The predi
 over the answer vocabulary, as upstream's VQARADScore. A subset with no questions (e.g. "closed" on
 VQA-Med-2019, where every question is open) reports NaN.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -34,12 +35,14 @@ class VQAAccuracy(BaseMetric):
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
             logits = _as_tensor(sample["logits"]).float()
-            self.results.append({
-                "pred": logits.argmax(dim=-1).long(),
-                "label": _as_tensor(sample["label"]).long().view(-1),
-                "answer_type": _as_tensor(sample["answer_type"]).long().view(-1),
-                "num_classes": int(logits.shape[-1]),
-            })
+            self.results.append(
+                {
+                    "pred": logits.argmax(dim=-1).long(),
+                    "label": _as_tensor(sample["label"]).long().view(-1),
+                    "answer_type": _as_tensor(sample["answer_type"]).long().view(-1),
+                    "num_classes": int(logits.shape[-1]),
+                }
+            )
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         if not results:

@@ -9,6 +9,7 @@ Under data-parallel training (torchrun) the embeddings of every rank are gathere
 before the loss (``global_negatives``): each loss sees the whole global batch as negatives, so the
 loss and its gradients are those of one process on the global batch, whatever the process count.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,10 +19,10 @@ import torch
 from torch import nn
 
 from umdbench.api import Option, PretrainStrategy
-from umdbench.models.heads import projection
 from umdbench.kit import draws
-from umdbench.models.objectives import clip_loss
 from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
+from umdbench.models.heads import projection
+from umdbench.models.objectives import clip_loss
 
 
 class CLIPPretrain(PretrainStrategy):
@@ -37,20 +38,40 @@ class CLIPPretrain(PretrainStrategy):
         "global_negatives": Option(bool, True, "in-batch negatives over the global batch under torchrun"),
     }
     presets = {
-        "tiny": {"embed_dim": 64, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
-                 "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
-        "small": {"embed_dim": 256, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
-                  "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL)},
-        "paper": {"embed_dim": 512, "image_mask_ratio": 0.0, "init_temperature": 0.07, "max_logit_scale": 100.0,
-                  "global_negatives": True, "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
+        "tiny": {
+            "embed_dim": 64,
+            "image_mask_ratio": 0.0,
+            "init_temperature": 0.07,
+            "max_logit_scale": 100.0,
+            "global_negatives": True,
+            "train": copy.deepcopy(PRETRAIN_TRAIN_TINY),
+        },
+        "small": {
+            "embed_dim": 256,
+            "image_mask_ratio": 0.0,
+            "init_temperature": 0.07,
+            "max_logit_scale": 100.0,
+            "global_negatives": True,
+            "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL),
+        },
+        "paper": {
+            "embed_dim": 512,
+            "image_mask_ratio": 0.0,
+            "init_temperature": 0.07,
+            "max_logit_scale": 100.0,
+            "global_negatives": True,
+            "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER),
+        },
     }
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
         out = []
         if not cfg.get("global_negatives", True):
-            out.append("global_negatives=false: under torchrun each rank's InfoNCE sees only its own slice of the "
-                       "batch as negatives (batch / N), so the loss depends on the process count")
+            out.append(
+                "global_negatives=false: under torchrun each rank's InfoNCE sees only its own slice of the "
+                "batch as negatives (batch / N), so the loss depends on the process count"
+            )
         return out
 
     @classmethod
@@ -80,7 +101,12 @@ class CLIPPretrain(PretrainStrategy):
             # of (sum-reduced) feature gradients equals the one-process gradient
             img, txt = draws.gather(img), draws.gather(txt)
         loss, acc = clip_loss(img, txt, self.logit_scale)
-        return {"loss_clip": loss, "clip": loss.detach(), "clip_acc": acc, "logit_scale": self.logit_scale.detach().exp()}
+        return {
+            "loss_clip": loss,
+            "clip": loss.detach(),
+            "clip_acc": acc,
+            "logit_scale": self.logit_scale.detach().exp(),
+        }
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

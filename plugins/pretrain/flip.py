@@ -1,4 +1,5 @@
 """FLIP baseline: CLIP with a fraction of the image patches dropped before the ViT."""
+
 from __future__ import annotations
 
 import copy

@@ -6,6 +6,7 @@ One student pass on the masked pair (75 % of patches dropped, 15 % of tokens MLM
 L_MIM, L_MLM and the student features; a no-grad EMA teacher pass on the unmasked pair gives the
 feature targets; a separate unmasked student pass with half the images swapped gives L_ITM.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,9 +14,9 @@ import copy
 import torch
 
 from umdbench.api import Option, PretrainStrategy
+from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 from umdbench.models.heads import itm_head
 from umdbench.models.objectives import global_itm_sources, itm_loss
-from umdbench.kit.recipes import PRETRAIN_TRAIN_PAPER, PRETRAIN_TRAIN_SMALL, PRETRAIN_TRAIN_TINY
 from umdbench.models.reconstruction import RECONSTRUCTION_OPTIONS, MultiLevelReconstruction
 
 _COMMON = {
@@ -37,23 +38,45 @@ class MRPretrain(MultiLevelReconstruction, PretrainStrategy):
     version = "1"
     task_types = ("pretrain",)  # image-text pairs
     encoders = ("coattn",)  # MIM, MLM and ITM through the co-attention encoder and its text tower
-    option_schema = {**RECONSTRUCTION_OPTIONS, "alpha": Option(float, 0.5, "Eq. 7: weight of the feature-level terms"),
-                     "itm": Option(bool, True, "add the image-text matching term"),
-                     "freeze_text": Option(bool, False, "keep the text tower's weights fixed (a probe of whether "
-                                                        "MLM on a small corpus pulls a pretrained tower away)")}
+    option_schema = {
+        **RECONSTRUCTION_OPTIONS,
+        "alpha": Option(float, 0.5, "Eq. 7: weight of the feature-level terms"),
+        "itm": Option(bool, True, "add the image-text matching term"),
+        "freeze_text": Option(
+            bool,
+            False,
+            "keep the text tower's weights fixed (a probe of whether "
+            "MLM on a small corpus pulls a pretrained tower away)",
+        ),
+    }
     presets = {
-        "tiny": {**copy.deepcopy(_COMMON), "decoder": {"dim": 64, "depth": 1, "heads": 2}, "fea_dim": 64,
-                 "train": copy.deepcopy(PRETRAIN_TRAIN_TINY)},
-        "small": {**copy.deepcopy(_COMMON), "decoder": {"dim": 128, "depth": 2, "heads": 4}, "fea_dim": 128,
-                  "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL)},
-        "paper": {**copy.deepcopy(_COMMON), "decoder": {"dim": 384, "depth": 4, "heads": 6}, "fea_dim": 384,
-                  "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER)},
+        "tiny": {
+            **copy.deepcopy(_COMMON),
+            "decoder": {"dim": 64, "depth": 1, "heads": 2},
+            "fea_dim": 64,
+            "train": copy.deepcopy(PRETRAIN_TRAIN_TINY),
+        },
+        "small": {
+            **copy.deepcopy(_COMMON),
+            "decoder": {"dim": 128, "depth": 2, "heads": 4},
+            "fea_dim": 128,
+            "train": copy.deepcopy(PRETRAIN_TRAIN_SMALL),
+        },
+        "paper": {
+            **copy.deepcopy(_COMMON),
+            "decoder": {"dim": 384, "depth": 4, "heads": 6},
+            "fea_dim": 384,
+            "train": copy.deepcopy(PRETRAIN_TRAIN_PAPER),
+        },
     }
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        extra = ["freeze_text: the text tower is not trained during MR-Pretrain (the paper trains every tower)"] \
-            if cfg.get("freeze_text") else []
+        extra = (
+            ["freeze_text: the text tower is not trained during MR-Pretrain (the paper trains every tower)"]
+            if cfg.get("freeze_text")
+            else []
+        )
         return super().deviations(cfg) + extra
 
     @classmethod

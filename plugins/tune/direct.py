@@ -6,11 +6,19 @@ AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), lr 5e-6, fusion x5, head x50 (VQA) / 
 x5 (ROCO), 10 % warm-up then linear decay, epochs 50/15/10/20/10 (VQA-RAD / SLAKE / VQA-Med-2019 /
 MELINDA / ROCO) at batch 64/32/32/16/256, expressed as ``max_iters``.
 """
+
 from __future__ import annotations
 
-from umdbench.kit.recipes import (FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_SMALL, FINETUNE_TRAIN_TINY, SMALL_FINETUNE_EPOCHS,
-                                  m3ae_per_dataset, small_per_dataset)
+from umdbench.kit.recipes import (
+    FINETUNE_TRAIN_PAPER,
+    FINETUNE_TRAIN_SMALL,
+    FINETUNE_TRAIN_TINY,
+    SMALL_FINETUNE_EPOCHS,
+    m3ae_per_dataset,
+    small_per_dataset,
+)
 from umdbench.kit.supervised import SupervisedTune
+
 
 class DirectTune(SupervisedTune):
     """Fine-tune encoder + task head with the task loss (``loss``: "ce" default | "bce")."""

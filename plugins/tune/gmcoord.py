@@ -24,6 +24,7 @@ Options (top level of the stage config):
 several forwards before one ``modulate_gradients`` (gradient accumulation) are summed, so one
 coefficient is used per optimiser step (upstream modulates after every micro-batch backward).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,19 @@ import dataclasses
 import torch
 from torch import nn
 
-from umdbench.kit import draws, gradmod
 from umdbench.api import Option, TaskInfo
+from umdbench.kit import draws, gradmod
+from umdbench.kit.recipes import (
+    FINETUNE_TRAIN_PAPER,
+    FINETUNE_TRAIN_SMALL,
+    FINETUNE_TRAIN_TINY,
+    SMALL_FINETUNE_EPOCHS,
+    iters_for,
+    m3ae_per_dataset,
+    small_per_dataset,
+)
 from umdbench.kit.supervised import SupervisedTune
-from umdbench.kit.recipes import (FINETUNE_TRAIN_PAPER, FINETUNE_TRAIN_SMALL, FINETUNE_TRAIN_TINY, SMALL_FINETUNE_EPOCHS,
-                                  iters_for, m3ae_per_dataset, small_per_dataset)
 from umdbench.kit.tasks import TaskForward, group_scores, last_linear
-
 
 VARIANTS = {
     "paper": {"unimodal": "masked", "rule": "paper", "noise": "modulated", "std_eps": 0.0},
@@ -61,8 +68,16 @@ def _gmcoord_per_dataset() -> dict:
 # unimodal / rule / noise / std_eps: None = as the variant says; listed so --cfg-options can set them
 # pooling "mean": for GM-Coord the paper (Sec. 3.1.2) gives H the mean of Z^I concatenated with the
 # mean of Z^T; the released code reads the poolers ("pooler", listed as a deviation)
-_OPTIONS = {"variant": "paper", "beta": gradmod.DEFAULT_BETA, "loss": "ce", "pooling": "mean",
-            "unimodal": None, "rule": None, "noise": None, "std_eps": None}
+_OPTIONS = {
+    "variant": "paper",
+    "beta": gradmod.DEFAULT_BETA,
+    "loss": "ce",
+    "pooling": "mean",
+    "unimodal": None,
+    "rule": None,
+    "noise": None,
+    "std_eps": None,
+}
 
 
 class GMCoord(SupervisedTune):
@@ -95,7 +110,12 @@ class GMCoord(SupervisedTune):
         },
         "paper": {
             **_OPTIONS,
-            "train": {**FINETUNE_TRAIN_PAPER, "max_iters": iters_for("vqa-rad", 64, 60), "weight_decay": 0.1, "schedule": "cosine"},
+            "train": {
+                **FINETUNE_TRAIN_PAPER,
+                "max_iters": iters_for("vqa-rad", 64, 60),
+                "weight_decay": 0.1,
+                "schedule": "cosine",
+            },
             "per_dataset": _gmcoord_per_dataset(),
         },
     }
@@ -104,8 +124,10 @@ class GMCoord(SupervisedTune):
     def deviations(cls, cfg: dict) -> list[str]:
         found = super().deviations(cfg)
         if cfg.get("variant", "paper") != "paper":
-            found.append(f"GM-Coord variant {cfg['variant']!r} (released code: head's last Linear split, relu(rho), "
-                         f"noise on both modalities) instead of Eq. 10-13")
+            found.append(
+                f"GM-Coord variant {cfg['variant']!r} (released code: head's last Linear split, relu(rho), "
+                f"noise on both modalities) instead of Eq. 10-13"
+            )
         paper = VARIANTS["paper"]
         for key in paper:
             if cfg.get(key) is not None and cfg[key] != paper[key]:
@@ -193,7 +215,10 @@ class GMCoord(SupervisedTune):
         for modality, k in (("image", logs["k_I"]), ("text", logs["k_T"])):
             noise = self.noise == "both" or (self.noise == "modulated" and k < 1.0)
             gradmod.modulate_(
-                (p for _, p in groups[modality] if p.requires_grad), k, noise=noise, std_eps=self.std_eps,
+                (p for _, p in groups[modality] if p.requires_grad),
+                k,
+                noise=noise,
+                std_eps=self.std_eps,
                 generator=draws.step_generator(f"gmcoord-{modality}"),  # the same noise on every rank
             )
         return logs

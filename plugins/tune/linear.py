@@ -7,6 +7,7 @@ The head is the same as for ``direct`` (Linear -> LayerNorm -> GELU -> Linear, s
 probe, the paper's shared head). The paper gives no linear-probe hyper-parameters: the paper preset
 reuses ``direct``'s (same head lr = 5e-6 x head multiplier, same step budgets); tiny uses lr 1e-3.
 """
+
 from __future__ import annotations
 
 import copy

@@ -4,6 +4,7 @@ Continues the S = 4 reconstruction objectives of MR-Pretrain (MIM, MLM, FeaMIM, 
 downstream training split (images + questions / captions), with 75 % / 15 % masking and an EMA
 teacher, using no labels. The hand-off to the next stage is the encoder only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,13 @@ from umdbench.models.reconstruction import RECONSTRUCTION_OPTIONS, MultiLevelRec
 UPSTREAM_FEATURE_WEIGHT = 1e-5
 
 _TRAIN_PAPER = train_config(
-    max_iters=5760, batch_size=32, lr=1e-5, lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0},
-    checkpoint_interval=1000, log_interval=50, amp="auto",
+    max_iters=5760,
+    batch_size=32,
+    lr=1e-5,
+    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0},
+    checkpoint_interval=1000,
+    log_interval=50,
+    amp="auto",
 )
 
 _COMMON = {
@@ -45,29 +51,58 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
         **RECONSTRUCTION_OPTIONS,
         "weights": Option(dict, {"mim": 1.0, "mlm": 1.0, "feamim": 1.0, "feamlm": 1.0}, "Eq. 8's term weights"),
         "alpha": Option(float, None, "null = Eq. 8's sum; a number in [0, 1] = Eq. 7's trade-off"),
-        "upstream_feature_weight": Option((bool, float), None,
-                                          f"weight the feature terms {UPSTREAM_FEATURE_WEIGHT} (released code); "
-                                          f"null = as upstream_quirks"),
+        "upstream_feature_weight": Option(
+            (bool, float),
+            None,
+            f"weight the feature terms {UPSTREAM_FEATURE_WEIGHT} (released code); null = as upstream_quirks",
+        ),
     }
     # fresh_teacher / fixed_half_weights are MR-Pretrain-only behaviours
-    quirk_names = ("ema_per_micro_batch", "teacher_train_mode", "feamim_bypass_decoder", "fea_target_grad",
-                   "fea_all_text_tokens")
+    quirk_names = (
+        "ema_per_micro_batch",
+        "teacher_train_mode",
+        "feamim_bypass_decoder",
+        "fea_target_grad",
+        "fea_all_text_tokens",
+    )
     presets = {
         "tiny": {
-            **copy.deepcopy(_COMMON), "decoder": {"dim": 64, "depth": 1, "heads": 2}, "fea_dim": 64,
-            "train": {**copy.deepcopy(_TRAIN_PAPER), "max_iters": 100, "batch_size": 16, "lr": 2e-4,
-                      "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 5.0}, "checkpoint_interval": 50,
-                      "log_interval": 10, "grad_clip": 1.0, "amp": False},
+            **copy.deepcopy(_COMMON),
+            "decoder": {"dim": 64, "depth": 1, "heads": 2},
+            "fea_dim": 64,
+            "train": {
+                **copy.deepcopy(_TRAIN_PAPER),
+                "max_iters": 100,
+                "batch_size": 16,
+                "lr": 2e-4,
+                "lr_mult": {"encoder": 1.0, "fusion": 1.0, "head": 5.0},
+                "checkpoint_interval": 50,
+                "log_interval": 10,
+                "grad_clip": 1.0,
+                "amp": False,
+            },
         },
         # small: reconstruction on the target data before the supervised stage, about half its steps
         "small": {
-            **copy.deepcopy(_COMMON), "decoder": {"dim": 128, "depth": 2, "heads": 4}, "fea_dim": 128,
-            "train": {**copy.deepcopy(_TRAIN_PAPER), "max_iters": 150, "batch_size": 32, "lr": 1e-4,
-                      "lr_mult": {"encoder": 1.0, "fusion": 2.0, "head": 5.0}, "checkpoint_interval": 50,
-                      "log_interval": 20, "grad_clip": 1.0, "amp": "auto"},
+            **copy.deepcopy(_COMMON),
+            "decoder": {"dim": 128, "depth": 2, "heads": 4},
+            "fea_dim": 128,
+            "train": {
+                **copy.deepcopy(_TRAIN_PAPER),
+                "max_iters": 150,
+                "batch_size": 32,
+                "lr": 1e-4,
+                "lr_mult": {"encoder": 1.0, "fusion": 2.0, "head": 5.0},
+                "checkpoint_interval": 50,
+                "log_interval": 20,
+                "grad_clip": 1.0,
+                "amp": "auto",
+            },
         },
         "paper": {
-            **copy.deepcopy(_COMMON), "decoder": {"dim": 384, "depth": 4, "heads": 6}, "fea_dim": 384,
+            **copy.deepcopy(_COMMON),
+            "decoder": {"dim": 384, "depth": 4, "heads": 6},
+            "fea_dim": 384,
             "train": copy.deepcopy(_TRAIN_PAPER),
             # lr from the paper; batch, steps (epochs x steps/epoch) and head multiplier from the
             # released TD-Calib run scripts
@@ -75,10 +110,8 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
                 "vqa-rad": {"train": {"lr": 1e-5, "batch_size": 32, "max_iters": 5760}},
                 "slake": {"train": {"lr": 5e-6, "batch_size": 32, "max_iters": 3850}},
                 "vqa-med-2019": {"train": {"lr": 5e-6, "batch_size": 32, "max_iters": 6000}},
-                "roco": {"train": {"lr": 1e-5, "batch_size": 128, "max_iters": 5400,
-                                   "lr_mult": {"head": 5.0}}},
-                "melinda": {"train": {"lr": 1e-5, "batch_size": 16, "max_iters": 8160,
-                                      "lr_mult": {"head": 10.0}}},
+                "roco": {"train": {"lr": 1e-5, "batch_size": 128, "max_iters": 5400, "lr_mult": {"head": 5.0}}},
+                "melinda": {"train": {"lr": 1e-5, "batch_size": 16, "max_iters": 8160, "lr_mult": {"head": 10.0}}},
             },
         },
     }
@@ -89,15 +122,19 @@ class TDCalib(MultiLevelReconstruction, TuneStrategy):
         if alpha is None:
             return
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be null (Eq. 8: the four terms summed) or a number in [0, 1] "
-                             f"(Eq. 7's trade-off, as Fig. 5 varies it), got {alpha!r}")
+            raise ValueError(
+                f"alpha must be null (Eq. 8: the four terms summed) or a number in [0, 1] "
+                f"(Eq. 7's trade-off, as Fig. 5 varies it), got {alpha!r}"
+            )
         upstream_fw = cfg.get("upstream_feature_weight")
         if upstream_fw is None:
             upstream_fw = bool(cfg.get("upstream_quirks", False))
         if upstream_fw:
-            raise ValueError(f"alpha={alpha} weights the feature-level terms by alpha, but upstream_feature_weight "
-                             f"(also turned on by upstream_quirks) fixes them at {UPSTREAM_FEATURE_WEIGHT}: the alpha "
-                             f"would have no effect on them. Set tune.<i>.upstream_feature_weight=false, or drop alpha")
+            raise ValueError(
+                f"alpha={alpha} weights the feature-level terms by alpha, but upstream_feature_weight "
+                f"(also turned on by upstream_quirks) fixes them at {UPSTREAM_FEATURE_WEIGHT}: the alpha "
+                f"would have no effect on them. Set tune.<i>.upstream_feature_weight=false, or drop alpha"
+            )
 
     def __init__(self, encoder, cfg: dict, task=None):
         super().__init__(encoder, cfg, task)

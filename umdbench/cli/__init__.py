@@ -1,4 +1,5 @@
 """The ``umdbench`` command line. Import-light: torch loads only when a command needs it."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,13 @@ examples:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin-path", action="append", default=[], metavar="FILE",
-                        help="load a plugin from a local .py file (repeatable)")
+    parser.add_argument(
+        "--plugin-path",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="load a plugin from a local .py file (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,39 +34,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     _common(common)
-    parser = argparse.ArgumentParser(prog="umdbench", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="umdbench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     # also accepted before the sub-command (`umdbench --plugin-path F run ...`); merged in main()
-    parser.add_argument("--plugin-path", action="append", default=[], metavar="FILE", dest="global_plugin_path",
-                        help="load a plugin from a local .py file (repeatable; also after the sub-command)")
+    parser.add_argument(
+        "--plugin-path",
+        action="append",
+        default=[],
+        metavar="FILE",
+        dest="global_plugin_path",
+        help="load a plugin from a local .py file (repeatable; also after the sub-command)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", parents=[common], help="pre-train -> tune -> evaluate one configuration",
-                         description="Run one cell: an optional pre-training, a chain of tuning stages, and "
-                                     "evaluation on the test split. Finished stages are reused from the cache.")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="pre-train -> tune -> evaluate one configuration",
+        description="Run one cell: an optional pre-training, a chain of tuning stages, and "
+        "evaluation on the test split. Finished stages are reused from the cache.",
+    )
     run.add_argument("--pretrain", required=True, metavar="P", help="pre-training strategy, or 'none' (scratch)")
     run.add_argument("--tune", required=True, metavar="T1+T2", help="tuning strategies, applied left to right")
     run.add_argument("--dataset", required=True, metavar="D", help="downstream dataset")
-    run.add_argument("--preset", default=None, help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
+    run.add_argument(
+        "--preset",
+        default=None,
+        help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper",
+    )
     run.add_argument("--encoder", metavar="E", help="registered encoder (default: the dataset's)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
-    run.add_argument("--work-dir", metavar="DIR", default="work_dirs", help="cache, logs and results store (default work_dirs)")
-    run.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                     help="override resolved config keys, e.g. pretrain.train.max_iters=50 tune.0.train.lr=1e-4")
-    run.add_argument("--track", metavar="B1,B2", help="also log every stage to these experiment trackers: "
-                     "tensorboard, mlflow (each must be installed); same as --cfg-options tracking.backends=...")
+    run.add_argument(
+        "--work-dir", metavar="DIR", default="work_dirs", help="cache, logs and results store (default work_dirs)"
+    )
+    run.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override resolved config keys, e.g. pretrain.train.max_iters=50 tune.0.train.lr=1e-4",
+    )
+    run.add_argument(
+        "--track",
+        metavar="B1,B2",
+        help="also log every stage to these experiment trackers: "
+        "tensorboard, mlflow (each must be installed); same as --cfg-options tracking.backends=...",
+    )
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stage plan; train nothing")
     add_launch_arguments(run)
 
     lst = sub.add_parser("list", parents=[common], help="registered names by kind")
     lst.add_argument("--kind", choices=("pretrain", "tune", "dataset", "metric", "suite", "encoder", "task"))
 
-    plugins = sub.add_parser("plugins", parents=[common], help="where each plugin came from, its version, load failures")
-    plugins.add_argument("--traceback", "--verbose", "-v", dest="traceback", action="store_true",
-                         help="show where each failed plugin raised")
-    plugins.add_argument("--strict", action="store_true",
-                         help="exit 1 when any plugin failed to load (for a plugin package's own CI)")
+    plugins = sub.add_parser(
+        "plugins", parents=[common], help="where each plugin came from, its version, load failures"
+    )
+    plugins.add_argument(
+        "--traceback",
+        "--verbose",
+        "-v",
+        dest="traceback",
+        action="store_true",
+        help="show where each failed plugin raised",
+    )
+    plugins.add_argument(
+        "--strict", action="store_true", help="exit 1 when any plugin failed to load (for a plugin package's own CI)"
+    )
 
     board = sub.add_parser("leaderboard", parents=[common], help="render markdown leaderboards into results/")
     board.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="where results.sqlite lives")
@@ -69,29 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--suite", metavar="NAME", help="only this suite")
 
     copy = sub.add_parser(
-        "copy-results", help="copy finished results (store rows, predictions, reference points) between work dirs",
+        "copy-results",
+        help="copy finished results (store rows, predictions, reference points) between work dirs",
         description="Copy what leaderboards read from one work dir into another: store rows (rows already there "
-                    "are kept), suite membership, per-example predictions and reference points; no trained stage. "
-                    "The copy renders the same boards, and a sweep into it skips every copied cell.",
+        "are kept), suite membership, per-example predictions and reference points; no trained stage. "
+        "The copy renders the same boards, and a sweep into it skips every copied cell.",
         epilog="examples:\n  umdbench copy-results --from work_dirs/small --to results/small/store   # keep with the boards\n"
-               "  umdbench copy-results --from results/small/store --to work_dirs/small   # resume a sweep elsewhere",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    copy.add_argument("--from", dest="src", required=True, metavar="DIR", help="work dir (or results folder) to copy from")
-    copy.add_argument("--to", dest="dst", required=True, metavar="DIR", help="work dir to copy into (created if missing)")
+        "  umdbench copy-results --from results/small/store --to work_dirs/small   # resume a sweep elsewhere",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    copy.add_argument(
+        "--from", dest="src", required=True, metavar="DIR", help="work dir (or results folder) to copy from"
+    )
+    copy.add_argument(
+        "--to", dest="dst", required=True, metavar="DIR", help="work dir to copy into (created if missing)"
+    )
 
-    base = sub.add_parser("baselines", parents=[common], help="majority-answer and question-only accuracy of a VQA dataset")
-    base.add_argument("dataset", metavar="DATASET", nargs="?",
-                      help="a VQA dataset; omitted with --work-dir: every VQA dataset split evaluated there")
+    base = sub.add_parser(
+        "baselines", parents=[common], help="majority-answer and question-only accuracy of a VQA dataset"
+    )
+    base.add_argument(
+        "dataset",
+        metavar="DATASET",
+        nargs="?",
+        help="a VQA dataset; omitted with --work-dir: every VQA dataset split evaluated there",
+    )
     base.add_argument("--data-root", metavar="DIR", help=f"folder holding the datasets (or env {DATA_ROOT_ENV})")
     base.add_argument("--split", default="test")
-    base.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100")
-    base.add_argument("--work-dir", metavar="DIR",
-                      help="also keep them in DIR, where `umdbench leaderboard --work-dir DIR` prints them under the dataset's table")
+    base.add_argument(
+        "--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="dataset options, e.g. n_test=100"
+    )
+    base.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="also keep them in DIR, where `umdbench leaderboard --work-dir DIR` prints them under the dataset's table",
+    )
 
     from umdbench.cli import adopt as adopt_commands
-    from umdbench.cli import power as power_commands
-    from umdbench.cli import overlap as overlap_commands
     from umdbench.cli import data as data_commands
+    from umdbench.cli import overlap as overlap_commands
+    from umdbench.cli import power as power_commands
     from umdbench.cli import sweep as sweep_commands
 
     data_commands.add_subcommands(sub)
@@ -103,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from umdbench.cli.launch import launch_of
+    from umdbench.cli.plancache import note_config
     from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
-    from umdbench.run.builders import RunContext
-    from umdbench.run.cell import run_cell
     from umdbench.plan.stages import build_plan, describe_plan
     from umdbench.plugin import get_registries, note_failed_plugins
-    from umdbench.cli.plancache import note_config
-    from umdbench.cli.launch import launch_of
+    from umdbench.run.builders import RunContext
+    from umdbench.run.cell import run_cell
 
     launch = launch_of(args)
     chain = parse_tune_chain(args.tune)
@@ -118,8 +176,16 @@ def cmd_run(args) -> int:
         overrides += (("tracking.backends", args.track),)
     registries = get_registries(tuple(args.plugin_path))
     note_failed_plugins()
-    cell = CellSpec(pretrain=args.pretrain, tune=chain, dataset=args.dataset, preset=args.preset or "tiny", seed=args.seed,
-                    overrides=overrides, data_root=args.data_root, encoder=args.encoder)
+    cell = CellSpec(
+        pretrain=args.pretrain,
+        tune=chain,
+        dataset=args.dataset,
+        preset=args.preset or "tiny",
+        seed=args.seed,
+        overrides=overrides,
+        data_root=args.data_root,
+        encoder=args.encoder,
+    )
     resolved = resolve(cell, registries)
     from umdbench.run.step_in_backward import check_processes
 
@@ -150,8 +216,10 @@ def cmd_run(args) -> int:
             return follow_node0(group, launch, "result")
         row = run_cell(resolved, stages, ctx, train=stage_trainer(launch, args.plugin_path, group))
     metrics = "  ".join(f"{k}={v:.2f}" for k, v in sorted(row["metrics"].items()))
-    print(f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ctx.ws.store_path} "
-          f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)")
+    print(
+        f"\nresult: {cell.label} seed {cell.seed}: {metrics}\nstored in {ctx.ws.store_path} "
+        f"(cell {row['cell_key'][:12]}, {row['wall_time_s']:.1f}s)"
+    )
     _result_in_context(row, stages[-1], ctx, explicit_preset=args.preset is not None)
     return 0
 
@@ -160,8 +228,12 @@ def _result_in_context(row: dict, evaluation, ctx, explicit_preset: bool) -> Non
     """The split's no-image reference points beside a VQA result (computed once per split and data,
     kept in the work dir as the boards keep them), a plain word when the result is below
     question-only, and why a ``tiny`` number on real data says little."""
-    from umdbench.results.baselines import (load_reference_points, reference_points, row_reference_key,
-                                            store_reference_points)
+    from umdbench.results.baselines import (
+        load_reference_points,
+        reference_points,
+        row_reference_key,
+        store_reference_points,
+    )
     from umdbench.util import is_score
 
     dataset = ctx.catalog.get(evaluation.data)
@@ -173,16 +245,23 @@ def _result_in_context(row: dict, evaluation, ctx, explicit_preset: bool) -> Non
         points = reference_points(dataset.records("train"), dataset.records(evaluation.data["split"]))
         store_reference_points(ctx.ws.reference_points_path, key, points)
     for name, result in points.items():
-        print(f"  {name:<16} " + "  ".join(f"{k}={v:.2f}" for k, v in sorted(result.items()) if is_score(v))
-              + "   (no image: reference point)")
+        print(
+            f"  {name:<16} "
+            + "  ".join(f"{k}={v:.2f}" for k, v in sorted(result.items()) if is_score(v))
+            + "   (no image: reference point)"
+        )
     ours, text_only = row["metrics"].get("overall"), points.get("question only", {}).get("overall")
     if is_score(ours) and is_score(text_only) and ours < text_only:
-        print(f"  below question-only ({ours:.2f} < {text_only:.2f}): this model answers worse than one that never "
-              f"sees the image.")
+        print(
+            f"  below question-only ({ours:.2f} < {text_only:.2f}): this model answers worse than one that never "
+            f"sees the image."
+        )
     if row["preset"] == "tiny" and type(dataset).needs_root:
         hint = "" if explicit_preset else " (the default)"
-        print(f"  note: preset tiny{hint} is a test-sized model with a random-init text tower; on real data its "
-              f"number says little. --preset small learns on 2 CPU cores (README, Presets).")
+        print(
+            f"  note: preset tiny{hint} is a test-sized model with a random-init text tower; on real data its "
+            f"number says little. --preset small learns on 2 CPU cores (README, Presets)."
+        )
 
 
 def _note_unused_data_root(arg: str | None, config: dict) -> None:
@@ -190,8 +269,10 @@ def _note_unused_data_root(arg: str | None, config: dict) -> None:
     pretrain = config.get("pretrain") or {}
     roots = [config["dataset"].get("root"), (pretrain.get("corpus") or {}).get("root")]
     if arg and not any(roots):
-        print(f"note: --data-root {arg} is not used: dataset {config['dataset']['type']!r} is generated "
-              f"(needs_root = False){' and so is the pre-training corpus' if pretrain else ''}.")
+        print(
+            f"note: --data-root {arg} is not used: dataset {config['dataset']['type']!r} is generated "
+            f"(needs_root = False){' and so is the pre-training corpus' if pretrain else ''}."
+        )
 
 
 def cmd_list(args) -> int:
@@ -214,7 +295,11 @@ def cmd_plugins(args) -> int:
     get_registries(tuple(args.plugin_path), strict_paths=False)  # a broken --plugin-path is reported here
     report = get_plugin_report()
     for info in report.plugins:
-        status = f"FAILED: {info.error}" if info.error else ", ".join(f"{k}: {' '.join(v)}" for k, v in info.registered.items())
+        status = (
+            f"FAILED: {info.error}"
+            if info.error
+            else ", ".join(f"{k}: {' '.join(v)}" for k, v in info.registered.items())
+        )
         print(f"{info.name} {info.version}  [{info.source}]\n    {status or '(registered nothing)'}")
         if info.error and args.traceback:
             trace = getattr(info, "error_trace", None) or "(no traceback was captured for this failure)\n"
@@ -230,8 +315,8 @@ def cmd_plugins(args) -> int:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
-    from umdbench.results.leaderboard import write_leaderboards
     from umdbench.results.baselines import load_reference_points
+    from umdbench.results.leaderboard import write_leaderboards
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
 
@@ -239,8 +324,13 @@ def cmd_leaderboard(args) -> int:
     if not store_path.is_file():
         raise UmdbenchError(f"no results store at {store_path}: run `umdbench run ...` first, or pass --store FILE.")
     points = load_reference_points(Workspace(store_path.parent).reference_points_path)
-    written = write_leaderboards(ResultsStore(store_path), Path(args.out), suite=args.suite,
-                                 plugin_paths=tuple(args.plugin_path), reference_points=points)
+    written = write_leaderboards(
+        ResultsStore(store_path),
+        Path(args.out),
+        suite=args.suite,
+        plugin_paths=tuple(args.plugin_path),
+        reference_points=points,
+    )
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -250,10 +340,15 @@ def cmd_copy_results(args) -> int:
     from umdbench.run.workspace import Workspace
 
     counts = Workspace(args.dst).copy_results_from(Workspace(args.src))
-    print(f"copied {counts['rows']} result rows and {counts['predictions']} predictions files from {args.src} to "
-          f"{args.dst}; {counts['kept']} rows were already there"
-          + (f"; {counts['unverified']} rows came without predictions (missing or failing their checksum in "
-             f"{args.src})" if counts["unverified"] else ""))
+    print(
+        f"copied {counts['rows']} result rows and {counts['predictions']} predictions files from {args.src} to "
+        f"{args.dst}; {counts['kept']} rows were already there"
+        + (
+            f"; {counts['unverified']} rows came without predictions (missing or failing their checksum in {args.src})"
+            if counts["unverified"]
+            else ""
+        )
+    )
     return 0
 
 
@@ -289,9 +384,11 @@ def _stored_root(root: str | None, given: str | None) -> str | None:
     if root and root.startswith(DATA_ROOT_MARK):
         base = data_root(given)
         if base is None:
-            raise UmdbenchError(f"the rows read {root}: pass --data-root DIR (or set UMDBENCH_DATA_ROOT) to say "
-                                f"where the data root is on this machine.")
-        return str(base) + root[len(DATA_ROOT_MARK):]
+            raise UmdbenchError(
+                f"the rows read {root}: pass --data-root DIR (or set UMDBENCH_DATA_ROOT) to say "
+                f"where the data root is on this machine."
+            )
+        return str(base) + root[len(DATA_ROOT_MARK) :]
     return root
 
 
@@ -306,14 +403,20 @@ def _baselines_of_store(args, registries) -> int:
     """``umdbench baselines --work-dir DIR``: the reference points of every VQA split the store's
     rows were evaluated on, each read with the row's own dataset root and options."""
     from umdbench.cli.data import build_dataset
-    from umdbench.results.baselines import (load_reference_points, reference_key, reference_points, row_reference_key,
-                                            store_reference_points)
+    from umdbench.results.baselines import (
+        load_reference_points,
+        reference_key,
+        reference_points,
+        row_reference_key,
+        store_reference_points,
+    )
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
 
     if not args.work_dir:
-        raise UmdbenchError("umdbench baselines needs a DATASET, or --work-dir DIR to cover every VQA dataset "
-                            "evaluated there.")
+        raise UmdbenchError(
+            "umdbench baselines needs a DATASET, or --work-dir DIR to cover every VQA dataset evaluated there."
+        )
     ws = Workspace(args.work_dir)
     if not ws.store_path.is_file():
         raise UmdbenchError(f"no results store at {ws.store_path}: name a DATASET, or pass the work dir of a sweep.")
@@ -322,15 +425,22 @@ def _baselines_of_store(args, registries) -> int:
     for row in ResultsStore(ws.store_path).rows():
         if "closed" in row["metrics"]:  # VQA rows
             config = row.get("config") or {}
-            splits.setdefault(row_reference_key(row), (row["dataset"], config.get("dataset") or {},
-                                                       (config.get("eval") or {}).get("split", "test")))
+            splits.setdefault(
+                row_reference_key(row),
+                (row["dataset"], config.get("dataset") or {}, (config.get("eval") or {}).get("split", "test")),
+            )
     for key, (name, data, split) in sorted(splits.items()):
         if key in kept:
             print(f"{name} {split}: kept already")
             continue
         try:
-            dataset = build_dataset(registries.dataset.get(data.get("type", name)), name,
-                                    _stored_root(data.get("root"), args.data_root), "skip", data.get("options") or {})
+            dataset = build_dataset(
+                registries.dataset.get(data.get("type", name)),
+                name,
+                _stored_root(data.get("root"), args.data_root),
+                "skip",
+                data.get("options") or {},
+            )
             if reference_key(name, split, dataset.fingerprint()) != key:
                 print(f"{name} {split}: skipped, the data at {data.get('root')} changed since its rows were stored")
                 continue
@@ -345,8 +455,14 @@ def _baselines_of_store(args, registries) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard,
-            "baselines": cmd_baselines, "copy-results": cmd_copy_results}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "plugins": cmd_plugins,
+    "leaderboard": cmd_leaderboard,
+    "baselines": cmd_baselines,
+    "copy-results": cmd_copy_results,
+}
 
 
 def _trains_here(args) -> bool:

@@ -1,4 +1,5 @@
 """``python -m umdbench.cli``: the same entry point as the ``umdbench`` command."""
+
 import sys
 
 from umdbench.cli import main

@@ -3,8 +3,8 @@
 Errors are :class:`~umdbench.errors.UmdbenchError`; ``umdbench.cli.main`` prints them as one
 paragraph and exits 2.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from umdbench.errors import ConfigError, UmdbenchError
 from umdbench.util import DATA_ROOT_ENV, data_root, dataset_root, parse_option
@@ -47,10 +47,12 @@ def _check_signature(cls, name: str, registries) -> None:
     except (TypeError, ValueError):
         return
     if "deep" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise PluginError(f"dataset {name!r} ({registries.dataset.provenance(name)}) defines check{inspect.signature(cls.check)} "
-                          f"without the `deep` argument; the contract is check(self, deep: bool = True) -> CheckReport "
-                          f"(deep = decode every image or volume; False = cheap checks only). Add the argument to "
-                          f"{cls.__module__}.{cls.__qualname__}.check.")
+        raise PluginError(
+            f"dataset {name!r} ({registries.dataset.provenance(name)}) defines check{inspect.signature(cls.check)} "
+            f"without the `deep` argument; the contract is check(self, deep: bool = True) -> CheckReport "
+            f"(deep = decode every image or volume; False = cheap checks only). Add the argument to "
+            f"{cls.__module__}.{cls.__qualname__}.check."
+        )
 
 
 def cmd_check(args) -> int:
@@ -67,7 +69,9 @@ def cmd_check(args) -> int:
     _check_signature(cls, args.dataset, registries)
     options = dataset_options(args.option, "--option", cls, args.dataset)
     if args.data_root and not cls.needs_root:
-        print(f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False).")
+        print(
+            f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False)."
+        )
     root = dataset_root(cls, args.data_root, args.dataset)
     plugin = build_dataset(cls, args.dataset, root, "raise", options)
     with registries.dataset.guard(args.dataset, "checking its data"):
@@ -90,40 +94,65 @@ def cmd_download(args) -> int:
 
     cls = get_registries(tuple(args.plugin_path)).dataset.get(args.dataset)
     if not cls.root_subdir:
-        raise ConfigError(f"dataset {args.dataset!r} has no data folder of its own (it is generated, or built from "
-                          f"other datasets); download those instead.")
+        raise ConfigError(
+            f"dataset {args.dataset!r} has no data folder of its own (it is generated, or built from "
+            f"other datasets); download those instead."
+        )
     if not args.url_base:
         where = HOMEPAGES.get(args.dataset, "its publisher")
-        raise ConfigError(f"no direct, checksum-pinned public URL is known for {args.dataset!r}; fetch it from "
-                          f"{where} into <data-root>/{cls.root_subdir}/, or pass --url-base URL of a mirror holding "
-                          f"{cls.root_subdir}.tar.gz and SHA256SUMS.")
+        raise ConfigError(
+            f"no direct, checksum-pinned public URL is known for {args.dataset!r}; fetch it from "
+            f"{where} into <data-root>/{cls.root_subdir}/, or pass --url-base URL of a mirror holding "
+            f"{cls.root_subdir}.tar.gz and SHA256SUMS."
+        )
     root = data_root(args.data_root)
     if root is None:
-        raise ConfigError(f"no data root given to unpack {args.dataset!r} into; pass --data-root DIR or set "
-                          f"{DATA_ROOT_ENV}=DIR (the folder that will hold {cls.root_subdir}/).")
+        raise ConfigError(
+            f"no data root given to unpack {args.dataset!r} into; pass --data-root DIR or set "
+            f"{DATA_ROOT_ENV}=DIR (the folder that will hold {cls.root_subdir}/)."
+        )
     download_dataset(args.dataset, cls.root_subdir, root, args.url_base, sha256=args.sha256)
     print(f"done; verify with: umdbench data check {args.dataset} --data-root {root}")
     return 0
 
 
 def add_subcommands(subparsers) -> None:
-    data = subparsers.add_parser("data", help="check or download datasets",
-                                 description="Check a dataset copy against its release layout, or download one.")
-    data.add_argument("--plugin-path", action="append", default=[], metavar="FILE",
-                      help="load a plugin from a local .py file (repeatable)")
+    data = subparsers.add_parser(
+        "data",
+        help="check or download datasets",
+        description="Check a dataset copy against its release layout, or download one.",
+    )
+    data.add_argument(
+        "--plugin-path",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="load a plugin from a local .py file (repeatable)",
+    )
     sub = data.add_subparsers(dest="data_command", metavar="ACTION")
 
     chk = sub.add_parser("check", help="counts per split, missing/unreadable images, checksums; exit 1 on problems")
     chk.add_argument("dataset")
     chk.add_argument("--data-root", metavar="DIR", help=f"folder holding the dataset folders (or env {DATA_ROOT_ENV})")
-    chk.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="dataset option, e.g. --option layout=osf; the value is a Python literal when it parses "
-                          "as one (true/false/null too), else a string; repeatable")
+    chk.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. --option layout=osf; the value is a Python literal when it parses "
+        "as one (true/false/null too), else a string; repeatable",
+    )
     chk.add_argument("--quick", action="store_true", help="only check that images exist and parse (no full decode)")
     chk.add_argument("--max-problems", type=int, default=50, metavar="N", help="problems to print (default 50)")
     # also after the dataset name, where `run` takes it (a dataset the plugin file registers)
-    chk.add_argument("--plugin-path", action="append", default=[], metavar="FILE", dest="check_plugin_path",
-                     help="load a plugin from a local .py file (repeatable)")
+    chk.add_argument(
+        "--plugin-path",
+        action="append",
+        default=[],
+        metavar="FILE",
+        dest="check_plugin_path",
+        help="load a plugin from a local .py file (repeatable)",
+    )
     chk.set_defaults(handler=cmd_check)
 
     dl = sub.add_parser("download", help="fetch a release archive, verify sha256, unpack into the data root")

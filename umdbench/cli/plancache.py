@@ -25,6 +25,7 @@ the same size and mtime is the one change not seen, the usual (path, size, mtime
 Errors are never stored. The cache lives only in an existing work dir (a dry run on a new one
 writes nothing), in ``plan-cache.json``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from umdbench.plan.codekey import iter_source_files, plugin_tops, source_files
+from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE  # (importing the Workspace costs numpy)
+
 PLAN_CACHE = "plan-cache.json"
 PLAN_CACHE_MAX = 64
 FORMAT = 1
-from umdbench.plan.codekey import iter_source_files, plugin_tops, source_files
-from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE  # (importing the Workspace costs numpy)
 
 _ENV_PREFIXES = ("UMDBENCH_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "CUDA_", "PYTORCH_", "OMP_")
 _ENV_NAMES = ("HOME", "XDG_CACHE_HOME", "PYTHONPATH")
@@ -60,8 +62,12 @@ def note_config(config: Any) -> None:
         elif isinstance(node, (list, tuple)):
             for v in node:
                 walk(v, key)
-        elif isinstance(node, str) and node and key != "deviations" and (
-                key == "root" or (os.sep in node and not any(c.isspace() for c in node)) or os.path.exists(node)):
+        elif (
+            isinstance(node, str)
+            and node
+            and key != "deviations"
+            and (key == "root" or (os.sep in node and not any(c.isspace() for c in node)) or os.path.exists(node))
+        ):
             path = os.path.abspath(node)
             _noted[path] = _noted.get(path, False) or key == "root"
 
@@ -99,8 +105,10 @@ def tree_stamp(root: str) -> str:
             except OSError:
                 h.update(f"{entry.path}\0broken\n".encode())
                 continue
-            h.update(f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0"
-                     f"{st.st_ctime_ns}\n".encode())
+            h.update(
+                f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0"
+                f"{st.st_ctime_ns}\n".encode()
+            )
             if entry.is_dir():
                 real = os.path.realpath(entry.path)
                 if real not in seen:
@@ -128,7 +136,9 @@ def code_stamp(plugin_paths: list[str] | tuple[str, ...] = ()) -> str:
     for entry in sys.path:
         folder = entry or os.getcwd()
         try:
-            names = sorted(n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info", ".pth", ".egg-link")))
+            names = sorted(
+                n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info", ".pth", ".egg-link"))
+            )
         except OSError:
             continue
         h.update(f"path\0{folder}\0{','.join(names)}\n".encode())
@@ -141,8 +151,10 @@ def _hub_cache_stamp() -> str | None:
     if not offline:
         return None
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                                  "huggingface"), "hub")
+        os.environ.get("HF_HOME")
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"),
+        "hub",
+    )
     return tree_stamp(hub)
 
 
@@ -208,14 +220,18 @@ def cached_dry_run(argv: list[str], work_dir: str | Path, plugin_paths, compute:
 
     work = Path(work_dir)
     cache_path = work / PLAN_CACHE
-    key = hashlib.sha256(json.dumps({"argv": list(argv), "code": code_stamp(plugin_paths),
-                                     "machine": environment_stamp()}, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {"argv": list(argv), "code": code_stamp(plugin_paths), "machine": environment_stamp()}, sort_keys=True
+        ).encode()
+    ).hexdigest()
     cache = _load(cache_path) if cache_path.is_file() else {}
     entry = (cache.get("entries") or {}).get(key)
     if isinstance(entry, dict):
         try:
-            fresh = (entry["work"] == json.loads(json.dumps(work_dir_stamp(work)))
-                     and entry["data"] == _data_stamps({p: bool(d) for p, d in entry["deep"].items()}))
+            fresh = entry["work"] == json.loads(json.dumps(work_dir_stamp(work))) and entry["data"] == _data_stamps(
+                {p: bool(d) for p, d in entry["deep"].items()}
+            )
         except (KeyError, TypeError, AttributeError):
             fresh = False
         if fresh:

@@ -1,5 +1,6 @@
 """``umdbench power``: how many seeds and test examples a difference needs, from a store's
 per-example predictions (:mod:`umdbench.results.power`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +9,15 @@ from umdbench.errors import UmdbenchError
 
 
 def add_subcommands(sub, common_parent_parser) -> None:
-    p = sub.add_parser("power", parents=[common_parent_parser],
-                       help="seeds and test examples a difference needs, from a store's predictions",
-                       description="For each suite, preset, dataset and metric in the store: the smallest difference "
-                                   "its test split resolves with 1, 3, 5 and 10 seeds, and how many test examples a "
-                                   "given difference needs (80 % power, two-sided 5 %), estimated from every row "
-                                   "paired with the suite's reference row.")
+    p = sub.add_parser(
+        "power",
+        parents=[common_parent_parser],
+        help="seeds and test examples a difference needs, from a store's predictions",
+        description="For each suite, preset, dataset and metric in the store: the smallest difference "
+        "its test split resolves with 1, 3, 5 and 10 seeds, and how many test examples a "
+        "given difference needs (80 % power, two-sided 5 %), estimated from every row "
+        "paired with the suite's reference row.",
+    )
     p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="where results.sqlite lives")
     p.add_argument("--store", metavar="FILE", help="results store to read (default WORK_DIR/results.sqlite)")
     p.add_argument("--suite", metavar="NAME", help="only this suite")
@@ -60,6 +64,8 @@ def cmd_power(args) -> int:
                     print(plan_text(f"{suite.name} {preset} {dataset} {metric} (vs {reference})", c, args.difference))
                     answered += 1
     if not answered:
-        raise UmdbenchError(f"no suite in {store_path} has rows with per-example predictions to estimate from; "
-                            f"run a sweep (its rows keep them) or pass --suite NAME.")
+        raise UmdbenchError(
+            f"no suite in {store_path} has rows with per-example predictions to estimate from; "
+            f"run a sweep (its rows keep them) or pass --suite NAME."
+        )
     return 0

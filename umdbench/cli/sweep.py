@@ -1,4 +1,5 @@
 """``umdbench sweep``: run a suite (a grid of cells) with shared stages. Import-light (no torch)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,22 +21,50 @@ cached stages are skipped.
 
 
 def add_subcommands(sub, common_parent_parser) -> None:
-    p = sub.add_parser("sweep", parents=[common_parent_parser], help="run a suite (grid of cells) with shared stages",
-                       description="Plan a suite's cells into one DAG of unique stages (shared pre-trainings and "
-                                   "TD-Calib stages run once) and run it; finished cells are skipped.",
-                       epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sweep",
+        parents=[common_parent_parser],
+        help="run a suite (grid of cells) with shared stages",
+        description="Plan a suite's cells into one DAG of unique stages (shared pre-trainings and "
+        "TD-Calib stages run once) and run it; finished cells are skipped.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--suite", required=True, metavar="NAME", help="suite name (`umdbench list --kind suite`)")
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="seeds 0..N-1 per cell (default: the suite's `seeds`, 3 for the paper's tables)")
-    p.add_argument("--preset", default="tiny", help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds 0..N-1 per cell (default: the suite's `seeds`, 3 for the paper's tables)",
+    )
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper",
+    )
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
-    p.add_argument("--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)")
-    p.add_argument("--datasets", metavar="A,B", help="only these datasets of the suite (comma-separated); may name its "
-                   "extra_datasets, which go beyond the paper and are not run otherwise")
-    p.add_argument("--track", metavar="B1,B2", help="also log every stage to these experiment trackers: "
-                   "tensorboard, mlflow (each must be installed)")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config keys of every cell (see below)")
+    p.add_argument(
+        "--work-dir", default="work_dirs", metavar="DIR", help="cache, logs and results store (default work_dirs)"
+    )
+    p.add_argument(
+        "--datasets",
+        metavar="A,B",
+        help="only these datasets of the suite (comma-separated); may name its "
+        "extra_datasets, which go beyond the paper and are not run otherwise",
+    )
+    p.add_argument(
+        "--track",
+        metavar="B1,B2",
+        help="also log every stage to these experiment trackers: tensorboard, mlflow (each must be installed)",
+    )
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys of every cell (see below)",
+    )
     p.add_argument("--executor", default="local", choices=("local", "ray"), help="where stages run (default local)")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--ray-num-cpus", type=int, metavar="N", help="CPUs of a local Ray (default: all)")
@@ -74,8 +103,9 @@ def cmd_sweep(args) -> int:
     if args.track:
         overrides += (("tracking.backends", args.track),)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
-    specs = suite.cell_specs(seeds=args.seeds, preset=args.preset, data_root=args.data_root,
-                             user_overrides=overrides, datasets=datasets)
+    specs = suite.cell_specs(
+        seeds=args.seeds, preset=args.preset, data_root=args.data_root, user_overrides=overrides, datasets=datasets
+    )
     ctx = RunContext(args.work_dir, registries)
     follower = launch.node_rank > 0 and not args.dry_run  # joins node 0's jobs; never opens the store
     store_path = ctx.ws.store_path
@@ -117,13 +147,23 @@ def _run_plan(args, suite, plan, ctx, store, overrides, launch, group) -> int:
     if not plan.pending:
         print("\nnothing to run: every available cell is finished.")
         return 0
-    executor = make_executor(args.executor, ray_address=args.ray_address, num_cpus=args.ray_num_cpus,
-                             plugin_paths=tuple(args.plugin_path), launch=launch, group=group,
-                             data_root=data_root(args.data_root))
-    print(f"\nrunning {len(plan.pending)} cells, {len(plan.needed_stages())} training stages ({executor.name} executor)")
+    executor = make_executor(
+        args.executor,
+        ray_address=args.ray_address,
+        num_cpus=args.ray_num_cpus,
+        plugin_paths=tuple(args.plugin_path),
+        launch=launch,
+        group=group,
+        data_root=data_root(args.data_root),
+    )
+    print(
+        f"\nrunning {len(plan.pending)} cells, {len(plan.needed_stages())} training stages ({executor.name} executor)"
+    )
     report = executor.run(plan, ctx, overrides)
-    print(f"\nsweep {suite.name}: {report.summary()}; results in {ctx.ws.store_path}. "
-          f"`umdbench leaderboard --suite {suite.name} --work-dir {args.work_dir}` renders them.")
+    print(
+        f"\nsweep {suite.name}: {report.summary()}; results in {ctx.ws.store_path}. "
+        f"`umdbench leaderboard --suite {suite.name} --work-dir {args.work_dir}` renders them."
+    )
     if report.failed:
         print("failed cells (run the same command again to retry them):")
         for cell, error in report.failed:

@@ -1,4 +1,5 @@
 """Helpers for ``DatasetPlugin.check()``: image verification and the shared check loop."""
+
 from __future__ import annotations
 
 import os
@@ -6,8 +7,16 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["MAX_IMAGE_PIXELS", "MAX_VOLUME_VOXELS", "open_image", "verify_image", "check_images", "format_report",
-           "split_problems", "record_problems"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MAX_VOLUME_VOXELS",
+    "open_image",
+    "verify_image",
+    "check_images",
+    "format_report",
+    "split_problems",
+    "record_problems",
+]
 
 _FETCH_FIX = "fix: restore the file (re-download or re-extract the release) or remove the records that use it"
 
@@ -40,8 +49,10 @@ def open_image(path: str | Path):
         raise ImageTooLarge(f"{exc}") from exc
     if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
         img.close()
-        raise ImageTooLarge(f"{img.size[0]}x{img.size[1]} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels "
-                            f"(a decompression bomb, or not the image the record means)")
+        raise ImageTooLarge(
+            f"{img.size[0]}x{img.size[1]} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels "
+            f"(a decompression bomb, or not the image the record means)"
+        )
     return img
 
 
@@ -96,15 +107,19 @@ def record_problems(records: list, name: str, split: str, root: str | Path | Non
     id twice, a file path that leaves the dataset folder (``..``; a symlinked folder is fine)."""
     look = f"`umdbench data check {name}` shows what it found"
     if not records:
-        return [f"dataset {name!r} has no records in split {split!r} (under {root or 'generated data'}); fix: restore "
-                f"its annotation file or choose another split; a run that reads this split stops before training."]
+        return [
+            f"dataset {name!r} has no records in split {split!r} (under {root or 'generated data'}); fix: restore "
+            f"its annotation file or choose another split; a run that reads this split stops before training."
+        ]
     problems = []
     seen: dict[str, object] = {}
     for r in records:
         if r.uid in seen:
-            problems.append(f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice ({_where(seen[r.uid])} "
-                            f"and {_where(r)}); fix: remove the duplicate from the annotation file (record ids must "
-                            f"be unique) or re-download the release; {look}.")
+            problems.append(
+                f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice ({_where(seen[r.uid])} "
+                f"and {_where(r)}); fix: remove the duplicate from the annotation file (record ids must "
+                f"be unique) or re-download the release; {look}."
+            )
         else:
             seen[r.uid] = r
     if root is None:
@@ -116,9 +131,11 @@ def record_problems(records: list, name: str, split: str, root: str | Path | Non
             if not isinstance(path, (str, Path)):
                 continue
             if not os.path.normpath(os.path.abspath(str(path))).startswith(base + os.sep):
-                problems.append(f"{_where(r)} of dataset {name!r} split {split!r}: image {path} lies outside the "
-                                f"dataset folder {base}; fix: correct the record's image path (files are read from "
-                                f"inside the dataset folder only) or remove the record.")
+                problems.append(
+                    f"{_where(r)} of dataset {name!r} split {split!r}: image {path} lies outside the "
+                    f"dataset folder {base}; fix: correct the record's image path (files are read from "
+                    f"inside the dataset folder only) or remove the record."
+                )
     return problems
 
 

@@ -17,6 +17,7 @@ another process wrote meanwhile; a cache that cannot be read is ignored and one 
 written only costs hashing again (it never changes a result: each entry is checked against the
 file's identity before use).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -114,8 +115,12 @@ class ContentCache:
             facts.update(new_facts)
             is_new = not self.path.is_file()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps({"format": FORMAT, "scope": self.scope, "files": files,
-                                                     "facts": facts}, separators=(",", ":")))
+            atomic_write_text(
+                self.path,
+                json.dumps(
+                    {"format": FORMAT, "scope": self.scope, "files": files, "facts": facts}, separators=(",", ":")
+                ),
+            )
             if is_new:
                 _prune(self.path.parent)
         except (OSError, ValueError, TypeError):

@@ -16,6 +16,7 @@ hand is in :data:`HOMEPAGES` and docs/datasets.md.
 
 Import-light: only the standard library and :mod:`umdbench.errors`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,11 +53,13 @@ def _open(url: str, timeout: float = 60.0):
     try:
         return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (user-chosen mirror)
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; fix: check --url-base and that the mirror has "
-                            f"this file") from exc
+        raise DownloadError(
+            f"{url}: HTTP {exc.code} {exc.reason}; fix: check --url-base and that the mirror has this file"
+        ) from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"{url}: cannot connect ({getattr(exc, 'reason', exc)}); fix: check --url-base and the "
-                            f"network") from exc
+        raise DownloadError(
+            f"{url}: cannot connect ({getattr(exc, 'reason', exc)}); fix: check --url-base and the network"
+        ) from exc
 
 
 def read_sha256sums(text: str) -> dict[str, str]:
@@ -108,8 +111,9 @@ def _safe_extract(archive: Path, target: Path) -> None:
         tf.extractall(target, filter="data")
 
 
-def download_dataset(name: str, subdir: str, data_root: str | Path, url_base: str, sha256: str | None = None,
-                     log=print) -> Path:
+def download_dataset(
+    name: str, subdir: str, data_root: str | Path, url_base: str, sha256: str | None = None, log=print
+) -> Path:
     """Fetch ``<url_base>/<subdir>.<ext>``, verify, unpack into ``data_root/subdir``; returns that folder."""
     base = url_base.rstrip("/")
     sums: dict[str, str] = {}
@@ -118,15 +122,19 @@ def download_dataset(name: str, subdir: str, data_root: str | Path, url_base: st
             sums = read_sha256sums(resp.read().decode("utf-8", "replace"))
     except DownloadError:
         if sha256 is None:
-            raise DownloadError(f"{base}/SHA256SUMS: not available and no --sha256 given, so the archive of "
-                                f"{name!r} cannot be verified; fix: add SHA256SUMS to the mirror or pass --sha256 HEX")
+            raise DownloadError(
+                f"{base}/SHA256SUMS: not available and no --sha256 given, so the archive of "
+                f"{name!r} cannot be verified; fix: add SHA256SUMS to the mirror or pass --sha256 HEX"
+            )
     candidates = [f"{subdir}{ext}" for ext in ARCHIVE_SUFFIXES]
     listed = [c for c in candidates if c in sums]
     archive_name = listed[0] if listed else candidates[0]
     expected = (sha256 or sums.get(archive_name) or "").lower()
     if not expected:
-        raise DownloadError(f"{base}/SHA256SUMS lists none of {candidates} and no --sha256 was given; fix: add the "
-                            f"archive's checksum to SHA256SUMS or pass --sha256 HEX")
+        raise DownloadError(
+            f"{base}/SHA256SUMS lists none of {candidates} and no --sha256 was given; fix: add the "
+            f"archive's checksum to SHA256SUMS or pass --sha256 HEX"
+        )
     root = Path(data_root)
     root.mkdir(parents=True, exist_ok=True)
     dest = root / subdir
@@ -137,9 +145,11 @@ def download_dataset(name: str, subdir: str, data_root: str | Path, url_base: st
         log(f"fetching {url}")
         got = _fetch(url, archive)
         if got != expected:
-            raise DownloadError(f"{archive_name}: sha256 mismatch (expected {expected}, got {got}); the file is "
-                                f"damaged or not the release; it was deleted. fix: re-run, or check the mirror and "
-                                f"the checksum")
+            raise DownloadError(
+                f"{archive_name}: sha256 mismatch (expected {expected}, got {got}); the file is "
+                f"damaged or not the release; it was deleted. fix: re-run, or check the mirror and "
+                f"the checksum"
+            )
         log(f"sha256 ok: {got}")
         staging = tmp_path / "unpacked"
         staging.mkdir()

@@ -2,6 +2,7 @@
 image file (each file hashed once per version of it, :mod:`umdbench.data.content`), with names
 relative to the dataset folder, so an image replaced by another of the same size changes the
 fingerprint, and the same copy in another folder does not."""
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,11 @@ def dataset_fingerprint(
     """
     h = hashlib.sha256()
     annotation_files, image_dirs = [Path(p) for p in annotation_files], [Path(p) for p in image_dirs]
-    cache = content_cache(base if base is not None else os.path.commonpath(
-        [str(p.absolute()) for p in [*annotation_files, *image_dirs]] or ["."]))
+    cache = content_cache(
+        base
+        if base is not None
+        else os.path.commonpath([str(p.absolute()) for p in [*annotation_files, *image_dirs]] or ["."])
+    )
 
     def rel(p: Path) -> str:
         if base is not None:

@@ -14,6 +14,7 @@ A cache entry of the wrong size is ignored and rewritten.
 Truncated or corrupt images raise :class:`umdbench.api.DataError` naming the file. PIL's global
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never changed here and must stay False.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,8 +78,10 @@ def decode_resize(path: str | Path, size: int) -> np.ndarray:
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found; fix: restore the file or re-download the dataset") from exc
     except ImageTooLarge as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc}); fix: replace the file, downscale it "
-                        f"if it is genuine, or remove the record that refers to it") from exc
+        raise DataError(
+            f"{path}: image too large to decode safely ({exc}); fix: replace the file, downscale it "
+            f"if it is genuine, or remove the record that refers to it"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc}); "

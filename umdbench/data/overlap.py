@@ -30,6 +30,7 @@ The corpus side is the split pre-training reads (``train``); the test side is th
 evaluated on. Names in reports are relative to the data root (or a record id for generated data),
 never absolute paths.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,9 +44,26 @@ import numpy as np
 
 from umdbench.data.content import content_cache
 
-__all__ = ["HASH_NAME", "DEFAULT_THRESHOLD", "REPORT_FILE", "perceptual_hash", "hash_image_file", "hamming",
-           "Hasher", "Item", "SplitItems", "split_items", "nearest", "match", "describe_options", "describe_data",
-           "data_key", "load_report", "subject_of", "display_name"]
+__all__ = [
+    "HASH_NAME",
+    "DEFAULT_THRESHOLD",
+    "REPORT_FILE",
+    "perceptual_hash",
+    "hash_image_file",
+    "hamming",
+    "Hasher",
+    "Item",
+    "SplitItems",
+    "split_items",
+    "nearest",
+    "match",
+    "describe_options",
+    "describe_data",
+    "data_key",
+    "load_report",
+    "subject_of",
+    "display_name",
+]
 
 HASH_NAME = "phash64+dhash64"
 HASH_BITS = 128
@@ -118,11 +136,15 @@ def hash_image_file(path: str | Path) -> int:
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found; fix: restore the file or re-download the dataset") from exc
     except ImageTooLarge as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc}); fix: replace the file or remove the "
-                        f"record that refers to it") from exc
+        raise DataError(
+            f"{path}: image too large to decode safely ({exc}); fix: replace the file or remove the "
+            f"record that refers to it"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc}); fix: re-download this "
-                        f"file or remove the record that refers to it") from exc
+        raise DataError(
+            f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc}); fix: re-download this "
+            f"file or remove the record that refers to it"
+        ) from exc
 
 
 def hamming(a: int, b: int) -> int:
@@ -157,11 +179,11 @@ def nearest(test: list[int], corpus: list[int], threshold: int) -> tuple[np.ndar
     t, c = _halves(test), _halves(corpus)
     step = max(1, (1 << 22) // len(corpus))
     for start in range(0, n, step):
-        part = t[start:start + step]
+        part = t[start : start + step]
         d = _popcount(part[:, None, 0] ^ c[None, :, 0]) + _popcount(part[:, None, 1] ^ c[None, :, 1])
-        index[start:start + step] = d.argmin(1)
-        dist[start:start + step] = d.min(1)
-        within[start:start + step] = (d <= threshold).sum(1)
+        index[start : start + step] = d.argmin(1)
+        dist[start : start + step] = d.min(1)
+        within[start : start + step] = (d <= threshold).sum(1)
     return dist, index, within
 
 
@@ -302,8 +324,9 @@ def display_name(path: str | Path, data_root: str | Path | None, scope: str | Pa
     return Path(apath).name
 
 
-def split_items(plugin, records: Iterable, hasher: Hasher, data_root: str | Path | None = None,
-                declared: dict | None = None) -> SplitItems:
+def split_items(
+    plugin, records: Iterable, hasher: Hasher, data_root: str | Path | None = None, declared: dict | None = None
+) -> SplitItems:
     """The distinct images or studies of ``records`` (one split of ``plugin``); a record whose
     file cannot be read is listed in ``unreadable`` and left out."""
     DataError = _data_error()
@@ -321,8 +344,9 @@ def split_items(plugin, records: Iterable, hasher: Hasher, data_root: str | Path
                 item = out.items.get(key) or Item(key, record.uid, "image", value)
             elif isinstance(image, dict):
                 key = hasher.study(image, _scope(plugin, record))
-                item = out.items.get(key) or Item(key, record.uid, "study",
-                                                  subject=subject_of(plugin, record, declared))
+                item = out.items.get(key) or Item(
+                    key, record.uid, "study", subject=subject_of(plugin, record, declared)
+                )
             else:
                 continue
         except DataError as exc:
@@ -350,12 +374,29 @@ def match(corpus: SplitItems, test: SplitItems, threshold: int = DEFAULT_THRESHO
         for t, d, i, w in zip(tests, dist.tolist(), index.tolist(), within.tolist()):
             if t.key in corpus.items:
                 c = corpus.items[t.key]
-                shared.append({"test": t.name, "corpus": c.name, "how": "exact", "distance": 0,
-                               "test_records": t.records, "corpus_records": c.records})
+                shared.append(
+                    {
+                        "test": t.name,
+                        "corpus": c.name,
+                        "how": "exact",
+                        "distance": 0,
+                        "test_records": t.records,
+                        "corpus_records": c.records,
+                    }
+                )
             elif d <= threshold:
                 c = cands[i]
-                shared.append({"test": t.name, "corpus": c.name, "how": "near", "distance": int(d),
-                               "corpus_within": int(w), "test_records": t.records, "corpus_records": c.records})
+                shared.append(
+                    {
+                        "test": t.name,
+                        "corpus": c.name,
+                        "how": "near",
+                        "distance": int(d),
+                        "corpus_within": int(w),
+                        "test_records": t.records,
+                        "corpus_records": c.records,
+                    }
+                )
     else:
         by_subject: dict[str, Item] = {}
         for c in corpus.items.values():
@@ -365,21 +406,45 @@ def match(corpus: SplitItems, test: SplitItems, threshold: int = DEFAULT_THRESHO
                 c = corpus.items[t.key]
                 shared.append({"test": t.name, "corpus": c.name, "how": "exact", "test_records": t.records})
             elif t.subject in by_subject:
-                shared.append({"test": t.name, "corpus": by_subject[t.subject].name, "how": "subject",
-                               "subject": t.subject, "test_records": t.records})
+                shared.append(
+                    {
+                        "test": t.name,
+                        "corpus": by_subject[t.subject].name,
+                        "how": "subject",
+                        "subject": t.subject,
+                        "test_records": t.records,
+                    }
+                )
     shared.sort(key=lambda s: (s.get("distance", 0), s["test"]))
     result = _empty(corpus, test)
-    result.update({"kind": test.kind, "shared": shared, "overlap": len(shared),
-                   "overlap_records": sum(s["test_records"] for s in shared),
-                   "exact": sum(s["how"] == "exact" for s in shared), "near": sum(s["how"] == "near" for s in shared),
-                   "same_subject": sum(s["how"] == "subject" for s in shared)})
+    result.update(
+        {
+            "kind": test.kind,
+            "shared": shared,
+            "overlap": len(shared),
+            "overlap_records": sum(s["test_records"] for s in shared),
+            "exact": sum(s["how"] == "exact" for s in shared),
+            "near": sum(s["how"] == "near" for s in shared),
+            "same_subject": sum(s["how"] == "subject" for s in shared),
+        }
+    )
     return result
 
 
 def _empty(corpus: SplitItems, test: SplitItems) -> dict:
-    return {"kind": test.kind or corpus.kind, "test_items": len(test.items), "test_records": test.records,
-            "corpus_items": len(corpus.items), "corpus_records": corpus.records, "shared": [], "overlap": 0,
-            "overlap_records": 0, "exact": 0, "near": 0, "same_subject": 0}
+    return {
+        "kind": test.kind or corpus.kind,
+        "test_items": len(test.items),
+        "test_records": test.records,
+        "corpus_items": len(corpus.items),
+        "corpus_records": corpus.records,
+        "shared": [],
+        "overlap": 0,
+        "overlap_records": 0,
+        "exact": 0,
+        "near": 0,
+        "same_subject": 0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ answer vocabulary (upstream rule: VQA-v2-normalised answers of train+val+test, f
 starting with train; option ``vocab="train"`` keeps train answers only and gives unseen answers
 label -1).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from umdbench.api import CheckReport, DatasetPlugin, DataError, Record
+from umdbench.api import CheckReport, DataError, DatasetPlugin, Record
 from umdbench.util import DATA_ROOT_ENV
 
 from .answers import normalize_answer
@@ -32,8 +33,10 @@ def read_text_lines(path: Path) -> list[str]:
         with open(path, encoding="utf-8") as fh:
             return fh.read().splitlines()
     except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found; fix: download the release into this folder (see docs/datasets.md) "
-                        f"or point --data-root / {DATA_ROOT_ENV} at the right folder") from exc
+        raise DataError(
+            f"{path}: file not found; fix: download the release into this folder (see docs/datasets.md) "
+            f"or point --data-root / {DATA_ROOT_ENV} at the right folder"
+        ) from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc}); fix: re-download the file") from exc
 
@@ -44,17 +47,25 @@ def load_json_list(path: Path) -> list:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found; fix: download the release into this folder (see docs/datasets.md) "
-                        f"or point --data-root / {DATA_ROOT_ENV} at the right folder") from exc
+        raise DataError(
+            f"{path}: file not found; fix: download the release into this folder (see docs/datasets.md) "
+            f"or point --data-root / {DATA_ROOT_ENV} at the right folder"
+        ) from exc
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
-                        f"fix: re-download the file (it is damaged or was edited)") from exc
+        raise DataError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
+            f"fix: re-download the file (it is damaged or was edited)"
+        ) from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}: "
-                        f"{exc.reason}), so its JSON cannot be read; fix: re-download the file, or convert it to "
-                        f"UTF-8 if it was saved in another encoding (e.g. `iconv -f latin1 -t utf-8`)") from exc
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start}: "
+            f"{exc.reason}), so its JSON cannot be read; fix: re-download the file, or convert it to "
+            f"UTF-8 if it was saved in another encoding (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from exc
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}; fix: use the release file")
+        raise DataError(
+            f"{path}: expected a JSON list of records, got {type(data).__name__}; fix: use the release file"
+        )
     return data
 
 
@@ -73,8 +84,9 @@ class ReleaseDataset(DatasetPlugin):
     def __init__(self, root: str | Path | None = None, on_error: str = "raise", **options: Any):
         unknown = sorted(set(options) - set(self.option_defaults))
         if unknown:
-            raise ValueError(f"dataset {self.name!r}: unknown option(s) {unknown}; known options: "
-                             f"{sorted(self.option_defaults)}")
+            raise ValueError(
+                f"dataset {self.name!r}: unknown option(s) {unknown}; known options: {sorted(self.option_defaults)}"
+            )
         merged = {**self.option_defaults, **options}
         for key, choices in self.option_choices.items():
             if merged[key] not in choices:
@@ -89,12 +101,16 @@ class ReleaseDataset(DatasetPlugin):
     @property
     def data_dir(self) -> Path:
         if self.root is None:
-            raise DataError(f"dataset {self.name!r}: no data folder given; fix: pass --data-root DIR (the folder "
-                            f"holding {self.root_subdir or self.name}/) or set {DATA_ROOT_ENV}=DIR")
+            raise DataError(
+                f"dataset {self.name!r}: no data folder given; fix: pass --data-root DIR (the folder "
+                f"holding {self.root_subdir or self.name}/) or set {DATA_ROOT_ENV}=DIR"
+            )
         if not self.root.is_dir():
-            raise DataError(f"dataset {self.name!r}: data folder {self.root} does not exist; fix: pass --data-root DIR "
-                            f"(the folder holding {self.root_subdir or self.name}/) or set {DATA_ROOT_ENV}=DIR, or "
-                            f"run `umdbench data download {self.name}` where a public URL exists")
+            raise DataError(
+                f"dataset {self.name!r}: data folder {self.root} does not exist; fix: pass --data-root DIR "
+                f"(the folder holding {self.root_subdir or self.name}/) or set {DATA_ROOT_ENV}=DIR, or "
+                f"run `umdbench data download {self.name}` where a public URL exists"
+            )
         return self.root
 
     def rel(self, path: str | Path) -> str:
@@ -146,23 +162,31 @@ class ReleaseDataset(DatasetPlugin):
             n_skipped = len(self.skipped)
             for r in self.raw_records(split):
                 if self.options.get("verify_images", True) and isinstance(r.image, str) and not os.path.isfile(r.image):
-                    self._bad(f"{r.extra.get('file', '?')}: record {r.uid}: image {self.rel(r.image)} not found; "
-                              f"fix: restore the image (re-download the release) or use on_error='skip' to leave "
-                              f"such records out")
+                    self._bad(
+                        f"{r.extra.get('file', '?')}: record {r.uid}: image {self.rel(r.image)} not found; "
+                        f"fix: restore the image (re-download the release) or use on_error='skip' to leave "
+                        f"such records out"
+                    )
                     continue
                 kept.append(r)
             self._finalise(split, kept)
             self._records[split] = kept
             if len(self.skipped) > n_skipped:
-                log.warning("dataset %s split %s: %d record(s) skipped (see .skipped), %d kept",
-                            self.name, split, len(self.skipped) - n_skipped, len(kept))
+                log.warning(
+                    "dataset %s split %s: %d record(s) skipped (see .skipped), %d kept",
+                    self.name,
+                    split,
+                    len(self.skipped) - n_skipped,
+                    len(kept),
+                )
         return list(self._records[split])
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             base = self.data_dir
-            self._fingerprint = dataset_fingerprint(self.name, self.version, self.options, self.annotation_files(),
-                                                    self.image_dirs(), base=base)
+            self._fingerprint = dataset_fingerprint(
+                self.name, self.version, self.options, self.annotation_files(), self.image_dirs(), base=base
+            )
         return self._fingerprint
 
     def check(self, deep: bool = True) -> CheckReport:
@@ -211,8 +235,18 @@ class VQADataset(ReleaseDataset):
         super().__init__(root, on_error, **options)
         self._vocab: list[str] | None = None
 
-    def _vqa_record(self, *, file: str, where: str, uid: str, image: str, question: Any, answer: Any,
-                    answer_type: Any, extra: dict | None = None) -> Record | None:
+    def _vqa_record(
+        self,
+        *,
+        file: str,
+        where: str,
+        uid: str,
+        image: str,
+        question: Any,
+        answer: Any,
+        answer_type: Any,
+        extra: dict | None = None,
+    ) -> Record | None:
         """Validate one QA row; returns None (after :meth:`_bad`) when it is malformed."""
         if not isinstance(question, str) or not question.strip():
             self._bad(f"{file}: record {where}: question is missing or empty; fix: correct or remove this record")
@@ -221,24 +255,30 @@ class VQADataset(ReleaseDataset):
         # A JSON true/false is refused, not converted: str() would make it the answer "true", which
         # no release uses, and reading it as "yes"/"no" would be a guess about what the editor meant
         if isinstance(answer, bool):
-            self._bad(f"{file}: record {where}: answer is the JSON boolean {str(answer).lower()}, not text; answers "
-                      f"are strings (or numbers) and a boolean is not guessed to mean \"yes\"/\"no\"; fix: write the "
-                      f"answer as text (e.g. \"yes\") or remove this record")
+            self._bad(
+                f"{file}: record {where}: answer is the JSON boolean {str(answer).lower()}, not text; answers "
+                f'are strings (or numbers) and a boolean is not guessed to mean "yes"/"no"; fix: write the '
+                f'answer as text (e.g. "yes") or remove this record'
+            )
             return None
         if answer is None or isinstance(answer, (dict, list)):
-            self._bad(f"{file}: record {where}: answer is missing or not a string/number; fix: correct or remove "
-                      f"this record")
+            self._bad(
+                f"{file}: record {where}: answer is missing or not a string/number; fix: correct or remove this record"
+            )
             return None
         kind = str(answer_type).strip().lower() if isinstance(answer_type, str) else None
         if kind not in ("open", "closed"):
-            self._bad(f"{file}: record {where}: unknown answer type {answer_type!r} (expected OPEN or CLOSED); "
-                      f"fix: correct the answer_type field of this record or remove the record")
+            self._bad(
+                f"{file}: record {where}: unknown answer type {answer_type!r} (expected OPEN or CLOSED); "
+                f"fix: correct the answer_type field of this record or remove the record"
+            )
             return None
         ex = {"file": file, "raw_answer": str(answer)}
         if extra:
             ex.update(extra)
-        return Record(uid=uid, image=image, text=question.strip(), answer=normalize_answer(answer),
-                      answer_type=kind, extra=ex)
+        return Record(
+            uid=uid, image=image, text=question.strip(), answer=normalize_answer(answer), answer_type=kind, extra=ex
+        )
 
     def label_names(self) -> list[str]:
         if self._vocab is None:

@@ -11,6 +11,7 @@ Per-modality logits ``H^u(Z^u)``: :func:`unimodal_logits_masked` (paper default 
 :func:`unimodal_logits_last_linear` (released code). Nothing here knows about the encoder: the
 caller passes the parameters of each modality (from ``encoder.modality_parameters()``).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def ratios(c_image: float, c_text: float, eps: float = 1e-12) -> tuple[float, fl
     return c_image / max(c_text, eps), c_text / max(c_image, eps)
 
 
-def coefficients(rho_image: float, rho_text: float, beta: float = DEFAULT_BETA, rule: str = "paper") -> tuple[float, float]:
+def coefficients(
+    rho_image: float, rho_text: float, beta: float = DEFAULT_BETA, rule: str = "paper"
+) -> tuple[float, float]:
     """Eq. 12: ``(k^I, k^T)``.
 
     ``rule="paper"``: the modality with the strictly larger ratio gets ``1 - tanh(beta*rho)``, the
@@ -64,8 +67,13 @@ def coefficients(rho_image: float, rho_text: float, beta: float = DEFAULT_BETA, 
     raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
-def modulate_(params: Iterable[nn.Parameter], k: float, noise: bool, std_eps: float = 0.0,
-              generator: torch.Generator | None = None) -> int:
+def modulate_(
+    params: Iterable[nn.Parameter],
+    k: float,
+    noise: bool,
+    std_eps: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> int:
     """Eq. 13 in place on every ``p.grad``: ``g <- k*g + N(0, (std(g) + std_eps)^2)``.
 
     ``std(g)`` is the standard deviation of the *original* gradient tensor (over its elements), so
@@ -99,7 +107,9 @@ def modulate_(params: Iterable[nn.Parameter], k: float, noise: bool, std_eps: fl
 # --------------------------------------------------------------------------------------------
 # Per-modality logits H^u(Z^u)
 # --------------------------------------------------------------------------------------------
-def unimodal_logits_masked(head: nn.Module, text_feat: torch.Tensor, image_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def unimodal_logits_masked(
+    head: nn.Module, text_feat: torch.Tensor, image_feat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper default: ``H^u(Z^u) = H(Z)`` with the other modality's half of the input zeroed.
 
     The whole trained head ``H`` (as used for the task loss, input ``[text; image]``) is split by
@@ -110,7 +120,9 @@ def unimodal_logits_masked(head: nn.Module, text_feat: torch.Tensor, image_feat:
     return head(torch.cat([zt, image_feat], -1)), head(torch.cat([text_feat, zi], -1))
 
 
-def unimodal_logits_last_linear(linear: nn.Linear, text_feat: torch.Tensor, image_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def unimodal_logits_last_linear(
+    linear: nn.Linear, text_feat: torch.Tensor, image_feat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Released code: pooled half x matching input half of the head's LAST Linear + bias/2.
 
     The head's first Linear / LayerNorm / GELU are skipped (not a decomposition of a 2-layer head).
@@ -118,9 +130,7 @@ def unimodal_logits_last_linear(linear: nn.Linear, text_feat: torch.Tensor, imag
     """
     d_t = text_feat.shape[-1]
     if linear.in_features != d_t + image_feat.shape[-1]:
-        raise ValueError(
-            f"last Linear takes {linear.in_features} inputs, features are {d_t}+{image_feat.shape[-1]}"
-        )
+        raise ValueError(f"last Linear takes {linear.in_features} inputs, features are {d_t}+{image_feat.shape[-1]}")
     w, b = linear.weight, linear.bias
     half_b = b / 2 if b is not None else 0.0
     return image_feat @ w[:, d_t:].t() + half_b, text_feat @ w[:, :d_t].t() + half_b

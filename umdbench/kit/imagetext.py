@@ -6,6 +6,7 @@ main process a quarter of the bytes a float batch would take, and the CLIP mean/
 runs once per batch on the model's device (:func:`normalize_image`, called by the stage model's
 task type's ``preprocess``, :mod:`umdbench.kit.tasktypes`).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -60,8 +61,18 @@ class RecordDataset(Dataset):
     captions per sample for training), "pretrain" (image + text only).
     """
 
-    def __init__(self, records: list[Record], *, task: str, tokenizer, max_text_len: int, image_loader,
-                 label_index: dict[str, int] | None = None, negatives: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        records: list[Record],
+        *,
+        task: str,
+        tokenizer,
+        max_text_len: int,
+        image_loader,
+        label_index: dict[str, int] | None = None,
+        negatives: int = 0,
+        seed: int = 0,
+    ):
         self.records = records
         self.task = task
         self.image_loader = image_loader
@@ -73,9 +84,11 @@ class RecordDataset(Dataset):
             self.labels = torch.tensor([label_index.get(r.answer, -1) for r in records], dtype=torch.long)
             bad = next((r for r in records if r.answer_type not in ANSWER_TYPES), None)
             if bad is not None:
-                raise DataError(f"VQA record {bad.uid!r} has answer_type {bad.answer_type!r}; each VQA record needs "
-                                f"'open' or 'closed'. Fix the dataset plugin's records() (or the annotation it reads); "
-                                f"`umdbench data check` lists every such record.")
+                raise DataError(
+                    f"VQA record {bad.uid!r} has answer_type {bad.answer_type!r}; each VQA record needs "
+                    f"'open' or 'closed'. Fix the dataset plugin's records() (or the annotation it reads); "
+                    f"`umdbench data check` lists every such record."
+                )
             self.answer_types = torch.tensor([ANSWER_TYPES[r.answer_type] for r in records], dtype=torch.long)
         elif task == "classification":
             self.labels = torch.tensor([r.label for r in records], dtype=torch.long)
@@ -99,7 +112,9 @@ class RecordDataset(Dataset):
         if self.task == "retrieval" and self.negatives:
             # negatives: other captions, drawn fresh each time (different across epochs)
             rng = draws.item_rng("negatives") or np.random.default_rng()
-            others = rng.choice(len(self.records) - 1, size=self.negatives, replace=len(self.records) - 1 < self.negatives)
+            others = rng.choice(
+                len(self.records) - 1, size=self.negatives, replace=len(self.records) - 1 < self.negatives
+            )
             others = torch.as_tensor(others + (others >= i), dtype=torch.long)
             item["neg_text_ids"] = self.text_ids[others]
             item["neg_text_mask"] = self.text_mask[others]

@@ -10,15 +10,27 @@ them instead of importing another plugin's private constants.
 * :data:`PRETRAIN_TRAIN_SMALL` / :data:`FINETUNE_TRAIN_SMALL` / :func:`small_per_dataset` -- the
   ``small`` preset's CPU recipes.
 """
+
 from __future__ import annotations
 
 import math
 
 from umdbench.api import train_config
 
-__all__ = ["FINETUNE_TRAIN_PAPER", "FINETUNE_TRAIN_SMALL", "FINETUNE_TRAIN_TINY", "PRETRAIN_TRAIN_PAPER",
-           "PRETRAIN_TRAIN_SMALL", "PRETRAIN_TRAIN_TINY", "SMALL_FINETUNE_EPOCHS", "SMALL_FINETUNE_OVERRIDES",
-           "TRAIN_SIZES", "iters_for", "m3ae_per_dataset", "small_per_dataset"]
+__all__ = [
+    "FINETUNE_TRAIN_PAPER",
+    "FINETUNE_TRAIN_SMALL",
+    "FINETUNE_TRAIN_TINY",
+    "PRETRAIN_TRAIN_PAPER",
+    "PRETRAIN_TRAIN_SMALL",
+    "PRETRAIN_TRAIN_TINY",
+    "SMALL_FINETUNE_EPOCHS",
+    "SMALL_FINETUNE_OVERRIDES",
+    "TRAIN_SIZES",
+    "iters_for",
+    "m3ae_per_dataset",
+    "small_per_dataset",
+]
 
 # Training-split sizes used to express the papers' epoch budgets as optimiser steps.
 # VQA-RAD, SLAKE (English), VQA-Med-2019 (C1-C3) from upstream step counts; MELINDA inferred from the
@@ -43,12 +55,22 @@ def iters_for(dataset: str, batch_size: int, epochs: int) -> int:
 # paper: AdamW, lr 1e-5 for the uni-modal encoders, x5 for fusion and heads, 10 % warm-up then
 # linear decay, 100k steps at batch 256 (betas/eps/weight decay as in the released code).
 PRETRAIN_TRAIN_PAPER: dict = train_config(
-    max_iters=100_000, batch_size=256, lr=1e-5, lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 5.0},
-    checkpoint_interval=5_000, log_interval=100, amp="auto",
+    max_iters=100_000,
+    batch_size=256,
+    lr=1e-5,
+    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 5.0},
+    checkpoint_interval=5_000,
+    log_interval=100,
+    amp="auto",
 )
 # tiny: a short CPU run from random init, so a much larger lr.
 PRETRAIN_TRAIN_TINY: dict = train_config(
-    max_iters=200, batch_size=16, lr=5e-4, checkpoint_interval=100, log_interval=10, grad_clip=1.0,
+    max_iters=200,
+    batch_size=16,
+    lr=5e-4,
+    checkpoint_interval=100,
+    log_interval=10,
+    grad_clip=1.0,
 )
 
 # small: a CPU run that learns. The text tower is pretrained (MiniLM-L6), so the encoder lr is a
@@ -62,26 +84,45 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
 # 41.34; after this recipe 49.67 / 25.70; after lr 5e-5 52.33 / 32.96. At this scale MR-Pretrain moves
 # the pretrained text tower away from what fine-tuning needs more than it teaches (results/small/NOTES.md).
 PRETRAIN_TRAIN_SMALL: dict = train_config(
-    max_iters=300, batch_size=32, lr=2e-4, checkpoint_interval=100, log_interval=20, grad_clip=1.0, amp="auto",
+    max_iters=300,
+    batch_size=32,
+    lr=2e-4,
+    checkpoint_interval=100,
+    log_interval=20,
+    grad_clip=1.0,
+    amp="auto",
 )
 
 # Fine-tuning (the M3AE downstream recipe): AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), lr 5e-6,
 # fusion x5, head x50 (VQA); 10 % warm-up then linear decay.
 FINETUNE_TRAIN_PAPER = train_config(
-    max_iters=iters_for("vqa-rad", 64, 50), batch_size=64, lr=5e-6,
-    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0}, checkpoint_interval=500, log_interval=50, amp="auto",
+    max_iters=iters_for("vqa-rad", 64, 50),
+    batch_size=64,
+    lr=5e-6,
+    lr_mult={"encoder": 1.0, "fusion": 5.0, "head": 50.0},
+    checkpoint_interval=500,
+    log_interval=50,
+    amp="auto",
 )
 
 FINETUNE_TRAIN_TINY = train_config(
     max_iters=200,  # keeps the README pipeline under 10 min on 2 CPU cores
-    batch_size=32, lr=5e-4, lr_mult={"encoder": 1.0, "fusion": 1.0, "head": 2.0},
-    checkpoint_interval=100, log_interval=10,
+    batch_size=32,
+    lr=5e-4,
+    lr_mult={"encoder": 1.0, "fusion": 1.0, "head": 2.0},
+    checkpoint_interval=100,
+    log_interval=10,
 )
 
 
 FINETUNE_TRAIN_SMALL = train_config(
-    max_iters=iters_for("vqa-rad", 32, 3), batch_size=32, lr=1e-4,
-    lr_mult={"encoder": 1.0, "fusion": 2.0, "head": 10.0}, checkpoint_interval=100, log_interval=20, grad_clip=1.0,
+    max_iters=iters_for("vqa-rad", 32, 3),
+    batch_size=32,
+    lr=1e-4,
+    lr_mult={"encoder": 1.0, "fusion": 2.0, "head": 10.0},
+    checkpoint_interval=100,
+    log_interval=20,
+    grad_clip=1.0,
     amp="auto",
 )
 
@@ -117,6 +158,8 @@ def m3ae_per_dataset(epochs: dict[str, int]) -> dict:
     batch = {"vqa-rad": 64, "slake": 32, "vqa-med-2019": 32, "melinda": 16, "roco": 256}
     head = {"vqa-rad": 50.0, "slake": 50.0, "vqa-med-2019": 50.0, "melinda": 10.0, "roco": 5.0}
     return {
-        ds: {"train": {"batch_size": batch[ds], "max_iters": iters_for(ds, batch[ds], ep), "lr_mult": {"head": head[ds]}}}
+        ds: {
+            "train": {"batch_size": batch[ds], "max_iters": iters_for(ds, batch[ds], ep), "lr_mult": {"head": head[ds]}}
+        }
         for ds, ep in epochs.items()
     }

@@ -4,6 +4,7 @@ Every built-in supervised strategy (``direct``, ``linear``, ``gmcoord``) derives
 :class:`SupervisedTune`; a plugin that does too is judged with the same head, loss and predictions
 as the built-ins (the paper's fairness rule: one head H for every method).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,10 @@ def task_type_of(task: TaskInfo) -> TaskType:
         return task.spec
     if task.task in BUILTIN_TASK_TYPES:
         return BUILTIN_TASK_TYPES[task.task]()
-    raise ValueError(f"TaskInfo(task={task.task!r}) has no spec and {task.task!r} is not a built-in task type "
-                     f"({', '.join(sorted(BUILTIN_TASK_TYPES))}); pass spec=<the registered TaskType instance>.")
+    raise ValueError(
+        f"TaskInfo(task={task.task!r}) has no spec and {task.task!r} is not a built-in task type "
+        f"({', '.join(sorted(BUILTIN_TASK_TYPES))}); pass spec=<the registered TaskType instance>."
+    )
 
 
 class SupervisedTune(TuneStrategy):
@@ -62,8 +65,10 @@ class SupervisedTune(TuneStrategy):
             found.append("BCE-with-logits on one-hot targets x answers (released code) instead of cross-entropy")
         pooling = cfg.get("pooling", DEFAULT_POOLING)
         if pooling != cls.paper_pooling:
-            found.append(f"head reads {POOLING_WORDS.get(pooling, pooling)} instead of the paper's "
-                         f"{POOLING_WORDS.get(cls.paper_pooling, cls.paper_pooling)}")
+            found.append(
+                f"head reads {POOLING_WORDS.get(pooling, pooling)} instead of the paper's "
+                f"{POOLING_WORDS.get(cls.paper_pooling, cls.paper_pooling)}"
+            )
         return found
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):

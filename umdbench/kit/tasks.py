@@ -16,6 +16,7 @@ with a downstream task, so that each strategy file only says what is special abo
 Feature order: ``EncoderOutput.pooled`` is ``cat(text_pooled, image_pooled)``, so the first ``D``
 input columns of every head layer that reads the features belong to text, the last ``D`` to image.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,11 @@ POOLINGS = ("pooler", "mean")
 # "mean":   masked average of the fused token features (what the paper gives GM-Coord's head,
 #           Sec. 3.1.2: averaged Z^I and Z^T, concatenated).
 DEFAULT_POOLING = "pooler"
-POOLING_WORDS = {"pooler": "the poolers' outputs (Tanh on the first token of each stream)",
-                 "mean": "the average embeddings of Z^I and Z^T"}
+POOLING_WORDS = {
+    "pooler": "the poolers' outputs (Tanh on the first token of each stream)",
+    "mean": "the average embeddings of Z^I and Z^T",
+}
+
 
 # --------------------------------------------------------------------------------------------
 # Heads
@@ -107,7 +111,9 @@ class TaskForward:
     group: int = 1
 
 
-def pool_features(out: Any, text_mask: torch.Tensor, pooling: str = DEFAULT_POOLING) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_features(
+    out: Any, text_mask: torch.Tensor, pooling: str = DEFAULT_POOLING
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(text [N,D], image [N,D])`` from an ``EncoderOutput``."""
     if pooling == "pooler":
         return out.text_pooled, out.image_pooled
@@ -119,8 +125,13 @@ def pool_features(out: Any, text_mask: torch.Tensor, pooling: str = DEFAULT_POOL
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-def encode_task(encoder: nn.Module, batch: dict[str, torch.Tensor], task: TaskInfo,
-                pooling: str = DEFAULT_POOLING, with_negatives: bool = True) -> TaskForward:
+def encode_task(
+    encoder: nn.Module,
+    batch: dict[str, torch.Tensor],
+    task: TaskInfo,
+    pooling: str = DEFAULT_POOLING,
+    with_negatives: bool = True,
+) -> TaskForward:
     """Run the encoder on a batch.
 
     Retrieval batches that carry ``neg_text_ids``/``neg_text_mask`` [B,K,L] (and
@@ -171,7 +182,9 @@ def task_logits(head: nn.Module, fwd: TaskForward, task: TaskInfo) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 # Losses and predictions
 # --------------------------------------------------------------------------------------------
-def task_loss(task: TaskInfo, logits: torch.Tensor, target: torch.Tensor | None, loss: str = DEFAULT_LOSS) -> torch.Tensor:
+def task_loss(
+    task: TaskInfo, logits: torch.Tensor, target: torch.Tensor | None, loss: str = DEFAULT_LOSS
+) -> torch.Tensor:
     """The supervised loss.
 
     vqa / classification: rows with ``target == -1`` (answer outside a train-only vocabulary) are

@@ -5,6 +5,7 @@ image + text record pipeline of :mod:`umdbench.kit.imagetext` (uint8 images, tex
 CLIP normalisation per batch after the device move) and the shared task head H of
 :mod:`umdbench.kit.tasks`, so every tuning strategy is judged with the same head.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -16,7 +17,15 @@ from umdbench.api import DataContext, Option, Record, TaskInfo, TaskType
 from umdbench.kit import tasks as heads
 from umdbench.kit.imagetext import PairGridDataset, RecordDataset, normalize_image
 
-__all__ = ["ClassificationTask", "ImageTextPairs", "ImageTextTask", "RetrievalTask", "VQATask", "IMAGE_TEXT_KEYS", "BUILTIN_TASK_TYPES"]
+__all__ = [
+    "ClassificationTask",
+    "ImageTextPairs",
+    "ImageTextTask",
+    "RetrievalTask",
+    "VQATask",
+    "IMAGE_TEXT_KEYS",
+    "BUILTIN_TASK_TYPES",
+]
 
 IMAGE_TEXT_KEYS = {
     "image": "uint8 [B,3,H,W] from the dataset; float, CLIP-normalised, after preprocess",
@@ -32,7 +41,8 @@ class ImageTextTask(TaskType):
     pretrain_task: ClassVar[str | None] = "pretrain"
     record_task: ClassVar[str] = ""  # what RecordDataset builds targets for
     option_schema: ClassVar[dict] = {
-        "max_text_len": Option(int, None, "text tokens per sample (default: the encoder's model.max_text_len)")}
+        "max_text_len": Option(int, None, "text tokens per sample (default: the encoder's model.max_text_len)")
+    }
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
         from umdbench.data.images import ImageLoader
@@ -40,9 +50,16 @@ class ImageTextTask(TaskType):
         loader = ImageLoader(ctx.model_cfg["image_size"], ctx.cache_dir)
         max_len = ctx.stage_cfg.get("max_text_len", ctx.model_cfg["max_text_len"])
         label_index = {name: i for i, name in enumerate(ctx.label_names)} if self.record_task == "vqa" else None
-        return RecordDataset(records, task=self.record_task, tokenizer=ctx.tokenizer, max_text_len=max_len,
-                             image_loader=loader, label_index=label_index, seed=ctx.seed,
-                             negatives=self.negatives(ctx, training))
+        return RecordDataset(
+            records,
+            task=self.record_task,
+            tokenizer=ctx.tokenizer,
+            max_text_len=max_len,
+            image_loader=loader,
+            label_index=label_index,
+            seed=ctx.seed,
+            negatives=self.negatives(ctx, training),
+        )
 
     def negatives(self, ctx: DataContext, training: bool) -> int:
         return 0
@@ -58,8 +75,9 @@ class ImageTextTask(TaskType):
         return heads.build_task_head(info, width)
 
     def encode(self, encoder: nn.Module, batch: dict, info: TaskInfo, cfg: dict, *, training: bool) -> Any:
-        return heads.encode_task(encoder, batch, info, cfg.get("pooling", heads.DEFAULT_POOLING),
-                                 with_negatives=training)
+        return heads.encode_task(
+            encoder, batch, info, cfg.get("pooling", heads.DEFAULT_POOLING), with_negatives=training
+        )
 
     def logits(self, head: nn.Module, features: Any, info: TaskInfo) -> torch.Tensor:
         return heads.task_logits(head, features, info)
@@ -77,8 +95,11 @@ class VQATask(ImageTextTask):
 
     name = "vqa"
     record_task = "vqa"
-    batch_keys = {**IMAGE_TEXT_KEYS, "label": "long [B] answer index; -1 = answer not in the vocabulary",
-                  "answer_type": "long [B] 0 = closed, 1 = open"}
+    batch_keys = {
+        **IMAGE_TEXT_KEYS,
+        "label": "long [B] answer index; -1 = answer not in the vocabulary",
+        "answer_type": "long [B] 0 = closed, 1 = open",
+    }
     prediction_keys = {"logits": "float [B,C] one score per answer"}
     metric_keys = ("label", "answer_type", "index")
     default_metric = "vqa-accuracy"
@@ -101,14 +122,20 @@ class RetrievalTask(ImageTextTask):
 
     name = "retrieval"
     record_task = "retrieval"
-    batch_keys = {**IMAGE_TEXT_KEYS, "neg_text_ids": "long [B,K,L] negative captions (training)",
-                  "neg_text_mask": "long [B,K,L]", "image_index": "long [B] evaluation: which image",
-                  "text_index": "long [B] evaluation: which text"}
+    batch_keys = {
+        **IMAGE_TEXT_KEYS,
+        "neg_text_ids": "long [B,K,L] negative captions (training)",
+        "neg_text_mask": "long [B,K,L]",
+        "image_index": "long [B] evaluation: which image",
+        "text_index": "long [B] evaluation: which text",
+    }
     prediction_keys = {"score": "float [B] one score per image-text pair"}
     metric_keys = ("image_index", "text_index")
     default_metric = "retrieval-recall"
-    option_schema = {**ImageTextTask.option_schema,
-                     "negatives": Option(int, 0, "negative captions scored against each training image")}
+    option_schema = {
+        **ImageTextTask.option_schema,
+        "negatives": Option(int, 0, "negative captions scored against each training image"),
+    }
 
     def negatives(self, ctx: DataContext, training: bool) -> int:
         return int(ctx.stage_cfg.get("negatives", 0)) if training else 0
@@ -119,8 +146,12 @@ class RetrievalTask(ImageTextTask):
         from umdbench.data.images import ImageLoader
 
         max_len = ctx.stage_cfg.get("max_text_len", ctx.model_cfg["max_text_len"])
-        return PairGridDataset(records, tokenizer=ctx.tokenizer, max_text_len=max_len,
-                               image_loader=ImageLoader(ctx.model_cfg["image_size"], ctx.cache_dir))
+        return PairGridDataset(
+            records,
+            tokenizer=ctx.tokenizer,
+            max_text_len=max_len,
+            image_loader=ImageLoader(ctx.model_cfg["image_size"], ctx.cache_dir),
+        )
 
 
 class ImageTextPairs(ImageTextTask):
@@ -134,4 +165,5 @@ class ImageTextPairs(ImageTextTask):
 
 
 BUILTIN_TASK_TYPES: dict[str, type[TaskType]] = {
-    t.name: t for t in (VQATask, ClassificationTask, RetrievalTask, ImageTextPairs)}
+    t.name: t for t in (VQATask, ClassificationTask, RetrievalTask, ImageTextPairs)
+}

@@ -14,6 +14,7 @@ A plugin's own classes are passed as classes. Registered names resolve through `
 plugins itself), except the core's own: the ``coattn`` encoder and the built-in task types need none.
 Nothing here runs in a stage.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,10 @@ def _registered(kind: str, name: str, registries=None):
 
         if name in BUILTIN_TASK_TYPES:
             return BUILTIN_TASK_TYPES[name]
-    raise ValueError(f"{kind} {name!r}: pass the class, or registries=umdbench.plugin.get_registries() to look "
-                     f"the name up among the registered plugins")
+    raise ValueError(
+        f"{kind} {name!r}: pass the class, or registries=umdbench.plugin.get_registries() to look "
+        f"the name up among the registered plugins"
+    )
 
 
 def special_ids_of(encoder_cls: type[Encoder], model_cfg: dict) -> dict | None:
@@ -54,8 +57,14 @@ def special_ids_of(encoder_cls: type[Encoder], model_cfg: dict) -> dict | None:
     return special_ids_from_tokenizer(tokenizer)
 
 
-def build_test_encoder(encoder: str | type[Encoder] = "coattn", preset: str = "tiny", *, seed: int = 0,
-                       registries=None, **model_overrides: Any) -> tuple[Encoder, dict | None]:
+def build_test_encoder(
+    encoder: str | type[Encoder] = "coattn",
+    preset: str = "tiny",
+    *,
+    seed: int = 0,
+    registries=None,
+    **model_overrides: Any,
+) -> tuple[Encoder, dict | None]:
     """``(encoder, special_ids)``: the encoder ``encoder`` (an ``Encoder`` subclass, ``"coattn"``, or
     a registered name with ``registries``) built from its ``preset`` config with ``model_overrides`` merged on top (nested dicts merge:
     ``roi_size=16``, ``text={"max_text_len": 16}``), initialised under ``torch.manual_seed(seed)``,
@@ -70,13 +79,26 @@ def build_test_encoder(encoder: str | type[Encoder] = "coattn", preset: str = "t
 def task_info_for_test(task: str, label_names: list[str], registries=None) -> TaskInfo:
     """The ``TaskInfo`` a tuning stage hands its strategy: the task type ``task`` (its instance as
     ``spec``; a built-in one, or any registered one with ``registries``), ``label_names`` and their count."""
-    return TaskInfo(task=task, num_classes=len(label_names), label_names=list(label_names),
-                    spec=_registered("task", task, registries)())
+    return TaskInfo(
+        task=task,
+        num_classes=len(label_names),
+        label_names=list(label_names),
+        spec=_registered("task", task, registries)(),
+    )
 
 
-def build_test_strategy(strategy: str | type, encoder: Encoder, special_ids: dict | None = None, *,
-                        preset: str = "tiny", task: TaskInfo | None = None, dataset: str | None = None,
-                        seed: int = 0, registries=None, **options: Any):
+def build_test_strategy(
+    strategy: str | type,
+    encoder: Encoder,
+    special_ids: dict | None = None,
+    *,
+    preset: str = "tiny",
+    task: TaskInfo | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
+    registries=None,
+    **options: Any,
+):
     """The strategy a stage builds on ``encoder``: its ``preset`` config (the ``per_dataset`` entry
     of ``dataset`` when given) with ``options`` merged on top and ``special_ids`` added, initialised
     under ``torch.manual_seed(seed)``. ``strategy`` is a ``PretrainStrategy`` / ``TuneStrategy``

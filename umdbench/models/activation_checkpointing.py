@@ -20,6 +20,7 @@ Which blocks: the encoder's :meth:`checkpoint_targets` (``coattn``: the ViT bloc
 RoBERTa layers and the co-attention layers). A block's forward must be a function of its inputs
 and weights only (no running statistics, no cache it writes), since it runs twice.
 """
+
 from __future__ import annotations
 
 import types
@@ -30,18 +31,25 @@ from torch.utils.checkpoint import checkpoint
 
 from umdbench.errors import ConfigError
 
-__all__ = ["COMPILE_CONFLICT", "apply_activation_checkpointing", "checkpoint_blocks", "checkpoint_targets",
-           "is_checkpointed"]
+__all__ = [
+    "COMPILE_CONFLICT",
+    "apply_activation_checkpointing",
+    "checkpoint_blocks",
+    "checkpoint_targets",
+    "is_checkpointed",
+]
 
 
 # torch.compile'd blocks draw dropout and drop-path masks from inductor's generator, and the
 # recomputation inside a compiled checkpoint draws them anew: with dropout on, two tiny direct steps
 # gave parameters 4e-3 apart (the same bit for bit with dropout off). A setting kept out of the stage
 # key must not change numbers, so the two are not combined.
-COMPILE_CONFLICT = ("train.activation_checkpointing=true cannot be combined with train.compile=true: compiled "
-                    "blocks draw their dropout masks again when they are recomputed, so the updates would differ "
-                    "from the plain step's. Set train.compile=false (eager was also the faster on the GPU, "
-                    "BENCHMARKS.md) or train.activation_checkpointing=false.")
+COMPILE_CONFLICT = (
+    "train.activation_checkpointing=true cannot be combined with train.compile=true: compiled "
+    "blocks draw their dropout masks again when they are recomputed, so the updates would differ "
+    "from the plain step's. Set train.compile=false (eager was also the faster on the GPU, "
+    "BENCHMARKS.md) or train.activation_checkpointing=false."
+)
 
 
 def _checkpointed_forward(self: nn.Module, *args, **kwargs):
@@ -92,16 +100,20 @@ def apply_activation_checkpointing(strategy, train: dict) -> bool:
     if mode is False or mode is None:
         return False
     if mode is not True:
-        raise ConfigError(f"train.activation_checkpointing={mode!r}: use true (recompute the encoder blocks' "
-                          f"activations in backward: less memory, same updates) or false.")
+        raise ConfigError(
+            f"train.activation_checkpointing={mode!r}: use true (recompute the encoder blocks' "
+            f"activations in backward: less memory, same updates) or false."
+        )
     if train.get("compile", False):
         raise ConfigError(COMPILE_CONFLICT)
     targets = checkpoint_targets(strategy)
     if not targets:
         encoder = getattr(strategy, "encoder", None)
-        raise ConfigError(f"train.activation_checkpointing=true: the encoder {type(encoder).__name__} names no blocks "
-                          f"to checkpoint (it has no checkpoint_targets()). Set train.activation_checkpointing=false, "
-                          f"or give the encoder a checkpoint_targets() method listing blocks whose forward depends "
-                          f"only on their inputs and weights.")
+        raise ConfigError(
+            f"train.activation_checkpointing=true: the encoder {type(encoder).__name__} names no blocks "
+            f"to checkpoint (it has no checkpoint_targets()). Set train.activation_checkpointing=false, "
+            f"or give the encoder a checkpoint_targets() method listing blocks whose forward depends "
+            f"only on their inputs and weights."
+        )
     checkpoint_blocks(targets)
     return True

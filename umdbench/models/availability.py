@@ -4,6 +4,7 @@ Read when a run is resolved (``--dry-run`` included), so an offline paper run wi
 fails before anything trains, and a fallback to random init the user opted into is recorded in the
 run's deviations instead of only logged.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ CLIP_FILES = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pyt
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ) not in ("0", "", "false")
 
 
 def _cached(repo: str, files) -> bool:
@@ -75,11 +77,16 @@ def init_deviations(model: dict) -> list[str]:
                 f"TRANSFORMERS_OFFLINE). Fix: put a timm-style CLIP ViT-B/16 state dict (.safetensors or torch file) "
                 f"on this machine and pass --cfg-options model.vision.checkpoint=/path/to/file, or fill the cache "
                 f"where the hub is reachable (timm.create_model('{CLIP_TIMM_NAME}', pretrained=True)); or opt into "
-                f"random init with --cfg-options model.vision.on_missing=random (recorded as a deviation).")
-        out.append("vision tower: random init instead of the paper's CLIP ViT-B/16 (weights not available offline; "
-                   "vision.on_missing=random)")
+                f"random init with --cfg-options model.vision.on_missing=random (recorded as a deviation)."
+            )
+        out.append(
+            "vision tower: random init instead of the paper's CLIP ViT-B/16 (weights not available offline; "
+            "vision.on_missing=random)"
+        )
     source = tcfg.get("pretrained")
     if source and not text_available(source) and tcfg.get("on_missing", "error") == "random":
-        out.append(f"text tower: random init (and the packaged bert-base-uncased vocabulary) instead of {source!r}, "
-                   f"which is not available offline (text.on_missing=random)")
+        out.append(
+            f"text tower: random init (and the packaged bert-base-uncased vocabulary) instead of {source!r}, "
+            f"which is not available offline (text.on_missing=random)"
+        )
     return out

@@ -1,4 +1,5 @@
 """Exponential moving average of weights (the UMD teacher, Eq. 5)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The shared multi-modal encoder E = (E^I, E^T, F) of the UMD paper (M3AE architecture)."""
+
 from __future__ import annotations
 
 import copy
@@ -80,8 +81,12 @@ class MultimodalEncoder(Encoder):
     def checkpoint_targets(self) -> list[nn.Module]:
         # what train.activation_checkpointing recomputes in backward: every block of the three
         # stacks, each a function of its inputs and weights only (umdbench.models.activation_checkpointing)
-        return (list(self.vision.blocks) + text_layers(self.text) + list(self.fusion.text_layers)
-                + list(self.fusion.image_layers))
+        return (
+            list(self.vision.blocks)
+            + text_layers(self.text)
+            + list(self.fusion.text_layers)
+            + list(self.fusion.image_layers)
+        )
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -115,13 +120,14 @@ class MultimodalEncoder(Encoder):
         if key in state_dict and state_dict[key].shape != self.vision.pos_embed.shape:
             old = state_dict[key]
             n_old = old.shape[1] - 1
-            side = int(round(n_old ** 0.5))
+            side = int(round(n_old**0.5))
             if side * side != n_old:
                 return  # not a square grid: let load_state_dict report the mismatch
             from timm.layers import resample_abs_pos_embed  # lazily: see vision.py
 
-            state_dict[key] = resample_abs_pos_embed(old, new_size=list(grid_of(self.vision)),
-                                                     old_size=[side, side], num_prefix_tokens=1)
+            state_dict[key] = resample_abs_pos_embed(
+                old, new_size=list(grid_of(self.vision)), old_size=[side, side], num_prefix_tokens=1
+            )
             log.info("resampled %s from %dx%d to %s", key, side, side, grid_of(self.vision))
 
     # -- parts --------------------------------------------------------------------------------
@@ -141,27 +147,53 @@ class MultimodalEncoder(Encoder):
         text, image, captured = self.fusion(t, text_mask, i, capture_layer, first_tokens_only=trim)
         return text, image, self.fusion.text_pooler(text), self.fusion.image_pooler(image), captured
 
-    def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                image_mask_ratio: float = 0.0, fuse: bool = True, *, mask_noise: torch.Tensor | None = None,
-                capture_layer: int | None = None, pooled_only: bool = False) -> EncoderOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_mask_ratio: float = 0.0,
+        fuse: bool = True,
+        *,
+        mask_noise: torch.Tensor | None = None,
+        capture_layer: int | None = None,
+        pooled_only: bool = False,
+    ) -> EncoderOutput:
         """``mask_noise`` [B, N] fixes the patch shuffle; ``capture_layer`` k also returns the image
         stream after k fusion layers (M3AE's ``mim_layer``)."""
         uni_image, image_mask, ids_restore = self.encode_image(image, image_mask_ratio, mask_noise)
-        return self._text_and_fusion(uni_image, image_mask, ids_restore, text_ids, text_mask, fuse,
-                                     capture_layer, pooled_only)
+        return self._text_and_fusion(
+            uni_image, image_mask, ids_restore, text_ids, text_mask, fuse, capture_layer, pooled_only
+        )
 
-    def _text_and_fusion(self, uni_image, image_mask, ids_restore, text_ids, text_mask, fuse: bool = True,
-                         capture_layer: int | None = None, pooled_only: bool = False) -> EncoderOutput:
+    def _text_and_fusion(
+        self,
+        uni_image,
+        image_mask,
+        ids_restore,
+        text_ids,
+        text_mask,
+        fuse: bool = True,
+        capture_layer: int | None = None,
+        pooled_only: bool = False,
+    ) -> EncoderOutput:
         """The rest of a forward once the vision tower has run: text tower, then fusion."""
         uni_text = self.encode_text(text_ids, text_mask)
         out = EncoderOutput(None, None, None, None, uni_text, uni_image, ids_restore, image_mask)
         if fuse:
-            (out.text_feats, out.image_feats, out.text_pooled, out.image_pooled,
-             out.image_feats_at_layer) = self.fuse(uni_text, text_mask, uni_image, capture_layer, pooled_only)
+            (out.text_feats, out.image_feats, out.text_pooled, out.image_pooled, out.image_feats_at_layer) = self.fuse(
+                uni_text, text_mask, uni_image, capture_layer, pooled_only
+            )
         return out
 
-    def forward_pairs(self, image: torch.Tensor, src: torch.Tensor, text_ids: torch.Tensor,
-                      text_mask: torch.Tensor, pooled_only: bool = False) -> EncoderOutput:
+    def forward_pairs(
+        self,
+        image: torch.Tensor,
+        src: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        pooled_only: bool = False,
+    ) -> EncoderOutput:
         """Fused pairs (``image[src[i]]``, text ``i``), e.g. ITM's half-mismatched batch.
 
         The ViT works per image, so when the batch repeats images (ITM rolls half of them onto
@@ -175,8 +207,9 @@ class MultimodalEncoder(Encoder):
             return self(image[src], text_ids, text_mask, pooled_only=pooled_only)
         used, inverse = torch.unique(src, return_inverse=True)
         uni_image, image_mask, ids_restore = self.encode_image(image[used])
-        return self._text_and_fusion(uni_image[inverse], image_mask, ids_restore, text_ids, text_mask,
-                                     pooled_only=pooled_only)
+        return self._text_and_fusion(
+            uni_image[inverse], image_mask, ids_restore, text_ids, text_mask, pooled_only=pooled_only
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def patchify(self, image: torch.Tensor) -> torch.Tensor:
@@ -191,7 +224,7 @@ class MultimodalEncoder(Encoder):
     def unpatchify(self, patches: torch.Tensor, height: int | None = None) -> torch.Tensor:
         p = self.patch_size
         B, N, _ = patches.shape
-        h = (height // p) if height else int(round(N ** 0.5))
+        h = (height // p) if height else int(round(N**0.5))
         w = N // h
         x = patches.reshape(B, h, w, p, p, 3)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(B, 3, h * p, w * p)
@@ -236,6 +269,8 @@ def build_encoder(cfg: dict) -> MultimodalEncoder:
         else:  # opted in; resolve() recorded it in the run's deviations
             log.warning("vision tower: CLIP ViT-B/16 not available offline; random init (vision.on_missing=random)")
     elif vcfg.get("pretrained"):
-        raise ValueError(f"vision.pretrained must be None or 'clip', got {vcfg['pretrained']!r} "
-                         "(use vision.checkpoint for a local file)")
+        raise ValueError(
+            f"vision.pretrained must be None or 'clip', got {vcfg['pretrained']!r} "
+            "(use vision.checkpoint for a local file)"
+        )
     return enc

@@ -1,4 +1,5 @@
 """Co-attention fusion (METER / M3AE style): two stacks of [self-attn, cross-attn, FFN], post-LN."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                   dropout_p: float = 0.0) -> torch.Tensor:
+def math_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Plain matmul + softmax attention (the eager reference of ``scaled_dot_product_attention``;
     ``attn_mask`` is boolean, True = attend)."""
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
@@ -19,8 +21,9 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
     return probs @ v
 
 
-def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                      dropout_p: float) -> torch.Tensor:
+def dropout_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
     """Attention with dropout on the probabilities, in the inputs' dtype: the fast path for
     training on the CPU. torch 2.14 has no fused CPU kernel with dropout (its flash kernel refuses
     ``dropout_p > 0``), so ``scaled_dot_product_attention`` falls back to its math kernel, which
@@ -124,8 +127,14 @@ class Fusion(nn.Module):
         self.text_pooler = Pooler(dim)
         self.image_pooler = Pooler(dim)
 
-    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
-                capture_layer: int | None = None, first_tokens_only: bool = False):
+    def forward(
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        image: torch.Tensor,
+        capture_layer: int | None = None,
+        first_tokens_only: bool = False,
+    ):
         """``text``/``image`` are already projected and type-embedded. Returns
         ``(text_feats, image_feats, captured_image)`` where ``captured_image`` is the image stream
         after ``capture_layer`` layers (None if not asked). ``first_tokens_only``: the last layer

@@ -1,4 +1,5 @@
 """Strategy heads: MIM decoder D^I, MLM head D^T, ITM head, feature projections h^I / h^T."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,16 @@ class MIMDecoder(nn.Module):
     """MAE-style decoder: embed -> append mask tokens -> un-shuffle -> + fixed sin-cos position
     -> transformer blocks -> LayerNorm -> per-patch pixels (p*p*3). CLS is dropped at the end."""
 
-    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, patch_size: int,
-                 grid: tuple[int, int], mlp_ratio: float = 4.0):
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        grid: tuple[int, int],
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -51,7 +60,7 @@ class MIMDecoder(nn.Module):
     def _pos(self, n: int) -> torch.Tensor:
         if n == self.pos_embed.shape[1] - 1:
             return self.pos_embed
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         return sincos_pos_embed_2d(self.dim, (side, n // side))[None].to(self.pos_embed)
 
     def unshuffle(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Image patch masking (MAE-style) and text token masking (BERT-style MLM)."""
+
 from __future__ import annotations
 
 import torch

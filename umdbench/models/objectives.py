@@ -1,4 +1,5 @@
 """Loss functions shared by the pre-training and tuning strategies."""
+
 from __future__ import annotations
 
 import torch
@@ -74,9 +75,14 @@ def same_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def itm_sources(batch_size: int, device=None, generator: torch.Generator | None = None, *,
-                image: torch.Tensor | None = None, text_ids: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def itm_sources(
+    batch_size: int,
+    device=None,
+    generator: torch.Generator | None = None,
+    *,
+    image: torch.Tensor | None = None,
+    text_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ITM pairing of a batch: a random half of the texts get another sample's image.
 
     Returns ``(src, labels)``: text ``i`` is paired with image ``src[i]``, label 1 = matched pair,
@@ -97,8 +103,14 @@ def itm_sources(batch_size: int, device=None, generator: torch.Generator | None 
     if batch_size < 2:
         return src, labels
     if image is not None or text_ids is not None:
-        same_img = same_rows(image).to(device) if image is not None else torch.eye(batch_size, dtype=torch.bool, device=device)
-        same_txt = same_rows(text_ids).to(device) if text_ids is not None else torch.eye(batch_size, dtype=torch.bool, device=device)
+        same_img = (
+            same_rows(image).to(device) if image is not None else torch.eye(batch_size, dtype=torch.bool, device=device)
+        )
+        same_txt = (
+            same_rows(text_ids).to(device)
+            if text_ids is not None
+            else torch.eye(batch_size, dtype=torch.bool, device=device)
+        )
         # matched[i, j]: text i with image j is a real pair (some k has img_k == img_j, txt_k == txt_i)
         matched = (same_txt.float() @ same_img.float().t()) > 0
     else:
@@ -150,8 +162,9 @@ def global_itm_sources(image: torch.Tensor, text_ids: torch.Tensor) -> tuple[tor
     order = positions.argsort()
     where = order.argsort()[mine]  # local sample i sits at where[i] of the ordered batch
     candidates = every_image[order]
-    src, labels = itm_sources(candidates.shape[0], image.device, draws.step_generator("itm"),
-                              image=candidates, text_ids=every_text[order])
+    src, labels = itm_sources(
+        candidates.shape[0], image.device, draws.step_generator("itm"), image=candidates, text_ids=every_text[order]
+    )
     return candidates, src[where], labels[where]
 
 

@@ -5,8 +5,8 @@ preset that learns (pretrained MiniLM-L6 text tower, small random-init vision to
 paper's geometry: ViT-B/16 at 384 px, RoBERTa-base, 6 co-attention layers of width 768 / 12 heads.
 Every value can be overridden with :func:`umdbench.api.deep_merge`.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 ENCODER_PRESETS: dict[str, dict] = {
     "tiny": {

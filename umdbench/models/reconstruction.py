@@ -4,6 +4,7 @@ A mixin for strategy modules that have ``self.encoder`` and ``self.cfg``: it own
 the MLM head, the feature projections h^I / h^T and the EMA teacher, and computes the four
 reconstruction terms from one masked student pass and one unmasked teacher pass.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,7 @@ QUIRKS = {
     "ema_per_micro_batch": "EMA update on every forward (micro-batch) instead of after each optimiser step",
     "teacher_train_mode": "teacher follows train()/eval() of the strategy (dropout active in the teacher)",
     "feamim_bypass_decoder": "FeaMIM through the decoder's input embedding + mask tokens on masked patches "
-                             "(no decoder blocks, no h^I)",
+    "(no decoder blocks, no h^I)",
     "fea_target_grad": "feature projections also receive gradient through the teacher side",
     "fea_all_text_tokens": "FeaMLM averaged over all positions, padding included",
     "fixed_half_weights": "MIM, MLM, FeaMIM, FeaMLM all weighted 0.5 regardless of alpha",
@@ -98,8 +99,9 @@ class MultiLevelReconstruction:
         H = encoder.hidden_size
         dcfg = cfg.get("decoder", {})
         grid = tuple(encoder.vision.patch_embed.grid_size)
-        self.mim_decoder = MIMDecoder(H, int(dcfg.get("dim", 384)), int(dcfg.get("depth", 4)),
-                                      int(dcfg.get("heads", 6)), encoder.patch_size, grid)
+        self.mim_decoder = MIMDecoder(
+            H, int(dcfg.get("dim", 384)), int(dcfg.get("depth", 4)), int(dcfg.get("heads", 6)), encoder.patch_size, grid
+        )
         self.mlm_head = MLMHead(H, int(encoder.text.config.vocab_size))
         fea_dim = int(cfg.get("fea_dim", H // 2))
         self.fea_proj_image = projection(H, fea_dim)  # h^I
@@ -179,8 +181,18 @@ class MultiLevelReconstruction:
         l_mlm, mlm_acc = mlm_loss(self.mlm_head, s.text_feats, labels)
         l_feamim = self._feamim(s, t)
         l_feamlm = self._feamlm(s, t, mask)
-        return {"mim": l_mim, "mlm": l_mlm, "feamim": l_feamim, "feamlm": l_feamlm, "mlm_acc": mlm_acc,
-                "student": s, "teacher": t, "mlm_ids": mlm_ids, "mlm_labels": labels, "mim_pred": pred}
+        return {
+            "mim": l_mim,
+            "mlm": l_mlm,
+            "feamim": l_feamim,
+            "feamlm": l_feamlm,
+            "mlm_acc": mlm_acc,
+            "student": s,
+            "teacher": t,
+            "mlm_ids": mlm_ids,
+            "mlm_labels": labels,
+            "mim_pred": pred,
+        }
 
     def _teacher_mode(self):
         """The cheapest mode the teacher pass allows: ``inference_mode`` (no graph, no version
@@ -222,4 +234,6 @@ class MultiLevelReconstruction:
 
     def _feamlm(self, s, t, mask) -> torch.Tensor:
         weight = None if self.quirks["fea_all_text_tokens"] else mask
-        return feature_mse(self.fea_proj_text(s.text_feats), self._target_proj(self.fea_proj_text, t.text_feats), weight)
+        return feature_mse(
+            self.fea_proj_text(s.text_feats), self._target_proj(self.fea_proj_text, t.text_feats), weight
+        )

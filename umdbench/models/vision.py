@@ -1,8 +1,8 @@
 """Vision tower: a timm VisionTransformer (patch 16) with a MAE-style masked forward."""
+
 from __future__ import annotations
 
 from functools import partial
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -60,15 +60,19 @@ def position_embedding(vit: VisionTransformer, grid: tuple[int, int]) -> torch.T
         return vit.pos_embed
     from timm.layers import resample_abs_pos_embed
 
-    return resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(grid_of(vit)),
-                                  num_prefix_tokens=1)
+    return resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(grid_of(vit)), num_prefix_tokens=1)
 
 
 MASKED_PATHS = ("drop", "mask_tokens")
 
 
-def vision_forward(vit: VisionTransformer, image: torch.Tensor, mask_ratio: float = 0.0,
-                   noise: torch.Tensor | None = None, masked_path: str = "drop"):
+def vision_forward(
+    vit: VisionTransformer,
+    image: torch.Tensor,
+    mask_ratio: float = 0.0,
+    noise: torch.Tensor | None = None,
+    masked_path: str = "drop",
+):
     """Encode ``image``; with ``mask_ratio > 0`` only the visible patches go through the blocks.
 
     Returns ``(tokens [B, 1+K, D], mask [B, N] | None, ids_restore [B, N] | None)``.

@@ -1,4 +1,5 @@
 """Loading vision weights: local timm-style checkpoints and CLIP ViT-B/16 by name."""
+
 from __future__ import annotations
 
 import logging
@@ -51,12 +52,16 @@ def load_vision_state_dict(vit: VisionTransformer, state_dict: dict[str, torch.T
         out[k] = v
     missing = sorted(set(own) - set(out))
     if missing:
-        raise ValueError(f"vision checkpoint {source} lacks {len(missing)} tower weights, e.g. {missing[:5]}; "
-                         "is it a timm ViT (or OpenAI CLIP) state dict with the same geometry?")
+        raise ValueError(
+            f"vision checkpoint {source} lacks {len(missing)} tower weights, e.g. {missing[:5]}; "
+            "is it a timm ViT (or OpenAI CLIP) state dict with the same geometry?"
+        )
     bad = [k for k, v in out.items() if v.shape != own[k].shape]
     if bad:
-        raise ValueError(f"vision checkpoint {source} has shapes that do not fit the tower: "
-                         + ", ".join(f"{k} {tuple(out[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5]))
+        raise ValueError(
+            f"vision checkpoint {source} has shapes that do not fit the tower: "
+            + ", ".join(f"{k} {tuple(out[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
+        )
     vit.load_state_dict(out, strict=True)
     if ignored:
         log.info("vision checkpoint %s: ignored %d keys (e.g. %s)", source, len(ignored), ignored[:3])
@@ -73,5 +78,6 @@ def load_clip_vit_b16(vit: VisionTransformer) -> None:
             f"could not fetch CLIP ViT-B/16 weights ({CLIP_TIMM_NAME!r} through timm / the Hugging Face hub): "
             f"{type(exc).__name__}: {exc}. This needs network access (or a populated HF cache). Offline, "
             "set vision.checkpoint to a local timm-style .safetensors / torch file, or vision.pretrained=None "
-            "for random init.") from exc
+            "for random init."
+        ) from exc
     load_vision_state_dict(vit, ref.state_dict(), CLIP_TIMM_NAME)

@@ -28,6 +28,7 @@ Two rules keep the closure to the code that runs:
 Dynamic imports (``importlib.import_module``, registry ``module:attr`` targets) are not seen by the
 parser: the planner names those modules explicitly (the plugin classes and the metric target).
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,8 +40,20 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["NEVER_NUMERIC", "NUMERIC_LIBRARIES", "RUN_ENTRIES", "clear_caches", "code_key", "iter_source_files",
-           "library_versions", "module_closure", "modules_digest", "plugin_tops", "read_source", "source_files"]
+__all__ = [
+    "NEVER_NUMERIC",
+    "NUMERIC_LIBRARIES",
+    "RUN_ENTRIES",
+    "clear_caches",
+    "code_key",
+    "iter_source_files",
+    "library_versions",
+    "module_closure",
+    "modules_digest",
+    "plugin_tops",
+    "read_source",
+    "source_files",
+]
 
 # Source files of a package: the code, plus toml (umdbench's registry.toml) for the dry-run stamp.
 SOURCE_SUFFIXES = (".py", ".toml")
@@ -50,8 +63,13 @@ SOURCE_SUFFIXES = (".py", ".toml")
 # evaluation (evaluate_stage, the prediction recorder). Launching (run.distributed, run.nodes),
 # the sweep executors, the CLI and the results package are not entries: they decide where and
 # when a stage runs, never what it computes.
-RUN_ENTRIES = ("umdbench.run.stages", "umdbench.run.stage_model", "umdbench.run.builders",
-               "umdbench.run.data_parallel", "umdbench.run.predictions")
+RUN_ENTRIES = (
+    "umdbench.run.stages",
+    "umdbench.run.stage_model",
+    "umdbench.run.builders",
+    "umdbench.run.data_parallel",
+    "umdbench.run.predictions",
+)
 
 # Modules the run path imports that cannot change a stage's numbers: not keyed, and not followed.
 NEVER_NUMERIC = {
@@ -66,8 +84,17 @@ NEVER_NUMERIC = {
 
 # Third-party distributions whose version can change a stage's numbers (kernels, tokenisers,
 # pre-processing, the training loop, metrics); those installed enter every key.
-NUMERIC_LIBRARIES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "monai", "numpy", "mmengine",
-                     "torchmetrics")
+NUMERIC_LIBRARIES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "monai",
+    "numpy",
+    "mmengine",
+    "torchmetrics",
+)
 
 
 # -- source files of a package ----------------------------------------------------------------------
@@ -115,6 +142,7 @@ def plugin_tops() -> tuple[str, ...]:
     """Top-level packages plugins load from: umdbench, registry.toml targets and the ``umdbench``
     entry points (named, not imported)."""
     import importlib.metadata as md
+
     import tomllib
 
     tops = {"umdbench"}
@@ -258,8 +286,11 @@ def module_closure(*entries: str) -> dict[str, str]:
         found |= _closure(entry, followed)
     for module in list(found):
         parts = module.split(".")
-        found.update(p for p in (".".join(parts[:i]) for i in range(1, len(parts)))
-                     if _path(p) is not None and p not in NEVER_NUMERIC)
+        found.update(
+            p
+            for p in (".".join(parts[:i]) for i in range(1, len(parts)))
+            if _path(p) is not None and p not in NEVER_NUMERIC
+        )
     out.update({m: _read(m)[0][:16] for m in found})
     return dict(sorted(out.items()))
 

@@ -5,6 +5,7 @@ so the config saved beside a run says exactly what ran. Presets compose by inher
 encoder preset, then each strategy's preset (and its ``per_dataset`` entry), then the user's
 ``--cfg-options`` overrides on top.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,7 @@ from typing import Any
 
 from umdbench.errors import ConfigError, UmdbenchError
 from umdbench.plan import options
-from umdbench.util import config_hash, data_root, parse_option, portable_paths, resolve_amp
-from umdbench.util import dataset_root
+from umdbench.util import config_hash, data_root, dataset_root, parse_option, portable_paths, resolve_amp
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,17 @@ def parse_tune_chain(text: str) -> tuple[str, ...]:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``key.path=value`` of ``--cfg-options``; the value grammar is :func:`umdbench.util.parse_option`'s."""
-    return parse_option(text, "--cfg-options",
-                        form="key.path=value (e.g. pretrain.train.max_iters=100 or tune.0.train.lr=1e-4)")
+    return parse_option(
+        text, "--cfg-options", form="key.path=value (e.g. pretrain.train.max_iters=100 or tune.0.train.lr=1e-4)"
+    )
 
 
 def _has_path(node: Any, parts: list[str]) -> bool:
     """Whether ``parts`` leads to an existing key of ``node`` (a new key of an ``options`` dict counts)."""
     for depth, part in enumerate(parts):
-        if isinstance(node, dict) and (part in node or (depth == len(parts) - 1 and parts[depth - 1:depth] == ["options"])):
+        if isinstance(node, dict) and (
+            part in node or (depth == len(parts) - 1 and parts[depth - 1 : depth] == ["options"])
+        ):
             node = node.get(part)
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
@@ -84,18 +87,22 @@ def apply_override(cfg: dict, key: str, value: Any) -> None:
         if isinstance(node, list):
             if part == "*" and not last:
                 # every element that has the rest of the path (as `sweep` reads tune.*.KEY)
-                rest = ".".join(parts[depth + 1:])
+                rest = ".".join(parts[depth + 1 :])
                 applied = 0
                 for element in node:
-                    if _has_path(element, parts[depth + 1:]):
+                    if _has_path(element, parts[depth + 1 :]):
                         apply_override(element, rest, value)
                         applied += 1
                 if not applied:
-                    raise ConfigError(f"--cfg-options {key}: no element of {where} (a list of {len(node)}) has "
-                                      f"{rest!r}. `umdbench run ... --dry-run` prints the full config.")
+                    raise ConfigError(
+                        f"--cfg-options {key}: no element of {where} (a list of {len(node)}) has "
+                        f"{rest!r}. `umdbench run ... --dry-run` prints the full config."
+                    )
                 return
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--cfg-options {key}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}.")
+                raise ConfigError(
+                    f"--cfg-options {key}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}."
+                )
             if last:
                 node[int(part)] = value
                 return
@@ -139,8 +146,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     """Build the full config of a cell from the plugins' presets and the user's overrides."""
     dataset_cls = registries.dataset.get(cell.dataset)
     if dataset_cls.task not in registries.task:
-        raise ConfigError(f"dataset {cell.dataset!r} declares task {dataset_cls.task!r}, which no plugin registers as a "
-                          f"task type; {registries.task.unknown_message(dataset_cls.task)}")
+        raise ConfigError(
+            f"dataset {cell.dataset!r} declares task {dataset_cls.task!r}, which no plugin registers as a "
+            f"task type; {registries.task.unknown_message(dataset_cls.task)}"
+        )
     if not registries.task.get(dataset_cls.task).supervised:
         raise ConfigError(
             f"dataset {cell.dataset!r} is a pre-training corpus (no labels); pass a downstream dataset to "
@@ -149,9 +158,11 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     encoder_name = cell.encoder or dataset_cls.encoder
     encoder_cls = registries.encoder.get(encoder_name)
     if cell.preset not in encoder_cls.presets:
-        raise ConfigError(f"unknown preset {cell.preset!r} for encoder {encoder_name!r}."
-                          f"{options.did_you_mean(cell.preset, encoder_cls.presets)} Choose one of "
-                          f"{', '.join(sorted(encoder_cls.presets))} with --preset.")
+        raise ConfigError(
+            f"unknown preset {cell.preset!r} for encoder {encoder_name!r}."
+            f"{options.did_you_mean(cell.preset, encoder_cls.presets)} Choose one of "
+            f"{', '.join(sorted(encoder_cls.presets))} with --preset."
+        )
     with registries.encoder.guard(encoder_name, f"giving its {cell.preset!r} preset"):
         model = {"type": encoder_name, **encoder_cls.default_config(cell.preset)}
     config: dict = {
@@ -167,8 +178,12 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         "model": model,
         "data": {"num_workers": "auto", "image_cache": True, "eval_batch_size": 64},
         # on_error "skip" drops records with missing/corrupt images, counted and reported
-        "dataset": {"type": cell.dataset, "root": dataset_root(dataset_cls, cell.data_root, cell.dataset),
-                    "options": {}, "on_error": "raise"},
+        "dataset": {
+            "type": cell.dataset,
+            "root": dataset_root(dataset_cls, cell.data_root, cell.dataset),
+            "options": {},
+            "on_error": "raise",
+        },
         "pretrain": None,
         "tune": [],
         # metric: what scores the evaluation (the dataset's `metric`, else its task type's
@@ -181,11 +196,20 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     if cell.pretrain != "none":
         strategy_cls = registries.pretrain.get(cell.pretrain)
         options.check_preset_offered(registries.pretrain, cell.pretrain, strategy_cls, cell.preset)
-        preset_corpus = strategy_cls.presets[cell.preset].get("corpus") if isinstance(
-            strategy_cls.presets[cell.preset], dict) else None
+        preset_corpus = (
+            strategy_cls.presets[cell.preset].get("corpus")
+            if isinstance(strategy_cls.presets[cell.preset], dict)
+            else None
+        )
         preset_corpus = preset_corpus or dataset_cls.default_pretrain_corpus
-        options.check_preset(registries.pretrain, cell.pretrain, strategy_cls, cell.preset,
-                             _task_cls(registries, preset_corpus, pretraining=True), registries)
+        options.check_preset(
+            registries.pretrain,
+            cell.pretrain,
+            strategy_cls,
+            cell.preset,
+            _task_cls(registries, preset_corpus, pretraining=True),
+            registries,
+        )
         with registries.pretrain.guard(cell.pretrain, f"giving its {cell.preset!r} preset"):
             stage = {"type": cell.pretrain, **strategy_cls.default_config(cell.preset, cell.dataset)}
         corpus_name = stage.pop("corpus", None) or dataset_cls.default_pretrain_corpus
@@ -194,21 +218,31 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
                 f"dataset {cell.dataset!r} names no pre-training corpus; choose one with --cfg-options "
                 f"pretrain.corpus.type=NAME (see `umdbench list`)."
             )
-        corpus_cfg = copy.deepcopy(corpus_name) if isinstance(corpus_name, dict) else {"type": corpus_name, "options": {}}
+        corpus_cfg = (
+            copy.deepcopy(corpus_name) if isinstance(corpus_name, dict) else {"type": corpus_name, "options": {}}
+        )
         corpus_cfg.setdefault("options", {})
         stage["corpus"] = corpus_cfg
         config["pretrain"] = stage
     deviations = []
     for name, strategy_cls, appended in tune_chain(cell.tune, registries):
         options.check_preset_offered(registries.tune, name, strategy_cls, cell.preset)
-        options.check_preset(registries.tune, name, strategy_cls, cell.preset,
-                             _task_cls(registries, cell.dataset, pretraining=False), registries)
+        options.check_preset(
+            registries.tune,
+            name,
+            strategy_cls,
+            cell.preset,
+            _task_cls(registries, cell.dataset, pretraining=False),
+            registries,
+        )
         with registries.tune.guard(name, f"giving its {cell.preset!r} preset"):
             stage = {"type": name, **strategy_cls.default_config(cell.preset, cell.dataset)}
         if appended:
             stage = {"type": name, "appended": True, **stage}
-            deviations.append(f"tune chain ends with unsupervised {cell.tune[-1]!r}: a {name!r} stage was appended "
-                              f"to train the task head")
+            deviations.append(
+                f"tune chain ends with unsupervised {cell.tune[-1]!r}: a {name!r} stage was appended "
+                f"to train the task head"
+            )
         config["tune"].append(stage)
     fill_train_defaults(config)
     for key, value in cell.overrides:
@@ -222,8 +256,10 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         corpus["root"] = dataset_root(corpus_cls, cell.data_root, corpus["type"])
         paper_corpus = dataset_cls.paper_pretrain_corpus
         if paper_corpus and corpus["type"] != paper_corpus:
-            deviations.append(f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
-                              f"{paper_corpus!r}")
+            deviations.append(
+                f"pre-training corpus {corpus['type']!r} {corpus['options'] or ''} instead of the paper's "
+                f"{paper_corpus!r}"
+            )
     check_declared_options(config, registries)
     check_eval_metric(config, registries, dataset_cls)
     resolve_precision(config)
@@ -233,8 +269,12 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
     deviations += check_accumulation(config, registries)
     with registries.encoder.guard(encoder_name, "checking its weights"):
         encoder_deviations = [f"model ({encoder_name}): {d}" for d in encoder_cls.deviations(config["model"])]
-    config["deviations"] = (deviations + _declared_deviations(config, registries) + encoder_deviations
-                            + _data_deviations(config, dataset_cls, registries))
+    config["deviations"] = (
+        deviations
+        + _declared_deviations(config, registries)
+        + encoder_deviations
+        + _data_deviations(config, dataset_cls, registries)
+    )
     return ResolvedRun(cell, config, config["deviations"])
 
 
@@ -260,9 +300,11 @@ def check_eval_metric(config: dict, registries, dataset_cls) -> None:
             return  # neither the dataset nor its task type names one: evaluate_stage says so
     if not isinstance(name, str) or name not in registries.metric:
         default = default_metric(registries, dataset_cls)
-        raise ConfigError(f"eval.metric={name!r}: {registries.metric.unknown_message(str(name))} Dataset "
-                          f"{config['dataset']['type']!r} scores with {default!r} by default; choose another "
-                          f"registered metric with --cfg-options eval.metric=NAME (or a suite's overrides).")
+        raise ConfigError(
+            f"eval.metric={name!r}: {registries.metric.unknown_message(str(name))} Dataset "
+            f"{config['dataset']['type']!r} scores with {default!r} by default; choose another "
+            f"registered metric with --cfg-options eval.metric=NAME (or a suite's overrides)."
+        )
 
 
 def _task_cls(registries, dataset: Any, pretraining: bool):
@@ -294,10 +336,12 @@ def check_declared_options(config: dict, registries) -> None:
     options.check_dataset_options("dataset.options", registries.dataset, data["type"], data.get("options", {}))
     if config["pretrain"] is not None:
         corpus = config["pretrain"]["corpus"]
-        options.check_dataset_options("pretrain.corpus.options", registries.dataset, corpus["type"],
-                                      corpus.get("options", {}))
-        options.check_stage("pretrain", registries.pretrain, config["pretrain"],
-                            _task_cls(registries, corpus, pretraining=True))
+        options.check_dataset_options(
+            "pretrain.corpus.options", registries.dataset, corpus["type"], corpus.get("options", {})
+        )
+        options.check_stage(
+            "pretrain", registries.pretrain, config["pretrain"], _task_cls(registries, corpus, pretraining=True)
+        )
     for i, stage in enumerate(config["tune"]):
         options.check_stage(f"tune.{i}", registries.tune, stage, _task_cls(registries, data["type"], pretraining=False))
 
@@ -332,21 +376,27 @@ def check_activation_checkpointing(config: dict, registries) -> None:
         train = (stage or {}).get("train") or {}
         value = train.get("activation_checkpointing", False)
         if not isinstance(value, bool):
-            raise ConfigError(f"{label}.train.activation_checkpointing={value!r}: use true (recompute the encoder "
-                              f"blocks' activations in backward: less memory, same updates) or false, e.g. "
-                              f"--cfg-options {label}.train.activation_checkpointing=true.")
+            raise ConfigError(
+                f"{label}.train.activation_checkpointing={value!r}: use true (recompute the encoder "
+                f"blocks' activations in backward: less memory, same updates) or false, e.g. "
+                f"--cfg-options {label}.train.activation_checkpointing=true."
+            )
         if not value:
             continue
         if train.get("compile", False):  # umdbench.models.activation_checkpointing.COMPILE_CONFLICT
-            raise ConfigError(f"{label}.train.activation_checkpointing=true cannot be combined with "
-                              f"{label}.train.compile=true: compiled blocks draw their dropout masks again when they "
-                              f"are recomputed, so the updates would differ from the plain step's. Set "
-                              f"{label}.train.compile=false or {label}.train.activation_checkpointing=false.")
+            raise ConfigError(
+                f"{label}.train.activation_checkpointing=true cannot be combined with "
+                f"{label}.train.compile=true: compiled blocks draw their dropout masks again when they "
+                f"are recomputed, so the updates would differ from the plain step's. Set "
+                f"{label}.train.compile=false or {label}.train.activation_checkpointing=false."
+            )
         strategy_cls = (registries.pretrain if label == "pretrain" else registries.tune).get(stage["type"])
         if not any(callable(getattr(cls, "checkpoint_targets", None)) for cls in (encoder_cls, strategy_cls)):
-            raise ConfigError(f"{label}.train.activation_checkpointing=true: the encoder {config['model']['type']!r} "
-                              f"names no blocks to checkpoint (it has no checkpoint_targets()). Set "
-                              f"{label}.train.activation_checkpointing=false.")
+            raise ConfigError(
+                f"{label}.train.activation_checkpointing=true: the encoder {config['model']['type']!r} "
+                f"names no blocks to checkpoint (it has no checkpoint_targets()). Set "
+                f"{label}.train.activation_checkpointing=false."
+            )
 
 
 # experiment tracking beside the local logs: name -> (mmengine visualiser backend, module, how to install)
@@ -367,11 +417,15 @@ def check_tracking(config: dict) -> None:
         config["tracking"]["backends"] = backends
     for name in backends:
         if name not in TRACKING_BACKENDS:
-            raise ConfigError(f"tracking.backends: unknown backend {name!r}; choose from "
-                              f"{', '.join(sorted(TRACKING_BACKENDS))} (e.g. --track tensorboard).")
+            raise ConfigError(
+                f"tracking.backends: unknown backend {name!r}; choose from "
+                f"{', '.join(sorted(TRACKING_BACKENDS))} (e.g. --track tensorboard)."
+            )
         if importlib.util.find_spec(TRACKING_BACKENDS[name][1]) is None:
-            raise ConfigError(f"tracking.backends lists {name!r} but its package {TRACKING_BACKENDS[name][1]!r} is not "
-                              f"installed; fix: {TRACKING_BACKENDS[name][2]}, or leave {name!r} out.")
+            raise ConfigError(
+                f"tracking.backends lists {name!r} but its package {TRACKING_BACKENDS[name][1]!r} is not "
+                f"installed; fix: {TRACKING_BACKENDS[name][2]}, or leave {name!r} out."
+            )
 
 
 def check_accumulation(config: dict, registries=None) -> list[str]:
@@ -388,13 +442,17 @@ def check_accumulation(config: dict, registries=None) -> list[str]:
         train = stage.get("train") or {}
         accum, batch = train.get("accumulative_counts", 1), train.get("batch_size")
         if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
-            raise ConfigError(f"{label}.train.accumulative_counts must be a whole number >= 1, got {accum!r}; "
-                              f"e.g. --cfg-options {label}.train.accumulative_counts=2.")
+            raise ConfigError(
+                f"{label}.train.accumulative_counts must be a whole number >= 1, got {accum!r}; "
+                f"e.g. --cfg-options {label}.train.accumulative_counts=2."
+            )
         if accum == 1:
             continue
         if not isinstance(batch, int) or batch % accum:
-            raise ConfigError(f"{label}.train.batch_size {batch!r} does not split into {accum} micro-batches "
-                              f"({label}.train.accumulative_counts); make the batch a multiple of {accum}.")
+            raise ConfigError(
+                f"{label}.train.batch_size {batch!r} does not split into {accum} micro-batches "
+                f"({label}.train.accumulative_counts); make the batch a multiple of {accum}."
+            )
         if registries is None:
             terms = ["in-batch negatives and batch statistics"]
         else:
@@ -402,9 +460,11 @@ def check_accumulation(config: dict, registries=None) -> list[str]:
             terms = kind.get(stage["type"]).batch_coupled_terms(stage)
             terms += registries.encoder.get(config["model"]["type"]).batch_coupled_terms(config["model"])
         if terms:
-            found.append(f"{label} {stage['type']}: batch {batch} accumulated over {accum} micro-batches of "
-                         f"{batch // accum}; computed per micro-batch instead of over the whole batch: "
-                         f"{'; '.join(terms)}")
+            found.append(
+                f"{label} {stage['type']}: batch {batch} accumulated over {accum} micro-batches of "
+                f"{batch // accum}; computed per micro-batch instead of over the whole batch: "
+                f"{'; '.join(terms)}"
+            )
     return found
 
 
@@ -431,13 +491,17 @@ def check_stage_configs(config: dict, registries) -> None:
         if stage:
             fraction = stage.get("train", {}).get("label_fraction", 1.0)
             if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-                raise ConfigError(f"{where}.train.label_fraction={fraction!r} must be a number in (0, 1] (the share of "
-                                  f"the training split a tuning stage trains on); fix it with --cfg-options "
-                                  f"{where}.train.label_fraction=0.1")
+                raise ConfigError(
+                    f"{where}.train.label_fraction={fraction!r} must be a number in (0, 1] (the share of "
+                    f"the training split a tuning stage trains on); fix it with --cfg-options "
+                    f"{where}.train.label_fraction=0.1"
+                )
             if where == "pretrain" and fraction != 1.0:
-                raise ConfigError(f"pretrain.train.label_fraction={fraction!r}: pre-training reads an unlabelled corpus, "
-                                  f"so a label fraction applies to tuning stages only; set "
-                                  f"tune.<i>.train.label_fraction instead")
+                raise ConfigError(
+                    f"pretrain.train.label_fraction={fraction!r}: pre-training reads an unlabelled corpus, "
+                    f"so a label fraction applies to tuning stages only; set "
+                    f"tune.<i>.train.label_fraction instead"
+                )
             with registry.guard(stage["type"], f"checking its config ({where})"):
                 registry.get(stage["type"]).check_config(stage)
     for i, stage in enumerate(config["tune"]):

@@ -24,6 +24,7 @@ Compatibility: ``Strategy.task_types`` (the task types of the data it reads; a p
 strategy's are its corpus's) and ``Strategy.encoders`` (registered names or ``Encoder.family``),
 with ``TaskType.generic_strategies`` False for task types that only strategies naming them fit.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -34,8 +35,10 @@ from umdbench.errors import ConfigError, UmdbenchError
 # umdbench.api (and torch) is imported when a check runs, not with this module: the CLI stays light
 
 # top-level keys of a strategy preset that are not options
-STRUCTURE = {"train": "training hyper-parameters (umdbench.api.TRAIN_KEYS)",
-             "per_dataset": "per-dataset entries: dataset name -> options and train keys that override the preset"}
+STRUCTURE = {
+    "train": "training hyper-parameters (umdbench.api.TRAIN_KEYS)",
+    "per_dataset": "per-dataset entries: dataset name -> options and train keys that override the preset",
+}
 # keys the core writes into a stage config beside the plugin's options (never typos, never declared)
 CORE_STAGE_KEYS = {
     "type": "the strategy's registered name",
@@ -73,16 +76,19 @@ def as_option(name: str, spec: Any, owner: str):
         return spec
     if isinstance(spec, tuple) and 1 <= len(spec) <= 3:
         return Option(*spec)
-    raise ConfigError(f"{owner}: option_schema[{name!r}] is {spec!r}; declare an option as umdbench.api.Option(type, "
-                      f"default, help) or a (type, default, help) tuple.")
+    raise ConfigError(
+        f"{owner}: option_schema[{name!r}] is {spec!r}; declare an option as umdbench.api.Option(type, "
+        f"default, help) or a (type, default, help) tuple."
+    )
 
 
 def declared(schema: Any, owner: str) -> dict:
     if schema is None:
         return {}
     if not isinstance(schema, dict):
-        raise ConfigError(f"{owner}: option_schema must be a dict of option name -> umdbench.api.Option, got "
-                          f"{type(schema).__name__}.")
+        raise ConfigError(
+            f"{owner}: option_schema must be a dict of option name -> umdbench.api.Option, got {type(schema).__name__}."
+        )
     return {str(name): as_option(name, spec, owner) for name, spec in schema.items()}
 
 
@@ -110,7 +116,9 @@ def strategy_options(cls, task_cls=None, owner: str = "") -> dict:
                     seen.setdefault(key, []).append(value)
     known = {key: Option(None, _merged_default(values)) for key, values in seen.items()}
     if task_cls is not None:
-        known.update(declared(getattr(task_cls, "option_schema", None), f"task type {getattr(task_cls, 'name', '?')!r}"))
+        known.update(
+            declared(getattr(task_cls, "option_schema", None), f"task type {getattr(task_cls, 'name', '?')!r}")
+        )
     known.update(declared(getattr(cls, "option_schema", None), owner))
     return known
 
@@ -118,8 +126,16 @@ def strategy_options(cls, task_cls=None, owner: str = "") -> dict:
 # -- values ------------------------------------------------------------------------------------------
 def _type_words(kind: Any) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list",
-             tuple: "a list", dict: "a table (dict)", type(None): "null"}
+    words = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        tuple: "a list",
+        dict: "a table (dict)",
+        type(None): "null",
+    }
     return " or ".join(dict.fromkeys(words.get(k, getattr(k, "__name__", str(k))) for k in kinds))
 
 
@@ -140,48 +156,65 @@ def check_value(key: str, value: Any, option, owner: str, where: str, fix: str) 
     """Type and dict keys of one option's value."""
     if not type_ok(value, option):
         helps = f" ({option.help})" if option.help else ""
-        raise ConfigError(f"{owner}: option {key!r}{helps} is {value!r} in {where}; it must be "
-                          f"{_type_words(option.type)}. {fix}")
+        raise ConfigError(
+            f"{owner}: option {key!r}{helps} is {value!r} in {where}; it must be {_type_words(option.type)}. {fix}"
+        )
     if isinstance(option.default, dict) and option.default and isinstance(value, dict):
         for inner in value:
             if inner not in option.default:
-                raise ConfigError(f"{owner}: option {key!r} has no key {inner!r} (in {where}).{did_you_mean(inner, option.default)} "
-                                  f"Keys of {key!r}: {', '.join(map(str, option.default))}. {fix}")
+                raise ConfigError(
+                    f"{owner}: option {key!r} has no key {inner!r} (in {where}).{did_you_mean(inner, option.default)} "
+                    f"Keys of {key!r}: {', '.join(map(str, option.default))}. {fix}"
+                )
 
 
 def check_train(train: Any, owner: str, where: str, fix: str, complete: bool) -> None:
     """A stage's ``train`` dict: known keys, known lr groups, and (``complete``) the required keys.
     ``KEY`` in ``fix`` is replaced by the key at fault."""
     if not isinstance(train, dict):
-        raise ConfigError(f"{owner}: 'train' in {where} must be a dict of train keys (umdbench.api.TRAIN_KEYS), got "
-                          f"{train!r}. {fix.replace('train.KEY', 'train').replace('KEY', 'train')}")
+        raise ConfigError(
+            f"{owner}: 'train' in {where} must be a dict of train keys (umdbench.api.TRAIN_KEYS), got "
+            f"{train!r}. {fix.replace('train.KEY', 'train').replace('KEY', 'train')}"
+        )
     keys = train_keys()
     for key in train:
         if key not in keys:
-            raise ConfigError(f"{owner}: {where} sets train.{key}, which is not a train key.{did_you_mean(key, keys)} "
-                              f"Train keys: {', '.join(keys)} (umdbench.api.TRAIN_KEYS). {fix}")
+            raise ConfigError(
+                f"{owner}: {where} sets train.{key}, which is not a train key.{did_you_mean(key, keys)} "
+                f"Train keys: {', '.join(keys)} (umdbench.api.TRAIN_KEYS). {fix}"
+            )
     mult = train.get("lr_mult")
     if mult is not None:
         if not isinstance(mult, dict):
-            raise ConfigError(f"{owner}: train.lr_mult in {where} must be a table of group -> multiplier "
-                              f"({', '.join(LR_GROUPS)}), got {mult!r}. {fix.replace('KEY', 'lr_mult')}")
+            raise ConfigError(
+                f"{owner}: train.lr_mult in {where} must be a table of group -> multiplier "
+                f"({', '.join(LR_GROUPS)}), got {mult!r}. {fix.replace('KEY', 'lr_mult')}"
+            )
         for group in mult:
             if group not in LR_GROUPS:
-                raise ConfigError(f"{owner}: train.lr_mult in {where} names group {group!r}.{did_you_mean(group, LR_GROUPS)} "
-                                  f"Groups: {', '.join(LR_GROUPS)}. {fix.replace('KEY', 'lr_mult')}")
+                raise ConfigError(
+                    f"{owner}: train.lr_mult in {where} names group {group!r}.{did_you_mean(group, LR_GROUPS)} "
+                    f"Groups: {', '.join(LR_GROUPS)}. {fix.replace('KEY', 'lr_mult')}"
+                )
     if not complete:
         return
     for key in REQUIRED_TRAIN:
         if key not in train:
-            raise ConfigError(f"{owner}: {where} has no train.{key} ({keys[key]}); every stage needs "
-                              f"{', '.join(REQUIRED_TRAIN)}. {fix.replace('KEY', key)}")
+            raise ConfigError(
+                f"{owner}: {where} has no train.{key} ({keys[key]}); every stage needs "
+                f"{', '.join(REQUIRED_TRAIN)}. {fix.replace('KEY', key)}"
+            )
     for key in ("max_iters", "batch_size"):
         value = train[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{owner}: train.{key} is {value!r} in {where}; it must be a whole number >= 1. "
-                              f"{fix.replace('KEY', key)}")
+            raise ConfigError(
+                f"{owner}: train.{key} is {value!r} in {where}; it must be a whole number >= 1. "
+                f"{fix.replace('KEY', key)}"
+            )
     if isinstance(train["lr"], bool) or not isinstance(train["lr"], (int, float)):
-        raise ConfigError(f"{owner}: train.lr is {train['lr']!r} in {where}; it must be a number. {fix.replace('KEY', 'lr')}")
+        raise ConfigError(
+            f"{owner}: train.lr is {train['lr']!r} in {where}; it must be a number. {fix.replace('KEY', 'lr')}"
+        )
 
 
 # -- presets -----------------------------------------------------------------------------------------
@@ -192,10 +225,11 @@ def check_preset_offered(registry, name: str, cls, preset: str) -> None:
         return
     offered = sorted(map(str, presets))
     close = difflib.get_close_matches(preset, offered, n=1, cutoff=0.6)
-    hint = (f" Its preset {close[0]!r} looks like a misspelling of {preset!r}: rename it in the plugin."
-            if close else "")
-    raise ConfigError(f"{who(registry, name)} has no preset {preset!r}; it offers {', '.join(offered) or 'none'}.{hint} "
-                      f"Run it with --preset {offered[0] if offered else 'NAME'}, or give the plugin a {preset!r} preset.")
+    hint = f" Its preset {close[0]!r} looks like a misspelling of {preset!r}: rename it in the plugin." if close else ""
+    raise ConfigError(
+        f"{who(registry, name)} has no preset {preset!r}; it offers {', '.join(offered) or 'none'}.{hint} "
+        f"Run it with --preset {offered[0] if offered else 'NAME'}, or give the plugin a {preset!r} preset."
+    )
 
 
 def check_preset(registry, name: str, cls, preset: str, task_cls, registries) -> None:
@@ -204,8 +238,10 @@ def check_preset(registry, name: str, cls, preset: str, task_cls, registries) ->
     raw = cls.presets[preset]
     fix = "Fix the preset in the plugin."
     if not isinstance(raw, dict):
-        raise ConfigError(f"{owner}: its {preset!r} preset must be a dict of options and a 'train' dict, got "
-                          f"{type(raw).__name__}. {fix}")
+        raise ConfigError(
+            f"{owner}: its {preset!r} preset must be a dict of options and a 'train' dict, got "
+            f"{type(raw).__name__}. {fix}"
+        )
     known = strategy_options(cls, task_cls, owner)
     stated = set(declared(getattr(cls, "option_schema", None), owner))
     if task_cls is not None:
@@ -217,23 +253,29 @@ def check_preset(registry, name: str, cls, preset: str, task_cls, registries) ->
         rivals = [k for k in known if k != key and k not in raw]
         close = difflib.get_close_matches(str(key), rivals, n=1, cutoff=0.8)
         if close:
-            raise ConfigError(f"{owner}: {where} sets {key!r}, an option nothing else declares; it looks like a "
-                              f"misspelling of {close[0]!r}, which that preset leaves out (so its default would be "
-                              f"used). Rename it in the plugin's preset.")
+            raise ConfigError(
+                f"{owner}: {where} sets {key!r}, an option nothing else declares; it looks like a "
+                f"misspelling of {close[0]!r}, which that preset leaves out (so its default would be "
+                f"used). Rename it in the plugin's preset."
+            )
     _check_entry(raw, known, owner, where, fix, top=True)
     per = raw.get("per_dataset", {})
     if not isinstance(per, dict):
-        raise ConfigError(f"{owner}: per_dataset in {where} must be a dict of dataset name -> options, got "
-                          f"{type(per).__name__}. {fix}")
+        raise ConfigError(
+            f"{owner}: per_dataset in {where} must be a dict of dataset name -> options, got "
+            f"{type(per).__name__}. {fix}"
+        )
     datasets = registries.dataset.names() if registries is not None else []
     for dataset, entry in per.items():
         entry_where = f"{where}'s per_dataset entry {dataset!r}"
         if registries is not None and dataset not in registries.dataset:
             close = difflib.get_close_matches(str(dataset), datasets, n=1, cutoff=0.8)
             if close:  # a dataset of a package that is not installed is kept; a misspelt one is not
-                raise ConfigError(f"{owner}: {where} has a per_dataset entry {dataset!r}, which names no registered "
-                                  f"dataset; it looks like a misspelling of {close[0]!r}, whose runs would silently "
-                                  f"go without it. Rename the entry in the plugin's preset.")
+                raise ConfigError(
+                    f"{owner}: {where} has a per_dataset entry {dataset!r}, which names no registered "
+                    f"dataset; it looks like a misspelling of {close[0]!r}, whose runs would silently "
+                    f"go without it. Rename the entry in the plugin's preset."
+                )
         if not isinstance(entry, dict):
             raise ConfigError(f"{owner}: {entry_where} must be a dict of options, got {type(entry).__name__}. {fix}")
         _check_entry(entry, known, owner, entry_where, fix, top=False)
@@ -250,8 +292,10 @@ def _check_entry(entry: dict, known: dict, owner: str, where: str, fix: str, top
         if key in CORE_STAGE_KEYS:
             continue
         if key not in known:
-            raise ConfigError(f"{owner}: {where} sets {key!r}, which is not one of its options.{did_you_mean(key, known)} "
-                              f"Options: {', '.join(known) or '(none)'}. {fix}")
+            raise ConfigError(
+                f"{owner}: {where} sets {key!r}, which is not one of its options.{did_you_mean(key, known)} "
+                f"Options: {', '.join(known) or '(none)'}. {fix}"
+            )
         check_value(key, value, known[key], owner, where, fix)
 
 
@@ -271,8 +315,10 @@ def check_stage(label: str, registry, stage: dict, task_cls) -> None:
             check_train(value, owner, where, fix.replace("KEY", "train.KEY"), complete=True)
             continue
         if key not in known:
-            raise ConfigError(f"{owner}: {where} has {key!r}, which is not one of its options.{did_you_mean(key, known)} "
-                              f"Options: {', '.join(known) or '(none)'}.")
+            raise ConfigError(
+                f"{owner}: {where} has {key!r}, which is not one of its options.{did_you_mean(key, known)} "
+                f"Options: {', '.join(known) or '(none)'}."
+            )
         check_value(key, value, known[key], owner, where, fix.replace("KEY", key))
     if "train" not in stage:
         check_train({}, owner, where, fix.replace("KEY", "train.KEY"), complete=True)
@@ -290,8 +336,10 @@ def check_dataset_options(label: str, registry, name: str, options: Any) -> None
         raise ConfigError(f"{owner}: {label} must be a table of option -> value, got {options!r}.")
     for key, value in options.items():
         if key not in known:
-            raise ConfigError(f"{owner} has no option {key!r} ({label}).{did_you_mean(key, known)} Options: "
-                              f"{', '.join(known) or '(none)'}. Fix it with --cfg-options {label}.NAME=VALUE.")
+            raise ConfigError(
+                f"{owner} has no option {key!r} ({label}).{did_you_mean(key, known)} Options: "
+                f"{', '.join(known) or '(none)'}. Fix it with --cfg-options {label}.NAME=VALUE."
+            )
         check_value(key, value, known[key], owner, label, f"Fix it with --cfg-options {label}.{key}=VALUE.")
 
 
@@ -320,8 +368,10 @@ def misfit(cls, task: str | None, registries, encoder: str) -> str | None:
     if task_types is None and task in registries.task:
         spec = registries.task.get(task)
         if not getattr(spec, "generic_strategies", True):
-            return (f"task type {task!r} admits only strategies made for it (that name it in their task_types), and "
-                    f"this one names no task types")
+            return (
+                f"task type {task!r} admits only strategies made for it (that name it in their task_types), and "
+                f"this one names no task types"
+            )
     encoders = getattr(cls, "encoders", None)
     if encoders is not None:
         family = _encoder_family(registries, encoder)
@@ -372,8 +422,15 @@ def check_compatibility(config: dict, registries) -> None:
     stages = []
     if config.get("pretrain"):
         corpus = config["pretrain"]["corpus"]["type"]
-        stages.append(("pretrain", registries.pretrain, config["pretrain"],
-                       data_task(registries.dataset.get(corpus), registries, True), corpus))
+        stages.append(
+            (
+                "pretrain",
+                registries.pretrain,
+                config["pretrain"],
+                data_task(registries.dataset.get(corpus), registries, True),
+                corpus,
+            )
+        )
     for i, stage in enumerate(config["tune"]):
         stages.append((f"tune.{i}", registries.tune, stage, dataset_cls.task, None))
     for label, registry, stage, task, corpus in stages:
@@ -382,16 +439,25 @@ def check_compatibility(config: dict, registries) -> None:
         if reason is None:
             continue
         pretraining = label == "pretrain"
-        what = (f"pre-train for dataset {dataset!r} (its pre-training corpus {corpus!r} gives {task!r} data)"
-                if pretraining else f"tune on dataset {dataset!r} (task type {task!r})")
+        what = (
+            f"pre-train for dataset {dataset!r} (its pre-training corpus {corpus!r} gives {task!r} data)"
+            if pretraining
+            else f"tune on dataset {dataset!r} (task type {task!r})"
+        )
         kind = "pre-training strategies" if pretraining else "tuning strategies"
         fitting = [n for n in registry.names() if n != name and _fits(registry, n, task, registries, encoder)]
         datasets = _datasets_for(registry, name, registries, pretraining)
-        alternatives = (f"{kind.capitalize()} that fit {dataset!r} on encoder {encoder!r}: "
-                        f"{', '.join(fitting) if fitting else 'none registered'}")
+        alternatives = (
+            f"{kind.capitalize()} that fit {dataset!r} on encoder {encoder!r}: "
+            f"{', '.join(fitting) if fitting else 'none registered'}"
+        )
         if pretraining:
             alternatives += " (or --pretrain none)"
-        fits = (f"datasets {name!r} fits (each with its own encoder{' and corpus' if pretraining else ''}): "
-                f"{', '.join(datasets) if datasets else 'none registered'}")
-        raise ConfigError(f"{who(registry, name)} cannot {what} on encoder {encoder!r}: {reason}. {alternatives}; "
-                          f"{fits}. `umdbench list` shows every name.")
+        fits = (
+            f"datasets {name!r} fits (each with its own encoder{' and corpus' if pretraining else ''}): "
+            f"{', '.join(datasets) if datasets else 'none registered'}"
+        )
+        raise ConfigError(
+            f"{who(registry, name)} cannot {what} on encoder {encoder!r}: {reason}. {alternatives}; "
+            f"{fits}. `umdbench list` shows every name."
+        )

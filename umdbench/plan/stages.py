@@ -8,6 +8,7 @@ intervals) are left out. Two cells that share a pre-training (same strategy, con
 seed) therefore share that stage's cached artifact, and no code change a stage runs returns a
 result computed before it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,13 @@ log = logging.getLogger("umdbench.data")
 # fused/foreach stay in: the AdamW kernels round differently. The evaluation batch size enters the
 # evaluation's key only.
 NON_NUMERIC_DATA = ("num_workers", "image_cache", "eval_batch_size")
-NON_NUMERIC_TRAIN = ("log_interval", "checkpoint_interval", "keep_checkpoints", "step_in_backward",
-                     "activation_checkpointing")
+NON_NUMERIC_TRAIN = (
+    "log_interval",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "step_in_backward",
+    "activation_checkpointing",
+)
 
 # the planner's on-disk cache in the work dir (DataCatalog(cache_dir=...)), and its entry limit
 PLANNING_CACHE = "planning-cache.json"
@@ -92,15 +98,18 @@ class DataCatalog:
 
     @staticmethod
     def _key(data_cfg: dict) -> str:
-        return config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + data_cfg.get("on_error", "raise")
+        return config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + data_cfg.get(
+            "on_error", "raise"
+        )
 
     def get(self, data_cfg: dict):
         key = self._key(data_cfg)
         if key not in self._cache:
             cls = self.registries.dataset.get(data_cfg["type"])
             with self.registries.dataset.guard(data_cfg["type"], f"reading its options {data_cfg.get('options', {})}"):
-                self._cache[key] = cls(root=data_cfg.get("root"), on_error=data_cfg.get("on_error", "raise"),
-                                       **data_cfg.get("options", {}))
+                self._cache[key] = cls(
+                    root=data_cfg.get("root"), on_error=data_cfg.get("on_error", "raise"), **data_cfg.get("options", {})
+                )
         return self._cache[key]
 
     def fingerprint(self, data_cfg: dict) -> str:
@@ -131,9 +140,15 @@ class DataCatalog:
     # -- the on-disk planning cache ----------------------------------------------------------
     def _disk_key(self, data_cfg: dict, split: str) -> str:
         cls = self.registries.dataset.get(data_cfg["type"])
-        return config_hash({"what": "missing_images", "split": split, "fingerprint": self.fingerprint(data_cfg),
-                            "data": {k: data_cfg.get(k) for k in ("type", "root", "options")},
-                            "code": modules_digest(cls.__module__)})
+        return config_hash(
+            {
+                "what": "missing_images",
+                "split": split,
+                "fingerprint": self.fingerprint(data_cfg),
+                "data": {k: data_cfg.get(k) for k in ("type", "root", "options")},
+                "code": modules_digest(cls.__module__),
+            }
+        )
 
     def _disk_cache(self) -> dict:
         if self._disk is None:
@@ -160,8 +175,9 @@ class DataCatalog:
         except OSError:
             pass  # a read-only work dir plans without the cache
 
-    def checked_records(self, data_cfg: dict, split: str, image_size: int | None = None,
-                        cache_dir: Path | None = None) -> list:
+    def checked_records(
+        self, data_cfg: dict, split: str, image_size: int | None = None, cache_dir: Path | None = None
+    ) -> list:
         """The records of a split once it is known to be usable: not empty, unique record ids,
         every image inside the dataset's folder and decodable (through the image cache at
         ``image_size``, which training then reads; without a size, a full decode). With
@@ -178,14 +194,18 @@ class DataCatalog:
         records = dataset.records(split)
         look = f"`umdbench data check {name}` shows what it found"
         if not records:
-            raise DataError(f"dataset {name!r} has no records in split {split!r} (under {data_cfg.get('root') or 'generated data'}); "
-                            f"fix: restore its annotation file or choose another split; {look}.")
+            raise DataError(
+                f"dataset {name!r} has no records in split {split!r} (under {data_cfg.get('root') or 'generated data'}); "
+                f"fix: restore its annotation file or choose another split; {look}."
+            )
         seen: dict[str, object] = {}
         for r in records:
             if r.uid in seen:
-                raise DataError(f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice "
-                                f"({_where(seen[r.uid])} and {_where(r)}); fix: remove the duplicate from the "
-                                f"annotation file (record ids must be unique) or re-download the release; {look}.")
+                raise DataError(
+                    f"dataset {name!r} split {split!r}: record id {r.uid!r} occurs twice "
+                    f"({_where(seen[r.uid])} and {_where(r)}); fix: remove the duplicate from the "
+                    f"annotation file (record ids must be unique) or re-download the release; {look}."
+                )
             seen[r.uid] = r
         root = os.path.abspath(data_cfg["root"]) if data_cfg.get("root") else None
         loader = None
@@ -201,17 +221,26 @@ class DataCatalog:
                 continue
             message = f"{_where(r)} of dataset {name!r} split {split!r}: image {r.image} {problem}"
             if not skip:
-                raise DataError(f"{message}; fix: restore or re-download that file (`umdbench data check {name}` "
-                                f"lists every bad image), or leave such records out with --cfg-options "
-                                f"dataset.on_error=skip. Nothing was trained.")
+                raise DataError(
+                    f"{message}; fix: restore or re-download that file (`umdbench data check {name}` "
+                    f"lists every bad image), or leave such records out with --cfg-options "
+                    f"dataset.on_error=skip. Nothing was trained."
+                )
             dataset.skipped.append(message)
             dropped += 1
         if dropped:
-            log.warning("dataset %s split %s: %d record(s) skipped for a missing or corrupt image, %d kept",
-                        name, split, dropped, len(kept))
+            log.warning(
+                "dataset %s split %s: %d record(s) skipped for a missing or corrupt image, %d kept",
+                name,
+                split,
+                dropped,
+                len(kept),
+            )
         if not kept:
-            raise DataError(f"dataset {name!r} split {split!r}: every record was skipped (on_error=skip), the "
-                            f"first for: {dataset.skipped[-dropped]}; fix: restore the images; {look}.")
+            raise DataError(
+                f"dataset {name!r} split {split!r}: every record was skipped (on_error=skip), the "
+                f"first for: {dataset.skipped[-dropped]}; fix: restore the images; {look}."
+            )
         self._checked[key] = kept
         return list(kept)
 
@@ -228,8 +257,9 @@ class DataCatalog:
                 from umdbench.data.check import verify_image
 
                 reason = verify_image(path, deep=True)
-                self._image_problems[memo] = None if reason is None else (
-                    "does not exist" if reason == "missing" else f"is {reason}")
+                self._image_problems[memo] = (
+                    None if reason is None else ("does not exist" if reason == "missing" else f"is {reason}")
+                )
         return self._image_problems[memo]
 
     def skipped(self, data_cfg: dict) -> int:
@@ -273,9 +303,11 @@ def missing_data(stages: list, catalog: DataCatalog) -> str | None:
         data = stage.data
         missing, total = catalog.missing_images(data, data["split"])
         if missing:
-            return (f"{len(missing)} image file(s) of {data['type']}:{data['split']} ({total} records) do not exist, "
-                    f"e.g. {missing[0]}; fix: restore them (`umdbench data check {data['type']}` lists each one) "
-                    f"or leave {data['type']} out with --datasets")
+            return (
+                f"{len(missing)} image file(s) of {data['type']}:{data['split']} ({total} records) do not exist, "
+                f"e.g. {missing[0]}; fix: restore them (`umdbench data check {data['type']}` lists each one) "
+                f"or leave {data['type']} out with --datasets"
+            )
     return None
 
 
@@ -334,8 +366,13 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
         cls = registries.pretrain.get(stage_cfg["type"])
         corpus_cls = registries.dataset.get(corpus["type"])
         code = code_key(cls, corpus_cls, encoder_cls, *_task_classes(registries, corpus_cls, pretrain=True))
-        inputs = {"kind": "pretrain", "cfg": _keyed_stage_cfg(stage_cfg),
-                  "data": {k: v for k, v in data.items() if k != "root"}, "code": code, **common}
+        inputs = {
+            "kind": "pretrain",
+            "cfg": _keyed_stage_cfg(stage_cfg),
+            "data": {k: v for k, v in data.items() if k != "root"},
+            "code": code,
+            **common,
+        }
         parent = Stage("pretrain", stage_cfg["type"], 0, stage_cfg, data, _stage_key(inputs), None, inputs)
         stages.append(parent)
 
@@ -345,10 +382,14 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
     for i, stage_cfg in enumerate(cfg["tune"]):
         cls = registries.tune.get(stage_cfg["type"])
         data = {**train_data, "split": "train", "fingerprint": train_fp}
-        inputs = {"kind": "tune", "cfg": _keyed_stage_cfg(stage_cfg),
-                  "data": {k: v for k, v in data.items() if k != "root"},
-                  "code": code_key(cls, dataset_cls, encoder_cls, *tune_tasks),
-                  "parent": parent.key if parent else None, **common}
+        inputs = {
+            "kind": "tune",
+            "cfg": _keyed_stage_cfg(stage_cfg),
+            "data": {k: v for k, v in data.items() if k != "root"},
+            "code": code_key(cls, dataset_cls, encoder_cls, *tune_tasks),
+            "parent": parent.key if parent else None,
+            **common,
+        }
         stage = Stage("tune", stage_cfg["type"], i, copy.deepcopy(stage_cfg), data, _stage_key(inputs), parent, inputs)
         stages.append(stage)
         parent = stage
@@ -357,10 +398,17 @@ def build_plan(run: ResolvedRun, registries, catalog: DataCatalog) -> list[Stage
     # the evaluation's own code too (metric, task type, umdbench's evaluation loop): its key is the
     # cell key, so a change there must not return the row stored before it. The metric (eval.metric,
     # in cfg["eval"]) enters this key only: cells that differ in it share every training stage
-    code = code_key(dataset_cls, encoder_cls, *tune_tasks,
-                    targets=_metric_targets(registries, dataset_cls, cfg["eval"]))
-    inputs = {"kind": "eval", "cfg": cfg["eval"], "data": {k: v for k, v in data.items() if k != "root"},
-              "parent": parent.key, "batch": cfg["data"]["eval_batch_size"], "code": code}
+    code = code_key(
+        dataset_cls, encoder_cls, *tune_tasks, targets=_metric_targets(registries, dataset_cls, cfg["eval"])
+    )
+    inputs = {
+        "kind": "eval",
+        "cfg": cfg["eval"],
+        "data": {k: v for k, v in data.items() if k != "root"},
+        "parent": parent.key,
+        "batch": cfg["data"]["eval_batch_size"],
+        "code": code,
+    }
     stages.append(Stage("eval", "eval", 0, copy.deepcopy(cfg["eval"]), data, _stage_key(inputs), parent, inputs))
     return stages
 

@@ -42,6 +42,7 @@ as beyond the paper, once a stored row exists.
 Which stored row each suite cell points at (a cell two suites share is trained and stored once)
 is recorded by the sweep in the results store; see ``ResultsStore.record_membership``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,16 +52,31 @@ from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, parse_tune_chain
 from umdbench.util import parse_option
 
-SPEC_KEYS = {"title", "paper", "datasets", "extra_datasets", "metrics", "plot", "overrides", "rows", "vary",
-             "reference", "dataset_options", "lower_is_better", "seeds"}
+SPEC_KEYS = {
+    "title",
+    "paper",
+    "datasets",
+    "extra_datasets",
+    "metrics",
+    "plot",
+    "overrides",
+    "rows",
+    "vary",
+    "reference",
+    "dataset_options",
+    "lower_is_better",
+    "seeds",
+}
 ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note", "seeds"}
-
 
 
 def _seeds(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: 'seeds' must be a whole number >= 1 (the seeds a sweep runs by default), got {value!r}.")
+        raise ConfigError(
+            f"{where}: 'seeds' must be a whole number >= 1 (the seeds a sweep runs by default), got {value!r}."
+        )
     return value
+
 
 @dataclass(frozen=True)
 class SuiteRow:
@@ -133,14 +149,21 @@ class Suite:
                 raise ConfigError(f"{where}: rows[{i}] needs name, pretrain and tune (got {raw!r}).")
             bad = sorted(set(raw) - ROW_KEYS)
             if bad:
-                raise ConfigError(f"{where}: rows[{i}] has unknown keys {', '.join(bad)}; allowed: {', '.join(sorted(ROW_KEYS))}.")
-            rows.append(SuiteRow(
-                name=str(raw["name"]), pretrain=str(raw["pretrain"]), tune=parse_tune_chain(str(raw["tune"])),
-                overrides=_overrides(raw.get("overrides", {}), f"{where} rows[{i}]"),
-                paper_row=str(raw.get("paper", raw["name"])), inferred=bool(raw.get("inferred", False)),
-                note=str(raw.get("note", "")),
-                seeds=None if "seeds" not in raw else _seeds(raw["seeds"], f"{where} rows[{i}]"),
-            ))
+                raise ConfigError(
+                    f"{where}: rows[{i}] has unknown keys {', '.join(bad)}; allowed: {', '.join(sorted(ROW_KEYS))}."
+                )
+            rows.append(
+                SuiteRow(
+                    name=str(raw["name"]),
+                    pretrain=str(raw["pretrain"]),
+                    tune=parse_tune_chain(str(raw["tune"])),
+                    overrides=_overrides(raw.get("overrides", {}), f"{where} rows[{i}]"),
+                    paper_row=str(raw.get("paper", raw["name"])),
+                    inferred=bool(raw.get("inferred", False)),
+                    note=str(raw.get("note", "")),
+                    seeds=None if "seeds" not in raw else _seeds(raw["seeds"], f"{where} rows[{i}]"),
+                )
+            )
         names = [r.name for r in rows]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -150,17 +173,23 @@ class Suite:
         vary_label = None
         vary_values: tuple = ()
         if vary is not None:
-            form = (f"{where}: 'vary' must be {{key = \"cfg.path\", values = [...], label = \"...\"}} or, to set several "
-                    f"keys to the same value, {{keys = [\"pretrain.alpha\", \"tune.tdcalib.alpha\"], values = [...], "
-                    f"label = \"...\"}}")
+            form = (
+                f'{where}: \'vary\' must be {{key = "cfg.path", values = [...], label = "..."}} or, to set several '
+                f'keys to the same value, {{keys = ["pretrain.alpha", "tune.tdcalib.alpha"], values = [...], '
+                f'label = "..."}}'
+            )
             if not isinstance(vary, dict) or not vary.get("values") or ("key" in vary) == ("keys" in vary):
                 raise ConfigError(f"{form}.")
             bad_vary = sorted(set(vary) - {"key", "keys", "values", "label"})
             if bad_vary:
                 raise ConfigError(f"{form}; it has unknown keys {', '.join(bad_vary)}.")
             keys = [vary["key"]] if "key" in vary else vary["keys"]
-            if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys) \
-                    or len(set(keys)) != len(keys):
+            if (
+                not isinstance(keys, list)
+                or not keys
+                or not all(isinstance(k, str) and k for k in keys)
+                or len(set(keys)) != len(keys)
+            ):
                 raise ConfigError(f"{form}; 'keys' must be a non-empty list of distinct cfg paths, got {keys!r}.")
             vary_keys = tuple(keys)
             vary_label = str(vary.get("label", vary_keys[0].rsplit(".", 1)[-1]))
@@ -173,26 +202,44 @@ class Suite:
         if plot not in (None, "rows", "vary"):
             raise ConfigError(f"{where}: 'plot' must be 'rows' or 'vary', got {plot!r}.")
         reference = spec.get("reference")
-        cell_names = [n if vary_key is None else f"{n} {vary_label}={v}" for n in names for v in (vary_values or (None,))]
+        cell_names = [
+            n if vary_key is None else f"{n} {vary_label}={v}" for n in names for v in (vary_values or (None,))
+        ]
         if reference is not None and str(reference) not in names + cell_names:
-            raise ConfigError(f"{where}: 'reference' {reference!r} is not one of its rows ({', '.join(names)})"
-                              + (f" or cells ({', '.join(cell_names)})" if vary_key else "") + ".")
+            raise ConfigError(
+                f"{where}: 'reference' {reference!r} is not one of its rows ({', '.join(names)})"
+                + (f" or cells ({', '.join(cell_names)})" if vary_key else "")
+                + "."
+            )
         raw_options = spec.get("dataset_options", {})
         if not isinstance(raw_options, dict) or not all(isinstance(v, dict) for v in raw_options.values()):
             raise ConfigError(f"{where}: 'dataset_options' must be a table of dataset = {{ option = value }}.")
         stray = sorted(set(raw_options) - set(datasets) - set(extra))
         if stray:
-            raise ConfigError(f"{where}: 'dataset_options' names {', '.join(stray)}, which is not in its datasets "
-                              f"({', '.join(datasets + extra)}).")
-        dataset_options = tuple((d, tuple((f"dataset.options.{k}", v) for k, v in opts.items()))
-                                for d, opts in raw_options.items())
+            raise ConfigError(
+                f"{where}: 'dataset_options' names {', '.join(stray)}, which is not in its datasets "
+                f"({', '.join(datasets + extra)})."
+            )
+        dataset_options = tuple(
+            (d, tuple((f"dataset.options.{k}", v) for k, v in opts.items())) for d, opts in raw_options.items()
+        )
         return cls(
-            name=name, title=str(spec.get("title", name)), datasets=tuple(datasets), rows=tuple(rows),
-            metrics=tuple(spec.get("metrics", ())), lower_is_better=tuple(spec.get("lower_is_better", ())),
-            paper=spec.get("paper"), plot=plot,
-            overrides=_overrides(spec.get("overrides", {}), where), vary_keys=vary_keys, vary_label=vary_label,
-            vary_values=vary_values, reference=None if reference is None else str(reference),
-            dataset_options=dataset_options, extra_datasets=tuple(extra), seeds=_seeds(spec.get("seeds", 1), where),
+            name=name,
+            title=str(spec.get("title", name)),
+            datasets=tuple(datasets),
+            rows=tuple(rows),
+            metrics=tuple(spec.get("metrics", ())),
+            lower_is_better=tuple(spec.get("lower_is_better", ())),
+            paper=spec.get("paper"),
+            plot=plot,
+            overrides=_overrides(spec.get("overrides", {}), where),
+            vary_keys=vary_keys,
+            vary_label=vary_label,
+            vary_values=vary_values,
+            reference=None if reference is None else str(reference),
+            dataset_options=dataset_options,
+            extra_datasets=tuple(extra),
+            seeds=_seeds(spec.get("seeds", 1), where),
         )
 
     @property
@@ -208,8 +255,10 @@ class Suite:
             unknown = [d for d in datasets if d not in allowed]
             if unknown:
                 beyond = f" (and, beyond the paper, {', '.join(self.extra_datasets)})" if self.extra_datasets else ""
-                raise ConfigError(f"suite {self.name!r} has no dataset {', '.join(unknown)}; "
-                                  f"its datasets: {', '.join(self.datasets)}{beyond}.")
+                raise ConfigError(
+                    f"suite {self.name!r} has no dataset {', '.join(unknown)}; "
+                    f"its datasets: {', '.join(self.datasets)}{beyond}."
+                )
             chosen = tuple(d for d in allowed if d in datasets)
         points = []
         values = self.vary_values or (None,)
@@ -219,11 +268,20 @@ class Suite:
                 extra = tuple((stage_key(k, row, f"suite {self.name!r}"), value) for k in self.vary_keys)
                 for dataset in chosen:
                     own = dict(self.dataset_options).get(dataset, ())
-                    points.append(GridPoint(self.name, name, row, dataset, self.overrides + own + row.overrides + extra))
+                    points.append(
+                        GridPoint(self.name, name, row, dataset, self.overrides + own + row.overrides + extra)
+                    )
         return points
 
-    def cell_specs(self, *, seeds: int | list[int] = 1, preset: str = "tiny", data_root: str | None = None,
-                   user_overrides: tuple = (), datasets=None) -> list[CellSpec]:
+    def cell_specs(
+        self,
+        *,
+        seeds: int | list[int] = 1,
+        preset: str = "tiny",
+        data_root: str | None = None,
+        user_overrides: tuple = (),
+        datasets=None,
+    ) -> list[CellSpec]:
         """CellSpecs of the grid for each seed. User overrides come last (they win)."""
         seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
         specs = []
@@ -231,9 +289,19 @@ class Suite:
             for p in self.grid(datasets):
                 if p.row.seeds is not None and seed >= p.row.seeds:
                     continue  # the row caps its seeds (an expensive point run fewer times; the board shows its count)
-                specs.append(CellSpec(pretrain=p.row.pretrain, tune=p.row.tune, dataset=p.dataset, preset=preset,
-                                      seed=seed, overrides=tuple(p.overrides) + tuple(user_overrides),
-                                      data_root=data_root, suite=self.name, cell_name=p.cell_name))
+                specs.append(
+                    CellSpec(
+                        pretrain=p.row.pretrain,
+                        tune=p.row.tune,
+                        dataset=p.dataset,
+                        preset=preset,
+                        seed=seed,
+                        overrides=tuple(p.overrides) + tuple(user_overrides),
+                        data_root=data_root,
+                        suite=self.name,
+                        cell_name=p.cell_name,
+                    )
+                )
         return specs
 
     def shown_datasets(self, stored: set[str] | frozenset[str] = frozenset()) -> tuple[str, ...]:
@@ -261,27 +329,34 @@ def stage_key(key: str, row: SuiteRow, where: str) -> str:
     stage the key names (``pretrain.*`` on a row without pre-training, a tuning stage not in its
     chain)."""
     parts = key.split(".")
-    fix = (f"Give the row that stage, move the row to a suite of its own, or drop {key!r} from the suite's "
-           f"vary keys.")
+    fix = f"Give the row that stage, move the row to a suite of its own, or drop {key!r} from the suite's vary keys."
     if parts[0] == "pretrain" and row.pretrain == "none":
-        raise ConfigError(f"{where}: vary key {key!r} sets a pre-training option, but row {row.name!r} has no "
-                          f"pre-training stage (pretrain = \"none\"). {fix}")
+        raise ConfigError(
+            f"{where}: vary key {key!r} sets a pre-training option, but row {row.name!r} has no "
+            f'pre-training stage (pretrain = "none"). {fix}'
+        )
     if parts[0] != "tune":
         return key
     if len(parts) < 3:
-        raise ConfigError(f"{where}: vary key {key!r} must name a tuning stage and an option, "
-                          f"e.g. tune.tdcalib.alpha or tune.0.train.lr.")
+        raise ConfigError(
+            f"{where}: vary key {key!r} must name a tuning stage and an option, "
+            f"e.g. tune.tdcalib.alpha or tune.0.train.lr."
+        )
     chain = " + ".join(row.tune)
     if parts[1] == "*":  # every tuning stage (expanded where the override is applied)
         return key
     if parts[1].isdigit():
         if int(parts[1]) >= len(row.tune):
-            raise ConfigError(f"{where}: vary key {key!r} names tuning stage {parts[1]}, but row {row.name!r} has "
-                              f"{len(row.tune)} ({chain}). {fix}")
+            raise ConfigError(
+                f"{where}: vary key {key!r} names tuning stage {parts[1]}, but row {row.name!r} has "
+                f"{len(row.tune)} ({chain}). {fix}"
+            )
         return key
     if parts[1] not in row.tune:
-        raise ConfigError(f"{where}: vary key {key!r} names tuning stage {parts[1]!r}, which row {row.name!r} does "
-                          f"not run (its chain: {chain}). {fix}")
+        raise ConfigError(
+            f"{where}: vary key {key!r} names tuning stage {parts[1]!r}, which row {row.name!r} does "
+            f"not run (its chain: {chain}). {fix}"
+        )
     return ".".join(["tune", str(row.tune.index(parts[1])), *parts[2:]])
 
 
@@ -322,10 +397,12 @@ def check_suite_names(suite: Suite, registries) -> None:
             corpus = corpus.get("type") if isinstance(corpus, dict) else corpus
             if row.pretrain != "none" and corpus is None:
                 continue  # resolving the cell says which corpus to choose
-            config = {"model": {"type": overrides.get("model.type") or dataset_cls.encoder},
-                      "dataset": {"type": dataset},
-                      "pretrain": None if row.pretrain == "none" else {"type": row.pretrain, "corpus": {"type": corpus}},
-                      "tune": [{"type": name} for name, _, _ in tune_chain(row.tune, registries)]}
+            config = {
+                "model": {"type": overrides.get("model.type") or dataset_cls.encoder},
+                "dataset": {"type": dataset},
+                "pretrain": None if row.pretrain == "none" else {"type": row.pretrain, "corpus": {"type": corpus}},
+                "tune": [{"type": name} for name, _, _ in tune_chain(row.tune, registries)],
+            }
             try:
                 options.check_compatibility(config, registries)
             except ConfigError as exc:

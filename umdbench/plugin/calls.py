@@ -8,6 +8,7 @@ frame in a plugin's own files, so an error inside torch called by a strategy is 
 an error in umdbench's core stays a traceback (it is a bug of ours, not the author's). A stage that
 fails this way keeps its last checkpoint: the same command resumes it once the plugin is fixed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,9 +72,11 @@ def blame(exc: BaseException, refs) -> tuple[PluginRef, traceback.FrameSummary, 
 def describe(ref: PluginRef, frame: traceback.FrameSummary, hook: str, exc: BaseException, doing: str) -> str:
     line = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
     where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}" + (f": `{line}`" if line else "")
-    return (f"{ref.kind} {ref.name!r} ({ref.package}) failed in {hook}() while {doing}: {type(exc).__name__}: {exc}. "
-            f"It was raised by the plugin's own code at {where}. Fix the plugin (or report it to the author of "
-            f"{ref.package}); nothing was stored, and the same command resumes from the last checkpoint.")
+    return (
+        f"{ref.kind} {ref.name!r} ({ref.package}) failed in {hook}() while {doing}: {type(exc).__name__}: {exc}. "
+        f"It was raised by the plugin's own code at {where}. Fix the plugin (or report it to the author of "
+        f"{ref.package}); nothing was stored, and the same command resumes from the last checkpoint."
+    )
 
 
 @contextlib.contextmanager

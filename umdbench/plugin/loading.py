@@ -8,18 +8,19 @@ a usage error (:class:`PluginPathError`), raised before any plugin loads; one th
 one too when the registries are fetched for a command (:func:`get_registries`): the user named that
 file, so running without it would silently run something else. ``umdbench plugins`` still reports it.
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
 import sys
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import pluggy
+import tomllib
 
 from umdbench import __version__
 from umdbench.errors import UmdbenchError
@@ -144,15 +145,17 @@ def check_path_plugins(report: PluginReport) -> None:
     naming the file, the exception and its line (:class:`PluginPathError`, exit 2)."""
     for info in report.plugins:
         if info.error and info.source.startswith("path "):
-            path = info.source[len("path "):]
+            path = info.source[len("path ") :]
             raise PluginPathError(
                 f"--plugin-path {path!r} failed to load ({info.error_line or path}): {info.error.rstrip('.')}. Fix the file, "
                 f"or leave out --plugin-path {path}; `umdbench plugins --plugin-path {path} --traceback` shows the "
-                f"whole traceback.")
+                f"whole traceback."
+            )
 
 
-def _register_one(pm: pluggy.PluginManager, registries: Registries, obj, info: PluginInfo,
-                  file: Path | None = None) -> None:
+def _register_one(
+    pm: pluggy.PluginManager, registries: Registries, obj, info: PluginInfo, file: Path | None = None
+) -> None:
     """Run one plugin's hook in isolation, rolling back what it registered if it fails."""
     before = registries.snapshot()
     registries.set_origin(f"{info.source} ({info.name})")
@@ -227,8 +230,9 @@ def load_plugins(plugin_paths=()) -> tuple[Registries, PluginReport]:
 _LOADED: tuple[Registries, PluginReport] | None = None
 
 
-def get_registries(plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False,
-                   strict_paths: bool = True) -> Registries:
+def get_registries(
+    plugin_paths: tuple[str, ...] | list[str] = (), reload: bool = False, strict_paths: bool = True
+) -> Registries:
     """The process-wide registries with every plugin loaded (built-in, entry points, paths).
 
     A file of ``plugin_paths`` that fails to load raises :class:`PluginPathError` unless
@@ -257,5 +261,8 @@ def note_failed_plugins() -> None:
     miss what it provides."""
     failed = [p.name for p in get_plugin_report().failures]
     if failed:
-        print(f"umdbench: note: {len(failed)} plugin(s) failed to load and were skipped ({', '.join(failed)}); "
-              f"`umdbench plugins --traceback` shows why.", file=sys.stderr)
+        print(
+            f"umdbench: note: {len(failed)} plugin(s) failed to load and were skipped ({', '.join(failed)}); "
+            f"`umdbench plugins --traceback` shows why.",
+            file=sys.stderr,
+        )

@@ -6,6 +6,7 @@
 * Every entry is type-checked against its kind (:data:`EXPECTED`): an object when it is registered,
   a lazy entry when it is first imported. A wrong kind is a :class:`RegistryTypeError`.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -197,8 +198,10 @@ class LazyRegistry(Registry):
             raise
         except (ValueError, KeyError, TypeError) as exc:
             detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise PluginError(f"{KINDS[self.kind]} {name!r} (from {self.origin(name)}) failed while {doing}: {detail}. "
-                              f"{self._fix_for(name, str(detail))}") from exc
+            raise PluginError(
+                f"{KINDS[self.kind]} {name!r} (from {self.origin(name)}) failed while {doing}: {detail}. "
+                f"{self._fix_for(name, str(detail))}"
+            ) from exc
         except Exception as exc:
             found = blame(exc, [self.ref(name)])
             if found is None:
@@ -235,12 +238,16 @@ class LazyRegistry(Registry):
         named = sorted((o for o, m in found.items() if m), key=lambda o: (found[o].start(), -len(o)))
         if named:
             path = self.OPTION_PATHS.get(self.kind, "")
-            return (f"Fix the option it names ({named[0]}) with --cfg-options, e.g. {path}{named[0]}=VALUE "
-                    f"(`--dry-run` prints the resolved config), or report it to the plugin's author if the "
-                    f"configuration is valid.")
-        return (f"The message names none of its options, so the fault is in the plugin (or its presets), not in "
-                f"your configuration: report it to the plugin's author ({self.origin(name)}; `umdbench plugins` "
-                f"shows its package and version).")
+            return (
+                f"Fix the option it names ({named[0]}) with --cfg-options, e.g. {path}{named[0]}=VALUE "
+                f"(`--dry-run` prints the resolved config), or report it to the plugin's author if the "
+                f"configuration is valid."
+            )
+        return (
+            f"The message names none of its options, so the fault is in the plugin (or its presets), not in "
+            f"your configuration: report it to the plugin's author ({self.origin(name)}; `umdbench plugins` "
+            f"shows its package and version)."
+        )
 
     def ref(self, name: str):
         """The plugin's :class:`~umdbench.plugin.calls.PluginRef` (its own files), None for the core's."""
@@ -250,8 +257,13 @@ class LazyRegistry(Registry):
         if module == "umdbench" or module.startswith("umdbench."):
             return None
         obj = self.get(name)
-        return PluginRef(KINDS.get(self.kind, self.kind), name, self.provenance(name), _root_of(module),
-                         obj if isinstance(obj, type) else None)
+        return PluginRef(
+            KINDS.get(self.kind, self.kind),
+            name,
+            self.provenance(name),
+            _root_of(module),
+            obj if isinstance(obj, type) else None,
+        )
 
     def origin(self, name: str) -> str:
         return self._origins.get(name, "?")

@@ -7,6 +7,7 @@ them in the work dir's reference-points file, keyed by dataset, split and data f
 ``umdbench leaderboard`` finds them and prints them under the dataset's table (the leaderboard
 itself reads no data and imports no torch).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,26 @@ from pathlib import Path
 
 from umdbench.util import atomic_write_json
 
-__all__ = ["majority_baseline", "question_only_baseline", "reference_key", "reference_points", "load_reference_points",
-           "row_reference_key", "store_reference_points"]
+__all__ = [
+    "majority_baseline",
+    "question_only_baseline",
+    "reference_key",
+    "reference_points",
+    "load_reference_points",
+    "row_reference_key",
+    "store_reference_points",
+]
 
 TOKEN = re.compile(r"[a-z0-9]+")
 
 
 def _accuracy(records: list, predictions: list[str]) -> dict[str, float]:
     out = {}
-    for name, keep in (("overall", lambda r: True), ("open", lambda r: r.answer_type == "open"),
-                       ("closed", lambda r: r.answer_type == "closed")):
+    for name, keep in (
+        ("overall", lambda r: True),
+        ("open", lambda r: r.answer_type == "open"),
+        ("closed", lambda r: r.answer_type == "closed"),
+    ):
         pairs = [(r.answer, p) for r, p in zip(records, predictions) if keep(r)]
         out[name] = 100.0 * sum(a == p for a, p in pairs) / len(pairs) if pairs else float("nan")
     return out

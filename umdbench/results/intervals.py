@@ -19,6 +19,7 @@ which questions the finite test split happens to hold. Both are resampled togeth
 
 Every random draw comes from ``numpy.random.default_rng(SEED)``, so a table is reproducible.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,7 @@ class RankInterval:
     high: float
 
 
-def rank_intervals(corrects: dict, draws: int = BOOTSTRAP, seed: int = SEED,
-                   higher_is_better: bool = True) -> dict:
+def rank_intervals(corrects: dict, draws: int = BOOTSTRAP, seed: int = SEED, higher_is_better: bool = True) -> dict:
     """Each row's rank among ``corrects`` (``{name: correct [S, n]}``, the same n examples) with a
     95 % bootstrap interval: every replicate draws the examples once for all rows (the rows were
     scored on the same examples) and each row's seeds, ranks the replicate means (ties share the
@@ -146,8 +146,9 @@ def sign_flip_p(diffs: np.ndarray, permutations: int = PERMUTATIONS, seed: int =
     return (1 + hits) / (1 + permutations)
 
 
-def compare(row: np.ndarray, reference: np.ndarray, draws: int = BOOTSTRAP, seed: int = SEED,
-            permutations: int = PERMUTATIONS) -> Comparison:
+def compare(
+    row: np.ndarray, reference: np.ndarray, draws: int = BOOTSTRAP, seed: int = SEED, permutations: int = PERMUTATIONS
+) -> Comparison:
     """``row - reference`` (percent) over the same questions, seeds averaged per question: paired
     bootstrap interval and sign-flip p. ``row [S1, n]``, ``reference [S2, n]`` (seed counts may differ)."""
     row, reference = np.atleast_2d(np.asarray(row)), np.atleast_2d(np.asarray(reference))

@@ -10,6 +10,7 @@ indexing the files. Every file is written atomically (temp file + rename).
 Import-light: no torch and no plugin module; suite specs come from the registries, which read
 ``registry.toml`` and plugin hooks but import no strategy or dataset.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,17 +23,30 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from umdbench.data.overlap import data_key, describe_data, load_report
 from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
 from umdbench.results import intervals
-from umdbench.data.overlap import data_key, describe_data, load_report
 from umdbench.results.baselines import row_reference_key
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
 from umdbench.results.predictions import seed_matrix
 from umdbench.util import atomic_write_bytes, atomic_write_text, is_score
 
-METRIC_ORDER = ("open", "closed", "overall", "accuracy", "auc", "sensitivity", "specificity",
-                "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+METRIC_ORDER = (
+    "open",
+    "closed",
+    "overall",
+    "accuracy",
+    "auc",
+    "sensitivity",
+    "specificity",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+)
 
 
 def _stats(values: list[float]) -> tuple[float, float | None]:
@@ -73,16 +87,19 @@ def runs_table(rows: list[dict], base_dir: Path | None = None, cache: dict | Non
     table = []
     for (pretrain, tune), members in sorted(groups.items()):
         # a metric undefined on a split (NaN, e.g. closed accuracy with no closed question) is "n/a"
-        cells = [_fmt(*_stats(values)) + _interval_text([r for r in members if m in r["metrics"]], m, base_dir, cache)
-                 if (values := [r["metrics"][m] for r in members if is_score(r["metrics"].get(m))])
-                 else ("n/a" if any(m in r["metrics"] for r in members) else "-")
-                 for m in metrics]
+        cells = [
+            _fmt(*_stats(values)) + _interval_text([r for r in members if m in r["metrics"]], m, base_dir, cache)
+            if (values := [r["metrics"][m] for r in members if is_score(r["metrics"].get(m))])
+            else ("n/a" if any(m in r["metrics"] for r in members) else "-")
+            for m in metrics
+        ]
         table.append([pretrain, tune, *cells, len(members)])
     return tabulate(table, headers=["pretrain", "tune", *metrics, "seeds"], tablefmt="github", disable_numparse=True)
 
 
-def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_paths=(),
-                       reference_points: dict | None = None) -> list[Path]:
+def write_leaderboards(
+    store, out_dir: Path, suite: str | None = None, plugin_paths=(), reference_points: dict | None = None
+) -> list[Path]:
     """Every board of the store (``runs.md`` and one per suite) into ``out_dir``. ``reference_points``:
     stored no-image baselines (:func:`umdbench.results.baselines.load_reference_points`), printed
     under the tables of the dataset splits they were computed on."""
@@ -93,21 +110,27 @@ def write_leaderboards(store, out_dir: Path, suite: str | None = None, plugin_pa
         by_key: dict[tuple, list[dict]] = defaultdict(list)
         for row in rows:
             by_key[(row["dataset"], row["preset"])].append(row)
-        parts = ["# umdbench runs\n", "Every finished run in the store, mean ± std over seeds (percent) and, where "
-                 "per-example predictions are stored, [the 95 % interval over seeds and test examples] "
-                 "(bootstrap, fixed seed; see docs/sweeps.md).\n"]
+        parts = [
+            "# umdbench runs\n",
+            "Every finished run in the store, mean ± std over seeds (percent) and, where "
+            "per-example predictions are stored, [the 95 % interval over seeds and test examples] "
+            "(bootstrap, fixed seed; see docs/sweeps.md).\n",
+        ]
         cache: dict = {}
         for (dataset, preset), members in sorted(by_key.items()):
             # rows from older stores or other executors may lack either (NULL): said, not sorted with None
             commits = _known(r["git_commit"][:12] if r.get("git_commit") else None for r in members)
             devices = _known(r.get("device") for r in members)
-            parts.append(f"\n## {dataset} (preset {preset})\n\n{runs_table(members, _store_dir(store), cache)}\n\n"
-                         f"<sub>{len(members)} runs; devices: {devices}; commits: {commits}</sub>\n")
+            parts.append(
+                f"\n## {dataset} (preset {preset})\n\n{runs_table(members, _store_dir(store), cache)}\n\n"
+                f"<sub>{len(members)} runs; devices: {devices}; commits: {commits}</sub>\n"
+            )
         path = out_dir / "runs.md"
         atomic_write_text(path, "".join(parts))
         written.append(path)
-    written += write_suite_boards(store, out_dir, suite=suite, plugin_paths=plugin_paths,
-                                  reference_points=reference_points)
+    written += write_suite_boards(
+        store, out_dir, suite=suite, plugin_paths=plugin_paths, reference_points=reference_points
+    )
     return written
 
 
@@ -172,8 +195,13 @@ class SuiteResults:
     def undefined(self, dataset: str, metric: str) -> bool:
         """True when runs on ``dataset`` report ``metric`` but never a number (NaN: the split has no
         example of that kind, e.g. no closed question in VQA-Med-2019)."""
-        reported = [r["metrics"][metric] for (_, d), rows in self.rows.items() if d == dataset
-                    for r in rows if metric in r["metrics"]]
+        reported = [
+            r["metrics"][metric]
+            for (_, d), rows in self.rows.items()
+            if d == dataset
+            for r in rows
+            if metric in r["metrics"]
+        ]
         return bool(reported) and not any(is_score(v) for v in reported)
 
     def all_rows(self) -> list[dict]:
@@ -210,22 +238,27 @@ def collect_suite_results(store, suite) -> dict[str, SuiteResults]:
 STATUS_TEXT = {"data unavailable": "data unavailable", "failed": "failed", "planned": "pending", "done": "missing"}
 
 
-def render_suite(suite, results: SuiteResults, preset: str, reference_points: dict | None = None,
-                 overlap: dict | None = None) -> str:
+def render_suite(
+    suite, results: SuiteResults, preset: str, reference_points: dict | None = None, overlap: dict | None = None
+) -> str:
     paper = get_table(suite.paper)
     names = suite.cell_names()
     grid_rows = {p.cell_name: p.row for p in suite.grid()}
     used_paper_rows = {grid_rows[n].paper_row for n in names if suite.vary_key is None}
     all_rows = results.all_rows()
     suite_metrics = list(suite.metrics) or ordered_metrics({m for r in all_rows for m in r["metrics"]})
-    out = [f"# {suite.title}\n\n",
-           f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent) [95 % interval over "
-           f"seeds and test examples], from `umdbench sweep --suite {suite.name}`; * = differs from the reference "
-           f"row (explained under each table)."]
+    out = [
+        f"# {suite.title}\n\n",
+        f"Suite `{suite.name}`, preset `{preset}`. Ours: mean ± std over seeds (percent) [95 % interval over "
+        f"seeds and test examples], from `umdbench sweep --suite {suite.name}`; * = differs from the reference "
+        f"row (explained under each table).",
+    ]
     if paper is not None and paper.columns:
-        out.append(f" Paper: {paper.source}; Δ = ours − paper. **Bold**: best in its column (ours among our "
-                   f"rows, paper among the paper's rows). Rows marked *reported, not run* are methods umdbench "
-                   f"does not implement, shown with the paper's numbers.")
+        out.append(
+            f" Paper: {paper.source}; Δ = ours − paper. **Bold**: best in its column (ours among our "
+            f"rows, paper among the paper's rows). Rows marked *reported, not run* are methods umdbench "
+            f"does not implement, shown with the paper's numbers."
+        )
     out.append("\n")
     footnotes: list[str] = []
     reference = suite.reference_cell
@@ -244,8 +277,9 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
         headers.append("seeds")
         # best values per column
         best_of = {m: (min if m in suite.lower_is_better else max) for m in metrics}
-        best_ours = {m: best_of[m]((v[0] for n in names if (v := results.metric(n, dataset, m))), default=None)
-                     for m in metrics}
+        best_ours = {
+            m: best_of[m]((v[0] for n in names if (v := results.metric(n, dataset, m))), default=None) for m in metrics
+        }
         best_paper = {}
         for m in paper_cols:
             vals = [paper.value(r, dataset, m) for r in paper.rows]
@@ -257,7 +291,12 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
         no_interval: dict[str, list[str]] = defaultdict(list)  # why -> rows shown without an interval
         for name in names:
             row = grid_rows[name]
-            label = name + (" †" if row.inferred else "") + (" ‡" if row.note else "") + (" (ref)" if name == reference else "")
+            label = (
+                name
+                + (" †" if row.inferred else "")
+                + (" ‡" if row.note else "")
+                + (" (ref)" if name == reference else "")
+            )
             status = results.status.get((name, dataset))
             line = [label]
             seeds = 0
@@ -309,23 +348,35 @@ def render_suite(suite, results: SuiteResults, preset: str, reference_points: di
                 line += ["–", "–"] if with_compute else ["–"]
                 reported.append(line)
         table = reported + table
-        beyond = (f"*Beyond the paper, which does not report {dataset} here (`--datasets {dataset}` runs it).*\n\n"
-                  if dataset in suite.extra_datasets else "")
-        out.append(f"\n## {dataset}\n\n{beyond}{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n")
+        beyond = (
+            f"*Beyond the paper, which does not report {dataset} here (`--datasets {dataset}` runs it).*\n\n"
+            if dataset in suite.extra_datasets
+            else ""
+        )
+        out.append(
+            f"\n## {dataset}\n\n{beyond}{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n"
+        )
         out.append(_differences(compared, metrics, reference, results, dataset))
         out.append(_rank_lines(results, names, dataset, metrics, suite.lower_is_better))
         out.append(_reference_points(results, names, dataset, reference_points or {}))
         out.append(_overlap_lines(results, names, dataset, overlap))
         for why, rows_without in sorted(no_interval.items()):
-            out.append(f"\n<sub>no interval for {', '.join(dict.fromkeys(rows_without))}: {why}; shown as mean ± std "
-                       f"over seeds only.</sub>\n")
-        unavailable = {results.status[(n, dataset)][1] for n in names
-                       if results.status.get((n, dataset), ("",))[0] == "data unavailable"}
+            out.append(
+                f"\n<sub>no interval for {', '.join(dict.fromkeys(rows_without))}: {why}; shown as mean ± std "
+                f"over seeds only.</sub>\n"
+            )
+        unavailable = {
+            results.status[(n, dataset)][1]
+            for n in names
+            if results.status.get((n, dataset), ("",))[0] == "data unavailable"
+        }
         for reason in sorted(r for r in unavailable if r):
             out.append(f"\n<sub>data unavailable: {reason}</sub>\n")
         if undefined:
-            out.append(f"\n<sub>not shown: {', '.join(undefined)}; every run on {dataset} reports it undefined "
-                       f"(the evaluated split has no example of that kind).</sub>\n")
+            out.append(
+                f"\n<sub>not shown: {', '.join(undefined)}; every run on {dataset} reports it undefined "
+                f"(the evaluated split has no example of that kind).</sub>\n"
+            )
         for deviation in _deviations(results, names, dataset, own=True):
             out.append(f"\n<sub>deviation: {deviation}</sub>\n")
     if any(r.inferred for r in suite.rows):
@@ -369,13 +420,17 @@ def _rank_lines(results: SuiteResults, names, dataset: str, metrics, lower_is_be
         if len(same) < 2:
             continue
         ranks = intervals.rank_intervals(same, higher_is_better=m not in lower_is_better)
-        text = "; ".join(f"{n} {r.rank:g} [{r.low:g}, {r.high:g}]" for n, r in sorted(ranks.items(), key=lambda kv: kv[1].rank))
+        text = "; ".join(
+            f"{n} {r.rank:g} [{r.low:g}, {r.high:g}]" for n, r in sorted(ranks.items(), key=lambda kv: kv[1].rank)
+        )
         lines.append(f"- rank by {m} (1 = best) [95 % interval]: {text}")
     if not lines:
         return ""
-    return ("\n" + "\n".join(lines) + f"\n\n<sub>Rank intervals: {intervals.BOOTSTRAP} bootstrap replicates "
-            f"drawing the test examples once for all rows and each row's seeds; a row's interval is the 2.5 and 97.5 "
-            f"percentiles of its rank over them.</sub>\n")
+    return (
+        "\n" + "\n".join(lines) + f"\n\n<sub>Rank intervals: {intervals.BOOTSTRAP} bootstrap replicates "
+        f"drawing the test examples once for all rows and each row's seeds; a row's interval is the 2.5 and 97.5 "
+        f"percentiles of its rank over them.</sub>\n"
+    )
 
 
 def _stage_hours(entry: dict) -> tuple[str, float] | None:
@@ -431,22 +486,29 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
         for m in shown:
             c = by_metric.get(m)
             holm = "" if c is None or c.p_holm is None else f" (Holm {c.p_holm:.3f})"
-            line.append("–" if c is None else f"{c.diff.mean:+.2f} [{c.diff.low:+.2f}, {c.diff.high:+.2f}] "
-                                               f"p={c.p:.3f}{holm}{' *' if c.significant else ''}")
+            line.append(
+                "–"
+                if c is None
+                else f"{c.diff.mean:+.2f} [{c.diff.low:+.2f}, {c.diff.high:+.2f}] "
+                f"p={c.p:.3f}{holm}{' *' if c.significant else ''}"
+            )
         table.append(line)
     n = {m: len(results.correct(reference, dataset, m)[1]) for m in shown}
-    resolve = ", ".join(f"{m} {statistics.median(c[m].diff.half_width for c in compared.values() if m in c):.2f}"
-                        for m in shown)
+    resolve = ", ".join(
+        f"{m} {statistics.median(c[m].diff.half_width for c in compared.values() if m in c):.2f}" for m in shown
+    )
     headers = ["vs reference " + reference] + [f"Δ {m} (n={n[m]})" for m in shown]
-    return (f"\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n\n"
-            f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
-            f"examples together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
-            f"reference `{reference}` on the same test examples, each example's value (its correctness, or the "
-            f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; p: paired sign-flip permutation "
-            f"test ({intervals.PERMUTATIONS} permutations); Holm: p adjusted over the rows compared with the reference "
-            f"on this dataset and metric; * = significant after that adjustment (Holm p < {intervals.ALPHA}: at most a "
-            f"{intervals.ALPHA:.0%} chance of any false star per dataset and metric). Smallest difference this test "
-            f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n")
+    return (
+        f"\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n\n"
+        f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
+        f"examples together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
+        f"reference `{reference}` on the same test examples, each example's value (its correctness, or the "
+        f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; p: paired sign-flip permutation "
+        f"test ({intervals.PERMUTATIONS} permutations); Holm: p adjusted over the rows compared with the reference "
+        f"on this dataset and metric; * = significant after that adjustment (Holm p < {intervals.ALPHA}: at most a "
+        f"{intervals.ALPHA:.0%} chance of any false star per dataset and metric). Smallest difference this test "
+        f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n"
+    )
 
 
 def _reference_points(results: SuiteResults, names, dataset: str, points: dict) -> str:
@@ -457,8 +519,10 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
         return ""  # baselines are defined for VQA only
     splits = {row_reference_key(r) for r in rows}
     if len(splits) != 1 or (key := splits.pop()) not in points:
-        return ("\n<sub>no-image reference points: `umdbench baselines --work-dir WORK_DIR` (the work dir of "
-                "these runs) adds the question-only and majority-answer accuracy of this split here.</sub>\n")
+        return (
+            "\n<sub>no-image reference points: `umdbench baselines --work-dir WORK_DIR` (the work dir of "
+            "these runs) adds the question-only and majority-answer accuracy of this split here.</sub>\n"
+        )
     point = points[key]
 
     def text(name: str) -> str:
@@ -468,11 +532,16 @@ def _reference_points(results: SuiteResults, names, dataset: str, points: dict) 
 
     q_only = point["question only"]["overall"]
     below = [n for n in names if (v := results.metric(n, dataset, "overall")) and v[0] < q_only]
-    verdict = (f"Rows whose mean overall is below question-only: {', '.join(below)}." if below
-               else "Every row with a result is above question-only overall.")
-    return (f"\n<sub>No-image reference points on the same split and data (`umdbench baselines {dataset}`): "
-            f"{text('question only')} (bag-of-words logistic regression, no image); {text('majority answer')}. "
-            f"{verdict}</sub>\n")
+    verdict = (
+        f"Rows whose mean overall is below question-only: {', '.join(below)}."
+        if below
+        else "Every row with a result is above question-only overall."
+    )
+    return (
+        f"\n<sub>No-image reference points on the same split and data (`umdbench baselines {dataset}`): "
+        f"{text('question only')} (bag-of-words logistic regression, no image); {text('majority answer')}. "
+        f"{verdict}</sub>\n"
+    )
 
 
 def _overlap_pair(report: dict, row: dict, corpus: dict, cells: dict) -> int | None:
@@ -488,8 +557,14 @@ def _overlap_pair(report: dict, row: dict, corpus: dict, cells: dict) -> int | N
     tests = {t.get("id"): t for t in report.get("tests") or []}
     for i, pair in enumerate(report["pairs"]):
         c, t = corpora.get(pair.get("corpus")), tests.get(pair.get("test"))
-        if (c and t and data_key(c) == data_key(corpus) and data_key(t) == data_key(data) and t.get("split") == split
-                and row.get("data_fingerprint") in {t.get("fingerprint"), *(t.get("row_fingerprints") or [])}):
+        if (
+            c
+            and t
+            and data_key(c) == data_key(corpus)
+            and data_key(t) == data_key(data)
+            and t.get("split") == split
+            and row.get("data_fingerprint") in {t.get("fingerprint"), *(t.get("row_fingerprints") or [])}
+        ):
             return i
     return None
 
@@ -519,27 +594,41 @@ def _overlap_lines(results: SuiteResults, names, dataset: str, report: dict | No
         study = pair.get("kind") == "study"
         unit = "studies" if study else "images"
         if pair.get("overlap"):
-            how = (f"{pair['exact']} same content, {pair['same_subject']} same declared subject" if study else
-                   f"{pair['exact']} exact (same file content), {pair['near']} near (Hamming distance <= {threshold} "
-                   f"of a 128-bit perceptual hash)")
+            how = (
+                f"{pair['exact']} same content, {pair['same_subject']} same declared subject"
+                if study
+                else f"{pair['exact']} exact (same file content), {pair['near']} near (Hamming distance <= {threshold} "
+                f"of a 128-bit perceptual hash)"
+            )
             first = pair["shared"][0] if pair.get("shared") else None
             example = f", e.g. {first['test']} ~ {first['corpus']}" if first else ""
-            text = (f"train/test overlap: {pair['overlap']} of the {pair['test_items']} test {unit} "
-                    f"({pair['overlap_records']} of {pair['test_records']} test records) have "
-                    f"{'a copy' if study else 'an exact or near duplicate'} in {who}: {how}{example}.")
+            text = (
+                f"train/test overlap: {pair['overlap']} of the {pair['test_items']} test {unit} "
+                f"({pair['overlap_records']} of {pair['test_records']} test records) have "
+                f"{'a copy' if study else 'an exact or near duplicate'} in {who}: {how}{example}."
+            )
         else:
-            criterion = "same content or declared subject" if study else (
-                f"exact or near duplicate, Hamming distance <= {threshold} of a 128-bit perceptual hash")
-            text = (f"train/test overlap: none found: no test {unit[:-1] if not study else 'study'} of the "
-                    f"{pair['test_items']} is in the {pair['corpus_items']} {unit} of {who} ({criterion}).")
+            criterion = (
+                "same content or declared subject"
+                if study
+                else (f"exact or near duplicate, Hamming distance <= {threshold} of a 128-bit perceptual hash")
+            )
+            text = (
+                f"train/test overlap: none found: no test {unit[:-1] if not study else 'study'} of the "
+                f"{pair['test_items']} is in the {pair['corpus_items']} {unit} of {who} ({criterion})."
+            )
         for lo in pair.get("left_out") or []:
-            text += (f" Its option `{lo['option']}` left out {lo['records']} records ({lo['items']} {unit}); "
-                     + (f"{lo['overlap']} of the test {unit} are among them ({lo['exact']} exact, {lo['near']} near)."
-                        if lo.get("overlap") else f"no test {unit[:-1] if not study else 'study'} is among them."))
+            text += f" Its option `{lo['option']}` left out {lo['records']} records ({lo['items']} {unit}); " + (
+                f"{lo['overlap']} of the test {unit} are among them ({lo['exact']} exact, {lo['near']} near)."
+                if lo.get("overlap")
+                else f"no test {unit[:-1] if not study else 'study'} is among them."
+            )
         lines.append(text + " (`umdbench overlap`; every shared item is listed in overlap.json beside the store.)")
     if missing:
-        lines.append(f"train/test overlap: not audited for {', '.join(dict.fromkeys(missing))}: the overlap report "
-                     f"covers neither their corpus nor this data (`umdbench overlap --work-dir WORK_DIR` adds it).")
+        lines.append(
+            f"train/test overlap: not audited for {', '.join(dict.fromkeys(missing))}: the overlap report "
+            f"covers neither their corpus nor this data (`umdbench overlap --work-dir WORK_DIR` adds it)."
+        )
     return "".join(f"\n<sub>{line}</sub>\n" for line in lines)
 
 
@@ -561,8 +650,9 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
     data = {}
     for r in rows:
         root = (r.get("config") or {}).get("dataset", {}).get("root")
-        data.setdefault(r["dataset"], set()).add(f"fingerprint {str(r['data_fingerprint'])[:12]}"
-                                                  + (f", root `{root}`" if root else " (generated)"))
+        data.setdefault(r["dataset"], set()).add(
+            f"fingerprint {str(r['data_fingerprint'])[:12]}" + (f", root `{root}`" if root else " (generated)")
+        )
     for (name, dataset), (status, detail) in results.status.items():
         if status == "data unavailable" and dataset not in data:
             data[dataset] = {f"unavailable ({detail})" if detail else "unavailable"}
@@ -570,11 +660,15 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
         lines.append("- **data**: " + "; ".join(f"{d}: {', '.join(sorted(v))}" for d, v in sorted(data.items())))
     devices = sorted({r["device"] for r in rows if r.get("device")})
     wall = sum(float(r.get("wall_time_s") or 0) for r in rows)
-    lines.append(f"- **compute**: {', '.join(devices) or '–'}; {wall / 3600:.2f} h of cell wall time over {len(rows)} runs")
+    lines.append(
+        f"- **compute**: {', '.join(devices) or '–'}; {wall / 3600:.2f} h of cell wall time over {len(rows)} runs"
+    )
     hours = _board_stage_hours(rows)
     if hours:
-        lines.append("- **training compute** (each trained stage once, however many cells share it): "
-                     + ", ".join(f"{v:.3g} {unit} over {n} stages" for unit, (v, n) in sorted(hours.items())))
+        lines.append(
+            "- **training compute** (each trained stage once, however many cells share it): "
+            + ", ".join(f"{v:.3g} {unit} over {n} stages" for unit, (v, n) in sorted(hours.items()))
+        )
     seeds = sorted({r["seed"] for r in rows})
     lines.append(f"- **seeds**: {', '.join(map(str, seeds)) or '–'}")
     commits = sorted({r["git_commit"] for r in rows if r.get("git_commit")})
@@ -586,9 +680,14 @@ def _footer(suite, results: SuiteResults, preset: str) -> str:
             if not package.startswith("umdbench "):
                 plugins.setdefault(package, set()).add(used.split(":", 1)[1])
     if plugins:
-        lines.append("- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items())))
-    others = {d: None for ds in suite.shown_datasets(results.stored_datasets)
-              for d in _deviations(results, suite.cell_names(), ds, own=False)}
+        lines.append(
+            "- **plugin packages**: " + "; ".join(f"{p} ({', '.join(sorted(n))})" for p, n in sorted(plugins.items()))
+        )
+    others = {
+        d: None
+        for ds in suite.shown_datasets(results.stored_datasets)
+        for d in _deviations(results, suite.cell_names(), ds, own=False)
+    }
     if others:
         lines.append("- **deviations** recorded with the runs: " + "; ".join(others))
     if results.overrides:
@@ -608,7 +707,9 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = next((m for m in ("overall", "accuracy") if m in suite.metrics), suite.metrics[0] if suite.metrics else None)
+    metric = next(
+        (m for m in ("overall", "accuracy") if m in suite.metrics), suite.metrics[0] if suite.metrics else None
+    )
     if metric is None:
         return None
     paper = get_table(suite.paper)
@@ -635,18 +736,33 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
         ax.set_xticks(list(suite.vary_values))
     else:
         names = suite.cell_names()
-        fig, axes = plt.subplots(1, len(datasets), figsize=(max(5, 1.0 * len(names)) * len(datasets) / 1.5, 3.8),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(datasets), figsize=(max(5, 1.0 * len(names)) * len(datasets) / 1.5, 3.8), squeeze=False
+        )
         for ax, dataset in zip(axes[0], datasets):
             xs = range(len(names))
             vals = [results.metric(n, dataset, metric) for n in names]
-            ax.bar(xs, [v[0] if v else float("nan") for v in vals], yerr=[(v[1] or 0) if v else 0 for v in vals],
-                   color="tab:blue", alpha=0.8, capsize=3, label="ours")
+            ax.bar(
+                xs,
+                [v[0] if v else float("nan") for v in vals],
+                yerr=[(v[1] or 0) if v else 0 for v in vals],
+                color="tab:blue",
+                alpha=0.8,
+                capsize=3,
+                label="ours",
+            )
             if paper is not None and (dataset, metric) in paper.columns:
                 grid_rows = {p.cell_name: p.row for p in suite.grid()}
                 pv = [paper.value(grid_rows[n].paper_row, dataset, metric) for n in names]
-                ax.scatter([x for x, v in zip(xs, pv) if v is not None], [v for v in pv if v is not None],
-                           marker="_", s=300, color="black", label="paper", zorder=3)
+                ax.scatter(
+                    [x for x, v in zip(xs, pv) if v is not None],
+                    [v for v in pv if v is not None],
+                    marker="_",
+                    s=300,
+                    color="black",
+                    label="paper",
+                    zorder=3,
+                )
             ax.set_xticks(list(xs))
             ax.set_xticklabels([n.split(" ")[0] if n.split(" ")[0].isdigit() else n for n in names], rotation=0)
             ax.set_title(dataset)
@@ -661,8 +777,9 @@ def plot_suite(suite, results: SuiteResults, preset: str, path: Path) -> Path | 
     return path
 
 
-def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_paths=(),
-                       reference_points: dict | None = None) -> list[Path]:
+def write_suite_boards(
+    store, out_dir: Path, suite: str | None = None, plugin_paths=(), reference_points: dict | None = None
+) -> list[Path]:
     registries = get_registries(tuple(plugin_paths))
     suites = [get_suite(registries, suite)] if suite else all_suites(registries)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -687,8 +804,10 @@ def write_suite_boards(store, out_dir: Path, suite: str | None = None, plugin_pa
         if rows:
             runs = out_dir / f"{s.name}-runs.jsonl"
             atomic_write_text(runs, runs_jsonl(rows))
-            parts.append(f"\nEvery run behind these numbers (config, hash, seed, commit, package versions, data "
-                         f"fingerprint, metrics): [{runs.name}]({runs.name}).\n")
+            parts.append(
+                f"\nEvery run behind these numbers (config, hash, seed, commit, package versions, data "
+                f"fingerprint, metrics): [{runs.name}]({runs.name}).\n"
+            )
             written.append(runs)
         path = out_dir / f"{s.name}.md"
         atomic_write_text(path, "\n".join(parts))
@@ -706,8 +825,11 @@ def runs_jsonl(rows: list[dict]) -> str:
 def write_index(out_dir: Path) -> Path:
     """``README.md``: one line per leaderboard file in ``out_dir``, and one per sub-folder that has
     its own index (boards of another preset or work dir rendered with ``--out DIR/sub``)."""
-    lines = ["# umdbench results\n", "Generated by `umdbench leaderboard`; each file states the preset, data, compute, "
-             "seeds and commits behind its numbers.\n"]
+    lines = [
+        "# umdbench results\n",
+        "Generated by `umdbench leaderboard`; each file states the preset, data, compute, "
+        "seeds and commits behind its numbers.\n",
+    ]
     for md in sorted(out_dir.glob("*.md")):
         if md.name == "README.md":
             continue

@@ -11,13 +11,16 @@ Tables 4 and 5: the check marks of ablation rows 5-7 are lost in our copy of the
 numbers are only consistent with 5 = TD-Calib+GM-Coord, 6 = MR-Pretrain+TD-Calib,
 7 = MR-Pretrain+GM-Coord. That assignment is *inferred* and every output that shows it says so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 PAPER = "UMD, arXiv 2404.06057"
-INFERRED_NOTE = ("Rows 5-7: the paper's check marks are lost in our copy; the assignment "
-                 "5 = TD-Calib+GM-Coord, 6 = MR-Pretrain+TD-Calib, 7 = MR-Pretrain+GM-Coord is inferred from the numbers.")
+INFERRED_NOTE = (
+    "Rows 5-7: the paper's check marks are lost in our copy; the assignment "
+    "5 = TD-Calib+GM-Coord, 6 = MR-Pretrain+TD-Calib, 7 = MR-Pretrain+GM-Coord is inferred from the numbers."
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,15 @@ class PaperTable:
         return values[self.columns.index((dataset, metric))]
 
 
-_VQA = (("vqa-rad", "open"), ("vqa-rad", "closed"), ("vqa-rad", "overall"),
-        ("slake", "open"), ("slake", "closed"), ("slake", "overall"), ("vqa-med-2019", "overall"))
+_VQA = (
+    ("vqa-rad", "open"),
+    ("vqa-rad", "closed"),
+    ("vqa-rad", "overall"),
+    ("slake", "open"),
+    ("slake", "closed"),
+    ("slake", "overall"),
+    ("vqa-med-2019", "overall"),
+)
 _ROCO = tuple(("roco", m) for m in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"))
 _MELINDA5 = tuple(("melinda", m) for m in ("accuracy", "auc", "sensitivity", "specificity"))
 N = None
@@ -76,9 +86,18 @@ TABLES: dict[str, PaperTable] = {
         source=f"{PAPER}, Table 3 (MELINDA classification, accuracy %)",
         columns=(("melinda", "accuracy"),),
         rows={
-            "ResNet-101": (63.84,), "LSTM": (59.20,), "RoBERTa": (75.40,), "SciBERT": (77.70,),
-            "NLF": (76.60,), "SAN": (72.30,), "ViLBERT": (78.60,),
-            "MAE": (78.03,), "CLIP": (77.16,), "FLIP": (77.36,), "M3AE": (78.50,), "UMD": (79.58,),
+            "ResNet-101": (63.84,),
+            "LSTM": (59.20,),
+            "RoBERTa": (75.40,),
+            "SciBERT": (77.70,),
+            "NLF": (76.60,),
+            "SAN": (72.30,),
+            "ViLBERT": (78.60,),
+            "MAE": (78.03,),
+            "CLIP": (77.16,),
+            "FLIP": (77.36,),
+            "M3AE": (78.50,),
+            "UMD": (79.58,),
         },
         groups={"ResNet-101": "image-only", "LSTM": "text-only", "RoBERTa": "text-only", "SciBERT": "text-only"},
     ),

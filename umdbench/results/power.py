@@ -16,6 +16,7 @@ planner says, for each seed count, the smallest Δ the split's n resolves and th
 With 1 stored seed the seed terms cannot be estimated and are left out (so the answer is optimistic,
 and says so).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,9 @@ def _pair(row: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
         return float(d.var(ddof=1)), 0.0, 0.0
     noise = float(row.var(0, ddof=1).mean() + ref.var(0, ddof=1).mean())  # per example, both rows
     # var of the per-example mean difference = fixed + noise / S  (S = the seeds each row averaged)
-    fixed = max(0.0, float(d.var(ddof=1)) - (row.var(0, ddof=1).mean() / len(row) + ref.var(0, ddof=1).mean() / len(ref)))
+    fixed = max(
+        0.0, float(d.var(ddof=1)) - (row.var(0, ddof=1).mean() / len(row) + ref.var(0, ddof=1).mean() / len(ref))
+    )
     run = 0.0
     for m in (row, ref):
         seed_means = m.mean(1)
@@ -90,8 +93,13 @@ def plan_text(label: str, c: Components, difference: float, seed_counts=(1, 3, 5
         lines.append("  (one seed stored: seed-to-seed variation cannot be estimated and is left out; optimistic)")
     for s in seed_counts:
         need = examples_needed(c, s, difference)
-        need_text = (f"needs {need} examples" if need is not None
-                     else "is out of reach by examples alone (seed-to-seed variation; more seeds)")
-        lines.append(f"  {s:>2} seeds: resolves {resolvable(c, s):.2f} points with these {c.n} examples; "
-                     f"a {difference:g}-point difference {need_text}")
+        need_text = (
+            f"needs {need} examples"
+            if need is not None
+            else "is out of reach by examples alone (seed-to-seed variation; more seeds)"
+        )
+        lines.append(
+            f"  {s:>2} seeds: resolves {resolvable(c, s):.2f} points with these {c.n} examples; "
+            f"a {difference:g}-point difference {need_text}"
+        )
     return "\n".join(lines)

@@ -7,6 +7,7 @@ Arrays (one entry per test example, sorted by ``index``): ``index`` (position in
 and ``answer_type`` (VQA: 0 closed, 1 open); ``score__<metric>`` where a metric reports its own
 per-example values (e.g. each study's Dice, in [0, 1]). Loaded with ``allow_pickle=False``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,8 +79,9 @@ def metric_values(arrays: dict[str, np.ndarray], metric: str) -> tuple[np.ndarra
     return arrays["index"][keep].astype(np.int64), arrays["correct"][keep].astype(np.float64)
 
 
-def seed_matrix(rows: list[dict], metric: str, base_dir: Path,
-                cache: dict | None = None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+def seed_matrix(
+    rows: list[dict], metric: str, base_dir: Path, cache: dict | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """``(correct [seeds, n], index [n], "")`` of one cell's rows (its seeds) for ``metric``, or
     ``(None, None, why)`` when an interval cannot be computed from what is stored. The stored
     examples must reproduce each row's stored metric, so an interval is never put beside a

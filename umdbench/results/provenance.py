@@ -1,4 +1,5 @@
 """Where a result came from: code version, packages, device."""
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -7,8 +8,18 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGES = ("umdbench", "torch", "torchvision", "onedl-mmengine", "transformers", "timm", "torchmetrics", "numpy", "pillow",
-            "cmeel-mimalloc")
+PACKAGES = (
+    "umdbench",
+    "torch",
+    "torchvision",
+    "onedl-mmengine",
+    "transformers",
+    "timm",
+    "torchmetrics",
+    "numpy",
+    "pillow",
+    "cmeel-mimalloc",
+)
 
 
 @lru_cache(maxsize=1)
@@ -19,8 +30,13 @@ def git_commit() -> str:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown (git unavailable)"
@@ -51,5 +67,7 @@ def device_description() -> str:
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return (f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"{active_allocator()} allocator")
+    return (
+        f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{active_allocator()} allocator"
+    )

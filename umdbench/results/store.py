@@ -9,6 +9,7 @@ updated in place, so a finished result cannot be damaged by a later run.
 records which cell key each (suite, cell name, dataset, preset, seed) points at and whether its
 data was unavailable or it failed; leaderboards read it.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,30 @@ CREATE TABLE IF NOT EXISTS suite_cells (
     PRIMARY KEY (suite, cell_name, dataset, preset, seed)
 );
 """
-COLUMNS = ("cell_key", "suite", "cell_name", "pretrain", "tune", "dataset", "preset", "seed", "metrics", "config",
-           "config_hash", "stage_keys", "git_commit", "packages", "data_fingerprint", "wall_time_s", "device", "created_at",
-           "skipped", "plugins", "predictions", "schedule")
+COLUMNS = (
+    "cell_key",
+    "suite",
+    "cell_name",
+    "pretrain",
+    "tune",
+    "dataset",
+    "preset",
+    "seed",
+    "metrics",
+    "config",
+    "config_hash",
+    "stage_keys",
+    "git_commit",
+    "packages",
+    "data_fingerprint",
+    "wall_time_s",
+    "device",
+    "created_at",
+    "skipped",
+    "plugins",
+    "predictions",
+    "schedule",
+)
 JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped", "plugins", "predictions", "schedule")
 
 # The store's layout, kept in SQLite's user_version. 1: the first released layout (user_version
@@ -60,8 +82,12 @@ JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped", "plugi
 # opened; a store from a newer umdbench is refused rather than written in a layout it does not know.
 SCHEMA_VERSION = 5
 # columns added since version 1: (version, table, column, SQL type)
-MIGRATIONS = [(2, "runs", "skipped", "TEXT"), (3, "runs", "plugins", "TEXT"), (4, "runs", "predictions", "TEXT"),
-              (5, "runs", "schedule", "TEXT")]
+MIGRATIONS = [
+    (2, "runs", "skipped", "TEXT"),
+    (3, "runs", "plugins", "TEXT"),
+    (4, "runs", "predictions", "TEXT"),
+    (5, "runs", "schedule", "TEXT"),
+]
 MEMBERSHIP_COLUMNS = ("suite", "cell_name", "dataset", "preset", "seed", "cell_key", "status", "detail", "overrides")
 
 
@@ -100,8 +126,10 @@ class ResultsStore:
                     f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
                     f"again to start a new store; `umdbench leaderboard --store OLD` can still read a healthy copy."
                 ) from exc
-            raise StoreError(f"results store {self.path} stayed locked by another process for too long ({exc}); "
-                             f"wait for the other umdbench run to finish and run again.") from exc
+            raise StoreError(
+                f"results store {self.path} stayed locked by another process for too long ({exc}); "
+                f"wait for the other umdbench run to finish and run again."
+            ) from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"results store {self.path} is not a readable SQLite database ({exc}). Move it aside and run "
@@ -114,7 +142,8 @@ class ResultsStore:
             raise StoreError(
                 f"results store {self.path} has schema version {version}, written by a newer umdbench than this "
                 f"one (which knows versions up to {SCHEMA_VERSION}); fix: upgrade umdbench, or pass another "
-                f"--work-dir / --store so that this store is left as it is.")
+                f"--work-dir / --store so that this store is left as it is."
+            )
         for _, table, column, sql_type in MIGRATIONS:
             have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
             if column not in have:  # CREATE TABLE IF NOT EXISTS kept an older table as it was
@@ -155,7 +184,8 @@ class ResultsStore:
         values = [row.get(col) for col in COLUMNS]
         with self._connect() as con:
             cur = con.execute(
-                f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
+                f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values
+            )
             return cur.rowcount == 1
 
     def rows(self, suite: str | None = None) -> list[dict]:
@@ -176,8 +206,21 @@ class ResultsStore:
             con.executemany(
                 f"INSERT OR REPLACE INTO suite_cells ({', '.join(MEMBERSHIP_COLUMNS)}, updated_at) "
                 f"VALUES ({', '.join('?' * (len(MEMBERSHIP_COLUMNS) + 1))})",
-                [(m.suite, m.cell_name, m.dataset, m.preset, int(m.seed), m.cell_key, m.status, m.detail,
-                  json.dumps(m.overrides, default=str), now) for m in entries],
+                [
+                    (
+                        m.suite,
+                        m.cell_name,
+                        m.dataset,
+                        m.preset,
+                        int(m.seed),
+                        m.cell_key,
+                        m.status,
+                        m.detail,
+                        json.dumps(m.overrides, default=str),
+                        now,
+                    )
+                    for m in entries
+                ],
             )
 
     def membership(self, suite: str | None = None) -> list[Membership]:

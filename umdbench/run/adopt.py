@@ -12,6 +12,7 @@ artifact becomes the new key's (hard-linked) with a marker naming ``adopted_from
 evidence, and rows built on it record both (``schedule``). Otherwise the stage is refused, with
 the reason; nothing unverified is ever reused.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,13 +47,19 @@ class Outcome:
     def line(self) -> str:
         head = f"{self.stage.title} (key {self.stage.key[:12]})"
         if self.status == "trained":
-            return f"  {head}: has its artifact already" + (f" (adopted from {self.source[:12]})" if self.source else "")
+            return f"  {head}: has its artifact already" + (
+                f" (adopted from {self.source[:12]})" if self.source else ""
+            )
         if self.status == "adopted":
             a = self.adoption
-            losses = "identical" if a["max_rel_loss_diff"] == 0 else f"max relative difference {a['max_rel_loss_diff']:.3g}"
+            losses = (
+                "identical" if a["max_rel_loss_diff"] == 0 else f"max relative difference {a['max_rel_loss_diff']:.3g}"
+            )
             params = "bit-identical" if a["params_equal"] else f"norm within {a['params_norm_rel_diff']:.3g}"
-            return (f"  {head}: adopted from {self.source[:12]} (first {a['steps']} optimiser steps re-run: losses "
-                    f"{losses}, parameters {params})")
+            return (
+                f"  {head}: adopted from {self.source[:12]} (first {a['steps']} optimiser steps re-run: losses "
+                f"{losses}, parameters {params})"
+            )
         return f"  {head}: refused. {self.reason}"
 
 
@@ -67,7 +74,7 @@ def _comparable(inputs: dict) -> dict:
 def equivalent_keys(ws: Workspace, stage: Stage) -> set[str]:
     """The stage's key and every key its artifact was adopted from, transitively: a child trained
     under one of them had the same parent weights."""
-    keys, key = {stage.key}, stage.key
+    keys = {stage.key}
     folder = ws.stage_dir(stage)
     while folder is not None and (folder / "artifact.json").is_file():
         source = ws.folder_marker(folder).get("adopted_from")
@@ -137,7 +144,11 @@ def rerun_first_steps(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: in
 def _accepts(comparison: dict, tolerance: float) -> bool:
     if comparison["max_rel_loss_diff"] == 0 and comparison["params_equal"]:
         return True
-    return tolerance > 0 and comparison["max_rel_loss_diff"] <= tolerance and comparison["params_norm_rel_diff"] <= tolerance
+    return (
+        tolerance > 0
+        and comparison["max_rel_loss_diff"] <= tolerance
+        and comparison["params_norm_rel_diff"] <= tolerance
+    )
 
 
 def _adopt_one(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int, tolerance: float) -> Outcome:
@@ -146,40 +157,68 @@ def _adopt_one(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int, tole
     ws = ctx.ws
     fix = "fix: train it with the command that planned it (`umdbench run ...` or `umdbench sweep ...`)"
     if stage.parent is not None and not ws.is_trained(stage.parent):
-        return Outcome(stage, "refused", f"Not tried: its parent stage, {stage.parent.title} (key "
-                       f"{stage.parent.key[:12]}), is neither trained nor adopted under the current code (see its "
-                       f"line); {fix}, or adopt the parent first.")
+        return Outcome(
+            stage,
+            "refused",
+            f"Not tried: its parent stage, {stage.parent.title} (key "
+            f"{stage.parent.key[:12]}), is neither trained nor adopted under the current code (see its "
+            f"line); {fix}, or adopt the parent first.",
+        )
     matches, nearest = candidates(ws, stage)
     if not matches:
-        near = (f"the closest, {nearest[0].name}, differs in {', '.join(nearest[1])}" if nearest else
-                f"no {stage.title} stage is trained there at all")
-        return Outcome(stage, "refused", f"No stage trained in {ws.work_dir} has the same inputs except the code "
-                       f"(its config, the encoder config, the seed, the data fingerprint and its parent): {near}. "
-                       f"Nothing is reused; {fix}.")
+        near = (
+            f"the closest, {nearest[0].name}, differs in {', '.join(nearest[1])}"
+            if nearest
+            else f"no {stage.title} stage is trained there at all"
+        )
+        return Outcome(
+            stage,
+            "refused",
+            f"No stage trained in {ws.work_dir} has the same inputs except the code "
+            f"(its config, the encoder config, the seed, the data fingerprint and its parent): {near}. "
+            f"Nothing is reused; {fix}.",
+        )
     k = min(int(steps), int(stage.cfg.get("train", {}).get("max_iters", steps)))
-    recorded = [(folder, marker) for folder, marker in matches
-                if int((marker.get("evidence") or {}).get("steps", 0)) >= k]
+    recorded = [
+        (folder, marker) for folder, marker in matches if int((marker.get("evidence") or {}).get("steps", 0)) >= k
+    ]
     if not recorded:
         folder, marker = matches[0]
         have = int((marker.get("evidence") or {}).get("steps", 0))
         if not have:
-            why = (f"{folder.name} has the same inputs but was trained by older umdbench code, which did not record "
-                   f"its first optimiser steps, so the current code cannot be checked against it")
-            return Outcome(stage, "refused", f"{why}. Nothing unverified is reused; {fix} (a stage trained now "
-                           f"records them for the next upgrade).")
-        return Outcome(stage, "refused", f"{folder.name} has the same inputs but recorded only {have} optimiser "
-                       f"step(s), fewer than --steps {k}; fix: pass --steps {have} (at most {EVIDENCE_STEPS} are "
-                       f"recorded), or retrain it.")
-    echo(f"{stage.title} (key {stage.key[:12]}): re-running its first {k} optimiser step(s) under the current code "
-         f"to compare with {recorded[0][0].name}")
+            why = (
+                f"{folder.name} has the same inputs but was trained by older umdbench code, which did not record "
+                f"its first optimiser steps, so the current code cannot be checked against it"
+            )
+            return Outcome(
+                stage,
+                "refused",
+                f"{why}. Nothing unverified is reused; {fix} (a stage trained now records them for the next upgrade).",
+            )
+        return Outcome(
+            stage,
+            "refused",
+            f"{folder.name} has the same inputs but recorded only {have} optimiser "
+            f"step(s), fewer than --steps {k}; fix: pass --steps {have} (at most {EVIDENCE_STEPS} are "
+            f"recorded), or retrain it.",
+        )
+    echo(
+        f"{stage.title} (key {stage.key[:12]}): re-running its first {k} optimiser step(s) under the current code "
+        f"to compare with {recorded[0][0].name}"
+    )
     try:
         rerun = rerun_first_steps(stage, run, ctx, k, (recorded[0][1].get("evidence") or {}).get("threads"))
     except UmdbenchError as exc:  # the current code fails where the old one trained: nothing to adopt
-        return Outcome(stage, "refused", f"Re-running its first {k} optimiser step(s) under the current code "
-                       f"failed: {exc}")
+        return Outcome(
+            stage, "refused", f"Re-running its first {k} optimiser step(s) under the current code failed: {exc}"
+        )
     if int(rerun.get("steps", 0)) < k:
-        return Outcome(stage, "refused", f"The re-run under the current code recorded {rerun.get('steps', 0)} of "
-                       f"{k} optimiser steps, so it cannot be compared; {fix}.")
+        return Outcome(
+            stage,
+            "refused",
+            f"The re-run under the current code recorded {rerun.get('steps', 0)} of "
+            f"{k} optimiser steps, so it cannot be compared; {fix}.",
+        )
     best = None
     for folder, marker in recorded:
         comparison = compare(marker["evidence"], rerun, k)
@@ -189,20 +228,29 @@ def _adopt_one(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int, tole
             best = (folder, marker, comparison)
     folder, marker, c = best
     worst = c["worst"]
-    where = (f" (step {worst['step']}, {worst['name']}: stored {worst['stored']!r}, now {worst['rerun']!r})"
-             if worst else "")
+    where = (
+        f" (step {worst['step']}, {worst['name']}: stored {worst['stored']!r}, now {worst['rerun']!r})" if worst else ""
+    )
     world = int(marker["evidence"].get("world_size", 1))
-    note = (f" It was trained by {world} processes and the re-run uses one, so rounding may differ; "
-            if world > 1 else " ")
+    note = (
+        f" It was trained by {world} processes and the re-run uses one, so rounding may differ; " if world > 1 else " "
+    )
     suggest = _round_up(max(c["max_rel_loss_diff"], c["params_norm_rel_diff"]))
-    return Outcome(stage, "refused", f"Re-running its first {k} optimiser step(s) under the current code does not "
-                   f"give what {folder.name} recorded: largest relative difference of a logged value "
-                   f"{c['max_rel_loss_diff']:.3g}{where}, parameters after step {k} "
-                   f"{'bit-identical' if c['params_equal'] else 'different'} (norm relative difference "
-                   f"{c['params_norm_rel_diff']:.3g}), tolerance {tolerance:g}. The code change alters how this stage "
-                   f"trains, so its artifact is not reused.{note}{fix[0].upper()}{fix[1:]}"
-                   + (f", or, if this is rounding you accept, pass --tolerance {suggest:.1g}."
-                      if math.isfinite(suggest) and suggest < 0.1 else "."))
+    return Outcome(
+        stage,
+        "refused",
+        f"Re-running its first {k} optimiser step(s) under the current code does not "
+        f"give what {folder.name} recorded: largest relative difference of a logged value "
+        f"{c['max_rel_loss_diff']:.3g}{where}, parameters after step {k} "
+        f"{'bit-identical' if c['params_equal'] else 'different'} (norm relative difference "
+        f"{c['params_norm_rel_diff']:.3g}), tolerance {tolerance:g}. The code change alters how this stage "
+        f"trains, so its artifact is not reused.{note}{fix[0].upper()}{fix[1:]}"
+        + (
+            f", or, if this is rounding you accept, pass --tolerance {suggest:.1g}."
+            if math.isfinite(suggest) and suggest < 0.1
+            else "."
+        ),
+    )
 
 
 def _round_up(x: float) -> float:
@@ -217,10 +265,15 @@ def _adopt(stage: Stage, ctx: RunContext, folder: Path, marker: dict, comparison
     from umdbench.results.provenance import git_commit
 
     ws = ctx.ws
-    adoption = {"steps": comparison["steps"], "max_rel_loss_diff": comparison["max_rel_loss_diff"],
-                "params_equal": comparison["params_equal"],
-                "params_norm_rel_diff": comparison["params_norm_rel_diff"], "tolerance": tolerance,
-                "git_commit": git_commit(), "adopted_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    adoption = {
+        "steps": comparison["steps"],
+        "max_rel_loss_diff": comparison["max_rel_loss_diff"],
+        "params_equal": comparison["params_equal"],
+        "params_norm_rel_diff": comparison["params_norm_rel_diff"],
+        "tolerance": tolerance,
+        "git_commit": git_commit(),
+        "adopted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     source = marker.get("key") or (ws.stage_inputs(folder) or {}).get("key")
     with ws.stage_lock(stage):
         if ws.is_trained(stage):  # trained (or adopted) by another process meanwhile
@@ -229,8 +282,13 @@ def _adopt(stage: Stage, ctx: RunContext, folder: Path, marker: dict, comparison
     return Outcome(stage, "adopted", source=source, adoption=adoption)
 
 
-def adopt_stages(stages: list[Stage], runs: dict[str, ResolvedRun], ctx: RunContext, steps: int = DEFAULT_STEPS,
-                 tolerance: float = 0.0) -> list[Outcome]:
+def adopt_stages(
+    stages: list[Stage],
+    runs: dict[str, ResolvedRun],
+    ctx: RunContext,
+    steps: int = DEFAULT_STEPS,
+    tolerance: float = 0.0,
+) -> list[Outcome]:
     """Adopt, where verified, every training stage of ``stages`` (parents first) whose key has no
     artifact; ``runs`` maps a stage key to a resolved run that contains it."""
     out = []

@@ -4,6 +4,7 @@ schedule, data loader and the mmengine Runner (with its hooks and visualiser bac
 :class:`RunContext` bundles what every builder needs: the :class:`~umdbench.run.workspace.Workspace`,
 the plugin registries and the dataset catalog (plugin instances, built once per process).
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from umdbench.api import DataContext, Encoder, TaskInfo, TaskType, TuneStrategy
+from umdbench.api import DataContext, Encoder, TaskInfo, TaskType
 from umdbench.errors import ConfigError, UmdbenchError
 from umdbench.plan.config import TRACKING_BACKENDS, ResolvedRun
 from umdbench.plan.stages import DataCatalog, Stage
@@ -25,8 +26,18 @@ from umdbench.results.provenance import device_description
 from umdbench.run.workspace import Workspace
 from umdbench.util import config_hash, resolve_amp
 
-__all__ = ["RunContext", "build_dataset", "build_optim_wrapper", "build_strategy",
-           "compile_strategy", "dataloader_cfg", "lr_schedule", "make_runner", "task_type_of", "use_amp"]
+__all__ = [
+    "RunContext",
+    "build_dataset",
+    "build_optim_wrapper",
+    "build_strategy",
+    "compile_strategy",
+    "dataloader_cfg",
+    "lr_schedule",
+    "make_runner",
+    "task_type_of",
+    "use_amp",
+]
 
 
 def echo(message: str) -> None:
@@ -68,8 +79,10 @@ def task_type_of(ctx: RunContext, dataset, stage_kind: str) -> TaskType:
     spec = ctx.registries.task.get(dataset.task)()
     if stage_kind == "pretrain" and spec.supervised:
         if not spec.pretrain_task:
-            raise ConfigError(f"dataset {dataset.name!r} (task {dataset.task!r}) cannot serve as a pre-training "
-                              f"corpus: its task type names no pretrain_task.")
+            raise ConfigError(
+                f"dataset {dataset.name!r} (task {dataset.task!r}) cannot serve as a pre-training "
+                f"corpus: its task type names no pretrain_task."
+            )
         spec = ctx.registries.task.get(spec.pretrain_task)()
     return spec
 
@@ -100,7 +113,7 @@ def build_strategy(stage: Stage, run: ResolvedRun, ctx: RunContext, load_parent:
     parent_state = None
     if load_parent and stage.parent is not None:
         parent_state = ctx.ws.load_stage(stage.parent)
-        encoder_state = {k[len("encoder."):]: v for k, v in parent_state.items() if k.startswith("encoder.")}
+        encoder_state = {k[len("encoder.") :]: v for k, v in parent_state.items() if k.startswith("encoder.")}
         encoder.load_state_dict(encoder_state, strict=True)
     cfg = dict(stage.cfg)
     ids = special_ids(ctx.tokenizer(model_cfg))
@@ -126,8 +139,7 @@ def carry_over_heads(strategy, parent_state: dict) -> list[str]:
     if not prefixes:
         return []
     own = strategy.state_dict()
-    carried = {k: v for k, v in parent_state.items()
-               if k.startswith(prefixes) and k in own and own[k].shape == v.shape}
+    carried = {k: v for k, v in parent_state.items() if k.startswith(prefixes) and k in own and own[k].shape == v.shape}
     strategy.load_state_dict(carried, strict=False)
     return sorted(carried)
 
@@ -146,9 +158,11 @@ def load_for_evaluation(strategy, stage: Stage, ctx: RunContext) -> None:
     transient = tuple(strategy.transient_state_prefixes())
     missing = [k for k in missing if not (transient and k.startswith(transient))]
     if missing or unexpected:
-        raise UmdbenchError(f"artifact {ctx.ws.weights_path(stage)} does not fit strategy {stage.name!r}: missing "
-                            f"{missing[:5]}, unexpected {unexpected[:5]}. Delete the folder "
-                            f"{ctx.ws.stage_dir(stage)} to retrain it.")
+        raise UmdbenchError(
+            f"artifact {ctx.ws.weights_path(stage)} does not fit strategy {stage.name!r}: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}. Delete the folder "
+            f"{ctx.ws.stage_dir(stage)} to retrain it."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,8 +177,9 @@ def stage_records(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str) -
     once per process, run_cell did it up front; with ``on_error: skip`` unusable ones are left out,
     so a batch's ``index`` is a position in this list, not in ``records(split)``."""
     size = run.config["model"].get("image_size")
-    return ctx.catalog.checked_records(stage.data, split, size if isinstance(size, int) else None,
-                                       image_cache_dir(run, ctx))
+    return ctx.catalog.checked_records(
+        stage.data, split, size if isinstance(size, int) else None, image_cache_dir(run, ctx)
+    )
 
 
 def label_subset(records: list, fraction: float, seed: int) -> list:
@@ -187,9 +202,14 @@ def build_dataset(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str, *
     if training and stage.kind == "tune":
         records = label_subset(records, stage.cfg["train"].get("label_fraction", 1.0), run.config["seed"])
     spec = task_type_of(ctx, dataset, stage.kind)
-    data_ctx = DataContext(model_cfg=model_cfg, stage_cfg=stage.cfg, tokenizer=ctx.tokenizer(model_cfg),
-                           label_names=list(dataset.label_names() or []), seed=run.config["seed"],
-                           cache_dir=cache_dir)
+    data_ctx = DataContext(
+        model_cfg=model_cfg,
+        stage_cfg=stage.cfg,
+        tokenizer=ctx.tokenizer(model_cfg),
+        label_names=list(dataset.label_names() or []),
+        seed=run.config["seed"],
+        cache_dir=cache_dir,
+    )
     return spec.build_dataset(records, data_ctx, training=training), spec
 
 
@@ -201,8 +221,16 @@ def auto_num_workers(requested) -> int:
     return max(0, min(4, cores - 1))
 
 
-def dataloader_cfg(dataset, spec: TaskType, batch_size: int, run: ResolvedRun, *, train: bool,
-                   global_batch: int | None = None, micro_batches: int = 1) -> dict:
+def dataloader_cfg(
+    dataset,
+    spec: TaskType,
+    batch_size: int,
+    run: ResolvedRun,
+    *,
+    train: bool,
+    global_batch: int | None = None,
+    micro_batches: int = 1,
+) -> dict:
     """The loader of one split. Training reads through the keyed loader
     (:class:`~umdbench.run.data_parallel.GlobalBatchSampler`): ``batch_size`` is this process's
     micro-batch, ``global_batch`` the step's batch over every rank and micro-batch."""
@@ -212,13 +240,21 @@ def dataloader_cfg(dataset, spec: TaskType, batch_size: int, run: ResolvedRun, *
     seed = run.config["seed"]
     if train:
         dataset, collate = KeyedItems(dataset, seed), KeyedCollate(spec.collate)
-        sampler = {"type": GlobalBatchSampler, "global_batch": int(global_batch or batch_size),
-                   "micro_batches": int(micro_batches), "seed": seed}
+        sampler = {
+            "type": GlobalBatchSampler,
+            "global_batch": int(global_batch or batch_size),
+            "micro_batches": int(micro_batches),
+            "seed": seed,
+        }
     else:
         sampler, collate = {"type": "DefaultSampler", "shuffle": False}, spec.collate
     return {
-        "dataset": dataset, "sampler": sampler, "batch_size": int(batch_size), "num_workers": workers,
-        "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available(),
+        "dataset": dataset,
+        "sampler": sampler,
+        "batch_size": int(batch_size),
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "pin_memory": torch.cuda.is_available(),
         "collate_fn": collate,  # the task type's (mmengine accepts a callable)
     }
 
@@ -332,14 +368,24 @@ def lr_schedule(train: dict) -> list[dict]:
     warm = int(round(float(train.get("warmup_ratio", 0.1)) * int(train["max_iters"]))) * accum
     schedule = []
     if warm > 0:
-        schedule.append({"type": "LinearLR", "start_factor": 1e-3, "end_factor": 1.0, "by_epoch": False,
-                         "begin": 0, "end": warm})
+        schedule.append(
+            {"type": "LinearLR", "start_factor": 1e-3, "end_factor": 1.0, "by_epoch": False, "begin": 0, "end": warm}
+        )
     if train.get("schedule", "linear") == "cosine":
-        schedule.append({"type": "CosineAnnealingLR", "T_max": total - warm, "eta_min": 0.0, "by_epoch": False,
-                         "begin": warm, "end": total})
+        schedule.append(
+            {
+                "type": "CosineAnnealingLR",
+                "T_max": total - warm,
+                "eta_min": 0.0,
+                "by_epoch": False,
+                "begin": warm,
+                "end": total,
+            }
+        )
     else:
-        schedule.append({"type": "LinearLR", "start_factor": 1.0, "end_factor": 0.0, "by_epoch": False,
-                         "begin": warm, "end": total})
+        schedule.append(
+            {"type": "LinearLR", "start_factor": 1.0, "end_factor": 0.0, "by_epoch": False, "begin": warm, "end": total}
+        )
     return schedule
 
 
@@ -363,8 +409,13 @@ def vis_backends(run: ResolvedRun, work_dir: Path, experiment: str) -> list[dict
     for name in tracking.get("backends") or []:
         entry = {"type": TRACKING_BACKENDS[name][0]}
         if name == "mlflow":
-            entry.update({"exp_name": "umdbench", "run_name": experiment,
-                          "tracking_uri": tracking.get("mlflow_uri") or (work_dir / "mlruns").resolve().as_uri()})
+            entry.update(
+                {
+                    "exp_name": "umdbench",
+                    "run_name": experiment,
+                    "tracking_uri": tracking.get("mlflow_uri") or (work_dir / "mlruns").resolve().as_uri(),
+                }
+            )
         backends.append(entry)
     return backends
 
@@ -388,8 +439,9 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
 
         def _log_env(self, env_cfg):  # mmengine's collects compiler/CUDA details: slow and noisy
             precision = "bf16 autocast" if use_amp(train) else "fp32"
-            self.logger.info(f"umdbench stage {stage.dirname}; device {device_description()}; {precision}; "
-                             f"seed {self._seed}")
+            self.logger.info(
+                f"umdbench stage {stage.dirname}; device {device_description()}; {precision}; seed {self._seed}"
+            )
 
     plugin_logs = PluginLogs.route(ctx.registries)
     train = stage.cfg.get("train", {})
@@ -408,14 +460,23 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         work_dir=str(work_dir),
         experiment_name=f"{stage.dirname}",
         randomness={"seed": run.config["seed"]},
-        default_hooks={"logger": {"type": "LoggerHook", "interval": int(train.get("log_interval", 10)) * accumulation(train),
-                                  "log_metric_by_epoch": False},
-                       "checkpoint": None, "timer": {"type": "IterTimerHook"}},
+        default_hooks={
+            "logger": {
+                "type": "LoggerHook",
+                "interval": int(train.get("log_interval", 10)) * accumulation(train),
+                "log_metric_by_epoch": False,
+            },
+            "checkpoint": None,
+            "timer": {"type": "IterTimerHook"},
+        },
         custom_hooks=[ProgressHook(stage.title), PluginLogHook()],
         log_processor={"by_epoch": False},
         env_cfg={"cudnn_benchmark": False},
-        visualizer={"type": "Visualizer", "vis_backends": vis_backends(run, Path(work_dir), stage.dirname),
-                    "name": f"vis-{stage.dirname}-{time.time_ns()}"},
+        visualizer={
+            "type": "Visualizer",
+            "vis_backends": vis_backends(run, Path(work_dir), stage.dirname),
+            "name": f"vis-{stage.dirname}-{time.time_ns()}",
+        },
         **kwargs,
     )
 

@@ -5,6 +5,7 @@ hands the metrics to :func:`store_result`, which writes the row, ``config.json``
 An executor that trains or evaluates elsewhere (Ray workers, torchrun) still ends in
 :func:`store_result`, so every executor leaves the same files.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,19 +34,28 @@ def run_cell(run: ResolvedRun, stages: list[Stage], ctx: RunContext, *, train: T
     existing = ctx.ws.store.get(cell.key)
     if existing is not None:
         for n, stage in enumerate(stages[:-1], 1):
-            echo(f"[{n}/{total}] {stage.title}: " + (f"reusing cached artifact {stage.dirname}"
-                 if ctx.ws.is_trained(stage) else "not in the cache (not needed: the result is stored)"))
+            echo(
+                f"[{n}/{total}] {stage.title}: "
+                + (
+                    f"reusing cached artifact {stage.dirname}"
+                    if ctx.ws.is_trained(stage)
+                    else "not in the cache (not needed: the result is stored)"
+                )
+            )
         echo(f"[{total}/{total}] evaluate: result already in the store (cell {cell.key[:12]}); not re-running.")
         ctx.ws.ensure_result(existing)
         return existing
     # every split the cell reads, before its first stage trains (raises DataError, exit 2)
     check_cell_data(stages, ctx.catalog, run.config, ctx.ws.image_cache_dir)
     ctx.ws.write_run_config(run, stages)
-    echo(f"umdbench run: {run.cell.label}, preset {run.cell.preset}, seed {run.cell.seed}\n"
-         f"{describe_plan(stages, ctx.ws.is_trained)}")
+    echo(
+        f"umdbench run: {run.cell.label}, preset {run.cell.preset}, seed {run.cell.seed}\n"
+        f"{describe_plan(stages, ctx.ws.is_trained)}"
+    )
     trained_before = {s.key for s in stages[:-1] if ctx.ws.is_trained(s)}
     for n, stage in enumerate(stages[:-1], 1):
         train(stage, run, ctx, f"[{n}/{total}]")
+
     def waiting(path):
         echo(f"[{total}/{total}] evaluate: waiting for another process that is evaluating this cell (lock {path})")
 
@@ -79,22 +89,42 @@ def plugin_provenance(run: ResolvedRun, registries) -> dict[str, str]:
     return {f"{kind}:{name}": getattr(registries, kind).provenance(name) for kind, name in used}
 
 
-def result_row(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float,
-               device: str | None = None, skipped: dict | None = None, plugins: dict | None = None,
-               predictions: dict | None = None) -> dict:
+def result_row(
+    run: ResolvedRun,
+    stages: list[Stage],
+    metrics: dict,
+    wall_time_s: float,
+    device: str | None = None,
+    skipped: dict | None = None,
+    plugins: dict | None = None,
+    predictions: dict | None = None,
+) -> dict:
     """The results-store row of a finished cell (``stages``: its plan, evaluation last).
     ``skipped``: records left out per dataset (``on_error: skip``, malformed fields); ``plugins``:
     the package behind each plugin the cell ran; ``predictions``: the reference to the cell's
     per-example predictions file (path, sha256, n), None when it has none."""
     cell = stages[-1]
     return {
-        "cell_key": cell.key, "suite": run.cell.suite, "cell_name": run.cell.cell_name,
-        "pretrain": run.cell.pretrain, "tune": "+".join(run.cell.tune), "dataset": run.cell.dataset,
-        "preset": run.cell.preset, "seed": run.cell.seed, "metrics": metrics, "config": run.portable_config,
-        "config_hash": run.hash, "stage_keys": [s.key for s in stages[:-1]], "git_commit": git_commit(),
-        "packages": package_versions(), "data_fingerprint": cell.data["fingerprint"],
-        "wall_time_s": wall_time_s, "device": device or device_description(), "skipped": skipped or {},
-        "plugins": plugins or {}, "predictions": predictions,
+        "cell_key": cell.key,
+        "suite": run.cell.suite,
+        "cell_name": run.cell.cell_name,
+        "pretrain": run.cell.pretrain,
+        "tune": "+".join(run.cell.tune),
+        "dataset": run.cell.dataset,
+        "preset": run.cell.preset,
+        "seed": run.cell.seed,
+        "metrics": metrics,
+        "config": run.portable_config,
+        "config_hash": run.hash,
+        "stage_keys": [s.key for s in stages[:-1]],
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "data_fingerprint": cell.data["fingerprint"],
+        "wall_time_s": wall_time_s,
+        "device": device or device_description(),
+        "skipped": skipped or {},
+        "plugins": plugins or {},
+        "predictions": predictions,
     }
 
 
@@ -113,8 +143,9 @@ def training_schedule(stages: list[Stage], ctx: RunContext) -> dict:
     return out
 
 
-def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, ctx: RunContext,
-                 device: str | None = None) -> dict:
+def store_result(
+    run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time_s: float, ctx: RunContext, device: str | None = None
+) -> dict:
     """Write a finished cell: ``config.json``, the store row and ``result.json``. A row stored
     before is kept, and returned; ``result.json`` then describes it, not the new metrics."""
     cell = stages[-1]
@@ -122,10 +153,20 @@ def store_result(run: ResolvedRun, stages: list[Stage], metrics: dict, wall_time
         ctx.ws.write_run_config(run, stages)
         skipped = skipped_counts(stages, ctx.catalog)
         if skipped:
-            echo("skipped records (on_error=skip or malformed fields), stored with the row: "
-                 + ", ".join(f"{name} {n}" for name, n in sorted(skipped.items())))
-        row = result_row(run, stages, metrics, wall_time_s, device, skipped, plugin_provenance(run, ctx.registries),
-                         ctx.ws.predictions_ref(cell.key))
+            echo(
+                "skipped records (on_error=skip or malformed fields), stored with the row: "
+                + ", ".join(f"{name} {n}" for name, n in sorted(skipped.items()))
+            )
+        row = result_row(
+            run,
+            stages,
+            metrics,
+            wall_time_s,
+            device,
+            skipped,
+            plugin_provenance(run, ctx.registries),
+            ctx.ws.predictions_ref(cell.key),
+        )
         row["schedule"] = training_schedule(stages, ctx)
         if not ctx.ws.store.add(row):  # INSERT OR IGNORE: one row per cell key
             row = ctx.ws.store.get(cell.key)

@@ -6,6 +6,7 @@
   and an explicit allow-list. onedl-mmengine would fall back to a full unpickle when that fails;
   :func:`install_safe_loader` replaces its local-file loader so the fallback never happens.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -109,10 +110,14 @@ def load_artifact(path: Path, expected_sha256: str | None = None) -> dict[str, t
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise CheckpointError(f"cached artifact {path} is missing. Delete its folder {path.parent} to rebuild the stage.")
+        raise CheckpointError(
+            f"cached artifact {path} is missing. Delete its folder {path.parent} to rebuild the stage."
+        )
     if not expected_sha256:  # weights are never loaded unverified
-        raise CheckpointError(f"cached artifact {path} has no recorded sha256 to verify it against (its artifact.json "
-                              f"is corrupt). Delete the folder {path.parent} and run again to rebuild that stage.")
+        raise CheckpointError(
+            f"cached artifact {path} has no recorded sha256 to verify it against (its artifact.json "
+            f"is corrupt). Delete the folder {path.parent} and run again to rebuild that stage."
+        )
     if sha256_file(path) != expected_sha256:
         raise CheckpointError(
             f"cached artifact {path} does not match the checksum recorded when it was written (corrupt or "

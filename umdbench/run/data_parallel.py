@@ -11,6 +11,7 @@
   the one-process batch, and each sample carries its step and position in that batch, which key its
   random draws (:mod:`umdbench.draws`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -24,9 +25,15 @@ from torch.utils.data import Sampler
 from umdbench import draws
 from umdbench.run.stage_model import POSITION_KEY, STEP_KEY
 
-__all__ = ["GlobalBatchNorm", "GlobalBatchSampler", "KeyedCollate", "KeyedItems", "StageDistributedDataParallel",
-           "convert_batch_norm", "wrapper_cfg"]
-
+__all__ = [
+    "GlobalBatchNorm",
+    "GlobalBatchSampler",
+    "KeyedCollate",
+    "KeyedItems",
+    "StageDistributedDataParallel",
+    "convert_batch_norm",
+    "wrapper_cfg",
+]
 
 
 class StageDistributedDataParallel(MMDistributedDataParallel):
@@ -100,8 +107,10 @@ def per_process_randomness(module: nn.Module) -> list[str]:
             layers.append(name)
     if not layers:
         return []
-    return [f"{len(layers)} dropout / drop-path layers (e.g. {layers[0]}) draw their masks from each process's "
-            f"RNG, not per sample, so the update differs from one process's on the same batch"]
+    return [
+        f"{len(layers)} dropout / drop-path layers (e.g. {layers[0]}) draw their masks from each process's "
+        f"RNG, not per sample, so the update differs from one process's on the same batch"
+    ]
 
 
 def convert_batch_norm(module: nn.Module) -> list[str]:
@@ -110,9 +119,17 @@ def convert_batch_norm(module: nn.Module) -> list[str]:
     replaced = []
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
-            if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not isinstance(sub, GlobalBatchNorm):
-                new = GlobalBatchNorm(sub.num_features, sub.eps, sub.momentum, sub.affine, sub.track_running_stats,
-                                      device=sub.weight.device if sub.affine else None)
+            if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not isinstance(
+                sub, GlobalBatchNorm
+            ):
+                new = GlobalBatchNorm(
+                    sub.num_features,
+                    sub.eps,
+                    sub.momentum,
+                    sub.affine,
+                    sub.track_running_stats,
+                    device=sub.weight.device if sub.affine else None,
+                )
                 new.load_state_dict(sub.state_dict())
                 new.train(sub.training)
                 setattr(child, attr, new)
@@ -138,8 +155,9 @@ class GlobalBatchSampler(Sampler):
         self.rank, self.world = get_dist_info()
         self.global_batch, self.micro_batches = int(global_batch), int(micro_batches)
         if self.global_batch % (self.world * self.micro_batches):
-            raise ValueError(f"batch {global_batch} does not split into {self.world} rank(s) x {micro_batches} "
-                             f"micro-batch(es)")
+            raise ValueError(
+                f"batch {global_batch} does not split into {self.world} rank(s) x {micro_batches} micro-batch(es)"
+            )
         self.local = self.global_batch // (self.world * self.micro_batches)
         self.seed, self.shuffle = int(seed), bool(shuffle)
 

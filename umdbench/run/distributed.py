@@ -18,6 +18,7 @@ from the stage's mmengine checkpoint like any other stage.
 
 Use it with ``umdbench run`` or ``umdbench sweep`` (local executor) and ``--nproc-per-node N``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,17 @@ def write_request(stage, run, ctx, plugin_paths=()) -> Path:
     path = ws.ddp_request_path(stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     cell = dataclasses.asdict(run.cell)
-    atomic_write_json(path, {
-        "stage_key": stage.key, "cell": cell, "config": run.config, "deviations": run.deviations,
-        "work_dir": str(Path(ws.work_dir).resolve()), "plugin_paths": [str(Path(p).resolve()) for p in plugin_paths],
-    })
+    atomic_write_json(
+        path,
+        {
+            "stage_key": stage.key,
+            "cell": cell,
+            "config": run.config,
+            "deviations": run.deviations,
+            "work_dir": str(Path(ws.work_dir).resolve()),
+            "plugin_paths": [str(Path(p).resolve()) for p in plugin_paths],
+        },
+    )
     return path
 
 
@@ -63,17 +71,23 @@ class Launch:
         if self.nproc_per_node < 1 or self.nnodes < 1:
             raise ConfigError("--nproc-per-node and --nnodes must be at least 1.")
         if self.nnodes == 1 and (self.node_rank or self.rdzv_endpoint):
-            raise ConfigError("--node-rank and --rdzv-endpoint are for a run over several nodes: add --nnodes N "
-                              "(the same on every node), or leave them out on one node.")
+            raise ConfigError(
+                "--node-rank and --rdzv-endpoint are for a run over several nodes: add --nnodes N "
+                "(the same on every node), or leave them out on one node."
+            )
         if not 0 <= self.node_rank < self.nnodes:
-            raise ConfigError(f"--node-rank {self.node_rank} is not one of 0..{self.nnodes - 1} (--nnodes "
-                              f"{self.nnodes}): give each node its own rank, 0 on the node --rdzv-endpoint names.")
+            raise ConfigError(
+                f"--node-rank {self.node_rank} is not one of 0..{self.nnodes - 1} (--nnodes "
+                f"{self.nnodes}): give each node its own rank, 0 on the node --rdzv-endpoint names."
+            )
         if self.nnodes > 1:
             try:
                 split_endpoint(self.rdzv_endpoint or "")
             except ValueError:
-                raise ConfigError(f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, node 0's address and a "
-                                  f"free port, the same on every node (got {self.rdzv_endpoint!r}).") from None
+                raise ConfigError(
+                    f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, node 0's address and a "
+                    f"free port, the same on every node (got {self.rdzv_endpoint!r})."
+                ) from None
 
     @property
     def world_size(self) -> int:
@@ -85,15 +99,28 @@ class Launch:
             return ["--standalone", f"--nproc-per-node={self.nproc_per_node}", "--max-restarts=0"]
         # is_host=false: node 0's launcher hosts the store for the whole run (umdbench.run.nodes); c10d
         # ignores --node-rank (the ranks take it from NODE_RANK_ENV: order_ranks_by_node)
-        return [f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}", f"--rdzv-id={rdzv_id}",
-                "--rdzv-conf=is_host=false", "--max-restarts=0"]
+        return [
+            f"--nnodes={self.nnodes}",
+            f"--nproc-per-node={self.nproc_per_node}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={self.rdzv_endpoint}",
+            f"--rdzv-id={rdzv_id}",
+            "--rdzv-conf=is_host=false",
+            "--max-restarts=0",
+        ]
 
 
 def torchrun(launch: Launch, rdzv_id: str, request: str | Path, timeout: float | None = None) -> int:
     """Run this node's part of one torchrun job; returns its exit status."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(rdzv_id),
-           "-m", "umdbench.run.distributed", str(request)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launch.torchrun_args(rdzv_id),
+        "-m",
+        "umdbench.run.distributed",
+        str(request),
+    ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     if launch.nnodes > 1:
@@ -102,8 +129,17 @@ def torchrun(launch: Launch, rdzv_id: str, request: str | Path, timeout: float |
     return subprocess.run(cmd, env=env, timeout=timeout).returncode
 
 
-def launch_stage(stage, run, ctx, nproc: int = 1, plugin_paths=(), timeout: float | None = None, *,
-                 launch: Launch | None = None, group=None) -> Path:
+def launch_stage(
+    stage,
+    run,
+    ctx,
+    nproc: int = 1,
+    plugin_paths=(),
+    timeout: float | None = None,
+    *,
+    launch: Launch | None = None,
+    group=None,
+) -> Path:
     """Train ``stage`` as one torchrun job (``nproc`` processes on this node, or ``launch``);
     ``group``: node 0's :class:`~umdbench.run.nodes.NodeGroup`, which tells the other nodes to join.
     Returns the stage folder."""
@@ -116,8 +152,10 @@ def launch_stage(stage, run, ctx, nproc: int = 1, plugin_paths=(), timeout: floa
     returncode = torchrun(launch, rdzv_id, request, timeout)
     if returncode != 0 or not ctx.ws.is_trained(stage):
         where = " (and in the other nodes' terminals)" if launch.nnodes > 1 else ""
-        raise UmdbenchError(f"torchrun of stage {stage.title} ({stage.key[:12]}) exited with {returncode}; "
-                            f"logs under {ctx.ws.train_dir(stage)}{where}. Run the same command again to resume it.")
+        raise UmdbenchError(
+            f"torchrun of stage {stage.title} ({stage.key[:12]}) exited with {returncode}; "
+            f"logs under {ctx.ws.train_dir(stage)}{where}. Run the same command again to resume it."
+        )
     return ctx.ws.stage_dir(stage)
 
 
@@ -158,8 +196,10 @@ def follow(group, launch: Launch, timeout: float | None = None) -> tuple[int, li
 
     joined, failed = 0, []
     while (job := group.next_job()) is not None:
-        echo(f"node {launch.node_rank}: joining {job['stage']} (key {job['key'][:12]}), torchrun with "
-             f"{launch.nproc_per_node} processes")
+        echo(
+            f"node {launch.node_rank}: joining {job['stage']} (key {job['key'][:12]}), torchrun with "
+            f"{launch.nproc_per_node} processes"
+        )
         returncode = torchrun(launch, job["rdzv_id"], job["request"], timeout)
         joined += 1
         if returncode != 0:
@@ -199,17 +239,21 @@ def run_request(request_path: str | Path) -> Path:
     ctx = RunContext(Path(req["work_dir"]), registries)
     stages = {s.key: s for s in build_plan(run, registries, ctx.catalog)}
     if req["stage_key"] not in stages:
-        raise UmdbenchError(f"stage {req['stage_key'][:12]} is not in the plan rebuilt from {request_path}: the code "
-                            f"or data changed since the request was written, or this node has other code or data "
-                            f"than node 0 (check out the same commit, mount the same data); run the same command "
-                            f"again.")
+        raise UmdbenchError(
+            f"stage {req['stage_key'][:12]} is not in the plan rebuilt from {request_path}: the code "
+            f"or data changed since the request was written, or this node has other code or data "
+            f"than node 0 (check out the same commit, mount the same data); run the same command "
+            f"again."
+        )
     rank = int(os.environ.get("RANK", "0"))
     return train_stage(stages[req["stage_key"]], run, ctx, f"[rank {rank}]", launcher="pytorch")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m umdbench.run.distributed",
-                                     description="One rank of a torchrun (DDP) training stage; see module docstring.")
+    parser = argparse.ArgumentParser(
+        prog="python -m umdbench.run.distributed",
+        description="One rank of a torchrun (DDP) training stage; see module docstring.",
+    )
     parser.add_argument("request", help="ddp-request.json written by umdbench.run.distributed.write_request")
     args = parser.parse_args(argv)
     try:

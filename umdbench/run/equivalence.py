@@ -20,6 +20,7 @@ deviation. Plugin authors can run it on their own strategy::
 
 A factory is ``"module:function"`` or ``"module:function:argument"`` (called with the string).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,8 +116,11 @@ def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int 
         if case.then is None:
             break
         case = case.then(case.strategy)
-    state = {f"state.{k}": v.detach().double().cpu() for k, v in case.strategy.state_dict().items()
-             if v.is_floating_point() or v.dtype in (torch.long, torch.int)}
+    state = {
+        f"state.{k}": v.detach().double().cpu()
+        for k, v in case.strategy.state_dict().items()
+        if v.is_floating_point() or v.dtype in (torch.long, torch.int)
+    }
     names = {id(p): n for n, p in case.strategy.named_parameters()}
     for group in optim.optimizer.param_groups:
         for p in group["params"]:
@@ -164,16 +168,28 @@ def coupled_terms(factory: str) -> list[str]:
 
 
 def _ranks(factories: list[str], steps: int, out: Path, timeout: float) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "umdbench.run.equivalence", "worker", str(out), str(steps), *factories]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "umdbench.run.equivalence",
+        "worker",
+        str(out),
+        str(steps),
+        *factories,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the 2-process leg failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def compare(factories: str | list[str], steps: int = 3, timeout: float = 900, legs=("ranks", "micro"),
-            device: str = "cpu") -> dict[str, Report]:
+def compare(
+    factories: str | list[str], steps: int = 3, timeout: float = 900, legs=("ranks", "micro"), device: str = "cpu"
+) -> dict[str, Report]:
     """Run every factory's legs (one torchrun job, on the CPU, for all the ``ranks`` legs; the
     one-process legs on ``device``); returns a :class:`Report` per factory."""
     factories = [factories] if isinstance(factories, str) else list(factories)
@@ -189,7 +205,9 @@ def compare(factories: str | list[str], steps: int = 3, timeout: float = 900, le
                 report.diffs["ranks"] = relative_differences(ranks[0], ref)
                 report.diffs["rank1"] = relative_differences(ranks[1], ranks[0])  # the ranks agree with each other
             if "micro" in legs:
-                report.diffs["micro"] = relative_differences(run_leg(factory, steps, micro=2, device=device)["state"], ref)
+                report.diffs["micro"] = relative_differences(
+                    run_leg(factory, steps, micro=2, device=device)["state"], ref
+                )
             reports[factory] = report
     return reports
 
@@ -213,18 +231,22 @@ NUM_CLASSES = 16
 def _encoder_cfg() -> dict:
     from umdbench.models.testing import tiny_encoder_cfg
 
-    return tiny_encoder_cfg(image_size=32, max_text_len=16,
-                            vision={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8},
-                            text={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-                            fusion={"hidden_size": 32, "num_layers": 1, "num_heads": 2})
+    return tiny_encoder_cfg(
+        image_size=32,
+        max_text_len=16,
+        vision={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8},
+        text={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        fusion={"hidden_size": 32, "num_layers": 1, "num_heads": 2},
+    )
 
 
 def _batches(cfg: dict, batch_size: int, labels: bool) -> Callable[[int], dict]:
     from umdbench.models.testing import synthetic_pairs
 
     def batch(step: int) -> dict:
-        out, _ = synthetic_pairs(batch_size, image_size=cfg["image_size"], max_len=cfg["max_text_len"],
-                                 seed=100 + step, cfg=cfg)
+        out, _ = synthetic_pairs(
+            batch_size, image_size=cfg["image_size"], max_len=cfg["max_text_len"], seed=100 + step, cfg=cfg
+        )
         out = {k: v.double() if v.is_floating_point() else v for k, v in out.items()}
         if labels:
             g = torch.Generator().manual_seed(200 + step)
@@ -265,9 +287,11 @@ def builtin_case(name: str, batch_size: int = 8, encoder_state: dict | None = No
     strategy.double()  # float64: what is compared is the split of the batch, not float32 rounding
     then = None
     if rest:
+
         def then(trained, rest=rest):
-            state = {k[len("encoder."):]: v for k, v in trained.state_dict().items() if k.startswith("encoder.")}
+            state = {k[len("encoder.") :]: v for k, v in trained.state_dict().items() if k.startswith("encoder.")}
             return builtin_case(rest, batch_size, encoder_state=state)
+
     return Case(strategy, task, train, _batches(ecfg, batch_size, tune), then)
 
 
@@ -277,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="compare the three legs of each factory (default: the built-in strategies)")
     check.add_argument("factories", nargs="*")
     check.add_argument("--steps", type=int, default=3)
-    check.add_argument("--legs", default="ranks,micro", help="ranks (2 gloo processes on the CPU), micro (2 micro-batches)")
+    check.add_argument(
+        "--legs", default="ranks,micro", help="ranks (2 gloo processes on the CPU), micro (2 micro-batches)"
+    )
     check.add_argument("--device", default="cpu", help="device of the one-process legs (cpu, cuda)")
     worker = sub.add_parser("worker", help="one rank of the 2-process leg (started by torchrun)")
     worker.add_argument("out")

@@ -11,6 +11,7 @@ finished stage's ``artifact.json`` holds it under ``evidence``.
 A re-run (:func:`stop_after`) raises :class:`EvidenceComplete` once it has recorded the steps it
 was asked for, so adoption trains K steps, not the whole stage.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,8 +75,9 @@ class EvidenceHook(Hook):
 
     priority = "NORMAL"
 
-    def __init__(self, state, path: Path, micro_batches: int = 1, world_size: int = 1, rank: int = 0,
-                 steps: int = EVIDENCE_STEPS):
+    def __init__(
+        self, state, path: Path, micro_batches: int = 1, world_size: int = 1, rank: int = 0, steps: int = EVIDENCE_STEPS
+    ):
         self.state, self.path = state, Path(path)
         self.micro_batches, self.world_size, self.rank = int(micro_batches), int(world_size), int(rank)
         self.steps = int(steps)
@@ -133,10 +135,16 @@ class EvidenceHook(Hook):
         """What ``artifact.json`` keeps under ``evidence``."""
         # the CPU threads too: a reduction split over another number of threads rounds differently,
         # so a re-run that is to be bit-identical uses the same number
-        return {"format": FORMAT, "steps": len(self.params_sha256) if self.rank == 0 else len(self.losses),
-                "micro_batches": self.micro_batches, "world_size": self.world_size, "losses": self.losses,
-                "params_sha256": self.params_sha256, "params_norm": self.params_norm,
-                "threads": torch.get_num_threads()}
+        return {
+            "format": FORMAT,
+            "steps": len(self.params_sha256) if self.rank == 0 else len(self.losses),
+            "micro_batches": self.micro_batches,
+            "world_size": self.world_size,
+            "losses": self.losses,
+            "params_sha256": self.params_sha256,
+            "params_norm": self.params_norm,
+            "threads": torch.get_num_threads(),
+        }
 
 
 def read(path: Path) -> dict | None:
@@ -171,6 +179,10 @@ def compare(stored: dict, rerun: dict, steps: int) -> dict:
             if diff > worst:
                 worst, where = diff, {"step": step, "name": name, "stored": old[name], "rerun": new[name]}
     last = steps - 1
-    return {"steps": steps, "max_rel_loss_diff": worst, "worst": where,
-            "params_equal": stored["params_sha256"][last] == rerun["params_sha256"][last],
-            "params_norm_rel_diff": _relative(float(stored["params_norm"][last]), float(rerun["params_norm"][last]))}
+    return {
+        "steps": steps,
+        "max_rel_loss_diff": worst,
+        "worst": where,
+        "params_equal": stored["params_sha256"][last] == rerun["params_sha256"][last],
+        "params_norm_rel_diff": _relative(float(stored["params_norm"][last]), float(rerun["params_norm"][last])),
+    }

@@ -1,4 +1,5 @@
 """mmengine hooks of umdbench."""
+
 from __future__ import annotations
 
 import time
@@ -33,5 +34,7 @@ class ProgressHook(Hook):
         self._last = now
         rate = (done - self._start_iter) / max(now - self._start, 1e-9)
         eta = (total - done) / max(rate, 1e-9)
-        values = " ".join(f"{k}={float(v.detach() if hasattr(v, 'detach') else v):.3g}" for k, v in (outputs or {}).items())
+        values = " ".join(
+            f"{k}={float(v.detach() if hasattr(v, 'detach') else v):.3g}" for k, v in (outputs or {}).items()
+        )
         print(f"    {self.title}: {done}/{total} it  {rate:.2f} it/s  eta {eta:.0f}s  {values}", flush=True)

@@ -28,6 +28,7 @@ That is a trade, so it is opt-in: every large allocation then page-faults afresh
 ``UMDBENCH_MMAP_THRESHOLD`` (bytes, e.g. ``1048576``) where memory is the limit; unset or ``0``
 leaves glibc's behaviour. Numerics are unchanged; only where the bytes live.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -41,8 +42,17 @@ from pathlib import Path
 from umdbench.errors import UmdbenchError
 from umdbench.results.provenance import active_allocator  # a provenance fact; re-exported here
 
-__all__ = ["ALLOCATOR_ENV", "DEFAULT_THRESHOLD", "MIMALLOC_OPTIONS", "THRESHOLD_ENV", "active_allocator",
-           "allocator_env", "limit_heap_retention", "mimalloc_library", "reexec_on_allocator"]
+__all__ = [
+    "ALLOCATOR_ENV",
+    "DEFAULT_THRESHOLD",
+    "MIMALLOC_OPTIONS",
+    "THRESHOLD_ENV",
+    "active_allocator",
+    "allocator_env",
+    "limit_heap_retention",
+    "mimalloc_library",
+    "reexec_on_allocator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +112,10 @@ def mimalloc_library() -> Path | None:
 def _choice(environ) -> str:
     choice = environ.get(ALLOCATOR_ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", "mimalloc", "system"):
-        raise UmdbenchError(f"{ALLOCATOR_ENV}={environ.get(ALLOCATOR_ENV)!r} is not an allocator umdbench knows. "
-                            "Set it to 'auto' (mimalloc where installed), 'mimalloc' or 'system', or unset it.")
+        raise UmdbenchError(
+            f"{ALLOCATOR_ENV}={environ.get(ALLOCATOR_ENV)!r} is not an allocator umdbench knows. "
+            "Set it to 'auto' (mimalloc where installed), 'mimalloc' or 'system', or unset it."
+        )
     return choice
 
 
@@ -116,9 +128,11 @@ def allocator_env(environ=None) -> dict[str, str]:
     lib = mimalloc_library()
     if lib is None:
         if choice == "mimalloc":
-            raise UmdbenchError(f"{ALLOCATOR_ENV}=mimalloc, but the cmeel-mimalloc wheel is not installed in this "
-                                "environment (it ships libmimalloc.so for Linux x86-64). Install it with "
-                                "`pip install cmeel-mimalloc`, or set UMDBENCH_ALLOCATOR=system.")
+            raise UmdbenchError(
+                f"{ALLOCATOR_ENV}=mimalloc, but the cmeel-mimalloc wheel is not installed in this "
+                "environment (it ships libmimalloc.so for Linux x86-64). Install it with "
+                "`pip install cmeel-mimalloc`, or set UMDBENCH_ALLOCATOR=system."
+            )
         return {}
     preload = " ".join(p for p in (str(lib), environ.get("LD_PRELOAD", "")) if p)
     return {"LD_PRELOAD": preload, **{k: environ.get(k, v) for k, v in MIMALLOC_OPTIONS.items()}}

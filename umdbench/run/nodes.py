@@ -17,6 +17,7 @@ node alike because node 0 alone decides. Node 0 hosts a TCP store on ``--rdzv-en
 whole run: it carries the path check and the job list, and every job's c10d rendezvous runs on it
 under the job's own id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,11 +38,15 @@ TOKEN_PREFIX = ".umdbench-node-check-"
 JOIN_TIMEOUT_S = 900.0  # how long node 0 waits for the other nodes to start, and they for node 0
 ACK_TIMEOUT_S = 30.0  # how long node 0 keeps its store up for the others to read how the run ended
 POLL_S = 0.5
-SAME_PATH_FIX = ("Every node reads and writes the work dir (stages, requests, logs), the datasets and the plugin "
-                 "files by the paths node 0 uses: mount the shared file system at the same path on every node, "
-                 "start the same command on each (same --work-dir, --data-root and --plugin-path), then run again.")
-RAY_FIX = ("Ray workers read and write the work dir, the datasets and the plugin files by the paths the driver "
-           "uses: mount the shared file system at the same path on every node of the cluster, then run again.")
+SAME_PATH_FIX = (
+    "Every node reads and writes the work dir (stages, requests, logs), the datasets and the plugin "
+    "files by the paths node 0 uses: mount the shared file system at the same path on every node, "
+    "start the same command on each (same --work-dir, --data-root and --plugin-path), then run again."
+)
+RAY_FIX = (
+    "Ray workers read and write the work dir, the datasets and the plugin files by the paths the driver "
+    "uses: mount the shared file system at the same path on every node of the cluster, then run again."
+)
 PathList = Iterable[tuple[str, "str | Path | None"]]  # (label, path): ("work dir", ...), ("data root", ...)
 
 
@@ -131,8 +136,10 @@ def _look_one(check: PathCheck) -> list[str]:
                 return [f"has no folder at {path} (the {check.label})"]
             token = path / check.token
             if not token.is_file() or token.read_text() != check.expect:
-                return [f"sees another folder at {path} (the {check.label}): the check file {check.token} "
-                        f"written there is missing"]
+                return [
+                    f"sees another folder at {path} (the {check.label}): the check file {check.token} "
+                    f"written there is missing"
+                ]
         elif not path.exists():
             return [f"has nothing at {path} (the {check.label})"]
         elif _signature(path) != check.expect:
@@ -165,15 +172,19 @@ def check_ray_nodes(ray, paths: PathList, timeout_s: float = 600.0) -> int:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         task = ray.remote(num_cpus=0, max_retries=0)(probe)  # no CPU: it runs even where every CPU is busy
         sent = [asdict(c) for c in checks]
-        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(sent)
-                for n in nodes]
+        refs = [
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(sent)
+            for n in nodes
+        ]
         for node, ref in zip(nodes, refs):
             try:
                 host, problems = ray.get(ref, timeout=timeout_s)
             except Exception as exc:  # noqa: BLE001 - a node that cannot run the check is reported, not skipped
                 text = str(exc).strip().splitlines()
-                host, problems = node.get("NodeManagerHostname", "?"), [
-                    f"could not run the check ({type(exc).__name__}: {text[-1] if text else ''})"]
+                host, problems = (
+                    node.get("NodeManagerHostname", "?"),
+                    [f"could not run the check ({type(exc).__name__}: {text[-1] if text else ''})"],
+                )
             if problems:
                 failures.append((f"Ray node {node['NodeID'][:12]} (host {host})", problems))
     finally:
@@ -207,8 +218,9 @@ class NodeGroup:
         self.jobs = 0  # announced (node 0) or read (the others) so far
         host, port = split_endpoint(endpoint)
         try:
-            self.store = TCPStore(host, port, is_master=self.leads, wait_for_workers=False,
-                                  timeout=timedelta(seconds=timeout_s))
+            self.store = TCPStore(
+                host, port, is_master=self.leads, wait_for_workers=False, timeout=timedelta(seconds=timeout_s)
+            )
         except Exception as exc:  # noqa: BLE001 - DistNetworkError, RuntimeError or TimeoutError by torch version
             raise self._unreachable(exc) from exc
 
@@ -219,11 +231,15 @@ class NodeGroup:
     def _unreachable(self, exc: Exception) -> NodeError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if self.leads:
-            return NodeError(f"node 0 (host {self.hostname}) cannot serve the run's rendezvous on --rdzv-endpoint "
-                             f"{self.endpoint} ({reason}): give every node the same free port on node 0's address.")
-        return NodeError(f"node {self.node_rank} (host {self.hostname}) could not reach node 0 at --rdzv-endpoint "
-                         f"{self.endpoint} within {self.timeout_s / 60:.0f} min ({reason}): start the same command "
-                         f"with --node-rank 0 on the node that address names, and let the port through.")
+            return NodeError(
+                f"node 0 (host {self.hostname}) cannot serve the run's rendezvous on --rdzv-endpoint "
+                f"{self.endpoint} ({reason}): give every node the same free port on node 0's address."
+            )
+        return NodeError(
+            f"node {self.node_rank} (host {self.hostname}) could not reach node 0 at --rdzv-endpoint "
+            f"{self.endpoint} within {self.timeout_s / 60:.0f} min ({reason}): start the same command "
+            f"with --node-rank 0 on the node that address names, and let the port through."
+        )
 
     def _wait(self, key: str, deadline: float | None = None) -> bytes | None:
         """The value of ``key`` once set; None past ``deadline``. Polls, because a blocking wait that
@@ -237,9 +253,11 @@ class NodeGroup:
         except Exception as exc:  # noqa: BLE001 - DistNetworkError: node 0's store went away
             if self.leads:
                 raise
-            raise NodeError(f"node {self.node_rank} (host {self.hostname}) lost node 0 at {self.endpoint}: node 0's "
-                            f"command ended or its machine went away. Run the same commands again on every node "
-                            f"to resume.") from exc
+            raise NodeError(
+                f"node {self.node_rank} (host {self.hostname}) lost node 0 at {self.endpoint}: node 0's "
+                f"command ended or its machine went away. Run the same commands again on every node "
+                f"to resume."
+            ) from exc
 
     # -- the path check, before anything trains ------------------------------------------------
     def check_paths(self, paths: PathList) -> None:
@@ -255,9 +273,11 @@ class NodeGroup:
             remove_checks(checks)
         error = None
         if absent:
-            error = NodeError(f"node(s) {', '.join(map(str, absent))} did not start within {self.timeout_s / 60:.0f} "
-                              f"min: start the same command on each with its own --node-rank (0 to "
-                              f"{self.nnodes - 1}) and --rdzv-endpoint {self.endpoint}. Nothing was trained.")
+            error = NodeError(
+                f"node(s) {', '.join(map(str, absent))} did not start within {self.timeout_s / 60:.0f} "
+                f"min: start the same command on each with its own --node-rank (0 to "
+                f"{self.nnodes - 1}) and --rdzv-endpoint {self.endpoint}. Nothing was trained."
+            )
         elif failures:
             error = unseen_error(failures, SAME_PATH_FIX)
         self.store.set("verdict", str(error or ""))
@@ -280,8 +300,11 @@ class NodeGroup:
 
     def _report(self, paths: list) -> None:
         checks = [PathCheck(**c) for c in json.loads(self._wait("paths"))]
-        given = {label: str(Path(p).expanduser().resolve()) for label, p in paths
-                 if p is not None and label in ("work dir", "data root")}
+        given = {
+            label: str(Path(p).expanduser().resolve())
+            for label, p in paths
+            if p is not None and label in ("work dir", "data root")
+        }
         self.store.set(f"seen/{self.node_rank}", json.dumps({"host": self.hostname, "problems": look(checks, given)}))
         verdict = self._wait("verdict").decode()
         self.store.set(f"ack/verdict/{self.node_rank}", "1")

@@ -7,6 +7,7 @@ leaderboard bootstraps its intervals from these (``umdbench.results.predictions`
 whose predictions are not one label per example (retrieval scores, segmentation maps) record
 nothing; their rows render without intervals.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -30,10 +31,13 @@ def per_example(sample: dict) -> dict[str, np.ndarray] | None:
     if logits.dim() != 2 or label.numel() != logits.shape[0] or index.numel() != logits.shape[0]:
         return None
     pred = logits.argmax(dim=-1).long()
-    out = {"index": index.numpy().astype(np.int32), "pred": pred.numpy().astype(np.int32),
-           "label": label.numpy().astype(np.int32),
-           # a label of -1 (answer outside the vocabulary) is always wrong, as in the VQA metric
-           "correct": ((pred == label) & (label >= 0)).numpy().astype(np.uint8)}
+    out = {
+        "index": index.numpy().astype(np.int32),
+        "pred": pred.numpy().astype(np.int32),
+        "label": label.numpy().astype(np.int32),
+        # a label of -1 (answer outside the vocabulary) is always wrong, as in the VQA metric
+        "correct": ((pred == label) & (label >= 0)).numpy().astype(np.uint8),
+    }
     answer_type = sample.get("answer_type")
     if isinstance(answer_type, torch.Tensor) and answer_type.numel() == label.numel():
         out["answer_type"] = answer_type.view(-1).numpy().astype(np.int8)  # 0 closed, 1 open
@@ -90,8 +94,11 @@ def with_metric_scores(arrays: dict[str, np.ndarray] | None, per_example: Any) -
         return arrays
     index = np.asarray(per_example["index"]).astype(np.int64).ravel()
     order = np.argsort(index, kind="stable")
-    scores = {f"{SCORE_PREFIX}{k}": np.asarray(v, dtype=np.float64).ravel()[order]
-              for k, v in per_example.items() if k != "index" and len(np.asarray(v).ravel()) == len(index)}
+    scores = {
+        f"{SCORE_PREFIX}{k}": np.asarray(v, dtype=np.float64).ravel()[order]
+        for k, v in per_example.items()
+        if k != "index" and len(np.asarray(v).ravel()) == len(index)
+    }
     if arrays is None:
         return {"index": index[order].astype(np.int32), **scores}
     if not np.array_equal(np.asarray(arrays["index"]).astype(np.int64), index[order]):

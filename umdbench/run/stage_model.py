@@ -1,4 +1,5 @@
 """The mmengine model that wraps one strategy for one stage."""
+
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +62,8 @@ class StageModel(BaseModel):
                 raise UmdbenchError(
                     f"strategy {type(self.strategy).__name__} predicted {sorted(predicted)} but task type "
                     f"{self.task_name!r} declares prediction_keys {sorted(self.prediction_keys)}; make predict() "
-                    f"return exactly those (TaskType.predict does for the shared head).")
+                    f"return exactly those (TaskType.predict does for the shared head)."
+                )
             outputs = {k: v.detach().float().cpu() for k, v in predicted.items()}
             outputs.update({k: batch[k].detach().cpu() for k in self.metric_keys if k in batch})
             return [outputs]
@@ -70,13 +72,16 @@ class StageModel(BaseModel):
     def checked_losses(self, out):
         """A strategy's forward must return a dict with at least one ``loss*`` tensor (mmengine
         would otherwise fail far from the cause, or train nothing)."""
-        losses = [k for k, v in out.items() if k.startswith("loss") and torch.is_tensor(v)] if isinstance(out, dict) else []
+        losses = (
+            [k for k, v in out.items() if k.startswith("loss") and torch.is_tensor(v)] if isinstance(out, dict) else []
+        )
         if not losses:
             got = sorted(out) if isinstance(out, dict) else type(out).__name__
             raise UmdbenchError(
                 f"strategy {type(self.strategy).__name__} ({type(self.strategy).__module__}) returned {got} from "
                 f"forward(); it must return a dict with at least one 'loss*' tensor (summed into the training loss) "
-                f"and any other values to log. Nothing was stored.")
+                f"and any other values to log. Nothing was stored."
+            )
         return out
 
     def step_draws(self, step, positions):

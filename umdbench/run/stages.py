@@ -1,4 +1,5 @@
 """The two stage verbs: train a stage (or reuse its cached artifact) and evaluate a tuned stage."""
+
 from __future__ import annotations
 
 import time
@@ -10,9 +11,22 @@ from umdbench.errors import ConfigError, PluginError, UmdbenchError
 from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage, metric_name
 from umdbench.plugin.calls import plugin_errors
-from umdbench.run.builders import (RunContext, accumulation, artifact_state, build_dataset, build_optim_wrapper, build_strategy,
-                                   compile_strategy, dataloader_cfg, distributed_runner_kwargs, echo,
-                                   load_for_evaluation, lr_schedule, make_runner, stage_records)
+from umdbench.run.builders import (
+    RunContext,
+    accumulation,
+    artifact_state,
+    build_dataset,
+    build_optim_wrapper,
+    build_strategy,
+    compile_strategy,
+    dataloader_cfg,
+    distributed_runner_kwargs,
+    echo,
+    load_for_evaluation,
+    lr_schedule,
+    make_runner,
+    stage_records,
+)
 
 __all__ = ["evaluate_stage", "train_stage", "waiting_note"]
 
@@ -44,8 +58,10 @@ def waiting_note(stage: Stage, step: str):
 
 def _reuse(stage: Stage, ctx: RunContext, step: str):
     meta = ctx.ws.marker(stage)
-    echo(f"{step} {stage.title}: reusing cached artifact {stage.dirname} "
-         f"(trained in {meta.get('wall_time_s', 0):.1f}s; key {stage.key[:12]})")
+    echo(
+        f"{step} {stage.title}: reusing cached artifact {stage.dirname} "
+        f"(trained in {meta.get('wall_time_s', 0):.1f}s; key {stage.key[:12]})"
+    )
     return ctx.ws.stage_dir(stage)
 
 
@@ -71,16 +87,20 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     train = stage.cfg["train"]
     accum = accumulation(train)
     if accum > 1 and int(train["batch_size"]) % (world * accum):  # planning checked accum alone; ranks show here
-        raise ConfigError(f"{stage.title}: batch_size {train['batch_size']} does not split into {world} process(es) "
-                          f"x {accum} micro-batches; make it a multiple of {world * accum}.")
+        raise ConfigError(
+            f"{stage.title}: batch_size {train['batch_size']} does not split into {world} process(es) "
+            f"x {accum} micro-batches; make it a multiple of {world * accum}."
+        )
     # the stage's batch is global across ranks and micro-batches; one loop iteration is one micro-batch
     batch_size = max(1, int(train["batch_size"]) // (world * accum))
     train_dir = ws.train_dir(stage)
     checkpoint = ws.resume_checkpoint(stage)  # relative to this train dir, wherever the work dir now is
     resume = checkpoint is not None
     micro = f" ({accum} micro-batches of {batch_size})" if accum > 1 else ""
-    echo(f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
-         f"{train['batch_size']}{micro} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})")
+    echo(
+        f"{step} {stage.title}: {'resuming' if resume else 'training'} {train['max_iters']} iters x batch "
+        f"{train['batch_size']}{micro} on {stage.data['type']}:{stage.data['split']} (key {stage.key[:12]})"
+    )
     started = time.time()
     strategy = build_strategy(stage, run, ctx)
     compile_strategy(strategy, train)
@@ -89,20 +109,27 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     install_safe_loader()
     interval = int(train.get("checkpoint_interval", max(1, int(train["max_iters"]) // 4))) * accum
     model = StageModel(strategy, spec, seed=run.config["seed"])
-    data_parallel = {"world_size": world, "micro_batches": accum, "threads": torch.get_num_threads(),
-                     "device": "cuda" if torch.cuda.is_available() else "cpu"}  # what a compute column counts
+    data_parallel = {
+        "world_size": world,
+        "micro_batches": accum,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }  # what a compute column counts
     if world > 1:
-        from umdbench.run.data_parallel import convert_batch_norm
-
-        from umdbench.run.data_parallel import per_process_randomness
+        from umdbench.run.data_parallel import convert_batch_norm, per_process_randomness
 
         if convert_batch_norm(model):  # batch statistics of the global batch, as one process has
             data_parallel["batch_norm"] = "statistics over the global batch (GlobalBatchNorm)"
         data_parallel["exceptions"] = per_process_randomness(model)
     runner = make_runner(
-        stage, run, ctx, model, train_dir,
-        train_dataloader=dataloader_cfg(dataset, spec, batch_size, run, train=True,
-                                        global_batch=int(train["batch_size"]), micro_batches=accum),
+        stage,
+        run,
+        ctx,
+        model,
+        train_dir,
+        train_dataloader=dataloader_cfg(
+            dataset, spec, batch_size, run, train=True, global_batch=int(train["batch_size"]), micro_batches=accum
+        ),
         train_cfg={"type": "IterBasedTrainLoop", "max_iters": int(train["max_iters"]) * accum, "val_interval": 10**9},
         optim_wrapper=build_optim_wrapper(strategy, train),
         param_scheduler=lr_schedule(train),
@@ -110,8 +137,10 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         load_from=str(checkpoint) if checkpoint is not None else None,
         **runner_kwargs,
     )
-    runner.register_hook({"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2,
-                          "save_last": True}, priority="VERY_LOW")
+    runner.register_hook(
+        {"type": "CheckpointHook", "interval": interval, "by_epoch": False, "max_keep_ckpts": 2, "save_last": True},
+        priority="VERY_LOW",
+    )
     # the first optimiser steps, kept in the marker for `umdbench adopt` (umdbench.run.evidence)
     evidence = EvidenceHook(lambda: artifact_state(strategy), ws.evidence_path(stage), accum, world, rank)
     runner.register_hook(evidence)
@@ -123,8 +152,15 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         dist.barrier()  # rank 0 writes the artifact
         return ws.stage_dir(stage)
     wall = time.time() - started
-    ws.save_stage(stage, artifact_state(strategy), wall_time_s=wall, max_iters=train["max_iters"], world_size=world,
-                  data_parallel=data_parallel, evidence=evidence.record())
+    ws.save_stage(
+        stage,
+        artifact_state(strategy),
+        wall_time_s=wall,
+        max_iters=train["max_iters"],
+        world_size=world,
+        data_parallel=data_parallel,
+        evidence=evidence.record(),
+    )
     ws.prune_checkpoints(stage, int(train.get("keep_checkpoints", 1)))  # after the marker: never without both
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
     if world > 1:
@@ -140,9 +176,12 @@ def stage_plugins(stage: Stage, run: ResolvedRun, ctx: RunContext, metric: str |
     reg = ctx.registries
     tuned = stage.parent if stage.kind == "eval" else stage
     dataset = ctx.catalog.get(stage.data)
-    refs = [reg.pretrain.ref(tuned.name) if tuned.kind == "pretrain" else reg.tune.ref(tuned.name),
-            reg.encoder.ref(run.config["model"]["type"]), reg.dataset.ref(stage.data["type"]),
-            reg.task.ref(dataset.task)]
+    refs = [
+        reg.pretrain.ref(tuned.name) if tuned.kind == "pretrain" else reg.tune.ref(tuned.name),
+        reg.encoder.ref(run.config["model"]["type"]),
+        reg.dataset.ref(stage.data["type"]),
+        reg.task.ref(dataset.task),
+    ]
     if metric:
         refs.append(reg.metric.ref(metric))
     return refs
@@ -158,8 +197,10 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
     from umdbench.run.stage_model import StageModel
 
     tuned = stage.parent
-    echo(f"{step} evaluate on {stage.data['type']}:{stage.data['split']}"
-         + (f" with metric {stage.cfg['metric']}" if stage.cfg.get("metric") else ""))
+    echo(
+        f"{step} evaluate on {stage.data['type']}:{stage.data['split']}"
+        + (f" with metric {stage.cfg['metric']}" if stage.cfg.get("metric") else "")
+    )
     strategy = build_strategy(tuned, run, ctx, load_parent=False)
     load_for_evaluation(strategy, tuned, ctx)
     if not isinstance(strategy, TuneStrategy) or not strategy.supervised:
@@ -168,28 +209,40 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
     test_set, spec = build_dataset(stage, run, ctx, stage.data["split"], training=False)
     name = metric_name(ctx.registries, type(dataset), stage.cfg)  # stage.cfg: the run's eval section
     if not name:
-        raise UmdbenchError(f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
-                            f"default_metric; set one of them.")
+        raise UmdbenchError(
+            f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
+            f"default_metric; set one of them."
+        )
     from umdbench.run.predictions import PredictionRecorder, with_metric_scores
 
     metric = ctx.registries.metric.get(name)()
     recorder = PredictionRecorder()  # per-example predictions, for the leaderboard's intervals
     # per-type or soft accuracies need the answer names and each example's record (samples carry
     # `index`, the record's position in the split)
-    metric.dataset_meta = {"dataset": stage.data["type"], "split": stage.data["split"],
-                           "label_names": list(dataset.label_names() or []),
-                           "records": stage_records(stage, run, ctx, stage.data["split"])}
+    metric.dataset_meta = {
+        "dataset": stage.data["type"],
+        "split": stage.data["split"],
+        "label_names": list(dataset.label_names() or []),
+        "records": stage_records(stage, run, ctx, stage.data["split"]),
+    }
     runner = make_runner(
-        stage, run, ctx, StageModel(strategy, spec), ctx.ws.eval_dir(stage.key),
+        stage,
+        run,
+        ctx,
+        StageModel(strategy, spec),
+        ctx.ws.eval_dir(stage.key),
         test_dataloader=dataloader_cfg(test_set, spec, run.config["data"]["eval_batch_size"], run, train=False),
-        test_cfg={"type": "TestLoop"}, test_evaluator=Evaluator([metric, recorder]),
+        test_cfg={"type": "TestLoop"},
+        test_evaluator=Evaluator([metric, recorder]),
     )
     with plugin_errors(stage_plugins(stage, run, ctx, metric=name), f"evaluating on {stage.data['type']}"):
         metrics = runner.test()
     bad = {k: v for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
     if bad:
         ref = ctx.registries.metric.ref(name)
-        raise PluginError(f"metric {name!r} ({ref.package if ref else 'umdbench'}) returned values that are not "
-                          f"numbers from compute_metrics(): {bad!r}. Return {{name: float}}; nothing was stored.")
+        raise PluginError(
+            f"metric {name!r} ({ref.package if ref else 'umdbench'}) returned values that are not "
+            f"numbers from compute_metrics(): {bad!r}. Return {{name: float}}; nothing was stored."
+        )
     ctx.ws.write_predictions(stage.key, with_metric_scores(recorder.arrays, getattr(metric, "per_example", None)))
     return {k: float(v) for k, v in metrics.items()}

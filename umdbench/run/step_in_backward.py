@@ -17,6 +17,7 @@ overridden, as GM-Coord does), no gradient accumulation and no distributed all-r
 bf16 autocast (the paper presets); ``True`` = wherever compatible (an error naming the reason
 elsewhere); ``False`` = never.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -54,8 +55,10 @@ def wants_step_in_backward(strategy, train: dict, amp: bool) -> bool:
     reason = incompatibility(strategy, train)
     if mode is True:
         if reason:
-            raise ConfigError(f"train.step_in_backward=true cannot be used here: {reason}. "
-                              f"Set train.step_in_backward=auto (or false).")
+            raise ConfigError(
+                f"train.step_in_backward=true cannot be used here: {reason}. "
+                f"Set train.step_in_backward=auto (or false)."
+            )
         return True
     if mode != "auto":
         raise ConfigError(f"train.step_in_backward={mode!r}: use auto, true or false.")
@@ -83,8 +86,9 @@ def step_in_backward_class(base: type) -> type:
                 if method is not None:
                     method(param)
 
-            self._handles = [p.register_post_accumulate_grad_hook(hook)
-                             for group in optimizer.param_groups for p in group["params"]]
+            self._handles = [
+                p.register_post_accumulate_grad_hook(hook) for group in optimizer.param_groups for p in group["params"]
+            ]
 
         def __del__(self):
             for handle in getattr(self, "_handles", ()):
@@ -131,6 +135,8 @@ def check_processes(config: dict, processes: int) -> None:
     stages = [("pretrain", config.get("pretrain")), *((f"tune.{i}", s) for i, s in enumerate(config.get("tune") or []))]
     for label, stage in stages:
         if stage and (stage.get("train") or {}).get("step_in_backward") is True:
-            raise ConfigError(f"{label}.train.step_in_backward=true cannot be used with {processes} processes: "
-                              f"distributed training all-reduces the gradients after backward, so no parameter can "
-                              f"be stepped inside it. Set {label}.train.step_in_backward=auto (off under DDP) or false.")
+            raise ConfigError(
+                f"{label}.train.step_in_backward=true cannot be used with {processes} processes: "
+                f"distributed training all-reduces the gradients after backward, so no parameter can "
+                f"be stepped inside it. Set {label}.train.step_in_backward=auto (off under DDP) or false."
+            )

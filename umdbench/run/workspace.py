@@ -22,6 +22,7 @@ Layout::
 
 Nothing else in umdbench spells these names: other modules ask a :class:`Workspace`.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,13 +89,16 @@ class Workspace:
         try:
             name = Path(pointer.read_text().strip()).name
         except (OSError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{pointer} cannot be read ({type(exc).__name__}: {exc}); fix: delete it to "
-                                  f"restart the stage from scratch.") from exc
+            raise CheckpointError(
+                f"{pointer} cannot be read ({type(exc).__name__}: {exc}); fix: delete it to "
+                f"restart the stage from scratch."
+            ) from exc
         checkpoint = self.train_dir(stage) / name
         if not name or not checkpoint.is_file():
             raise CheckpointError(
                 f"{pointer} names the checkpoint {pointer.read_text().strip()!r}, which is not in {pointer.parent}; "
-                f"fix: delete {pointer} (and any partial checkpoint there) to restart the stage from scratch.")
+                f"fix: delete {pointer} (and any partial checkpoint there) to restart the stage from scratch."
+            )
         return checkpoint
 
     def prune_checkpoints(self, stage, keep: int) -> list[Path]:
@@ -108,7 +112,7 @@ class Workspace:
             return int(digits) if digits.isdigit() else -1
 
         checkpoints = sorted(train_dir.glob("iter_*.pth"), key=iteration, reverse=True)
-        doomed = checkpoints[max(0, int(keep)):]
+        doomed = checkpoints[max(0, int(keep)) :]
         for path in doomed:
             path.unlink(missing_ok=True)
         if keep <= 0:  # no checkpoint left for the pointer to name
@@ -136,13 +140,17 @@ class Workspace:
         try:
             meta = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
-                                  f"folder {path.parent} and run again to rebuild that stage.") from exc
+            raise CheckpointError(
+                f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
+                f"folder {path.parent} and run again to rebuild that stage."
+            ) from exc
         sha = meta.get("sha256") if isinstance(meta, dict) else None
         if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-            raise CheckpointError(f"stage marker {path} is corrupt: it holds no sha256 of the weights "
-                                  f"({WEIGHTS_FILE}), so they cannot be verified and are not loaded. Delete the folder "
-                                  f"{path.parent} and run again to rebuild that stage.")
+            raise CheckpointError(
+                f"stage marker {path} is corrupt: it holds no sha256 of the weights "
+                f"({WEIGHTS_FILE}), so they cannot be verified and are not loaded. Delete the folder "
+                f"{path.parent} and run again to rebuild that stage."
+            )
         return meta
 
     def stage_wall_time(self, stage) -> float:
@@ -155,8 +163,9 @@ class Workspace:
     def write_stage_inputs(self, stage) -> None:
         """``stage.json``: what the stage's key was computed from."""
         self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.stage_dir(stage) / "stage.json",
-                          {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data})
+        atomic_write_json(
+            self.stage_dir(stage) / "stage.json", {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data}
+        )
 
     def save_stage(self, stage, state: dict, **meta: Any) -> str:
         """Store a finished stage: the weights, then the marker. Returns the weights' sha256."""
@@ -164,8 +173,10 @@ class Workspace:
 
         self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
         sha = save_artifact(state, self.weights_path(stage))
-        atomic_write_json(self._marker_path(stage), {"key": stage.key, "sha256": sha,
-                                                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta})
+        atomic_write_json(
+            self._marker_path(stage),
+            {"key": stage.key, "sha256": sha, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta},
+        )
         return sha
 
     def evidence_path(self, stage) -> Path:
@@ -186,7 +197,7 @@ class Workspace:
         found = []
         if self.stages_dir.is_dir():
             for folder in self.stages_dir.iterdir():
-                rest = folder.name[len(prefix):] if folder.name.startswith(prefix) else ""
+                rest = folder.name[len(prefix) :] if folder.name.startswith(prefix) else ""
                 if len(rest) == 16 and all(c in "0123456789abcdef" for c in rest) and (folder / MARKER_FILE).is_file():
                     found.append(folder)
         return sorted(found, key=lambda f: (f / MARKER_FILE).stat().st_mtime, reverse=True)
@@ -197,8 +208,10 @@ class Workspace:
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
-                                  f"folder {path.parent} and run again to rebuild that stage.") from exc
+            raise CheckpointError(
+                f"stage marker {path} cannot be read ({type(exc).__name__}: {exc}). Delete the "
+                f"folder {path.parent} and run again to rebuild that stage."
+            ) from exc
 
     def adopt_artifact(self, stage, source_dir: Path, **meta: Any) -> Path:
         """Make the finished stage in ``source_dir`` (another key) this stage's artifact: its
@@ -212,9 +225,11 @@ class Workspace:
         source_marker = self.folder_marker(source_dir)
         source = Path(source_dir) / WEIGHTS_FILE
         if not source.is_file() or sha256_file(source) != source_marker.get("sha256"):  # refused, not spread
-            raise CheckpointError(f"cached artifact {source} is missing or does not match the checksum recorded when "
-                                  f"it was written; it cannot be adopted. Delete the folder {source.parent} and train "
-                                  f"the stage again (`umdbench run` or `umdbench sweep`).")
+            raise CheckpointError(
+                f"cached artifact {source} is missing or does not match the checksum recorded when "
+                f"it was written; it cannot be adopted. Delete the folder {source.parent} and train "
+                f"the stage again (`umdbench run` or `umdbench sweep`)."
+            )
         self.write_stage_inputs(stage)
         target = self.weights_path(stage)
         target.unlink(missing_ok=True)
@@ -223,9 +238,16 @@ class Workspace:
         except OSError:
             shutil.copy2(source, target)
         marker = {k: v for k, v in source_marker.items() if k not in ("key", "created_at")}
-        atomic_write_json(self._marker_path(stage), {"key": stage.key, "sha256": source_marker.get("sha256"),
-                                                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                     **marker, **meta})
+        atomic_write_json(
+            self._marker_path(stage),
+            {
+                "key": stage.key,
+                "sha256": source_marker.get("sha256"),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **marker,
+                **meta,
+            },
+        )
         return self.stage_dir(stage)
 
     def load_stage(self, stage) -> dict:
@@ -245,9 +267,14 @@ class Workspace:
         """``runs/<cell key>/config.json``: the cell's resolved config and stage plan."""
         run_dir = self.run_dir(stages[-1].key)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {
-            "config": run.config, "config_hash": run.hash,
-            "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages]})
+        atomic_write_json(
+            run_dir / "config.json",
+            {
+                "config": run.config,
+                "config_hash": run.hash,
+                "plan": [{"title": s.title, "key": s.key, "dir": s.dirname} for s in stages],
+            },
+        )
         return run_dir
 
     @property
@@ -285,8 +312,12 @@ class Workspace:
             return None
         data = path.read_bytes()
         arrays = predictions_file.decode(data)
-        return {"path": path.relative_to(self.store_path.parent).as_posix(), "sha256": predictions_file.sha256(data),
-                "n": int(len(arrays["index"])), "fields": sorted(arrays)}
+        return {
+            "path": path.relative_to(self.store_path.parent).as_posix(),
+            "sha256": predictions_file.sha256(data),
+            "n": int(len(arrays["index"])),
+            "fields": sorted(arrays),
+        }
 
     def result_path(self, cell_key: str) -> Path:
         return self.run_dir(cell_key) / "result.json"
@@ -310,18 +341,27 @@ class Workspace:
         path = self.run_dir(row["cell_key"]) / "config.json"
         try:
             stored = json.loads(path.read_text())
-            if isinstance(stored, dict) and stored.get("config_hash") == row.get("config_hash") \
-                    and isinstance(stored.get("config"), dict) and isinstance(stored.get("plan"), list):
+            if (
+                isinstance(stored, dict)
+                and stored.get("config_hash") == row.get("config_hash")
+                and isinstance(stored.get("config"), dict)
+                and isinstance(stored.get("plan"), list)
+            ):
                 return
         except (OSError, ValueError):
             pass
         config = row.get("config") or {}
-        kinds = ([("pretrain", config["pretrain"].get("type"))] if isinstance(config.get("pretrain"), dict) else [])
+        kinds = [("pretrain", config["pretrain"].get("type"))] if isinstance(config.get("pretrain"), dict) else []
         kinds += [("tune", t.get("type")) for t in config.get("tune") or [] if isinstance(t, dict)]
         keys = list(row.get("stage_keys") or [])
-        plan = [{"title": f"{kind} {name}", "key": key, "dir": f"{kind}-{name}-{key[:16]}"}
-                for (kind, name), key in zip(kinds, keys)] if len(kinds) == len(keys) else \
-            [{"title": None, "key": key, "dir": None} for key in keys]
+        plan = (
+            [
+                {"title": f"{kind} {name}", "key": key, "dir": f"{kind}-{name}-{key[:16]}"}
+                for (kind, name), key in zip(kinds, keys)
+            ]
+            if len(kinds) == len(keys)
+            else [{"title": None, "key": key, "dir": None} for key in keys]
+        )
         plan.append({"title": "evaluate", "key": row["cell_key"], "dir": f"eval-eval-{row['cell_key'][:16]}"})
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,8 +387,10 @@ class Workspace:
         from umdbench.results.baselines import load_reference_points
 
         if not src.store_path.is_file():
-            raise StoreError(f"{src.store_path}: no results store to copy from; fix: pass the work dir (or results "
-                             f"folder) that holds results.sqlite.")
+            raise StoreError(
+                f"{src.store_path}: no results store to copy from; fix: pass the work dir (or results "
+                f"folder) that holds results.sqlite."
+            )
         if src.store_path.resolve() == self.store_path.resolve():
             raise StoreError(f"{src.store_path}: source and destination are the same store; fix: pass another --to.")
         counts = {"rows": 0, "kept": 0, "predictions": 0, "unverified": 0}
@@ -370,7 +412,9 @@ class Workspace:
         self.store.record_membership(src.store.membership())
         points = load_reference_points(src.reference_points_path)
         if points:
-            atomic_write_json(self.reference_points_path, {**load_reference_points(self.reference_points_path), **points})
+            atomic_write_json(
+                self.reference_points_path, {**load_reference_points(self.reference_points_path), **points}
+            )
         if src.overlap_path.is_file():
             atomic_write_bytes(self.overlap_path, src.overlap_path.read_bytes())
         return counts

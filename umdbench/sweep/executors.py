@@ -14,6 +14,7 @@
 
 A failed stage does not stop the sweep: cells that need it are reported failed, the rest run on.
 """
+
 from __future__ import annotations
 
 import socket
@@ -26,17 +27,19 @@ from umdbench.run.cell import run_cell, store_result
 from umdbench.run.stages import evaluate_stage, train_stage
 from umdbench.sweep.planning import PlannedCell, SweepPlan, SweepReport, format_failure, mark
 
-
-RAY_WITH_TORCHRUN = ("--nproc-per-node > 1 and --nnodes > 1 (torchrun) work with the local executor only; with Ray "
-                     "each stage is one task, spread over the cluster's nodes.")
+RAY_WITH_TORCHRUN = (
+    "--nproc-per-node > 1 and --nnodes > 1 (torchrun) work with the local executor only; with Ray "
+    "each stage is one task, spread over the cluster's nodes."
+)
 
 
 class StageFailed(UmdbenchError):
     """A cell needs a stage that already failed in this sweep (not retried within the sweep)."""
 
 
-def _report_failed_cell(plan: SweepPlan, ws, report: SweepReport, cell: PlannedCell, error: str,
-                       user_overrides=()) -> None:
+def _report_failed_cell(
+    plan: SweepPlan, ws, report: SweepReport, cell: PlannedCell, error: str, user_overrides=()
+) -> None:
     """Say that ``cell`` failed, list it in ``report`` and mark it failed in the store (first line)."""
     echo(f"cell {cell.describe()} FAILED: {error}")
     report.failed.append((cell, error))
@@ -68,7 +71,9 @@ class LocalExecutor:
         def train(stage, run, ctx, step):
             # sweep-wide numbering, and a stage that failed once fails its other cells at once
             if stage.key in failed_stages:
-                raise StageFailed(f"needs stage {stage.title} {stage.key[:12]}, which failed: {failed_stages[stage.key]}")
+                raise StageFailed(
+                    f"needs stage {stage.title} {stage.key[:12]}, which failed: {failed_stages[stage.key]}"
+                )
             was_trained = ctx.ws.is_trained(stage)
             try:
                 base(stage, run, ctx, f"[stage {order.get(stage.key, '?')}/{len(needed)}]")
@@ -202,8 +207,14 @@ class CellFirstQueue:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1.0,
-                 plugin_paths: tuple[str, ...] = (), data_root: str | Path | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        cpus_per_task: float = 1.0,
+        plugin_paths: tuple[str, ...] = (),
+        data_root: str | Path | None = None,
+    ):
         self.address = address
         self.num_cpus = num_cpus
         self.cpus_per_task = cpus_per_task
@@ -260,8 +271,10 @@ class RayExecutor:
         eval_task = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_ray_eval)
         queue = CellFirstQueue(plan, ws.is_trained)
         slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
-        echo(f"ray: {len(queue)} training stages and {len(plan.pending)} evaluations to run, {slots} at a "
-             f"time, earliest cell first")
+        echo(
+            f"ray: {len(queue)} training stages and {len(plan.pending)} evaluations to run, {slots} at a "
+            f"time, earliest cell first"
+        )
         waiting = list(plan.pending)  # cells not yet evaluated
         trains: dict[object, object] = {}  # ref -> stage
         evals: dict[object, PlannedCell] = {}  # ref -> cell
@@ -318,8 +331,17 @@ class RayExecutor:
         return report
 
 
-def make_executor(name: str, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  nproc_per_node: int = 1, plugin_paths=(), launch=None, group=None, data_root=None):
+def make_executor(
+    name: str,
+    *,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    nproc_per_node: int = 1,
+    plugin_paths=(),
+    launch=None,
+    group=None,
+    data_root=None,
+):
     """``launch`` (a :class:`~umdbench.run.distributed.Launch`) and ``group`` (node 0's node group)
     serve the local executor; ``data_root`` is checked on every node of a Ray cluster."""
     from umdbench.run.distributed import Launch
@@ -330,6 +352,7 @@ def make_executor(name: str, *, ray_address: str | None = None, num_cpus: int | 
     if name == "ray":
         if launch.world_size > 1:
             raise ConfigError(RAY_WITH_TORCHRUN)
-        return RayExecutor(address=ray_address, num_cpus=num_cpus, plugin_paths=tuple(plugin_paths),
-                           data_root=data_root)
+        return RayExecutor(
+            address=ray_address, num_cpus=num_cpus, plugin_paths=tuple(plugin_paths), data_root=data_root
+        )
     raise ConfigError(f"unknown executor {name!r}; choose local or ray.")

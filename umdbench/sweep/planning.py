@@ -11,6 +11,7 @@ Resume: a cell whose key is in the results store is finished and skipped; a stag
 cached is skipped; an interrupted stage resumes from its mmengine checkpoint. Stopping a sweep at
 any point and starting it again therefore loses and duplicates nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,11 +20,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from umdbench.plan.config import CellSpec, ResolvedRun, resolve, tune_chain
-from umdbench.util import dataset_root
 from umdbench.api import DataError
 from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
+from umdbench.plan.config import CellSpec, ResolvedRun, resolve, tune_chain
 from umdbench.plan.stages import DataCatalog, Stage, build_plan, missing_data
+from umdbench.util import dataset_root
 
 _TUNE_INDEX = re.compile(r"^tune\.(\d+|\*)(\..*)?$")
 
@@ -101,9 +102,13 @@ class SweepPlan:
     def describe(self, is_cached: Callable[[Stage], bool] | None = None) -> str:
         """The plan in words; ``is_cached`` (e.g. ``Workspace.is_trained``) marks cached stages."""
         c = self.counts()
-        lines = [f"sweep{' of suite ' + self.suite if self.suite else ''}: {c['cells']} cells "
-                 f"({c['pending']} to run, {c['done']} finished, {c['unavailable']} data unavailable"
-                 f"{', ' + str(c['duplicates']) + ' duplicates' if c['duplicates'] else ''})", "", "cells:"]
+        lines = [
+            f"sweep{' of suite ' + self.suite if self.suite else ''}: {c['cells']} cells "
+            f"({c['pending']} to run, {c['done']} finished, {c['unavailable']} data unavailable"
+            f"{', ' + str(c['duplicates']) + ' duplicates' if c['duplicates'] else ''})",
+            "",
+            "cells:",
+        ]
         for n, cell in enumerate(self.cells, 1):
             tag = cell.status if cell.status != "pending" else "to run"
             key = f" key {cell.key[:12]}" if cell.key else ""
@@ -130,11 +135,16 @@ class SweepPlan:
             cached = "  [cached]" if is_cached is not None and is_cached(s) else ""
             parent = f" <- {s.parent.key[:12]}" if s.parent else ""
             train = s.cfg.get("train", {})
-            lines.append(f"  {n:>3}. {s.title:<18} key {s.key[:12]}{parent}  data {s.data['type']}:{s.data['split']}  "
-                         f"{train.get('max_iters', '?')} iters  used by {users.get(s.key, 0)} cell(s){cached}")
-        lines += ["", f"sharing: {c['stage_uses']} training stages over {c['planned']} planned cells -> "
-                      f"{c['unique_stages']} unique ({c['saved']} saved); pre-trainings: {c['unique_pretrains']} unique "
-                      f"for {c['pretrain_uses']} cells that pre-train; evaluations: {c['evaluations']}"]
+            lines.append(
+                f"  {n:>3}. {s.title:<18} key {s.key[:12]}{parent}  data {s.data['type']}:{s.data['split']}  "
+                f"{train.get('max_iters', '?')} iters  used by {users.get(s.key, 0)} cell(s){cached}"
+            )
+        lines += [
+            "",
+            f"sharing: {c['stage_uses']} training stages over {c['planned']} planned cells -> "
+            f"{c['unique_stages']} unique ({c['saved']} saved); pre-trainings: {c['unique_pretrains']} unique "
+            f"for {c['pretrain_uses']} cells that pre-train; evaluations: {c['evaluations']}",
+        ]
         return "\n".join(lines)
 
 
@@ -169,6 +179,7 @@ def _pretrain_lacks(spec: CellSpec, registries, first: str) -> bool:
     """Whether the cell's pre-training preset lacks ``first`` while another registered pre-training
     strategy has it (a key of some strategies only); a key no strategy has is kept, so the typo is
     reported when the cell resolves."""
+
     def has(name: str) -> bool:
         try:
             return first in registries.pretrain.get(name).default_config(spec.preset, spec.dataset)
@@ -195,7 +206,7 @@ def fit_overrides(spec: CellSpec, registries) -> tuple[CellSpec, tuple[str, ...]
             dropped.append(key)
             continue
         if key.startswith("pretrain.*."):
-            rest = key[len("pretrain.*."):]
+            rest = key[len("pretrain.*.") :]
             if _pretrain_lacks(spec, registries, rest.split(".", 1)[0]):
                 dropped.append(key)
             else:
@@ -237,8 +248,9 @@ def data_problem(spec: CellSpec, registries) -> str | None:
     return None
 
 
-def plan_sweep(specs: list[CellSpec], registries, catalog: DataCatalog | None = None, store=None,
-               suite: str | None = None) -> SweepPlan:
+def plan_sweep(
+    specs: list[CellSpec], registries, catalog: DataCatalog | None = None, store=None, suite: str | None = None
+) -> SweepPlan:
     """Resolve every cell, build its stage chain and merge the chains into one DAG.
 
     Cells whose data is unavailable are kept (status ``data unavailable``) instead of failing the
@@ -317,8 +329,11 @@ class SweepReport:
     stages_trained: int = 0
 
     def summary(self) -> str:
-        parts = [f"{len(self.finished)} cells run", f"{len(self.skipped)} already finished",
-                 f"{self.stages_trained} stages trained"]
+        parts = [
+            f"{len(self.finished)} cells run",
+            f"{len(self.skipped)} already finished",
+            f"{self.stages_trained} stages trained",
+        ]
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         return ", ".join(parts)
@@ -338,8 +353,19 @@ def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
         if status == "duplicate":
             status = by_key[cell.key].status if cell.key in by_key else "planned"
         status = {"pending": "planned"}.get(status, status)
-        out.append(Membership(s.suite, s.cell_name, s.dataset, s.preset, s.seed, cell.key, status,
-                              cell.reason if status == "data unavailable" else "", overrides))
+        out.append(
+            Membership(
+                s.suite,
+                s.cell_name,
+                s.dataset,
+                s.preset,
+                s.seed,
+                cell.key,
+                status,
+                cell.reason if status == "data unavailable" else "",
+                overrides,
+            )
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """umdbench-example: one package, four plugin kinds, public modules only."""
+
 from umdbench.hookspecs import hookimpl
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """shapes-vqa: generated images of one bright square; questions about its side and its size."""
+
 import hashlib
 
 import numpy as np
@@ -35,7 +36,7 @@ class ShapesVQA(DatasetPlugin):
             cx = s // 4 if side == "left" else 3 * s // 4
             cy = int(rng.integers(s // 4, 3 * s // 4))
             image = rng.integers(0, 40, (s, s, 3), dtype=np.uint8)
-            image[max(cy - half, 0):cy + half, max(cx - half, 0):cx + half] = 230
+            image[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half] = 230
             if i % 2:
                 out.append(Record(f"{split}-{i}", image, "which side is the square on?", side, "open"))
             else:

@@ -1,4 +1,5 @@
 """A pre-training strategy and a tuning strategy, built on umdbench's public kit."""
+
 import copy
 
 import torch.nn.functional as F
@@ -27,8 +28,9 @@ class MLMOnly(PretrainStrategy):
         init_head_weights(self.head)
 
     def forward(self, batch):
-        ids, labels = mask_tokens(batch["text_ids"], batch["text_mask"], self.cfg["special_ids"],
-                                  float(self.cfg["mask_ratio"]))
+        ids, labels = mask_tokens(
+            batch["text_ids"], batch["text_mask"], self.cfg["special_ids"], float(self.cfg["mask_ratio"])
+        )
         out = self.encoder(image=batch["image"], text_ids=ids, text_mask=batch["text_mask"])
         logits = self.head(out.text_feats)
         return {"loss_mlm": F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)}

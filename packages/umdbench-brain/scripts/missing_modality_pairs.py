@@ -6,6 +6,7 @@ on the same test studies (seeds averaged per study), its paired bootstrap 95 % i
 sign-flip permutation p, computed by umdbench's own leaderboard code from the stored per-study
 scores. Usage: python packages/umdbench-brain/scripts/missing_modality_pairs.py WORK_DIR
 """
+
 import sys
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from umdbench.plugin import get_registries
 from umdbench.results.leaderboard import collect_suite_results
 from umdbench.results.store import ResultsStore
 
-PAIRS = [("BrainMVP, templates", "BrainMVP, zeros"), ("BrainMVP, templates", "scratch"),
-         ("BrainMVP, templates", "MAE-3D")]
+PAIRS = [
+    ("BrainMVP, templates", "BrainMVP, zeros"),
+    ("BrainMVP, templates", "scratch"),
+    ("BrainMVP, templates", "MAE-3D"),
+]
 
 
 def main(work_dir: Path) -> None:
@@ -25,14 +29,17 @@ def main(work_dir: Path) -> None:
     for metric in ("dice", "dice_wt", "dice_tc", "dice_et"):
         for drop in suite.vary_values:
             for a, b in PAIRS:
-                c = results.comparison(f"{a} {suite.vary_label}={drop}", f"{b} {suite.vary_label}={drop}",
-                                       "brainsynth", metric)
+                c = results.comparison(
+                    f"{a} {suite.vary_label}={drop}", f"{b} {suite.vary_label}={drop}", "brainsynth", metric
+                )
                 if c is None:
                     print(f"| {metric} | {drop} | {a} − {b} | no stored per-study scores | |")
                     continue
                 mark = " *" if c.significant else ""
-                print(f"| {metric} | {drop} | {a} − {b} | {c.diff.mean:+.2f} [{c.diff.low:+.2f}, {c.diff.high:+.2f}] "
-                      f"| {c.p:.3f}{mark} |")
+                print(
+                    f"| {metric} | {drop} | {a} − {b} | {c.diff.mean:+.2f} [{c.diff.low:+.2f}, {c.diff.high:+.2f}] "
+                    f"| {c.p:.3f}{mark} |"
+                )
 
 
 if __name__ == "__main__":

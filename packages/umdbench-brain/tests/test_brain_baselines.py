@@ -1,5 +1,6 @@
 """The pre-training baselines: NT-Xent by hand, Models Genesis transformations, and that both
 train the shared encoder."""
+
 import math
 
 import pytest

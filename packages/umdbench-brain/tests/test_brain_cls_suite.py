@@ -1,6 +1,7 @@
 """The brain-cls suite (scratch, MAE-3D, SimCLR-3D, Models Genesis with `cls`; BrainMVP with
 `cls-tmpl`) on brainsynth-grade and BraTS 2018 HGG/LGG: planned by `sweep --dry-run` (not run
 here: the small preset takes hours), its pre-trainings shared with brain-seg."""
+
 import re
 
 from test_releases import make_brats18
@@ -14,8 +15,12 @@ def test_brain_cls_suite_rows_datasets_and_metrics():
     reg = get_registries()
     suite = Suite.from_spec("brain-cls", reg.suite.get("brain-cls"))
     assert [(r.name, r.pretrain, r.tune) for r in suite.rows] == [
-        ("scratch", "none", ("cls",)), ("MAE-3D", "mae3d", ("cls",)), ("SimCLR-3D", "simclr3d", ("cls",)),
-        ("Models Genesis", "models-genesis", ("cls",)), ("BrainMVP", "brainmvp", ("cls-tmpl",))]
+        ("scratch", "none", ("cls",)),
+        ("MAE-3D", "mae3d", ("cls",)),
+        ("SimCLR-3D", "simclr3d", ("cls",)),
+        ("Models Genesis", "models-genesis", ("cls",)),
+        ("BrainMVP", "brainmvp", ("cls-tmpl",)),
+    ]
     assert suite.datasets == ("brainsynth-grade", "brats2018-grade")
     assert suite.metrics == ("accuracy", "auc")
 
@@ -30,8 +35,21 @@ def test_sweep_dry_run_plans_brain_cls(tmp_path, capsys):
     assert not (tmp_path / "work" / "stages").exists()  # a dry run trains nothing
     # with a BraTS 2018 copy every cell is planned, the pre-trainings on its own studies
     make_brats18(tmp_path / "data")
-    assert main(["sweep", "--suite", "brain-cls", "--dry-run", "--work-dir", str(tmp_path / "work"),
-                 "--data-root", str(tmp_path / "data")]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--suite",
+                "brain-cls",
+                "--dry-run",
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--data-root",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "10 cells (10 to run, 0 finished, 0 data unavailable)" in out, out
     assert "data brats2018-grade:train" in out

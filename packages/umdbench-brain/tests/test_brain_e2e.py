@@ -1,9 +1,9 @@
 """The package plugs into an unmodified umdbench through its entry point, and `umdbench run`
 pre-trains (mae3d), tunes (seg / cls) and evaluates on brainsynth. Budgets are cut with
 --cfg-options (32^3 canvas, 16^3 crops) so the whole file stays around a minute on 2 cores."""
+
 import re
 
-import pytest
 import torch
 
 from umdbench.cli import main
@@ -11,9 +11,15 @@ from umdbench.plan.suites import Suite
 from umdbench.plugin import get_registries
 
 # small phantoms and crops: a 32^3 canvas evaluated with 16^3 windows (27 windows per study)
-SMALL = ["data.num_workers=0", "data.eval_batch_size=6", "model.roi_size=16",
-         "dataset.options.canvas=32", "dataset.options.n_train=12", "dataset.options.n_val=2",
-         "dataset.options.n_test=6"]
+SMALL = [
+    "data.num_workers=0",
+    "data.eval_batch_size=6",
+    "model.roi_size=16",
+    "dataset.options.canvas=32",
+    "dataset.options.n_train=12",
+    "dataset.options.n_val=2",
+    "dataset.options.n_test=6",
+]
 TUNE_ITERS = 60
 
 
@@ -31,11 +37,24 @@ def metrics_of(out: str) -> dict[str, float]:
 def test_entry_point_registers_every_kind_and_a_valid_suite(capsys):
     reg = get_registries(reload=True)
     assert reg.dataset.origin("brainsynth").startswith("entry point umdbench_brain.plugin")
-    for kind, name in [("dataset", "brats2021"), ("dataset", "brats2023"), ("task", "segmentation"),
-                       ("task", "scan-classification"), ("task", "volumes"), ("encoder", "resunet3d"),
-                       ("encoder", "swinvit3d"), ("metric", "dice"), ("tune", "seg"), ("tune", "cls"),
-                       ("tune", "seg-tmpl"), ("tune", "cls-tmpl"), ("pretrain", "mae3d"), ("pretrain", "brainmvp"),
-                       ("pretrain", "simclr3d"), ("pretrain", "models-genesis")]:
+    for kind, name in [
+        ("dataset", "brats2021"),
+        ("dataset", "brats2023"),
+        ("task", "segmentation"),
+        ("task", "scan-classification"),
+        ("task", "volumes"),
+        ("encoder", "resunet3d"),
+        ("encoder", "swinvit3d"),
+        ("metric", "dice"),
+        ("tune", "seg"),
+        ("tune", "cls"),
+        ("tune", "seg-tmpl"),
+        ("tune", "cls-tmpl"),
+        ("pretrain", "mae3d"),
+        ("pretrain", "brainmvp"),
+        ("pretrain", "simclr3d"),
+        ("pretrain", "models-genesis"),
+    ]:
         reg.__getattribute__(kind).get(name)  # imports and type-checks the lazy entry
     suite = Suite.from_spec("brain-seg", reg.suite.get("brain-seg"))
     assert [r.name for r in suite.rows] == ["scratch", "MAE-3D", "SimCLR-3D", "Models Genesis", "BrainMVP"]
@@ -53,8 +72,9 @@ def untrained_dice(work_dir) -> float:
     from umdbench.run.builders import RunContext, build_dataset, build_strategy
 
     reg = get_registries()
-    cell = CellSpec(pretrain="none", tune=("seg",), dataset="brainsynth",
-                    overrides=tuple(parse_override(o) for o in SMALL))
+    cell = CellSpec(
+        pretrain="none", tune=("seg",), dataset="brainsynth", overrides=tuple(parse_override(o) for o in SMALL)
+    )
     run = resolve(cell, reg)
     ctx = RunContext(work_dir, reg)
     stages = build_plan(run, reg, ctx.catalog)
@@ -79,8 +99,12 @@ def test_scratch_and_mae3d_segmentation_beat_an_untrained_model(tmp_path, capsys
     # measured (seed 0, this budget): untrained 1.6, scratch 26.0, mae3d 26.1; the bound leaves ~9 points
     assert floor < 20 and scratch["dice"] > floor + 15, (floor, scratch)
 
-    pre = ["pretrain.train.max_iters=20", "pretrain.corpus.options.canvas=32", "pretrain.corpus.options.n_train=8",
-           "pretrain.block_size=4"]
+    pre = [
+        "pretrain.train.max_iters=20",
+        "pretrain.corpus.options.canvas=32",
+        "pretrain.corpus.options.n_train=8",
+        "pretrain.block_size=4",
+    ]
     code, out = run_cli(base + ["--pretrain", "mae3d", "--cfg-options", *SMALL, *budget, *pre], capsys)
     assert code == 0, out
     assert "pretrain mae3d: training 20 iters" in out and "brainsynth-corpus:train" in out
@@ -90,16 +114,46 @@ def test_scratch_and_mae3d_segmentation_beat_an_untrained_model(tmp_path, capsys
 
 
 def test_scan_classification_runs_end_to_end(tmp_path, capsys):
-    code, out = run_cli(["run", "--pretrain", "none", "--tune", "cls", "--dataset", "brainsynth-grade",
-                         "--work-dir", str(tmp_path), "--cfg-options", *SMALL, "tune.0.train.max_iters=4"], capsys)
+    code, out = run_cli(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "cls",
+            "--dataset",
+            "brainsynth-grade",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            *SMALL,
+            "tune.0.train.max_iters=4",
+        ],
+        capsys,
+    )
     assert code == 0, out
     result = metrics_of(out)
     assert set(result) >= {"accuracy", "auc"} and 0.0 <= result["accuracy"] <= 100.0
 
 
 def test_wrong_strategy_for_the_task_is_a_one_line_error(tmp_path, capsys):
-    code, out = run_cli(["run", "--pretrain", "none", "--tune", "cls", "--dataset", "brainsynth",
-                         "--work-dir", str(tmp_path), "--cfg-options", *SMALL, "tune.0.train.max_iters=1"], capsys)
+    code, out = run_cli(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "cls",
+            "--dataset",
+            "brainsynth",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            *SMALL,
+            "tune.0.train.max_iters=1",
+        ],
+        capsys,
+    )
     # refused when the run is planned (Strategy.task_types), naming the strategies that fit
     assert code == 2 and "tuning strategy 'cls'" in out and "fit 'brainsynth'" in out and "seg, seg-tmpl" in out
 
@@ -107,11 +161,34 @@ def test_wrong_strategy_for_the_task_is_a_one_line_error(tmp_path, capsys):
 def test_brainmvp_pretraining_hands_templates_to_seg_tmpl_end_to_end(tmp_path, capsys):
     """brainmvp -> seg-tmpl on brainsynth with one modality dropped from every test study (filled
     from the pre-trained templates); a tiny budget, so only completion and the hand-off are checked."""
-    pre = ["pretrain.train.max_iters=4", "pretrain.train.batch_size=2", "pretrain.corpus.options.canvas=32",
-           "pretrain.corpus.options.n_train=4", "pretrain.contrast_start_frac=0.5", "dataset.options.test_drop=1",
-           "dataset.options.n_test=2", "tune.0.train.max_iters=3", "tune.0.train.batch_size=2"]
-    code, out = run_cli(["run", "--pretrain", "brainmvp", "--tune", "seg-tmpl", "--dataset", "brainsynth",
-                         "--work-dir", str(tmp_path), "--cfg-options", *SMALL, *pre], capsys)
+    pre = [
+        "pretrain.train.max_iters=4",
+        "pretrain.train.batch_size=2",
+        "pretrain.corpus.options.canvas=32",
+        "pretrain.corpus.options.n_train=4",
+        "pretrain.contrast_start_frac=0.5",
+        "dataset.options.test_drop=1",
+        "dataset.options.n_test=2",
+        "tune.0.train.max_iters=3",
+        "tune.0.train.batch_size=2",
+    ]
+    code, out = run_cli(
+        [
+            "run",
+            "--pretrain",
+            "brainmvp",
+            "--tune",
+            "seg-tmpl",
+            "--dataset",
+            "brainsynth",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            *SMALL,
+            *pre,
+        ],
+        capsys,
+    )
     assert code == 0, out
     assert "pretrain brainmvp: training 4 iters" in out and "loss_contrast" in out  # on from step 2 of 4
     result = metrics_of(out)

@@ -1,6 +1,7 @@
 """uniformer3d and monai3d: feature pyramids as declared, the released UniFormer-S geometry (by
 parameter count and shape reasoning, no 96^3 forward), the decoders on every pyramid, a CLI run
 with uniformer3d, and bad options as one-paragraph errors."""
+
 import re
 
 import pytest
@@ -10,8 +11,12 @@ from umdbench.cli import main
 from umdbench_brain.encoders import MonaiEncoder, SwinViTEncoder, UniFormerEncoder
 from umdbench_brain.heads import ReconDecoder, SegDecoder
 
-TINY = [(UniFormerEncoder, {}), (MonaiEncoder, {"arch": "swinunetr"}), (MonaiEncoder, {"arch": "unetr"}),
-        (MonaiEncoder, {"arch": "basicunet"})]
+TINY = [
+    (UniFormerEncoder, {}),
+    (MonaiEncoder, {"arch": "swinunetr"}),
+    (MonaiEncoder, {"arch": "unetr"}),
+    (MonaiEncoder, {"arch": "basicunet"}),
+]
 IDS = ["uniformer3d", "monai3d-swinunetr", "monai3d-unetr", "monai3d-basicunet"]
 
 
@@ -86,8 +91,12 @@ def test_uniformer_paper_forward_costs_what_the_notes_compute():
         encoder = UniFormerEncoder(UniFormerEncoder.default_config("paper") | {"modalities": ["t1"]}).eval()
         with FlopCounterMode(display=False) as counter:
             feats = encoder(torch.empty(1, 1, 96, 96, 96))
-    assert [tuple(f.shape[1:]) for f in feats] == [(64, 48, 48, 48), (128, 24, 24, 24), (320, 12, 12, 12),
-                                                   (512, 6, 6, 6)]
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (64, 48, 48, 48),
+        (128, 24, 24, 24),
+        (320, 12, 12, 12),
+        (512, 6, 6, 6),
+    ]
     # the released geometry: 63.4 G multiply-accumulates per 96^3 view (17 + 11 + 33 + 2.5 by stage)
     macs = counter.get_total_flops() / 2
     assert 62.0e9 < macs < 64.5e9, macs
@@ -142,28 +151,54 @@ def test_paper_presets_of_the_monai_archs_build_the_published_widths():
     assert cfg["swinunetr"]["feature_size"] == 48 and len(cfg["swinunetr"]["depths"]) == 4
 
 
-@pytest.mark.parametrize("cls,cfg,match", [
-    (UniFormerEncoder, {"roi_size": 24}, r"roi_size=24 must be a multiple of 16.*model\.roi_size"),
-    (UniFormerEncoder, {"head_dim": 48}, r"not multiples of head_dim=48"),
-    (UniFormerEncoder, {"depths": [1, 1, 1]}, r"equally long"),
-    (MonaiEncoder, {"arch": "vnet"}, r"arch='vnet' is not one of swinunetr, unetr, basicunet"),
-    (MonaiEncoder, {"arch": "swinunetr", "roi_size": 48}, r"multiple of 32"),
-    (MonaiEncoder, {"arch": "unetr", "roi_size": 40}, r"multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "cls,cfg,match",
+    [
+        (UniFormerEncoder, {"roi_size": 24}, r"roi_size=24 must be a multiple of 16.*model\.roi_size"),
+        (UniFormerEncoder, {"head_dim": 48}, r"not multiples of head_dim=48"),
+        (UniFormerEncoder, {"depths": [1, 1, 1]}, r"equally long"),
+        (MonaiEncoder, {"arch": "vnet"}, r"arch='vnet' is not one of swinunetr, unetr, basicunet"),
+        (MonaiEncoder, {"arch": "swinunetr", "roi_size": 48}, r"multiple of 32"),
+        (MonaiEncoder, {"arch": "unetr", "roi_size": 40}, r"multiple of 16"),
+    ],
+)
 def test_bad_options_are_refused(cls, cfg, match):
     with pytest.raises(ValueError, match=match):
         cls(cls.default_config("tiny") | cfg)
 
 
 # the CLI, as test_brain_e2e runs it: small phantoms, 16^3 crops, a handful of steps
-SMALL = ["data.num_workers=0", "data.eval_batch_size=6", "model.roi_size=16", "dataset.options.canvas=32",
-         "dataset.options.n_train=4", "dataset.options.n_val=1", "dataset.options.n_test=2"]
+SMALL = [
+    "data.num_workers=0",
+    "data.eval_batch_size=6",
+    "model.roi_size=16",
+    "dataset.options.canvas=32",
+    "dataset.options.n_train=4",
+    "dataset.options.n_val=1",
+    "dataset.options.n_test=2",
+]
 
 
 def test_cli_scratch_segmentation_with_uniformer3d_completes(tmp_path, capsys):
-    code = main(["run", "--pretrain", "none", "--tune", "seg", "--dataset", "brainsynth", "--encoder", "uniformer3d",
-                 "--work-dir", str(tmp_path), "--cfg-options", *SMALL, "tune.0.train.max_iters=3",
-                 "tune.0.train.checkpoint_interval=3"])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "seg",
+            "--dataset",
+            "brainsynth",
+            "--encoder",
+            "uniformer3d",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            *SMALL,
+            "tune.0.train.max_iters=3",
+            "tune.0.train.checkpoint_interval=3",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
     line = re.search(r"result: .*", out.out + out.err).group(0)
@@ -172,13 +207,32 @@ def test_cli_scratch_segmentation_with_uniformer3d_completes(tmp_path, capsys):
     assert 0.0 <= metrics["dice"] <= 100.0
 
 
-@pytest.mark.parametrize("encoder,options,words", [
-    ("uniformer3d", ["model.roi_size=24"], ["uniformer3d", "roi_size=24", "multiple of 16", "model.roi_size"]),
-    ("monai3d", ["model.arch=vnet"], ["monai3d", "vnet", "model.arch"]),
-])
+@pytest.mark.parametrize(
+    "encoder,options,words",
+    [
+        ("uniformer3d", ["model.roi_size=24"], ["uniformer3d", "roi_size=24", "multiple of 16", "model.roi_size"]),
+        ("monai3d", ["model.arch=vnet"], ["monai3d", "vnet", "model.arch"]),
+    ],
+)
 def test_cli_bad_encoder_option_is_one_paragraph_exit_2(tmp_path, capsys, encoder, options, words):
-    code = main(["run", "--pretrain", "none", "--tune", "seg", "--dataset", "brainsynth", "--encoder", encoder,
-                 "--work-dir", str(tmp_path), "--cfg-options", *SMALL, *options])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "seg",
+            "--dataset",
+            "brainsynth",
+            "--encoder",
+            encoder,
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            *SMALL,
+            *options,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("umdbench: error:") and "\n" not in err and "Traceback" not in err, err

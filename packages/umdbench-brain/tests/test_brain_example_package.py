@@ -2,6 +2,7 @@
 installed from a copy outside the repository: it imports only public modules, its pre-training
 runs before `seg` on brainsynth, its metric scores the same cell with every trained stage reused
 (eval.metric), and its suite sweeps with that metric, sharing the stages of the plain run."""
+
 from __future__ import annotations
 
 import ast
@@ -21,10 +22,21 @@ PUBLIC = {"umdbench.api", "umdbench.kit", "umdbench.hookspecs", "umdbench_brain.
 THIRD_PARTY = {"numpy", "torch", "mmengine"}  # mmengine: a metric is a BaseMetric (docs/CONTRACT.md, Metrics)
 
 # a 32^3 phantom, 16^3 crops, a few steps: each stage trains in seconds
-BUDGET = ["data.num_workers=0", "data.eval_batch_size=6", "model.roi_size=16", "dataset.options.canvas=32",
-          "dataset.options.n_train=12", "dataset.options.n_val=2", "dataset.options.n_test=4",
-          "pretrain.corpus.options.canvas=32", "pretrain.corpus.options.n_train=4", "pretrain.train.max_iters=4",
-          "pretrain.train.batch_size=2", "tune.0.train.max_iters=4", "tune.0.train.batch_size=2"]
+BUDGET = [
+    "data.num_workers=0",
+    "data.eval_batch_size=6",
+    "model.roi_size=16",
+    "dataset.options.canvas=32",
+    "dataset.options.n_train=12",
+    "dataset.options.n_val=2",
+    "dataset.options.n_test=4",
+    "pretrain.corpus.options.canvas=32",
+    "pretrain.corpus.options.n_train=4",
+    "pretrain.train.max_iters=4",
+    "pretrain.train.batch_size=2",
+    "tune.0.train.max_iters=4",
+    "tune.0.train.batch_size=2",
+]
 TRAINED = re.compile(r"(pretrain|tune) (\S+): (?:training|resuming)")
 
 
@@ -42,10 +54,13 @@ def test_example_imports_only_public_modules():
             for name in names:
                 top = name.split(".")[0]
                 if top in ("umdbench", "umdbench_brain"):
-                    assert name in PUBLIC, f"{path.name}: imports {name}, which is not a public module ({sorted(PUBLIC)})"
+                    assert name in PUBLIC, (
+                        f"{path.name}: imports {name}, which is not a public module ({sorted(PUBLIC)})"
+                    )
                 else:
-                    assert top in THIRD_PARTY or top in sys.stdlib_module_names or top == "umdbench_brain_example", \
+                    assert top in THIRD_PARTY or top in sys.stdlib_module_names or top == "umdbench_brain_example", (
                         f"{path.name}: imports {name}"
+                    )
 
 
 def _example_module(name: str):
@@ -89,8 +104,9 @@ def test_region_sensitivity_counts_found_voxels_per_region():
     logits[1] = 1  # everything found
     metric.process({}, [{"seg_logits": logits, "seg": seg, "index": torch.tensor([0, 1])}])
     out = metric.compute_metrics(metric.results)
-    assert out == pytest.approx({"sensitivity_wt": 75.0, "sensitivity_tc": 100.0, "sensitivity_et": 50.0,
-                                 "sensitivity": 75.0})
+    assert out == pytest.approx(
+        {"sensitivity_wt": 75.0, "sensitivity_tc": 100.0, "sensitivity_et": 50.0, "sensitivity": 75.0}
+    )
     assert metric.per_example["sensitivity"].tolist() == pytest.approx([0.5, 1.0])
 
 
@@ -105,15 +121,37 @@ def installed():
 def _install(tmp: Path) -> dict:
     copy = shutil.copytree(EXAMPLE, tmp / "src", ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
     site = tmp / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(site), str(copy)], check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(copy),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {"env": dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1"), "tmp": tmp}
 
 
 def cli(args, installed, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "umdbench.cli", *args], env=installed["env"], cwd=installed["tmp"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "umdbench.cli", *args],
+        env=installed["env"],
+        cwd=installed["tmp"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
@@ -126,16 +164,41 @@ def test_plugins_lists_the_package_with_its_version(installed):
 
 
 def test_a_misspelt_metric_is_refused_naming_the_plugin_one(installed):
-    out = cli(["run", "--pretrain", "rotation3d", "--tune", "seg", "--dataset", "brainsynth", "--dry-run",
-               "--cfg-options", "eval.metric=region-sensitivty"], installed, check=False)
+    out = cli(
+        [
+            "run",
+            "--pretrain",
+            "rotation3d",
+            "--tune",
+            "seg",
+            "--dataset",
+            "brainsynth",
+            "--dry-run",
+            "--cfg-options",
+            "eval.metric=region-sensitivty",
+        ],
+        installed,
+        check=False,
+    )
     assert out.returncode == 2 and "Did you mean 'region-sensitivity'" in out.stderr
 
 
 @pytest.mark.slow
 def test_example_pretrains_scores_with_its_metric_and_sweeps_its_suite_on_shared_stages(installed):
     work = installed["tmp"] / "wd"
-    run = ["run", "--pretrain", "rotation3d", "--tune", "seg", "--dataset", "brainsynth", "--work-dir", str(work),
-           "--cfg-options", *BUDGET]
+    run = [
+        "run",
+        "--pretrain",
+        "rotation3d",
+        "--tune",
+        "seg",
+        "--dataset",
+        "brainsynth",
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        *BUDGET,
+    ]
     first = cli(run, installed).stdout
     assert TRAINED.findall(first) == [("pretrain", "rotation3d"), ("tune", "seg")]
     assert "loss_rotation" in first and re.search(r"result: .* dice=", first)
@@ -149,8 +212,9 @@ def test_example_pretrains_scores_with_its_metric_and_sweeps_its_suite_on_shared
 
     # the suite scores every cell with the example's metric: its `rotation` row is the cell above
     # (nothing left to run), `scratch` trains its one stage
-    sweep = cli(["sweep", "--suite", "brain-rotation", "--work-dir", str(work), "--cfg-options", *BUDGET],
-                installed).stdout
+    sweep = cli(
+        ["sweep", "--suite", "brain-rotation", "--work-dir", str(work), "--cfg-options", *BUDGET], installed
+    ).stdout
     assert "1 cells run, 1 already finished, 1 stages trained" in sweep, sweep
     assert TRAINED.findall(sweep) == [("tune", "seg")]
 
@@ -158,8 +222,11 @@ def test_example_pretrains_scores_with_its_metric_and_sweeps_its_suite_on_shared
 
     rows = ResultsStore(work / "results.sqlite").rows()
     by_metric = {(r["pretrain"], r["config"]["eval"]["metric"]): r for r in rows}
-    assert set(by_metric) == {("rotation3d", "dice"), ("rotation3d", "region-sensitivity"),
-                              ("none", "region-sensitivity")}
+    assert set(by_metric) == {
+        ("rotation3d", "dice"),
+        ("rotation3d", "region-sensitivity"),
+        ("none", "region-sensitivity"),
+    }
     plain, scored = by_metric[("rotation3d", "dice")], by_metric[("rotation3d", "region-sensitivity")]
     assert plain["stage_keys"] == scored["stage_keys"] and plain["cell_key"] != scored["cell_key"]
     assert {"dice", "dice_wt"} <= set(plain["metrics"]) and "sensitivity_tc" in scored["metrics"]

@@ -1,6 +1,7 @@
 """umdbench_brain.kit, the 3-D author kit: every exported name exists, the batch contract it states
 is what the task types' datasets yield, every volume encoder keeps the pyramid contract, and the
 test helpers build a working encoder, strategy and batch."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,16 +29,30 @@ def _record(size=20, seed=0):
 def test_the_batch_contract_is_what_each_task_type_yields(task):
     spec = {c.name: c for c in (kit.VolumePretrainTask, kit.SegmentationTask, kit.ScanClassificationTask)}[task]()
     labels = {"segmentation": ["WT", "TC", "ET"], "scan-classification": ["LGG", "HGG"]}.get(task, [])
-    ctx = DataContext(model_cfg={"type": "resunet3d", "modalities": kit.BRATS_MODALITIES, "roi_size": 16},
-                      stage_cfg={}, tokenizer=None, label_names=labels, seed=0, cache_dir=None)
+    ctx = DataContext(
+        model_cfg={"type": "resunet3d", "modalities": kit.BRATS_MODALITIES, "roi_size": 16},
+        stage_cfg={},
+        tokenizer=None,
+        label_names=labels,
+        seed=0,
+        cache_dir=None,
+    )
     for training in (True, False):
         dataset = spec.build_dataset([_record()], ctx, training=training)
         assert set(dataset[0]) == set(kit.VOLUME_BATCH_KEYS[task]), (task, training)
     assert set(kit.tiny_volume_batch(task)) == set(kit.VOLUME_BATCH_KEYS[task])
 
 
-@pytest.mark.parametrize("encoder, overrides", [("resunet3d", {}), ("swinvit3d", {}), ("uniformer3d", {}),
-                                                ("monai3d", {"arch": "unetr"}), ("monai3d", {"arch": "basicunet"})])
+@pytest.mark.parametrize(
+    "encoder, overrides",
+    [
+        ("resunet3d", {}),
+        ("swinvit3d", {}),
+        ("uniformer3d", {}),
+        ("monai3d", {"arch": "unetr"}),
+        ("monai3d", {"arch": "basicunet"}),
+    ],
+)
 def test_every_volume_encoder_keeps_the_pyramid_contract(encoder, overrides):
     enc = kit.tiny_volume_encoder(encoder, roi=32, **overrides)
     assert isinstance(enc, kit.VolumeEncoder) and enc.family in kit.VOLUME_ENCODERS

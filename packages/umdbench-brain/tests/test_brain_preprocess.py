@@ -1,4 +1,5 @@
 """The released pre-processing of real scans (RAS, 1 mm, foreground crop) on nibabel fixtures."""
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -109,8 +110,14 @@ def test_brats_records_are_preprocessed_by_the_segmentation_task(tmp_path):
     (tmp_path / "brats2021" / "splits.json").write_text('{"train": ["BraTS2021_00000"], "val": [], "test": []}')
     rec = BraTS2021(root=tmp_path / "brats2021").records("train")[0]
     assert rec.extra["preprocess"] == "released"
-    ctx = DataContext(model_cfg={"modalities": MODS, "roi_size": 8}, stage_cfg={}, tokenizer=None,
-                      label_names=["WT", "TC", "ET"], seed=0, cache_dir=None)
+    ctx = DataContext(
+        model_cfg={"modalities": MODS, "roi_size": 8},
+        stage_cfg={},
+        tokenizer=None,
+        label_names=["WT", "TC", "ET"],
+        seed=0,
+        cache_dir=None,
+    )
     item = SegmentationTask().build_dataset([rec], ctx, training=False)[0]
     # 10 foreground voxels at 2 mm -> 19 at 1 mm, + a bilinear half-value voxel each side (+ at most one
     # voxel of interpolation round-off, ~1e-14, which is nonzero too), + the margin of 1: 23 or 24 of 39

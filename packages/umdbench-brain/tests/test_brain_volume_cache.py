@@ -1,5 +1,6 @@
 """The disk cache of pre-processed studies (StudyLoader): hits never open NIfTI, bad entries are
 rebuilt, changed sources miss, and concurrent writers of one entry leave a whole file."""
+
 import multiprocessing as mp
 import os
 
@@ -30,8 +31,9 @@ def _study(folder, uid="s0", seed=0, preprocess="released"):
     label[5:8, 6:8, 5:8] = 3
     seg = folder / f"{uid}_seg.nii.gz"
     nib.save(nib.Nifti1Image(label, affine), str(seg))
-    return Record(uid=uid, image=image, text="", extra={"label": str(seg), "label_map": {3: 4},
-                                                          "preprocess": preprocess})
+    return Record(
+        uid=uid, image=image, text="", extra={"label": str(seg), "label_map": {3: 4}, "preprocess": preprocess}
+    )
 
 
 @pytest.fixture
@@ -160,8 +162,14 @@ def test_concurrent_writers_of_one_entry_both_leave_a_valid_file(tmp_path):
 
 def test_task_types_cache_under_the_context_cache_dir(tmp_path, nib_loads):
     recs = [_study(tmp_path / "data", uid=f"s{i}", seed=i) for i in range(2)]
-    ctx = DataContext(model_cfg={"modalities": MODS, "roi_size": 8}, stage_cfg={}, tokenizer=None,
-                      label_names=["WT", "TC", "ET"], seed=0, cache_dir=tmp_path / "cache")
+    ctx = DataContext(
+        model_cfg={"modalities": MODS, "roi_size": 8},
+        stage_cfg={},
+        tokenizer=None,
+        label_names=["WT", "TC", "ET"],
+        seed=0,
+        cache_dir=tmp_path / "cache",
+    )
     seg = SegmentationTask().build_dataset(recs, ctx, training=True)
     first = [seg[i] for i in range(2)]
     assert len(_entries(tmp_path / "cache")) == 2

@@ -3,6 +3,7 @@ ranks (B/2 each) end 3 steps with the parameters, buffers (templates, step count
 statistics) and optimiser state of one process on B, and so do two accumulated micro-batches
 unless the strategy declares batch-coupled terms (those must then show on the micro-batch leg,
 or the declaration is not needed). One torchrun job for all the cases (a few minutes on 2 cores)."""
+
 import pytest
 
 from umdbench_brain.testing import CASES, factory

@@ -1,5 +1,6 @@
 """BrainMVP, recomputed by hand on tiny tensors: block masks, template crop positions, the two
 views, each loss term, the phases, the template hand-off into fine-tuning and template mixing."""
+
 import math
 
 import numpy as np
@@ -20,8 +21,9 @@ BLOCK = 4
 
 
 def encoder(roi=R):
-    return ResUNetEncoder(ResUNetEncoder.default_config("tiny") | {"roi_size": roi, "channels": [4, 8],
-                                                                    "blocks": [1, 1]})
+    return ResUNetEncoder(
+        ResUNetEncoder.default_config("tiny") | {"roi_size": roi, "channels": [4, 8], "blocks": [1, 1]}
+    )
 
 
 def mvp_cfg(**over):
@@ -32,8 +34,12 @@ def mvp_cfg(**over):
 def blocks_of(v):
     """[D,H,W] -> list of the flattened BLOCK-cubed blocks, in grid order."""
     n = v.shape[0] // BLOCK
-    return [v[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK, k * BLOCK:(k + 1) * BLOCK].flatten()
-            for i in range(n) for j in range(n) for k in range(n)]
+    return [
+        v[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK, k * BLOCK : (k + 1) * BLOCK].flatten()
+        for i in range(n)
+        for j in range(n)
+        for k in range(n)
+    ]
 
 
 def test_block_mask_masks_whole_blocks_at_the_released_rate():
@@ -97,8 +103,12 @@ def _mvp_batch():
     vol = torch.rand(3, 4, R, R, R) + torch.arange(4.0).view(1, 4, 1, 1, 1) * 10  # modality c lies in [10c, 10c+1)
     present = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 1, 0]])
     vol = vol * present[:, :, None, None, None]
-    return {"volume": vol, "present": present, "crop_origin": torch.tensor([[0, 1, 2], [2, 2, 2], [-1, 0, 3]]),
-            "volume_shape": torch.tensor([[10, 10, 10]] * 3)}
+    return {
+        "volume": vol,
+        "present": present,
+        "crop_origin": torch.tensor([[0, 1, 2], [2, 2, 2], [-1, 0, 3]]),
+        "volume_shape": torch.tensor([[10, 10, 10]] * 3),
+    }
 
 
 def _capture(strategy):
@@ -111,8 +121,9 @@ def _capture(strategy):
 
 def test_views_and_every_loss_term_recomputed_by_hand():
     # the released contrastive head (flattened deepest map, no projection, temperature 1), from step 0
-    s = BrainMVP(encoder(), mvp_cfg(contrast_start_frac=0.0, projection="none", contrast_features="flatten",
-                                    temperature=1.0))
+    s = BrainMVP(
+        encoder(), mvp_cfg(contrast_start_frac=0.0, projection="none", contrast_features="flatten", temperature=1.0)
+    )
     torch.manual_seed(3)
     with torch.no_grad():
         s.templates.weight.copy_(torch.rand_like(s.templates.weight) * 4 - 2)
@@ -137,12 +148,15 @@ def test_views_and_every_loss_term_recomputed_by_hand():
         targets.append(target)
         # the canvas position: crop origin + (12 - 10) // 2 = origin + 1
         o = (batch["crop_origin"][b] + 1).tolist()
-        tm = torch.nn.functional.pad(tmpl_norm[m], (R,) * 6)[o[0] + R:o[0] + 2 * R, o[1] + R:o[1] + 2 * R,
-                                                             o[2] + R:o[2] + 2 * R]
+        tm = torch.nn.functional.pad(tmpl_norm[m], (R,) * 6)[
+            o[0] + R : o[0] + 2 * R, o[1] + R : o[1] + 2 * R, o[2] + R : o[2] + 2 * R
+        ]
         view_a, view_b = blocks_of(x[b, m]), blocks_of(x[3 + b, m])
         tgt, tpl = blocks_of(target), blocks_of(tm)
-        a_kinds = ["keep" if torch.equal(va, t) else "tmpl" if torch.allclose(va, p) else "?"
-                   for va, t, p in zip(view_a, tgt, tpl)]
+        a_kinds = [
+            "keep" if torch.equal(va, t) else "tmpl" if torch.allclose(va, p) else "?"
+            for va, t, p in zip(view_a, tgt, tpl)
+        ]
         assert a_kinds.count("tmpl") == n_masked and "?" not in a_kinds
         others = [c for c in range(4) if c != m and batch["present"][b, c]]
         b_kinds = []
@@ -171,8 +185,14 @@ def test_views_and_every_loss_term_recomputed_by_hand():
 
 
 def test_phases_contrast_start_and_template_only_second_view():
-    s = BrainMVP(encoder(), mvp_cfg(contrast_start_frac=0.5, template_only_frac=0.2,
-                                    train={**BrainMVP.default_config("tiny")["train"], "max_iters": 10}))
+    s = BrainMVP(
+        encoder(),
+        mvp_cfg(
+            contrast_start_frac=0.5,
+            template_only_frac=0.2,
+            train={**BrainMVP.default_config("tiny")["train"], "max_iters": 10},
+        ),
+    )
     with torch.no_grad():
         s.templates.weight.copy_(torch.rand_like(s.templates.weight))
     batch = _mvp_batch()
@@ -197,9 +217,13 @@ def test_ablation_weights_drop_views_and_check_config_names_bad_options():
     s = BrainMVP(encoder(), mvp_cfg(w_template=0.0, w_contrast=0.0))
     out = s(_mvp_batch())
     assert set(out) == {"loss_cross"}
-    for bad, match in [({"mask_rate": 1.0}, "mask_rate"), ({"projection": "linear"}, "projection"),
-                       ({"w_template": 0.0}, "needs the template view"), ({"template_canvas": [48, 48]}, "canvas"),
-                       ({"contrast_start_frac": 1.5}, "contrast_start_frac")]:
+    for bad, match in [
+        ({"mask_rate": 1.0}, "mask_rate"),
+        ({"projection": "linear"}, "projection"),
+        ({"w_template": 0.0}, "needs the template view"),
+        ({"template_canvas": [48, 48]}, "canvas"),
+        ({"contrast_start_frac": 1.5}, "contrast_start_frac"),
+    ]:
         with pytest.raises(ValueError, match=match):
             BrainMVP.check_config(mvp_cfg(**bad))
     devs = BrainMVP.deviations(mvp_cfg(mask_rate=0.875, template_only_frac=0.2, temperature=1.0))
@@ -227,9 +251,14 @@ def test_templates_hand_off_from_pretraining_into_fine_tuning():
     # another canvas does not fit: the templates stay zero and the first step says why
     other = SegTemplateTune(encoder(), SegTemplateTune.default_config("tiny"), seg_info())
     assert carry_over_heads(other, parent) == []
-    batch = {"volume": torch.rand(1, 4, R, R, R), "present": torch.ones(1, 4, dtype=torch.long),
-             "seg": torch.zeros(1, 3, R, R, R), "crop_origin": torch.zeros(1, 3, dtype=torch.long),
-             "volume_shape": torch.full((1, 3), R), "flips": torch.zeros(1, 3, dtype=torch.long)}
+    batch = {
+        "volume": torch.rand(1, 4, R, R, R),
+        "present": torch.ones(1, 4, dtype=torch.long),
+        "seg": torch.zeros(1, 3, R, R, R),
+        "crop_origin": torch.zeros(1, 3, dtype=torch.long),
+        "volume_shape": torch.full((1, 3), R),
+        "flips": torch.zeros(1, 3, dtype=torch.long),
+    }
     with pytest.raises(ConfigError, match="--pretrain brainmvp"):
         other(batch)
 
@@ -262,9 +291,14 @@ def _tmpl_tune(cls, cfg_over, info):
 
 
 def _seg_batch():
-    return {"volume": torch.rand(2, 4, R, R, R) * 0.5 + 2.0, "present": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 1]]),
-            "seg": (torch.rand(2, 3, R, R, R) > 0.7).float(), "crop_origin": torch.zeros(2, 3, dtype=torch.long),
-            "volume_shape": torch.full((2, 3), R), "flips": torch.zeros(2, 3, dtype=torch.long)}
+    return {
+        "volume": torch.rand(2, 4, R, R, R) * 0.5 + 2.0,
+        "present": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 1]]),
+        "seg": (torch.rand(2, 3, R, R, R) > 0.7).float(),
+        "crop_origin": torch.zeros(2, 3, dtype=torch.long),
+        "volume_shape": torch.full((2, 3), R),
+        "flips": torch.zeros(2, 3, dtype=torch.long),
+    }
 
 
 def test_seg_tmpl_fills_missing_modalities_and_adds_the_consistency_term():
@@ -281,8 +315,9 @@ def test_seg_tmpl_fills_missing_modalities_and_adds_the_consistency_term():
     assert torch.all(x[[0, 2]].amax(dim=(2, 3, 4)) > 1.0 - 1e-6)
     target = torch.cat([batch["seg"], batch["seg"]])
     assert out["loss_task"].item() == pytest.approx(seg_loss(logits, target).item(), rel=1e-5)
-    assert out["loss_consistency"].item() == pytest.approx(0.1 * ((logits[:2] - logits[2:]) ** 2).mean().item(),
-                                                           rel=1e-5)
+    assert out["loss_consistency"].item() == pytest.approx(
+        0.1 * ((logits[:2] - logits[2:]) ** 2).mean().item(), rel=1e-5
+    )
     # test time: the absent channel is the template, present ones untouched
     seen.clear()
     with torch.no_grad():
@@ -304,8 +339,9 @@ def test_released_interleaved_consistency_copies():
 
 
 def test_cls_tmpl_mixes_and_fills_on_whole_volumes():
-    info = TaskInfo(task="scan-classification", num_classes=2, label_names=["LGG", "HGG"],
-                    spec=ScanClassificationTask())
+    info = TaskInfo(
+        task="scan-classification", num_classes=2, label_names=["LGG", "HGG"], spec=ScanClassificationTask()
+    )
     s = _tmpl_tune(ClsTemplateTune, {}, info)
     batch = _seg_batch() | {"label": torch.tensor([0, 1])}
     del batch["seg"]

@@ -1,6 +1,7 @@
 """A BrainMVP pre-training stage as two torchrun ranks (gloo) computes what one process computes:
 its step counter advances on every rank, so the contrastive term starts at the same step, with the
 same global-batch value."""
+
 import json
 from pathlib import Path
 
@@ -13,10 +14,17 @@ from umdbench.plugin import get_registries
 from umdbench.run.builders import RunContext
 
 ITERS, CONTRAST_START = 4, 2
-OVERRIDES = ["data.num_workers=0", "model.roi_size=16", f"pretrain.train.max_iters={ITERS}",
-             "pretrain.train.batch_size=4", "pretrain.train.log_interval=1", "pretrain.corpus.options.canvas=32",
-             "pretrain.corpus.options.n_train=8", f"pretrain.contrast_start_frac={CONTRAST_START / ITERS}",
-             "pretrain.block_size=4"]
+OVERRIDES = [
+    "data.num_workers=0",
+    "model.roi_size=16",
+    f"pretrain.train.max_iters={ITERS}",
+    "pretrain.train.batch_size=4",
+    "pretrain.train.log_interval=1",
+    "pretrain.corpus.options.canvas=32",
+    "pretrain.corpus.options.n_train=8",
+    f"pretrain.contrast_start_frac={CONTRAST_START / ITERS}",
+    "pretrain.block_size=4",
+]
 
 
 def train(work_dir: Path, nproc: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -27,13 +35,19 @@ def train(work_dir: Path, nproc: int) -> tuple[list[dict], dict[str, torch.Tenso
     from umdbench.run.stages import train_stage
 
     registries = get_registries(reload=True)
-    cell = CellSpec("brainmvp", ("seg",), "brainsynth", encoder="uniformer3d",  # the released backbone: BatchNorm
-                    overrides=tuple(parse_override(o) for o in OVERRIDES))
+    cell = CellSpec(
+        "brainmvp",
+        ("seg",),
+        "brainsynth",
+        encoder="uniformer3d",  # the released backbone: BatchNorm
+        overrides=tuple(parse_override(o) for o in OVERRIDES),
+    )
     run = resolve(cell, registries)
     ctx = RunContext(work_dir, registries)
     stage = build_plan(run, registries, ctx.catalog)[0]
-    stage_dir = launch_stage(stage, run, ctx, nproc, timeout=400) if nproc > 1 else train_stage(stage, run, ctx,
-                                                                                               "pretrain")
+    stage_dir = (
+        launch_stage(stage, run, ctx, nproc, timeout=400) if nproc > 1 else train_stage(stage, run, ctx, "pretrain")
+    )
     (scalars,) = stage_dir.glob("train/*/vis_data/scalars.json")
     return [json.loads(line) for line in scalars.read_text().splitlines()], load_file(stage_dir / "model.safetensors")
 

@@ -1,4 +1,5 @@
 """BraTS readers on tiny NIfTI fixtures written with nibabel, including broken studies."""
+
 import gzip
 import json
 
@@ -41,8 +42,15 @@ def brats21(tmp_path):
     root = tmp_path / "brats2021"
     for i in range(5):
         make_study(root, f"BraTS2021_{i:05d}", ("flair", "t1", "t1ce", "t2"), "_", 4)
-    (root / "splits.json").write_text(json.dumps({"train": ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"],
-                                                  "val": ["BraTS2021_00003"], "test": ["BraTS2021_00004"]}))
+    (root / "splits.json").write_text(
+        json.dumps(
+            {
+                "train": ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"],
+                "val": ["BraTS2021_00003"],
+                "test": ["BraTS2021_00004"],
+            }
+        )
+    )
     return root
 
 
@@ -72,11 +80,13 @@ def test_brats2023_layout_remaps_enhancing_to_4(tmp_path):
     assert ds.check(deep=True).ok
     model = {"modalities": ["t1", "t1c", "t2", "flair"], "roi_size": 8}
     from umdbench.api import DataContext
-    ctx = DataContext(model_cfg=model, stage_cfg={}, tokenizer=None, label_names=["WT", "TC", "ET"], seed=0,
-                      cache_dir=None)
+
+    ctx = DataContext(
+        model_cfg=model, stage_cfg={}, tokenizer=None, label_names=["WT", "TC", "ET"], seed=0, cache_dir=None
+    )
     item = SegmentationTask().build_dataset([rec], ctx, training=False)[0]
-    assert int(item["seg"][2].sum()) == 4 ** 3 - 2 ** 3  # ET (coded 3 on disk) is found
-    assert int(item["seg"][0].sum()) == 6 ** 3 and item["volume"].max() <= 1.0
+    assert int(item["seg"][2].sum()) == 4**3 - 2**3  # ET (coded 3 on disk) is found
+    assert int(item["seg"][0].sum()) == 6**3 and item["volume"].max() <= 1.0
 
 
 def test_check_names_study_and_file_for_each_problem(brats21):
@@ -106,8 +116,9 @@ def test_check_names_study_and_file_for_each_problem(brats21):
     assert "BraTS2021_00001_t1.nii.gz has shape (8, 8, 9) but BraTS2021_00001_flair.nii.gz has (8, 8, 8)" in text
     assert "BraTS2021_00002_t2.nii.gz has an affine that differs from BraTS2021_00002_flair.nii.gz's" in text
     assert "BraTS2021_00003_seg.nii.gz (label) has codes [7] outside brats2021's [0, 1, 2, 4]" in text
-    assert any("study BraTS2021_00004" in p and "BraTS2021_00004_t1.nii.gz (t1) is not a readable NIfTI" in p
-               for p in problems)
+    assert any(
+        "study BraTS2021_00004" in p and "BraTS2021_00004_t1.nii.gz (t1) is not a readable NIfTI" in p for p in problems
+    )
     assert any("BraTS2021_00004_t2.nii.gz (t2) cannot be decoded: it is truncated" in p for p in problems)  # deep only
     assert not any("BraTS2021_00004_t2.nii.gz" in p for p in shallow)
     assert "study BraTS2021_00005: folder" in text and "is empty" in text
@@ -116,7 +127,9 @@ def test_check_names_study_and_file_for_each_problem(brats21):
 
 def test_missing_file_raises_or_skips_by_on_error(brats21):
     (brats21 / "BraTS2021_00000" / "BraTS2021_00000_t1ce.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"study BraTS2021_00000: file .*_t1ce.nii.gz \(t1c\) is missing.*on_error=skip"):
+    with pytest.raises(
+        DataError, match=r"study BraTS2021_00000: file .*_t1ce.nii.gz \(t1c\) is missing.*on_error=skip"
+    ):
         BraTS2021(root=brats21).records("train")
     ds = BraTS2021(root=brats21, on_error="skip")
     assert [r.uid for r in ds.records("train")] == ["BraTS2021_00001", "BraTS2021_00002"]
@@ -146,10 +159,33 @@ def test_umdbench_run_reads_a_brats_copy_through_the_cli(tmp_path, capsys):
     root = tmp_path / "data" / "brats2023"
     for i in range(6):
         make_study(root, f"BraTS-MEN-{i:05d}-000", ("t1c", "t1n", "t2f", "t2w"), "-", 3)
-    (root / "splits.json").write_text(json.dumps({"train": [f"BraTS-MEN-{i:05d}-000" for i in range(4)],
-                                                 "val": ["BraTS-MEN-00004-000"], "test": ["BraTS-MEN-00005-000"]}))
-    code = main(["run", "--pretrain", "none", "--tune", "seg", "--dataset", "brats2023", "--data-root",
-                 str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"), "--cfg-options", "model.roi_size=16",
-                 "tune.0.train.max_iters=2", "data.num_workers=0"])
+    (root / "splits.json").write_text(
+        json.dumps(
+            {
+                "train": [f"BraTS-MEN-{i:05d}-000" for i in range(4)],
+                "val": ["BraTS-MEN-00004-000"],
+                "test": ["BraTS-MEN-00005-000"],
+            }
+        )
+    )
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            "seg",
+            "--dataset",
+            "brats2023",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            "model.roi_size=16",
+            "tune.0.train.max_iters=2",
+            "data.num_workers=0",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "result: none / seg / brats2023" in out and "dice_et=" in out

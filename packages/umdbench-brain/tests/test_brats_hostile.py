@@ -6,6 +6,7 @@ label recoded in a same-size file (its mtime set back) changes the cell key.
 
 Each test points ``UMDBENCH_CACHE_DIR`` (the content cache) at its own tmp folder.
 """
+
 import gzip
 import hashlib
 import json
@@ -28,8 +29,13 @@ MODS = ("flair", "t1", "t1ce", "t2")
 TRAIN = [f"BraTS2021_{i:05d}" for i in range(4)]
 VAL = ["BraTS2021_00004"]
 TEST = ["BraTS2021_00005", "BraTS2021_00006"]
-FAST = ["model.roi_size=16", "tune.0.train.max_iters=2", "tune.0.train.batch_size=2", "data.num_workers=0",
-        "data.eval_batch_size=2"]
+FAST = [
+    "model.roi_size=16",
+    "tune.0.train.max_iters=2",
+    "tune.0.train.batch_size=2",
+    "data.num_workers=0",
+    "data.eval_batch_size=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -87,8 +93,22 @@ def tree_state(root: Path) -> dict:
 
 
 def run_args(data_root: Path, work: Path, *extra: str) -> list[str]:
-    return ["run", "--pretrain", "none", "--tune", "seg", "--dataset", "brats2021", "--data-root", str(data_root),
-            "--work-dir", str(work), "--cfg-options", *FAST, *extra]
+    return [
+        "run",
+        "--pretrain",
+        "none",
+        "--tune",
+        "seg",
+        "--dataset",
+        "brats2021",
+        "--data-root",
+        str(data_root),
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        *FAST,
+        *extra,
+    ]
 
 
 def one_paragraph(capsys) -> str:
@@ -177,11 +197,19 @@ def _dangling_symlink(root):
     return TEST[0], "seg", "(label) is a symlink to"
 
 
-CASES = {"train label codes 3 and 7": _recode_train_labels, "NaN and inf voxels": _nan_voxels,
-         "blank modality": _blank_modality, "all four modalities zero": _all_modalities_blank,
-         "wrong affine": _wrong_affine, "shape mismatch": _shape_mismatch, "truncated": _truncated,
-         "not gzip": _not_gzip, "4-D volume": _four_d, "2000^3 header in 7 KB": _huge_header,
-         "dangling symlink": _dangling_symlink}
+CASES = {
+    "train label codes 3 and 7": _recode_train_labels,
+    "NaN and inf voxels": _nan_voxels,
+    "blank modality": _blank_modality,
+    "all four modalities zero": _all_modalities_blank,
+    "wrong affine": _wrong_affine,
+    "shape mismatch": _shape_mismatch,
+    "truncated": _truncated,
+    "not gzip": _not_gzip,
+    "4-D volume": _four_d,
+    "2000^3 header in 7 KB": _huge_header,
+    "dangling symlink": _dangling_symlink,
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -215,11 +243,17 @@ def test_a_huge_header_is_refused_before_any_voxel_is_decoded(tmp_path, monkeypa
     assert f(root, TEST[0], "t2").name not in decoded and decoded  # the others were decoded
 
 
-@pytest.mark.parametrize("table, expected", [
-    ({"train": TRAIN, "val": VAL, "test": TEST + [TRAIN[0]]}, "lists study BraTS2021_00000 under both 'train' and 'test'"),
-    ({"train": TRAIN + [TRAIN[2]], "val": VAL, "test": TEST}, "lists study BraTS2021_00002 twice under 'train'"),
-    ({"train": TRAIN, "validation": VAL, "test": TEST}, "names split 'validation', which brats2021 does not have"),
-])
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        (
+            {"train": TRAIN, "val": VAL, "test": TEST + [TRAIN[0]]},
+            "lists study BraTS2021_00000 under both 'train' and 'test'",
+        ),
+        ({"train": TRAIN + [TRAIN[2]], "val": VAL, "test": TEST}, "lists study BraTS2021_00002 twice under 'train'"),
+        ({"train": TRAIN, "validation": VAL, "test": TEST}, "names split 'validation', which brats2021 does not have"),
+    ],
+)
 def test_splits_json_conflicts_are_refused(tmp_path, capsys, table, expected):
     data_root = tmp_path / "data"
     make_copy(data_root, splits=table)
@@ -320,9 +354,23 @@ def test_a_sweep_over_a_copy_with_an_empty_test_split_reports_it_without_a_trace
         "@hookimpl\n"
         "def umdbench_register(registries):\n"
         "    registries.suite.register('brats-hostile', {'title': 'x', 'datasets': ['brats2021'], 'metrics': ['dice'],\n"
-        "        'rows': [{'name': 'scratch', 'pretrain': 'none', 'tune': 'seg'}]})\n")
-    code = main(["sweep", "--plugin-path", str(suite), "--suite", "brats-hostile", "--data-root", str(data_root),
-                 "--work-dir", str(tmp_path / "work"), "--cfg-options", *FAST])
+        "        'rows': [{'name': 'scratch', 'pretrain': 'none', 'tune': 'seg'}]})\n"
+    )
+    code = main(
+        [
+            "sweep",
+            "--plugin-path",
+            str(suite),
+            "--suite",
+            "brats-hostile",
+            "--data-root",
+            str(data_root),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            *FAST,
+        ]
+    )
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and "evaluation failed" not in out.out
     assert "split 'test' has no studies" in out.out and "data unavailable" in out.out

@@ -1,4 +1,5 @@
 """Encoders (feature maps as declared), the segmentation decoder, and the strategies' wiring."""
+
 import pytest
 import torch
 
@@ -38,8 +39,11 @@ def test_seg_strategy_trains_encoder_and_head_and_predicts_whole_volumes():
     encoder = ResUNetEncoder(ResUNetEncoder.default_config("tiny") | {"roi_size": 16})
     cfg = SegTune.default_config("tiny")
     strategy = SegTune(encoder, cfg, _seg_info())
-    batch = {"volume": torch.rand(2, 4, 16, 16, 16), "seg": (torch.rand(2, 3, 16, 16, 16) > 0.8).float(),
-             "present": torch.ones(2, 4, dtype=torch.long)}
+    batch = {
+        "volume": torch.rand(2, 4, 16, 16, 16),
+        "seg": (torch.rand(2, 3, 16, 16, 16) > 0.8).float(),
+        "present": torch.ones(2, 4, dtype=torch.long),
+    }
     loss = strategy(batch)["loss_task"]
     loss.backward()
     assert strategy.encoder.stages[0][0].conv1.conv.weight.grad.abs().sum() > 0
@@ -54,8 +58,9 @@ def test_strategies_refuse_the_other_task():
     encoder = ResUNetEncoder(ResUNetEncoder.default_config("tiny"))
     with pytest.raises(ConfigError, match="cls: scan-classification"):
         ClsTune(encoder, ClsTune.default_config("tiny"), _seg_info())
-    cls_info = TaskInfo(task="scan-classification", num_classes=2, label_names=["LGG", "HGG"],
-                        spec=ScanClassificationTask())
+    cls_info = TaskInfo(
+        task="scan-classification", num_classes=2, label_names=["LGG", "HGG"], spec=ScanClassificationTask()
+    )
     strategy = ClsTune(encoder, ClsTune.default_config("tiny"), cls_info)
     logits = strategy.predict({"volume": torch.rand(2, 4, 20, 20, 20)})["logits"]
     assert logits.shape == (2, 2)
@@ -67,8 +72,9 @@ def test_mae3d_masks_exact_blocks_and_ignores_absent_modalities():
     mask = mae.block_mask(3, (16, 16, 16), "cpu")
     assert mask.shape == (3, 1, 16, 16, 16)
     assert mask[:, 0, ::4, ::4, ::4].flatten(1).sum(1).tolist() == [48.0] * 3  # 0.75 x 64 blocks each
-    assert torch.equal(mask, mask[:, :, ::4, ::4, ::4].repeat_interleave(4, 2).repeat_interleave(4, 3)
-                       .repeat_interleave(4, 4))  # whole blocks
+    assert torch.equal(
+        mask, mask[:, :, ::4, ::4, ::4].repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
+    )  # whole blocks
     volume = torch.rand(2, 4, 16, 16, 16)
     present = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1]])
     seen = {}

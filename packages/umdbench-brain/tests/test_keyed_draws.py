@@ -1,6 +1,7 @@
 """Every random draw of a brain strategy's training forward and of a training item is keyed by the
 sample (umdbench.draws): a half of the global batch, at its positions, sees exactly the inputs it
 sees inside the whole batch, so the split over processes or micro-batches cannot change them."""
+
 import numpy as np
 import pytest
 import torch
@@ -31,8 +32,8 @@ def test_a_half_batch_draws_what_it_draws_in_the_whole_batch(name):
     batch = spec.preprocess(global_batch(name, 0))
     n = len(batch["volume"])
     whole = encoder_inputs(strategy, batch, range(n))
-    second = encoder_inputs(strategy, {k: v[n // 2:] for k, v in batch.items()}, range(n // 2, n))
-    assert torch.equal(second, whole[:, n // 2:])
+    second = encoder_inputs(strategy, {k: v[n // 2 :] for k, v in batch.items()}, range(n // 2, n))
+    assert torch.equal(second, whole[:, n // 2 :])
     if name in ("seg", "cls"):  # no draws in the forward (the items' crops and flips are the loader's)
         return
     # and the draws are keyed by the step: another step draws other masks, views or channels
@@ -76,5 +77,6 @@ def test_training_items_are_keyed_by_step_and_position_not_by_the_loader():
         other = ds[0]
     for key in ("volume", "crop_origin", "flips"):
         assert torch.equal(first[key], again[key]), key
-    assert not torch.equal(first["crop_origin"], other["crop_origin"]) or not torch.equal(first["flips"],
-                                                                                         other["flips"])
+    assert not torch.equal(first["crop_origin"], other["crop_origin"]) or not torch.equal(
+        first["flips"], other["flips"]
+    )

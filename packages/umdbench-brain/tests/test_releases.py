@@ -2,6 +2,7 @@
 MRBrainS13, UPENN-GBM, BraTS 2018 HGG/LGG, ABIDE I) on tiny NIfTI fixtures written with nibabel:
 each is listed, passes `data check` on its fixture, is refused in one paragraph naming the study
 and the file when broken, and runs one tiny `seg` or `cls` cell through the CLI."""
+
 import json
 import re
 from pathlib import Path
@@ -15,8 +16,13 @@ from umdbench.cli import main
 
 SIZE = 8
 CLS_SHAPE = (16, 16, 16)  # classification reads whole volumes: at least the encoder's total stride
-FAST = ["model.roi_size=16", "tune.0.train.max_iters=2", "tune.0.train.batch_size=2", "data.num_workers=0",
-        "data.eval_batch_size=2"]
+FAST = [
+    "model.roi_size=16",
+    "tune.0.train.max_iters=2",
+    "tune.0.train.batch_size=2",
+    "data.num_workers=0",
+    "data.eval_batch_size=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +59,10 @@ def make_brats23(data_root: Path, kind: str, n: int = 5):
     for i in range(n):
         case = f"BraTS-{kind}-{i:05d}-000"
         rng = np.random.default_rng(i)
-        files = {m: save(root / case / f"{case}-{s}.nii.gz", image(rng))
-                 for s, m in (("t1c", "t1c"), ("t1n", "t1"), ("t2f", "flair"), ("t2w", "t2"))}
+        files = {
+            m: save(root / case / f"{case}-{s}.nii.gz", image(rng))
+            for s, m in (("t1c", "t1c"), ("t1n", "t1"), ("t2f", "flair"), ("t2w", "t2"))
+        }
         files["seg"] = save(root / case / f"{case}-seg.nii.gz", brats_label(3))
         studies[case] = files
     splits(root, list(studies))
@@ -69,8 +77,10 @@ def make_isles(data_root: Path, n: int = 5):
         stem = f"{case}_ses-0001"
         rng = np.random.default_rng(i)
         ses = root / case / "ses-0001"
-        files = {"dwi": save(ses / "dwi" / f"{stem}_dwi.nii.gz", image(rng)),
-                 "adc": save(ses / "dwi" / f"{stem}_adc.nii.gz", image(rng))}
+        files = {
+            "dwi": save(ses / "dwi" / f"{stem}_dwi.nii.gz", image(rng)),
+            "adc": save(ses / "dwi" / f"{stem}_adc.nii.gz", image(rng)),
+        }
         # as released: the FLAIR on its own grid, a JSON sidecar beside each volume
         save(ses / "anat" / f"{stem}_FLAIR.nii.gz", image(rng, (SIZE + 2, SIZE + 2, SIZE - 2)))
         (ses / "dwi" / f"{stem}_dwi.json").write_text("{}")
@@ -88,8 +98,10 @@ def make_mrbrains(data_root: Path, n: int = 5):
     for i in range(1, n + 1):
         folder = root / "TrainingData" / str(i)
         rng = np.random.default_rng(i)
-        files = {m: save(folder / f"{stem}.nii", image(rng)) for m, stem in
-                 (("t1", "T1"), ("t1ir", "T1_IR"), ("flair", "T2_FLAIR"))}
+        files = {
+            m: save(folder / f"{stem}.nii", image(rng))
+            for m, stem in (("t1", "T1"), ("t1ir", "T1_IR"), ("flair", "T2_FLAIR"))
+        }
         save(folder / "T1_1mm.nii", image(rng, (SIZE + 4,) * 3))  # not read: another grid
         lab = np.zeros((SIZE,) * 3, dtype=np.uint8)
         lab[1:7, 1:7, 1:4] = 1
@@ -109,8 +121,10 @@ def make_upenn(data_root: Path, n: int = 5):
     for i in range(1, n + 2):
         case = f"UPENN-GBM-{i:05d}_11"
         rng = np.random.default_rng(i)
-        files = {m: save(base / "images_structural" / case / f"{case}_{s}.nii.gz", image(rng))
-                 for s, m in (("T1", "t1"), ("T1GD", "t1c"), ("T2", "t2"), ("FLAIR", "flair"))}
+        files = {
+            m: save(base / "images_structural" / case / f"{case}_{s}.nii.gz", image(rng))
+            for s, m in (("T1", "t1"), ("T1GD", "t1c"), ("T2", "t2"), ("FLAIR", "flair"))
+        }
         if i > n:
             continue  # a subject without a revised label: not a study of the manual labels
         files["seg"] = save(base / "images_segm" / f"{case}_segm.nii.gz", brats_label(4))
@@ -126,8 +140,10 @@ def make_brats18(data_root: Path, n: int = 6):
         grade = "HGG" if i % 2 else "LGG"
         case = f"Brats18_{'TCIA' if i % 2 else 'CBICA'}_{i:03d}_1"
         rng = np.random.default_rng(i)
-        files = {m: save(root / grade / case / f"{case}_{s}.nii.gz", image(rng, CLS_SHAPE))
-                 for s, m in (("t1", "t1"), ("t1ce", "t1c"), ("t2", "t2"), ("flair", "flair"))}
+        files = {
+            m: save(root / grade / case / f"{case}_{s}.nii.gz", image(rng, CLS_SHAPE))
+            for s, m in (("t1", "t1"), ("t1ce", "t1c"), ("t2", "t2"), ("flair", "flair"))
+        }
         save(root / grade / case / f"{case}_seg.nii.gz", np.zeros(CLS_SHAPE, np.uint8))  # not read
         studies[case] = files
     names = sorted(studies)
@@ -146,8 +162,11 @@ def make_abide(data_root: Path, n: int = 6):
         if i == n:
             continue  # a subject of the table whose site this copy lacks
         rng = np.random.default_rng(i)
-        files = {"t1": save(root / site.title() / f"{sub:07d}" / "session_1" / "anat_1" / "mprage.nii.gz",
-                            image(rng, CLS_SHAPE))}
+        files = {
+            "t1": save(
+                root / site.title() / f"{sub:07d}" / "session_1" / "anat_1" / "mprage.nii.gz", image(rng, CLS_SHAPE)
+            )
+        }
         studies[f"{sub:07d}"] = files
     (root / "Phenotypic_V1_0b_preprocessed1.csv").write_text("\n".join(rows) + "\n")
     names = sorted(studies)
@@ -160,7 +179,12 @@ RELEASES = {
     "brats2023-ped": (lambda d: make_brats23(d, "PED"), "seg", [], ("dice_wt", "dice_tc", "dice_et")),
     "brats2023-met": (lambda d: make_brats23(d, "MET"), "seg", [], ("dice_wt", "dice_et")),
     "isles22": (make_isles, "seg", ['model.modalities=["t1","t1c","t2","flair","dwi","adc"]'], ("dice_infarct",)),
-    "mrbrains13": (make_mrbrains, "seg", ['model.modalities=["t1","t1c","t2","flair","t1ir"]'], ("dice_gm", "dice_wm", "dice_csf")),
+    "mrbrains13": (
+        make_mrbrains,
+        "seg",
+        ['model.modalities=["t1","t1c","t2","flair","t1ir"]'],
+        ("dice_gm", "dice_wm", "dice_csf"),
+    ),
     "upenn-gbm": (make_upenn, "seg", [], ("dice_wt",)),
     "brats2018-grade": (make_brats18, "cls", [], ("accuracy", "auc")),
     "abide": (make_abide, "cls", [], ("accuracy", "auc")),
@@ -185,8 +209,9 @@ def test_every_release_reader_is_listed_with_its_task_modalities_and_labels(caps
         assert cls.task in ("segmentation", "scan-classification") and cls.modalities and cls.root_subdir
         assert set(cls.modalities) <= {"t1", "t1c", "t2", "flair", "dwi", "adc", "t1ir"}
         if cls.task == "segmentation":
-            assert cls.region_codes and all(set(c) <= set(cls.label_values) | set(cls.label_remap.values())
-                                            for c in cls.region_codes.values())
+            assert cls.region_codes and all(
+                set(c) <= set(cls.label_values) | set(cls.label_remap.values()) for c in cls.region_codes.values()
+            )
         else:
             assert cls.classes and cls.encoder == "uniformer3d"
 
@@ -251,8 +276,27 @@ def test_a_broken_fixture_is_one_paragraph_naming_study_and_file(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"study {case}: file {path}" in out and expected in out, out
     work = tmp_path / "work"
-    assert main(["run", "--pretrain", "none", "--tune", tune, "--dataset", name, "--data-root", str(data_root),
-                 "--work-dir", str(work), "--cfg-options", *FAST, *extra]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--pretrain",
+                "none",
+                "--tune",
+                tune,
+                "--dataset",
+                name,
+                "--data-root",
+                str(data_root),
+                "--work-dir",
+                str(work),
+                "--cfg-options",
+                *FAST,
+                *extra,
+            ]
+        )
+        == 2
+    )
     err = one_paragraph(capsys)
     assert f"study {case}: file {path}" in err and expected in err and "Nothing was trained" in err, err
     assert not list(work.glob("**/weights*"))
@@ -262,8 +306,24 @@ def test_a_broken_fixture_is_one_paragraph_naming_study_and_file(tmp_path, capsy
 def test_one_tiny_cell_runs_on_the_release_fixture(tmp_path, capsys, name):
     make, tune, extra, keys = RELEASES[name]
     make(tmp_path / "data")
-    code = main(["run", "--pretrain", "none", "--tune", tune, "--dataset", name, "--data-root",
-                 str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"), "--cfg-options", *FAST, *extra])
+    code = main(
+        [
+            "run",
+            "--pretrain",
+            "none",
+            "--tune",
+            tune,
+            "--dataset",
+            name,
+            "--data-root",
+            str(tmp_path / "data"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            *FAST,
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     out = captured.out + captured.err
     assert code == 0, out
@@ -283,7 +343,9 @@ def test_isles22_flair_is_read_only_on_request_and_the_release_grid_is_refused(t
     case = sorted(studies)[0]
     for p in (root / case / "ses-0001" / "dwi").glob("*.nii.gz"):
         p.rename(root / case / "ses-0001" / p.name)
-    assert ISLES22(root=root).records("train")[0].image["dwi"] == str(root / case / "ses-0001" / f"{case}_ses-0001_dwi.nii.gz")
+    assert ISLES22(root=root).records("train")[0].image["dwi"] == str(
+        root / case / "ses-0001" / f"{case}_ses-0001_dwi.nii.gz"
+    )
 
 
 def test_a_study_of_another_2023_release_in_the_ped_folder_is_named(tmp_path):
@@ -294,7 +356,11 @@ def test_a_study_of_another_2023_release_in_the_ped_folder_is_named(tmp_path):
     (gli / "BraTS-GLI-00000-000").rename(root / "BraTS-GLI-00000-000")
     (root / "splits.json").unlink()
     problems = BraTS2023PED(root=root).check(deep=True).problems
-    assert len(problems) == 1 and "study BraTS-GLI-00000-000: folder" in problems[0] and "BraTS-PED-00001-000" in problems[0]
+    assert (
+        len(problems) == 1
+        and "study BraTS-GLI-00000-000: folder" in problems[0]
+        and "BraTS-PED-00001-000" in problems[0]
+    )
 
 
 def test_abide_table_problems_and_absent_sites(tmp_path):
@@ -304,7 +370,8 @@ def test_abide_table_problems_and_absent_sites(tmp_path):
     ds = ABIDE(root=root)
     assert [d for d in ds.deviations() if "1 subject(s) of the phenotype table have no scan folder" in d]
     assert {r.uid: r.label for s in ds.splits for r in ds.records(s)} == {
-        uid: (1 if (int(uid) - 50003) % 2 == 0 else 0) for uid in studies}
+        uid: (1 if (int(uid) - 50003) % 2 == 0 else 0) for uid in studies
+    }
     table = root / "Phenotypic_V1_0b_preprocessed1.csv"
     table.write_text(table.read_text().replace(",1,12.5", ",3,12.5", 1))
     with pytest.raises(DataError, match=r"Phenotypic_V1_0b_preprocessed1.csv line 2: SUB_ID='50003' DX_GROUP='3'"):
@@ -323,4 +390,5 @@ def test_upenn_labels_option_and_brats18_classes(tmp_path):
     ds = BraTS2018Grade(root=root18)
     assert ds.label_names() == ["LGG", "HGG"]
     assert {r.uid: r.label for r in ds.records("train")} == {
-        c.name: int(c.parent.name == "HGG") for c in ds.cases() if c.name in {r.uid for r in ds.records("train")}}
+        c.name: int(c.parent.name == "HGG") for c in ds.cases() if c.name in {r.uid for r in ds.records("train")}
+    }

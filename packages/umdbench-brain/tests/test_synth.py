@@ -1,9 +1,10 @@
 """brainsynth: determinism, nested labels, grades, missing modalities, contrasts that need more
 than one modality, disjoint streams, and the dataset plugin's records / check / fingerprint."""
+
 import numpy as np
 import pytest
 
-from umdbench_brain.synth import (MODALITIES, STREAMS, BrainSynth, BrainSynthCorpus, BrainSynthGrade, make_study)
+from umdbench_brain.synth import MODALITIES, STREAMS, BrainSynth, BrainSynthCorpus, BrainSynthGrade, make_study
 from umdbench_brain.volumes import REGION_CODES, region_masks, scale_percentiles, stack_modalities
 
 CANVAS = 32

@@ -1,5 +1,4 @@
 """Volume pipeline, task types, losses and the dice metric."""
-import math
 
 import numpy as np
 import pytest
@@ -70,7 +69,7 @@ def test_segmentation_dataset_crops_in_training_and_keeps_whole_volumes_for_eval
     assert item["volume"].shape == (4, 16, 16, 16) and item["seg"].shape == (3, 16, 16, 16)
     assert item["present"].tolist() == [1, 1, 1, 0] and not item["volume"][3].any()  # jitter keeps absent at 0
     full = task.build_dataset(recs, _ctx(), training=False)[0]
-    assert full["volume"].shape == (4, 20, 20, 20) and int(full["seg"][2].sum()) == 4 ** 3 - 2 ** 3
+    assert full["volume"].shape == (4, 20, 20, 20) and int(full["seg"][2].sum()) == 4**3 - 2**3
     batch = task.preprocess(task.collate([full, full]))
     assert batch["seg"].dtype == torch.float32 and batch["volume"].shape == (2, 4, 20, 20, 20)
 
@@ -79,14 +78,16 @@ def test_label_map_remaps_brats2023_enhancing_code():
     rec = _record(codes=(0, 1, 2, 3))
     rec.extra["label_map"] = {3: 4}
     item = SegmentationTask().build_dataset([rec], _ctx(), training=False)[0]
-    assert int(item["seg"][2].sum()) == 4 ** 3 - 2 ** 3  # ET found although coded 3
+    assert int(item["seg"][2].sum()) == 4**3 - 2**3  # ET found although coded 3
 
 
 def test_classification_and_pretrain_datasets():
     cls_item = ScanClassificationTask().build_dataset([_record()], _ctx(labels=("LGG", "HGG")), training=True)[0]
     assert cls_item["volume"].shape == (4, 20, 20, 20) and int(cls_item["label"]) == 1
     pre = VolumePretrainTask().build_dataset([_record()], _ctx(), training=True)[0]
-    assert set(pre) == {"volume", "present", "index", "crop_origin", "volume_shape", "flips"} and pre["volume"].shape == (4, 16, 16, 16)
+    assert set(pre) == {"volume", "present", "index", "crop_origin", "volume_shape", "flips"} and pre[
+        "volume"
+    ].shape == (4, 16, 16, 16)
 
 
 def test_seg_loss_prefers_the_right_answer():
@@ -115,7 +116,12 @@ def test_dice_metric_released_empty_rule_and_hd95():
 def test_dice_metric_names_brats_regions_and_refuses_shape_mismatch():
     metric = DiceMetric(hd95=False)
     metric.process({}, [{"seg_logits": torch.ones(1, 3, 4, 4, 4), "seg": torch.ones(1, 3, 4, 4, 4)}])
-    assert metric.compute_metrics(metric.results) == {"dice_wt": 100.0, "dice_tc": 100.0, "dice_et": 100.0, "dice": 100.0}
+    assert metric.compute_metrics(metric.results) == {
+        "dice_wt": 100.0,
+        "dice_tc": 100.0,
+        "dice_et": 100.0,
+        "dice": 100.0,
+    }
     with pytest.raises(ValueError, match="whole volumes"):
         metric.process({}, [{"seg_logits": torch.ones(1, 3, 4, 4, 4), "seg": torch.ones(1, 3, 4, 4, 5)}])
 

@@ -3,6 +3,7 @@
 learns no templates, or no parent at all is one paragraph at planning instead of a stop at the first
 tuning step after pre-training. The core calls it through its cross-stage hook
 (Strategy.check_parent_config) when a run is resolved."""
+
 import pytest
 
 from umdbench.errors import UmdbenchError
@@ -13,8 +14,9 @@ from umdbench_brain.brainmvp import ClsTemplateTune, SegTemplateTune
 
 def resolved(pretrain="brainmvp", tune="seg-tmpl", dataset="brainsynth", preset="tiny", **overrides):
     registries = load_plugins()[0]
-    return resolve(CellSpec(pretrain, (tune,), dataset, preset=preset, overrides=tuple(overrides.items())),
-                   registries).config
+    return resolve(
+        CellSpec(pretrain, (tune,), dataset, preset=preset, overrides=tuple(overrides.items())), registries
+    ).config
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
@@ -32,8 +34,10 @@ def test_a_canvas_mismatch_is_one_paragraph_with_the_fix():
     with pytest.raises(ValueError) as err:
         SegTemplateTune.check_parent_config(config["tune"][0], config["pretrain"])
     text = str(err.value)
-    assert "\n" not in text and "template_canvas=[48, 48, 48] differs from its parent's pretrain.template_canvas=" \
-        "[40, 40, 40]" in text
+    assert (
+        "\n" not in text
+        and "template_canvas=[48, 48, 48] differs from its parent's pretrain.template_canvas=[40, 40, 40]" in text
+    )
     assert "--cfg-options pretrain.template_canvas=[40,40,40] tune.0.template_canvas=[40,40,40]" in text
     # the fix it names resolves and passes
     fixed = resolved(**{"pretrain.template_canvas": [40, 40, 40], "tune.0.template_canvas": [40, 40, 40]})

@@ -1,5 +1,6 @@
 """Pictures of BrainMVP's templates (paper Fig. 4) from a tiny trained brainmvp stage: its kept
 mmengine checkpoints and its final artifact, three central slices per modality, one PNG."""
+
 import numpy as np
 import pytest
 
@@ -7,18 +8,46 @@ from umdbench.cli import main
 from umdbench_brain.templates_figure import central_slices, find_stage, render, template_snapshots
 from umdbench_brain.templates_figure import main as figure_main
 
-TINY = ["data.num_workers=0", "data.eval_batch_size=6", "model.roi_size=16", "dataset.options.canvas=32",
-        "dataset.options.n_train=4", "dataset.options.n_val=2", "dataset.options.n_test=2",
-        "pretrain.train.max_iters=4", "pretrain.train.batch_size=2", "pretrain.corpus.options.canvas=32",
-        "pretrain.corpus.options.n_train=4", "pretrain.train.checkpoint_interval=2",
-        "pretrain.train.keep_checkpoints=2", "tune.0.train.max_iters=1", "tune.0.train.batch_size=2"]
+TINY = [
+    "data.num_workers=0",
+    "data.eval_batch_size=6",
+    "model.roi_size=16",
+    "dataset.options.canvas=32",
+    "dataset.options.n_train=4",
+    "dataset.options.n_val=2",
+    "dataset.options.n_test=2",
+    "pretrain.train.max_iters=4",
+    "pretrain.train.batch_size=2",
+    "pretrain.corpus.options.canvas=32",
+    "pretrain.corpus.options.n_train=4",
+    "pretrain.train.checkpoint_interval=2",
+    "pretrain.train.keep_checkpoints=2",
+    "tune.0.train.max_iters=1",
+    "tune.0.train.batch_size=2",
+]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("templates-work")
-    assert main(["run", "--pretrain", "brainmvp", "--tune", "seg-tmpl", "--dataset", "brainsynth", "--work-dir",
-                 str(work), "--cfg-options", *TINY]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--pretrain",
+                "brainmvp",
+                "--tune",
+                "seg-tmpl",
+                "--dataset",
+                "brainsynth",
+                "--work-dir",
+                str(work),
+                "--cfg-options",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     return work
 
 

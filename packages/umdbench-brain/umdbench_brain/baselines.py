@@ -2,6 +2,7 @@
 README; not verified against the paper's table): ``simclr3d`` (contrast two augmented views of a
 crop, Chen et al. 2020 in 3-D) and ``models-genesis`` (restore a transformed crop, Zhou et al. 2019).
 Both read every present modality as a channel of one input."""
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -18,8 +19,10 @@ from umdbench_brain.templates import wide
 
 __all__ = ["SimCLR3D", "ModelsGenesis", "nt_xent"]
 
-COMMON_GAPS = ["our baseline choice (see the brain README: baselines), not verified against the paper's table; "
-               "trained with BrainMVP's pre-training recipe on the same encoder and corpus"]
+COMMON_GAPS = [
+    "our baseline choice (see the brain README: baselines), not verified against the paper's table; "
+    "trained with BrainMVP's pre-training recipe on the same encoder and corpus"
+]
 
 
 def on_device(generator: torch.Generator | None, device) -> torch.Generator | None:
@@ -27,7 +30,7 @@ def on_device(generator: torch.Generator | None, device) -> torch.Generator | No
     is drawn where it is used, still keyed by the sample (None: the device's process RNG)."""
     if generator is None:
         return None
-    return torch.Generator(device).manual_seed(int(torch.randint(0, 2 ** 62, (), generator=generator)))
+    return torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -69,8 +72,10 @@ class SimCLR3D(PretrainStrategy):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        return COMMON_GAPS + ["3-D augmentations of our choosing (sub-crop + resize, flips, intensity, noise); "
-                              "SimCLR's colour jitter and blur have no MRI counterpart"]
+        return COMMON_GAPS + [
+            "3-D augmentations of our choosing (sub-crop + resize, flips, intensity, noise); "
+            "SimCLR's colour jitter and blur have no MRI counterpart"
+        ]
 
     @classmethod
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
@@ -80,8 +85,9 @@ class SimCLR3D(PretrainStrategy):
         super().__init__(encoder, cfg)
         self.check_config(cfg)
         width = int(encoder.hidden_size)
-        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True),
-                                        nn.Linear(width, int(cfg["proj_dim"])))
+        self.projection = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, int(cfg["proj_dim"]))
+        )
 
     def augment(self, volume: torch.Tensor, present: torch.Tensor, stream: str) -> torch.Tensor:
         """One view of every crop, drawn from the crop's keyed ``stream`` (:mod:`umdbench.draws`;
@@ -93,7 +99,7 @@ class SimCLR3D(PretrainStrategy):
             g = draws.sample_generator(b, stream)
             edge = [max(1, int(s * float(torch.empty(()).uniform_(lo_scale, 1.0, generator=g)))) for s in size]
             lo = [int(torch.randint(0, s - e + 1, (), generator=g)) for s, e in zip(size, edge)]
-            piece = volume[b:b + 1, :, lo[0]:lo[0] + edge[0], lo[1]:lo[1] + edge[1], lo[2]:lo[2] + edge[2]]
+            piece = volume[b : b + 1, :, lo[0] : lo[0] + edge[0], lo[1] : lo[1] + edge[1], lo[2] : lo[2] + edge[2]]
             piece = F.interpolate(piece, size=tuple(size), mode="trilinear", align_corners=False)
             axes = [2 + a for a in range(3) if bool(torch.rand((), generator=g) < 0.5)]
             piece = piece.flip(axes) if axes else piece
@@ -131,8 +137,13 @@ class ModelsGenesis(PretrainStrategy):
         "p_outpaint": Option(float, 0.8, "probability that painting is out-painting"),
         "shuffle_blocks": Option(int, 10000, "blocks shuffled"),
     }
-    _common: ClassVar[dict] = {"p_nonlinear": 0.9, "p_shuffle": 0.5, "p_paint": 0.9, "p_outpaint": 0.8,
-                               "shuffle_blocks": 64}
+    _common: ClassVar[dict] = {
+        "p_nonlinear": 0.9,
+        "p_shuffle": 0.5,
+        "p_paint": 0.9,
+        "p_outpaint": 0.8,
+        "shuffle_blocks": 64,
+    }
     presets: ClassVar[dict] = {
         "tiny": {**_common, "train": PRETRAIN_TINY},
         "paper": {**_common, "shuffle_blocks": 10000, "train": PRETRAIN_PAPER},
@@ -147,8 +158,10 @@ class ModelsGenesis(PretrainStrategy):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        return COMMON_GAPS + ["every present modality is a channel of one input (Models Genesis: one CT channel); "
-                              "transformations re-implemented from the paper's description"]
+        return COMMON_GAPS + [
+            "every present modality is a channel of one input (Models Genesis: one CT channel); "
+            "transformations re-implemented from the paper's description"
+        ]
 
     @classmethod
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
@@ -159,15 +172,16 @@ class ModelsGenesis(PretrainStrategy):
         self.check_config(cfg)
         from umdbench_brain.heads import SegDecoder
 
-        self.decoder = SegDecoder(int(encoder.in_channels), tuple(int(c) for c in encoder.feature_channels),
-                                  int(encoder.in_channels))
+        self.decoder = SegDecoder(
+            int(encoder.in_channels), tuple(int(c) for c in encoder.feature_channels), int(encoder.in_channels)
+        )
 
     @staticmethod
     def bezier_curve(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random monotone-ish intensity curve through (0,0) and (1,1), inverted half the time."""
         p1, p2 = torch.rand(2, generator=generator), torch.rand(2, generator=generator)
         t = torch.linspace(0, 1, 256)
-        pts = [(1 - t) ** 3 * 0 + 3 * (1 - t) ** 2 * t * p1[i] + 3 * (1 - t) * t ** 2 * p2[i] + t ** 3 for i in (0, 1)]
+        pts = [(1 - t) ** 3 * 0 + 3 * (1 - t) ** 2 * t * p1[i] + 3 * (1 - t) * t**2 * p2[i] + t**3 for i in (0, 1)]
         xs, order = pts[0].sort()
         ys = pts[1][order]
         if bool(torch.rand((), generator=generator) < 0.5):
@@ -200,7 +214,7 @@ class ModelsGenesis(PretrainStrategy):
             frac = (0.3, 0.6) if outpaint else (0.1, 0.3)
             edge = [max(1, int(s * float(torch.empty(()).uniform_(*frac, generator=generator)))) for s in size]
             lo = [int(torch.randint(0, s - e + 1, (), generator=generator)) for s, e in zip(size, edge)]
-            inside[lo[0]:lo[0] + edge[0], lo[1]:lo[1] + edge[1], lo[2]:lo[2] + edge[2]] = True
+            inside[lo[0] : lo[0] + edge[0], lo[1] : lo[1] + edge[1], lo[2] : lo[2] + edge[2]] = True
         region = ~inside if outpaint else inside
         return torch.where(region, noise, x)
 

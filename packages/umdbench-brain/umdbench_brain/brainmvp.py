@@ -13,6 +13,7 @@ in ``head_state_prefixes``) fill absent modalities and replace 0..M-1 random inp
 (modality-template mixing); ``seg-tmpl`` adds an L2 consistency term between two template-mixed
 copies of each crop.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -32,20 +33,47 @@ __all__ = ["BrainMVP", "SegTemplateTune", "ClsTemplateTune", "PRETRAIN_PAPER", "
 
 # notes 1.5: AdamW 3e-4 / wd 1e-5, cosine without warm-up, 3 x 4 GPUs x accumulation 2 = 24 studies
 # per optimiser step, 1500 epochs of the 500 studies the released script keeps = 31,250 steps
-PRETRAIN_PAPER = train_config(max_iters=31250, batch_size=24, lr=3e-4, weight_decay=1e-5, betas=[0.9, 0.999],
-                              warmup_ratio=0.0, schedule="cosine", checkpoint_interval=2000, log_interval=50,
-                              amp=False)
-PRETRAIN_TINY = train_config(max_iters=150, batch_size=4, lr=2e-3, weight_decay=1e-5, betas=[0.9, 0.999],
-                             warmup_ratio=0.0, schedule="cosine", checkpoint_interval=75, log_interval=10)
+PRETRAIN_PAPER = train_config(
+    max_iters=31250,
+    batch_size=24,
+    lr=3e-4,
+    weight_decay=1e-5,
+    betas=[0.9, 0.999],
+    warmup_ratio=0.0,
+    schedule="cosine",
+    checkpoint_interval=2000,
+    log_interval=50,
+    amp=False,
+)
+PRETRAIN_TINY = train_config(
+    max_iters=150,
+    batch_size=4,
+    lr=2e-3,
+    weight_decay=1e-5,
+    betas=[0.9, 0.999],
+    warmup_ratio=0.0,
+    schedule="cosine",
+    checkpoint_interval=75,
+    log_interval=10,
+)
 
 # released epochs: contrastive term from epoch 1000 of 1500 (help text: "1000 in paper");
 # second view a template view up to epoch 300 (code only)
 CONTRAST_START_PAPER = 1000 / 1500
 TEMPLATE_ONLY_RELEASED = 300 / 1500
 
-_COMMON = {"mask_rate": 0.8, "w_template": 10.0, "w_cross": 1.0, "w_contrast": 1.0, "template_eps": 1e-9,
-           "temperature": 0.1, "projection": "mlp", "contrast_features": "pooled",
-           "contrast_start_frac": CONTRAST_START_PAPER, "template_only_frac": 0.0}
+_COMMON = {
+    "mask_rate": 0.8,
+    "w_template": 10.0,
+    "w_cross": 1.0,
+    "w_contrast": 1.0,
+    "template_eps": 1e-9,
+    "temperature": 0.1,
+    "projection": "mlp",
+    "contrast_features": "pooled",
+    "contrast_start_frac": CONTRAST_START_PAPER,
+    "template_only_frac": 0.0,
+}
 
 BRAINMVP_GAPS = [
     "the reconstruction decoder halves widths per transposed conv (released: 512-320-128-64-64 then a 1x1 conv); "
@@ -61,9 +89,11 @@ BRAINMVP_GAPS = [
     "of each epoch alone; SyncBatchNorm); the corpus is not truncated to the 500 studies of the released "
     "--debug run (the paper budget counts 1500 epochs of 500 studies)",
 ]
-CONTRAST_READING = ("contrastive head: {features} deepest features, {projection}, temperature {temperature} "
-                    "(the paper's head and temperature are not reachable offline; released: flattened deepest "
-                    "map, no projection, temperature 1.0)")
+CONTRAST_READING = (
+    "contrastive head: {features} deepest features, {projection}, temperature {temperature} "
+    "(the paper's head and temperature are not reachable offline; released: flattened deepest "
+    "map, no projection, temperature 1.0)"
+)
 
 
 def _pick(allowed: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -113,16 +143,21 @@ class BrainMVP(PretrainStrategy):
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise ValueError(f"brainmvp: block_size={block!r} must be a positive integer (released 8 at 96^3)")
         canvas = cfg.get("template_canvas")
-        if not (isinstance(canvas, (list, tuple)) and len(canvas) == 3 and all(isinstance(c, int) and c > 0
-                                                                                 for c in canvas)):
-            raise ValueError(f"brainmvp: template_canvas={canvas!r} must be three positive integers "
-                             f"(released [240, 240, 155]); set pretrain.template_canvas=[D,H,W].")
+        if not (
+            isinstance(canvas, (list, tuple)) and len(canvas) == 3 and all(isinstance(c, int) and c > 0 for c in canvas)
+        ):
+            raise ValueError(
+                f"brainmvp: template_canvas={canvas!r} must be three positive integers "
+                f"(released [240, 240, 155]); set pretrain.template_canvas=[D,H,W]."
+            )
         for key in ("w_template", "w_cross", "w_contrast"):
             if not isinstance(cfg.get(key), (int, float)) or cfg[key] < 0:
                 raise ValueError(f"brainmvp: {key}={cfg.get(key)!r} must be a number >= 0 (released 10 / 1 / 1)")
         if cfg["w_template"] == 0 and cfg["w_contrast"] > 0:
-            raise ValueError("brainmvp: w_contrast > 0 needs the template view (w_template > 0): the contrastive "
-                             "term compares the template view with the cross-modal view.")
+            raise ValueError(
+                "brainmvp: w_contrast > 0 needs the template view (w_template > 0): the contrastive "
+                "term compares the template view with the cross-modal view."
+            )
         if cfg["w_template"] == 0 and cfg["w_cross"] == 0:
             raise ValueError("brainmvp: w_template and w_cross are both 0; nothing would be reconstructed.")
         if not isinstance(cfg.get("temperature"), (int, float)) or cfg["temperature"] <= 0:
@@ -130,37 +165,50 @@ class BrainMVP(PretrainStrategy):
         if cfg.get("projection") not in ("mlp", "none"):
             raise ValueError(f"brainmvp: projection={cfg.get('projection')!r}; allowed: mlp, none (released)")
         if cfg.get("contrast_features") not in ("pooled", "flatten"):
-            raise ValueError(f"brainmvp: contrast_features={cfg.get('contrast_features')!r}; allowed: pooled, "
-                             f"flatten (released)")
+            raise ValueError(
+                f"brainmvp: contrast_features={cfg.get('contrast_features')!r}; allowed: pooled, flatten (released)"
+            )
         for key in ("contrast_start_frac", "template_only_frac"):
             v = cfg.get(key)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"brainmvp: {key}={v!r} must be a fraction of train.max_iters within [0, 1] "
-                                 f"(released: contrast from 2/3, template-only second view up to 0.2)")
+                raise ValueError(
+                    f"brainmvp: {key}={v!r} must be a fraction of train.max_iters within [0, 1] "
+                    f"(released: contrast from 2/3, template-only second view up to 0.2)"
+                )
         if not isinstance(cfg.get("template_eps"), (int, float)) or cfg["template_eps"] <= 0:
             raise ValueError(f"brainmvp: template_eps={cfg.get('template_eps')!r} must be > 0 (released 1e-9)")
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
         found = list(BRAINMVP_GAPS)
-        found.append(CONTRAST_READING.format(
-            features=cfg.get("contrast_features"), temperature=cfg.get("temperature"),
-            projection="a 2-layer projection MLP" if cfg.get("projection") == "mlp" else "no projection"))
+        found.append(
+            CONTRAST_READING.format(
+                features=cfg.get("contrast_features"),
+                temperature=cfg.get("temperature"),
+                projection="a 2-layer projection MLP" if cfg.get("projection") == "mlp" else "no projection",
+            )
+        )
         if cfg.get("mask_rate") != 0.8:
             found.append(f"mask rate {cfg.get('mask_rate')} (released script 0.8; 0.875 is the argparse default)")
         if abs(float(cfg.get("contrast_start_frac", 0)) - CONTRAST_START_PAPER) > 1e-6:
-            found.append(f"contrastive term from {cfg.get('contrast_start_frac'):.3g} of the steps (paper/released: "
-                         f"from epoch 1000 of 1500)")
+            found.append(
+                f"contrastive term from {cfg.get('contrast_start_frac'):.3g} of the steps (paper/released: "
+                f"from epoch 1000 of 1500)"
+            )
         if cfg.get("template_only_frac", 0) > 0:
-            found.append(f"released quirk: view B is a second template view for the first "
-                         f"{cfg['template_only_frac']:.3g} of the steps (released: epochs <= 300 of 1500, 'for faster "
-                         f"template learning')")
+            found.append(
+                f"released quirk: view B is a second template view for the first "
+                f"{cfg['template_only_frac']:.3g} of the steps (released: epochs <= 300 of 1500, 'for faster "
+                f"template learning')"
+            )
         weights = (cfg.get("w_template"), cfg.get("w_cross"), cfg.get("w_contrast"))
         if weights != (10.0, 1.0, 1.0):
             found.append(f"loss weights template/cross/contrast {weights} (paper: 10/1/1); an ablation")
         if cfg.get("template_eps") != 1e-9:
-            found.append(f"template min-max epsilon {cfg.get('template_eps')} (released 1e-9: at zero init the raw "
-                         f"gradient is scaled by 1e9, which AdamW's normalisation hides)")
+            found.append(
+                f"template min-max epsilon {cfg.get('template_eps')} (released 1e-9: at zero init the raw "
+                f"gradient is scaled by 1e9, which AdamW's normalisation hides)"
+            )
         if cfg.get("train", {}).get("batch_size") not in (None, 24):
             found.append(f"batch {cfg['train']['batch_size']} studies per step (released 24)")
         return found
@@ -169,8 +217,10 @@ class BrainMVP(PretrainStrategy):
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
         if not cfg.get("w_contrast"):
             return []
-        return ["modality-aware InfoNCE between the two views, the batch's other studies as negatives "
-                "(from contrast_start_frac of the steps)"]
+        return [
+            "modality-aware InfoNCE between the two views, the batch's other studies as negatives "
+            "(from contrast_start_frac of the steps)"
+        ]
 
     def __init__(self, encoder: nn.Module, cfg: dict):
         super().__init__(encoder, cfg)
@@ -178,16 +228,22 @@ class BrainMVP(PretrainStrategy):
         self.mask_rate = float(cfg["mask_rate"])
         self.block = int(cfg["block_size"])
         if int(encoder.roi_size) % self.block:
-            raise ValueError(f"brainmvp: block_size={self.block} must divide the encoder's roi_size="
-                             f"{encoder.roi_size}; set pretrain.block_size or model.roi_size.")
+            raise ValueError(
+                f"brainmvp: block_size={self.block} must divide the encoder's roi_size="
+                f"{encoder.roi_size}; set pretrain.block_size or model.roi_size."
+            )
         from umdbench_brain.heads import ReconDecoder
 
         width = int(encoder.hidden_size)
         self.decoder = ReconDecoder(width, int(encoder.feature_strides[-1]), 1)
-        self.templates = ModalityTemplates(encoder.modalities, cfg["template_canvas"], trainable=True,
-                                           eps=float(cfg["template_eps"]))
-        self.projection = (nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, 128))
-                           if cfg["projection"] == "mlp" and cfg["contrast_features"] == "pooled" else nn.Identity())
+        self.templates = ModalityTemplates(
+            encoder.modalities, cfg["template_canvas"], trainable=True, eps=float(cfg["template_eps"])
+        )
+        self.projection = (
+            nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, 128))
+            if cfg["projection"] == "mlp" and cfg["contrast_features"] == "pooled"
+            else nn.Identity()
+        )
         max_iters = int(cfg.get("train", {}).get("max_iters", 1))
         self.contrast_start = int(round(float(cfg["contrast_start_frac"]) * max_iters))
         self.template_only_until = int(round(float(cfg["template_only_frac"]) * max_iters))
@@ -209,8 +265,10 @@ class BrainMVP(PretrainStrategy):
         study, so a study's choice does not depend on the rest of the batch."""
         avail = present.bool()
         if not avail.any(1).all():
-            raise ConfigError("brainmvp: a study in the batch has no modality at all (present is all 0); the data "
-                              "set yields empty studies. Check the corpus with `umdbench data check`.")
+            raise ConfigError(
+                "brainmvp: a study in the batch has no modality at all (present is all 0); the data "
+                "set yields empty studies. Check the corpus with `umdbench data check`."
+            )
         u = draws.rand(len(avail), 2, stream="modality", device=avail.device)
         m = _pick(avail, u[:, 0])
         others = avail.clone()
@@ -254,7 +312,7 @@ class BrainMVP(PretrainStrategy):
         out = {}
         weights = {"template": float(self.cfg["w_template"]), "cross": float(self.cfg["w_cross"])}
         for i, view in enumerate(names):
-            mse = F.mse_loss(wide(recon[i * B:(i + 1) * B]), wide(target))  # every voxel, as released
+            mse = F.mse_loss(wide(recon[i * B : (i + 1) * B]), wide(target))  # every voxel, as released
             if weights[view] > 0:
                 out[f"loss_{view}"] = weights[view] * mse
         if self.contrast_on() and len(names) == 2:
@@ -268,8 +326,12 @@ class BrainMVP(PretrainStrategy):
 # --------------------------------------------------------------------------------------------
 # fine-tuning with templates
 # --------------------------------------------------------------------------------------------
-_TMPL_COMMON = {"template_canvas": [48, 48, 48], "template_mix": True, "fill_missing": "templates",
-                "template_minmax": True}
+_TMPL_COMMON = {
+    "template_canvas": [48, 48, 48],
+    "template_mix": True,
+    "fill_missing": "templates",
+    "template_minmax": True,
+}
 TEMPLATE_TUNE_GAPS = [
     "templates are mixed into the crop after cropping, flips and intensity jitter, at the crop's canvas "
     "position (released: whole templates replace channels before cropping and augmentation)",
@@ -290,10 +352,13 @@ class _TemplateTune:
     @classmethod
     def check_template_config(cls, cfg: dict) -> None:
         canvas = cfg.get("template_canvas")
-        if not (isinstance(canvas, (list, tuple)) and len(canvas) == 3 and all(isinstance(c, int) and c > 0
-                                                                                 for c in canvas)):
-            raise ValueError(f"{cls.name}: template_canvas={canvas!r} must be three positive integers, the same "
-                             f"as the brainmvp parent's pretrain.template_canvas.")
+        if not (
+            isinstance(canvas, (list, tuple)) and len(canvas) == 3 and all(isinstance(c, int) and c > 0 for c in canvas)
+        ):
+            raise ValueError(
+                f"{cls.name}: template_canvas={canvas!r} must be three positive integers, the same "
+                f"as the brainmvp parent's pretrain.template_canvas."
+            )
         if cfg.get("fill_missing") not in ("templates", "zeros"):
             raise ValueError(f"{cls.name}: fill_missing={cfg.get('fill_missing')!r}; allowed: templates, zeros")
         for key in ("template_mix", "template_minmax"):
@@ -312,32 +377,42 @@ class _TemplateTune:
         kind = (parent or {}).get("type")
         other = f"tune with `{cls.name.split('-')[0]}` instead (no templates)"
         if kind is None:
-            raise ValueError(f"{cls.name} ({where}) fills and mixes modalities with the templates its parent stage "
-                             f"learnt, but this run has no parent stage (--pretrain none); pre-train with "
-                             f"`--pretrain brainmvp`, or {other}.")
+            raise ValueError(
+                f"{cls.name} ({where}) fills and mixes modalities with the templates its parent stage "
+                f"learnt, but this run has no parent stage (--pretrain none); pre-train with "
+                f"`--pretrain brainmvp`, or {other}."
+            )
         if kind != "brainmvp" and not str(kind).endswith("-tmpl"):
-            raise ValueError(f"{cls.name} ({where}) reads modality templates from its parent stage, but the parent "
-                             f"{parent_where} is {kind!r}, which learns none (the templates would stay zero and the "
-                             f"first tuning step would stop); pre-train with `--pretrain brainmvp`, or {other}.")
+            raise ValueError(
+                f"{cls.name} ({where}) reads modality templates from its parent stage, but the parent "
+                f"{parent_where} is {kind!r}, which learns none (the templates would stay zero and the "
+                f"first tuning step would stop); pre-train with `--pretrain brainmvp`, or {other}."
+            )
         if kind == "brainmvp" and not float(parent.get("w_template", 0) or 0) > 0:
-            raise ValueError(f"{cls.name} ({where}): the brainmvp parent has pretrain.w_template="
-                             f"{parent.get('w_template')!r}, so it trains no template view and hands on zero "
-                             f"templates; set pretrain.w_template > 0 (released 10), or {other}.")
+            raise ValueError(
+                f"{cls.name} ({where}): the brainmvp parent has pretrain.w_template="
+                f"{parent.get('w_template')!r}, so it trains no template view and hands on zero "
+                f"templates; set pretrain.w_template > 0 (released 10), or {other}."
+            )
         mine, theirs = cfg.get("template_canvas"), parent.get("template_canvas")
         if theirs is not None and [int(c) for c in mine] != [int(c) for c in theirs]:
             shape = "[" + ",".join(str(int(c)) for c in theirs) + "]"
-            raise ValueError(f"{cls.name} ({where}): template_canvas={list(mine)} differs from its parent's "
-                             f"{parent_where}.template_canvas={list(theirs)}: the parent's templates would not fit "
-                             f"and the first tuning step would stop after the parent trained. Set both to one shape, "
-                             f"e.g. --cfg-options {parent_where}.template_canvas={shape} "
-                             f"{where}.template_canvas={shape}.")
+            raise ValueError(
+                f"{cls.name} ({where}): template_canvas={list(mine)} differs from its parent's "
+                f"{parent_where}.template_canvas={list(theirs)}: the parent's templates would not fit "
+                f"and the first tuning step would stop after the parent trained. Set both to one shape, "
+                f"e.g. --cfg-options {parent_where}.template_canvas={shape} "
+                f"{where}.template_canvas={shape}."
+            )
 
     @classmethod
     def template_deviations(cls, cfg: dict) -> list[str]:
         found = list(TEMPLATE_TUNE_GAPS)
         if not cfg.get("template_minmax", True):
-            found.append("released quirk: templates are used raw downstream, without the min-max normalisation "
-                         "pre-training applied")
+            found.append(
+                "released quirk: templates are used raw downstream, without the min-max normalisation "
+                "pre-training applied"
+            )
         if not cfg.get("template_mix", True):
             found.append("no modality-template mixing (released: 0..M-1 channels replaced by templates)")
         if cfg.get("fill_missing") == "zeros":
@@ -345,8 +420,9 @@ class _TemplateTune:
         return found
 
     def init_templates(self, encoder: nn.Module, cfg: dict) -> None:
-        self.templates = ModalityTemplates(encoder.modalities, cfg["template_canvas"], trainable=False,
-                                           normalise=bool(cfg["template_minmax"]))
+        self.templates = ModalityTemplates(
+            encoder.modalities, cfg["template_canvas"], trainable=False, normalise=bool(cfg["template_minmax"])
+        )
         self._templates_checked = False
 
     def head_state_prefixes(self) -> tuple[str, ...]:
@@ -359,7 +435,8 @@ class _TemplateTune:
                     f"tuning strategy {self.name!r}: the modality templates are all zero, so the parent stage "
                     f"handed on no `templates.weight` of shape {list(self.templates.weight.shape)}. Pre-train with "
                     f"`--pretrain brainmvp` and the same template canvas (pretrain.template_canvas = "
-                    f"tune.0.template_canvas), or tune with `{self.name.split('-')[0]}` instead.")
+                    f"tune.0.template_canvas), or tune with `{self.name.split('-')[0]}` instead."
+                )
             self._templates_checked = True
         start = canvas_start(batch, self.templates.canvas)
         return self.templates.crop(start, volume.shape[2:], batch.get("flips")).to(volume.dtype)
@@ -402,22 +479,31 @@ class SegTemplateTune(_TemplateTune, SegTune):
 
     name = "seg-tmpl"
     option_schema: ClassVar[dict] = {
-        **SegTune.option_schema, **_TemplateTune.template_options,
+        **SegTune.option_schema,
+        **_TemplateTune.template_options,
         "consistency": Option(str, "tile", "tile | interleave | none"),
         "consistency_weight": Option(float, 0.1, "weight of the consistency MSE, >= 0"),
     }
     presets: ClassVar[dict] = {
         "tiny": {**SegTune.presets["tiny"], **_TMPL_COMMON, "consistency": "tile", "consistency_weight": 0.1},
-        "paper": {**SegTune.presets["paper"], **_TMPL_COMMON, "template_canvas": [240, 240, 155],
-                  "consistency": "tile", "consistency_weight": 0.1, "train": FINETUNE_PAPER},
+        "paper": {
+            **SegTune.presets["paper"],
+            **_TMPL_COMMON,
+            "template_canvas": [240, 240, 155],
+            "consistency": "tile",
+            "consistency_weight": 0.1,
+            "train": FINETUNE_PAPER,
+        },
     }
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
         cls.check_template_config(cfg)
         if cfg.get("consistency") not in ("tile", "interleave", "none"):
-            raise ValueError(f"seg-tmpl: consistency={cfg.get('consistency')!r}; allowed: tile (paper reading), "
-                             f"interleave (released channel split), none")
+            raise ValueError(
+                f"seg-tmpl: consistency={cfg.get('consistency')!r}; allowed: tile (paper reading), "
+                f"interleave (released channel split), none"
+            )
         w = cfg.get("consistency_weight")
         if not isinstance(w, (int, float)) or w < 0:
             raise ValueError(f"seg-tmpl: consistency_weight={w!r} must be a number >= 0 (released 0.1)")
@@ -426,13 +512,16 @@ class SegTemplateTune(_TemplateTune, SegTune):
     def deviations(cls, cfg: dict) -> list[str]:
         found = SegTune.deviations(cfg) + cls.template_deviations(cfg)
         if cfg.get("consistency") == "interleave":
-            found.append("released quirk: the two consistency copies are the channel-repeated volume split in "
-                         "halves, (c0,c0,c1,c1) and (c2,c2,c3,c3), not two mixed copies of every modality")
+            found.append(
+                "released quirk: the two consistency copies are the channel-repeated volume split in "
+                "halves, (c0,c0,c1,c1) and (c2,c2,c3,c3), not two mixed copies of every modality"
+            )
         elif cfg.get("consistency") == "none":
             found.append("no L2 consistency term (the paper's Fig. 5 adds it)")
         if cfg.get("consistency") != "none":
-            found.append("the consistency MSE compares the final logits (released: the 1/4-scale deep-supervision "
-                         "logits)")
+            found.append(
+                "the consistency MSE compares the final logits (released: the 1/4-scale deep-supervision logits)"
+            )
             if cfg.get("consistency_weight") != 0.1:
                 found.append(f"consistency weight {cfg.get('consistency_weight')} (released 0.1)")
         return found
@@ -460,8 +549,9 @@ class SegTemplateTune(_TemplateTune, SegTune):
             first, second = repeated[:, :M], repeated[:, M:]
         logits = self.head_logits(torch.cat([first, second]), True)
         B = volume.shape[0]
-        out = {"loss_task": seg_loss(logits, torch.cat([target, target]), self.cfg["dice_weight"],
-                                     self.cfg["bce_weight"])}
+        out = {
+            "loss_task": seg_loss(logits, torch.cat([target, target]), self.cfg["dice_weight"], self.cfg["bce_weight"])
+        }
         if float(self.cfg["consistency_weight"]) > 0:
             out["loss_consistency"] = float(self.cfg["consistency_weight"]) * F.mse_loss(logits[:B], logits[B:])
         return out
@@ -469,8 +559,9 @@ class SegTemplateTune(_TemplateTune, SegTune):
     def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         volume, _ = self.prepared(batch)
         spec = self.task.spec
-        logits = spec.sliding_logits(self.encoder, self.head, {"volume": volume}, self.task, self.options(),
-                                     int(self.encoder.roi_size))
+        logits = spec.sliding_logits(
+            self.encoder, self.head, {"volume": volume}, self.task, self.options(), int(self.encoder.roi_size)
+        )
         return spec.predict(self.task, logits)
 
 
@@ -491,8 +582,11 @@ class ClsTemplateTune(_TemplateTune, ClsTune):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        return ClsTune.deviations(cfg) + cls.template_deviations(cfg) + [
-            "template mixing for classification is our carry-over of the segmentation recipe (no released code)"]
+        return (
+            ClsTune.deviations(cfg)
+            + cls.template_deviations(cfg)
+            + ["template mixing for classification is our carry-over of the segmentation recipe (no released code)"]
+        )
 
     def __init__(self, encoder, cfg, task):
         super().__init__(encoder, cfg, task)

@@ -24,6 +24,7 @@ cache), so ``umdbench run`` refuses a bad study (or skips and counts it, ``on_er
 any stage trains, and ``umdbench data check`` reports the same problems for every study. The
 fingerprint covers the files' content (:meth:`_BraTS.fingerprint`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,9 +73,11 @@ class _BraTS(DatasetPlugin):
             raise ValueError(f"{self.name}: unknown option(s) {unknown}; allowed: {sorted(self._defaults)}")
         self.opts = {**self._defaults, **options}
         if self.opts["preprocess"] not in PREPROCESS_MODES:
-            raise ValueError(f"{self.name}: option preprocess={self.opts['preprocess']!r} is not known; allowed: "
-                             f"{', '.join(PREPROCESS_MODES)} (released = RAS, 1 mm, foreground crop; none = the "
-                             f"stored grid), e.g. --cfg-options dataset.options.preprocess=released.")
+            raise ValueError(
+                f"{self.name}: option preprocess={self.opts['preprocess']!r} is not known; allowed: "
+                f"{', '.join(PREPROCESS_MODES)} (released = RAS, 1 mm, foreground crop; none = the "
+                f"stored grid), e.g. --cfg-options dataset.options.preprocess=released."
+            )
         self._cases: list[Path] | None = None
         self._mapping: dict[str, str] | None = None
         self._records: dict[str, list[Record]] = {}
@@ -85,11 +88,14 @@ class _BraTS(DatasetPlugin):
     def cases(self) -> list[Path]:
         if self._cases is None:
             if self.root is None:
-                raise DataError(f"{self.name} reads files: pass --data-root DIR (the folder holding "
-                                f"{self.root_subdir}/).")
+                raise DataError(
+                    f"{self.name} reads files: pass --data-root DIR (the folder holding {self.root_subdir}/)."
+                )
             if not self.root.is_dir():
-                raise DataError(f"{self.name}: folder {self.root} does not exist; point --data-root at the folder "
-                                f"holding {self.root_subdir}/ (one sub-folder per study).")
+                raise DataError(
+                    f"{self.name}: folder {self.root} does not exist; point --data-root at the folder "
+                    f"holding {self.root_subdir}/ (one sub-folder per study)."
+                )
             self._cases = sorted(p for p in self.root.iterdir() if p.is_dir())
         return self._cases
 
@@ -121,15 +127,20 @@ class _BraTS(DatasetPlugin):
         try:
             table = json.loads(split_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} ({exc}); "
-                            f"{fix}.") from exc
+            raise DataError(
+                f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} ({exc}); {fix}."
+            ) from exc
         if not isinstance(table, dict):
-            raise DataError(f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} (it holds a "
-                            f"{type(table).__name__}); {fix}.")
+            raise DataError(
+                f"{self.name}: {split_file} is not a JSON object {{split: [case, ...]}} (it holds a "
+                f"{type(table).__name__}); {fix}."
+            )
         unknown_splits = sorted(set(table) - set(self.splits))
         if unknown_splits:
-            raise DataError(f"{self.name}: {split_file} names split {unknown_splits[0]!r}, which {self.name} does not "
-                            f"have (its splits are {', '.join(self.splits)}); rename or remove it.")
+            raise DataError(
+                f"{self.name}: {split_file} names split {unknown_splits[0]!r}, which {self.name} does not "
+                f"have (its splits are {', '.join(self.splits)}); rename or remove it."
+            )
         mapping: dict[str, str] = {}
         for split in self.splits:
             listed = table.get(split, [])
@@ -137,16 +148,23 @@ class _BraTS(DatasetPlugin):
                 raise DataError(f"{self.name}: {split_file}: {split!r} must be a list of study folder names; {fix}.")
             for case in listed:
                 if case in mapping:
-                    where = (f"twice under {split!r}" if mapping[case] == split
-                             else f"under both {mapping[case]!r} and {split!r}")
-                    raise DataError(f"{self.name}: {split_file} lists study {case} {where}; a study belongs to one "
-                                    f"split (a test study trained on inflates its score, a repeated one counts twice); "
-                                    f"fix: keep it in one split, once.")
+                    where = (
+                        f"twice under {split!r}"
+                        if mapping[case] == split
+                        else f"under both {mapping[case]!r} and {split!r}"
+                    )
+                    raise DataError(
+                        f"{self.name}: {split_file} lists study {case} {where}; a study belongs to one "
+                        f"split (a test study trained on inflates its score, a repeated one counts twice); "
+                        f"fix: keep it in one split, once."
+                    )
                 mapping[case] = split
         unknown = sorted(set(mapping) - names)
         if unknown:
-            raise DataError(f"{self.name}: {split_file} lists studies with no folder, e.g. {unknown[0]}; remove "
-                            f"them from the file or restore the folders.")
+            raise DataError(
+                f"{self.name}: {split_file} lists studies with no folder, e.g. {unknown[0]}; remove "
+                f"them from the file or restore the folders."
+            )
         return mapping
 
     def _split_cases(self, split: str) -> list[Path]:
@@ -158,10 +176,18 @@ class _BraTS(DatasetPlugin):
     def _record(self, case: Path) -> Record:
         files = self.files(case)
         seg = files.pop("seg")
-        return Record(uid=case.name, image={m: str(p) for m, p in files.items()}, text="",
-                      extra={"label": str(seg), "label_map": dict(self.label_remap), "study": case.name,
-                             "preprocess": self.opts["preprocess"],
-                             "region_codes": {k: list(v) for k, v in self.region_codes.items()}})
+        return Record(
+            uid=case.name,
+            image={m: str(p) for m, p in files.items()},
+            text="",
+            extra={
+                "label": str(seg),
+                "label_map": dict(self.label_remap),
+                "study": case.name,
+                "preprocess": self.opts["preprocess"],
+                "region_codes": {k: list(v) for k, v in self.region_codes.items()},
+            },
+        )
 
     def raw_records(self, split: str) -> list[Record]:
         """The studies of a split as listed, before any file is opened (what ``data check`` counts)."""
@@ -175,11 +201,21 @@ class _BraTS(DatasetPlugin):
             files = self.files(case)
             # images first (the first is the grid the others are compared with), the label last;
             # a classification release has none
-            files = {**{k: v for k, v in files.items() if k != "seg"}, **({"seg": files["seg"]} if "seg" in files else {})}
+            files = {
+                **{k: v for k, v in files.items() if k != "seg"},
+                **({"seg": files["seg"]} if "seg" in files else {}),
+            }
             cache = content_cache(self.root) if deep else None
             found = self.name_problems(case)
-            found += study_problems(self.name, case.name, files, label_values=self.label_values,
-                                    label_map=self.label_remap, deep=deep, cache=cache)
+            found += study_problems(
+                self.name,
+                case.name,
+                files,
+                label_values=self.label_values,
+                label_map=self.label_remap,
+                deep=deep,
+                cache=cache,
+            )
             self._problems[memo] = found
             if cache is not None:
                 cache.save()
@@ -190,10 +226,12 @@ class _BraTS(DatasetPlugin):
         BraTS-GLI study in the PED reader's folder: one paragraph, else nothing."""
         if self.study_pattern is None or re.fullmatch(self.study_pattern, case.name):
             return []
-        return [f"{self.name}: study {case.name}: folder {case} is not named as a study of {self.name}'s release "
-                f"(expected e.g. {self.study_example}); it belongs to another release; fix: move it out of "
-                f"{self.root} (or read it with the reader of its release), or leave it out with --cfg-options "
-                f"dataset.on_error=skip."]
+        return [
+            f"{self.name}: study {case.name}: folder {case} is not named as a study of {self.name}'s release "
+            f"(expected e.g. {self.study_example}); it belongs to another release; fix: move it out of "
+            f"{self.root} (or read it with the reader of its release), or leave it out with --cfg-options "
+            f"dataset.on_error=skip."
+        ]
 
     def records(self, split: str) -> list[Record]:
         """The usable studies of a split: every file present, its header and its decoded content
@@ -206,28 +244,40 @@ class _BraTS(DatasetPlugin):
         cases = self._split_cases(split)
         where = f"{SPLIT_FILE} in {self.root}" if (self.root / SPLIT_FILE).is_file() else "the case-name hash split"
         if not cases:
-            raise DataError(f"{self.name}: split {split!r} has no studies (by {where}; {len(self.cases())} study "
-                            f"folder(s) in {self.root}); fix: list studies under {split!r} in {self.root / SPLIT_FILE}, "
-                            f"or evaluate on another split (--cfg-options eval.split=...). Nothing was trained.")
+            raise DataError(
+                f"{self.name}: split {split!r} has no studies (by {where}; {len(self.cases())} study "
+                f"folder(s) in {self.root}); fix: list studies under {split!r} in {self.root / SPLIT_FILE}, "
+                f"or evaluate on another split (--cfg-options eval.split=...). Nothing was trained."
+            )
         out, skipped = [], []
         for case in cases:
             problems = self.study_problems(case)
             if not problems:
                 out.append(self._record(case))
                 continue
-            more = (f"; {len(problems) - 1} more problem(s) in this study, which `umdbench data check {self.name}` "
-                    f"lists" if len(problems) > 1 else "")
+            more = (
+                f"; {len(problems) - 1} more problem(s) in this study, which `umdbench data check {self.name}` lists"
+                if len(problems) > 1
+                else ""
+            )
             message = f"{problems[0].rstrip('.')} (split {split!r}{more})."
             if self.on_error == "raise":
                 raise DataError(f"{message} Nothing was trained.")
             skipped.append(message)
         if skipped:
             self.skipped.extend(skipped)
-            log.warning("dataset %s split %s: %d study(ies) skipped (on_error=skip), %d kept: %s", self.name, split,
-                        len(skipped), len(out), skipped[0])
+            log.warning(
+                "dataset %s split %s: %d study(ies) skipped (on_error=skip), %d kept: %s",
+                self.name,
+                split,
+                len(skipped),
+                len(out),
+                skipped[0],
+            )
         if not out:
-            raise DataError(f"{self.name}: every study of split {split!r} was left out (on_error=skip), the first "
-                            f"for: {skipped[0]}")
+            raise DataError(
+                f"{self.name}: every study of split {split!r} was left out (on_error=skip), the first for: {skipped[0]}"
+            )
         self._records[split] = out
         return list(out)
 
@@ -236,8 +286,10 @@ class _BraTS(DatasetPlugin):
 
     def deviations(self) -> list[str]:
         if self.opts["preprocess"] == "none":
-            return ["preprocess=none: volumes used on their stored grid (released: RAS orientation, 1 mm isotropic "
-                    "resampling and a foreground crop before percentile scaling, the released pre-processing)"]
+            return [
+                "preprocess=none: volumes used on their stored grid (released: RAS orientation, 1 mm isotropic "
+                "resampling and a foreground crop before percentile scaling, the released pre-processing)"
+            ]
         return []
 
     def fingerprint(self) -> str:
@@ -292,8 +344,10 @@ class _BraTS(DatasetPlugin):
         for split in self.splits:
             rep.counts[split] = sum(1 for c in cases if mapping.get(c.name) == split)
         if not cases:
-            rep.problems.append(f"{self.name}: {self.root} holds no study folders; expected one folder per study, "
-                                f"e.g. {self.example()}.")
+            rep.problems.append(
+                f"{self.name}: {self.root} holds no study folders; expected one folder per study, "
+                f"e.g. {self.example()}."
+            )
         for case in cases:
             where = f"{self.name}: study {case.name}"
             if case.is_dir() and not any(case.iterdir()):

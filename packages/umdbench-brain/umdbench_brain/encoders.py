@@ -14,6 +14,7 @@ The segmentation decoder (:class:`~umdbench_brain.heads.SegDecoder`) makes its o
 skip from the raw input, so a pyramid may start at stride 1 or 2; the reconstruction decoder reads
 the deepest map and its stride only.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -25,8 +26,7 @@ from torch import nn
 from umdbench import draws
 from umdbench.api import Encoder
 
-__all__ = ["VolumeEncoder", "ResUNetEncoder", "SwinViTEncoder", "UniFormerEncoder", "MonaiEncoder",
-           "BRATS_MODALITIES"]
+__all__ = ["VolumeEncoder", "ResUNetEncoder", "SwinViTEncoder", "UniFormerEncoder", "MonaiEncoder", "BRATS_MODALITIES"]
 
 BRATS_MODALITIES = ["t1", "t1c", "t2", "flair"]
 
@@ -46,9 +46,11 @@ class VolumeEncoder(Encoder):
         self.roi_size = int(cfg["roi_size"])
         multiple = max(self.stride_multiple(cfg), 1)
         if self.roi_size <= 0 or self.roi_size % multiple:
-            raise ValueError(f"encoder {self.name!r}: roi_size={self.roi_size} must be a multiple of {multiple} "
-                             f"(the encoder's total stride) for this configuration; set model.roi_size to one, "
-                             f"e.g. {max(multiple, multiple * round(max(self.roi_size, 1) / multiple))}")
+            raise ValueError(
+                f"encoder {self.name!r}: roi_size={self.roi_size} must be a multiple of {multiple} "
+                f"(the encoder's total stride) for this configuration; set model.roi_size to one, "
+                f"e.g. {max(multiple, multiple * round(max(self.roi_size, 1) / multiple))}"
+            )
 
     @classmethod
     def stride_multiple(cls, cfg: dict) -> int:
@@ -72,11 +74,21 @@ class ResUNetEncoder(VolumeEncoder):
 
     name = "resunet3d"
     presets: ClassVar[dict[str, dict]] = {
-        "tiny": {"modalities": BRATS_MODALITIES, "roi_size": 32, "channels": [8, 16, 32, 64], "blocks": [1, 1, 1, 1],
-                 "norm": "instance"},
+        "tiny": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "channels": [8, 16, 32, 64],
+            "blocks": [1, 1, 1, 1],
+            "norm": "instance",
+        },
         # the released UNet variant's widths and depths at the released 96^3 crop
-        "paper": {"modalities": BRATS_MODALITIES, "roi_size": 96, "channels": [32, 64, 128, 256],
-                  "blocks": [1, 2, 2, 4], "norm": "instance"},
+        "paper": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 96,
+            "channels": [32, 64, 128, 256],
+            "blocks": [1, 2, 2, 4],
+            "norm": "instance",
+        },
     }
 
     @classmethod
@@ -100,7 +112,7 @@ class ResUNetEncoder(VolumeEncoder):
             prev = ch
         self.stages = nn.ModuleList(stages)
         self.feature_channels = tuple(channels)
-        self.feature_strides = tuple(2 ** i for i in range(len(channels)))
+        self.feature_strides = tuple(2**i for i in range(len(channels)))
         self.hidden_size = channels[-1]
 
     def forward(self, volume: torch.Tensor) -> list[torch.Tensor]:
@@ -120,11 +132,23 @@ class SwinViTEncoder(VolumeEncoder):
 
     name = "swinvit3d"
     presets: ClassVar[dict[str, dict]] = {
-        "tiny": {"modalities": BRATS_MODALITIES, "roi_size": 32, "feature_size": 12, "depths": [1, 1, 1, 1],
-                 "num_heads": [1, 2, 4, 8], "window_size": 4},
+        "tiny": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "feature_size": 12,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 4,
+        },
         # SwinUNETR's BraTS configuration (feature size 48, depths 2, heads 3/6/12/24, window 7) at 96^3
-        "paper": {"modalities": BRATS_MODALITIES, "roi_size": 96, "feature_size": 48, "depths": [2, 2, 2, 2],
-                  "num_heads": [3, 6, 12, 24], "window_size": 7},
+        "paper": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 96,
+            "feature_size": 48,
+            "depths": [2, 2, 2, 2],
+            "num_heads": [3, 6, 12, 24],
+            "window_size": 7,
+        },
     }
 
     @classmethod
@@ -154,10 +178,17 @@ def _swin_transformer(in_channels: int, cfg: dict) -> tuple[nn.Module, tuple[int
     fs, win = int(cfg["feature_size"]), int(cfg["window_size"])
     if fs % heads[0]:
         raise ValueError(f"swin transformer: feature_size={fs} must be divisible by num_heads[0]={heads[0]}")
-    swin = SwinTransformer(in_chans=in_channels, embed_dim=fs, window_size=(win,) * 3, patch_size=(2, 2, 2),
-                           depths=depths, num_heads=heads, spatial_dims=3)
+    swin = SwinTransformer(
+        in_chans=in_channels,
+        embed_dim=fs,
+        window_size=(win,) * 3,
+        patch_size=(2, 2, 2),
+        depths=depths,
+        num_heads=heads,
+        spatial_dims=3,
+    )
     n = len(depths) + 1
-    return swin, tuple(fs * 2 ** i for i in range(n)), tuple(2 ** (i + 1) for i in range(n))
+    return swin, tuple(fs * 2**i for i in range(n)), tuple(2 ** (i + 1) for i in range(n))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,8 +231,9 @@ class _LocalBlock(nn.Module):
         super().__init__()
         self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.BatchNorm3d(dim)
-        self.mix = nn.Sequential(nn.Conv3d(dim, dim, 1), nn.Conv3d(dim, dim, kernel, padding=kernel // 2, groups=dim),
-                                 nn.Conv3d(dim, dim, 1))
+        self.mix = nn.Sequential(
+            nn.Conv3d(dim, dim, 1), nn.Conv3d(dim, dim, kernel, padding=kernel // 2, groups=dim), nn.Conv3d(dim, dim, 1)
+        )
         self.norm2 = nn.BatchNorm3d(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Conv3d(dim, hidden, 1), nn.GELU(), nn.Conv3d(hidden, dim, 1))
@@ -265,13 +297,34 @@ class UniFormerEncoder(VolumeEncoder):
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
         # under DDP the core swaps these for global-batch BatchNorm; micro-batches cannot share statistics
         return ["BatchNorm statistics of the batch"]
+
     presets: ClassVar[dict[str, dict]] = {
-        "tiny": {"modalities": BRATS_MODALITIES, "roi_size": 32, "widths": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
-                 "local_stages": 2, "head_dim": 32, "mlp_ratio": 4.0, "qkv_bias": True, "local_kernel": 5,
-                 "stem_stride": 2, "drop_path": 0.0},
-        "paper": {"modalities": BRATS_MODALITIES, "roi_size": 96, "widths": [64, 128, 320, 512], "depths": [3, 4, 8, 3],
-                  "local_stages": 2, "head_dim": 64, "mlp_ratio": 4.0, "qkv_bias": True, "local_kernel": 5,
-                  "stem_stride": 2, "drop_path": 0.0},
+        "tiny": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "widths": [16, 32, 64, 128],
+            "depths": [1, 1, 1, 1],
+            "local_stages": 2,
+            "head_dim": 32,
+            "mlp_ratio": 4.0,
+            "qkv_bias": True,
+            "local_kernel": 5,
+            "stem_stride": 2,
+            "drop_path": 0.0,
+        },
+        "paper": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 96,
+            "widths": [64, 128, 320, 512],
+            "depths": [3, 4, 8, 3],
+            "local_stages": 2,
+            "head_dim": 64,
+            "mlp_ratio": 4.0,
+            "qkv_bias": True,
+            "local_kernel": 5,
+            "stem_stride": 2,
+            "drop_path": 0.0,
+        },
     }
 
     @classmethod
@@ -282,19 +335,24 @@ class UniFormerEncoder(VolumeEncoder):
     def check(cls, cfg: dict) -> None:
         widths, depths = [int(w) for w in cfg["widths"]], [int(d) for d in cfg["depths"]]
         if len(widths) != len(depths) or not widths or min(depths) < 1:
-            raise ValueError(f"uniformer3d: widths {widths} and depths {depths} must be equally long and every depth "
-                             f">= 1; set model.widths and model.depths")
+            raise ValueError(
+                f"uniformer3d: widths {widths} and depths {depths} must be equally long and every depth "
+                f">= 1; set model.widths and model.depths"
+            )
         local = int(cfg["local_stages"])
         if not 0 <= local <= len(widths):
             raise ValueError(f"uniformer3d: local_stages={local} must lie in 0..{len(widths)} (the number of stages)")
         head_dim = int(cfg["head_dim"])
         bad = [w for w in widths[local:] if head_dim <= 0 or w % head_dim]
         if bad:
-            raise ValueError(f"uniformer3d: attention stage widths {bad} are not multiples of head_dim={head_dim}; "
-                             f"set model.head_dim to a divisor of {widths[local:]}")
+            raise ValueError(
+                f"uniformer3d: attention stage widths {bad} are not multiples of head_dim={head_dim}; "
+                f"set model.head_dim to a divisor of {widths[local:]}"
+            )
         if int(cfg["stem_stride"]) < 1 or int(cfg["local_kernel"]) % 2 == 0:
-            raise ValueError(f"uniformer3d: stem_stride={cfg['stem_stride']} must be >= 1 and local_kernel="
-                             f"{cfg['local_kernel']} odd")
+            raise ValueError(
+                f"uniformer3d: stem_stride={cfg['stem_stride']} must be >= 1 and local_kernel={cfg['local_kernel']} odd"
+            )
         if not 0.0 <= float(cfg["drop_path"]) < 1.0:
             raise ValueError(f"uniformer3d: drop_path={cfg['drop_path']} must lie in [0, 1)")
 
@@ -312,14 +370,16 @@ class UniFormerEncoder(VolumeEncoder):
             if i < local:
                 blocks = [_LocalBlock(width, mlp_ratio, kernel, rates[k + j], k + j) for j in range(depth)]
             else:
-                blocks = [_GlobalBlock(width, int(cfg["head_dim"]), mlp_ratio, bool(cfg["qkv_bias"]), rates[k + j],
-                                       k + j) for j in range(depth)]
+                blocks = [
+                    _GlobalBlock(width, int(cfg["head_dim"]), mlp_ratio, bool(cfg["qkv_bias"]), rates[k + j], k + j)
+                    for j in range(depth)
+                ]
             stages.append(nn.Sequential(*blocks))
             prev, k = width, k + depth
         self.embeds, self.stages = nn.ModuleList(embeds), nn.ModuleList(stages)
         self.norm = nn.BatchNorm3d(widths[-1])
         self.feature_channels = tuple(widths)
-        self.feature_strides = tuple(stem * 2 ** i for i in range(len(widths)))
+        self.feature_strides = tuple(stem * 2**i for i in range(len(widths)))
         self.hidden_size = widths[-1]
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
@@ -365,26 +425,35 @@ class MonaiEncoder(VolumeEncoder):
 
     name = "monai3d"
     presets: ClassVar[dict[str, dict]] = {
-        "tiny": {"modalities": BRATS_MODALITIES, "roi_size": 32, "arch": "swinunetr",
-                 "swinunetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4},
-                 "unetr": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_layers": 4, "num_heads": 4},
-                 "basicunet": {"features": [8, 8, 16, 32, 64]}},
-        "paper": {"modalities": BRATS_MODALITIES, "roi_size": 96, "arch": "swinunetr",
-                  "swinunetr": {"feature_size": 48, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24],
-                                "window_size": 7},
-                  "unetr": {"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12},
-                  "basicunet": {"features": [32, 32, 64, 128, 256]}},
+        "tiny": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "arch": "swinunetr",
+            "swinunetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4},
+            "unetr": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_layers": 4, "num_heads": 4},
+            "basicunet": {"features": [8, 8, 16, 32, 64]},
+        },
+        "paper": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 96,
+            "arch": "swinunetr",
+            "swinunetr": {"feature_size": 48, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24], "window_size": 7},
+            "unetr": {"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12},
+            "basicunet": {"features": [32, 32, 64, 128, 256]},
+        },
     }
 
     @staticmethod
     def arch_of(cfg: dict) -> str:
         arch = cfg.get("arch")
         if arch not in _MONAI_ARCHS:
-            raise ValueError(f"monai3d: arch={arch!r} is not one of {', '.join(_MONAI_ARCHS)}; set model.arch to one "
-                             f"of them")
+            raise ValueError(
+                f"monai3d: arch={arch!r} is not one of {', '.join(_MONAI_ARCHS)}; set model.arch to one of them"
+            )
         if not isinstance(cfg.get(arch), dict):
-            raise ValueError(f"monai3d: arch={arch!r} needs its options under model.{arch} (a mapping; the presets "
-                             f"have one)")
+            raise ValueError(
+                f"monai3d: arch={arch!r} needs its options under model.{arch} (a mapping; the presets have one)"
+            )
         return arch
 
     @classmethod
@@ -420,18 +489,42 @@ class MonaiEncoder(VolumeEncoder):
         hidden, layers, heads = int(opts["hidden_size"]), int(opts["num_layers"]), int(opts["num_heads"])
         fs = int(opts["feature_size"])
         if layers < 4 or hidden % heads:
-            raise ValueError(f"monai3d unetr: num_layers={layers} must be >= 4 (three distinct skip layers) and "
-                             f"hidden_size={hidden} divisible by num_heads={heads}; set model.unetr.*")
-        self.vit = ViT(in_channels=self.in_channels, img_size=(self.roi_size,) * 3, patch_size=(16,) * 3,
-                       hidden_size=hidden, mlp_dim=int(opts["mlp_dim"]), num_layers=layers, num_heads=heads,
-                       proj_type="conv", classification=False, dropout_rate=0.0, spatial_dims=3, qkv_bias=False)
+            raise ValueError(
+                f"monai3d unetr: num_layers={layers} must be >= 4 (three distinct skip layers) and "
+                f"hidden_size={hidden} divisible by num_heads={heads}; set model.unetr.*"
+            )
+        self.vit = ViT(
+            in_channels=self.in_channels,
+            img_size=(self.roi_size,) * 3,
+            patch_size=(16,) * 3,
+            hidden_size=hidden,
+            mlp_dim=int(opts["mlp_dim"]),
+            num_layers=layers,
+            num_heads=heads,
+            proj_type="conv",
+            classification=False,
+            dropout_rate=0.0,
+            spatial_dims=3,
+            qkv_bias=False,
+        )
         for block in self.vit.blocks:  # MONAI builds a cross-attention LayerNorm it never uses without cross-attention;
             block.norm_cross_attn = nn.Identity()  # drop it so every parameter gets a gradient (DDP, optimiser state)
         self.skip_layers = self.unetr_taps(layers)
         self.ups = nn.ModuleList(
-            UnetrPrUpBlock(spatial_dims=3, in_channels=hidden, out_channels=fs * 2 ** (i + 1), num_layer=2 - i,
-                           kernel_size=3, stride=1, upsample_kernel_size=2, norm_name="instance", conv_block=True,
-                           res_block=True) for i in range(3))
+            UnetrPrUpBlock(
+                spatial_dims=3,
+                in_channels=hidden,
+                out_channels=fs * 2 ** (i + 1),
+                num_layer=2 - i,
+                kernel_size=3,
+                stride=1,
+                upsample_kernel_size=2,
+                norm_name="instance",
+                conv_block=True,
+                res_block=True,
+            )
+            for i in range(3)
+        )
         self.feature_channels = (fs * 2, fs * 4, fs * 8, hidden)
         self.feature_strides = (2, 4, 8, 16)
 
@@ -440,14 +533,16 @@ class MonaiEncoder(VolumeEncoder):
 
         features = [int(f) for f in opts["features"]]
         if len(features) < 2 or min(features) < 1:
-            raise ValueError(f"monai3d basicunet: features {features} needs at least two positive widths "
-                             f"(full resolution, then one per max-pool step); set model.basicunet.features")
+            raise ValueError(
+                f"monai3d basicunet: features {features} needs at least two positive widths "
+                f"(full resolution, then one per max-pool step); set model.basicunet.features"
+            )
         act, norm = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}), ("instance", {"affine": True})
         down = [TwoConv(3, self.in_channels, features[0], act, norm, True, 0.0)]
         down += [Down(3, a, b, act, norm, True, 0.0) for a, b in zip(features[:-1], features[1:])]
         self.down = nn.ModuleList(down)
         self.feature_channels = tuple(features)
-        self.feature_strides = tuple(2 ** i for i in range(len(features)))
+        self.feature_strides = tuple(2**i for i in range(len(features)))
 
     def _vit_tokens(self, volume: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
         embed = self.vit.patch_embedding

@@ -1,5 +1,6 @@
 """Heads on volume encoders: a UNet-style segmentation decoder with skips, and the reconstruction
 decoder of masked volume modelling."""
+
 from __future__ import annotations
 
 import math

@@ -21,6 +21,7 @@ use, so a plugin built on it is judged with the same data, decoder, loss, recipe
 * **Tests**: :func:`tiny_volume_encoder`, :func:`tiny_volume_strategy`, :func:`tiny_volume_batch`
   build a 16^3 encoder, a strategy on it and a batch with every contract key, in milliseconds.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,31 +34,72 @@ from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_TINY
 from umdbench_brain.encoders import BRATS_MODALITIES, VolumeEncoder
 from umdbench_brain.heads import ReconDecoder, SegDecoder
 from umdbench_brain.metrics import BRATS_REGIONS, DiceMetric, dice_per_case, hd95_per_case
-from umdbench_brain.strategies import (FINETUNE_PAPER, FINETUNE_TINY, PRESENT_VOXEL_MEAN, VOLUME_ENCODERS, ClsTune,
-                                       SegTune, VolumeTune)
-from umdbench_brain.tasks import (VOLUME_KEYS, ScanClassificationTask, SegmentationTask, VolumeForward,
-                                  VolumePretrainTask, seg_loss, soft_dice_loss)
+from umdbench_brain.strategies import (
+    FINETUNE_PAPER,
+    FINETUNE_TINY,
+    PRESENT_VOXEL_MEAN,
+    VOLUME_ENCODERS,
+    ClsTune,
+    SegTune,
+    VolumeTune,
+)
+from umdbench_brain.tasks import (
+    VOLUME_KEYS,
+    ScanClassificationTask,
+    SegmentationTask,
+    VolumeForward,
+    VolumePretrainTask,
+    seg_loss,
+    soft_dice_loss,
+)
 from umdbench_brain.testing import volume_batch
 
 __all__ = [
     # the volume batch contract
-    "VOLUME_KEYS", "VOLUME_BATCH_KEYS", "PREDICTION_KEYS", "METRIC_INPUTS", "BRATS_MODALITIES",
-    "VolumePretrainTask", "SegmentationTask", "ScanClassificationTask", "VolumeForward",
+    "VOLUME_KEYS",
+    "VOLUME_BATCH_KEYS",
+    "PREDICTION_KEYS",
+    "METRIC_INPUTS",
+    "BRATS_MODALITIES",
+    "VolumePretrainTask",
+    "SegmentationTask",
+    "ScanClassificationTask",
+    "VolumeForward",
     # the encoder pyramid contract
-    "VolumeEncoder", "VOLUME_ENCODERS", "PYRAMID_ATTRIBUTES", "check_pyramid",
+    "VolumeEncoder",
+    "VOLUME_ENCODERS",
+    "PYRAMID_ATTRIBUTES",
+    "check_pyramid",
     # decoders and heads
-    "SegDecoder", "ReconDecoder",
+    "SegDecoder",
+    "ReconDecoder",
     # supervised tuning on the task type's head, and its losses
-    "VolumeTune", "SegTune", "ClsTune", "seg_loss", "soft_dice_loss",
+    "VolumeTune",
+    "SegTune",
+    "ClsTune",
+    "seg_loss",
+    "soft_dice_loss",
     # recipes (training budgets) and recorded departures
-    "FINETUNE_TINY", "FINETUNE_PAPER", "PRETRAIN_TINY", "PRETRAIN_PAPER", "PRESENT_VOXEL_MEAN",
+    "FINETUNE_TINY",
+    "FINETUNE_PAPER",
+    "PRETRAIN_TINY",
+    "PRETRAIN_PAPER",
+    "PRESENT_VOXEL_MEAN",
     # metric keys and per-case scores
-    "DICE_METRIC_KEYS", "SEG_METRICS", "LOWER_IS_BETTER", "BRATS_REGIONS", "region_names", "DiceMetric",
-    "dice_per_case", "hd95_per_case",
+    "DICE_METRIC_KEYS",
+    "SEG_METRICS",
+    "LOWER_IS_BETTER",
+    "BRATS_REGIONS",
+    "region_names",
+    "DiceMetric",
+    "dice_per_case",
+    "hd95_per_case",
     # random draws that are the same at any world size (umdbench.draws)
     "draws",
     # unit tests
-    "tiny_volume_encoder", "tiny_volume_strategy", "tiny_volume_batch",
+    "tiny_volume_encoder",
+    "tiny_volume_strategy",
+    "tiny_volume_batch",
 ]
 
 # -- volume batches ---------------------------------------------------------------------------------
@@ -69,13 +111,15 @@ _TASK_TYPES = (VolumePretrainTask, SegmentationTask, ScanClassificationTask)
 VOLUME_BATCH_KEYS: dict[str, dict[str, str]] = {cls.name: dict(cls.batch_keys) for cls in _TASK_TYPES}
 
 #: task type name -> {key: meaning} that a tuning strategy's ``predict(batch)`` returns (checked)
-PREDICTION_KEYS: dict[str, dict[str, str]] = {cls.name: dict(cls.prediction_keys) for cls in _TASK_TYPES
-                                               if cls.supervised}
+PREDICTION_KEYS: dict[str, dict[str, str]] = {
+    cls.name: dict(cls.prediction_keys) for cls in _TASK_TYPES if cls.supervised
+}
 
 #: task type name -> the keys of each sample a metric's ``process`` receives: the predictions
 #: plus the batch keys the task type hands on (``index``: the study's position in the split)
-METRIC_INPUTS: dict[str, tuple[str, ...]] = {cls.name: (*cls.prediction_keys, *cls.metric_keys)
-                                             for cls in _TASK_TYPES if cls.supervised}
+METRIC_INPUTS: dict[str, tuple[str, ...]] = {
+    cls.name: (*cls.prediction_keys, *cls.metric_keys) for cls in _TASK_TYPES if cls.supervised
+}
 
 # -- encoder pyramids -------------------------------------------------------------------------------
 #: what every volume encoder (a :class:`VolumeEncoder`) has besides ``umdbench.api.Encoder``'s
@@ -110,11 +154,13 @@ def check_pyramid(encoder: torch.nn.Module, volume: torch.Tensor | None = None) 
         encoder.train(was_training)
     channels, strides = tuple(encoder.feature_channels), tuple(encoder.feature_strides)
     assert isinstance(maps, (list, tuple)), f"encoder {name!r} returned {type(maps).__name__}, not a list of maps"
-    assert len(maps) == len(channels) == len(strides), \
+    assert len(maps) == len(channels) == len(strides), (
         f"encoder {name!r}: {len(maps)} maps, {len(channels)} feature_channels, {len(strides)} feature_strides"
+    )
     assert list(strides) == sorted(strides), f"encoder {name!r}: feature_strides {strides} are not increasing"
-    assert int(encoder.hidden_size) == channels[-1], \
+    assert int(encoder.hidden_size) == channels[-1], (
         f"encoder {name!r}: hidden_size {encoder.hidden_size} is not the deepest width {channels[-1]}"
+    )
     for i, (m, c, s) in enumerate(zip(maps, channels, strides)):
         want = (volume.shape[0], c, *(d // s for d in volume.shape[2:]))
         assert tuple(m.shape) == want, f"encoder {name!r}: map {i} has shape {tuple(m.shape)}, declared {want}"
@@ -134,10 +180,10 @@ def region_names(k: int) -> tuple[str, ...]:
 #: what ``dice`` reports (percent; HD95 in voxels), region keys for BraTS's three regions
 DICE_METRIC_KEYS: dict[str, str] = {
     "dice": "mean over regions of the mean Dice over studies (%); an empty ground truth scores 100 "
-            "when the prediction is empty too, else 0 (the released rule)",
+    "when the prediction is empty too, else 0 (the released rule)",
     **{f"dice_{r}": f"Dice of region {r.upper()} (%)" for r in BRATS_REGIONS},
     "hd95": "mean over regions of the 95th-percentile Hausdorff distance (voxels), over studies where both "
-            "masks are non-empty; lower is better",
+    "masks are non-empty; lower is better",
     **{f"hd95_{r}": f"HD95 of region {r.upper()} (voxels)" for r in BRATS_REGIONS},
 }
 
@@ -155,19 +201,27 @@ TINY_ROI = 16  # the smallest crop edge every tiny encoder takes
 _TINY_LABELS = {"segmentation": ["WT", "TC", "ET"], "scan-classification": ["LGG", "HGG"]}
 
 
-def tiny_volume_encoder(encoder: str = "resunet3d", *, roi: int = TINY_ROI, seed: int = 0,
-                        **model_overrides: Any) -> VolumeEncoder:
+def tiny_volume_encoder(
+    encoder: str = "resunet3d", *, roi: int = TINY_ROI, seed: int = 0, **model_overrides: Any
+) -> VolumeEncoder:
     """The registered volume encoder ``encoder`` at its ``tiny`` preset on ``roi``-cubed crops
     (``model_overrides`` merged on top), initialised under ``torch.manual_seed(seed)``."""
     from umdbench.kit import build_test_encoder
     from umdbench.plugin import get_registries
 
-    return build_test_encoder(encoder, "tiny", seed=seed, registries=get_registries(), roi_size=roi,
-                              **model_overrides)[0]
+    return build_test_encoder(encoder, "tiny", seed=seed, registries=get_registries(), roi_size=roi, **model_overrides)[
+        0
+    ]
 
 
-def tiny_volume_strategy(strategy: str | type, encoder: torch.nn.Module | None = None, *,
-                         task: str | None = None, seed: int = 0, **options: Any):
+def tiny_volume_strategy(
+    strategy: str | type,
+    encoder: torch.nn.Module | None = None,
+    *,
+    task: str | None = None,
+    seed: int = 0,
+    **options: Any,
+):
     """A strategy at its ``tiny`` preset on ``encoder`` (default :func:`tiny_volume_encoder`), as a
     stage builds it; ``options`` over the preset. ``strategy``: a class, or ``"pretrain:NAME"`` /
     ``"tune:NAME"``. A tuning strategy gets the TaskInfo of ``task`` (default: the first of its
@@ -191,8 +245,9 @@ def tiny_volume_strategy(strategy: str | type, encoder: torch.nn.Module | None =
     return build_test_strategy(cls, encoder, None, preset="tiny", task=info, seed=seed, **options)
 
 
-def tiny_volume_batch(task: str = "segmentation", *, batch: int = 2, roi: int = TINY_ROI, seed: int = 0,
-                      preprocess: bool = True) -> dict[str, torch.Tensor]:
+def tiny_volume_batch(
+    task: str = "segmentation", *, batch: int = 2, roi: int = TINY_ROI, seed: int = 0, preprocess: bool = True
+) -> dict[str, torch.Tensor]:
     """A random batch of ``batch`` studies with every key of :data:`VOLUME_BATCH_KEYS` [``task``]
     (four modalities; the studies' modality sets differ), after the task type's ``preprocess``
     unless ``preprocess=False``."""

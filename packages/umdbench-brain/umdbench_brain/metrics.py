@@ -15,6 +15,7 @@ Region names: the dataset's label names, lower-cased, when the evaluation hands 
 (``dataset_meta["label_names"]``, K of them: ``dice_wt`` for BraTS, ``dice_gm`` for MRBrainS13,
 ``dice_infarct`` for ISLES22); without them, with K = 3 the BraTS order WT, TC, ET, else ``dice_r0`` ...
 """
+
 from __future__ import annotations
 
 import math
@@ -42,12 +43,18 @@ def hd95_per_case(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     from monai.metrics import compute_hausdorff_distance
 
     out = torch.full(pred.shape[:2], math.nan, dtype=torch.float64)
-    both = (pred.flatten(2).any(-1) & gt.flatten(2).any(-1))
+    both = pred.flatten(2).any(-1) & gt.flatten(2).any(-1)
     for b, k in both.nonzero().tolist():
         with warnings.catch_warnings():  # MONAI 1.5-1.6 warns about an argument it passes to itself
             warnings.simplefilter("ignore", FutureWarning)
-            out[b, k] = float(compute_hausdorff_distance(pred[b:b + 1, k:k + 1].float(), gt[b:b + 1, k:k + 1].float(),
-                                                         include_background=True, percentile=95))
+            out[b, k] = float(
+                compute_hausdorff_distance(
+                    pred[b : b + 1, k : k + 1].float(),
+                    gt[b : b + 1, k : k + 1].float(),
+                    include_background=True,
+                    percentile=95,
+                )
+            )
     return out
 
 
@@ -63,8 +70,10 @@ class DiceMetric(BaseMetric):
             pred = sample["seg_logits"] > 0
             gt = sample["seg"] > 0.5
             if pred.shape != gt.shape:
-                raise ValueError(f"dice metric: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} "
-                                 f"differ in shape; the strategy must predict whole volumes.")
+                raise ValueError(
+                    f"dice metric: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} "
+                    f"differ in shape; the strategy must predict whole volumes."
+                )
             entry = {"dice": dice_per_case(pred, gt)}
             if "index" in sample:  # the study's position in the split (per-study scores)
                 entry["index"] = sample["index"].view(-1).long()
@@ -89,12 +98,16 @@ class DiceMetric(BaseMetric):
         self.per_example = None
         if all("index" in r for r in results):
             index = torch.cat([r["index"] for r in results])
-            self.per_example = {"index": index.numpy(), "dice": dice.mean(1).numpy(),
-                                **{f"dice_{n}": dice[:, i].numpy() for i, n in enumerate(names)}}
+            self.per_example = {
+                "index": index.numpy(),
+                "dice": dice.mean(1).numpy(),
+                **{f"dice_{n}": dice[:, i].numpy() for i, n in enumerate(names)},
+            }
         if self.hd95 and all("hd95" in r for r in results):
             hd = torch.cat([r["hd95"] for r in results])
-            per_region = [float(hd[:, i][~hd[:, i].isnan()].mean()) if (~hd[:, i].isnan()).any() else math.nan
-                          for i in range(k)]
+            per_region = [
+                float(hd[:, i][~hd[:, i].isnan()].mean()) if (~hd[:, i].isnan()).any() else math.nan for i in range(k)
+            ]
             for n, v in zip(names, per_region):
                 out[f"hd95_{n}"] = v
             defined = [v for v in per_region if not math.isnan(v)]

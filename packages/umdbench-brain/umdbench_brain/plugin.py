@@ -1,9 +1,9 @@
 """The entry point: registers every plugin of this package lazily (nothing heavy is imported
 until a name is used)."""
+
 from __future__ import annotations
 
 from umdbench.hookspecs import hookimpl
-
 from umdbench_brain import __version__  # noqa: F401  (shown by `umdbench plugins`)
 
 _P = "umdbench_brain"
@@ -35,10 +35,18 @@ ENTRIES = {
         "monai3d": f"{_P}.encoders:MonaiEncoder",
     },
     "metric": {"dice": f"{_P}.metrics:DiceMetric"},
-    "tune": {"seg": f"{_P}.strategies:SegTune", "cls": f"{_P}.strategies:ClsTune",
-             "seg-tmpl": f"{_P}.brainmvp:SegTemplateTune", "cls-tmpl": f"{_P}.brainmvp:ClsTemplateTune"},
-    "pretrain": {"mae3d": f"{_P}.strategies:MAE3D", "brainmvp": f"{_P}.brainmvp:BrainMVP",
-                 "simclr3d": f"{_P}.baselines:SimCLR3D", "models-genesis": f"{_P}.baselines:ModelsGenesis"},
+    "tune": {
+        "seg": f"{_P}.strategies:SegTune",
+        "cls": f"{_P}.strategies:ClsTune",
+        "seg-tmpl": f"{_P}.brainmvp:SegTemplateTune",
+        "cls-tmpl": f"{_P}.brainmvp:ClsTemplateTune",
+    },
+    "pretrain": {
+        "mae3d": f"{_P}.strategies:MAE3D",
+        "brainmvp": f"{_P}.brainmvp:BrainMVP",
+        "simclr3d": f"{_P}.baselines:SimCLR3D",
+        "models-genesis": f"{_P}.baselines:ModelsGenesis",
+    },
 }
 
 _OURS = "our baseline choice (see the brain README: baselines), not the paper's table"
@@ -72,8 +80,12 @@ SUITES = {
         "rows": [
             {"name": "scratch", "pretrain": "none", "tune": "seg"},
             {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS},
-            {"name": "BrainMVP, zeros", "pretrain": "brainmvp", "tune": "seg-tmpl",
-             "overrides": {"tune.0.fill_missing": "zeros"}},
+            {
+                "name": "BrainMVP, zeros",
+                "pretrain": "brainmvp",
+                "tune": "seg-tmpl",
+                "overrides": {"tune.0.fill_missing": "zeros"},
+            },
             {"name": "BrainMVP, templates", "pretrain": "brainmvp", "tune": "seg-tmpl"},
         ],
     },
@@ -118,10 +130,18 @@ SUITES = {
         "plot": "rows",
         "rows": [
             # no template view, so no templates to fine-tune with
-            {"name": "reconstruction only", "pretrain": "brainmvp", "tune": "seg",
-             "overrides": {"pretrain.w_template": 0.0, "pretrain.w_contrast": 0.0}},
-            {"name": "+ templates", "pretrain": "brainmvp", "tune": "seg-tmpl",
-             "overrides": {"pretrain.w_contrast": 0.0}},
+            {
+                "name": "reconstruction only",
+                "pretrain": "brainmvp",
+                "tune": "seg",
+                "overrides": {"pretrain.w_template": 0.0, "pretrain.w_contrast": 0.0},
+            },
+            {
+                "name": "+ templates",
+                "pretrain": "brainmvp",
+                "tune": "seg-tmpl",
+                "overrides": {"pretrain.w_contrast": 0.0},
+            },
             {"name": "+ contrastive", "pretrain": "brainmvp", "tune": "seg-tmpl"},
         ],
     },

@@ -21,6 +21,7 @@ The fingerprint hashes the content of every file a study reads (wherever it lies
 dataset folder), other files of a study folder by name and size, ``splits.json`` and the
 release's tables (ABIDE's phenotype file).
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,12 @@ __all__ = ["ISLES22", "MRBrainS13", "UPennGBM", "BraTS2018Grade", "ABIDE", "MODA
 
 # every modality name a reader of this package writes (model.modalities picks among them)
 MODALITY_NAMES = {
-    "t1": "T1-weighted", "t1c": "T1-weighted with contrast (T1ce, T1GD)", "t2": "T2-weighted",
-    "flair": "T2 FLAIR", "dwi": "diffusion-weighted (b=1000)", "adc": "apparent diffusion coefficient map",
+    "t1": "T1-weighted",
+    "t1c": "T1-weighted with contrast (T1ce, T1GD)",
+    "t2": "T2-weighted",
+    "flair": "T2 FLAIR",
+    "dwi": "diffusion-weighted (b=1000)",
+    "adc": "apparent diffusion coefficient map",
     "t1ir": "T1-weighted inversion recovery",
 }
 BRATS_REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -60,8 +65,10 @@ class _Release(_BraTS):
         if self.root is None:
             raise DataError(f"{self.name} reads files: pass --data-root DIR (the folder holding {self.root_subdir}/).")
         if not self.root.is_dir():
-            raise DataError(f"{self.name}: folder {self.root} does not exist; point --data-root at the folder holding "
-                            f"{self.root_subdir}/ (the {self.source} release, e.g. {self.example()}).")
+            raise DataError(
+                f"{self.name}: folder {self.root} does not exist; point --data-root at the folder holding "
+                f"{self.root_subdir}/ (the {self.source} release, e.g. {self.example()})."
+            )
         return self.root
 
     def study_folders(self) -> list[Path]:
@@ -74,8 +81,10 @@ class _Release(_BraTS):
             seen: dict[str, Path] = {}
             for case in cases:
                 if case.name in seen:
-                    raise DataError(f"{self.name}: study {case.name} occurs twice ({seen[case.name]} and {case}); a "
-                                    f"study id must be unique in the release; fix: remove one copy.")
+                    raise DataError(
+                        f"{self.name}: study {case.name} occurs twice ({seen[case.name]} and {case}); a "
+                        f"study id must be unique in the release; fix: remove one copy."
+                    )
                 seen[case.name] = case
             self._cases = cases
         return self._cases
@@ -97,8 +106,11 @@ class _Release(_BraTS):
         extra: dict[str, Any] = {"study": case.name, "preprocess": self.opts["preprocess"]}
         label = None
         if self.task == "segmentation":
-            extra.update(label=str(seg), label_map=dict(self.label_remap),
-                         region_codes={k: list(v) for k, v in self.region_codes.items()})
+            extra.update(
+                label=str(seg),
+                label_map=dict(self.label_remap),
+                region_codes={k: list(v) for k, v in self.region_codes.items()},
+            )
         else:
             label = int(self.class_of(case))
             extra["class"] = self.classes[label]
@@ -196,8 +208,10 @@ class ISLES22(_Release):
     def __init__(self, root=None, on_error: str = "raise", **options: Any):
         super().__init__(root, on_error, **options)
         if not isinstance(self.opts["flair"], bool):
-            raise ValueError(f"{self.name}: option flair={self.opts['flair']!r} must be true or false (false: DWI and "
-                             f"ADC only, as released the FLAIR is on another grid)")
+            raise ValueError(
+                f"{self.name}: option flair={self.opts['flair']!r} must be true or false (false: DWI and "
+                f"ADC only, as released the FLAIR is on another grid)"
+            )
 
     def _raw(self) -> Path:
         root = self._require_root()
@@ -227,8 +241,10 @@ class ISLES22(_Release):
     def deviations(self) -> list[str]:
         found = super().deviations()
         if not self.opts["flair"]:
-            found.append("ISLES22 read with DWI and ADC only (flair=false): the release's FLAIR is not on the DWI grid "
-                         "the mask is drawn on")
+            found.append(
+                "ISLES22 read with DWI and ADC only (flair=false): the release's FLAIR is not on the DWI grid "
+                "the mask is drawn on"
+            )
         return found
 
 
@@ -252,14 +268,20 @@ class MRBrainS13(_Release):
     def study_folders(self) -> list[Path]:
         training = self._require_root() / "TrainingData"
         if not training.is_dir():
-            raise DataError(f"{self.name}: {training} does not exist; the release's training studies live in "
-                            f"TrainingData/<n>/ (e.g. {self.example()}); point --data-root at the folder holding "
-                            f"{self.root_subdir}/.")
+            raise DataError(
+                f"{self.name}: {training} does not exist; the release's training studies live in "
+                f"TrainingData/<n>/ (e.g. {self.example()}); point --data-root at the folder holding "
+                f"{self.root_subdir}/."
+            )
         return sorted(p for p in training.iterdir() if p.is_dir())
 
     def files(self, case: Path) -> dict[str, Path]:
-        return {"t1": _nifti(case, "T1"), "t1ir": _nifti(case, "T1_IR"), "flair": _nifti(case, "T2_FLAIR"),
-                "seg": _nifti(case, "LabelsForTraining")}
+        return {
+            "t1": _nifti(case, "T1"),
+            "t1ir": _nifti(case, "T1_IR"),
+            "flair": _nifti(case, "T2_FLAIR"),
+            "seg": _nifti(case, "LabelsForTraining"),
+        }
 
     def example(self) -> str:
         return f"{self.root}/TrainingData/1/T1.nii"
@@ -284,13 +306,18 @@ class UPennGBM(_Release):
     study_pattern = r"UPENN-GBM-\d{5}_\d{2}"
     study_example = "UPENN-GBM-00001_11"
     _extra_defaults = {"labels": "manual"}
-    _LABELS = {"manual": ("images_segm", "_segm.nii.gz"), "automated": ("automated_segm", "_automated_approx_segm.nii.gz")}
+    _LABELS = {
+        "manual": ("images_segm", "_segm.nii.gz"),
+        "automated": ("automated_segm", "_automated_approx_segm.nii.gz"),
+    }
 
     def __init__(self, root=None, on_error: str = "raise", **options: Any):
         super().__init__(root, on_error, **options)
         if self.opts["labels"] not in self._LABELS:
-            raise ValueError(f"{self.name}: option labels={self.opts['labels']!r}; allowed: manual (images_segm, the "
-                             f"revised labels), automated (automated_segm)")
+            raise ValueError(
+                f"{self.name}: option labels={self.opts['labels']!r}; allowed: manual (images_segm, the "
+                f"revised labels), automated (automated_segm)"
+            )
 
     def _base(self) -> Path:
         root = self._require_root()
@@ -303,17 +330,24 @@ class UPennGBM(_Release):
     def study_folders(self) -> list[Path]:
         labels, suffix = self._label_dir()
         if not labels.is_dir():
-            raise DataError(f"{self.name}: label folder {labels} does not exist; the release keeps one label file per "
-                            f"labelled subject there (e.g. UPENN-GBM-00001_11{suffix}); fix: copy it from the TCIA "
-                            f"release, or choose the other labels with dataset.options.labels=manual|automated.")
+            raise DataError(
+                f"{self.name}: label folder {labels} does not exist; the release keeps one label file per "
+                f"labelled subject there (e.g. UPENN-GBM-00001_11{suffix}); fix: copy it from the TCIA "
+                f"release, or choose the other labels with dataset.options.labels=manual|automated."
+            )
         structural = self._base() / "images_structural"
-        return sorted(structural / p.name[:-len(suffix)] for p in labels.iterdir() if p.name.endswith(suffix))
+        return sorted(structural / p.name[: -len(suffix)] for p in labels.iterdir() if p.name.endswith(suffix))
 
     def files(self, case: Path) -> dict[str, Path]:
         labels, suffix = self._label_dir()
         n = case.name
-        return {"t1": case / f"{n}_T1.nii.gz", "t1c": case / f"{n}_T1GD.nii.gz", "t2": case / f"{n}_T2.nii.gz",
-                "flair": case / f"{n}_FLAIR.nii.gz", "seg": labels / f"{n}{suffix}"}
+        return {
+            "t1": case / f"{n}_T1.nii.gz",
+            "t1c": case / f"{n}_T1GD.nii.gz",
+            "t2": case / f"{n}_T2.nii.gz",
+            "flair": case / f"{n}_FLAIR.nii.gz",
+            "seg": labels / f"{n}{suffix}",
+        }
 
     def example(self) -> str:
         return f"{self.root}/NIfTI-files/images_structural/UPENN-GBM-00001_11/UPENN-GBM-00001_11_T1.nii.gz"
@@ -349,8 +383,10 @@ class BraTS2018Grade(_Release):
         root = self._require_root()
         grades = [root / g for g in self.classes if (root / g).is_dir()]
         if not grades:
-            raise DataError(f"{self.name}: {root} has neither HGG/ nor LGG/; the release keeps one folder per grade, "
-                            f"each with one folder per study (e.g. {self.example()}).")
+            raise DataError(
+                f"{self.name}: {root} has neither HGG/ nor LGG/; the release keeps one folder per grade, "
+                f"each with one folder per study (e.g. {self.example()})."
+            )
         return sorted((p for g in grades for p in g.iterdir() if p.is_dir()), key=lambda p: p.name)
 
     def files(self, case: Path) -> dict[str, Path]:
@@ -399,8 +435,10 @@ class ABIDE(_Release):
         for name in names:
             if (root / name).is_file():
                 return root / name
-        raise DataError(f"{self.name}: no phenotype table in {root} (looked for {', '.join(names)}); fix: copy the "
-                        f"release's phenotype CSV there, or name yours with dataset.options.phenotype=FILE.")
+        raise DataError(
+            f"{self.name}: no phenotype table in {root} (looked for {', '.join(names)}); fix: copy the "
+            f"release's phenotype CSV there, or name yours with dataset.options.phenotype=FILE."
+        )
 
     def extra_files(self) -> list[Path]:
         try:
@@ -416,19 +454,24 @@ class ABIDE(_Release):
             with open(table, newline="", encoding="utf-8-sig") as fh:
                 rows = list(csv.DictReader(fh))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{self.name}: {table} cannot be read as CSV ({exc}); fix: re-copy the release's "
-                            f"phenotype table.") from exc
+            raise DataError(
+                f"{self.name}: {table} cannot be read as CSV ({exc}); fix: re-copy the release's phenotype table."
+            ) from exc
         if not rows or not {"SUB_ID", "DX_GROUP"} <= set(rows[0]):
-            raise DataError(f"{self.name}: {table} lacks the columns SUB_ID and DX_GROUP (it has "
-                            f"{', '.join(list(rows[0])[:8]) if rows else 'no rows'}); fix: use the release's "
-                            f"phenotype table.")
+            raise DataError(
+                f"{self.name}: {table} lacks the columns SUB_ID and DX_GROUP (it has "
+                f"{', '.join(list(rows[0])[:8]) if rows else 'no rows'}); fix: use the release's "
+                f"phenotype table."
+            )
         dx: dict[str, int] = {}
         for line, row in enumerate(rows, start=2):
             sub, group = (row.get("SUB_ID") or "").strip(), (row.get("DX_GROUP") or "").strip()
             if not sub.isdigit() or group not in self.DX:
-                raise DataError(f"{self.name}: {table} line {line}: SUB_ID={sub!r} DX_GROUP={group!r}; a subject id is "
-                                f"a number and DX_GROUP is 1 (autism) or 2 (control); fix: correct the row or re-copy "
-                                f"the table.")
+                raise DataError(
+                    f"{self.name}: {table} line {line}: SUB_ID={sub!r} DX_GROUP={group!r}; a subject id is "
+                    f"a number and DX_GROUP is 1 (autism) or 2 (control); fix: correct the row or re-copy "
+                    f"the table."
+                )
             key = f"{int(sub):07d}"
             if key in dx:
                 raise DataError(f"{self.name}: {table} line {line}: subject {sub} is listed twice; fix: keep one row.")
@@ -439,8 +482,9 @@ class ABIDE(_Release):
     def study_folders(self) -> list[Path]:
         dx = self._read_table()
         root = self._require_root()
-        found = sorted(p for site in root.iterdir() if site.is_dir() for p in site.iterdir()
-                       if p.is_dir() and p.name in dx)
+        found = sorted(
+            p for site in root.iterdir() if site.is_dir() for p in site.iterdir() if p.is_dir() and p.name in dx
+        )
         self._absent = len(dx) - len({p.name for p in found})
         return found
 
@@ -460,6 +504,8 @@ class ABIDE(_Release):
         except DataError:
             return found
         if self._absent:
-            found.append(f"abide: {self._absent} subject(s) of the phenotype table have no scan folder in this copy "
-                         f"and are left out")
+            found.append(
+                f"abide: {self._absent} subject(s) of the phenotype table have no scan folder in this copy "
+                f"and are left out"
+            )
         return found

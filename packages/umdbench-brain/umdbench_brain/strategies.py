@@ -1,6 +1,7 @@
 """Strategies on volume encoders: tuning ``seg`` and ``cls`` (the task type's head on the shared
 encoder, as every umdbench supervised strategy) and pre-training ``mae3d`` (masked volume
 modelling, our baseline choice per the brain README (baselines))."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,11 +19,29 @@ __all__ = ["VolumeTune", "SegTune", "ClsTune", "MAE3D"]
 
 # The released fine-tuning recipe (notes 1.6): Adam 3e-4, weight decay 1e-4, cosine, batch 2.
 # 12,000 iterations ~ 300 epochs of ~80 training studies at batch 2 (BraTS2023-PED's size).
-FINETUNE_PAPER = train_config(max_iters=12000, batch_size=2, lr=3e-4, weight_decay=1e-4, betas=[0.9, 0.999],
-                              warmup_ratio=0.0, schedule="cosine", checkpoint_interval=1000, log_interval=50)
+FINETUNE_PAPER = train_config(
+    max_iters=12000,
+    batch_size=2,
+    lr=3e-4,
+    weight_decay=1e-4,
+    betas=[0.9, 0.999],
+    warmup_ratio=0.0,
+    schedule="cosine",
+    checkpoint_interval=1000,
+    log_interval=50,
+)
 # A CPU budget that segments brainsynth clearly above chance in about a minute on 2 cores.
-FINETUNE_TINY = train_config(max_iters=120, batch_size=4, lr=3e-3, weight_decay=1e-4, betas=[0.9, 0.999],
-                             warmup_ratio=0.05, schedule="cosine", checkpoint_interval=60, log_interval=10)
+FINETUNE_TINY = train_config(
+    max_iters=120,
+    batch_size=4,
+    lr=3e-3,
+    weight_decay=1e-4,
+    betas=[0.9, 0.999],
+    warmup_ratio=0.05,
+    schedule="cosine",
+    checkpoint_interval=60,
+    log_interval=10,
+)
 
 # Encoder.family of this package's volume encoders: what every strategy here runs on
 VOLUME_ENCODERS = ("volume-3d",)
@@ -49,9 +68,11 @@ class VolumeTune(TuneStrategy):
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
         if task.spec is None or task.spec.name != self.needs:
-            raise ConfigError(f"tuning strategy {self.name!r} tunes {self.needs!r} datasets, but this dataset's task "
-                             f"is {task.task!r}; choose the strategy that matches it (seg: segmentation, "
-                             f"cls: scan-classification).")
+            raise ConfigError(
+                f"tuning strategy {self.name!r} tunes {self.needs!r} datasets, but this dataset's task "
+                f"is {task.task!r}; choose the strategy that matches it (seg: segmentation, "
+                f"cls: scan-classification)."
+            )
         super().__init__(encoder, cfg, dataclasses.replace(task))
         self.head = task.spec.build_head(task, self.head_width(encoder))
 
@@ -89,10 +110,22 @@ class SegTune(VolumeTune):
         "sw_batch_size": Option(int, 4, "windows per forward at evaluation"),
     }
     presets: ClassVar[dict] = {
-        "tiny": {"dice_weight": 0.7, "bce_weight": 0.3, "sw_overlap": 0.5, "sw_batch_size": 8, "augment": True,
-                 "train": FINETUNE_TINY},
-        "paper": {"dice_weight": 0.7, "bce_weight": 0.3, "sw_overlap": 0.5, "sw_batch_size": 4, "augment": True,
-                  "train": FINETUNE_PAPER},
+        "tiny": {
+            "dice_weight": 0.7,
+            "bce_weight": 0.3,
+            "sw_overlap": 0.5,
+            "sw_batch_size": 8,
+            "augment": True,
+            "train": FINETUNE_TINY,
+        },
+        "paper": {
+            "dice_weight": 0.7,
+            "bce_weight": 0.3,
+            "sw_overlap": 0.5,
+            "sw_batch_size": 4,
+            "augment": True,
+            "train": FINETUNE_PAPER,
+        },
     }
 
     @classmethod
@@ -111,8 +144,9 @@ class SegTune(VolumeTune):
 
     def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spec = self.task.spec
-        logits = spec.sliding_logits(self.encoder, self.head, batch, self.task, self.options(),
-                                     int(self.encoder.roi_size))
+        logits = spec.sliding_logits(
+            self.encoder, self.head, batch, self.task, self.options(), int(self.encoder.roi_size)
+        )
         return spec.predict(self.task, logits)
 
 
@@ -129,8 +163,10 @@ class ClsTune(VolumeTune):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        return ["classification head and recipe are not released (BrainMVP issue #9: 'an MLP with softmax'): "
-                "global average pooling of the deepest map + a 2-layer MLP, with the segmentation recipe"]
+        return [
+            "classification head and recipe are not released (BrainMVP issue #9: 'an MLP with softmax'): "
+            "global average pooling of the deepest map + a 2-layer MLP, with the segmentation recipe"
+        ]
 
 
 class MAE3D(PretrainStrategy):
@@ -148,23 +184,50 @@ class MAE3D(PretrainStrategy):
         "loss_on": Option(str, "masked", "masked | all voxels"),
     }
     presets: ClassVar[dict] = {
-        "tiny": {"mask_ratio": 0.75, "block_size": 4, "loss_on": "masked",
-                 "train": train_config(max_iters=150, batch_size=4, lr=2e-3, weight_decay=0.05, betas=[0.9, 0.95],
-                                       warmup_ratio=0.05, schedule="cosine", checkpoint_interval=75, log_interval=10)},
+        "tiny": {
+            "mask_ratio": 0.75,
+            "block_size": 4,
+            "loss_on": "masked",
+            "train": train_config(
+                max_iters=150,
+                batch_size=4,
+                lr=2e-3,
+                weight_decay=0.05,
+                betas=[0.9, 0.95],
+                warmup_ratio=0.05,
+                schedule="cosine",
+                checkpoint_interval=75,
+                log_interval=10,
+            ),
+        },
         # BrainMVP's pre-training optimisation (notes 1.5), so the baselines share one recipe:
         # AdamW 3e-4 / wd 1e-5, cosine without warm-up, 24 studies per step, 1500 epochs x 500 studies
-        "paper": {"mask_ratio": 0.75, "block_size": 8, "loss_on": "masked",
-                  "train": train_config(max_iters=31250, batch_size=24, lr=3e-4, weight_decay=1e-5,
-                                        betas=[0.9, 0.999], warmup_ratio=0.0, schedule="cosine",
-                                        checkpoint_interval=2000, log_interval=50)},
+        "paper": {
+            "mask_ratio": 0.75,
+            "block_size": 8,
+            "loss_on": "masked",
+            "train": train_config(
+                max_iters=31250,
+                batch_size=24,
+                lr=3e-4,
+                weight_decay=1e-5,
+                betas=[0.9, 0.999],
+                warmup_ratio=0.0,
+                schedule="cosine",
+                checkpoint_interval=2000,
+                log_interval=50,
+            ),
+        },
     }
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        found = ["MAE-3D is our baseline choice (see the brain README: baselines), not verified against the paper's table",
-                 "masked blocks are zero-filled in place (SimMIM-style, what a CNN encoder can take) rather than "
-                 "dropped as MAE tokens",
-                 "every present modality is a channel of one input (BrainMVP pre-trains on one modality at a time)"]
+        found = [
+            "MAE-3D is our baseline choice (see the brain README: baselines), not verified against the paper's table",
+            "masked blocks are zero-filled in place (SimMIM-style, what a CNN encoder can take) rather than "
+            "dropped as MAE tokens",
+            "every present modality is a channel of one input (BrainMVP pre-trains on one modality at a time)",
+        ]
         if cfg.get("loss_on", "masked") == "all":
             found.append("reconstruction loss on every voxel (MAE: masked voxels only)")
         return found
@@ -183,11 +246,15 @@ class MAE3D(PretrainStrategy):
         if self.loss_on not in ("masked", "all"):
             raise ValueError(f"mae3d: loss_on must be 'masked' or 'all', got {self.loss_on!r}")
         if int(encoder.roi_size) % self.block:
-            raise ValueError(f"mae3d: block_size={self.block} must divide the encoder's roi_size={encoder.roi_size}; "
-                             f"set pretrain.block_size or model.roi_size.")
+            raise ValueError(
+                f"mae3d: block_size={self.block} must divide the encoder's roi_size={encoder.roi_size}; "
+                f"set pretrain.block_size or model.roi_size."
+            )
         from umdbench_brain.heads import ReconDecoder
 
-        self.decoder = ReconDecoder(int(encoder.hidden_size), int(encoder.feature_strides[-1]), int(encoder.in_channels))
+        self.decoder = ReconDecoder(
+            int(encoder.hidden_size), int(encoder.feature_strides[-1]), int(encoder.in_channels)
+        )
 
     def block_mask(self, batch: int, shape: tuple[int, int, int], device) -> torch.Tensor:
         """[B,1,D,H,W] float, 1 = masked; exactly round(ratio x blocks) blocks per sample, drawn

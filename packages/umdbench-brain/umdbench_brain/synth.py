@@ -24,6 +24,7 @@ GENERATOR_VERSION)``. The design follows the project's phantom design:
 Splits use disjoint seed streams; the pre-training corpus (:class:`BrainSynthCorpus`) has its
 own streams, so pre-training never sees a downstream test study.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,15 @@ import numpy as np
 
 from umdbench.api import CheckReport, DatasetPlugin, Record
 
-__all__ = ["GENERATOR_VERSION", "MODALITIES", "LABEL_CODES", "BrainSynth", "BrainSynthGrade", "BrainSynthCorpus",
-           "make_study"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "MODALITIES",
+    "LABEL_CODES",
+    "BrainSynth",
+    "BrainSynthGrade",
+    "BrainSynthCorpus",
+    "make_study",
+]
 
 GENERATOR_VERSION = "brainsynth-1"
 MODALITIES = ("t1", "t1c", "t2", "flair")
@@ -46,17 +54,20 @@ STREAMS = {"train": 1, "val": 2, "test": 3, "corpus-train": 11, "corpus-val": 12
 
 # tissue -> intensity per modality (t1, t1c, t2, flair), before bias, noise and gain
 TISSUES = ("csf", "gm", "wm", "vessel", "edema", "necrosis", "enhancing", "nonenhancing")
-INTENSITY = np.array([
-    # t1    t1c   t2    flair
-    [0.15, 0.15, 0.95, 0.08],  # csf: dark t1, bright t2, suppressed on flair
-    [0.45, 0.47, 0.55, 0.55],  # grey matter
-    [0.65, 0.66, 0.40, 0.45],  # white matter
-    [0.85, 0.95, 0.20, 0.20],  # vessels: bright on t1 AND t1c (the enhancement distractor)
-    [0.38, 0.38, 0.80, 0.92],  # edema: bright flair/t2
-    [0.14, 0.14, 0.90, 0.42],  # necrosis: like csf on t1/t2, but not suppressed on flair
-    [0.45, 0.97, 0.55, 0.62],  # enhancing rim: bright on t1c only
-    [0.30, 0.32, 0.72, 0.76],  # non-enhancing core (LGG)
-], dtype=np.float32)
+INTENSITY = np.array(
+    [
+        # t1    t1c   t2    flair
+        [0.15, 0.15, 0.95, 0.08],  # csf: dark t1, bright t2, suppressed on flair
+        [0.45, 0.47, 0.55, 0.55],  # grey matter
+        [0.65, 0.66, 0.40, 0.45],  # white matter
+        [0.85, 0.95, 0.20, 0.20],  # vessels: bright on t1 AND t1c (the enhancement distractor)
+        [0.38, 0.38, 0.80, 0.92],  # edema: bright flair/t2
+        [0.14, 0.14, 0.90, 0.42],  # necrosis: like csf on t1/t2, but not suppressed on flair
+        [0.45, 0.97, 0.55, 0.62],  # enhancing rim: bright on t1c only
+        [0.30, 0.32, 0.72, 0.76],  # non-enhancing core (LGG)
+    ],
+    dtype=np.float32,
+)
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -143,11 +154,18 @@ def make_study(seed: int, stream: int, index: int, canvas: int = 48, missing_rat
     normal = 1.0 - f_edema
     wm = brain * wm_core * (1 - csf) * (1 - vessel)
     gm = brain * (1 - wm_core) * (1 - csf) * (1 - vessel)
-    fr = np.stack([
-        csf * normal, gm * normal, wm * normal, vessel * normal,
-        (f_edema - f_core), (f_necro if grade else 0 * f_core),
-        (f_core - f_necro) if grade else 0 * f_core, 0 * f_core if grade else f_core,
-    ]).astype(np.float32)
+    fr = np.stack(
+        [
+            csf * normal,
+            gm * normal,
+            wm * normal,
+            vessel * normal,
+            (f_edema - f_core),
+            (f_necro if grade else 0 * f_core),
+            (f_core - f_necro) if grade else 0 * f_core,
+            0 * f_core if grade else f_core,
+        ]
+    ).astype(np.float32)
     clean = np.tensordot(INTENSITY.T, fr, axes=1)  # [4,S,S,S]
 
     present = list(MODALITIES)
@@ -159,7 +177,7 @@ def make_study(seed: int, stream: int, index: int, canvas: int = 48, missing_rat
         sigma = 0.03
         n1 = rng.normal(0.0, sigma, (S, S, S)).astype(np.float32)
         n2 = rng.normal(0.0, sigma, (S, S, S)).astype(np.float32)
-        signal = np.sqrt((clean[m] * bias + n1) ** 2 + n2 ** 2)  # magnitude image: Rician-like noise
+        signal = np.sqrt((clean[m] * bias + n1) ** 2 + n2**2)  # magnitude image: Rician-like noise
         vol = rng.uniform(0.6, 1.4) * signal + rng.uniform(0.0, 0.1)
         if mod in present:  # draw the noise either way so a missing modality leaves the others unchanged
             image[mod] = vol.astype(np.float16)  # half the memory; the scaling step works in float32
@@ -186,8 +204,15 @@ class _BrainSynthBase(DatasetPlugin):
     needs_root = False
     encoder = "resunet3d"
     test_only_options = ("test_drop",)  # training stages are shared across test-time drops
-    _defaults: dict[str, Any] = {"n_train": 48, "n_val": 8, "n_test": 24, "canvas": 48, "missing_rate": 0.2,
-                                 "test_drop": 0, "seed": 0}
+    _defaults: dict[str, Any] = {
+        "n_train": 48,
+        "n_val": 8,
+        "n_test": 24,
+        "canvas": 48,
+        "missing_rate": 0.2,
+        "test_drop": 0,
+        "seed": 0,
+    }
     _streams = {"train": STREAMS["train"], "val": STREAMS["val"], "test": STREAMS["test"]}
 
     def __init__(self, root=None, on_error: str = "raise", **options: Any):
@@ -231,8 +256,13 @@ class _BrainSynthBase(DatasetPlugin):
         return self._cache[split]
 
     def _record(self, uid: str, study: dict) -> Record:
-        return Record(uid=uid, image=study["image"], text="", label=study["grade"],
-                      extra={"label": study["label"], "grade": GRADES[study["grade"]]})
+        return Record(
+            uid=uid,
+            image=study["image"],
+            text="",
+            label=study["grade"],
+            extra={"label": study["label"], "grade": GRADES[study["grade"]]},
+        )
 
     def fingerprint(self) -> str:
         """Generator version, options and a hash of one freshly generated study (catches drift)."""
@@ -241,8 +271,16 @@ class _BrainSynthBase(DatasetPlugin):
         h = hashlib.sha256(probe["label"].tobytes())
         for mod in sorted(probe["image"]):
             h.update(mod.encode() + probe["image"][mod].tobytes())
-        payload = json.dumps({"generator": GENERATOR_VERSION, "plugin": self.name, "version": self.version,
-                              "options": o, "probe": h.hexdigest()}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "generator": GENERATOR_VERSION,
+                "plugin": self.name,
+                "version": self.version,
+                "options": o,
+                "probe": h.hexdigest(),
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def check(self, deep: bool = False) -> CheckReport:
@@ -254,8 +292,10 @@ class _BrainSynthBase(DatasetPlugin):
             for r in recs:
                 shapes = {m: v.shape for m, v in r.image.items()}
                 if not r.image or any(s != (S, S, S) for s in shapes.values()):
-                    rep.problems.append(f"{self.name}/{split}: record {r.uid}: volumes {shapes} are not {S}^3; "
-                                        f"fix: report a generator bug ({GENERATOR_VERSION})")
+                    rep.problems.append(
+                        f"{self.name}/{split}: record {r.uid}: volumes {shapes} are not {S}^3; "
+                        f"fix: report a generator bug ({GENERATOR_VERSION})"
+                    )
                     break
         return rep
 

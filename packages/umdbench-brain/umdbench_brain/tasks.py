@@ -5,6 +5,7 @@ Every task type reads the encoder config (``model``) for the channel layout (``m
 and the crop size (``roi_size``), so data and encoder always agree. The data set yields scaled
 float32 volumes; nothing needs normalising after the device move.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,15 @@ from umdbench import draws
 from umdbench.api import DataContext, DataError, Record, TaskInfo, TaskType
 from umdbench_brain.volumes import StudyLoader, random_crop, region_masks
 
-__all__ = ["VolumeDataset", "VolumeForward", "SegmentationTask", "ScanClassificationTask", "VolumePretrainTask",
-           "seg_loss", "VOLUME_KEYS"]
+__all__ = [
+    "VolumeDataset",
+    "VolumeForward",
+    "SegmentationTask",
+    "ScanClassificationTask",
+    "VolumePretrainTask",
+    "seg_loss",
+    "VOLUME_KEYS",
+]
 
 VOLUME_KEYS = {
     "volume": "float [B,M,D,H,W] per-channel percentile-scaled to [0,1]; an absent modality is zeros",
@@ -43,8 +51,20 @@ class VolumeDataset(Dataset):
     fine-tuning augmentation), drawn from the item's keyed generators (:func:`umdbench.draws.item_rng`)
     so an item is the same at any world size and worker count. Evaluation: the whole volume."""
 
-    def __init__(self, records: list[Record], modalities, *, roi: int, training: bool, crop: bool, seed: int,
-                 regions=None, with_class: bool = False, augment: bool = True, cache_dir=None):
+    def __init__(
+        self,
+        records: list[Record],
+        modalities,
+        *,
+        roi: int,
+        training: bool,
+        crop: bool,
+        seed: int,
+        regions=None,
+        with_class: bool = False,
+        augment: bool = True,
+        cache_dir=None,
+    ):
         self.records = records
         self.modalities = tuple(modalities)
         self.roi = int(roi)
@@ -85,10 +105,14 @@ class VolumeDataset(Dataset):
                 gain = rng.uniform(0.9, 1.1, (len(self.modalities), 1, 1, 1)).astype(np.float32)
                 shift = rng.uniform(-0.1, 0.1, (len(self.modalities), 1, 1, 1)).astype(np.float32)
                 arrays[0] = (arrays[0] * gain + shift) * present[:, None, None, None]
-        item = {"volume": torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32)),
-                "present": torch.from_numpy(present), "index": torch.tensor(i),
-                "crop_origin": torch.tensor(origin, dtype=torch.long),
-                "volume_shape": torch.tensor(shape, dtype=torch.long), "flips": torch.tensor(flips, dtype=torch.long)}
+        item = {
+            "volume": torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32)),
+            "present": torch.from_numpy(present),
+            "index": torch.tensor(i),
+            "crop_origin": torch.tensor(origin, dtype=torch.long),
+            "volume_shape": torch.tensor(shape, dtype=torch.long),
+            "flips": torch.tensor(flips, dtype=torch.long),
+        }
         if self.regions is not None:
             item["seg"] = torch.from_numpy(np.ascontiguousarray(arrays[1]))
         if self.with_class:
@@ -111,8 +135,10 @@ class VolumeForward:
 def _modalities(ctx: DataContext) -> list[str]:
     mods = ctx.model_cfg.get("modalities")
     if not mods:
-        raise DataError(f"encoder {ctx.model_cfg.get('type')!r} names no model.modalities; volume task types need "
-                        f"the channel order, e.g. --cfg-options 'model.modalities=[\"t1\",\"t1c\",\"t2\",\"flair\"]'.")
+        raise DataError(
+            f"encoder {ctx.model_cfg.get('type')!r} names no model.modalities; volume task types need "
+            f'the channel order, e.g. --cfg-options \'model.modalities=["t1","t1c","t2","flair"]\'.'
+        )
     return list(mods)
 
 
@@ -134,8 +160,16 @@ class VolumePretrainTask(_VolumeTask):
     batch_keys = dict(VOLUME_KEYS)
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
-        return VolumeDataset(records, _modalities(ctx), roi=ctx.model_cfg["roi_size"], training=training, crop=True,
-                             seed=ctx.seed, augment=False, cache_dir=ctx.cache_dir)
+        return VolumeDataset(
+            records,
+            _modalities(ctx),
+            roi=ctx.model_cfg["roi_size"],
+            training=training,
+            crop=True,
+            seed=ctx.seed,
+            augment=False,
+            cache_dir=ctx.cache_dir,
+        )
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -148,8 +182,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.7, bce_weight: float = 0.3):
-    return (dice_weight * soft_dice_loss(logits, target)
-            + bce_weight * F.binary_cross_entropy_with_logits(logits, target))
+    return dice_weight * soft_dice_loss(logits, target) + bce_weight * F.binary_cross_entropy_with_logits(
+        logits, target
+    )
 
 
 class SegmentationTask(_VolumeTask):
@@ -165,16 +200,26 @@ class SegmentationTask(_VolumeTask):
     default_metric = "dice"
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
-        return VolumeDataset(records, _modalities(ctx), roi=ctx.model_cfg["roi_size"], training=training, crop=True,
-                             seed=ctx.seed, regions=ctx.label_names, augment=ctx.stage_cfg.get("augment", True),
-                             cache_dir=ctx.cache_dir)
+        return VolumeDataset(
+            records,
+            _modalities(ctx),
+            roi=ctx.model_cfg["roi_size"],
+            training=training,
+            crop=True,
+            seed=ctx.seed,
+            regions=ctx.label_names,
+            augment=ctx.stage_cfg.get("augment", True),
+            cache_dir=ctx.cache_dir,
+        )
 
     def build_head(self, info: TaskInfo, width) -> nn.Module:
         from umdbench_brain.heads import SegDecoder
 
         if isinstance(width, int):
-            raise TypeError("segmentation heads need the encoder's channels per scale: pass width = "
-                            "(input channels, *encoder.feature_channels), as the `seg` strategy does.")
+            raise TypeError(
+                "segmentation heads need the encoder's channels per scale: pass width = "
+                "(input channels, *encoder.feature_channels), as the `seg` strategy does."
+            )
         return SegDecoder(int(width[0]), tuple(int(w) for w in width[1:]), info.num_classes)
 
     def encode(self, encoder: nn.Module, batch: dict, info: TaskInfo, cfg: dict, *, training: bool) -> Any:
@@ -190,8 +235,9 @@ class SegmentationTask(_VolumeTask):
     def predict(self, info: TaskInfo, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"seg_logits": logits}
 
-    def sliding_logits(self, encoder: nn.Module, head: nn.Module, batch: dict, info: TaskInfo, cfg: dict,
-                       roi: int) -> torch.Tensor:
+    def sliding_logits(
+        self, encoder: nn.Module, head: nn.Module, batch: dict, info: TaskInfo, cfg: dict, roi: int
+    ) -> torch.Tensor:
         """Logits of whole volumes by MONAI's sliding-window inference (gaussian blending off: the
         released evaluation averages windows uniformly)."""
         from monai.inferers import sliding_window_inference
@@ -199,8 +245,14 @@ class SegmentationTask(_VolumeTask):
         def window(x: torch.Tensor) -> torch.Tensor:
             return self.logits(head, self.encode(encoder, {"volume": x}, info, cfg, training=False), info)
 
-        return sliding_window_inference(batch["volume"], roi_size=(roi,) * 3, sw_batch_size=int(cfg.get("sw_batch_size", 4)),
-                                        predictor=window, overlap=float(cfg.get("sw_overlap", 0.5)), mode="constant")
+        return sliding_window_inference(
+            batch["volume"],
+            roi_size=(roi,) * 3,
+            sw_batch_size=int(cfg.get("sw_batch_size", 4)),
+            predictor=window,
+            overlap=float(cfg.get("sw_overlap", 0.5)),
+            mode="constant",
+        )
 
 
 class ScanClassificationTask(_VolumeTask):
@@ -214,9 +266,17 @@ class ScanClassificationTask(_VolumeTask):
     default_metric = "classification"
 
     def build_dataset(self, records: list[Record], ctx: DataContext, *, training: bool) -> Any:
-        return VolumeDataset(records, _modalities(ctx), roi=ctx.model_cfg["roi_size"], training=training,
-                             crop=False, seed=ctx.seed, with_class=True, augment=ctx.stage_cfg.get("augment", True),
-                             cache_dir=ctx.cache_dir)
+        return VolumeDataset(
+            records,
+            _modalities(ctx),
+            roi=ctx.model_cfg["roi_size"],
+            training=training,
+            crop=False,
+            seed=ctx.seed,
+            with_class=True,
+            augment=ctx.stage_cfg.get("augment", True),
+            cache_dir=ctx.cache_dir,
+        )
 
     def build_head(self, info: TaskInfo, width) -> nn.Module:
         width = int(width)

@@ -7,6 +7,7 @@ whose first voxel is ``crop_origin`` in the study's grid reads the template from
 ``crop_origin + (canvas - volume_shape) // 2`` (the released offset rule); voxels outside the
 canvas read 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,10 +67,12 @@ class ModalityTemplates(nn.Module):
         for b in range(start.shape[0]):
             lo = [int(v) + s for v, s in zip(start[b].tolist(), size)]
             if any(v < 0 or v + s > p for v, s, p in zip(lo, size, padded.shape[1:])):
-                raise ValueError(f"template crop at canvas position {start[b].tolist()} of size {list(size)} lies "
-                                 f"outside the template canvas {list(self.canvas)} by more than a crop; the "
-                                 f"studies are larger than the canvas: raise template_canvas to their grid size.")
-            piece = padded[:, lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]]
+                raise ValueError(
+                    f"template crop at canvas position {start[b].tolist()} of size {list(size)} lies "
+                    f"outside the template canvas {list(self.canvas)} by more than a crop; the "
+                    f"studies are larger than the canvas: raise template_canvas to their grid size."
+                )
+            piece = padded[:, lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]]
             if flips is not None:
                 axes = [1 + a for a in range(3) if int(flips[b, a])]
                 if axes:

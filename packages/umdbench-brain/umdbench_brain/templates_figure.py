@@ -14,6 +14,7 @@ The final artifact (``model.safetensors``) is read only after its sha256 matches
 Axes: the canvas is in the studies' RAS voxel order (``[x, y, z]``: BraTS' 240 x 240 x 155), so
 axial = the central ``z`` slice, coronal = central ``y``, sagittal = central ``x``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,11 @@ def find_stage(path: str | Path) -> Path:
         return path
     stages = Workspace(path).finished_stages("pretrain", "brainmvp")
     if not stages:
-        raise FileNotFoundError(f"{path} holds no finished brainmvp pre-training stage (stages/pretrain-brainmvp-<key> "
-                                f"with its marker); run `umdbench run --pretrain brainmvp ...` there first, or pass "
-                                f"a stage folder.")
+        raise FileNotFoundError(
+            f"{path} holds no finished brainmvp pre-training stage (stages/pretrain-brainmvp-<key> "
+            f"with its marker); run `umdbench run --pretrain brainmvp ...` there first, or pass "
+            f"a stage folder."
+        )
     return stages[0]
 
 
@@ -77,8 +80,10 @@ def template_snapshots(stage: str | Path, checkpoints="all", final: bool = True)
             missing = sorted(wanted - {_iteration(p) for p in files})
             if missing:
                 have = ", ".join(str(_iteration(p)) for p in files) or "none"
-                raise FileNotFoundError(f"{stage / 'train'} has no checkpoint of iteration(s) {missing} (it keeps: "
-                                        f"{have}); train with pretrain.train.keep_checkpoints=N to keep more.")
+                raise FileNotFoundError(
+                    f"{stage / 'train'} has no checkpoint of iteration(s) {missing} (it keeps: "
+                    f"{have}); train with pretrain.train.keep_checkpoints=N to keep more."
+                )
             files = [p for p in files if _iteration(p) in wanted]
         for p in files:
             state = safe_torch_load(p).get("state_dict", {})
@@ -104,8 +109,11 @@ def central_slices(volume: np.ndarray) -> dict[str, np.ndarray]:
     """The three central slices of a ``[X, Y, Z]`` RAS volume, rotated for display (anterior /
     superior up)."""
     x, y, z = (s // 2 for s in volume.shape)
-    return {"axial": np.rot90(volume[:, :, z]), "coronal": np.rot90(volume[:, y, :]),
-            "sagittal": np.rot90(volume[x, :, :])}
+    return {
+        "axial": np.rot90(volume[:, :, z]),
+        "coronal": np.rot90(volume[:, y, :]),
+        "sagittal": np.rot90(volume[x, :, :]),
+    }
 
 
 def _normalised(w: np.ndarray, eps: float) -> np.ndarray:
@@ -151,12 +159,15 @@ def render(stage_dir_or_work_dir: str | Path, out_png: str | Path, checkpoints="
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m umdbench_brain.templates_figure",
-                                     description="Draw a brainmvp stage's modality templates (paper Fig. 4).")
+    parser = argparse.ArgumentParser(
+        prog="python -m umdbench_brain.templates_figure",
+        description="Draw a brainmvp stage's modality templates (paper Fig. 4).",
+    )
     parser.add_argument("path", help="work dir or stages/pretrain-brainmvp-<key> folder")
     parser.add_argument("out", help="PNG to write")
-    parser.add_argument("--checkpoints", default="all",
-                        help="all (default), none, or iterations separated by commas, e.g. 2000,4000")
+    parser.add_argument(
+        "--checkpoints", default="all", help="all (default), none, or iterations separated by commas, e.g. 2000,4000"
+    )
     parser.add_argument("--no-final", action="store_true", help="leave out the final artifact")
     args = parser.parse_args(argv)
     chosen = args.checkpoints

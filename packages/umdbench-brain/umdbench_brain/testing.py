@@ -6,14 +6,25 @@ A case is the strategy at its tiny preset on 16^3 crops (the smallest edge every
 with a global batch of 4 studies whose modalities differ (one has a single modality), so the
 per-study choices, masks and present-voxel counts all vary across the batch.
 """
+
 from __future__ import annotations
 
 import torch
 
 from umdbench.api import TaskInfo
 
-__all__ = ["B", "CASES", "R", "STEPS", "build_case_strategy", "case", "case_train", "factory", "global_batch",
-           "volume_batch"]
+__all__ = [
+    "B",
+    "CASES",
+    "R",
+    "STEPS",
+    "build_case_strategy",
+    "case",
+    "case_train",
+    "factory",
+    "global_batch",
+    "volume_batch",
+]
 
 R = 16  # crop edge
 B = 4  # global batch
@@ -25,8 +36,12 @@ PRESENT = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 0, 1]])
 # released backbone (uniformer3d: BatchNorm) and its contrastive term starts at step 1 of 3, so
 # both phases are compared; the others on resunet3d (instance norm).
 CASES: dict[str, tuple[str, str, str, dict]] = {
-    "brainmvp": ("brainmvp:BrainMVP", "uniformer3d", "volumes",
-                 {"block_size": 4, "template_canvas": CANVAS, "contrast_start_frac": 1 / STEPS}),
+    "brainmvp": (
+        "brainmvp:BrainMVP",
+        "uniformer3d",
+        "volumes",
+        {"block_size": 4, "template_canvas": CANVAS, "contrast_start_frac": 1 / STEPS},
+    ),
     "mae3d": ("strategies:MAE3D", "resunet3d", "volumes", {"block_size": 4}),
     "simclr3d": ("baselines:SimCLR3D", "resunet3d", "volumes", {}),
     "models-genesis": ("baselines:ModelsGenesis", "resunet3d", "volumes", {"shuffle_blocks": 8}),
@@ -35,9 +50,11 @@ CASES: dict[str, tuple[str, str, str, dict]] = {
     "seg-tmpl": ("brainmvp:SegTemplateTune", "resunet3d", "segmentation", {"template_canvas": CANVAS}),
     "cls-tmpl": ("brainmvp:ClsTemplateTune", "resunet3d", "scan-classification", {"template_canvas": CANVAS}),
 }
-_TASKS = {"volumes": ("VolumePretrainTask", None),
-          "segmentation": ("SegmentationTask", ["WT", "TC", "ET"]),
-          "scan-classification": ("ScanClassificationTask", ["LGG", "HGG"])}
+_TASKS = {
+    "volumes": ("VolumePretrainTask", None),
+    "segmentation": ("SegmentationTask", ["WT", "TC", "ET"]),
+    "scan-classification": ("ScanClassificationTask", ["LGG", "HGG"]),
+}
 
 
 def factory(name: str) -> str:
@@ -76,14 +93,23 @@ def build_case_strategy(name: str):
         strategy = cls(encoder, cfg, TaskInfo(task=task_name, num_classes=len(labels), label_names=labels, spec=spec))
     if hasattr(strategy, "init_templates"):  # the parent's templates, as a brainmvp stage hands them on
         with torch.no_grad():
-            strategy.templates.weight.copy_(torch.rand(strategy.templates.weight.shape,
-                                                       generator=torch.Generator().manual_seed(1)))
+            strategy.templates.weight.copy_(
+                torch.rand(strategy.templates.weight.shape, generator=torch.Generator().manual_seed(1))
+            )
     return strategy, spec
 
 
-def volume_batch(task: str = "segmentation", *, batch: int = B, roi: int = R, seed: int = 0, start: int = 0,
-                 num_regions: int = 3, num_classes: int = 2,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def volume_batch(
+    task: str = "segmentation",
+    *,
+    batch: int = B,
+    roi: int = R,
+    seed: int = 0,
+    start: int = 0,
+    num_regions: int = 3,
+    num_classes: int = 2,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """A batch of ``batch`` random studies as a ``task`` data loader yields it (before the task
     type's preprocess), with every key of the volume batch contract (``tasks.VOLUME_KEYS``):
     ``volume`` [B,4,roi,roi,roi] (BraTS's four modalities; the studies' modality sets differ as
@@ -93,10 +119,14 @@ def volume_batch(task: str = "segmentation", *, batch: int = B, roi: int = R, se
     on every call with the same ``seed`` (or draws from ``generator``)."""
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
     present = PRESENT[torch.arange(batch) % len(PRESENT)]
-    out = {"volume": torch.rand(batch, 4, roi, roi, roi, generator=g) * present[:, :, None, None, None],
-           "present": present.clone(), "index": torch.arange(batch) + start,
-           "crop_origin": torch.randint(-2, 7, (batch, 3), generator=g), "volume_shape": torch.full((batch, 3), 20),
-           "flips": torch.randint(0, 2, (batch, 3), generator=g)}
+    out = {
+        "volume": torch.rand(batch, 4, roi, roi, roi, generator=g) * present[:, :, None, None, None],
+        "present": present.clone(),
+        "index": torch.arange(batch) + start,
+        "crop_origin": torch.randint(-2, 7, (batch, 3), generator=g),
+        "volume_shape": torch.full((batch, 3), 20),
+        "flips": torch.randint(0, 2, (batch, 3), generator=g),
+    }
     if task == "segmentation":
         out["seg"] = (torch.rand(batch, num_regions, roi, roi, roi, generator=g) > 0.7).to(torch.uint8)
     elif task == "scan-classification":

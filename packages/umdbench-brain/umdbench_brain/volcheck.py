@@ -17,6 +17,7 @@ keyed by the file's sha256, so each is paid once per version of a file:
   holds only the dataset's codes (integers; :func:`study_problems` maps them through the record's
   ``label_map`` first).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ import numpy as np
 
 from umdbench.data.check import MAX_VOLUME_VOXELS
 
-__all__ = ["AFFINE_TOLERANCE", "FACTS_VERSION", "header_facts", "content_facts", "study_problems",
-           "missing_file_problem"]
+__all__ = [
+    "AFFINE_TOLERANCE",
+    "FACTS_VERSION",
+    "header_facts",
+    "content_facts",
+    "study_problems",
+    "missing_file_problem",
+]
 
 # the largest difference between two affine entries (mm) still called "the same grid": float32
 # round trips of a sform stay far below it, a shifted or rotated volume is far above it
@@ -81,8 +88,11 @@ def content_facts(path: str | Path, label: bool) -> dict:
         finite = data[np.isfinite(data)] if facts["nonfinite"] else data
         integral = bool(np.all(np.equal(np.mod(finite, 1), 0))) if np.issubdtype(finite.dtype, np.floating) else True
         values = np.unique(finite)
-        facts.update(integral=integral, n_values=int(values.size),
-                     values=[float(v) if not float(v).is_integer() else int(v) for v in values[:_MAX_VALUES]])
+        facts.update(
+            integral=integral,
+            n_values=int(values.size),
+            values=[float(v) if not float(v).is_integer() else int(v) for v in values[:_MAX_VALUES]],
+        )
     return facts
 
 
@@ -110,8 +120,16 @@ def missing_file_problem(path: Path) -> str | None:
     return None
 
 
-def study_problems(dataset: str, study: str, files: dict[str, Path], *, label_values: Sequence[int],
-                   label_map: dict | None = None, deep: bool = True, cache=None) -> list[str]:
+def study_problems(
+    dataset: str,
+    study: str,
+    files: dict[str, Path],
+    *,
+    label_values: Sequence[int],
+    label_map: dict | None = None,
+    deep: bool = True,
+    cache=None,
+) -> list[str]:
     """One paragraph per problem of one study (empty when it is usable). ``files``: ``{modality
     or 'seg': path}``, images first (the first image is the grid the others are compared with);
     ``label_values``: the codes the release uses (before ``label_map``); ``deep``: also decode
@@ -137,18 +155,23 @@ def study_problems(dataset: str, study: str, files: dict[str, Path], *, label_va
             continue
         shape = tuple(facts["shape"])
         if len(shape) != 3:
-            problems.append(f"{where}: file {path} ({what}) is {len(shape)}-D (shape {shape}); every volume of a "
-                            f"study must be 3-D; fix: {recopy} (or save the volume without its extra axes), {skip}.")
+            problems.append(
+                f"{where}: file {path} ({what}) is {len(shape)}-D (shape {shape}); every volume of a "
+                f"study must be 3-D; fix: {recopy} (or save the volume without its extra axes), {skip}."
+            )
             continue
         voxels = int(np.prod(shape, dtype=np.int64))
         if voxels > MAX_VOLUME_VOXELS:
-            problems.append(f"{where}: file {path} ({what}) declares shape {shape} = {voxels:,} voxels, over the "
-                            f"limit of {MAX_VOLUME_VOXELS:,} (umdbench.data.check.MAX_VOLUME_VOXELS): a damaged "
-                            f"header or not a brain scan, refused before it is decoded; fix: {recopy}, {skip}.")
+            problems.append(
+                f"{where}: file {path} ({what}) declares shape {shape} = {voxels:,} voxels, over the "
+                f"limit of {MAX_VOLUME_VOXELS:,} (umdbench.data.check.MAX_VOLUME_VOXELS): a damaged "
+                f"header or not a brain scan, refused before it is decoded; fix: {recopy}, {skip}."
+            )
             continue
         if facts["affine"] is None:
-            problems.append(f"{where}: file {path} ({what}) has a non-finite affine in its header; fix: {recopy}, "
-                            f"{skip}.")
+            problems.append(
+                f"{where}: file {path} ({what}) has a non-finite affine in its header; fix: {recopy}, {skip}."
+            )
             continue
         headers[role] = facts
     if headers:
@@ -158,16 +181,20 @@ def study_problems(dataset: str, study: str, files: dict[str, Path], *, label_va
         for role, facts in list(headers.items())[1:]:
             path = files[role]
             if facts["shape"] != ref["shape"]:
-                problems.append(f"{where}: file {path} has shape {tuple(facts['shape'])} but {ref_name} has "
-                                f"{tuple(ref['shape'])}; the files of a study must share one grid; fix: resample "
-                                f"them onto one grid or {recopy}, {skip}.")
+                problems.append(
+                    f"{where}: file {path} has shape {tuple(facts['shape'])} but {ref_name} has "
+                    f"{tuple(ref['shape'])}; the files of a study must share one grid; fix: resample "
+                    f"them onto one grid or {recopy}, {skip}."
+                )
                 del headers[role]
                 continue
             diff = float(np.max(np.abs(np.asarray(facts["affine"]) - np.asarray(ref["affine"]))))
             if diff > AFFINE_TOLERANCE:
-                problems.append(f"{where}: file {path} has an affine that differs from {ref_name}'s by up to "
-                                f"{diff:.4g} (tolerance {AFFINE_TOLERANCE}): the volumes are not co-registered; fix: "
-                                f"resample them onto one grid or {recopy}, {skip}.")
+                problems.append(
+                    f"{where}: file {path} has an affine that differs from {ref_name}'s by up to "
+                    f"{diff:.4g} (tolerance {AFFINE_TOLERANCE}): the volumes are not co-registered; fix: "
+                    f"resample them onto one grid or {recopy}, {skip}."
+                )
                 del headers[role]
     if not deep:
         return problems
@@ -179,8 +206,9 @@ def study_problems(dataset: str, study: str, files: dict[str, Path], *, label_va
         is_label = role == "seg"
         what = "label" if is_label else role
         try:
-            facts = _cached(cache, path, "nifti-label" if is_label else "nifti-image",
-                            lambda: content_facts(path, is_label))
+            facts = _cached(
+                cache, path, "nifti-label" if is_label else "nifti-image", lambda: content_facts(path, is_label)
+            )
         except OSError as exc:
             problems.append(f"{where}: file {path} ({what}) cannot be read ({_short(exc)}); fix: {recopy}, {skip}.")
             continue
@@ -188,25 +216,33 @@ def study_problems(dataset: str, study: str, files: dict[str, Path], *, label_va
             problems.append(f"{where}: file {path} ({what}) {facts['error']}; fix: {recopy}, {skip}.")
             continue
         if facts["nonfinite"]:
-            problems.append(f"{where}: file {path} ({what}) holds {facts['nonfinite']:,} NaN or infinite voxel(s), "
-                            f"which scaling would turn into a blank channel still marked present; fix: {recopy}, {skip}.")
+            problems.append(
+                f"{where}: file {path} ({what}) holds {facts['nonfinite']:,} NaN or infinite voxel(s), "
+                f"which scaling would turn into a blank channel still marked present; fix: {recopy}, {skip}."
+            )
             continue
         if not is_label and not facts["nonzero"]:
-            problems.append(f"{where}: file {path} ({what}) is blank (every voxel is 0): the modality would count as "
-                            f"present with no signal; fix: {recopy}, {skip}.")
+            problems.append(
+                f"{where}: file {path} ({what}) is blank (every voxel is 0): the modality would count as "
+                f"present with no signal; fix: {recopy}, {skip}."
+            )
             continue
         if is_label:
             if not facts["integral"]:
-                problems.append(f"{where}: file {path} (label) holds non-integer values; a label volume holds the "
-                                f"codes {allowed}; fix: {recopy} (labels are saved as integers), {skip}.")
+                problems.append(
+                    f"{where}: file {path} (label) holds non-integer values; a label volume holds the "
+                    f"codes {allowed}; fix: {recopy} (labels are saved as integers), {skip}."
+                )
                 continue
             values = [int(v) for v in facts["values"]]
             bad = [v for v in values if v not in allowed]
             if bad or facts["n_values"] > len(values):
                 mapped = sorted({remap.get(v, v) for v in allowed})
                 more = f" (and {facts['n_values'] - len(values)} more)" if facts["n_values"] > len(values) else ""
-                problems.append(f"{where}: file {path} (label) has codes {bad}{more} outside {dataset}'s {allowed}"
-                                + (f" (read as {mapped})" if remap else "")
-                                + f"; they would be trained on as background; fix: {recopy}, or read it with the "
-                                f"reader of its release (BraTS 2021: 0/1/2/4, BraTS 2023: 0/1/2/3), {skip}.")
+                problems.append(
+                    f"{where}: file {path} (label) has codes {bad}{more} outside {dataset}'s {allowed}"
+                    + (f" (read as {mapped})" if remap else "")
+                    + f"; they would be trained on as background; fix: {recopy}, or read it with the "
+                    f"reader of its release (BraTS 2021: 0/1/2/4, BraTS 2023: 0/1/2/3), {skip}."
+                )
     return problems

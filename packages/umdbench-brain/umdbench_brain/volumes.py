@@ -25,6 +25,7 @@ Missing-modality rule: the encoder always sees ``len(modalities)`` channels in a
 a modality a study lacks is a channel of zeros (after scaling, 0 is the background level) and
 ``present[m] = 0`` in the batch, so a strategy can tell "absent" from "dark".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,14 +42,32 @@ from umdbench.data.check import MAX_VOLUME_VOXELS
 from umdbench.util import atomic_write_bytes
 from umdbench_brain.volcheck import AFFINE_TOLERANCE
 
-__all__ = ["REGION_CODES", "PREPROCESS_MODES", "RELEASED_PREPROCESS", "CACHE_VERSION", "load_volume", "load_nifti",
-           "stack_modalities", "released_preprocess", "scale_percentiles", "region_masks", "random_crop",
-           "record_volume", "load_study", "StudyLoader"]
+__all__ = [
+    "REGION_CODES",
+    "PREPROCESS_MODES",
+    "RELEASED_PREPROCESS",
+    "CACHE_VERSION",
+    "load_volume",
+    "load_nifti",
+    "stack_modalities",
+    "released_preprocess",
+    "scale_percentiles",
+    "region_masks",
+    "random_crop",
+    "record_volume",
+    "load_study",
+    "StudyLoader",
+]
 
 PREPROCESS_MODES = ("released", "none")
 # the released fine-tuning transforms (notes 1.6): RAS, 1 mm, foreground crop with margin 1
-RELEASED_PREPROCESS = {"axcodes": "RAS", "pixdim": 1.0, "foreground_margin": 1, "image_interp": "bilinear",
-                       "label_interp": "nearest"}
+RELEASED_PREPROCESS = {
+    "axcodes": "RAS",
+    "pixdim": 1.0,
+    "foreground_margin": 1,
+    "image_interp": "bilinear",
+    "label_interp": "nearest",
+}
 PERCENTILES = (5.0, 95.0)
 # bump when the pre-processing or the cache file layout changes: old entries are then never read
 CACHE_VERSION = 1
@@ -76,30 +95,39 @@ def load_nifti(source: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
         shape = tuple(int(s) for s in img.shape)
         if len(shape) != 3 or int(np.prod(shape, dtype=np.int64)) > MAX_VOLUME_VOXELS:
             # refused on the header, before nibabel allocates what it declares
-            raise DataError(f"{what}: {path} declares shape {shape}; a volume must be 3-D with at most "
-                            f"{MAX_VOLUME_VOXELS:,} voxels (umdbench.data.check.MAX_VOLUME_VOXELS); re-copy the file "
-                            f"from the release (`umdbench data check` lists every such file).")
+            raise DataError(
+                f"{what}: {path} declares shape {shape}; a volume must be 3-D with at most "
+                f"{MAX_VOLUME_VOXELS:,} voxels (umdbench.data.check.MAX_VOLUME_VOXELS); re-copy the file "
+                f"from the release (`umdbench data check` lists every such file)."
+            )
         data = np.asanyarray(img.dataobj)
         if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-            raise DataError(f"{what}: {path} holds NaN or infinite voxels, which scaling would turn into a blank "
-                            f"channel; re-copy the file from the release (`umdbench data check` lists every such file).")
+            raise DataError(
+                f"{what}: {path} holds NaN or infinite voxels, which scaling would turn into a blank "
+                f"channel; re-copy the file from the release (`umdbench data check` lists every such file)."
+            )
         return data, np.asarray(img.affine, dtype=np.float64)
     except DataError:
         raise
     except FileNotFoundError as exc:
-        raise DataError(f"{what}: file {path} does not exist; restore it or run `umdbench data check` on the "
-                        f"dataset to list every missing file.") from exc
+        raise DataError(
+            f"{what}: file {path} does not exist; restore it or run `umdbench data check` on the "
+            f"dataset to list every missing file."
+        ) from exc
     except Exception as exc:  # nibabel raises several types for truncated or foreign files
-        raise DataError(f"{what}: {path} is not a readable NIfTI volume ({type(exc).__name__}: {exc}); "
-                        f"re-copy the file from the release.") from exc
+        raise DataError(
+            f"{what}: {path} is not a readable NIfTI volume ({type(exc).__name__}: {exc}); "
+            f"re-copy the file from the release."
+        ) from exc
 
 
 def _nonzero(x):
     return x != 0
 
 
-def released_preprocess(channels: dict[str, tuple[np.ndarray, np.ndarray]], label: tuple[np.ndarray, np.ndarray] | None,
-                        what: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
+def released_preprocess(
+    channels: dict[str, tuple[np.ndarray, np.ndarray]], label: tuple[np.ndarray, np.ndarray] | None, what: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
     """The released spatial pre-processing of one study with MONAI: ``channels`` = ``{modality:
     (data, affine)}`` (co-registered: one shape and affine), ``label`` = ``(data, affine)`` or None.
     Returns ``({modality: float32 volume}, label in its own dtype or None, affine of the result)``
@@ -113,18 +141,28 @@ def released_preprocess(channels: dict[str, tuple[np.ndarray, np.ndarray]], labe
     for m in names:
         data, aff = channels[m]
         if data.ndim != 3 or data.shape != shape:
-            raise DataError(f"{what}: modality volumes differ in shape ({m}: {data.shape}, {names[0]}: {shape}) or are "
-                            f"not 3-D; the modalities of a study must be co-registered on one grid. Resample them "
-                            f"before use.")
+            raise DataError(
+                f"{what}: modality volumes differ in shape ({m}: {data.shape}, {names[0]}: {shape}) or are "
+                f"not 3-D; the modalities of a study must be co-registered on one grid. Resample them "
+                f"before use."
+            )
         if not np.allclose(aff, affine, rtol=0, atol=AFFINE_TOLERANCE):
-            raise DataError(f"{what}: the affine of {m} differs from that of {names[0]} (the volumes are not "
-                            f"co-registered); resample them onto one grid or re-copy the study.")
-    if label is not None and (label[0].shape != shape or not np.allclose(label[1], affine, rtol=0, atol=AFFINE_TOLERANCE)):
-        raise DataError(f"{what}: the label volume is not on the images' grid (shape {label[0].shape} vs {shape}, "
-                        f"or a different affine); the label must share the images' grid.")
+            raise DataError(
+                f"{what}: the affine of {m} differs from that of {names[0]} (the volumes are not "
+                f"co-registered); resample them onto one grid or re-copy the study."
+            )
+    if label is not None and (
+        label[0].shape != shape or not np.allclose(label[1], affine, rtol=0, atol=AFFINE_TOLERANCE)
+    ):
+        raise DataError(
+            f"{what}: the label volume is not on the images' grid (shape {label[0].shape} vs {shape}, "
+            f"or a different affine); the label must share the images' grid."
+        )
     if not any(np.any(np.asarray(channels[m][0]) != 0) for m in names):
-        raise DataError(f"{what}: every modality is blank (all voxels 0), so the study has no foreground to crop to; "
-                        f"re-copy its files from the release (`umdbench data check` lists every such study).")
+        raise DataError(
+            f"{what}: every modality is blank (all voxels 0), so the study has no foreground to crop to; "
+            f"re-copy its files from the release (`umdbench data check` lists every such study)."
+        )
     spec = RELEASED_PREPROCESS
     aff = torch.as_tensor(affine, dtype=torch.float64)
     image = np.stack([np.asarray(channels[m][0], dtype=np.float32) for m in names])
@@ -137,8 +175,9 @@ def released_preprocess(channels: dict[str, tuple[np.ndarray, np.ndarray]], labe
     labels = (("L", "R"), ("P", "A"), ("I", "S"))  # NIfTI world axes; explicit, MONAI warns otherwise
     data = Orientationd(keys=keys, axcodes=spec["axcodes"], labels=labels)(data)
     data = Spacingd(keys=keys, pixdim=(spec["pixdim"],) * 3, mode=tuple(modes))(data)
-    data = CropForegroundd(keys=keys, source_key="image", select_fn=_nonzero, margin=spec["foreground_margin"],
-                           allow_smaller=True)(data)
+    data = CropForegroundd(
+        keys=keys, source_key="image", select_fn=_nonzero, margin=spec["foreground_margin"], allow_smaller=True
+    )(data)
     out_image = data["image"].numpy().astype(np.float32, copy=False)
     out_affine = np.asarray(data["image"].affine, dtype=np.float64)
     out_label = None
@@ -149,12 +188,16 @@ def released_preprocess(channels: dict[str, tuple[np.ndarray, np.ndarray]], labe
 
 def _check_image(image: Any, modalities: Sequence[str], what: str) -> None:
     if not isinstance(image, dict):
-        raise DataError(f"{what}: Record.image must be a dict {{modality: array or path}} for volume tasks, got "
-                        f"{type(image).__name__}; this dataset does not fit a volume task type.")
+        raise DataError(
+            f"{what}: Record.image must be a dict {{modality: array or path}} for volume tasks, got "
+            f"{type(image).__name__}; this dataset does not fit a volume task type."
+        )
     unknown = sorted(set(image) - set(modalities))
     if unknown or not image:
-        raise DataError(f"{what}: modalities {sorted(image)} do not match the encoder's {list(modalities)}; set "
-                        f"model.modalities to the dataset's modality names (--cfg-options model.modalities=[...]).")
+        raise DataError(
+            f"{what}: modalities {sorted(image)} do not match the encoder's {list(modalities)}; set "
+            f"model.modalities to the dataset's modality names (--cfg-options model.modalities=[...])."
+        )
 
 
 def stack_modalities(image: dict, modalities: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -163,13 +206,17 @@ def stack_modalities(image: dict, modalities: Sequence[str], what: str) -> tuple
     loaded = {m: load_volume(image[m], f"{what} ({m})") for m in modalities if m in image}
     for m, v in loaded.items():
         if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v)):
-            raise DataError(f"{what} ({m}): the volume holds NaN or infinite voxels, which scaling would turn into a "
-                            f"blank channel still marked present; fix the data (`umdbench data check` lists them).")
+            raise DataError(
+                f"{what} ({m}): the volume holds NaN or infinite voxels, which scaling would turn into a "
+                f"blank channel still marked present; fix the data (`umdbench data check` lists them)."
+            )
     shapes = {m: v.shape for m, v in loaded.items()}
     shape = next(iter(shapes.values()))
     if any(s != shape or len(s) != 3 for s in shapes.values()):
-        raise DataError(f"{what}: modality volumes differ in shape {shapes} (or are not 3-D); the modalities of a "
-                        f"study must be co-registered on one grid. Resample them before use.")
+        raise DataError(
+            f"{what}: modality volumes differ in shape {shapes} (or are not 3-D); the modalities of a "
+            f"study must be co-registered on one grid. Resample them before use."
+        )
     out = np.zeros((len(modalities), *shape), dtype=np.float32)
     present = np.zeros(len(modalities), dtype=np.int64)
     for i, m in enumerate(modalities):
@@ -201,8 +248,10 @@ def region_masks(label: np.ndarray, regions: Sequence[str], what: str, codes: di
     table = {str(k): tuple(int(c) for c in v) for k, v in codes.items()} if codes else REGION_CODES
     bad = [r for r in regions if r not in table]
     if bad:
-        raise DataError(f"{what}: regions {bad} are unknown; the segmentation task knows {sorted(table)} "
-                        f"(the dataset's label_names() must list some of them).")
+        raise DataError(
+            f"{what}: regions {bad} are unknown; the segmentation task knows {sorted(table)} "
+            f"(the dataset's label_names() must list some of them)."
+        )
     return np.stack([np.isin(label, table[r]) for r in regions]).astype(np.uint8)
 
 
@@ -232,8 +281,10 @@ def record_volume(record: Record, modalities: Sequence[str]) -> tuple[np.ndarray
 def _preprocess_mode(record: Record, what: str) -> str:
     mode = record.extra.get("preprocess", "none")
     if mode not in PREPROCESS_MODES:
-        raise DataError(f"{what}: Record.extra['preprocess'] is {mode!r}; allowed: {list(PREPROCESS_MODES)} (set by "
-                        f"the dataset's `preprocess` option).")
+        raise DataError(
+            f"{what}: Record.extra['preprocess'] is {mode!r}; allowed: {list(PREPROCESS_MODES)} (set by "
+            f"the dataset's `preprocess` option)."
+        )
     return mode
 
 
@@ -250,8 +301,10 @@ def load_study(record: Record, modalities: Sequence[str], *, with_label: bool) -
         _check_image(record.image, modalities, what)
         sources = {m: record.image[m] for m in modalities if m in record.image}
         if any(isinstance(v, np.ndarray) for v in sources.values()):
-            raise DataError(f"{what}: the released pre-processing needs NIfTI files (their affines), but the record "
-                            f"holds arrays; read generated studies with preprocess=none.")
+            raise DataError(
+                f"{what}: the released pre-processing needs NIfTI files (their affines), but the record "
+                f"holds arrays; read generated studies with preprocess=none."
+            )
         channels = {m: load_nifti(src, f"{what} ({m})") for m, src in sources.items()}
         lab = load_nifti(record.extra["label"], f"{what} (label)") if with_label else None
         arrays, label, _ = released_preprocess(channels, lab, what)
@@ -264,8 +317,10 @@ def load_study(record: Record, modalities: Sequence[str], *, with_label: bool) -
         for old, new in (record.extra.get("label_map") or {}).items():  # e.g. BraTS 2023: ET 3 -> 4
             label = np.where(label == int(old), int(new), label)
         if label.shape != volume.shape[1:]:
-            raise DataError(f"{what}: label shape {label.shape} differs from the images' {volume.shape[1:]}; the "
-                            f"label must be on the images' grid.")
+            raise DataError(
+                f"{what}: label shape {label.shape} differs from the images' {volume.shape[1:]}; the "
+                f"label must be on the images' grid."
+            )
     return scale_percentiles(volume, present, *PERCENTILES), present, label
 
 
@@ -307,8 +362,10 @@ class StudyLoader:
             return load_study(record, self.modalities, with_label=with_label)
         has_label = "label" in record.extra
         if with_label and not has_label:
-            raise DataError(f"record {record.uid}: no label volume (Record.extra['label']); a segmentation split "
-                            f"needs one per study.")
+            raise DataError(
+                f"record {record.uid}: no label volume (Record.extra['label']); a segmentation split "
+                f"needs one per study."
+            )
         key = self.key(record)
         entry = self.entry_path(key)
         if entry is not None:
@@ -342,14 +399,22 @@ class StudyLoader:
             try:
                 st = os.stat(apath)
             except OSError as exc:
-                raise DataError(f"{what}: file {apath} ({role}) does not exist; restore it or run `umdbench data "
-                                f"check` on the dataset to list every missing file.") from exc
+                raise DataError(
+                    f"{what}: file {apath} ({role}) does not exist; restore it or run `umdbench data "
+                    f"check` on the dataset to list every missing file."
+                ) from exc
             stats.append([role, apath, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
         mode = _preprocess_mode(record, what)
-        payload = {"version": CACHE_VERSION, "modalities": list(self.modalities), "files": stats,
-                   "label_map": {str(k): int(v) for k, v in (record.extra.get("label_map") or {}).items()},
-                   "preprocess": mode, "settings": RELEASED_PREPROCESS if mode == "released" else None,
-                   "percentiles": list(PERCENTILES), "dtype": "float16"}
+        payload = {
+            "version": CACHE_VERSION,
+            "modalities": list(self.modalities),
+            "files": stats,
+            "label_map": {str(k): int(v) for k, v in (record.extra.get("label_map") or {}).items()},
+            "preprocess": mode,
+            "settings": RELEASED_PREPROCESS if mode == "released" else None,
+            "percentiles": list(PERCENTILES),
+            "dtype": "float16",
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def entry_path(self, key: str) -> Path | None:
@@ -369,9 +434,16 @@ class StudyLoader:
             self.rebuilt += 1
             return None
         m = len(self.modalities)
-        ok = (stored_key == key and volume.dtype == np.float16 and volume.ndim == 4 and volume.shape[0] == m
-              and present.shape == (m,) and present.dtype == np.int64 and (label is not None) == has_label
-              and (label is None or label.shape == volume.shape[1:]))
+        ok = (
+            stored_key == key
+            and volume.dtype == np.float16
+            and volume.ndim == 4
+            and volume.shape[0] == m
+            and present.shape == (m,)
+            and present.dtype == np.int64
+            and (label is not None) == has_label
+            and (label is None or label.shape == volume.shape[1:])
+        )
         if not ok:
             self.rebuilt += 1
             return None

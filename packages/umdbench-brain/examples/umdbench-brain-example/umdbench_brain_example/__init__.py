@@ -1,4 +1,5 @@
 """umdbench-brain-example: a 3-D pre-training, a metric and a suite, public modules only."""
+
 from umdbench.hookspecs import hookimpl
 
 __version__ = "0.1.0"

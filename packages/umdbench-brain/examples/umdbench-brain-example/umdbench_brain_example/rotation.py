@@ -1,4 +1,5 @@
 """rotation3d: pre-train a volume encoder by predicting which quarter turn a crop was given."""
+
 import copy
 
 import torch
@@ -45,5 +46,7 @@ class RotationPretrain(PretrainStrategy):
         k = draws.randint(0, self.turns, volume.shape[0], stream="rotation", device=volume.device)
         turned = torch.stack([torch.rot90(v, int(t) * step, dims=(2, 3)) for v, t in zip(volume, k.tolist())])
         logits = self.head(self.encoder(turned)[-1].mean(dim=(2, 3, 4)))
-        return {"loss_rotation": F.cross_entropy(logits, k),
-                "rotation_acc": (logits.argmax(dim=1) == k).float().mean().detach()}
+        return {
+            "loss_rotation": F.cross_entropy(logits, k),
+            "rotation_acc": (logits.argmax(dim=1) == k).float().mean().detach(),
+        }

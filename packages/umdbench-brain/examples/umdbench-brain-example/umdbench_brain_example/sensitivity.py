@@ -1,4 +1,5 @@
 """region-sensitivity: the share of each region's voxels the segmentation finds, per region."""
+
 from typing import Any, Sequence
 
 import torch
@@ -33,7 +34,9 @@ class RegionSensitivity(BaseMetric):
         names = region_names(sens.shape[1])
         out = {f"sensitivity_{n}": float(sens[:, i].mean()) * 100.0 for i, n in enumerate(names)}
         out["sensitivity"] = float(sens.mean()) * 100.0
-        self.per_example = {"index": torch.cat([r["index"] for r in results]).numpy(),
-                            "sensitivity": sens.mean(1).numpy(),
-                            **{f"sensitivity_{n}": sens[:, i].numpy() for i, n in enumerate(names)}}
+        self.per_example = {
+            "index": torch.cat([r["index"] for r in results]).numpy(),
+            "sensitivity": sens.mean(1).numpy(),
+            **{f"sensitivity_{n}": sens[:, i].numpy() for i, n in enumerate(names)},
+        }
         return out
