@@ -26,7 +26,7 @@ from umdbench.kit.recipes import (
     iters_for,
     m3ae_per_dataset,
 )
-from umdbench.kit.supervised import SupervisedTune, task_type_of
+from umdbench.kit.supervised import SupervisedTune, resolve_task_type
 from umdbench.kit.tasks import (
     DEFAULT_LOSS,
     DEFAULT_POOLING,
@@ -60,7 +60,7 @@ from umdbench.models.objectives import clip_loss, itm_loss, mim_loss, mlm_loss
 __all__ = [
     # supervised tuning on the shared head
     "SupervisedTune",
-    "task_type_of",
+    "resolve_task_type",
     "TaskForward",
     "build_task_head",
     "encode_task",

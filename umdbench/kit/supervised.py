@@ -17,10 +17,10 @@ from umdbench.api import Option, TaskInfo, TaskType, TuneStrategy
 from umdbench.kit.tasks import DEFAULT_LOSS, DEFAULT_POOLING, LOSSES, POOLING_WORDS, POOLINGS, TaskForward
 from umdbench.kit.tasktypes import BUILTIN_TASK_TYPES
 
-__all__ = ["SupervisedTune", "task_type_of"]
+__all__ = ["SupervisedTune", "resolve_task_type"]
 
 
-def task_type_of(task: TaskInfo) -> TaskType:
+def resolve_task_type(task: TaskInfo) -> TaskType:
     """The task type behind ``task``: its ``spec``, or the built-in of that name (a TaskInfo
     built by hand, e.g. in a test, may leave ``spec`` empty)."""
     if task.spec is not None:
@@ -72,7 +72,7 @@ class SupervisedTune(TuneStrategy):
         return found
 
     def __init__(self, encoder: nn.Module, cfg: dict, task: TaskInfo):
-        task = dataclasses.replace(task, spec=task_type_of(task))
+        task = dataclasses.replace(task, spec=resolve_task_type(task))
         super().__init__(encoder, cfg, task)
         if not task.spec.supervised:
             raise ValueError(f"{type(self).__name__} needs a supervised task type, got {task.task!r}")

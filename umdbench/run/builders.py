@@ -35,7 +35,7 @@ __all__ = [
     "dataloader_cfg",
     "lr_schedule",
     "make_runner",
-    "task_type_of",
+    "stage_task_type",
     "use_amp",
 ]
 
@@ -73,7 +73,7 @@ class RunContext:
 # ---------------------------------------------------------------------------------------------
 # task types and strategies
 # ---------------------------------------------------------------------------------------------
-def task_type_of(ctx: RunContext, dataset, stage_kind: str) -> TaskType:
+def stage_task_type(ctx: RunContext, dataset, stage_kind: str) -> TaskType:
     """The task type a stage builds its data with: the dataset's own, or, for a pre-training stage
     on a labelled dataset, the unsupervised task type that dataset's task names."""
     spec = ctx.registries.task.get(dataset.task)()
@@ -123,7 +123,7 @@ def build_strategy(stage: Stage, run: ResolvedRun, ctx: RunContext, load_parent:
         with ctx.registries.pretrain.guard(stage.name, "building the strategy"):
             return ctx.registries.pretrain.get(stage.name)(encoder, cfg)
     dataset = ctx.catalog.get(stage.data)
-    info = task_info(dataset, task_type_of(ctx, dataset, "tune"))
+    info = task_info(dataset, stage_task_type(ctx, dataset, "tune"))
     with ctx.registries.tune.guard(stage.name, "building the strategy"):
         strategy = ctx.registries.tune.get(stage.name)(encoder, cfg, info)
     if parent_state is not None:
@@ -201,7 +201,7 @@ def build_dataset(stage: Stage, run: ResolvedRun, ctx: RunContext, split: str, *
     records = stage_records(stage, run, ctx, split)
     if training and stage.kind == "tune":
         records = label_subset(records, stage.cfg["train"].get("label_fraction", 1.0), run.config["seed"])
-    spec = task_type_of(ctx, dataset, stage.kind)
+    spec = stage_task_type(ctx, dataset, stage.kind)
     data_ctx = DataContext(
         model_cfg=model_cfg,
         stage_cfg=stage.cfg,
