@@ -1,6 +1,7 @@
 """3-D (umdbench-brain) benchmark cases: training steps of ``mae3d``, ``seg`` and ``brainmvp`` on
-the ``resunet3d`` encoder (tiny) and UniFormer-S (``uniformer3d``, paper geometry), a BraTS-layout NIfTI fixture for the data-loading rows, the GPU-hour
-projection of the paper recipes, and the BENCHMARKS.md section of both.
+the ``resunet3d`` encoder (tiny) and UniFormer-S (``uniformer3d``, paper geometry), a BraTS-layout
+NIfTI fixture for the data-loading rows, the GPU-hour projection of the paper recipes, and the
+BENCHMARKS.md section of both.
 
 A step case is built as a stage builds it (``StageModel`` + ``builders.build_optim_wrapper``) and
 reuses :class:`benchmarks.cases.StepCase`: ``fast`` = the run path with the preset's ``train``

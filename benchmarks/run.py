@@ -116,9 +116,9 @@ def render(data: dict, load_before: tuple, load_after: tuple, wall_s: float | No
     if load_before[0] > 1.5:
         lines += [
             f"> **Measured on a busy machine** (1-min load {load_before[0]:.1f} on "
-            f"{os.cpu_count()} cores from other jobs at the start): CPU contention hits each timed round differently, so "
-            "the ratios below are unreliable. Re-run `python -m benchmarks.run` when `uptime` shows a load "
-            "below 1.5.",
+            f"{os.cpu_count()} cores from other jobs at the start): CPU contention hits each timed round "
+            "differently, so the ratios below are unreliable. Re-run `python -m benchmarks.run` when "
+            "`uptime` shows a load below 1.5.",
             "",
         ]
     verdicts = []

@@ -1,7 +1,7 @@
-"""3-D training-step throughput (umdbench-brain): ``mae3d``, ``seg`` and ``brainmvp`` on ``resunet3d`` (tiny) and UniFormer-S (paper),
-tiny (32^3) and paper (96^3) geometry, fast vs the eager fp32 reference on the same module and
-weights, with the FLOPs of one step and, at the paper geometry, the projected GPU hours of the paper
-recipe (see benchmarks/cases_3d.py for the assumptions).
+"""3-D training-step throughput (umdbench-brain): ``mae3d``, ``seg`` and ``brainmvp`` on ``resunet3d``
+(tiny) and UniFormer-S (paper), tiny (32^3) and paper (96^3) geometry, fast vs the eager fp32
+reference on the same module and weights, with the FLOPs of one step and, at the paper geometry,
+the projected GPU hours of the paper recipe (see benchmarks/cases_3d.py for the assumptions).
 
 ``UMDBENCH_BENCH_3D_PAPER`` = comma-separated strategies to also run at the paper geometry (default
 all three; empty to skip), batch ``UMDBENCH_BENCH_3D_PAPER_BATCH`` (default 1; the paper batches of 24

@@ -9,7 +9,11 @@ from umdbench.cli import main
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from umdbench.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, 'mmengine' in sys.modules)"
+    code = (
+        "import sys; from umdbench.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'mmengine' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
 

@@ -111,7 +111,8 @@ TOY_PACKAGE = textwrap.dedent('''
                 pred, label = out["logits"].argmax(-1), out["label"]
                 assert [records[i].label for i in out["index"].tolist()] == label.tolist()
                 self.results.append(((pred == label).sum().item(), len(label),
-                                     ((pred == lesion) & (label == lesion)).sum().item(), (label == lesion).sum().item()))
+                                     ((pred == lesion) & (label == lesion)).sum().item(),
+                                     (label == lesion).sum().item()))
 
         def compute_metrics(self, results):
             total = [sum(r[i] for r in results) for i in range(4)]

@@ -83,7 +83,8 @@ def test_a_tuning_stage_is_named_by_strategy_and_mapped_per_row():
         (
             {"pretrain": "mr", "tune": "gmcoord"},
             ["pretrain.alpha", "tune.tdcalib.alpha"],
-            r"vary key 'tune.tdcalib.alpha' names tuning stage 'tdcalib', which row 'R' does not run \(its chain: gmcoord\)",
+            r"vary key 'tune.tdcalib.alpha' names tuning stage 'tdcalib', "
+            r"which row 'R' does not run \(its chain: gmcoord\)",
         ),
         (
             {"pretrain": "none", "tune": "tdcalib+gmcoord"},

@@ -41,8 +41,8 @@ PLUGINS = {
         "from umdbench.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def umdbench_register(registries):\n"
-        "    registries.suite.register('hermetic-suite', {'title': 'x', 'datasets': ['medsynth'], 'metrics': ['overall'],\n"
-        "        'rows': [{'name': 'a', 'pretrain': 'none', 'tune': 'direct'}]})\n",
+        "    registries.suite.register('hermetic-suite', {'title': 'x', 'datasets': ['medsynth'],\n"
+        "        'metrics': ['overall'], 'rows': [{'name': 'a', 'pretrain': 'none', 'tune': 'direct'}]})\n",
         None,
     ),
 }

@@ -373,7 +373,8 @@ def test_incompatible_suite_row_is_refused_before_planning(tmp_path, capsys):
         @hookimpl
         def umdbench_register(registries):
             registries.suite.register("mixed-up", {"title": "x", "datasets": ["brainsynth"], "metrics": ["dice"],
-                                                   "rows": [{"name": "vqa baseline", "pretrain": "none", "tune": "direct"}]})
+                                                   "rows": [{"name": "vqa baseline", "pretrain": "none",
+                                                             "tune": "direct"}]})
     """)
     )
     code = main(

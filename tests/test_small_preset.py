@@ -1,5 +1,6 @@
 """The ``small`` preset (issue 17): every UMD strategy has one, the text tower starts from the
-packaged pretrained MiniLM-L6 weights, and it trains in bf16 autocast where that is native ("auto", as the paper preset), fp32 elsewhere."""
+packaged pretrained MiniLM-L6 weights, and it trains in bf16 autocast where that is native ("auto",
+as the paper preset), fp32 elsewhere."""
 
 import pytest
 import torch

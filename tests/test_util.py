@@ -23,7 +23,10 @@ from umdbench.util import (
 
 
 def test_util_imports_only_the_standard_library():
-    code = "import sys, umdbench.util; print(sorted(m for m in sys.modules if m.startswith(('torch', 'numpy', 'umdbench'))))"
+    code = (
+        "import sys, umdbench.util; "
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'numpy', 'umdbench'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['umdbench', 'umdbench.errors', 'umdbench.util']"
 

@@ -55,7 +55,8 @@ class Slake(VQADataset):
             missing = [k for k in ("img_name", "question", "answer", "answer_type", "q_lang") if k not in row]
             if missing:
                 self._bad(
-                    f"{file}: record {where}: missing field(s) {missing}; fix: repair the record or re-download the file"
+                    f"{file}: record {where}: missing field(s) {missing}; "
+                    "fix: repair the record or re-download the file"
                 )
                 continue
             if lang != "all" and row["q_lang"] != lang:

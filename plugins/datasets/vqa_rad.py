@@ -95,7 +95,8 @@ class VQARad(VQADataset):
             missing = [k for k in ("image_name", "question", "answer", "answer_type") if k not in row]
             if missing:
                 self._bad(
-                    f"{file}: record {where}: missing field(s) {missing}; fix: repair the record or re-download the file"
+                    f"{file}: record {where}: missing field(s) {missing}; "
+                    "fix: repair the record or re-download the file"
                 )
                 continue
             rec = self._vqa_record(

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--preset",
         default=None,
-        help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper",
+        help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), "
+        "small (learns on 2 CPU cores) or paper",
     )
     run.add_argument("--encoder", metavar="E", help="registered encoder (default: the dataset's)")
     run.add_argument("--seed", type=int, default=0)
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy what leaderboards read from one work dir into another: store rows (rows already there "
         "are kept), suite membership, per-example predictions and reference points; no trained stage. "
         "The copy renders the same boards, and a sweep into it skips every copied cell.",
-        epilog="examples:\n  umdbench copy-results --from work_dirs/small --to results/small/store   # keep with the boards\n"
+        epilog="examples:\n"
+        "  umdbench copy-results --from work_dirs/small --to results/small/store   # keep with the boards\n"
         "  umdbench copy-results --from results/small/store --to work_dirs/small   # resume a sweep elsewhere",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

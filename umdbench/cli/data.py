@@ -70,7 +70,8 @@ def cmd_check(args) -> int:
     options = dataset_options(args.option, "--option", cls, args.dataset)
     if args.data_root and not cls.needs_root:
         print(
-            f"note: --data-root {args.data_root} is not used: dataset {args.dataset!r} is generated (needs_root = False)."
+            f"note: --data-root {args.data_root} is not used: "
+            f"dataset {args.dataset!r} is generated (needs_root = False)."
         )
     root = dataset_root(cls, args.data_root, args.dataset)
     plugin = build_dataset(cls, args.dataset, root, "raise", options)

@@ -41,7 +41,8 @@ def add_subcommands(sub, common_parent_parser) -> None:
     p.add_argument(
         "--preset",
         default="tiny",
-        help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), small (learns on 2 CPU cores) or paper",
+        help="model size and hyper-parameters of the built-in encoder: tiny (default; tests), "
+        "small (learns on 2 CPU cores) or paper",
     )
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (or env UMDBENCH_DATA_ROOT)")
     p.add_argument(

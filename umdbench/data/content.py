@@ -11,8 +11,9 @@ another folder re-uses them.
 
 Where: one JSON file per data folder under ``$UMDBENCH_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/umdbench``, else ``~/.cache/umdbench``), in ``content/``, the :data:`MAX_FOLDERS`
-most recently written kept. Dataset plugins compute fingerprints without knowing the run's work dir, in every process of a run (torchrun ranks, Ray
-workers), so the cache lives where each of them finds it. Writes are atomic and merge with what
+most recently written kept. Dataset plugins compute fingerprints without knowing the run's work
+dir, in every process of a run (torchrun ranks, Ray workers), so the cache lives where each of
+them finds it. Writes are atomic and merge with what
 another process wrote meanwhile; a cache that cannot be read is ignored and one that cannot be
 written only costs hashing again (it never changes a result: each entry is checked against the
 file's identity before use).

@@ -66,9 +66,10 @@ def build_test_encoder(
     **model_overrides: Any,
 ) -> tuple[Encoder, dict | None]:
     """``(encoder, special_ids)``: the encoder ``encoder`` (an ``Encoder`` subclass, ``"coattn"``, or
-    a registered name with ``registries``) built from its ``preset`` config with ``model_overrides`` merged on top (nested dicts merge:
-    ``roi_size=16``, ``text={"max_text_len": 16}``), initialised under ``torch.manual_seed(seed)``,
-    and its tokenizer's special ids (None when it has no tokenizer)."""
+    a registered name with ``registries``) built from its ``preset`` config with ``model_overrides``
+    merged on top (nested dicts merge: ``roi_size=16``, ``text={"max_text_len": 16}``), initialised
+    under ``torch.manual_seed(seed)``, and its tokenizer's special ids (None when it has no
+    tokenizer)."""
     cls = _registered("encoder", encoder, registries) if isinstance(encoder, str) else encoder
     name = encoder if isinstance(encoder, str) else getattr(cls, "name", cls.__name__)
     model_cfg = {"type": name, **deep_merge(cls.default_config(preset), copy.deepcopy(model_overrides))}

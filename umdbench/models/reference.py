@@ -4,14 +4,19 @@ The benchmarks (``benchmarks/``) time every training step twice on one set of we
 umdbench runs it, once as a plain eager implementation would. :func:`set_reference_mode` flips a
 built strategy (or encoder) between the two; nothing here is used by training itself.
 
-| hot path | fast (default) | reference |
-|---|---|---|
-| attention (fusion, ViT, MIM decoder, text tower) | ``scaled_dot_product_attention`` | matmul + softmax ("math" / transformers "eager") |
-| masked image path | dropped patches never enter the ViT | dropped patches go through the ViT as mask tokens |
-| EMA teacher pass (MR / TD-Calib) | ``torch.no_grad()`` | autograd on (teacher weights require grad, graph built) |
-| ITM pass (MR / M3AE) | each distinct image through the ViT once | one ViT pass per (image, text) pair |
-| passes that read only pooled features (ITM, pooler-pooled task heads) | last fusion layer on the first tokens | the whole last layer |
-| AdamW | fused kernel (CUDA and CPU) | per-tensor loop (``foreach=False``), see :func:`reference_train_options` |
+Each hot path, fast (default) -> reference:
+
+- attention (fusion, ViT, MIM decoder, text tower): ``scaled_dot_product_attention`` -> matmul +
+  softmax ("math" / transformers "eager");
+- masked image path: dropped patches never enter the ViT -> they go through the ViT as mask tokens;
+- EMA teacher pass (MR / TD-Calib): ``torch.no_grad()`` -> autograd on (teacher weights require
+  grad, graph built);
+- ITM pass (MR / M3AE): each distinct image through the ViT once -> one ViT pass per (image, text)
+  pair;
+- passes that read only pooled features (ITM, pooler-pooled task heads): last fusion layer on the
+  first tokens -> the whole last layer;
+- AdamW: fused kernel (CUDA and CPU) -> per-tensor loop (``foreach=False``), see
+  :func:`reference_train_options`.
 
 The reference keeps the model's mathematics except for the masked path: with mask tokens the
 visible patches also attend to the (position-only) dropped ones, as in SimMIM/BEiT, so its

@@ -147,9 +147,9 @@ def check_path_plugins(report: PluginReport) -> None:
         if info.error and info.source.startswith("path "):
             path = info.source[len("path ") :]
             raise PluginPathError(
-                f"--plugin-path {path!r} failed to load ({info.error_line or path}): {info.error.rstrip('.')}. Fix the file, "
-                f"or leave out --plugin-path {path}; `umdbench plugins --plugin-path {path} --traceback` shows the "
-                f"whole traceback."
+                f"--plugin-path {path!r} failed to load ({info.error_line or path}): {info.error.rstrip('.')}. "
+                f"Fix the file, or leave out --plugin-path {path}; "
+                f"`umdbench plugins --plugin-path {path} --traceback` shows the whole traceback."
             )
 
 

@@ -128,5 +128,6 @@ def load_artifact(path: Path, expected_sha256: str | None = None) -> dict[str, t
         return load_file(str(path))
     except Exception as exc:
         raise CheckpointError(
-            f"cached artifact {path} cannot be read ({exc}). Delete the folder {path.parent} and run again to rebuild it."
+            f"cached artifact {path} cannot be read ({exc}). "
+            f"Delete the folder {path.parent} and run again to rebuild it."
         ) from exc

@@ -6,13 +6,13 @@ instead of keeping them: ``MIMALLOC_ARENA_EAGER_COMMIT=0`` (an arena's memory is
 is used, not all at once) and a 500 ms purge delay (freed pages go back that long after their last
 use, so a step's activations are returned between steps but not re-faulted within one). At the
 paper preset this took the MR step's peak RSS from 8.44-8.71 to 8.05-8.12 GiB, and the step from
-7.0 to 6.2 s (BENCHMARKS.md); a 0-10 ms delay gave 7.9 GiB at 1.4-2x the step time, 1 s 8.24 GiB. An allocator must be in place before the
-interpreter starts, so :func:`reexec_on_allocator` re-executes the process (same argv) with
-``LD_PRELOAD`` set, and :func:`allocator_env` gives the variables to start a child process (a
-Ray worker, a benchmark case) on it. ``UMDBENCH_ALLOCATOR`` chooses: ``auto`` (default; mimalloc
-where installed, else the system's), ``mimalloc`` (an error where it is not installed) or
-``system``. Numerics are unchanged; only where the bytes live. :func:`active_allocator` says
-which one this process runs on (recorded with each stage's device).
+7.0 to 6.2 s (BENCHMARKS.md); a 0-10 ms delay gave 7.9 GiB at 1.4-2x the step time, 1 s 8.24 GiB.
+An allocator must be in place before the interpreter starts, so :func:`reexec_on_allocator`
+re-executes the process (same argv) with ``LD_PRELOAD`` set, and :func:`allocator_env` gives the
+variables to start a child process (a Ray worker, a benchmark case) on it. ``UMDBENCH_ALLOCATOR``
+chooses: ``auto`` (default; mimalloc where installed, else the system's), ``mimalloc`` (an error
+where it is not installed) or ``system``. Numerics are unchanged; only where the bytes live.
+:func:`active_allocator` says which one this process runs on (recorded with each stage's device).
 
 **glibc's heap rule** (the system allocator).
 

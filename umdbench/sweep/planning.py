@@ -194,9 +194,10 @@ def fit_overrides(spec: CellSpec, registries) -> tuple[CellSpec, tuple[str, ...]
 
     ``tune.*.KEY`` expands to every tuning stage of the cell whose preset has KEY (so
     ``tune.*.pooling=mean`` skips TD-Calib, which has no task head); ``pretrain.*.KEY`` reaches the
-    cell's pre-training only if its preset has KEY (``pretrain.*.alpha=0.2`` skips MAE); ``pretrain.KEY`` is dropped for a
-    cell without pre-training and ``tune.N.KEY`` for a chain shorter than N+1 (one override list
-    serves the whole grid, e.g. ``pretrain.train.max_iters=4 tune.*.train.max_iters=4``).
+    cell's pre-training only if its preset has KEY (``pretrain.*.alpha=0.2`` skips MAE);
+    ``pretrain.KEY`` is dropped for a cell without pre-training and ``tune.N.KEY`` for a chain
+    shorter than N+1 (one override list serves the whole grid, e.g. ``pretrain.train.max_iters=4
+    tune.*.train.max_iters=4``).
     """
     chain = _chain(spec, registries)
     length = None if chain is None else len(chain)

@@ -353,8 +353,8 @@ def test_a_sweep_over_a_copy_with_an_empty_test_split_reports_it_without_a_trace
         "from umdbench.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def umdbench_register(registries):\n"
-        "    registries.suite.register('brats-hostile', {'title': 'x', 'datasets': ['brats2021'], 'metrics': ['dice'],\n"
-        "        'rows': [{'name': 'scratch', 'pretrain': 'none', 'tune': 'seg'}]})\n"
+        "    registries.suite.register('brats-hostile', {'title': 'x', 'datasets': ['brats2021'],\n"
+        "        'metrics': ['dice'], 'rows': [{'name': 'scratch', 'pretrain': 'none', 'tune': 'seg'}]})\n"
     )
     code = main(
         [

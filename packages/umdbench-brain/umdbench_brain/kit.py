@@ -127,7 +127,9 @@ PYRAMID_ATTRIBUTES: dict[str, str] = {
     "modalities": "list[str], config key: the input channel order (default BRATS_MODALITIES)",
     "roi_size": "int, config key: training crop and sliding-window edge; a multiple of the total stride",
     "in_channels": "int = len(modalities)",
-    "forward": "forward(volume [B,in_channels,D,H,W]) -> list of feature maps [B,C_i,D/s_i,H/s_i,W/s_i], shallow to deep",
+    "forward": (
+        "forward(volume [B,in_channels,D,H,W]) -> list of feature maps [B,C_i,D/s_i,H/s_i,W/s_i], shallow to deep"
+    ),
     "feature_channels": "tuple[int]: C_i of each returned map",
     "feature_strides": "tuple[int]: s_i of each returned map, increasing (the first may be 1 or 2)",
     "hidden_size": "int = feature_channels[-1]: what a pooled classification head reads",

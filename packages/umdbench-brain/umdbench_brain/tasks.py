@@ -47,9 +47,10 @@ class VolumeDataset(Dataset):
     given, its regions the unions of ``extra["region_codes"]`` (``{region: codes}``, else BraTS'),
     and ``Record.label`` (class); file-backed studies are pre-processed and cached on disk by
     :class:`umdbench_brain.volumes.StudyLoader` (``cache_dir``). Training: one random ``roi``-cubed
-    crop (when ``crop``), random flips on the three axes and a random intensity scale/shift of +-0.1 per channel (the released
-    fine-tuning augmentation), drawn from the item's keyed generators (:func:`umdbench.draws.item_rng`)
-    so an item is the same at any world size and worker count. Evaluation: the whole volume."""
+    crop (when ``crop``), random flips on the three axes and a random intensity scale/shift of +-0.1
+    per channel (the released fine-tuning augmentation), drawn from the item's keyed generators
+    (:func:`umdbench.draws.item_rng`) so an item is the same at any world size and worker count.
+    Evaluation: the whole volume."""
 
     def __init__(
         self,
