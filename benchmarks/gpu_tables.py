@@ -36,7 +36,7 @@ def best_throughput(paths: list[str]) -> dict[str, dict]:
 
 def suite_stage_hours(suite_name: str, seeds: int, data_root: str | None, rates: dict[str, dict]):
     """(hours per strategy, stage count per strategy, strategies without a measurement)."""
-    from umdbench.plan.stages import DataCatalog
+    from umdbench.data.catalog import DataCatalog
     from umdbench.plan.suites import get_suite
     from umdbench.plugin import get_registries
     from umdbench.sweep.planning import plan_sweep

@@ -9,12 +9,13 @@ import torch
 
 import umdbench.models.activation_checkpointing as ac
 from benchmarks.cases import build_case
+from umdbench.data.catalog import DataCatalog
 from umdbench.errors import ConfigError
 from umdbench.models.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import DataCatalog, build_plan
+from umdbench.plan.stages import build_plan
 from umdbench.plugin import load_plugins
-from umdbench.run.builders import build_optim_wrapper
+from umdbench.run.build_optim import build_optim_wrapper
 
 # the tiny preset has no dropout; these turn it on in all three stacks (drop path in the ViT)
 DROPOUT = {"text": {"dropout": 0.1}, "fusion": {"dropout": 0.1}, "vision": {"drop_path": 0.1}}

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from umdbench import util
+from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import DataCatalog, build_plan
+from umdbench.plan.stages import build_plan
 from umdbench.plugin import load_plugins
-from umdbench.run.builders import bf16_optim_wrapper_class, build_optim_wrapper, use_amp
+from umdbench.run.build_optim import bf16_optim_wrapper_class, build_optim_wrapper
+from umdbench.run.train_settings import use_amp
 
 
 @pytest.fixture(scope="module")

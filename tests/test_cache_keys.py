@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from umdbench.data.catalog import DataCatalog
 from umdbench.plan import codekey
-from umdbench.plan import stages as plan_stages
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.plan.stages import DataCatalog, build_plan
+from umdbench.plan.stages import build_plan
 from umdbench.plugin import load_plugins
+from umdbench.run.layout import planning_cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +77,7 @@ def edited(monkeypatch, path: str) -> list:
     [
         "umdbench/data/images.py",  # the image loader
         "umdbench/run/stages.py",  # the training loop
-        "umdbench/run/builders.py",  # optimiser, schedule, runner
+        "umdbench/run/build_optim.py",  # optimiser, schedule
         "umdbench/api.py",  # the plugin contract
         "umdbench/kit/tasktypes.py",  # VQA batches and the shared head
         "umdbench/models/encoder.py",  # the co-attention encoder
@@ -114,7 +115,7 @@ def test_editing_a_plugin_module_changes_the_stages_that_import_it(monkeypatch, 
     "path",
     [
         "umdbench/results/leaderboard.py",  # renders rows
-        "umdbench/results/provenance.py",  # imported by the builders, cut: cannot change numbers
+        "umdbench/results/provenance.py",  # imported by run.build_runner, cut: cannot change numbers
         "umdbench/cli/__init__.py",
         "umdbench/sweep/executors.py",
         "umdbench/registry.toml",  # suites; the class a name means is keyed as module:qualname
@@ -244,14 +245,20 @@ def test_planning_cache_reuses_missing_images_and_follows_the_data(tmp_path):
     # the data (fingerprint) or a new work dir recomputes; a missing work dir is never created
     registries = load_plugins()[0]
     data = {"type": "medsynth", "root": None, "options": {"n_train": 24, "n_test": 8}, "on_error": "raise"}
-    absent = DataCatalog(registries, cache_dir=tmp_path / "absent")
+
+    def cached(work_dir):
+        return DataCatalog(registries, cache_file=planning_cache_path(work_dir), code_digest=codekey.modules_digest)
+
+    absent = cached(tmp_path / "absent")
     assert absent.missing_images(data, "train")[1] > 0 and not (tmp_path / "absent").exists()
-    first = DataCatalog(registries, cache_dir=tmp_path)
+    first = cached(tmp_path)
     expected = first.missing_images(data, "train")
-    assert (tmp_path / plan_stages.PLANNING_CACHE).is_file()
-    warm = DataCatalog(registries, cache_dir=tmp_path)
+    assert planning_cache_path(tmp_path).is_file()
+    warm = cached(tmp_path)
     dataset = warm.get(data)
     dataset.records = lambda split: pytest.fail("records read despite a warm cache")
     assert warm.missing_images(data, "train") == expected
     other = {**data, "options": {"n_train": 12, "n_test": 8}}  # another fingerprint
-    assert DataCatalog(registries, cache_dir=tmp_path).missing_images(other, "train")[1] != expected[1]
+    assert cached(tmp_path).missing_images(other, "train")[1] != expected[1]
+    with pytest.raises(ValueError, match="code_digest"):  # a disk cache not keyed by the plugin's code
+        DataCatalog(registries, cache_file=planning_cache_path(tmp_path))

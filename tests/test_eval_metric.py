@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from umdbench.cli import main
+from umdbench.data.catalog import DataCatalog
 from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import DataCatalog, build_plan
+from umdbench.plan.stages import build_plan
 from umdbench.plan.suites import Suite
 from umdbench.plugin import load_plugins
 from umdbench.results.store import ResultsStore

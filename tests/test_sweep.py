@@ -11,8 +11,8 @@ import pytest
 from test_sweep_support import REPO, SHARED, TINY, umdbench, write_plugin
 
 from umdbench.cli import main
+from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec
-from umdbench.plan.stages import DataCatalog
 from umdbench.plan.suites import get_suite
 from umdbench.plugin import get_registries
 from umdbench.results.store import ResultsStore
@@ -241,7 +241,7 @@ def test_cells_whose_images_are_missing_are_unavailable_before_training(tmp_path
     from types import SimpleNamespace
 
     from umdbench.api import DatasetPlugin, Record
-    from umdbench.plan.stages import missing_data
+    from umdbench.data.catalog import missing_data
 
     class HalfThere(DatasetPlugin):
         def __init__(self, root=None, on_error="raise", **options):

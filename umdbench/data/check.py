@@ -103,7 +103,7 @@ def check_images(refs: dict[str, list[str]], deep: bool = True, base: str | Path
 
 def record_problems(records: list, name: str, split: str, root: str | Path | None) -> list[str]:
     """What ``umdbench run`` refuses in a split before it decodes a file (the rules of
-    :meth:`umdbench.plan.stages.DataCatalog.checked_records`, in its words): no records, a record
+    :meth:`umdbench.data.catalog.DataCatalog.checked_records`, in its words): no records, a record
     id twice, a file path that leaves the dataset folder (``..``; a symlinked folder is fine)."""
     look = f"`umdbench data check {name}` shows what it found"
     if not records:

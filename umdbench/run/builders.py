@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from umdbench.api import DataContext, Encoder, TaskInfo, TaskType
+from umdbench.data.catalog import DataCatalog
 from umdbench.errors import ConfigError, UmdbenchError
+from umdbench.plan.codekey import modules_digest
 from umdbench.plan.config import TRACKING_BACKENDS, ResolvedRun
-from umdbench.plan.stages import DataCatalog, Stage
+from umdbench.plan.stages import Stage
 from umdbench.results.provenance import device_description
 from umdbench.run.workspace import Workspace
 from umdbench.util import config_hash, resolve_amp
@@ -56,7 +58,9 @@ class RunContext:
     def __post_init__(self):
         if not isinstance(self.ws, Workspace):
             self.ws = Workspace(self.ws)
-        self.catalog = self.catalog or DataCatalog(self.registries, cache_dir=self.ws.work_dir)
+        self.catalog = self.catalog or DataCatalog(
+            self.registries, cache_file=self.ws.planning_cache_path, code_digest=modules_digest
+        )
         PluginLogs.route(self.registries)  # before any plugin code runs in this context
 
     def encoder_class(self, model_cfg: dict) -> type[Encoder]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from umdbench.data.catalog import check_cell_data, skipped_counts
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage, check_cell_data, describe_plan, metric_name, skipped_counts
+from umdbench.plan.stages import Stage, describe_plan, metric_name
 from umdbench.results.provenance import device_description, git_commit, package_versions
-from umdbench.run.builders import RunContext, echo
+from umdbench.run.console import echo
+from umdbench.run.context import RunContext
 from umdbench.run.stages import evaluate_stage, train_stage
 
 __all__ = ["result_row", "run_cell", "store_result"]

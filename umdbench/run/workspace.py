@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from umdbench.errors import CheckpointError
 from umdbench.results import predictions as predictions_file
 from umdbench.results.store import ResultsStore
-from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE
+from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE, planning_cache_path
 from umdbench.util import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Workspace"]
@@ -453,3 +453,8 @@ class Workspace:
     @property
     def image_cache_dir(self) -> Path:
         return self.work_dir / "image_cache"
+
+    @property
+    def planning_cache_path(self) -> Path:
+        """The data catalog's planning cache (:class:`umdbench.data.catalog.DataCatalog`)."""
+        return planning_cache_path(self.work_dir)

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from umdbench.api import DataError
+from umdbench.data.catalog import DataCatalog, missing_data
 from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
 from umdbench.plan.config import CellSpec, ResolvedRun, resolve, tune_chain
-from umdbench.plan.stages import DataCatalog, Stage, build_plan, missing_data
+from umdbench.plan.stages import Stage, build_plan
 from umdbench.util import dataset_root
 
 _TUNE_INDEX = re.compile(r"^tune\.(\d+|\*)(\..*)?$")

@@ -1,7 +1,8 @@
 """Planning of brain cells: test-only options share trained stages; the label-efficiency suite."""
 
+from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import DataCatalog, build_plan
+from umdbench.plan.stages import build_plan
 from umdbench.plan.suites import get_suite
 from umdbench.plugin import load_plugins
 
