@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark suite: training-step cases, memory probes, FLOP counts.
 
 A training-step case is one strategy at one preset, wrapped exactly as a stage trains it
-(``StageModel`` + ``run.builders.build_optim_wrapper``), on a synthetic batch of the preset's batch size.
+(``StageModel`` + ``run.build_optim.build_optim_wrapper``), on a synthetic batch of the preset's batch size.
 ``mode="fast"`` is umdbench as shipped; ``mode="reference"`` is the plain eager reference
 (:mod:`umdbench.models.reference`) on the SAME module and weights.
 """
@@ -87,7 +87,7 @@ class StepCase:
     def set_mode(self, mode: str) -> None:
         """Switch the module to ``mode`` and rebuild its optimiser (fresh AdamW state)."""
         from umdbench.models.reference import reference_train_options, set_reference_mode
-        from umdbench.run.builders import build_optim_wrapper
+        from umdbench.run.build_optim import build_optim_wrapper
 
         ref = mode == "reference"
         set_reference_mode(self.strategy, ref)
@@ -129,7 +129,7 @@ def build_case(
     ``encoder_overrides`` merged into :func:`encoder_cfg` (e.g. dropout on at the tiny preset)."""
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
-    from umdbench.run.builders import special_ids
+    from umdbench.run.build_strategy import special_ids
     from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
 

@@ -3,7 +3,7 @@ the ``resunet3d`` encoder (tiny) and UniFormer-S (``uniformer3d``, paper geometr
 NIfTI fixture for the data-loading rows, the GPU-hour projection of the paper recipes, and the
 BENCHMARKS.md section of both.
 
-A step case is built as a stage builds it (``StageModel`` + ``builders.build_optim_wrapper``) and
+A step case is built as a stage builds it (``StageModel`` + ``build_optim.build_optim_wrapper``) and
 reuses :class:`benchmarks.cases.StepCase`: ``fast`` = the run path with the preset's ``train``
 options (the brain presets train in fp32, as released, so fast = fused AdamW; set
 ``UMDBENCH_BENCH_3D_AMP=auto`` to time bf16 autocast where native instead), ``reference`` = plain

@@ -3,7 +3,7 @@
     python -m benchmarks.gpu --strategy mr --batch 32 --steps 20 --peak-tflops 989
 
 Builds the strategy at the paper preset (random init, offline text geometry as in the suite),
-moves it to CUDA, trains through ``run.builders.build_optim_wrapper`` (fused AdamW; bf16 autocast via
+moves it to CUDA, trains through ``run.build_optim.build_optim_wrapper`` (fused AdamW; bf16 autocast via
 umdbench's bf16 autocast wrapper unless ``--amp false``) and ``StageModel.train_step``, and prints:
 samples/s, step FLOPs (``FlopCounterMode``, forward + backward), achieved TFLOP/s, MFU against
 ``--peak-tflops`` (the GPU's dense bf16 peak; H100 SXM 989, H100 PCIe 756, A100 312), peak CUDA
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu needs a CUDA GPU")
-    from umdbench.run.builders import build_optim_wrapper, compile_strategy
+    from umdbench.run.build_optim import build_optim_wrapper
+    from umdbench.run.build_strategy import compile_strategy
 
     def measure(name: str, batch: int, steps: int) -> dict:
         case = build_case(

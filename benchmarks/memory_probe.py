@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key")
     args = ap.parse_args(argv)
 
-    from umdbench.run.builders import use_amp
+    from umdbench.run.train_settings import use_amp
     from umdbench.util import parse_option
 
     from .cases import build_case, peak_rss_mib, reset_peak_rss, rss_mib

@@ -130,7 +130,7 @@ def render(data: dict, load_before: tuple, load_after: tuple, wall_s: float | No
             "## Training step throughput",
             "",
             "One optimiser step exactly as a stage runs it (`StageModel.train_step` + "
-            "`run.builders.build_optim_wrapper`), on a synthetic batch (tiny: the preset's batch size; paper: "
+            "`run.build_optim.build_optim_wrapper`), on a synthetic batch (tiny: the preset's batch size; paper: "
             "random init, RoBERTa-base geometry with the packaged bert-base-uncased vocabulary, as offline). "
             "**reference** = the same module switched by `umdbench.models.reference.set_reference_mode`: "
             "math attention everywhere (fusion, ViT, decoder, text tower), masked patches fed through the ViT "

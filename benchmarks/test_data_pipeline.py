@@ -93,7 +93,7 @@ def _dataloader(size, cache):
     from umdbench.kit.imagetext import RecordDataset
     from umdbench.models import build_tokenizer
     from umdbench.models.presets import ENCODER_PRESETS
-    from umdbench.run.builders import auto_num_workers
+    from umdbench.run.build_data import auto_num_workers
 
     records = [
         Record(uid=str(i), image=p, text="what modality is used to take this image?") for i, p in enumerate(IMAGES)
@@ -142,6 +142,6 @@ def test_dataloader_decode(benchmark, cache_dir):
         return (dl,), {}
 
     benchmark.pedantic(_drain, setup=setup, rounds=1, iterations=1)
-    from umdbench.run.builders import auto_num_workers
+    from umdbench.run.build_data import auto_num_workers
 
     _info(benchmark, "RecordDataset+DataLoader, first epoch", SIZE, len(IMAGES), num_workers=auto_num_workers("auto"))

@@ -19,8 +19,8 @@ import os
 
 import pytest
 
-from umdbench.run.builders import use_amp
 from umdbench.run.host_memory import active_allocator
+from umdbench.run.train_settings import use_amp
 
 from .cases import PRETRAIN, TUNE, build_case, peak_rss_mib, reset_peak_rss, rss_mib, step_flops
 

@@ -8,7 +8,7 @@ import torch
 from benchmarks.cases import build_case
 from umdbench.errors import ConfigError
 from umdbench.plan.config import check_accumulation
-from umdbench.run.builders import build_optim_wrapper, lr_schedule
+from umdbench.run.build_optim import build_optim_wrapper, lr_schedule
 
 
 def _step_gradients(accum: int) -> dict[str, torch.Tensor]:

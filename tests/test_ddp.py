@@ -8,7 +8,7 @@ from test_sweep_support import TINY
 from umdbench.plan.config import CellSpec, parse_override, resolve
 from umdbench.plan.stages import build_plan
 from umdbench.plugin import get_registries
-from umdbench.run.builders import RunContext
+from umdbench.run.context import RunContext
 
 
 @pytest.mark.slow

@@ -14,8 +14,9 @@ import pytest
 from umdbench.plan.config import CellSpec, parse_override, resolve
 from umdbench.plan.stages import build_plan
 from umdbench.plugin import get_registries
-from umdbench.run.builders import RunContext, build_strategy
+from umdbench.run.build_strategy import build_strategy
 from umdbench.run.checkpoint import safe_torch_load
+from umdbench.run.context import RunContext
 from umdbench.run.distributed import launch_stage
 from umdbench.run.stages import train_stage
 

@@ -6,7 +6,8 @@ from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, resolve
 from umdbench.plan.stages import build_plan
 from umdbench.plugin import load_plugins
-from umdbench.run.builders import RunContext, build_dataset, label_subset
+from umdbench.run.build_data import build_dataset, label_subset
+from umdbench.run.context import RunContext
 
 
 def test_a_share_is_seeded_nested_ordered_and_never_empty():

@@ -9,7 +9,9 @@ import torch
 from umdbench.models import build_encoder
 from umdbench.models.reference import attention_impls, reference_train_options, set_reference_mode
 from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
-from umdbench.run.builders import build_optim_wrapper, compile_strategy, use_amp
+from umdbench.run.build_optim import build_optim_wrapper
+from umdbench.run.build_strategy import compile_strategy
+from umdbench.run.train_settings import use_amp
 
 TRAIN = {"lr": 1e-3, "weight_decay": 0.01, "betas": [0.9, 0.98], "eps": 1e-8, "grad_clip": None}
 

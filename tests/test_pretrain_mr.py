@@ -240,7 +240,8 @@ def test_freeze_text_keeps_the_text_tower_and_is_a_recorded_deviation():
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plan.config import CellSpec, resolve
     from umdbench.plugin import get_registries
-    from umdbench.run.builders import build_optim_wrapper, special_ids
+    from umdbench.run.build_optim import build_optim_wrapper
+    from umdbench.run.build_strategy import special_ids
     from umdbench_plugins.pretrain.mr import MRPretrain
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from umdbench.models import build_encoder
 from umdbench.models.presets import ENCODER_PRESETS
 from umdbench.models.text import minilm_dir
 from umdbench.plugin import get_registries
-from umdbench.run.builders import use_amp
+from umdbench.run.train_settings import use_amp
 from umdbench.util import cpu_native_bf16
 
 UMD_PRETRAIN = ("mr", "mae", "clip", "flip", "m3ae")

@@ -168,8 +168,8 @@ def cmd_run(args) -> int:
     from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
     from umdbench.plan.stages import build_plan, describe_plan
     from umdbench.plugin import get_registries, note_failed_plugins
-    from umdbench.run.builders import RunContext
     from umdbench.run.cell import run_cell
+    from umdbench.run.context import RunContext
 
     launch = launch_of(args)
     chain = parse_tune_chain(args.tune)

@@ -62,7 +62,7 @@ def cmd_adopt(args) -> int:
     from umdbench.plan.stages import build_plan
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.run.adopt import adopt_stages
-    from umdbench.run.builders import RunContext
+    from umdbench.run.context import RunContext
     from umdbench.run.evidence import EVIDENCE_STEPS
 
     one_cell = [args.pretrain, args.tune, args.dataset]

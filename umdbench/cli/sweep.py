@@ -83,7 +83,7 @@ def cmd_sweep(args) -> int:
     from umdbench.plan.suites import check_suite_names, get_suite
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.results.store import ResultsStore
-    from umdbench.run.builders import RunContext
+    from umdbench.run.context import RunContext
     from umdbench.run.nodes import node_group
     from umdbench.sweep.planning import plan_sweep
 

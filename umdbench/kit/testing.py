@@ -1,7 +1,7 @@
 """What a stage builds, for a plugin's unit tests: an encoder from one of its presets together with
 the ``special_ids`` a strategy finds in ``cfg["special_ids"]`` (the tokenizer's mask, pad, cls and
 sep ids, the vocabulary size and every special id), and a strategy on that encoder with its
-resolved preset config, as the run layer builds them (``umdbench.run.builders.build_strategy``)::
+resolved preset config, as the run layer builds them (``umdbench.run.build_strategy.build_strategy``)::
 
     from umdbench.kit import build_test_encoder, build_test_strategy
 

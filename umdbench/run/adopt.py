@@ -28,7 +28,8 @@ import torch
 from umdbench.errors import UmdbenchError
 from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage
-from umdbench.run.builders import RunContext, echo
+from umdbench.run.console import echo
+from umdbench.run.context import RunContext
 from umdbench.run.workspace import Workspace
 
 __all__ = ["Outcome", "adopt_stages", "candidates", "rerun_first_steps"]

@@ -11,7 +11,7 @@ without ``--standalone``: a c10d rendezvous on node 0's store with its own id pe
 
 Every rank rebuilds the plan from the request, finds the stage by its key and calls
 :func:`umdbench.run.stages.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
-ranks talk over gloo (mmengine's own launcher insists on CUDA; see builders.distributed_runner_kwargs).
+ranks talk over gloo (mmengine's own launcher insists on CUDA; see build_runner.distributed_runner_kwargs).
 The stage's batch size is global: each rank gets ``batch_size // world``. Rank 0, on node 0, writes
 the artifact, so the cache looks the same as after a single-process run; an interrupted job resumes
 from the stage's mmengine checkpoint like any other stage.
@@ -163,7 +163,7 @@ def torchrun_trainer(nproc: int | Launch, plugin_paths=(), group=None):
     """A ``train`` function for :func:`umdbench.run.cell.run_cell` that runs each stage not yet
     cached as a torchrun job (``nproc`` processes here, or a :class:`Launch` over several nodes).
     Only this process takes the stage lock: the ranks do not, nor do the other nodes."""
-    from umdbench.run.builders import echo
+    from umdbench.run.console import echo
     from umdbench.run.stages import train_stage, waiting_note
 
     launch = nproc if isinstance(nproc, Launch) else Launch(nproc_per_node=int(nproc))
@@ -192,7 +192,7 @@ def follow(group, launch: Launch, timeout: float | None = None) -> tuple[int, li
     """Node k > 0: join each job node 0 announces, in its order, until node 0 ends the run (raises
     :class:`~umdbench.run.nodes.NodeError` when node 0 failed). Returns (jobs joined, stages whose
     job failed here)."""
-    from umdbench.run.builders import echo
+    from umdbench.run.console import echo
 
     joined, failed = 0, []
     while (job := group.next_job()) is not None:
@@ -226,7 +226,7 @@ def run_request(request_path: str | Path) -> Path:
     from umdbench.plan.config import CellSpec, ResolvedRun
     from umdbench.plan.stages import build_plan
     from umdbench.plugin import get_registries
-    from umdbench.run.builders import RunContext
+    from umdbench.run.context import RunContext
     from umdbench.run.stages import train_stage
 
     order_ranks_by_node()

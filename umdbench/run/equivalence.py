@@ -86,7 +86,7 @@ def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int 
     """Train the case ``steps`` optimiser steps as rank ``rank`` of ``world`` with ``micro``
     micro-batches per step on ``device``; returns its final state (strategy state dict + optimiser
     state, on the CPU)."""
-    from umdbench.run.builders import build_optim_wrapper
+    from umdbench.run.build_optim import build_optim_wrapper
     from umdbench.run.data_parallel import convert_batch_norm, wrapper_cfg
     from umdbench.run.stage_model import POSITION_KEY, STEP_KEY, StageModel
 
@@ -264,7 +264,7 @@ def builtin_case(name: str, batch_size: int = 8, encoder_state: dict | None = No
     from umdbench.kit.tasktypes import ImageTextPairs, VQATask
     from umdbench.models import build_encoder, build_tokenizer
     from umdbench.plugin import get_registries
-    from umdbench.run.builders import special_ids
+    from umdbench.run.build_strategy import special_ids
 
     first, _, rest = name.partition("+")
     registries = get_registries(())

@@ -71,7 +71,7 @@ def state_checksum(state: dict) -> tuple[str, float]:
 
 class EvidenceHook(Hook):
     """Records the first optimiser steps of a stage (see the module docstring). ``state`` returns
-    the state to checksum (the artifact's: :func:`umdbench.run.builders.artifact_state`)."""
+    the state to checksum (the artifact's: :func:`umdbench.run.build_strategy.artifact_state`)."""
 
     priority = "NORMAL"
 

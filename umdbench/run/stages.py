@@ -11,22 +11,13 @@ from umdbench.errors import ConfigError, PluginError, UmdbenchError
 from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage, metric_name
 from umdbench.plugin.calls import plugin_errors
-from umdbench.run.builders import (
-    RunContext,
-    accumulation,
-    artifact_state,
-    build_dataset,
-    build_optim_wrapper,
-    build_strategy,
-    compile_strategy,
-    dataloader_cfg,
-    distributed_runner_kwargs,
-    echo,
-    load_for_evaluation,
-    lr_schedule,
-    make_runner,
-    stage_records,
-)
+from umdbench.run.build_data import build_dataset, dataloader_cfg, stage_records
+from umdbench.run.build_optim import build_optim_wrapper, lr_schedule
+from umdbench.run.build_runner import distributed_runner_kwargs, make_runner
+from umdbench.run.build_strategy import artifact_state, build_strategy, compile_strategy, load_for_evaluation
+from umdbench.run.console import echo
+from umdbench.run.context import RunContext
+from umdbench.run.train_settings import accumulation
 
 __all__ = ["evaluate_stage", "train_stage", "waiting_note"]
 

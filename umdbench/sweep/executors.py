@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from umdbench.errors import ConfigError, UmdbenchError
-from umdbench.run.builders import RunContext, echo
 from umdbench.run.cell import run_cell, store_result
+from umdbench.run.console import echo
+from umdbench.run.context import RunContext
 from umdbench.run.stages import evaluate_stage, train_stage
 from umdbench.sweep.planning import PlannedCell, SweepPlan, SweepReport, format_failure, mark
 

@@ -69,7 +69,9 @@ def untrained_dice(work_dir) -> float:
     """Dice of the same strategy before any step, with the same seed, data and evaluation."""
     from umdbench.plan.config import CellSpec, parse_override, resolve
     from umdbench.plan.stages import build_plan
-    from umdbench.run.builders import RunContext, build_dataset, build_strategy
+    from umdbench.run.build_data import build_dataset
+    from umdbench.run.build_strategy import build_strategy
+    from umdbench.run.context import RunContext
 
     reg = get_registries()
     cell = CellSpec(

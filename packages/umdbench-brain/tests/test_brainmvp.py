@@ -10,7 +10,7 @@ import torch
 from umdbench import draws
 from umdbench.api import TaskInfo
 from umdbench.errors import ConfigError
-from umdbench.run.builders import artifact_state, carry_over_heads
+from umdbench.run.build_strategy import artifact_state, carry_over_heads
 from umdbench_brain.brainmvp import BrainMVP, ClsTemplateTune, SegTemplateTune
 from umdbench_brain.encoders import ResUNetEncoder
 from umdbench_brain.tasks import ScanClassificationTask, SegmentationTask, seg_loss

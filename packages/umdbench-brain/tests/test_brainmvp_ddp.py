@@ -11,7 +11,7 @@ import torch
 from umdbench.plan.config import CellSpec, parse_override, resolve
 from umdbench.plan.stages import build_plan
 from umdbench.plugin import get_registries
-from umdbench.run.builders import RunContext
+from umdbench.run.context import RunContext
 
 ITERS, CONTRAST_START = 4, 2
 OVERRIDES = [
