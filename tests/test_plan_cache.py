@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from umdbench.cli import plancache
+from umdbench.plan import codekey
 
 
 def _bump(path: Path, text: str | None = None) -> None:
@@ -97,15 +98,15 @@ def test_code_stamp_covers_plugin_files_and_umdbench(tmp_path):
     plugin.write_text("X = 1\n")
     helper = tmp_path / "helper.py"
     helper.write_text("Y = 1\n")
-    before = plancache.code_stamp([str(plugin)])
-    assert plancache.code_stamp([str(plugin)]) == before
+    before = codekey.code_stamp([str(plugin)])
+    assert codekey.code_stamp([str(plugin)]) == before
     _bump(plugin, "X = 2\n")
-    after = plancache.code_stamp([str(plugin)])
+    after = codekey.code_stamp([str(plugin)])
     assert after != before
     _bump(helper, "Y = 2\n")  # a module beside the plugin file it may import
-    assert plancache.code_stamp([str(plugin)]) != after
+    assert codekey.code_stamp([str(plugin)]) != after
     # umdbench's own sources, and the built-in plugins' package, are in it
-    assert "umdbench" in plancache._plugin_tops() and "umdbench_plugins" in plancache._plugin_tops()
+    assert "umdbench" in codekey.plugin_tops() and "umdbench_plugins" in codekey.plugin_tops()
 
 
 def test_replay_states_the_paths_the_workspace_builds(tmp_path):

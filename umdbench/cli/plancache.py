@@ -8,11 +8,12 @@ that covers every input its output can depend on, and replayed when all of them 
 
 * the command line, the working directory, the Python interpreter and the environment variables
   that steer umdbench, the Hugging Face hub and torch;
-* the code: every source file (``.py``/``.toml``) of umdbench, of each top-level package named in
-  ``registry.toml`` or in the ``umdbench`` entry-point group, and of the folder of each
-  ``--plugin-path`` file, by (path, size, mtime) (the files as :mod:`umdbench.plan.codekey` finds
-  them for stage keys: a dry run prints keys, so it depends on at least the files they hash); the installed distributions (the ``*.dist-info``
-  names of every ``sys.path`` folder, so an upgrade changes the key);
+* the code (:func:`umdbench.plan.codekey.code_stamp`, the one owner of code fingerprints): every
+  source file (``.py``/``.toml``) of umdbench, of each top-level package named in ``registry.toml``
+  or in the ``umdbench`` entry-point group, and of the folder of each ``--plugin-path`` file, by
+  (path, size, mtime) (a superset of the files stage keys hash: a dry run prints keys); the
+  installed distributions (the ``*.dist-info`` names of every ``sys.path`` folder, so an upgrade
+  changes the key);
 * the machine facts planning reads: native CPU bf16, a CUDA device node, and (offline) the
   Hugging Face hub cache listing;
 * the data: every path the resolved configs name (dataset roots walked recursively; other
@@ -35,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from umdbench.plan.codekey import iter_source_files, plugin_tops, source_files
+from umdbench.plan.codekey import code_stamp, file_stamp
 from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE  # (importing the Workspace costs numpy)
 
 PLAN_CACHE = "plan-cache.json"
@@ -75,20 +76,11 @@ def note_config(config: Any) -> None:
 
 
 # -- stamps ---------------------------------------------------------------------------------
-def _stat(path: str) -> list:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ["missing"]
-    # inode and ctime too: a same-size rewrite with its mtime set back still changes them
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "d" if os.path.isdir(path) else "f"]
-
-
 def tree_stamp(root: str) -> str:
     """(relative path, size, mtime) of every file and folder under ``root`` (symlinks followed,
     each real folder once), hashed; ``missing`` when it does not exist."""
     if not os.path.isdir(root):
-        return json.dumps(_stat(root))
+        return json.dumps(file_stamp(root))
     h = hashlib.sha256()
     seen = {os.path.realpath(root)}
     stack = [root]
@@ -114,34 +106,6 @@ def tree_stamp(root: str) -> str:
                 if real not in seen:
                     seen.add(real)
                     stack.append(entry.path)
-    return h.hexdigest()
-
-
-def _plugin_tops() -> list[str]:
-    """Top-level packages plugins load from (:func:`umdbench.plan.codekey.plugin_tops`)."""
-    return list(plugin_tops())
-
-
-def code_stamp(plugin_paths: list[str] | tuple[str, ...] = ()) -> str:
-    h = hashlib.sha256()
-    for top in plugin_tops():
-        h.update(f"top\0{top}\n".encode())
-        for _, path in source_files(top):
-            h.update(f"{path}\0{json.dumps(_stat(str(path)))}\n".encode())
-    for path in plugin_paths:
-        full = os.path.abspath(path)
-        h.update(f"plugin-path\0{full}\0{json.dumps(_stat(full))}\n".encode())
-        for _, beside in iter_source_files(os.path.dirname(full), recursive=False):
-            h.update(f"{beside}\0{json.dumps(_stat(str(beside)))}\n".encode())
-    for entry in sys.path:
-        folder = entry or os.getcwd()
-        try:
-            names = sorted(
-                n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info", ".pth", ".egg-link"))
-            )
-        except OSError:
-            continue
-        h.update(f"path\0{folder}\0{','.join(names)}\n".encode())
     return h.hexdigest()
 
 
@@ -180,14 +144,16 @@ def work_dir_stamp(work_dir: Path) -> list:
             finished = sorted(e.name for e in it if os.path.isfile(os.path.join(e.path, MARKER_FILE)))
     except OSError:
         pass
-    return [_stat(store), _stat(store + "-wal"), finished]
+    return [file_stamp(store), file_stamp(store + "-wal"), finished]
 
 
 def _data_stamps(noted: dict[str, bool]) -> dict[str, str]:
     """Each noted path's stamp; a folder inside another walked folder is covered by it."""
     walked = sorted(p for p, deep in noted.items() if deep)
     inside = {p for p in walked if any(p != q and p.startswith(q.rstrip(os.sep) + os.sep) for q in walked)}
-    return {p: tree_stamp(p) if deep else json.dumps(_stat(p)) for p, deep in sorted(noted.items()) if p not in inside}
+    return {
+        p: tree_stamp(p) if deep else json.dumps(file_stamp(p)) for p, deep in sorted(noted.items()) if p not in inside
+    }
 
 
 # -- the cache ------------------------------------------------------------------------------

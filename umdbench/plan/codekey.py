@@ -1,5 +1,7 @@
-"""The code a stage runs, as it enters the stage's key: the one place umdbench reads its sources
-for keys (and the one walker of a package's source files, which the dry-run cache stamps too).
+"""The code a stage runs, as it enters the stage's key: the one place umdbench fingerprints its
+own code and its plugins' code, by content for stage keys (:func:`code_key`, :func:`modules_digest`)
+and by file stat for the dry-run cache (:func:`code_stamp`), over one walker of a package's source
+files (:func:`source_files`).
 
 A stage key hashes the modules the stage imports and executes, not whole packages: the static
 import closure (every ``import``, module level or inside a function, relative imports resolved,
@@ -35,10 +37,12 @@ import ast
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 __all__ = [
     "NEVER_NUMERIC",
@@ -46,6 +50,8 @@ __all__ = [
     "RUN_ENTRIES",
     "clear_caches",
     "code_key",
+    "code_stamp",
+    "file_stamp",
     "iter_source_files",
     "library_versions",
     "module_closure",
@@ -66,10 +72,7 @@ SOURCE_SUFFIXES = (".py", ".toml")
 RUN_ENTRIES = (
     "umdbench.run.stages",
     "umdbench.run.stage_model",
-    "umdbench.run.build_strategy",
-    "umdbench.run.build_data",
-    "umdbench.run.build_optim",
-    "umdbench.run.build_runner",
+    "umdbench.run.builders",
     "umdbench.run.data_parallel",
     "umdbench.run.predictions",
 )
@@ -167,6 +170,46 @@ def plugin_tops() -> tuple[str, ...]:
     except Exception:  # a broken distribution: its plugins are keyed as stage classes instead
         pass
     return tuple(sorted(t for t in tops if t))
+
+
+# -- the dry-run stamp: the same files by stat, none read ------------------------------------------
+def file_stamp(path: str | os.PathLike) -> list:
+    """What a file's stat says of its content without reading it: size, mtime, inode and ctime (a
+    same-size rewrite with its mtime set back still changes the last two) and file or folder;
+    ``["missing"]`` when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ["missing"]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "d" if os.path.isdir(path) else "f"]
+
+
+def code_stamp(plugin_paths: Iterable[str] = ()) -> str:
+    """The code a dry run's output can depend on, from stat calls alone: every source file of
+    :func:`plugin_tops` (a superset of what :func:`module_closure` hashes for stage keys), each
+    ``--plugin-path`` file and the sources beside it (it may import them), and the installed
+    distributions (the ``*.dist-info``/``*.egg-info`` names of every ``sys.path`` folder, so an
+    upgrade changes it)."""
+    h = hashlib.sha256()
+    for top in plugin_tops():
+        h.update(f"top\0{top}\n".encode())
+        for _, path in source_files(top):
+            h.update(f"{path}\0{json.dumps(file_stamp(path))}\n".encode())
+    for path in plugin_paths:
+        full = os.path.abspath(path)
+        h.update(f"plugin-path\0{full}\0{json.dumps(file_stamp(full))}\n".encode())
+        for _, beside in iter_source_files(os.path.dirname(full), recursive=False):
+            h.update(f"{beside}\0{json.dumps(file_stamp(beside))}\n".encode())
+    for entry in sys.path:
+        folder = entry or os.getcwd()
+        try:
+            names = sorted(
+                n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info", ".pth", ".egg-link"))
+            )
+        except OSError:
+            continue
+        h.update(f"path\0{folder}\0{','.join(names)}\n".encode())
+    return h.hexdigest()
 
 
 # -- reading and parsing ---------------------------------------------------------------------------
