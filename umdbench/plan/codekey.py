@@ -72,7 +72,10 @@ SOURCE_SUFFIXES = (".py", ".toml")
 RUN_ENTRIES = (
     "umdbench.run.stages",
     "umdbench.run.stage_model",
-    "umdbench.run.builders",
+    "umdbench.run.build_strategy",
+    "umdbench.run.build_data",
+    "umdbench.run.build_optim",
+    "umdbench.run.build_runner",
     "umdbench.run.data_parallel",
     "umdbench.run.predictions",
 )
