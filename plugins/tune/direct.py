@@ -35,7 +35,7 @@ class DirectTune(SupervisedTune):
         "small": {
             "loss": "ce",
             # mean-pooled fused tokens, as GM-Coord: with the poolers plain fine-tuning stays below the
-            # question-only baseline on VQA-RAD at CPU budgets (kit/recipes.py lists the trials); a
+            # question-only baseline on VQA-RAD at CPU budgets (docs/tuning.md has the numbers); a
             # recorded deviation from M3AE's poolers, and Table 4's rows then differ only in strategy
             "pooling": "mean",
             "train": dict(FINETUNE_TRAIN_SMALL),

@@ -73,16 +73,11 @@ PRETRAIN_TRAIN_TINY: dict = train_config(
     grad_clip=1.0,
 )
 
-# small: a CPU run that learns. The text tower is pretrained (MiniLM-L6), so the encoder lr is a
-# fine-tuning one; the random vision tower and fusion learn under warm-up. bf16 autocast where native:
-# on the 2-core box it cuts a step by 26-39 % (direct 0.49 -> 0.36 s, GM-Coord 0.55 -> 0.38, TD-Calib
-# 1.07 -> 0.71, MR-Pretrain 1.86 -> 1.14, same process and load) and a stage by about 15-30 % inside a
-# sweep; Table 4 on two datasets x 3 seeds is 4.2-7.4 core-hours, about 2.2 h or 4 h of the box
-# depending on the machine (issue 17 asks for 3; results/small/NOTES.md). Row 1 over 3 seeds: VQA-RAD
-# 56.32, SLAKE 65.13 overall, as in fp32.
-# Measured (VQA-RAD, seed 0, then `direct` with mean pooling; overall / open): no pre-training 56.32 /
-# 41.34; after this recipe 49.67 / 25.70; after lr 5e-5 52.33 / 32.96. At this scale MR-Pretrain moves
-# the pretrained text tower away from what fine-tuning needs more than it teaches (results/small/NOTES.md).
+# small: a CPU run that learns. lr 2e-4 is a fine-tuning lr for the pretrained MiniLM-L6 text tower;
+# the random vision tower and fusion learn under the warm-up. amp "auto" because bf16 cuts a step by
+# 26-39 % on the 2-core box at the same scores (results/small/NOTES.md, "Time on 2 cores"). What this
+# recipe, and a probe at lr 5e-5, do to VQA-RAD fine-tuning: docs/pretraining.md, "Common training
+# hyper-parameters".
 PRETRAIN_TRAIN_SMALL: dict = train_config(
     max_iters=300,
     batch_size=32,
@@ -115,6 +110,8 @@ FINETUNE_TRAIN_TINY = train_config(
 )
 
 
+# small: the fine-tuning recipe of every dataset without an entry in SMALL_FINETUNE_OVERRIDES
+# (docs/tuning.md, "Presets").
 FINETUNE_TRAIN_SMALL = train_config(
     max_iters=iters_for("vqa-rad", 32, 3),
     batch_size=32,
@@ -129,13 +126,9 @@ FINETUNE_TRAIN_SMALL = train_config(
 
 #: epochs per dataset of the small fine-tuning stages (about 300 steps each; VQA-RAD 960 at batch 16)
 SMALL_FINETUNE_EPOCHS = {"vqa-rad": 5, "slake": 2, "vqa-med-2019": 1, "melinda": 2, "roco": 1}
-#: VQA-RAD (3,064 training questions, long-tailed open answers) learns best with a lower encoder lr,
-#: larger fusion/head multipliers and batch 16. Row 1 at seed 0, overall / open, 5 epochs:
-#: batch 32, lr 1e-4, x2/x10 (the default): 39.0 / 8.9 (3 epochs 39.0, lr 2e-4 40.1, lr 3e-4 29.9);
-#: batch 32, lr 5e-5, x4/x20: 46.3 / 22.9; batch 16, same: 49.7 / 25.7 (adopted);
-#: batch 16, lr 3e-5: 48.8 / 27.9; batch 16, x5/x50 (M3AE's multipliers): 48.1 / 22.9; batch 8: 46.3 / 18.4.
-#: Those read the M3AE poolers; with the head on mean-pooled fused tokens (``direct``'s small default,
-#: as GM-Coord's) batch 16 gives 56.3 / 41.3, above the question-only baseline (52.77 / 27.37).
+#: per-dataset changes to :data:`FINETUNE_TRAIN_SMALL`: VQA-RAD (small, long-tailed open answers)
+#: trains at batch 16 with a lower lr and larger fusion/head multipliers, the best of the seed-0
+#: trials in docs/tuning.md ("The small VQA-RAD recipe")
 SMALL_FINETUNE_OVERRIDES = {
     "vqa-rad": {"batch_size": 16, "lr": 5e-5, "lr_mult": {"encoder": 1.0, "fusion": 4.0, "head": 20.0}},
 }
