@@ -11,6 +11,7 @@ from pathlib import Path
 
 from umdbench.cli import plancache
 from umdbench.plan import codekey
+from umdbench.run import layout
 
 
 def _bump(path: Path, text: str | None = None) -> None:
@@ -57,12 +58,12 @@ def test_replay_and_invalidation_by_data_and_work_dir(tmp_path, capsys):
     assert _dry(tmp_path, argv, data) == (0, 1)
 
     # a stage finishing in the work dir changes the printed [cached] markers
-    stage = tmp_path / "wd" / plancache.STAGES_DIR / "pretrain-mr-abc"
+    stage = layout.stages_dir(tmp_path / "wd") / "pretrain-mr-abc"
     stage.mkdir(parents=True)
     assert _dry(tmp_path, argv, data) == (0, 0)  # a folder without a marker is not finished
-    (stage / plancache.MARKER_FILE).write_text("{}")
+    (stage / layout.MARKER_FILE).write_text("{}")
     assert _dry(tmp_path, argv, data) == (0, 1)
-    (tmp_path / "wd" / plancache.STORE_FILE).write_bytes(b"rows")
+    layout.store_path(tmp_path / "wd").write_bytes(b"rows")
     assert _dry(tmp_path, argv, data) == (0, 1)
     assert _dry(tmp_path, argv, data) == (0, 0)
 
@@ -113,8 +114,9 @@ def test_replay_states_the_paths_the_workspace_builds(tmp_path):
     from umdbench.run.workspace import Workspace
 
     ws = Workspace(tmp_path / "wd")
-    assert ws.store_path == tmp_path / "wd" / plancache.STORE_FILE
-    assert ws.stages_dir == tmp_path / "wd" / plancache.STAGES_DIR
+    assert ws.store_path == layout.store_path(ws.work_dir) == ws.work_dir / layout.STORE_FILE
+    assert ws.stages_dir == layout.stages_dir(ws.work_dir) == ws.work_dir / layout.STAGES_DIR
+    assert ws.plan_cache_path == layout.plan_cache_path(ws.work_dir)
 
 
 def test_note_config_records_paths_and_roots(tmp_path):

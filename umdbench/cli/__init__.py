@@ -320,12 +320,12 @@ def cmd_leaderboard(args) -> int:
     from umdbench.results.baselines import load_reference_points
     from umdbench.results.leaderboard import write_leaderboards
     from umdbench.results.store import ResultsStore
-    from umdbench.run.workspace import Workspace
+    from umdbench.run import layout
 
-    store_path = Path(args.store) if args.store else Workspace(args.work_dir).store_path
+    store_path = Path(args.store) if args.store else layout.store_path(args.work_dir)
     if not store_path.is_file():
         raise UmdbenchError(f"no results store at {store_path}: run `umdbench run ...` first, or pass --store FILE.")
-    points = load_reference_points(Workspace(store_path.parent).reference_points_path)
+    points = load_reference_points(layout.reference_points_path(store_path.parent))
     written = write_leaderboards(
         ResultsStore(store_path),
         Path(args.out),
@@ -371,9 +371,9 @@ def cmd_baselines(args) -> int:
     points = reference_points(dataset.records("train"), dataset.records(args.split))
     _print_reference_points(args.dataset, args.split, points)
     if args.work_dir:
-        from umdbench.run.workspace import Workspace
+        from umdbench.run.layout import reference_points_path
 
-        path = Workspace(args.work_dir).reference_points_path
+        path = reference_points_path(args.work_dir)
         store_reference_points(path, reference_key(args.dataset, args.split, dataset.fingerprint()), points)
         print(f"kept in {path}")
     return 0
@@ -413,18 +413,18 @@ def _baselines_of_store(args, registries) -> int:
         store_reference_points,
     )
     from umdbench.results.store import ResultsStore
-    from umdbench.run.workspace import Workspace
+    from umdbench.run import layout
 
     if not args.work_dir:
         raise UmdbenchError(
             "umdbench baselines needs a DATASET, or --work-dir DIR to cover every VQA dataset evaluated there."
         )
-    ws = Workspace(args.work_dir)
-    if not ws.store_path.is_file():
-        raise UmdbenchError(f"no results store at {ws.store_path}: name a DATASET, or pass the work dir of a sweep.")
-    kept = load_reference_points(ws.reference_points_path)
+    store_path, points_path = layout.store_path(args.work_dir), layout.reference_points_path(args.work_dir)
+    if not store_path.is_file():
+        raise UmdbenchError(f"no results store at {store_path}: name a DATASET, or pass the work dir of a sweep.")
+    kept = load_reference_points(points_path)
     splits: dict[str, tuple[str, dict, str]] = {}
-    for row in ResultsStore(ws.store_path).rows():
+    for row in ResultsStore(store_path).rows():
         if "closed" in row["metrics"]:  # VQA rows
             config = row.get("config") or {}
             splits.setdefault(
@@ -451,9 +451,9 @@ def _baselines_of_store(args, registries) -> int:
             print(f"{name} {split}: skipped, its data cannot be read here ({exc})")
             continue
         points = reference_points(train, test)
-        store_reference_points(ws.reference_points_path, key, points)
+        store_reference_points(points_path, key, points)
         _print_reference_points(name, split, points)
-    print(f"kept in {ws.reference_points_path}")
+    print(f"kept in {points_path}")
     return 0
 
 

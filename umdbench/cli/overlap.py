@@ -91,7 +91,7 @@ class Side:
 def cmd_overlap(args) -> int:
     from umdbench.data.overlap import DEFAULT_THRESHOLD, Hasher
     from umdbench.plugin import get_registries
-    from umdbench.run.workspace import Workspace
+    from umdbench.run import layout
     from umdbench.util import data_root
 
     if args.threshold is None:
@@ -106,20 +106,20 @@ def cmd_overlap(args) -> int:
     for name in selected:
         registries.dataset.get(name)  # an unknown name: one paragraph with "did you mean"
     declared = _subjects(args.subjects)
-    ws = Workspace(args.work_dir)
+    store_path = layout.store_path(args.work_dir)
     root = data_root(args.data_root)
     rows = []
-    if ws.store_path.is_file():
+    if store_path.is_file():
         from umdbench.results.store import ResultsStore
 
-        rows = ResultsStore(ws.store_path).rows()
+        rows = ResultsStore(store_path).rows()
     if rows:
         corpora, tests, cells = _sides_of_rows(rows, selected)
     else:
         corpora, tests, cells = _default_sides(registries, selected)
     if not tests:
         where = (
-            f"no row of {ws.store_path} evaluates or pre-trains on {', '.join(selected)}"
+            f"no row of {store_path} evaluates or pre-trains on {', '.join(selected)}"
             if rows
             else f"no downstream dataset with a pre-training corpus {'was named' if selected else 'is registered'}"
         )
@@ -144,7 +144,7 @@ def cmd_overlap(args) -> int:
     report = _report(corpora, tests, cells, args.threshold, root, hasher)
     hasher.save()
     _print(report, corpora, tests, args.examples)
-    out = Path(args.out) if args.out else ws.overlap_path
+    out = Path(args.out) if args.out else layout.overlap_report_path(args.work_dir)
     from umdbench.util import atomic_write_json
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ that covers every input its output can depend on, and replayed when all of them 
 Any difference is a miss: the plan is computed afresh (and stored again). A file rewritten with
 the same size and mtime is the one change not seen, the usual (path, size, mtime) contract.
 Errors are never stored. The cache lives only in an existing work dir (a dry run on a new one
-writes nothing), in ``plan-cache.json``.
+writes nothing), in ``plan-cache.json`` (:func:`umdbench.run.layout.plan_cache_path`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from umdbench.plan.codekey import code_stamp, file_stamp
-from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE  # (importing the Workspace costs numpy)
+from umdbench.run.layout import MARKER_FILE, plan_cache_path, stages_dir, store_path  # not the Workspace: numpy
 
-PLAN_CACHE = "plan-cache.json"
 PLAN_CACHE_MAX = 64
 FORMAT = 1
 
@@ -137,10 +136,10 @@ def environment_stamp() -> dict:
 
 def work_dir_stamp(work_dir: Path) -> list:
     """What of the work dir a printed plan shows: the results store and the finished stages."""
-    store = str(work_dir / STORE_FILE)
+    store = str(store_path(work_dir))
     finished = []
     try:
-        with os.scandir(work_dir / STAGES_DIR) as it:
+        with os.scandir(stages_dir(work_dir)) as it:
             finished = sorted(e.name for e in it if os.path.isfile(os.path.join(e.path, MARKER_FILE)))
     except OSError:
         pass
@@ -185,7 +184,7 @@ def cached_dry_run(argv: list[str], work_dir: str | Path, plugin_paths, compute:
     global _noted
 
     work = Path(work_dir)
-    cache_path = work / PLAN_CACHE
+    cache_path = plan_cache_path(work)
     key = hashlib.sha256(
         json.dumps(
             {"argv": list(argv), "code": code_stamp(plugin_paths), "machine": environment_stamp()}, sort_keys=True

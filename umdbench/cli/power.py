@@ -34,9 +34,9 @@ def cmd_power(args) -> int:
     from umdbench.results.leaderboard import collect_suite_results
     from umdbench.results.power import components, plan_text
     from umdbench.results.store import ResultsStore
-    from umdbench.run.workspace import Workspace
+    from umdbench.run import layout
 
-    store_path = Path(args.store) if args.store else Workspace(args.work_dir).store_path
+    store_path = Path(args.store) if args.store else layout.store_path(args.work_dir)
     if not store_path.is_file():
         raise UmdbenchError(f"no results store at {store_path}: pass --work-dir DIR (a sweep's) or --store FILE.")
     if args.difference <= 0:

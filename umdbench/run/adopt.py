@@ -30,6 +30,7 @@ from umdbench.plan.config import ResolvedRun
 from umdbench.plan.stages import Stage
 from umdbench.run.console import echo
 from umdbench.run.context import RunContext
+from umdbench.run.layout import ADOPT_SCRATCH_PREFIX, MARKER_FILE
 from umdbench.run.workspace import Workspace
 
 __all__ = ["Outcome", "adopt_stages", "candidates", "rerun_first_steps"]
@@ -77,7 +78,7 @@ def equivalent_keys(ws: Workspace, stage: Stage) -> set[str]:
     under one of them had the same parent weights."""
     keys = {stage.key}
     folder = ws.stage_dir(stage)
-    while folder is not None and (folder / "artifact.json").is_file():
+    while folder is not None and (folder / MARKER_FILE).is_file():
         source = ws.folder_marker(folder).get("adopted_from")
         if not source or source in keys:
             break
@@ -121,7 +122,7 @@ def rerun_first_steps(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: in
 
     ws = ctx.ws
     ws.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".adopt-", dir=ws.work_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=ADOPT_SCRATCH_PREFIX, dir=ws.work_dir) as tmp:
         scratch = Workspace(tmp)
         scratch.stages_dir.mkdir(parents=True)
         if stage.parent is not None:

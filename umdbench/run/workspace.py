@@ -1,26 +1,8 @@
 """The work dir's one owner: every path under it, and the stage artifacts (weights) kept there.
 
-Layout::
-
-    stages/<kind>-<name>-<key16>/    one per stage key (the artifact cache)
-        stage.json                   resolved stage config + every input of its key
-        train/                       mmengine work dir: logs, resumable checkpoints, tracking
-        model.safetensors            the artifact handed downstream
-        artifact.json                written last: marks the stage finished (sha256, wall time)
-        ddp-request.json             what a torchrun job of the stage reads (multi-process stages)
-        train/evidence.json          the first optimiser steps, recorded while it trains (umdbench.run.evidence)
-        stage.lock                   held while a process trains the stage (others wait, then reuse)
-    runs/<cell-key16>/               one per cell
-        config.json                  the run's resolved config and plan
-        eval/                        mmengine work dir of the evaluation
-        predictions.npz              per-example predictions of the evaluation (the row holds its sha256)
-        result.json                  the stored row, without the config
-        cell.lock                    held while a process evaluates and stores the cell
-    image_cache/                     decoded, resized images shared by every stage
-    results.sqlite                   one row per finished cell, and suite membership
-    reference-points.json            no-image baselines per dataset split (`umdbench baselines --work-dir`)
-
-Nothing else in umdbench spells these names: other modules ask a :class:`Workspace`.
+The names of its files and folders, and the layout they make, are in :mod:`umdbench.run.layout`;
+the Workspace builds every path from them. Other modules ask a :class:`Workspace` (or, for a path
+or two without one, the layout's helpers).
 """
 
 from __future__ import annotations
@@ -34,16 +16,26 @@ from typing import Any, Callable, Iterator
 from umdbench.errors import CheckpointError
 from umdbench.results import predictions as predictions_file
 from umdbench.results.store import ResultsStore
-from umdbench.run.layout import MARKER_FILE, STAGES_DIR, STORE_FILE, planning_cache_path
+from umdbench.run import layout
+from umdbench.run.layout import (
+    CELL_LOCK_FILE,
+    DDP_REQUEST_FILE,
+    EVAL_DIR,
+    EVIDENCE_FILE,
+    IMAGE_CACHE_DIR,
+    MARKER_FILE,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
+    RUN_CONFIG_FILE,
+    RUNS_DIR,
+    STAGE_INPUTS_FILE,
+    STAGE_LOCK_FILE,
+    TRAIN_DIR,
+    WEIGHTS_FILE,
+)
 from umdbench.util import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Workspace"]
-
-WEIGHTS_FILE = "model.safetensors"
-PREDICTIONS_FILE = "predictions.npz"
-REFERENCE_POINTS_FILE = "reference-points.json"
-STAGE_LOCK_FILE = "stage.lock"
-CELL_LOCK_FILE = "cell.lock"
 
 
 class Workspace:
@@ -59,7 +51,7 @@ class Workspace:
     # -- results store -----------------------------------------------------------------------------
     @property
     def store_path(self) -> Path:
-        return self.work_dir / STORE_FILE
+        return layout.store_path(self.work_dir)
 
     @property
     def store(self) -> ResultsStore:
@@ -70,13 +62,13 @@ class Workspace:
     # -- stages ------------------------------------------------------------------------------------
     @property
     def stages_dir(self) -> Path:
-        return self.work_dir / STAGES_DIR
+        return layout.stages_dir(self.work_dir)
 
     def stage_dir(self, stage) -> Path:
         return self.stages_dir / stage.dirname
 
     def train_dir(self, stage) -> Path:
-        return self.stage_dir(stage) / "train"
+        return self.stage_dir(stage) / TRAIN_DIR
 
     def resume_checkpoint(self, stage) -> Path | None:
         """The checkpoint an interrupted stage resumes from, or None to start it afresh.
@@ -120,7 +112,7 @@ class Workspace:
         return doomed
 
     def ddp_request_path(self, stage) -> Path:
-        return self.stage_dir(stage) / "ddp-request.json"
+        return self.stage_dir(stage) / DDP_REQUEST_FILE
 
     def weights_path(self, stage) -> Path:
         return self.stage_dir(stage) / WEIGHTS_FILE
@@ -164,7 +156,8 @@ class Workspace:
         """``stage.json``: what the stage's key was computed from."""
         self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
         atomic_write_json(
-            self.stage_dir(stage) / "stage.json", {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data}
+            self.stage_dir(stage) / STAGE_INPUTS_FILE,
+            {"key": stage.key, "key_inputs": stage.key_inputs, "data": stage.data},
         )
 
     def save_stage(self, stage, state: dict, **meta: Any) -> str:
@@ -181,12 +174,12 @@ class Workspace:
 
     def evidence_path(self, stage) -> Path:
         """Where a training stage records its first optimiser steps (:mod:`umdbench.run.evidence`)."""
-        return self.train_dir(stage) / "evidence.json"
+        return self.train_dir(stage) / EVIDENCE_FILE
 
     def stage_inputs(self, stage_dir: Path) -> dict | None:
         """A stage folder's ``stage.json`` (None when absent or unreadable)."""
         try:
-            data = json.loads((Path(stage_dir) / "stage.json").read_text())
+            data = json.loads((Path(stage_dir) / STAGE_INPUTS_FILE).read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -258,17 +251,17 @@ class Workspace:
 
     # -- runs --------------------------------------------------------------------------------------
     def run_dir(self, cell_key: str) -> Path:
-        return self.work_dir / "runs" / cell_key[:16]
+        return self.work_dir / RUNS_DIR / cell_key[:16]
 
     def eval_dir(self, cell_key: str) -> Path:
-        return self.run_dir(cell_key) / "eval"
+        return self.run_dir(cell_key) / EVAL_DIR
 
     def write_run_config(self, run, stages: list) -> Path:
         """``runs/<cell key>/config.json``: the cell's resolved config and stage plan."""
         run_dir = self.run_dir(stages[-1].key)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
-            run_dir / "config.json",
+            run_dir / RUN_CONFIG_FILE,
             {
                 "config": run.config,
                 "config_hash": run.hash,
@@ -280,15 +273,13 @@ class Workspace:
     @property
     def reference_points_path(self) -> Path:
         """The no-image baselines of the datasets evaluated here (:mod:`umdbench.results.baselines`)."""
-        return self.work_dir / REFERENCE_POINTS_FILE
+        return layout.reference_points_path(self.work_dir)
 
     @property
     def overlap_path(self) -> Path:
         """The train/test overlap report of the corpora and test splits evaluated here
         (``umdbench overlap``; :mod:`umdbench.data.overlap`), read by the boards."""
-        from umdbench.data.overlap import REPORT_FILE
-
-        return self.work_dir / REPORT_FILE
+        return layout.overlap_report_path(self.work_dir)
 
     def predictions_path(self, cell_key: str) -> Path:
         return self.run_dir(cell_key) / PREDICTIONS_FILE
@@ -320,7 +311,7 @@ class Workspace:
         }
 
     def result_path(self, cell_key: str) -> Path:
-        return self.run_dir(cell_key) / "result.json"
+        return self.run_dir(cell_key) / RESULT_FILE
 
     def write_result(self, row: dict) -> Path:
         """``runs/<cell key>/result.json``: the stored row without its config."""
@@ -338,7 +329,7 @@ class Workspace:
         return path if path.is_file() else self.write_result(row)
 
     def _ensure_run_config(self, row: dict) -> None:
-        path = self.run_dir(row["cell_key"]) / "config.json"
+        path = self.run_dir(row["cell_key"]) / RUN_CONFIG_FILE
         try:
             stored = json.loads(path.read_text())
             if (
@@ -452,9 +443,14 @@ class Workspace:
     # -- caches ------------------------------------------------------------------------------------
     @property
     def image_cache_dir(self) -> Path:
-        return self.work_dir / "image_cache"
+        return self.work_dir / IMAGE_CACHE_DIR
+
+    @property
+    def plan_cache_path(self) -> Path:
+        """The dry-run replay cache (:mod:`umdbench.cli.plancache`)."""
+        return layout.plan_cache_path(self.work_dir)
 
     @property
     def planning_cache_path(self) -> Path:
         """The data catalog's planning cache (:class:`umdbench.data.catalog.DataCatalog`)."""
-        return planning_cache_path(self.work_dir)
+        return layout.planning_cache_path(self.work_dir)
