@@ -14,11 +14,11 @@ from umdbench.cli import main
 from umdbench.data.catalog import DataCatalog
 from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plan.suites import Suite
 from umdbench.plugin import load_plugins
 from umdbench.results.store import ResultsStore
-from umdbench.run.predictions import PredictionRecorder
+from umdbench.run.prediction_recorder import PredictionRecorder
 
 SMALL = [
     "data.num_workers=0",

@@ -13,7 +13,7 @@ from umdbench.data.catalog import DataCatalog
 from umdbench.errors import ConfigError
 from umdbench.models.activation_checkpointing import apply_activation_checkpointing, is_checkpointed
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import load_plugins
 from umdbench.run.build_optim import build_optim_wrapper
 

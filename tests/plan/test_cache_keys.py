@@ -16,7 +16,7 @@ import pytest
 from umdbench.data.catalog import DataCatalog
 from umdbench.plan import codekey
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import load_plugins
 from umdbench.run.layout import planning_cache_path
 
@@ -76,7 +76,7 @@ def edited(monkeypatch, path: str) -> list:
     "path",
     [
         "umdbench/data/images.py",  # the image loader
-        "umdbench/run/stages.py",  # the training loop
+        "umdbench/run/train_and_evaluate.py",  # the training loop
         "umdbench/run/build_optim.py",  # optimiser, schedule
         "umdbench/api.py",  # the plugin contract
         "umdbench/kit/tasktypes.py",  # VQA batches and the shared head

@@ -9,7 +9,7 @@ import torch
 from umdbench.cli import main
 from umdbench.results import predictions as pfile
 from umdbench.results.store import ResultsStore
-from umdbench.run.predictions import PredictionRecorder, per_example
+from umdbench.run.prediction_recorder import PredictionRecorder, per_example
 
 SMALL = [
     "model.image_size=64",
@@ -101,7 +101,7 @@ def test_run_stores_predictions_referenced_by_checksum(tmp_path, capsys):
 
 
 def test_a_metrics_own_per_example_scores_are_stored_and_reproduce_it():
-    from umdbench.run.predictions import with_metric_scores
+    from umdbench.run.prediction_recorder import with_metric_scores
 
     # a Dice-like metric over 4 studies, reported in shuffled order
     per_example = {

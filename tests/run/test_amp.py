@@ -11,7 +11,7 @@ import torch
 from umdbench import util
 from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import load_plugins
 from umdbench.run.build_optim import bf16_optim_wrapper_class, build_optim_wrapper
 from umdbench.run.train_settings import use_amp

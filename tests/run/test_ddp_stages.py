@@ -12,13 +12,13 @@ import json
 import pytest
 
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import get_registries
 from umdbench.run.build_strategy import build_strategy
 from umdbench.run.checkpoint import safe_torch_load
 from umdbench.run.context import RunContext
 from umdbench.run.distributed import launch_stage
-from umdbench.run.stages import train_stage
+from umdbench.run.train_and_evaluate import train_stage
 
 COMMON = ["dataset.options.n_train=16", "dataset.options.n_val=4", "dataset.options.n_test=8", "data.num_workers=0"]
 

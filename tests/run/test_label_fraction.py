@@ -4,7 +4,7 @@ import pytest
 
 from umdbench.errors import ConfigError
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import load_plugins
 from umdbench.run.build_data import build_dataset, label_subset
 from umdbench.run.context import RunContext

@@ -166,7 +166,7 @@ def cmd_run(args) -> int:
     from umdbench.cli.launch import launch_of
     from umdbench.cli.plancache import note_config
     from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
-    from umdbench.plan.stages import build_plan, describe_plan
+    from umdbench.plan.stage_plan import build_plan, describe_plan
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.run.cell import run_cell
     from umdbench.run.context import RunContext

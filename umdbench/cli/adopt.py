@@ -59,7 +59,7 @@ def add_subcommands(sub, common_parent_parser) -> None:
 def cmd_adopt(args) -> int:
     from umdbench.errors import ConfigError
     from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
-    from umdbench.plan.stages import build_plan
+    from umdbench.plan.stage_plan import build_plan
     from umdbench.plugin import get_registries, note_failed_plugins
     from umdbench.run.adopt import adopt_stages
     from umdbench.run.context import RunContext

@@ -70,14 +70,14 @@ SOURCE_SUFFIXES = (".py", ".toml")
 # the sweep executors, the CLI and the results package are not entries: they decide where and
 # when a stage runs, never what it computes.
 RUN_ENTRIES = (
-    "umdbench.run.stages",
+    "umdbench.run.train_and_evaluate",
     "umdbench.run.stage_model",
     "umdbench.run.build_strategy",
     "umdbench.run.build_data",
     "umdbench.run.build_optim",
     "umdbench.run.build_runner",
     "umdbench.run.data_parallel",
-    "umdbench.run.predictions",
+    "umdbench.run.prediction_recorder",
 )
 
 # Modules the run path imports that cannot change a stage's numbers: not keyed, and not followed.

@@ -281,7 +281,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
 def default_metric(registries, dataset_cls) -> str | None:
     """The metric a dataset's evaluation scores with unless ``eval.metric`` names another: the
     dataset's own (``DatasetPlugin.metric``), else its task type's ``default_metric``; None when
-    neither names one. The one place this rule is spelled (``umdbench.plan.stages.metric_name``
+    neither names one. The one place this rule is spelled (``umdbench.plan.stage_plan.metric_name``
     applies ``eval.metric`` on top of it)."""
     name = dataset_cls.metric
     if not name and dataset_cls.task in registries.task:

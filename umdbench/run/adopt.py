@@ -27,7 +27,7 @@ import torch
 
 from umdbench.errors import UmdbenchError
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage
+from umdbench.plan.stage_plan import Stage
 from umdbench.run.console import echo
 from umdbench.run.context import RunContext
 from umdbench.run.layout import ADOPT_SCRATCH_PREFIX, MARKER_FILE
@@ -118,7 +118,7 @@ def rerun_first_steps(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: in
     ``umdbench run``: the same builders, runner, schedule (over the stage's full ``max_iters``)
     and hooks."""
     from umdbench.run.evidence import EvidenceComplete, stop_after
-    from umdbench.run.stages import _train
+    from umdbench.run.train_and_evaluate import _train
 
     ws = ctx.ws
     ws.work_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import torch
 from umdbench.api import DataContext, TaskType
 from umdbench.errors import ConfigError
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage
+from umdbench.plan.stage_plan import Stage
 from umdbench.run.context import RunContext
 from umdbench.run.train_settings import train_setting
 

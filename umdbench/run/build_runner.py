@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from umdbench.plan.config import TRACKING_BACKENDS, ResolvedRun
-from umdbench.plan.stages import Stage
+from umdbench.plan.stage_plan import Stage
 from umdbench.results.provenance import device_description
 from umdbench.run.console import PluginLogs
 from umdbench.run.context import RunContext

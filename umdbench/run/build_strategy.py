@@ -6,7 +6,7 @@ from __future__ import annotations
 from umdbench.api import Strategy, TaskInfo, TaskType
 from umdbench.errors import UmdbenchError
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage
+from umdbench.plan.stage_plan import Stage
 from umdbench.run.build_data import stage_task_type
 from umdbench.run.context import RunContext
 from umdbench.run.train_settings import train_setting

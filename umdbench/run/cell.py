@@ -13,11 +13,11 @@ from typing import Callable
 
 from umdbench.data.catalog import check_cell_data, skipped_counts
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage, describe_plan, metric_name
+from umdbench.plan.stage_plan import Stage, describe_plan, metric_name
 from umdbench.results.provenance import device_description, git_commit, package_versions
 from umdbench.run.console import echo
 from umdbench.run.context import RunContext
-from umdbench.run.stages import evaluate_stage, train_stage
+from umdbench.run.train_and_evaluate import evaluate_stage, train_stage
 
 __all__ = ["result_row", "run_cell", "store_result"]
 
@@ -140,6 +140,8 @@ def training_schedule(stages: list[Stage], ctx: RunContext) -> dict:
         out[stage.key] = dict(meta.get("data_parallel") or {"world_size": int(meta.get("world_size", 1))})
         if meta.get("wall_time_s") is not None:
             out[stage.key]["wall_time_s"] = float(meta["wall_time_s"])
+        if meta.get("train_flops") is not None:
+            out[stage.key]["train_flops"] = int(meta["train_flops"])
         if meta.get("adopted_from"):
             out[stage.key].update(adopted_from=meta["adopted_from"], adoption=meta.get("adoption") or {})
     return out

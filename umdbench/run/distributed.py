@@ -10,7 +10,7 @@ without ``--standalone``: a c10d rendezvous on node 0's store with its own id pe
 (:mod:`umdbench.run.nodes` says who does what: node 0 leads, the others join its jobs).
 
 Every rank rebuilds the plan from the request, finds the stage by its key and calls
-:func:`umdbench.run.stages.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
+:func:`umdbench.run.train_and_evaluate.train_stage` with ``launcher='pytorch'``. On a machine without CUDA the
 ranks talk over gloo (mmengine's own launcher insists on CUDA; see build_runner.distributed_runner_kwargs).
 The stage's batch size is global: each rank gets ``batch_size // world``. Rank 0, on node 0, writes
 the artifact, so the cache looks the same as after a single-process run; an interrupted job resumes
@@ -164,7 +164,7 @@ def torchrun_trainer(nproc: int | Launch, plugin_paths=(), group=None):
     cached as a torchrun job (``nproc`` processes here, or a :class:`Launch` over several nodes).
     Only this process takes the stage lock: the ranks do not, nor do the other nodes."""
     from umdbench.run.console import echo
-    from umdbench.run.stages import train_stage, waiting_note
+    from umdbench.run.train_and_evaluate import train_stage, waiting_note
 
     launch = nproc if isinstance(nproc, Launch) else Launch(nproc_per_node=int(nproc))
 
@@ -183,7 +183,7 @@ def torchrun_trainer(nproc: int | Launch, plugin_paths=(), group=None):
 
 def stage_trainer(launch: Launch, plugin_paths=(), group=None):
     """The ``train`` function of a run on node 0 (or a single node): in this process, or torchrun."""
-    from umdbench.run.stages import train_stage
+    from umdbench.run.train_and_evaluate import train_stage
 
     return torchrun_trainer(launch, plugin_paths, group) if launch.world_size > 1 else train_stage
 
@@ -224,10 +224,10 @@ def order_ranks_by_node() -> None:
 def run_request(request_path: str | Path) -> Path:
     """One rank: rebuild the stage from the request and train it under DDP."""
     from umdbench.plan.config import CellSpec, ResolvedRun
-    from umdbench.plan.stages import build_plan
+    from umdbench.plan.stage_plan import build_plan
     from umdbench.plugin import get_registries
     from umdbench.run.context import RunContext
-    from umdbench.run.stages import train_stage
+    from umdbench.run.train_and_evaluate import train_stage
 
     order_ranks_by_node()
     req = json.loads(Path(request_path).read_text())

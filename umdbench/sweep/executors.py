@@ -25,7 +25,7 @@ from umdbench.errors import ConfigError, UmdbenchError
 from umdbench.run.cell import run_cell, store_result
 from umdbench.run.console import echo
 from umdbench.run.context import RunContext
-from umdbench.run.stages import evaluate_stage, train_stage
+from umdbench.run.train_and_evaluate import evaluate_stage, train_stage
 from umdbench.sweep.planning import PlannedCell, SweepPlan, SweepReport, format_failure, mark
 
 RAY_WITH_TORCHRUN = (

@@ -1,7 +1,7 @@
 """A sweep: a grid of cells planned into one DAG of unique stages, then executed.
 
 Every cell resolves to a chain of stages (pre-training -> tuning stages -> evaluation) whose keys
-cover everything upstream (see :mod:`umdbench.plan.stages`), so stages that several cells need have equal
+cover everything upstream (see :mod:`umdbench.plan.stage_plan`), so stages that several cells need have equal
 keys: one pre-training serves every cell that uses it, one TD-Calib every cell with the same
 pre-training, dataset and seed. The sweep dedupes the training stages by key and orders them
 topologically (parents first, cell by cell so that results arrive early); evaluation stays per
@@ -24,7 +24,7 @@ from umdbench.api import DataError
 from umdbench.data.catalog import DataCatalog, missing_data
 from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
 from umdbench.plan.config import CellSpec, ResolvedRun, resolve, tune_chain
-from umdbench.plan.stages import Stage, build_plan
+from umdbench.plan.stage_plan import Stage, build_plan
 from umdbench.util import dataset_root
 
 _TUNE_INDEX = re.compile(r"^tune\.(\d+|\*)(\..*)?$")

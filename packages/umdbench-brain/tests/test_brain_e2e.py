@@ -68,7 +68,7 @@ def test_entry_point_registers_every_kind_and_a_valid_suite(capsys):
 def untrained_dice(work_dir) -> float:
     """Dice of the same strategy before any step, with the same seed, data and evaluation."""
     from umdbench.plan.config import CellSpec, parse_override, resolve
-    from umdbench.plan.stages import build_plan
+    from umdbench.plan.stage_plan import build_plan
     from umdbench.run.build_data import build_dataset
     from umdbench.run.build_strategy import build_strategy
     from umdbench.run.context import RunContext

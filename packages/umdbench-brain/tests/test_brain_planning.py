@@ -2,7 +2,7 @@
 
 from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plan.suites import get_suite
 from umdbench.plugin import load_plugins
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import get_registries
 from umdbench.run.context import RunContext
 
@@ -32,7 +32,7 @@ def train(work_dir: Path, nproc: int) -> tuple[list[dict], dict[str, torch.Tenso
     from safetensors.torch import load_file
 
     from umdbench.run.distributed import launch_stage
-    from umdbench.run.stages import train_stage
+    from umdbench.run.train_and_evaluate import train_stage
 
     registries = get_registries(reload=True)
     cell = CellSpec(

@@ -9,7 +9,7 @@ import torch
 from umdbench.api import TuneStrategy
 from umdbench.errors import ConfigError, PluginError, UmdbenchError
 from umdbench.plan.config import ResolvedRun
-from umdbench.plan.stages import Stage, metric_name
+from umdbench.plan.stage_plan import Stage, metric_name
 from umdbench.plugin.calls import plugin_errors
 from umdbench.run.build_data import build_dataset, dataloader_cfg, stage_records
 from umdbench.run.build_optim import build_optim_wrapper, lr_schedule
@@ -62,6 +62,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     from umdbench.models.activation_checkpointing import apply_activation_checkpointing
     from umdbench.run.checkpoint import install_safe_loader
     from umdbench.run.evidence import EvidenceHook
+    from umdbench.run.flops import FlopCountHook
     from umdbench.run.host_memory import limit_heap_retention
     from umdbench.run.stage_model import StageModel
 
@@ -135,6 +136,8 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     # the first optimiser steps, kept in the marker for `umdbench adopt` (umdbench.run.evidence)
     evidence = EvidenceHook(lambda: artifact_state(strategy), ws.evidence_path(stage), accum, world, rank)
     runner.register_hook(evidence)
+    flops = FlopCountHook(accum, world, int(train["max_iters"]))  # the compute column's estimate
+    runner.register_hook(flops)
     with plugin_errors(stage_plugins(stage, run, ctx), f"training stage {stage.title}"):
         runner.train()
     if rank != 0:
@@ -151,6 +154,7 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
         world_size=world,
         data_parallel=data_parallel,
         evidence=evidence.record(),
+        train_flops=flops.total(),
     )
     ws.prune_checkpoints(stage, int(train.get("keep_checkpoints", 1)))  # after the marker: never without both
     echo(f"{step} {stage.title}: done in {wall:.1f}s -> {ws.stage_dir(stage)}")
@@ -204,7 +208,7 @@ def evaluate_stage(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str) -
             f"dataset {stage.data['type']!r} names no metric and its task type {spec.name!r} has no "
             f"default_metric; set one of them."
         )
-    from umdbench.run.predictions import PredictionRecorder, with_metric_scores
+    from umdbench.run.prediction_recorder import PredictionRecorder, with_metric_scores
 
     metric = ctx.registries.metric.get(name)()
     recorder = PredictionRecorder()  # per-example predictions, for the leaderboard's intervals
