@@ -213,6 +213,41 @@ def test_no_module_imports_a_higher_layer():
     )
 
 
+# Imports the layers allow but a package must not make: (importing package, imported package, why).
+FORBIDDEN: list[tuple[str, str, str]] = [
+    (
+        "umdbench.results",
+        "umdbench.plugin",
+        "results render from the Suite objects (and reference points, overlap report) the caller hands "
+        "in; resolving suites through the plugin registries is the CLI's job",
+    ),
+]
+
+
+def _in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def forbidden_imports(imports: list[Import]) -> list[str]:
+    return [
+        f"  {imp.where()}\n      {source} must not import {target}: {why}"
+        for source, target, why in FORBIDDEN
+        for imp in imports
+        if _in_package(imp.source, source) and _in_package(imp.target, target)
+    ]
+
+
+def test_no_forbidden_imports():
+    found = forbidden_imports(IMPORTS)
+    assert not found, f"{len(found)} forbidden import(s):\n" + "\n".join(found)
+
+
+def test_forbidden_imports_flags_a_results_module_that_loads_plugins():
+    flagged = Import("umdbench.results.board_data", "umdbench.plugin.loading", "f.py", 3, "from ... import x")
+    allowed = Import("umdbench.cli", "umdbench.plugin", "g.py", 1, "from umdbench.plugin import get_registries")
+    assert len(forbidden_imports([flagged, allowed])) == 1
+
+
 def test_no_import_cycles():
     cycles = find_cycles(IMPORTS)
     report = []
@@ -220,6 +255,112 @@ def test_no_import_cycles():
         path = " -> ".join([chain[0].source] + [imp.target for imp in chain])
         report.append(f"  cycle {path}\n" + "\n".join(f"      {imp.where()}" for imp in chain))
     assert not cycles, f"{len(cycles)} import cycle(s) among umdbench modules:\n" + "\n".join(report)
+
+
+# -- data services come from umdbench.data --------------------------------------------------------
+# The dataset catalog and the checks run before training live in umdbench.data.catalog (layer 2),
+# one floor below every user. The planner imports them too, so they are reachable through
+# umdbench.plan as well; a module that takes them from there (as umdbench.run once did) depends on
+# the planner for its data. Every importer names the catalog module itself.
+DATA_SERVICES = "umdbench.data.catalog"
+
+
+def data_service_names(path: Path) -> set[str]:
+    """The public surface (``__all__``) of the data-services module."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError(f"{path} has no __all__")
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def data_services_taken_elsewhere(
+    modules: dict[str, Path], names: set[str], owner: str = DATA_SERVICES, root: Path = ROOT
+) -> list[str]:
+    """``file:line: statement`` of each place a umdbench module takes one of ``names`` from a umdbench
+    module other than ``owner``: ``from umdbench.plan.stage_plan import DataCatalog``, or
+    ``stage_plan.DataCatalog`` on a name bound to such a module (``import umdbench.plan.stage_plan``,
+    ``from umdbench.plan import stage_plan``, ``... as sp``)."""
+    found = []
+    for source, path in modules.items():
+        if source == owner:
+            continue
+        text = path.read_text()
+        tree = ast.parse(text, filename=str(path))
+        package = source.split(".") if path.name == "__init__.py" else source.split(".")[:-1]
+        rel = str(path.relative_to(root))
+        bound: dict[str, str] = {}  # local name -> the umdbench module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("umdbench."):
+                        bound[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+                if not base.startswith("umdbench"):
+                    continue
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in modules:
+                        bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+                    elif alias.name in names and base != owner:
+                        where = " ".join((ast.get_source_segment(text, node) or "").split())
+                        found.append(f"  {rel}:{node.lineno}: {where}  ({alias.name} from {base})")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                value = _dotted(node.value)
+                module = bound.get(value, value) if value else None
+                if module and module.startswith("umdbench") and module != owner:
+                    found.append(f"  {rel}:{node.lineno}: {value}.{node.attr}  ({node.attr} from {module})")
+    return found
+
+
+def test_data_services_come_from_umdbench_data():
+    names = data_service_names(MODULES[DATA_SERVICES])
+    assert {"DataCatalog", "check_cell_data", "missing_data", "skipped_counts"} <= names
+    found = data_services_taken_elsewhere(MODULES, names)
+    assert not found, (
+        f"data services ({', '.join(sorted(names))}) taken from a module other than {DATA_SERVICES} "
+        "(the run layer must not reach into umdbench.plan for data); import them from "
+        f"{DATA_SERVICES}:\n" + "\n".join(found)
+    )
+
+
+def test_data_services_rule_sees_each_way_in(tmp_path):
+    files = {
+        "umdbench.plan.stage_plan": "from umdbench.data.catalog import DataCatalog\n",  # reachable here too
+        "umdbench.run.a": "from umdbench.plan.stage_plan import Stage, DataCatalog\n",
+        "umdbench.run.b": "from umdbench.plan import stage_plan\nc = stage_plan.check_cell_data\n",
+        "umdbench.run.c": "import umdbench.plan.stage_plan as sp\nsp.missing_data\n",
+        "umdbench.run.d": "from ..plan.stage_plan import skipped_counts\n",
+        # the catalog from its own module, planning from the planner
+        "umdbench.run.ok": "from umdbench.data.catalog import DataCatalog\n"
+        "import umdbench.plan.stage_plan as p\np.Stage\n",
+    }
+    modules = {DATA_SERVICES: MODULES[DATA_SERVICES]}
+    for module, text in files.items():
+        path = tmp_path.joinpath(*module.split(".")).with_suffix(".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        modules[module] = path
+    found = data_services_taken_elsewhere(
+        modules, {"DataCatalog", "check_cell_data", "missing_data", "skipped_counts"}, root=tmp_path
+    )
+    assert [line.split(":")[0].strip() for line in found] == [
+        "umdbench/run/a.py",
+        "umdbench/run/b.py",
+        "umdbench/run/c.py",
+        "umdbench/run/d.py",
+    ], found
 
 
 def test_find_cycles_reports_the_path():
