@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import TINY
 from umdbench.plan.config import CellSpec, parse_override, resolve
-from umdbench.plan.stages import build_plan
+from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import get_registries
 from umdbench.run.cell import run_cell, store_result
 from umdbench.run.context import RunContext
