@@ -1,5 +1,5 @@
 """``umdbench adopt``: reuse stages trained by older code once the current code is shown to train
-them alike (:mod:`umdbench.run.adopt`). Import-light (no torch until the command runs)."""
+them alike (:mod:`umdbench.run.stage_adoption`). Import-light (no torch until the command runs)."""
 
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ def cmd_adopt(args) -> int:
     from umdbench.plan.config import CellSpec, parse_override, parse_tune_chain, resolve
     from umdbench.plan.stage_plan import build_plan
     from umdbench.plugin import get_registries, note_failed_plugins
-    from umdbench.run.adopt import adopt_stages
     from umdbench.run.context import RunContext
     from umdbench.run.evidence import EVIDENCE_STEPS
+    from umdbench.run.stage_adoption import adopt_stages
 
     one_cell = [args.pretrain, args.tune, args.dataset]
     if bool(args.suite) == any(v is not None for v in one_cell) or (not args.suite and None in one_cell):

@@ -76,7 +76,7 @@ REFERENCE_POINTS_FILE = "reference-points.json"  # no-image baselines (umdbench.
 OVERLAP_REPORT_FILE = "overlap.json"
 PLAN_CACHE_FILE = "plan-cache.json"  # the dry-run replay cache (umdbench.cli.plancache)
 PLANNING_CACHE_FILE = "planning-cache.json"  # the data catalog's planning results (umdbench.data.catalog)
-ADOPT_SCRATCH_PREFIX = ".adopt-"  # temporary work dirs of `umdbench adopt` (umdbench.run.adopt)
+ADOPT_SCRATCH_PREFIX = ".adopt-"  # temporary work dirs of `umdbench adopt` (umdbench.run.stage_adoption)
 
 # -- in a stage folder -----------------------------------------------------------------------------
 STAGE_INPUTS_FILE = "stage.json"  # what the stage's key was computed from
