@@ -105,7 +105,7 @@ def render(data: dict) -> list[str]:
         f"6 co-attention layers; {plain['precision']}, optimiser stepped in backward, {plain['allocator']}) at batch "
         f"{data['batch']}, each mode in a fresh process, {data['steps']} measured step(s) after one warm-up. "
         f"`train.activation_checkpointing=true` recomputes the ViT blocks, the text layers and the co-attention layers "
-        f"in backward (same updates: `tests/test_activation_checkpointing.py`). Measured {data['measured']} on "
+        f"in backward (same updates: `tests/models/test_activation_checkpointing.py`). Measured {data['measured']} on "
         f"{data['machine']}: batch {data['batch']}, the largest that fits comfortably beside other work on this "
         f"machine (256 does not fit it).",
         "",

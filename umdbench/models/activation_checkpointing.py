@@ -10,7 +10,7 @@ the blocks per step (1.21x the FLOPs of the paper MR step; its memory: BENCHMARK
 
 The recomputation is the same computation: the RNG state is stashed before each block and restored
 for its replay (dropout and drop path draw the same masks) and autocast is replayed as it was, so
-gradients and updates equal those of the plain step (tests/test_activation_checkpointing.py). It
+gradients and updates equal those of the plain step (tests/models/test_activation_checkpointing.py). It
 therefore stays out of the stage key (:data:`umdbench.plan.stage_plan.NON_NUMERIC_TRAIN`). With the
 optimiser stepped in backward (``train.step_in_backward``) a parameter is stepped once its gradient
 is complete, which for a block's weights is after the block's replay, so the replay reads this

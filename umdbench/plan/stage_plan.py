@@ -24,8 +24,8 @@ from umdbench.util import config_hash
 # the cache: loader workers (each record's pixels and the sampler order do not depend on them),
 # the image cache (it stores exactly what decoding returns), log and checkpoint intervals and how
 # many checkpoints are kept (bookkeeping of the runner only), whether the optimiser steps inside
-# backward (the same updates bit for bit, tests/test_step_in_backward.py) and whether the encoder
-# blocks recompute their activations in backward (the same updates, tests/test_activation_checkpointing.py).
+# backward (the same updates bit for bit, tests/run/test_step_in_backward.py) and whether the encoder
+# blocks recompute their activations in backward (the same updates, tests/models/test_activation_checkpointing.py).
 # fused/foreach stay in: the AdamW kernels round differently. The evaluation batch size enters the
 # evaluation's key only.
 NON_NUMERIC_DATA = ("num_workers", "image_cache", "eval_batch_size")
