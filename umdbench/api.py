@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.7"
+CONTRACT_VERSION = "1.8"
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,9 @@ class DatasetPlugin:
     task: ClassVar[str] = "vqa"  # a registered task type (`umdbench list --kind task`)
     # the registered encoder this dataset's records fit when a run does not choose one
     encoder: ClassVar[str] = "coattn"
+    # preset name -> the encoder used at that preset instead of ``encoder`` (a run's --encoder still
+    # wins): e.g. a CPU phantom on a cheap encoder at "tiny", the paper's backbone at "small"/"paper"
+    preset_encoders: ClassVar[dict[str, str]] = {}
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     needs_root: ClassVar[bool] = True  # False for generated data
     # name of the corpus plugin used for pre-training when a run does not say otherwise

@@ -155,7 +155,7 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
             f"dataset {cell.dataset!r} is a pre-training corpus (no labels); pass a downstream dataset to "
             f"--dataset and choose the corpus with --cfg-options pretrain.corpus.type={cell.dataset}."
         )
-    encoder_name = cell.encoder or dataset_cls.encoder
+    encoder_name = cell.encoder or default_encoder(dataset_cls, cell.preset)
     encoder_cls = registries.encoder.get(encoder_name)
     if cell.preset not in encoder_cls.presets:
         raise ConfigError(
@@ -276,6 +276,12 @@ def resolve(cell: CellSpec, registries) -> ResolvedRun:
         + _data_deviations(config, dataset_cls, registries)
     )
     return ResolvedRun(cell, config, config["deviations"])
+
+
+def default_encoder(dataset_cls, preset: str) -> str:
+    """The encoder a run on ``dataset_cls`` at ``preset`` uses when it names none (``--encoder``):
+    the dataset's ``preset_encoders`` entry for the preset, else its ``encoder``."""
+    return (getattr(dataset_cls, "preset_encoders", None) or {}).get(preset) or dataset_cls.encoder
 
 
 def default_metric(registries, dataset_cls) -> str | None:

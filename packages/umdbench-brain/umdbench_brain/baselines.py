@@ -13,8 +13,8 @@ from torch import nn
 
 from umdbench import draws
 from umdbench.api import Option, PretrainStrategy
-from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_TINY
-from umdbench_brain.strategies import PRESENT_VOXEL_MEAN, VOLUME_ENCODERS
+from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_SMALL, PRETRAIN_TINY
+from umdbench_brain.strategies import PRESENT_VOXEL_MEAN, VOLUME_ENCODERS, budget_deviations
 from umdbench_brain.templates import wide
 
 __all__ = ["SimCLR3D", "ModelsGenesis", "nt_xent"]
@@ -60,6 +60,7 @@ class SimCLR3D(PretrainStrategy):
     }
     presets: ClassVar[dict] = {
         "tiny": {"temperature": 0.1, "min_scale": 0.6, "noise_std": 0.05, "proj_dim": 64, "train": PRETRAIN_TINY},
+        "small": {"temperature": 0.1, "min_scale": 0.6, "noise_std": 0.05, "proj_dim": 128, "train": PRETRAIN_SMALL},
         "paper": {"temperature": 0.1, "min_scale": 0.6, "noise_std": 0.05, "proj_dim": 128, "train": PRETRAIN_PAPER},
     }
 
@@ -72,10 +73,14 @@ class SimCLR3D(PretrainStrategy):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        return COMMON_GAPS + [
-            "3-D augmentations of our choosing (sub-crop + resize, flips, intensity, noise); "
-            "SimCLR's colour jitter and blur have no MRI counterpart"
-        ]
+        return (
+            COMMON_GAPS
+            + [
+                "3-D augmentations of our choosing (sub-crop + resize, flips, intensity, noise); "
+                "SimCLR's colour jitter and blur have no MRI counterpart"
+            ]
+            + budget_deviations(cfg.get("train"), PRETRAIN_PAPER, "pre-training (BrainMVP's recipe)")
+        )
 
     @classmethod
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
@@ -146,6 +151,7 @@ class ModelsGenesis(PretrainStrategy):
     }
     presets: ClassVar[dict] = {
         "tiny": {**_common, "train": PRETRAIN_TINY},
+        "small": {**_common, "train": PRETRAIN_SMALL},
         "paper": {**_common, "shuffle_blocks": 10000, "train": PRETRAIN_PAPER},
     }
 
@@ -158,10 +164,14 @@ class ModelsGenesis(PretrainStrategy):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        return COMMON_GAPS + [
-            "every present modality is a channel of one input (Models Genesis: one CT channel); "
-            "transformations re-implemented from the paper's description"
-        ]
+        return (
+            COMMON_GAPS
+            + [
+                "every present modality is a channel of one input (Models Genesis: one CT channel); "
+                "transformations re-implemented from the paper's description"
+            ]
+            + budget_deviations(cfg.get("train"), PRETRAIN_PAPER, "pre-training (BrainMVP's recipe)")
+        )
 
     @classmethod
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:

@@ -25,11 +25,18 @@ from torch import nn
 from umdbench import draws
 from umdbench.api import Option, PretrainStrategy, train_config
 from umdbench.errors import ConfigError
-from umdbench_brain.strategies import FINETUNE_PAPER, VOLUME_ENCODERS, ClsTune, SegTune
+from umdbench_brain.strategies import (
+    FINETUNE_PAPER,
+    PRETRAIN_SMALL,
+    VOLUME_ENCODERS,
+    ClsTune,
+    SegTune,
+    budget_deviations,
+)
 from umdbench_brain.tasks import seg_loss
 from umdbench_brain.templates import ModalityTemplates, block_mask, canvas_start, info_nce, wide
 
-__all__ = ["BrainMVP", "SegTemplateTune", "ClsTemplateTune", "PRETRAIN_PAPER", "PRETRAIN_TINY"]
+__all__ = ["BrainMVP", "SegTemplateTune", "ClsTemplateTune", "PRETRAIN_PAPER", "PRETRAIN_SMALL", "PRETRAIN_TINY"]
 
 # notes 1.5: AdamW 3e-4 / wd 1e-5, cosine without warm-up, 3 x 4 GPUs x accumulation 2 = 24 studies
 # per optimiser step, 1500 epochs of the 500 studies the released script keeps = 31,250 steps
@@ -60,6 +67,7 @@ PRETRAIN_TINY = train_config(
 # released epochs: contrastive term from epoch 1000 of 1500 (help text: "1000 in paper");
 # second view a template view up to epoch 300 (code only)
 CONTRAST_START_PAPER = 1000 / 1500
+RELEASED_CANVAS = [240, 240, 155]
 TEMPLATE_ONLY_RELEASED = 300 / 1500
 
 _COMMON = {
@@ -131,6 +139,8 @@ class BrainMVP(PretrainStrategy):
     }
     presets: ClassVar[dict] = {
         "tiny": {**_COMMON, "block_size": 4, "template_canvas": [48, 48, 48], "train": PRETRAIN_TINY},
+        # the brainsynth canvas (48^3 phantoms) and blocks of 4 on 32^3 crops (released 8 on 96^3)
+        "small": {**_COMMON, "block_size": 4, "template_canvas": [48, 48, 48], "train": PRETRAIN_SMALL},
         "paper": {**_COMMON, "block_size": 8, "template_canvas": [240, 240, 155], "train": PRETRAIN_PAPER},
     }
 
@@ -209,9 +219,14 @@ class BrainMVP(PretrainStrategy):
                 f"template min-max epsilon {cfg.get('template_eps')} (released 1e-9: at zero init the raw "
                 f"gradient is scaled by 1e9, which AdamW's normalisation hides)"
             )
-        if cfg.get("train", {}).get("batch_size") not in (None, 24):
-            found.append(f"batch {cfg['train']['batch_size']} studies per step (released 24)")
-        return found
+        if cfg.get("block_size") != 8:
+            found.append(f"masked blocks of {cfg.get('block_size')} voxels (released 8 on 96^3 crops)")
+        if list(cfg.get("template_canvas") or ()) != list(RELEASED_CANVAS):
+            found.append(
+                f"template canvas {cfg.get('template_canvas')} (released {RELEASED_CANVAS}, the BraTS grid; "
+                f"the canvas must hold the dataset's pre-processed volumes)"
+            )
+        return found + budget_deviations(cfg.get("train"), PRETRAIN_PAPER, "pre-training")
 
     @classmethod
     def batch_coupled_terms(cls, cfg: dict) -> list[str]:
@@ -486,6 +501,8 @@ class SegTemplateTune(_TemplateTune, SegTune):
     }
     presets: ClassVar[dict] = {
         "tiny": {**SegTune.presets["tiny"], **_TMPL_COMMON, "consistency": "tile", "consistency_weight": 0.1},
+        # the canvas of brainmvp's small preset (planning refuses a mismatch)
+        "small": {**SegTune.presets["small"], **_TMPL_COMMON, "consistency": "tile", "consistency_weight": 0.1},
         "paper": {
             **SegTune.presets["paper"],
             **_TMPL_COMMON,
@@ -573,6 +590,7 @@ class ClsTemplateTune(_TemplateTune, ClsTune):
     option_schema: ClassVar[dict] = {**ClsTune.option_schema, **_TemplateTune.template_options}
     presets: ClassVar[dict] = {
         "tiny": {**ClsTune.presets["tiny"], **_TMPL_COMMON},
+        "small": {**ClsTune.presets["small"], **_TMPL_COMMON},
         "paper": {**ClsTune.presets["paper"], **_TMPL_COMMON, "template_canvas": [240, 240, 155]},
     }
 

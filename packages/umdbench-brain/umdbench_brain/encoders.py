@@ -81,6 +81,14 @@ class ResUNetEncoder(VolumeEncoder):
             "blocks": [1, 1, 1, 1],
             "norm": "instance",
         },
+        # the CPU budget's crop at twice tiny's widths (the brain suites use uniformer3d at small)
+        "small": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "channels": [16, 32, 64, 128],
+            "blocks": [1, 1, 1, 1],
+            "norm": "instance",
+        },
         # the released UNet variant's widths and depths at the released 96^3 crop
         "paper": {
             "modalities": BRATS_MODALITIES,
@@ -136,6 +144,14 @@ class SwinViTEncoder(VolumeEncoder):
             "modalities": BRATS_MODALITIES,
             "roi_size": 32,
             "feature_size": 12,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 4,
+        },
+        "small": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "feature_size": 24,
             "depths": [1, 1, 1, 1],
             "num_heads": [1, 2, 4, 8],
             "window_size": 4,
@@ -312,6 +328,23 @@ class UniFormerEncoder(VolumeEncoder):
             "stem_stride": 2,
             "drop_path": 0.0,
         },
+        # the released layout (two conv stages, then two attention stages, patch-embed before each)
+        # at a quarter of its widths with the released head counts (5 and 8 heads of 16 channels),
+        # about a third of its depths and a third of its crop edge: what the brain suites' boards
+        # train on 2 CPU cores (the brain README, "The small preset")
+        "small": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "widths": [16, 32, 80, 128],
+            "depths": [1, 1, 2, 1],
+            "local_stages": 2,
+            "head_dim": 16,
+            "mlp_ratio": 4.0,
+            "qkv_bias": True,
+            "local_kernel": 5,
+            "stem_stride": 2,
+            "drop_path": 0.0,
+        },
         "paper": {
             "modalities": BRATS_MODALITIES,
             "roi_size": 96,
@@ -330,6 +363,26 @@ class UniFormerEncoder(VolumeEncoder):
     @classmethod
     def stride_multiple(cls, cfg: dict) -> int:
         return int(cfg["stem_stride"]) * 2 ** (len(cfg["widths"]) - 1)
+
+    # what a run's geometry is compared with: the released UniFormer-S and its 96^3 crop
+    GEOMETRY_KEYS: ClassVar[tuple[str, ...]] = (
+        "roi_size",
+        "widths",
+        "depths",
+        "local_stages",
+        "head_dim",
+        "mlp_ratio",
+        "qkv_bias",
+        "local_kernel",
+        "stem_stride",
+        "drop_path",
+    )
+
+    @classmethod
+    def deviations(cls, cfg: dict) -> list[str]:
+        released = cls.presets["paper"]
+        diffs = [f"{k} {cfg.get(k)} (released {released[k]})" for k in cls.GEOMETRY_KEYS if cfg.get(k) != released[k]]
+        return ["UniFormer-S reduced: " + ", ".join(diffs)] if diffs else []
 
     @classmethod
     def check(cls, cfg: dict) -> None:
@@ -432,6 +485,14 @@ class MonaiEncoder(VolumeEncoder):
             "swinunetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4},
             "unetr": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_layers": 4, "num_heads": 4},
             "basicunet": {"features": [8, 8, 16, 32, 64]},
+        },
+        "small": {
+            "modalities": BRATS_MODALITIES,
+            "roi_size": 32,
+            "arch": "swinunetr",
+            "swinunetr": {"feature_size": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4},
+            "unetr": {"feature_size": 16, "hidden_size": 192, "mlp_dim": 768, "num_layers": 4, "num_heads": 4},
+            "basicunet": {"features": [16, 16, 32, 64, 128]},
         },
         "paper": {
             "modalities": BRATS_MODALITIES,

@@ -15,7 +15,8 @@ use, so a plugin built on it is judged with the same data, decoder, loss, recipe
 * **Supervised tuning**: :class:`VolumeTune` (the counterpart of ``umdbench.kit.SupervisedTune``:
   the task type's head, loss and predictions on the shared encoder), :class:`SegTune` (sliding-window
   prediction of whole volumes), :class:`ClsTune`; :func:`seg_loss`.
-* **Recipes**: the training budgets every brain strategy uses (:data:`FINETUNE_TINY`, ...).
+* **Recipes**: the training budgets every brain strategy uses (:data:`FINETUNE_TINY`, ...), and
+  :func:`budget_deviations` (the line that records a budget's departures from the released one).
 * **Metric keys**: :data:`DICE_METRIC_KEYS`, :data:`SEG_METRICS` (the suites' columns),
   :func:`region_names` (the region suffix rule a per-region metric should share).
 * **Tests**: :func:`tiny_volume_encoder`, :func:`tiny_volume_strategy`, :func:`tiny_volume_batch`
@@ -30,18 +31,20 @@ import torch
 
 from umdbench import draws
 from umdbench.api import TaskInfo
-from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_TINY
+from umdbench_brain.brainmvp import PRETRAIN_PAPER, PRETRAIN_SMALL, PRETRAIN_TINY
 from umdbench_brain.encoders import BRATS_MODALITIES, VolumeEncoder
 from umdbench_brain.heads import ReconDecoder, SegDecoder
 from umdbench_brain.metrics import BRATS_REGIONS, DiceMetric, dice_per_case, hd95_per_case
 from umdbench_brain.strategies import (
     FINETUNE_PAPER,
+    FINETUNE_SMALL,
     FINETUNE_TINY,
     PRESENT_VOXEL_MEAN,
     VOLUME_ENCODERS,
     ClsTune,
     SegTune,
     VolumeTune,
+    budget_deviations,
 )
 from umdbench_brain.tasks import (
     VOLUME_KEYS,
@@ -81,10 +84,13 @@ __all__ = [
     "soft_dice_loss",
     # recipes (training budgets) and recorded departures
     "FINETUNE_TINY",
+    "FINETUNE_SMALL",
     "FINETUNE_PAPER",
     "PRETRAIN_TINY",
+    "PRETRAIN_SMALL",
     "PRETRAIN_PAPER",
     "PRESENT_VOXEL_MEAN",
+    "budget_deviations",
     # metric keys and per-case scores
     "DICE_METRIC_KEYS",
     "SEG_METRICS",

@@ -15,7 +15,7 @@ from umdbench import draws
 from umdbench.api import Option, PretrainStrategy, TaskInfo, TuneStrategy, train_config
 from umdbench.errors import ConfigError
 
-__all__ = ["VolumeTune", "SegTune", "ClsTune", "MAE3D"]
+__all__ = ["VolumeTune", "SegTune", "ClsTune", "MAE3D", "budget_deviations"]
 
 # The released fine-tuning recipe (notes 1.6): Adam 3e-4, weight decay 1e-4, cosine, batch 2.
 # 12,000 iterations ~ 300 epochs of ~80 training studies at batch 2 (BraTS2023-PED's size).
@@ -42,6 +42,50 @@ FINETUNE_TINY = train_config(
     checkpoint_interval=60,
     log_interval=10,
 )
+
+# The CPU-sized budget the brain suites' committed boards use (preset ``small``, on uniformer3d at
+# 32^3): the released batch of 2 crops, fewer steps at a higher rate (the released 3e-4 barely moves
+# a random-init UniFormer in a few hundred steps), a short warm-up for the attention stages. Sized
+# so that every brain suite at 3 seeds fits about 2.5 core-hours (the brain README, "The small preset").
+FINETUNE_SMALL = train_config(
+    max_iters=160,
+    batch_size=2,
+    lr=1e-3,
+    weight_decay=1e-4,
+    betas=[0.9, 0.999],
+    warmup_ratio=0.05,
+    schedule="cosine",
+    checkpoint_interval=80,
+    log_interval=10,
+)
+# Classification trains on whole volumes (48^3 on brainsynth, 3.4x a 32^3 crop): fewer steps
+CLS_FINETUNE_SMALL = train_config(**{**FINETUNE_SMALL, "max_iters": 100, "checkpoint_interval": 50})
+
+# BrainMVP's pre-training optimisation at the CPU budget (every pre-training shares it, as at
+# tiny and paper; brainmvp.py re-exports it beside PRETRAIN_TINY / PRETRAIN_PAPER): 4 studies per step
+PRETRAIN_SMALL = train_config(
+    max_iters=150,
+    batch_size=4,
+    lr=1e-3,
+    weight_decay=1e-5,
+    betas=[0.9, 0.999],
+    warmup_ratio=0.0,
+    schedule="cosine",
+    checkpoint_interval=75,
+    log_interval=10,
+)
+
+# the train keys a budget line compares with the released recipe
+BUDGET_KEYS = ("max_iters", "batch_size", "lr", "weight_decay", "warmup_ratio", "schedule")
+
+
+def budget_deviations(train: dict | None, released: dict, what: str) -> list[str]:
+    """One line naming each train key of ``train`` that departs from the ``released`` recipe
+    (``what``: whose recipe, e.g. "fine-tuning"); none when they agree (the ``paper`` presets)."""
+    train = train or {}
+    diffs = [f"{k} {train[k]} (released {released[k]})" for k in BUDGET_KEYS if k in train and train[k] != released[k]]
+    return [f"{what} budget: " + ", ".join(diffs)] if diffs else []
+
 
 # Encoder.family of this package's volume encoders: what every strategy here runs on
 VOLUME_ENCODERS = ("volume-3d",)
@@ -118,6 +162,14 @@ class SegTune(VolumeTune):
             "augment": True,
             "train": FINETUNE_TINY,
         },
+        "small": {
+            "dice_weight": 0.7,
+            "bce_weight": 0.3,
+            "sw_overlap": 0.5,
+            "sw_batch_size": 8,
+            "augment": True,
+            "train": FINETUNE_SMALL,
+        },
         "paper": {
             "dice_weight": 0.7,
             "bce_weight": 0.3,
@@ -130,7 +182,7 @@ class SegTune(VolumeTune):
 
     @classmethod
     def deviations(cls, cfg: dict) -> list[str]:
-        found = list(RELEASED_SEG_GAPS)
+        found = list(RELEASED_SEG_GAPS) + budget_deviations(cfg.get("train"), FINETUNE_PAPER, "fine-tuning")
         if (cfg.get("dice_weight"), cfg.get("bce_weight")) != (0.7, 0.3):
             found.append(f"loss {cfg.get('dice_weight')} x Dice + {cfg.get('bce_weight')} x BCE (released: 0.7 + 0.3)")
         if cfg.get("sw_overlap") != 0.5:
@@ -158,6 +210,7 @@ class ClsTune(VolumeTune):
     task_types = ("scan-classification",)
     presets: ClassVar[dict] = {
         "tiny": {"augment": True, "train": train_config(**{**FINETUNE_TINY, "max_iters": 100, "lr": 1e-3})},
+        "small": {"augment": True, "train": CLS_FINETUNE_SMALL},
         "paper": {"augment": True, "train": FINETUNE_PAPER},
     }
 
@@ -166,7 +219,7 @@ class ClsTune(VolumeTune):
         return [
             "classification head and recipe are not released (BrainMVP issue #9: 'an MLP with softmax'): "
             "global average pooling of the deepest map + a 2-layer MLP, with the segmentation recipe"
-        ]
+        ] + budget_deviations(cfg.get("train"), FINETUNE_PAPER, "fine-tuning (the segmentation recipe's)")
 
 
 class MAE3D(PretrainStrategy):
@@ -200,6 +253,7 @@ class MAE3D(PretrainStrategy):
                 log_interval=10,
             ),
         },
+        "small": {"mask_ratio": 0.75, "block_size": 4, "loss_on": "masked", "train": PRETRAIN_SMALL},
         # BrainMVP's pre-training optimisation (notes 1.5), so the baselines share one recipe:
         # AdamW 3e-4 / wd 1e-5, cosine without warm-up, 24 studies per step, 1500 epochs x 500 studies
         "paper": {
@@ -227,7 +281,7 @@ class MAE3D(PretrainStrategy):
             "masked blocks are zero-filled in place (SimMIM-style, what a CNN encoder can take) rather than "
             "dropped as MAE tokens",
             "every present modality is a channel of one input (BrainMVP pre-trains on one modality at a time)",
-        ]
+        ] + budget_deviations(cfg.get("train"), cls.presets["paper"]["train"], "pre-training (BrainMVP's recipe)")
         if cfg.get("loss_on", "masked") == "all":
             found.append("reconstruction loss on every voxel (MAE: masked voxels only)")
         return found

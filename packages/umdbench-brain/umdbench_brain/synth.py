@@ -202,7 +202,9 @@ class _BrainSynthBase(DatasetPlugin):
 
     version = "1"
     needs_root = False
-    encoder = "resunet3d"
+    encoder = "resunet3d"  # tiny: the cheap residual CNN the tests and the first tiny boards use
+    # small and paper: BrainMVP's released backbone (UniFormer-S layout; small at reduced widths)
+    preset_encoders = {"small": "uniformer3d", "paper": "uniformer3d"}
     test_only_options = ("test_drop",)  # training stages are shared across test-time drops
     _defaults: dict[str, Any] = {
         "n_train": 48,
