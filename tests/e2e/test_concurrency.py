@@ -11,7 +11,7 @@ import pytest
 from umdbench.results.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # two processes race for one cell
 
 TINY = [
     "model.image_size=32",

@@ -82,6 +82,7 @@ def assert_nothing_trained(work: Path) -> None:
     assert not list(work.glob("stages/*/train")) and not list(work.glob("stages/*/artifact.json"))
 
 
+@pytest.mark.serial  # bounds its own wall time
 def test_corrupt_test_image_fails_before_any_training_in_seconds(tmp_path, capsys):
     folder = make_vqa_rad(tmp_path / "data")
     bad = folder / "images" / "synpic5.jpg"

@@ -21,6 +21,8 @@ from umdbench.results.store import ResultsStore
 from umdbench.run.distributed import NODE_RANK_ENV, Launch, order_ranks_by_node
 from umdbench.run.nodes import TOKEN_PREFIX, NodeError, check_ray_nodes, look, node_group, write_checks
 
+pytestmark = pytest.mark.serial  # torchrun over two launchers, a two-node Ray cluster, loopback ports
+
 # one training stage (direct on medsynth), two iterations of a global batch of 4
 ONE_STAGE = [o for o in TINY if not o.startswith(("pretrain.", "tune.*"))] + [
     "tune.0.train.max_iters=2",

@@ -108,6 +108,7 @@ def _bn_rank(rank, path, x, out):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.serial  # two spawned processes
 def test_global_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch(tmp_path):
     torch.manual_seed(1)
     x = torch.randn(6, 4, 3, 3, 3, dtype=torch.float64).float()

@@ -10,6 +10,8 @@ from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import get_registries
 from umdbench.run.context import RunContext
 
+pytestmark = pytest.mark.serial  # torchrun with two processes
+
 
 @pytest.mark.slow
 def test_two_process_ddp_stage(tmp_path):

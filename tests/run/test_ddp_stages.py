@@ -20,6 +20,8 @@ from umdbench.run.context import RunContext
 from umdbench.run.distributed import launch_stage
 from umdbench.run.train_and_evaluate import train_stage
 
+pytestmark = pytest.mark.serial  # torchrun with two processes
+
 COMMON = ["dataset.options.n_train=16", "dataset.options.n_val=4", "dataset.options.n_test=8", "data.num_workers=0"]
 
 

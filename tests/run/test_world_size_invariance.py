@@ -17,6 +17,8 @@ from umdbench.plan.config import CellSpec, resolve
 from umdbench.plugin import get_registries
 from umdbench.run.equivalence import BUILTIN, BUILTIN_FACTORY, compare
 
+pytestmark = pytest.mark.serial  # torchrun with two processes (run.equivalence)
+
 TOLERANCE = 1e-9  # float64; float32 rounding alone would be ~1e-6
 
 

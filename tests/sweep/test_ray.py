@@ -6,6 +6,8 @@ from tests.support import TINY, umdbench, write_plugin
 from umdbench.results.store import ResultsStore
 from umdbench.run.host_memory import mimalloc_library
 
+pytestmark = pytest.mark.serial  # a local Ray
+
 ray = pytest.importorskip("ray")
 
 

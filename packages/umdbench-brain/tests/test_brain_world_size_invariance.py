@@ -8,6 +8,8 @@ import pytest
 
 from umdbench_brain.testing import CASES, factory
 
+pytestmark = pytest.mark.serial  # torchrun with two processes (run.equivalence)
+
 TOLERANCE = 1e-5  # relative, in float64 (uniformer3d's BatchNorm statistics reach ~4e-6)
 
 

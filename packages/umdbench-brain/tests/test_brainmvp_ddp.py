@@ -13,6 +13,8 @@ from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import get_registries
 from umdbench.run.context import RunContext
 
+pytestmark = pytest.mark.serial  # torchrun with two processes
+
 ITERS, CONTRAST_START = 4, 2
 OVERRIDES = [
     "data.num_workers=0",

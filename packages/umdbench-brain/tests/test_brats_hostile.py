@@ -212,6 +212,7 @@ CASES = {
 }
 
 
+@pytest.mark.serial  # bounds its own wall time
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_broken_study_stops_run_before_training_and_data_check_names_it(tmp_path, capsys, case):
     data_root = tmp_path / "data"

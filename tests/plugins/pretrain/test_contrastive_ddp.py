@@ -75,6 +75,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.serial  # torchrun with two processes
 @pytest.mark.slow
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
     script = tmp_path / "clip_ddp_worker.py"
