@@ -1,0 +1,49 @@
+"""How the test session is spread over pytest-xdist workers (``python -m pytest -n 2``, ``--dist loadgroup``
+in pyproject's addopts), for the core's tests and the brain package's alike.
+
+- A test marked ``serial`` (several processes, torchrun, a Ray cluster, a fixed port, or a bound on its
+  own wall time) joins the group ``serial``: those run one after another on one worker, never two at once.
+- The tests of a module that share a module-scoped fixture (a trained stage, a sweep, an installed
+  package) stay on one worker, so the fixture is built once, not once per worker.
+
+Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The xdist group a test runs in (None: any worker, alone)."""
+    names = sorted(
+        {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    )
+    if names:  # a group the test names itself
+        return "_".join(names)
+    if item.get_closest_marker("serial"):
+        return "serial"
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None and any(d and d[-1].scope == "module" for d in info.name2fixturedefs.values()):
+        return item.nodeid.split("::")[0]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into scheduling scopes
+def pytest_collection_modifyitems(config, items):
+    # xdist puts a test in its group's scope by appending "@group" to the node id it reports; with
+    # pytest >= 9.2 (structured node ids) xdist 3.8 writes a field pytest no longer reads, and the
+    # groups are silently lost (pytest-dev/pytest-xdist#1386): the id is extended here, where pytest reads it
+    fix_ids = bool(os.environ.get("PYTEST_XDIST_WORKER")) and bool(config.getvalue("loadgroup"))
+    for item in items:
+        group = _group(item)
+        if group is None:
+            continue
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+        if fix_ids and hasattr(item, "_id") and not item.nodeid.endswith(f"@{group}"):
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
