@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from umdbench.results.baselines import load_reference_points
 from umdbench.results.leaderboard import write_suite_boards
+from umdbench.results.reference_points import load_reference_points
 from umdbench.run.workspace import Workspace
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"

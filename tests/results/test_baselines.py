@@ -2,7 +2,7 @@
 
 from umdbench.api import Record
 from umdbench.cli import main
-from umdbench.results.baselines import majority_baseline, question_only_baseline
+from umdbench.results.reference_points import majority_baseline, question_only_baseline
 
 
 def _rec(q, a, t):
@@ -36,7 +36,7 @@ def test_cli_baselines_kept_under_the_fingerprint_a_run_records(tmp_path, capsys
     data stores in its row, so the leaderboard can match them (its rendering: test_leaderboard_suites)."""
     import json
 
-    from umdbench.results.baselines import reference_key
+    from umdbench.results.reference_points import reference_key
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
 
@@ -81,7 +81,7 @@ def test_cli_baselines_of_a_whole_work_dir(tmp_path, capsys):
     import json
 
     from umdbench.plugin import get_registries
-    from umdbench.results.baselines import question_only_baseline
+    from umdbench.results.reference_points import question_only_baseline
     from umdbench.results.store import ResultsStore
     from umdbench.run.workspace import Workspace
 

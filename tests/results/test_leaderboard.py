@@ -177,7 +177,7 @@ def test_lower_is_better_columns_bold_their_smallest_value(tmp_path):
 
 def test_reference_points_are_printed_under_their_split(store, tmp_path):
     """Stored no-image baselines appear under the table of the split (and data) they were computed on."""
-    from umdbench.results.baselines import reference_key
+    from umdbench.results.reference_points import reference_key
 
     points = {
         reference_key("vqa-rad", "test", "fpvqa-rad"): {

@@ -230,7 +230,7 @@ def _result_in_context(row: dict, evaluation, ctx, explicit_preset: bool) -> Non
     """The split's no-image reference points beside a VQA result (computed once per split and data,
     kept in the work dir as the boards keep them), a plain word when the result is below
     question-only, and why a ``tiny`` number on real data says little."""
-    from umdbench.results.baselines import (
+    from umdbench.results.reference_points import (
         load_reference_points,
         reference_points,
         row_reference_key,
@@ -317,8 +317,8 @@ def cmd_plugins(args) -> int:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
-    from umdbench.results.baselines import load_reference_points
     from umdbench.results.leaderboard import write_leaderboards
+    from umdbench.results.reference_points import load_reference_points
     from umdbench.results.store import ResultsStore
     from umdbench.run import layout
 
@@ -357,7 +357,7 @@ def cmd_copy_results(args) -> int:
 def cmd_baselines(args) -> int:
     from umdbench.cli.data import build_dataset, dataset_options
     from umdbench.plugin import get_registries
-    from umdbench.results.baselines import reference_key, reference_points, store_reference_points
+    from umdbench.results.reference_points import reference_key, reference_points, store_reference_points
     from umdbench.util import dataset_root
 
     registries = get_registries(tuple(args.plugin_path))
@@ -405,7 +405,7 @@ def _baselines_of_store(args, registries) -> int:
     """``umdbench baselines --work-dir DIR``: the reference points of every VQA split the store's
     rows were evaluated on, each read with the row's own dataset root and options."""
     from umdbench.cli.data import build_dataset
-    from umdbench.results.baselines import (
+    from umdbench.results.reference_points import (
         load_reference_points,
         reference_key,
         reference_points,

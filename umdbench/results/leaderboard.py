@@ -27,9 +27,9 @@ from umdbench.data.overlap import data_key, describe_data, load_report
 from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
 from umdbench.results import intervals
-from umdbench.results.baselines import row_reference_key
 from umdbench.results.paper_results import INFERRED_NOTE, get_table
 from umdbench.results.predictions import seed_matrix
+from umdbench.results.reference_points import row_reference_key
 from umdbench.util import atomic_write_bytes, atomic_write_text, is_score
 
 METRIC_ORDER = (
@@ -101,7 +101,7 @@ def write_leaderboards(
     store, out_dir: Path, suite: str | None = None, plugin_paths=(), reference_points: dict | None = None
 ) -> list[Path]:
     """Every board of the store (``runs.md`` and one per suite) into ``out_dir``. ``reference_points``:
-    stored no-image baselines (:func:`umdbench.results.baselines.load_reference_points`), printed
+    stored no-image baselines (:func:`umdbench.results.reference_points.load_reference_points`), printed
     under the tables of the dataset splits they were computed on."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = store.rows()
@@ -503,7 +503,8 @@ def _differences(compared: dict, metrics: list[str], reference: str, results: Su
         f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
         f"examples together ({intervals.BOOTSTRAP} resamples, fixed RNG seed {intervals.SEED}). Δ: row − "
         f"reference `{reference}` on the same test examples, each example's value (its correctness, or the "
-        f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; p: paired sign-flip permutation "
+        f"metric's own per-example score) averaged over the row's seeds, with a paired bootstrap 95 % interval; "
+        f"p: paired sign-flip permutation "
         f"test ({intervals.PERMUTATIONS} permutations); Holm: p adjusted over the rows compared with the reference "
         f"on this dataset and metric; * = significant after that adjustment (Holm p < {intervals.ALPHA}: at most a "
         f"{intervals.ALPHA:.0%} chance of any false star per dataset and metric). Smallest difference this test "

@@ -272,7 +272,7 @@ class Workspace:
 
     @property
     def reference_points_path(self) -> Path:
-        """The no-image baselines of the datasets evaluated here (:mod:`umdbench.results.baselines`)."""
+        """The no-image baselines of the datasets evaluated here (:mod:`umdbench.results.reference_points`)."""
         return layout.reference_points_path(self.work_dir)
 
     @property
@@ -375,7 +375,7 @@ class Workspace:
         copied, ``unverified`` rows whose predictions file was missing in ``src`` or failed its checksum
         (copied without the file: their boards show no interval, as in ``src``)."""
         from umdbench.errors import StoreError
-        from umdbench.results.baselines import load_reference_points
+        from umdbench.results.reference_points import load_reference_points
 
         if not src.store_path.is_file():
             raise StoreError(
