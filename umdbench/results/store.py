@@ -78,8 +78,9 @@ JSON_COLUMNS = ("metrics", "config", "stage_keys", "packages", "skipped", "plugi
 
 # The store's layout, kept in SQLite's user_version. 1: the first released layout (user_version
 # never set, so read as 0 too); 2: runs.skipped; 3: runs.plugins; 4: runs.predictions (older rows
-# keep NULL: they render without intervals); 5: runs.schedule (older rows keep NULL: not recorded). Older stores are migrated when
-# opened; a store from a newer umdbench is refused rather than written in a layout it does not know.
+# keep NULL: they render without intervals); 5: runs.schedule (older rows keep NULL: not recorded).
+# Older stores are migrated when opened; a store from a newer umdbench is refused rather than
+# written in a layout it does not know.
 SCHEMA_VERSION = 5
 # columns added since version 1: (version, table, column, SQL type)
 MIGRATIONS = [
