@@ -11,8 +11,6 @@ Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 
@@ -36,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
     # xdist puts a test in its group's scope by appending "@group" to the node id it reports; with
     # pytest >= 9.2 (structured node ids) xdist 3.8 writes a field pytest no longer reads, and the
     # groups are silently lost (pytest-dev/pytest-xdist#1386): the id is extended here, where pytest reads it
-    fix_ids = bool(os.environ.get("PYTEST_XDIST_WORKER")) and bool(config.getvalue("loadgroup"))
+    fix_ids = hasattr(config, "workerinput") and bool(config.getvalue("loadgroup"))  # in an xdist worker only
     for item in items:
         group = _group(item)
         if group is None:
