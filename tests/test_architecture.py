@@ -213,6 +213,41 @@ def test_no_module_imports_a_higher_layer():
     )
 
 
+# Imports the layers allow but a package must not make: (importing package, imported package, why).
+FORBIDDEN: list[tuple[str, str, str]] = [
+    (
+        "umdbench.results",
+        "umdbench.plugin",
+        "results render from the Suite objects (and reference points, overlap report) the caller hands "
+        "in; resolving suites through the plugin registries is the CLI's job",
+    ),
+]
+
+
+def _in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def forbidden_imports(imports: list[Import]) -> list[str]:
+    return [
+        f"  {imp.where()}\n      {source} must not import {target}: {why}"
+        for source, target, why in FORBIDDEN
+        for imp in imports
+        if _in_package(imp.source, source) and _in_package(imp.target, target)
+    ]
+
+
+def test_no_forbidden_imports():
+    found = forbidden_imports(IMPORTS)
+    assert not found, f"{len(found)} forbidden import(s):\n" + "\n".join(found)
+
+
+def test_forbidden_imports_flags_a_results_module_that_loads_plugins():
+    flagged = Import("umdbench.results.board_data", "umdbench.plugin.loading", "f.py", 3, "from ... import x")
+    allowed = Import("umdbench.cli", "umdbench.plugin", "g.py", 1, "from umdbench.plugin import get_registries")
+    assert len(forbidden_imports([flagged, allowed])) == 1
+
+
 def test_no_import_cycles():
     cycles = find_cycles(IMPORTS)
     report = []

@@ -312,7 +312,8 @@ SPEC = {
 
 def test_cells_whose_pretraining_saw_a_test_image_are_flagged_and_boards_say_so(data_root, tmp_path, capsys):
     from umdbench.plan.suites import Suite
-    from umdbench.results.leaderboard import collect_suite_results, render_suite
+    from umdbench.results.board_data import collect_suite_results
+    from umdbench.results.board_markdown import render_suite
 
     ws = Workspace(tmp_path / "work")
     dedup = {**RAD_CORPUS, "exclude_near_duplicates_of": ["vqa-rad"]}
@@ -363,7 +364,8 @@ def test_cells_whose_pretraining_saw_a_test_image_are_flagged_and_boards_say_so(
 
 def test_a_board_of_rows_the_report_does_not_cover_says_so(tmp_path):
     from umdbench.plan.suites import Suite
-    from umdbench.results.leaderboard import collect_suite_results, render_suite
+    from umdbench.results.board_data import collect_suite_results
+    from umdbench.results.board_markdown import render_suite
 
     ws = Workspace(tmp_path / "work")
     ws.store.add(_row("m0", "MR", "mr", RAD_CORPUS))

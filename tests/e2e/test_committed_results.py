@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from umdbench.plan.suites import get_suite
+from umdbench.plugin import get_registries
 from umdbench.results.leaderboard import write_suite_boards
 from umdbench.results.reference_points import load_reference_points
 from umdbench.run.workspace import Workspace
@@ -43,9 +45,8 @@ def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, boar
     counts = work.copy_results_from(_copy_of(store_dir, tmp_path))
     assert counts["unverified"] == 0, "a committed result lost its per-example predictions"
     out = tmp_path / "out"
-    write_suite_boards(
-        work.store, out, suite=board.stem, reference_points=load_reference_points(work.reference_points_path)
-    )
+    suite = get_suite(get_registries(), board.stem)
+    write_suite_boards(work.store, out, [suite], reference_points=load_reference_points(work.reference_points_path))
     assert _without_render_time((out / board.name).read_text()) == _without_render_time(board.read_text())
     runs = f"{board.stem}-runs.jsonl"
     assert (out / runs).read_text() == (board.parent / runs).read_text()

@@ -7,7 +7,8 @@ import pytest
 from tests.results.test_intervals import SPEC, _add  # the toy suite and its row writer
 from umdbench.cli import main
 from umdbench.plan.suites import Suite
-from umdbench.results.leaderboard import collect_suite_results, render_suite
+from umdbench.results.board_data import collect_suite_results
+from umdbench.results.board_markdown import render_suite
 from umdbench.results.reference_points import load_reference_points, store_reference_points
 from umdbench.results.store import Membership
 from umdbench.run.workspace import Workspace

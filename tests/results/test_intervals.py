@@ -10,7 +10,8 @@ import pytest
 from umdbench.errors import ConfigError
 from umdbench.plan.suites import Suite
 from umdbench.results import intervals
-from umdbench.results.leaderboard import collect_suite_results, render_suite
+from umdbench.results.board_data import collect_suite_results
+from umdbench.results.board_markdown import render_suite
 from umdbench.run.workspace import Workspace
 
 

@@ -5,9 +5,18 @@ import sys
 
 import pytest
 
+from umdbench.plan.suites import all_suites, get_suite
 from umdbench.plugin import get_registries
 from umdbench.results.leaderboard import write_leaderboards
 from umdbench.results.store import Membership, ResultsStore
+
+
+def boards(store, out, suite=None, reference_points=None):
+    """What `umdbench leaderboard [--suite NAME]` writes: the suites resolved from the registries
+    (the results package never loads them itself)."""
+    registries = get_registries()
+    suites = [get_suite(registries, suite)] if suite else all_suites(registries)
+    return write_leaderboards(store, out, suites, named=suite is not None, reference_points=reference_points)
 
 
 def _row(suite, cell_name, dataset, seed, metrics, pretrain="mr", tune="direct", preset="tiny", key=None):
@@ -77,7 +86,7 @@ def store(tmp_path):
 
 def test_table4_markdown(store, tmp_path):
     out = tmp_path / "results"
-    written = write_leaderboards(store, out, suite="table4")
+    written = boards(store, out, suite="table4")
     assert {p.name for p in written} >= {"table4.md", "table4.png", "README.md"}
     md = (out / "table4.md").read_text()
     assert md.startswith("# Table 4: ablation on medical VQA")
@@ -113,7 +122,7 @@ def test_table4_markdown(store, tmp_path):
 
 def test_reported_only_rows_and_index(store, tmp_path):
     out = tmp_path / "results"
-    write_leaderboards(store, out)  # every suite with results, plus runs.md
+    boards(store, out)  # every suite with results, plus runs.md
     t1 = (out / "table1.md").read_text()
     assert "MFB (reported, not run)" in t1 and "CPRD-BAN (reported, not run)" in t1
     assert "UMD" in t1 and "**68.16**" in t1 and "| 14.50 " in t1 and "`tune.*.train.max_iters=4`" in t1
@@ -126,14 +135,14 @@ def test_reported_only_rows_and_index(store, tmp_path):
     fig5 = (out / "fig5.md").read_text()
     assert "UMD alpha=0.5" in fig5 and "**45.00**" in fig5 and "plot only" in fig5
     # boards of another preset rendered into a sub-folder are indexed one level up
-    write_leaderboards(store, out / "other", suite="table4")
-    write_leaderboards(store, out, suite="fig5")
+    boards(store, out / "other", suite="table4")
+    boards(store, out, suite="fig5")
     assert "- [other/](other/README.md): table4.md" in (out / "README.md").read_text()
 
 
 def test_explicit_suite_without_results_still_shows_paper(store, tmp_path):
     out = tmp_path / "results"
-    write_leaderboards(store, out, suite="table3")
+    boards(store, out, suite="table3")
     md = (out / "table3.md").read_text()
     assert "ResNet-101 [image-only] (reported, not run)" in md and "79.58" in md and "not run" in md
 
@@ -168,9 +177,7 @@ def test_lower_is_better_columns_bold_their_smallest_value(tmp_path):
     s = ResultsStore(tmp_path / "results.sqlite")
     s.add(_row("distances", "a", "medsynth", 0, {"dice": 80.0, "hd95": 3.0}, pretrain="none"))
     s.add(_row("distances", "b", "medsynth", 0, {"dice": 70.0, "hd95": 9.0}, pretrain="none"))
-    md = (
-        write_leaderboards(s, tmp_path / "out", suite="distances") and (tmp_path / "out" / "distances.md")
-    ).read_text()
+    md = (boards(s, tmp_path / "out", suite="distances") and (tmp_path / "out" / "distances.md")).read_text()
     assert "**80.00**" in md and "**3.00**" in md and "**9.00**" not in md
     get_registries(reload=True)
 
@@ -189,13 +196,13 @@ def test_reference_points_are_printed_under_their_split(store, tmp_path):
             "majority answer": {"overall": 1.0},
         },
     }
-    write_leaderboards(store, tmp_path / "a", suite="table4", reference_points=points)
+    boards(store, tmp_path / "a", suite="table4", reference_points=points)
     md = (tmp_path / "a" / "table4.md").read_text()
     assert "question only 52.77 overall (open 27.37, closed 69.49)" in md
     assert "majority answer 31.93 overall (open 6.15, closed 48.90)" in md
     # row 1 (mean overall 67.0), row 2 (50.0) and row 8 (72.0) against 52.77: only row 2 is below
     assert "Rows whose mean overall is below question-only: 2 MR-Pretrain, 5 TD-Calib+GM-Coord." in md
-    write_leaderboards(store, tmp_path / "b", suite="table4")  # none stored: the command that adds them
+    boards(store, tmp_path / "b", suite="table4")  # none stored: the command that adds them
     assert "`umdbench baselines --work-dir WORK_DIR`" in (tmp_path / "b" / "table4.md").read_text()
 
 
@@ -216,7 +223,7 @@ def test_a_metric_undefined_on_a_split_is_dropped_not_averaged(tmp_path):
             )
         )
     s.add(_row("table4", "1 none", "vqa-rad", 0, {"open": 30.0, "closed": 60.0, "overall": 50.0}, pretrain="none"))
-    write_leaderboards(s, tmp_path / "out", suite="table4")
+    boards(s, tmp_path / "out", suite="table4")
     md = (tmp_path / "out" / "table4.md").read_text()
     med = md.split("## vqa-med-2019")[1].split("\n## ")[0]
     assert "42.00 ± 2.83" in med and "nan" not in med.lower()
@@ -226,11 +233,11 @@ def test_a_metric_undefined_on_a_split_is_dropped_not_averaged(tmp_path):
 
 
 def test_an_extra_dataset_is_shown_beyond_the_paper_once_stored(store, tmp_path):
-    write_leaderboards(store, tmp_path / "a", suite="fig5")
+    boards(store, tmp_path / "a", suite="fig5")
     assert "vqa-med-2019" not in (tmp_path / "a" / "fig5.md").read_text()  # nothing stored: not shown
     for alpha in (0.2, 0.5, 0.8):
         store.add(_row("fig5", f"UMD alpha={alpha}", "vqa-med-2019", 0, {"open": 30.0, "overall": 30.0}))
-    write_leaderboards(store, tmp_path / "b", suite="fig5")
+    boards(store, tmp_path / "b", suite="fig5")
     md = (tmp_path / "b" / "fig5.md").read_text()
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections[-1] == "## vqa-med-2019" and "## vqa-rad" in sections
@@ -242,7 +249,8 @@ def test_a_board_shows_the_compute_its_rows_recorded_and_counts_shared_stages_on
     """Rows that record their stages' wall time (row schedule) get a compute column (the stages a
     cell used, mean over seeds) and a footer total that counts a shared stage once."""
     from umdbench.plan.suites import Suite
-    from umdbench.results.leaderboard import collect_suite_results, render_suite
+    from umdbench.results.board_data import collect_suite_results
+    from umdbench.results.board_markdown import render_suite
 
     store = ResultsStore(tmp_path / "results.sqlite")
     shared = {"world_size": 1, "micro_batches": 1, "threads": 2, "device": "cpu", "wall_time_s": 1800.0}

@@ -317,6 +317,8 @@ def cmd_plugins(args) -> int:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
+    from umdbench.plan.suites import all_suites, get_suite
+    from umdbench.plugin import get_registries
     from umdbench.results.leaderboard import write_leaderboards
     from umdbench.results.reference_points import load_reference_points
     from umdbench.results.store import ResultsStore
@@ -326,12 +328,12 @@ def cmd_leaderboard(args) -> int:
     if not store_path.is_file():
         raise UmdbenchError(f"no results store at {store_path}: run `umdbench run ...` first, or pass --store FILE.")
     points = load_reference_points(layout.reference_points_path(store_path.parent))
+    # suite specs come from the registries (registry.toml and plugin hooks; no strategy or dataset is
+    # imported); the boards render from the resolved Suite objects
+    registries = get_registries(tuple(args.plugin_path))
+    suites = [get_suite(registries, args.suite)] if args.suite else all_suites(registries)
     written = write_leaderboards(
-        ResultsStore(store_path),
-        Path(args.out),
-        suite=args.suite,
-        plugin_paths=tuple(args.plugin_path),
-        reference_points=points,
+        ResultsStore(store_path), Path(args.out), suites, named=args.suite is not None, reference_points=points
     )
     for path in written:
         print(f"wrote {path}")

@@ -31,7 +31,7 @@ def cmd_power(args) -> int:
 
     from umdbench.plan.suites import all_suites, get_suite
     from umdbench.plugin import get_registries
-    from umdbench.results.leaderboard import collect_suite_results
+    from umdbench.results.board_data import collect_suite_results
     from umdbench.results.power import components, plan_text
     from umdbench.results.store import ResultsStore
     from umdbench.run import layout
@@ -43,7 +43,7 @@ def cmd_power(args) -> int:
         raise UmdbenchError(f"--difference must be a positive number of points, got {args.difference}.")
     store = ResultsStore(store_path)
     registries = get_registries(tuple(args.plugin_path))
-    suites = [get_suite(registries, args.suite)] if args.suite else list(all_suites(registries).values())
+    suites = [get_suite(registries, args.suite)] if args.suite else all_suites(registries)
     answered = 0
     for suite in suites:
         for preset, results in sorted(collect_suite_results(store, suite).items()):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from umdbench.plan.suites import get_suite
 from umdbench.plugin import get_registries
-from umdbench.results.leaderboard import collect_suite_results
+from umdbench.results.board_data import collect_suite_results
 from umdbench.results.store import ResultsStore
 
 PAIRS = [
