@@ -279,3 +279,19 @@ def test_a_board_shows_the_compute_its_rows_recorded_and_counts_shared_stages_on
     assert "0.2 core-h" in text and "1.2 core-h" in text  # none: 360 s x 2 threads; mr: + the 1800 s pre-training
     # footer: 4 tuning stages of 0.2 core-h + the shared pre-training once (1.0) = 1.8
     assert "training compute** (each trained stage once, however many cells share it): 1.8 core-h over 5 stages" in text
+
+
+def test_compute_column_adds_flops_only_where_every_stage_counted_them():
+    """A cell shows FLOPs beside its hours when each stage it used has ``train_flops``; a row with
+    one stage from older code (no count) shows hours only; the board's total counts a stage once."""
+    from umdbench.results.board_compute import board_flops, cell_compute_text, flops_text
+
+    counted = {
+        "a": {"wall_time_s": 3600, "threads": 1, "train_flops": 2 * 10**15},
+        "b": {"wall_time_s": 1800, "threads": 1, "train_flops": 10**15},
+    }
+    assert cell_compute_text([{"schedule": counted}]) == "1.5 core-h, 3 PFLOP"
+    partial = {"a": counted["a"], "c": {"wall_time_s": 1800, "threads": 1}}
+    assert cell_compute_text([{"schedule": partial}]) == "1.5 core-h"
+    assert board_flops([{"schedule": counted}, {"schedule": partial}]) == (3 * 10**15, 2)
+    assert flops_text(4.2e12) == "4.2 TFLOP" and flops_text(12) == "12 FLOP"

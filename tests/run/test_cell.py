@@ -52,6 +52,8 @@ def test_a_cell_trains_its_stages_and_stores_one_row_with_provenance(cell):
     assert row["git_commit"] and row["device"] and "torch" in row["packages"]
     assert {"tune:direct", "dataset:medsynth", "encoder:" + run.config["model"]["type"]} <= set(row["plugins"])
     assert row["schedule"][tune.key]["world_size"] == 1 and row["wall_time_s"] > 0
+    # the compute column's FLOPs: counted on the stage's first step, times its steps (umdbench.run.flops)
+    assert row["schedule"][tune.key]["train_flops"] > 0
     stored = ctx.ws.store.get(evaluation.key)
     assert {k: v for k, v in stored.items() if k != "created_at"} == row
     result = json.loads(ctx.ws.result_path(evaluation.key).read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from umdbench.results.board_compute import board_stage_hours
+from umdbench.results.board_compute import board_flops, board_stage_hours, flops_text
 from umdbench.results.board_data import SuiteResults, recorded_deviations
 
 __all__ = ["board_footer"]
@@ -37,6 +37,11 @@ def board_footer(suite, results: SuiteResults, preset: str) -> str:
         lines.append(
             "- **training compute** (each trained stage once, however many cells share it): "
             + ", ".join(f"{v:.3g} {unit} over {n} stages" for unit, (v, n) in sorted(hours.items()))
+        )
+    if (flops := board_flops(rows)) is not None:
+        lines.append(
+            f"- **training FLOPs** (counted on each stage's first optimiser step, times its steps and "
+            f"processes; each stage once): {flops_text(flops[0])} over {flops[1]} stages"
         )
     seeds = sorted({r["seed"] for r in rows})
     lines.append(f"- **seeds**: {', '.join(map(str, seeds)) or '–'}")
