@@ -104,7 +104,7 @@ class StepCase:
 
 
 def synthetic_batch(cfg: dict, batch_size: int, with_labels: bool, seed: int = 0) -> dict:
-    from umdbench.models.testing import synthetic_pairs
+    from umdbench.models.tiny_fixtures import synthetic_pairs
 
     batch, _ = synthetic_pairs(
         batch_size, image_size=int(cfg["image_size"]), max_len=int(cfg["max_text_len"]), seed=seed, cfg=cfg

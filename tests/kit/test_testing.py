@@ -7,7 +7,7 @@ import torch
 from umdbench import kit
 from umdbench.api import PretrainStrategy
 from umdbench.models.reconstruction import SPECIAL_ID_KEYS
-from umdbench.models.testing import synthetic_pairs
+from umdbench.models.tiny_fixtures import synthetic_pairs
 from umdbench.plugin import get_registries
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from umdbench.models import build_encoder
 from umdbench.models.fusion import Attention, math_attention
 from umdbench.models.reference import set_reference_mode
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 
 
 def _qkv(dtype=torch.float32):

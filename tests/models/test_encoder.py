@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from umdbench.models import ENCODER_PRESETS, EncoderOutput, MultimodalEncoder, build_encoder, build_tokenizer
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 
 
 @pytest.fixture(scope="module")

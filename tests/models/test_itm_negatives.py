@@ -98,7 +98,7 @@ def test_strategies_check_negatives_on_the_batch(name, monkeypatch):
     import importlib
 
     from umdbench.models import build_encoder
-    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+    from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 
     module = importlib.import_module(f"umdbench_plugins.pretrain.{name}")
     cls = getattr(module, {"mr": "MRPretrain", "m3ae": "M3AEPretrain"}[name])

@@ -189,7 +189,7 @@ def test_forward_pairs_shares_images_without_changing_outputs_or_gradients():
     # ITM's repeated images go through the ViT once; outputs and gradients equal the per-pair pass
     from umdbench.models import build_encoder
     from umdbench.models.objectives import itm_sources
-    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+    from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 
     torch.manual_seed(0)
     enc = build_encoder(tiny_encoder_cfg())
@@ -216,7 +216,7 @@ def test_forward_pairs_shares_images_without_changing_outputs_or_gradients():
 def test_pooled_only_forward_keeps_pooled_outputs_and_gradients():
     # the last fusion layer on the first tokens only: what the poolers read is unchanged
     from umdbench.models import build_encoder
-    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+    from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 
     torch.manual_seed(0)
     enc = build_encoder(tiny_encoder_cfg())

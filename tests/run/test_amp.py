@@ -100,7 +100,7 @@ class Case:
         from umdbench.api import TaskInfo
         from umdbench.kit.tasktypes import ImageTextPairs, VQATask
         from umdbench.models import build_encoder
-        from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+        from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
         from umdbench.run.stage_model import StageModel
 
         registries = load_plugins()[0]

@@ -8,7 +8,7 @@ import torch
 
 from umdbench.models import build_encoder
 from umdbench.models.reference import attention_impls, reference_train_options, set_reference_mode
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 from umdbench.run.build_optim import build_optim_wrapper
 from umdbench.run.build_strategy import compile_strategy
 from umdbench.run.train_settings import use_amp

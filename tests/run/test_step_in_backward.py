@@ -8,7 +8,7 @@ from umdbench.api import deep_merge
 from umdbench.errors import ConfigError
 from umdbench.kit.tasktypes import ImageTextPairs
 from umdbench.models import build_encoder
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 from umdbench.run.build_optim import build_optim_wrapper
 from umdbench.run.stage_model import StageModel
 from umdbench_plugins.pretrain.mr import MRPretrain

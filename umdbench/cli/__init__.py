@@ -30,6 +30,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every command. Longer than 80 lines because it is a flat list of declarations, one block
+    per command, read top to bottom like the help it prints."""
     from umdbench.cli.launch import add_launch_arguments
 
     common = argparse.ArgumentParser(add_help=False)
@@ -150,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from umdbench.cli import adopt as adopt_commands
     from umdbench.cli import data as data_commands
-    from umdbench.cli import overlap as overlap_commands
-    from umdbench.cli import power as power_commands
+    from umdbench.cli import overlap_command as overlap_commands
+    from umdbench.cli import power_command as power_commands
     from umdbench.cli import sweep as sweep_commands
 
     data_commands.add_subcommands(sub)

@@ -42,7 +42,8 @@ _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 
 
 def _build_contractions() -> dict[str, str]:
-    """Map apostrophe-less spellings to the contracted form, e.g. ``isnt`` -> ``isn't``."""
+    """Map apostrophe-less spellings to the contracted form, e.g. ``isnt`` -> ``isn't``. Longer than 80 lines because
+    most of it is the table of contractions, written out."""
     forms = [
         "aren't",
         "can't",

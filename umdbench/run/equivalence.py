@@ -229,7 +229,7 @@ NUM_CLASSES = 16
 
 
 def _encoder_cfg() -> dict:
-    from umdbench.models.testing import tiny_encoder_cfg
+    from umdbench.models.tiny_fixtures import tiny_encoder_cfg
 
     return tiny_encoder_cfg(
         image_size=32,
@@ -241,7 +241,7 @@ def _encoder_cfg() -> dict:
 
 
 def _batches(cfg: dict, batch_size: int, labels: bool) -> Callable[[int], dict]:
-    from umdbench.models.testing import synthetic_pairs
+    from umdbench.models.tiny_fixtures import synthetic_pairs
 
     def batch(step: int) -> dict:
         out, _ = synthetic_pairs(

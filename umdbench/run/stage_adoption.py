@@ -154,6 +154,8 @@ def _accepts(comparison: dict, tolerance: float) -> bool:
 
 
 def _adopt_one(stage: Stage, run: ResolvedRun, ctx: RunContext, steps: int, tolerance: float) -> Outcome:
+    """Adopt one stage or say why not. Longer than 80 lines because it is one decision in order (candidates, re-run of
+    the first steps, comparison, record), with an early exit at each step."""
     from umdbench.run.evidence import EVIDENCE_STEPS, compare
 
     ws = ctx.ws

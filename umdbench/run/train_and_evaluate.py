@@ -57,6 +57,9 @@ def _reuse(stage: Stage, ctx: RunContext, step: str):
 
 
 def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher: str):
+    """Train one stage on this process. Longer than 80 lines because the steps (process group, strategy, data, runner,
+    hooks, training, artifact) must run in this order on every rank, and split apart their shared locals would
+    travel as a dozen parameters."""
     from mmengine.model import BaseModel  # noqa: F401  (registers mmengine's default scopes)
 
     from umdbench.models.activation_checkpointing import apply_activation_checkpointing

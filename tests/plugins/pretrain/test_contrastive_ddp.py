@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     import torch
 
     from umdbench.models import build_encoder
-    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+    from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 
     BATCH = 8
     CASES = [("clip", True), ("clip", False), ("flip", True)]
@@ -122,7 +122,7 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
 
 def _clip(**cfg):
     from umdbench.models import build_encoder
-    from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+    from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
     from umdbench_plugins.pretrain.clip import CLIPPretrain
 
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import torch
 
 from umdbench.api import deep_merge
 from umdbench.models import build_encoder
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 from umdbench_plugins.pretrain.mr import MRPretrain
 
 

@@ -5,7 +5,7 @@ import torch
 
 from umdbench.api import PretrainStrategy, TaskInfo, TuneStrategy
 from umdbench.models import build_encoder
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 from umdbench_plugins.pretrain.clip import CLIPPretrain
 from umdbench_plugins.pretrain.flip import FLIPPretrain
 from umdbench_plugins.pretrain.m3ae import M3AEPretrain

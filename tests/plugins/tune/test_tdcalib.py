@@ -6,7 +6,7 @@ import torch
 from umdbench.api import TaskInfo, TuneStrategy, deep_merge
 from umdbench.models import build_encoder
 from umdbench.models.reconstruction import MultiLevelReconstruction
-from umdbench.models.testing import synthetic_pairs, tiny_encoder_cfg
+from umdbench.models.tiny_fixtures import synthetic_pairs, tiny_encoder_cfg
 from umdbench_plugins.pretrain.mr import MRPretrain
 from umdbench_plugins.tune.tdcalib import TDCalib
 

@@ -313,6 +313,8 @@ def _portable(text: str | None, root: Path | None) -> str | None:
 
 
 def _report(corpora: list[Side], tests: list[Side], cells: list, threshold: int, root: Path | None, hasher) -> dict:
+    """The overlap report as data. Longer than 80 lines because it walks every corpus against every test split once, in
+    one pass that fills one report."""
     from umdbench.data.overlap import FORMAT, HASH_NAME, match, split_items
 
     pairs, pair_of = [], {}
@@ -416,6 +418,8 @@ def _n(value: int) -> str:
 
 
 def _print(report: dict, corpora: list[Side], tests: list[Side], examples: int) -> None:
+    """Print the overlap report. Longer than 80 lines because it is one report, printed section by section in the order
+    a reader meets it."""
     print(f"train/test overlap; near duplicate: {report['near_duplicate']}.")
     tests_by_id = {t.id: t for t in tests}
     for c in corpora:
