@@ -34,7 +34,9 @@ PLUGIN = textwrap.dedent("""
         name = "no-answer-type"
 
         def records(self, split):
-            out = super().records(split)
+            import copy
+
+            out = [copy.copy(r) for r in super().records(split)]  # never the shared cached records
             out[1].answer_type = None
             return out
 
