@@ -86,3 +86,7 @@ def test_every_brain_suite_plans_at_small_on_uniformer3d(registries):
         keys["brain-label-efficiency"][("scratch labels=1.0", "brainsynth")]
         == keys["brain-seg"][("scratch", "brainsynth")]
     )
+    # label efficiency: each row also classifies brainsynth-grade; at 100 % its stages are brain-cls'
+    label = keys["brain-label-efficiency"]
+    assert ("BrainMVP labels=0.1", "brainsynth-grade") in label
+    assert label[("BrainMVP labels=1.0", "brainsynth-grade")] == keys["brain-cls"][("BrainMVP", "brainsynth-grade")]

@@ -53,6 +53,9 @@ _OURS = "our baseline choice (see the brain README: baselines), not the paper's 
 SEG_METRICS = ["dice", "dice_wt", "dice_tc", "dice_et", "hd95"]
 BRAINMVP_ROW = {"name": "BrainMVP", "pretrain": "brainmvp", "tune": "seg-tmpl"}
 CLS_METRICS = ["accuracy", "auc"]
+# a row's classification counterpart on brainsynth-grade (Suite row key tune_by_dataset)
+CLS_TUNE = {"brainsynth-grade": "cls"}
+CLS_TMPL_TUNE = {"brainsynth-grade": "cls-tmpl"}
 
 SUITES = {
     "brain-seg": {
@@ -90,18 +93,23 @@ SUITES = {
         ],
     },
     # the same tuning recipe on a share of the labelled training studies (a prefix of one
-    # permutation per seed, so 10 % is a subset of 40 %); pre-training still sees the whole corpus
+    # permutation per seed, so 10 % is a subset of 40 %); pre-training still sees the whole corpus.
+    # Each row segments brainsynth and classifies brainsynth-grade (the same studies' grade), its
+    # classification counterpart there (tune_by_dataset); 100 % shares brain-seg's / brain-cls' stages
     "brain-label-efficiency": {
-        "title": "Label efficiency on brainsynth segmentation, Dice (%) by share of labelled training studies",
-        "datasets": ["brainsynth"],
-        "metrics": SEG_METRICS,
+        "title": (
+            "Label efficiency on brainsynth: segmentation Dice and grade classification accuracy/AUC (%) "
+            "by share of labelled training studies"
+        ),
+        "datasets": ["brainsynth", "brainsynth-grade"],
+        "metrics": SEG_METRICS + CLS_METRICS,
         "lower_is_better": ["hd95"],
         "plot": "vary",
         "vary": {"key": "tune.*.train.label_fraction", "label": "labels", "values": [0.1, 0.4, 1.0]},
         "rows": [
-            {"name": "scratch", "pretrain": "none", "tune": "seg"},
-            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS},
-            dict(BRAINMVP_ROW),
+            {"name": "scratch", "pretrain": "none", "tune": "seg", "tune_by_dataset": CLS_TUNE},
+            {"name": "MAE-3D", "pretrain": "mae3d", "tune": "seg", "note": _OURS, "tune_by_dataset": CLS_TUNE},
+            {**BRAINMVP_ROW, "tune_by_dataset": CLS_TMPL_TUNE},
         ],
     },
     # scan classification as the paper evaluates it (its BraTS 2018 HGG vs LGG task): the same
