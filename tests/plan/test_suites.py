@@ -190,3 +190,24 @@ def test_row_seeds_caps_one_row(registries):
         Suite.from_spec("bad", {**spec, "rows": [spec["rows"][0], {**spec["rows"][1], "seeds": 0}]})
     causes = get_suite(registries, "causes")
     assert {r.name: r.seeds for r in causes.rows}["MR 3000 steps"] == 1
+
+
+def test_a_row_may_run_another_tune_chain_on_some_datasets():
+    """``tune_by_dataset``: one row, one reference, on datasets of two task types; a vary key that
+    names a tuning stage maps to that dataset's chain; a dataset outside the suite is refused."""
+    spec = {
+        "datasets": ["slake", "melinda"],
+        "title": "t",
+        "rows": [{"name": "a", "pretrain": "none", "tune": "direct", "tune_by_dataset": {"melinda": "tdcalib+direct"}}],
+        "vary": {"key": "tune.direct.train.lr", "values": [1e-4]},
+    }
+    specs = Suite.from_spec("mixed", spec).cell_specs(seeds=1)
+    by_dataset = {s.dataset: s for s in specs}
+    assert by_dataset["slake"].tune == ("direct",) and by_dataset["melinda"].tune == ("tdcalib", "direct")
+    assert dict(by_dataset["slake"].overrides)["tune.0.train.lr"] == 1e-4
+    assert dict(by_dataset["melinda"].overrides)["tune.1.train.lr"] == 1e-4
+    assert {s.cell_name for s in specs} == {"a lr=0.0001"}
+    with pytest.raises(ConfigError, match="'tune_by_dataset' names vqa-rad"):
+        Suite.from_spec("bad", {**spec, "rows": [{**spec["rows"][0], "tune_by_dataset": {"vqa-rad": "direct"}}]})
+    with pytest.raises(ConfigError, match="names tuning stage 'direct'"):
+        Suite.from_spec("bad", {**spec, "rows": [{**spec["rows"][0], "tune_by_dataset": {"melinda": "tdcalib"}}]})

@@ -14,6 +14,7 @@ A suite is declared as data, in ``registry.toml`` under ``[suites.NAME]`` or by 
     rows = [
       { name = "1 none", pretrain = "none", tune = "direct", paper = "1" },
       { name = "5 TD-Calib+GM-Coord", pretrain = "none", tune = "tdcalib+gmcoord", paper = "5", inferred = true },
+      { name = "scratch", pretrain = "none", tune = "seg", tune_by_dataset = { "brainsynth-grade" = "cls" } },
     ]
     vary = { key = "pretrain.alpha", label = "alpha", values = [0.2, 0.5, 0.8] }   # optional
     vary = { keys = ["pretrain.alpha", "tune.tdcalib.alpha"], label = "alpha", values = [0.2, 0.5, 0.8] }
@@ -25,6 +26,9 @@ The grid is rows x vary values x datasets; each grid point is run once per seed.
 ``paper`` names its row in the paper table (default: the row's name); ``overrides`` (an inline
 table of ``"key.path" = value``) applies to that row only; ``seeds = N`` runs that row for seeds
 0..N-1 only, however many the sweep runs (an expensive point run once; its board shows the count).
+``tune_by_dataset`` gives the row another tune chain on some of the suite's datasets (the same
+method on a dataset of another task type: ``seg`` on a segmentation dataset, ``cls`` on a
+classification one), so one row, and one reference, spans both.
 
 ``vary`` sets one value on one key (``key``) or on several keys together (``keys``: each grid
 point gives every key the same value, e.g. Fig. 5's alpha in MR-Pretrain and in TD-Calib). A key
@@ -67,7 +71,7 @@ SPEC_KEYS = {
     "lower_is_better",
     "seeds",
 }
-ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note", "seeds"}
+ROW_KEYS = {"name", "pretrain", "tune", "paper", "overrides", "inferred", "note", "seeds", "tune_by_dataset"}
 
 
 def _seeds(value: Any, where: str) -> int:
@@ -88,6 +92,17 @@ class SuiteRow:
     inferred: bool = False
     note: str = ""
     seeds: int | None = None  # at most this many seeds (0..seeds-1) for this row: an expensive point run once
+    # dataset -> the tune chain the row runs there instead of ``tune`` (a dataset of another task type)
+    tune_by_dataset: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def chain(self, dataset: str) -> tuple[str, ...]:
+        """The tune chain this row runs on ``dataset``."""
+        return dict(self.tune_by_dataset).get(dataset, self.tune)
+
+    @property
+    def chains(self) -> tuple[tuple[str, ...], ...]:
+        """Every tune chain the row runs (``tune`` first)."""
+        return tuple(dict.fromkeys((self.tune, *(c for _, c in self.tune_by_dataset))))
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,8 @@ class Suite:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_spec(cls, name: str, spec: Any) -> "Suite":
+        """Read a suite table, checking each key in turn (one paragraph per mistake). Longer than 80 lines because it
+        is one validation pass over one table, key by key, in the order the table is documented."""
         where = f"suite {name!r}"
         if isinstance(spec, Suite):
             return spec
@@ -162,6 +179,9 @@ class Suite:
                     inferred=bool(raw.get("inferred", False)),
                     note=str(raw.get("note", "")),
                     seeds=None if "seeds" not in raw else _seeds(raw["seeds"], f"{where} rows[{i}]"),
+                    tune_by_dataset=_tune_by_dataset(
+                        raw.get("tune_by_dataset", {}), datasets + extra, f"{where} rows[{i}]"
+                    ),
                 )
             )
         names = [r.name for r in rows]
@@ -196,7 +216,8 @@ class Suite:
             vary_values = tuple(vary["values"])
             for row in rows:
                 for key in vary_keys:
-                    stage_key(key, row, where)  # every row has every stage a vary key names
+                    for chain in row.chains:
+                        stage_key(key, row, where, chain)  # every row has every stage a vary key names
         vary_key = vary_keys[0] if vary_keys else None
         plot = spec.get("plot")
         if plot not in (None, "rows", "vary"):
@@ -265,8 +286,9 @@ class Suite:
         for row in self.rows:
             for value in values:
                 name = row.name if self.vary_key is None else f"{row.name} {self.vary_label}={value}"
-                extra = tuple((stage_key(k, row, f"suite {self.name!r}"), value) for k in self.vary_keys)
                 for dataset in chosen:
+                    chain = row.chain(dataset)
+                    extra = tuple((stage_key(k, row, f"suite {self.name!r}", chain), value) for k in self.vary_keys)
                     own = dict(self.dataset_options).get(dataset, ())
                     points.append(
                         GridPoint(self.name, name, row, dataset, self.overrides + own + row.overrides + extra)
@@ -292,7 +314,7 @@ class Suite:
                 specs.append(
                     CellSpec(
                         pretrain=p.row.pretrain,
-                        tune=p.row.tune,
+                        tune=p.row.chain(p.dataset),
                         dataset=p.dataset,
                         preset=preset,
                         seed=seed,
@@ -323,11 +345,12 @@ class Suite:
         return names[0]
 
 
-def stage_key(key: str, row: SuiteRow, where: str) -> str:
+def stage_key(key: str, row: SuiteRow, where: str, tune: tuple[str, ...] | None = None) -> str:
     """``key`` as a cfg path of ``row``'s own config: ``tune.<name>.rest`` becomes ``tune.<i>.rest``
-    with ``i`` the stage's place in the row's tune chain. Raises ConfigError when the row has no
-    stage the key names (``pretrain.*`` on a row without pre-training, a tuning stage not in its
-    chain)."""
+    with ``i`` the stage's place in the row's tune chain (``tune``: the chain on one dataset, default
+    the row's ``tune``). Raises ConfigError when the row has no stage the key names (``pretrain.*``
+    on a row without pre-training, a tuning stage not in its chain)."""
+    tune = row.tune if tune is None else tune
     parts = key.split(".")
     fix = f"Give the row that stage, move the row to a suite of its own, or drop {key!r} from the suite's vary keys."
     if parts[0] == "pretrain" and row.pretrain == "none":
@@ -342,22 +365,35 @@ def stage_key(key: str, row: SuiteRow, where: str) -> str:
             f"{where}: vary key {key!r} must name a tuning stage and an option, "
             f"e.g. tune.tdcalib.alpha or tune.0.train.lr."
         )
-    chain = " + ".join(row.tune)
+    chain = " + ".join(tune)
     if parts[1] == "*":  # every tuning stage (expanded where the override is applied)
         return key
     if parts[1].isdigit():
-        if int(parts[1]) >= len(row.tune):
+        if int(parts[1]) >= len(tune):
             raise ConfigError(
                 f"{where}: vary key {key!r} names tuning stage {parts[1]}, but row {row.name!r} has "
-                f"{len(row.tune)} ({chain}). {fix}"
+                f"{len(tune)} ({chain}). {fix}"
             )
         return key
-    if parts[1] not in row.tune:
+    if parts[1] not in tune:
         raise ConfigError(
             f"{where}: vary key {key!r} names tuning stage {parts[1]!r}, which row {row.name!r} does "
             f"not run (its chain: {chain}). {fix}"
         )
-    return ".".join(["tune", str(row.tune.index(parts[1])), *parts[2:]])
+    return ".".join(["tune", str(tune.index(parts[1])), *parts[2:]])
+
+
+def _tune_by_dataset(table: Any, datasets: list[str], where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A row's ``tune_by_dataset``: {dataset of the suite: "tune chain"}."""
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ConfigError(f"{where}: 'tune_by_dataset' must be a table of dataset = \"tune chain\".")
+    stray = sorted(set(table) - set(datasets))
+    if stray:
+        raise ConfigError(
+            f"{where}: 'tune_by_dataset' names {', '.join(stray)}, which is not in the suite's datasets "
+            f"({', '.join(datasets)})."
+        )
+    return tuple((str(d), parse_tune_chain(chain)) for d, chain in table.items())
 
 
 def _overrides(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
@@ -387,7 +423,7 @@ def check_suite_names(suite: Suite, registries) -> None:
     for row in suite.rows:
         if row.pretrain != "none":
             known("pretrain", row.pretrain, f"row {row.name!r}")
-        for name in row.tune:
+        for name in dict.fromkeys(n for chain in row.chains for n in chain):
             known("tune", name, f"row {row.name!r}")
     for row in suite.rows:
         for dataset in suite.datasets + suite.extra_datasets:
@@ -401,7 +437,7 @@ def check_suite_names(suite: Suite, registries) -> None:
                 "model": {"type": overrides.get("model.type") or dataset_cls.encoder},
                 "dataset": {"type": dataset},
                 "pretrain": None if row.pretrain == "none" else {"type": row.pretrain, "corpus": {"type": corpus}},
-                "tune": [{"type": name} for name, _, _ in tune_chain(row.tune, registries)],
+                "tune": [{"type": name} for name, _, _ in tune_chain(row.chain(dataset), registries)],
             }
             try:
                 options.check_compatibility(config, registries)
