@@ -13,10 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from umdbench.plan.suites import get_suite
-from umdbench.plugin import get_registries
-from umdbench.results.leaderboard import write_suite_boards
-from umdbench.results.reference_points import load_reference_points
 from umdbench.run.workspace import Workspace
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -39,14 +35,31 @@ def _without_render_time(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("- generated "))
 
 
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """``store_dir -> folder of boards``: each committed store copied into a fresh work dir and every
+    suite it holds rendered once by `umdbench leaderboard --work-dir WORK --out OUT` (the command the
+    notes give), shared by the tests below (rendering a store takes seconds)."""
+    from umdbench.cli import main
+
+    done: dict[Path, Path] = {}
+
+    def render(store_dir: Path) -> Path:
+        if store_dir not in done:
+            tmp = tmp_path_factory.mktemp(store_dir.parent.name)
+            work = Workspace(tmp / "work")
+            counts = work.copy_results_from(_copy_of(store_dir, tmp))
+            assert counts["unverified"] == 0, "a committed result lost its per-example predictions"
+            assert main(["leaderboard", "--work-dir", str(work.work_dir), "--out", str(tmp / "out")]) == 0
+            done[store_dir] = tmp / "out"
+        return done[store_dir]
+
+    return render
+
+
 @pytest.mark.parametrize("store_dir,board", BOARDS, ids=[str(b.relative_to(RESULTS)) for _, b in BOARDS])
-def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, board, tmp_path):
-    work = Workspace(tmp_path / "work")
-    counts = work.copy_results_from(_copy_of(store_dir, tmp_path))
-    assert counts["unverified"] == 0, "a committed result lost its per-example predictions"
-    out = tmp_path / "out"
-    suite = get_suite(get_registries(), board.stem)
-    write_suite_boards(work.store, out, [suite], reference_points=load_reference_points(work.reference_points_path))
+def test_a_committed_board_renders_again_from_its_committed_runs(store_dir, board, rendered):
+    out = rendered(store_dir)
     assert _without_render_time((out / board.name).read_text()) == _without_render_time(board.read_text())
     runs = f"{board.stem}-runs.jsonl"
     assert (out / runs).read_text() == (board.parent / runs).read_text()
@@ -59,16 +72,12 @@ def test_committed_stores_are_found_and_each_has_a_board():
         assert any(b.parent == store_dir.parent for _, b in BOARDS), f"{store_dir} has no board beside it"
 
 
-def test_the_leaderboard_of_a_committed_store_renders_every_suite(tmp_path):
+def test_the_leaderboard_of_a_committed_store_renders_every_suite(rendered):
     """`umdbench leaderboard --work-dir results/small/store` (no --suite), as the notes say to run it;
     VQA-Med-2019's closed accuracy is undefined (no closed question) and shows as n/a."""
-    from umdbench.cli import main
-
-    work = Workspace(tmp_path / "work")
-    work.copy_results_from(_copy_of(RESULTS / "small" / "store", tmp_path))
-    assert main(["leaderboard", "--work-dir", str(work.work_dir), "--out", str(tmp_path / "out")]) == 0
-    assert "n/a" in (tmp_path / "out" / "runs.md").read_text()
-    assert {"table1.md", "table4.md", "fig5.md"} <= {p.name for p in (tmp_path / "out").glob("*.md")}
+    out = rendered(RESULTS / "small" / "store")
+    assert "n/a" in (out / "runs.md").read_text()
+    assert {"table1.md", "table4.md", "fig5.md"} <= {p.name for p in out.glob("*.md")}
 
 
 MACHINE_PATH = re.compile(r"(?<![\w<.])/(?:work|home|root|tmp|Users|mnt|scratch|data|opt|srv|var)/")

@@ -4,11 +4,15 @@ here: the small preset takes hours), its pre-trainings shared with brain-seg."""
 
 import re
 
+import pytest
 from test_releases import make_brats18
 
 from umdbench.cli import main
 from umdbench.plan.suites import Suite
 from umdbench.plugin import get_registries
+
+# every plan generates the phantom splits it checks: once per test worker (conftest.py)
+pytestmark = pytest.mark.usefixtures("memo_phantoms")
 
 
 def test_brain_cls_suite_rows_datasets_and_metrics():

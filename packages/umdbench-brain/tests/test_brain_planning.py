@@ -1,10 +1,15 @@
 """Planning of brain cells: test-only options share trained stages; the label-efficiency suite."""
 
+import pytest
+
 from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec, resolve
 from umdbench.plan.stage_plan import build_plan
 from umdbench.plan.suites import get_suite
 from umdbench.plugin import load_plugins
+
+# every plan generates the phantom splits it checks: once per test worker (conftest.py)
+pytestmark = pytest.mark.usefixtures("memo_phantoms")
 
 
 def plan(spec: CellSpec):

@@ -14,6 +14,9 @@ from umdbench.sweep.planning import plan_sweep
 from umdbench_brain.kit import check_pyramid
 from umdbench_brain.plugin import ENTRIES, SUITES
 
+# every plan generates the phantom splits it checks: once per test worker (conftest.py)
+pytestmark = pytest.mark.usefixtures("memo_phantoms")
+
 # a cell that resolves each strategy: (pretrain, tune, dataset)
 CELLS = [
     ("mae3d", "seg", "brainsynth"),
