@@ -126,6 +126,23 @@ def test_unavailable_data_is_listed_not_fatal(plugin_registries, tmp_path, monke
     assert not (tmp_path / "w").exists()  # a dry run writes nothing
 
 
+def test_an_unavailable_cell_is_recorded_without_the_machines_path(plugin_registries, tmp_path):
+    """The membership row of a cell whose data is missing says where it looked as <data-root>/...:
+    the store and the board beside it never carry the path of the machine that planned them."""
+    from umdbench.run.workspace import Workspace
+    from umdbench.sweep.planning import membership_entries
+
+    registries = plugin_registries[1]
+    root = tmp_path / "no-data-here"
+    spec = CellSpec("none", ("direct",), "vqa-rad", data_root=str(root), suite="s", cell_name="a")
+    plan = plan_sweep([spec], registries, suite="s")
+    assert plan.cells[0].status == "data unavailable" and str(root) in plan.cells[0].reason
+    store = Workspace(tmp_path / "w").store
+    store.record_membership(membership_entries(plan))
+    (row,) = store.membership("s")
+    assert row.status == "data unavailable" and "<data-root>" in row.detail and str(tmp_path) not in row.detail
+
+
 @pytest.mark.realdata
 def test_table4_dry_run_shares_stages(capsys, tmp_path):
     if not SHARED.is_dir():
