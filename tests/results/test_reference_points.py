@@ -31,6 +31,13 @@ def test_cli_baselines_on_embedded_dataset(capsys):
         assert overall < 60.0
 
 
+def _run_tiny_medsynth(work, opts: list[str]) -> int:
+    """`umdbench run` of plain fine-tuning on medsynth for 2 steps, with dataset options ``opts``."""
+    argv = ["run", "--pretrain", "none", "--tune", "direct", "--dataset", "medsynth", "--work-dir", str(work)]
+    cfg = ["tune.0.train.max_iters=2", "data.num_workers=0", *[f"dataset.options.{o}" for o in opts]]
+    return main([*argv, "--cfg-options", *cfg])
+
+
 def test_cli_baselines_kept_under_the_fingerprint_a_run_records(tmp_path, capsys):
     """`baselines --work-dir` keeps them under the split's data fingerprint, the one a run on the same
     data stores in its row, so the leaderboard can match them (its rendering: test_leaderboard_suites)."""
@@ -48,26 +55,7 @@ def test_cli_baselines_kept_under_the_fingerprint_a_run_records(tmp_path, capsys
         for line in capsys.readouterr().out.splitlines()
         if "overall=" in line
     }
-    assert (
-        main(
-            [
-                "run",
-                "--pretrain",
-                "none",
-                "--tune",
-                "direct",
-                "--dataset",
-                "medsynth",
-                "--work-dir",
-                str(work),
-                "--cfg-options",
-                "tune.0.train.max_iters=2",
-                "data.num_workers=0",
-                *[f"dataset.options.{o}" for o in opts],
-            ]
-        )
-        == 0
-    )
+    assert _run_tiny_medsynth(work, opts) == 0
     row = ResultsStore(Workspace(work).store_path).rows()[0]
     kept = json.loads(Workspace(work).reference_points_path.read_text())
     assert list(kept) == [reference_key("medsynth", "test", row["data_fingerprint"])]
@@ -87,26 +75,7 @@ def test_cli_baselines_of_a_whole_work_dir(tmp_path, capsys):
 
     work = tmp_path / "wd"
     opts = ["n_train=300", "n_test=120", "n_val=20"]
-    assert (
-        main(
-            [
-                "run",
-                "--pretrain",
-                "none",
-                "--tune",
-                "direct",
-                "--dataset",
-                "medsynth",
-                "--work-dir",
-                str(work),
-                "--cfg-options",
-                "tune.0.train.max_iters=2",
-                "data.num_workers=0",
-                *[f"dataset.options.{o}" for o in opts],
-            ]
-        )
-        == 0
-    )
+    assert _run_tiny_medsynth(work, opts) == 0
     capsys.readouterr()
     assert main(["baselines", "--work-dir", str(work)]) == 0
     kept = json.loads(Workspace(work).reference_points_path.read_text())
