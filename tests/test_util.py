@@ -135,3 +135,26 @@ def test_config_hash_ignores_key_order_and_deep_merge_copies():
     assert merged == {"train": {"lr": 0.5, "max_iters": 10}, "tags": [1]}
     merged["tags"].append(2)
     assert base == {"train": {"lr": 1.0, "max_iters": 10}, "tags": [1]}
+
+
+def test_portable_paths_writes_the_data_root_as_a_mark_wherever_it_stands(tmp_path, monkeypatch):
+    from umdbench.util import portable_paths
+
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = {
+        "root": str(root),
+        "images": f"{root}/vqa_rad/images",
+        "why": f"the folder {root} does not exist",
+        "sentence_end": f"nothing under {root}.",
+        "sibling": f"{root}base/x",  # a folder whose name only starts with the root's
+        "elsewhere": "/opt/weights/model.pt",
+        "here": str(tmp_path / "runs" / "a"),
+    }
+    out = portable_paths(cfg, root)
+    assert out["root"] == "<data-root>" and out["images"] == "<data-root>/vqa_rad/images"
+    assert out["why"] == "the folder <data-root> does not exist"
+    assert out["sentence_end"] == "nothing under <data-root>."
+    assert out["sibling"] == "database/x"  # not "<data-root>base/x": relative to the current folder
+    assert out["elsewhere"] == ".../model.pt" and out["here"] == "runs/a"

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -217,20 +218,22 @@ DATA_ROOT_MARK = "<data-root>"
 
 
 def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
-    """``obj`` (a JSON-like config) as stored with a result, free of the machine's paths: the data
-    root ``root`` becomes ``<data-root>`` wherever it occurs (``<data-root>/vqa_rad``), a path under
-    the current folder becomes relative, and any other absolute path keeps only its last part
-    (``.../name``). What identifies the data is its fingerprint, not where it was read from."""
-    anchors = [(str(Path(root).expanduser().resolve()), DATA_ROOT_MARK)] if root else []
-    if root and str(Path(root).expanduser()) != anchors[0][0]:
-        anchors.append((str(Path(root).expanduser()), DATA_ROOT_MARK))  # as given, when it is a link
+    """``obj`` (a JSON-like config, or a sentence such as why a dataset is unavailable) as stored
+    with a result, free of the machine's paths: the data root ``root`` becomes ``<data-root>``
+    wherever it occurs as a path (``<data-root>/vqa_rad``, "the folder <data-root> does not exist"),
+    a value that is a path under the current folder becomes relative, and any other absolute path
+    keeps only its last part (``.../name``). What identifies the data is its fingerprint, not where
+    it was read from."""
+    anchors = [str(Path(root).expanduser().resolve())] if root else []
+    if root and str(Path(root).expanduser()) != anchors[0]:
+        anchors.append(str(Path(root).expanduser()))  # as given, when it is a link
+    # the root as a whole path component: "/data" in "/data/x" or "/data." but not in "/database"
+    patterns = [re.compile(re.escape(a.rstrip("/")) + r"(?=/|$|[^\w.-]|\.(?:\s|$))") for a in anchors]
     cwd = str(Path.cwd())
 
     def fix(text: str) -> str:
-        for prefix, mark in anchors:
-            text = text.replace(prefix.rstrip("/") + "/", mark + "/")
-            if text == prefix.rstrip("/"):
-                text = mark
+        for pattern in patterns:
+            text = pattern.sub(DATA_ROOT_MARK, text)
         if text.startswith("/") and not any(c.isspace() for c in text):
             if text == cwd or text.startswith(cwd.rstrip("/") + "/"):
                 return os.path.relpath(text, cwd)

@@ -5,6 +5,11 @@ Inputs per batch (CONTRACT.md): ``logits`` [B, C], ``label`` [B]. Macro averages
 classes that occur in the labels or the predictions (as imblearn's / sklearn's macro averaging,
 which UMD's EVALLScore uses); the AUC averages over classes that have both positives and negatives
 in the labels (a class with no positive has no defined one-vs-rest AUC).
+
+``per_example`` (after ``compute_metrics``, when every batch carried ``index``): each example's
+class probabilities (``prob`` [n, C], the softmax the AUC ranks), so the leaderboard can bootstrap
+the AUC and test it paired (``umdbench.results.auc``); accuracy's interval comes from the
+prediction recorder's ``correct``.
 """
 
 from __future__ import annotations
@@ -52,18 +57,27 @@ def classification_scores(logits: torch.Tensor, label: torch.Tensor) -> dict[str
 class ClassificationMetric(BaseMetric):
     default_prefix = None
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.per_example: dict | None = None
+
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
-            self.results.append(
-                {
-                    "logits": _as_tensor(sample["logits"]).double(),
-                    "label": _as_tensor(sample["label"]).long().view(-1),
-                }
-            )
+            record = {
+                "logits": _as_tensor(sample["logits"]).double(),
+                "label": _as_tensor(sample["label"]).long().view(-1),
+            }
+            if sample.get("index") is not None:
+                record["index"] = _as_tensor(sample["index"]).long().view(-1)
+            self.results.append(record)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         logits = torch.cat([r["logits"] for r in results])
         label = torch.cat([r["label"] for r in results])
         if (label < 0).any():
             raise ValueError("classification metric: labels must be >= 0 (a -1 label has no class)")
+        self.per_example = None
+        if all("index" in r for r in results):
+            index = torch.cat([r["index"] for r in results])
+            self.per_example = {"index": index.numpy(), "prob": torch.softmax(logits, dim=-1).numpy()}
         return classification_scores(logits, label)

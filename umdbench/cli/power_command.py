@@ -51,8 +51,8 @@ def cmd_power(args) -> int:
             for dataset in sorted(results.stored_datasets):
                 for metric in [args.metric] if args.metric else list(suite.metrics):
                     ref, ref_index, _ = results.correct(reference, dataset, metric)
-                    if ref is None:
-                        continue
+                    if not isinstance(ref, np.ndarray):
+                        continue  # no predictions, or a rank metric (AUC): not a mean the components describe
                     pairs = []
                     for name in suite.cell_names():
                         row, index, _ = results.correct(name, dataset, metric) if name != reference else (None,) * 3

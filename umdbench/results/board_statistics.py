@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from umdbench.results import intervals
 from umdbench.results.board_data import SuiteResults
+from umdbench.results.predictions import RANK_METRICS
 
 __all__ = ["difference_lines", "holm_family", "rank_lines"]
 
@@ -82,6 +83,15 @@ def difference_lines(compared: dict, metrics: list[str], reference: str, results
         f"{m} {statistics.median(c[m].diff.half_width for c in compared.values() if m in c):.2f}" for m in shown
     )
     headers = ["vs reference " + reference] + [f"Δ {m} (n={n[m]})" for m in shown]
+    ranked = [m for m in shown if m in RANK_METRICS]
+    rank_note = (
+        f" {', '.join(ranked)}: not a mean over examples, so every resample recomputes it from the stored class "
+        f"probabilities (one-vs-rest, a tie counts one half, averaged over classes); Δ is the difference of the rows' "
+        f"mean over seeds, and its p comes from a paired permutation test that swaps the two rows' probabilities "
+        f"per test example ({intervals.PERMUTATIONS} permutations)."
+        if ranked
+        else ""
+    )
     return (
         f"\n{tabulate(table, headers=headers, tablefmt='github', disable_numparse=True)}\n\n"
         f"<sub>[a, b] in the table: 95 % interval of the mean over seeds, bootstrapping the seeds and the test "
@@ -92,5 +102,5 @@ def difference_lines(compared: dict, metrics: list[str], reference: str, results
         f"test ({intervals.PERMUTATIONS} permutations); Holm: p adjusted over the rows compared with the reference "
         f"on this dataset and metric; * = significant after that adjustment (Holm p < {intervals.ALPHA}: at most a "
         f"{intervals.ALPHA:.0%} chance of any false star per dataset and metric). Smallest difference this test "
-        f"split resolves (median half-width of the paired intervals, points): {resolve}.</sub>\n"
+        f"split resolves (median half-width of the paired intervals, points): {resolve}.{rank_note}</sub>\n"
     )

@@ -17,6 +17,11 @@ which questions the finite test split happens to hold. Both are resampled togeth
   sign: ``p = (1 + #{|mean(flipped d)| >= |mean(d)|}) / (1 + permutations)``, significant when
   ``p < 0.05``.
 
+A cell whose metric is AUC has no per-question values to average: its evidence is the seeds'
+class probabilities (:class:`umdbench.results.auc.ClassScores`), and every replicate, permuted
+pair and observed value recomputes the AUC (:mod:`umdbench.results.auc`); the draws, percentiles
+and seed resampling are the ones above.
+
 Every random draw comes from ``numpy.random.default_rng(SEED)``, so a table is reproducible.
 """
 
@@ -25,6 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from umdbench.results import auc
+from umdbench.results.auc import ClassScores
 
 SEED = 20240406  # fixed: the same store renders the same intervals
 BOOTSTRAP = 2000
@@ -80,10 +88,10 @@ def rank_intervals(corrects: dict, draws: int = BOOTSTRAP, seed: int = SEED, hig
     scored on the same examples) and each row's seeds, ranks the replicate means (ties share the
     mean rank), and the interval is the 2.5 and 97.5 percentiles of each row's ranks."""
     names = list(corrects)
-    mats = [np.atleast_2d(np.asarray(corrects[n], dtype=np.float64)) for n in names]
+    mats = [_evidence(corrects[n]) for n in names]
     rng = np.random.default_rng(seed)
-    weights = _question_weights(mats[0].shape[1], rng, draws)
-    reps = np.stack([_replicates(m, weights, rng) for m in mats], axis=1)  # [draws, rows]
+    picks, weights = _question_draws(mats[0].shape[1], rng, draws)
+    reps = np.stack([_replicates(m, picks, weights, rng) for m in mats], axis=1)  # [draws, rows]
     sign = -1.0 if higher_is_better else 1.0
 
     def ranks(values: np.ndarray) -> np.ndarray:
@@ -102,35 +110,51 @@ def rank_intervals(corrects: dict, draws: int = BOOTSTRAP, seed: int = SEED, hig
     return out
 
 
-def _replicates(correct: np.ndarray, question_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mean accuracy per replicate: ``question_weights [B, n]`` are multinomial counts of each
-    question (sum n); the seeds are drawn here (counts [B, S])."""
-    seeds, n = correct.shape
-    per_seed = question_weights @ correct.T.astype(np.float64) / n  # [B, S]: each seed's accuracy
+def _evidence(cell):
+    """A cell's evidence as the functions here take it: ``ClassScores`` as is, else ``[S, n]`` floats."""
+    return cell if isinstance(cell, ClassScores) else np.atleast_2d(np.asarray(cell, dtype=np.float64))
+
+
+def _per_seed(cell, picks: np.ndarray, question_weights: np.ndarray) -> np.ndarray:
+    """Each seed's value on every resample, [B, S]."""
+    if isinstance(cell, ClassScores):
+        return auc.replicates(cell, picks)
+    return question_weights @ cell.T.astype(np.float64) / cell.shape[1]  # [B, S]: each seed's accuracy
+
+
+def _replicates(cell, picks: np.ndarray, question_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The cell's value per replicate: ``picks [B, n]`` are the drawn questions, ``question_weights
+    [B, n]`` how often each was drawn (sum n); the seeds are drawn here (counts [B, S])."""
+    per_seed = _per_seed(cell, picks, question_weights)
+    seeds = per_seed.shape[1]
     if seeds == 1:
         return per_seed[:, 0]
-    picks = rng.integers(0, seeds, size=(len(question_weights), seeds))
-    return np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
+    chosen = rng.integers(0, seeds, size=(len(question_weights), seeds))
+    return np.take_along_axis(per_seed, chosen, axis=1).mean(axis=1)
 
 
-def _question_weights(n: int, rng: np.random.Generator, draws: int) -> np.ndarray:
-    """How often each of ``n`` questions is drawn in each of ``draws`` resamples ([draws, n])."""
-    picks = rng.integers(0, n, size=(draws, n)) + (np.arange(draws) * n)[:, None]
-    return np.bincount(picks.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float64)
+def _question_draws(n: int, rng: np.random.Generator, draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(picks [draws, n], weights [draws, n])``: the questions each of ``draws`` resamples drew,
+    and how often each of the ``n`` questions was drawn in it."""
+    picks = rng.integers(0, n, size=(draws, n))
+    flat = picks + (np.arange(draws) * n)[:, None]
+    return picks, np.bincount(flat.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float64)
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    # nan-aware: an AUC replicate that drew no positive (or no negative) example has no value
+    low, high = np.nanpercentile(values, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     return float(low), float(high)
 
 
-def cell_interval(correct: np.ndarray, draws: int = BOOTSTRAP, seed: int = SEED) -> Interval:
-    """Mean accuracy (percent) over seeds of ``correct [S, n]`` with its 95 % bootstrap interval."""
-    correct = np.atleast_2d(np.asarray(correct))
+def cell_interval(correct, draws: int = BOOTSTRAP, seed: int = SEED) -> Interval:
+    """Mean over seeds (percent) of ``correct [S, n]`` (or of a ``ClassScores``' AUC) with its 95 %
+    bootstrap interval."""
+    cell = _evidence(correct)
     rng = np.random.default_rng(seed)
-    reps = _replicates(correct, _question_weights(correct.shape[1], rng, draws), rng)
+    reps = _replicates(cell, *_question_draws(cell.shape[1], rng, draws), rng)
     low, high = _percentiles(reps)
-    return Interval(100 * float(correct.mean()), 100 * low, 100 * high)
+    return Interval(100 * float(cell.mean()), 100 * low, 100 * high)
 
 
 def sign_flip_p(diffs: np.ndarray, permutations: int = PERMUTATIONS, seed: int = SEED) -> float:
@@ -151,12 +175,29 @@ def compare(
 ) -> Comparison:
     """``row - reference`` (percent) over the same questions, seeds averaged per question: paired
     bootstrap interval and sign-flip p. ``row [S1, n]``, ``reference [S2, n]`` (seed counts may differ)."""
-    row, reference = np.atleast_2d(np.asarray(row)), np.atleast_2d(np.asarray(reference))
+    row, reference = _evidence(row), _evidence(reference)
     if row.shape[1] != reference.shape[1]:
         raise ValueError(f"rows scored different numbers of questions ({row.shape[1]} vs {reference.shape[1]})")
+    if isinstance(row, ClassScores) or isinstance(reference, ClassScores):
+        return _compare_auc(row, reference, draws, seed, permutations)
     diffs = row.mean(axis=0) - reference.mean(axis=0)
     rng = np.random.default_rng(seed)
-    reps = _question_weights(len(diffs), rng, draws) @ diffs / len(diffs)
+    reps = _question_draws(len(diffs), rng, draws)[1] @ diffs / len(diffs)
     low, high = _percentiles(reps)
     diff = Interval(100 * float(diffs.mean()), 100 * low, 100 * high)
     return Comparison(diff, sign_flip_p(diffs, permutations, seed))
+
+
+def _compare_auc(row: ClassScores, reference: ClassScores, draws: int, seed: int, permutations: int) -> Comparison:
+    """``compare`` for AUC: the difference of the rows' mean-over-seeds AUC, a paired bootstrap
+    (one draw of the examples for both rows, seeds averaged as observed) and the swap test."""
+    if not (isinstance(row, ClassScores) and isinstance(reference, ClassScores)):
+        raise TypeError("an AUC can only be compared with another AUC")
+    if not np.array_equal(row.label, reference.label):
+        raise ValueError("rows scored the same examples with different labels")
+    rng = np.random.default_rng(seed)
+    picks, _ = _question_draws(row.shape[1], rng, draws)
+    reps = np.nanmean(auc.replicates(row, picks), axis=1) - np.nanmean(auc.replicates(reference, picks), axis=1)
+    low, high = _percentiles(reps)
+    diff = Interval(100 * (row.mean() - reference.mean()), 100 * low, 100 * high)
+    return Comparison(diff, auc.permutation_p(row, reference, permutations, np.random.default_rng(seed)))

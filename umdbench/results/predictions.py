@@ -5,7 +5,9 @@ keeps ``predictions = {"path": <relative to the store's folder>, "sha256", "n", 
 Arrays (one entry per test example, sorted by ``index``): ``index`` (position in the split),
 ``pred`` and ``label`` (answer / class ids; label -1 = not in the vocabulary), ``correct`` (0/1),
 and ``answer_type`` (VQA: 0 closed, 1 open); ``score__<metric>`` where a metric reports its own
-per-example values (e.g. each study's Dice, in [0, 1]). Loaded with ``allow_pickle=False``.
+per-example values (e.g. each study's Dice, in [0, 1]); ``prob`` [n, C] where the metric kept each
+example's class probabilities (classification: its AUC is recomputed from them and ``label``).
+Loaded with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["decode", "encode", "load_for_row", "metric_values", "read_for_row", "seed_matrix"]
+from umdbench.results.auc import ClassScores, auc_per_seed
+
+__all__ = [
+    "PROB",
+    "class_scores",
+    "decode",
+    "encode",
+    "load_for_row",
+    "metric_values",
+    "read_for_row",
+    "seed_matrix",
+]
 
 
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
@@ -60,13 +73,15 @@ def read_for_row(row: dict, base_dir: Path) -> tuple[bytes | None, str]:
 
 # metric name -> which examples it averages `correct` over (None: every example)
 _SUBSETS = {"overall": None, "accuracy": None, "open": 1, "closed": 0}
-SCORE_PREFIX = "score__"  # a metric's own per-example values (e.g. each study's Dice), see run/predictions.py
+SCORE_PREFIX = "score__"  # a metric's own per-example values (e.g. each study's Dice), see run/prediction_recorder.py
+PROB = "prob"  # each example's class probabilities [n, C], kept by a metric whose AUC ranks them
+RANK_METRICS = ("auc",)  # recomputed from PROB and label, not a mean over examples
 
 
 def metric_values(arrays: dict[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(index, values)`` of the examples the metric averages over (values in [0, 1]: the metric's
     own per-example scores when it stored them, else correctness); None when the metric is not a
-    mean over examples (AUC, recall@k, HD95, ...)."""
+    mean over examples (AUC: see :func:`class_scores`; recall@k, HD95, ...)."""
     if f"{SCORE_PREFIX}{metric}" in arrays:
         return arrays["index"].astype(np.int64), arrays[f"{SCORE_PREFIX}{metric}"].astype(np.float64)
     if metric not in _SUBSETS or "correct" not in arrays:
@@ -79,15 +94,22 @@ def metric_values(arrays: dict[str, np.ndarray], metric: str) -> tuple[np.ndarra
     return arrays["index"][keep].astype(np.int64), arrays["correct"][keep].astype(np.float64)
 
 
-def seed_matrix(
-    rows: list[dict], metric: str, base_dir: Path, cache: dict | None = None
-) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+def class_scores(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(index, prob [n, C], label [n])`` when the arrays keep class probabilities, else None."""
+    if PROB not in arrays or "label" not in arrays or len(arrays[PROB]) != len(arrays["label"]):
+        return None
+    return arrays["index"].astype(np.int64), arrays[PROB].astype(np.float64), arrays["label"].astype(np.int64)
+
+
+def seed_matrix(rows: list[dict], metric: str, base_dir: Path, cache: dict | None = None) -> tuple:
     """``(correct [seeds, n], index [n], "")`` of one cell's rows (its seeds) for ``metric``, or
-    ``(None, None, why)`` when an interval cannot be computed from what is stored. The stored
-    examples must reproduce each row's stored metric, so an interval is never put beside a
-    number it was not computed from (a soft or multi-answer accuracy is not a mean of ``correct``)."""
+    ``(None, None, why)`` when an interval cannot be computed from what is stored. For AUC the
+    first item is a :class:`~umdbench.results.auc.ClassScores` (each seed's class probabilities and
+    the labels) instead of a matrix. The stored examples must reproduce each row's stored metric,
+    so an interval is never put beside a number it was not computed from (a soft or multi-answer
+    accuracy is not a mean of ``correct``)."""
     cache = {} if cache is None else cache
-    mats, index = [], None
+    mats, index, label = [], None, None
     for row in rows:
         key = row["cell_key"]
         if key not in cache:
@@ -95,19 +117,31 @@ def seed_matrix(
         arrays, why = cache[key]
         if arrays is None:
             return None, None, why
-        kept = metric_values(arrays, metric)
-        if kept is None:
-            return None, None, f"{metric} is not a mean over per-example values"
-        examples, values = kept
+        if metric in RANK_METRICS:
+            kept = class_scores(arrays)
+            if kept is None:
+                return None, None, f"{metric} is not a mean over examples and no class probabilities are stored"
+            examples, values, labels = kept
+            value = 100.0 * float(auc_per_seed(ClassScores(values[None], labels))[0])
+        else:
+            kept = metric_values(arrays, metric)
+            if kept is None:
+                return None, None, f"{metric} is not a mean over per-example values"
+            (examples, values), labels = kept, None
+            value = 100.0 * values.mean() if len(values) else float("nan")
         if len(values) == 0:
             return None, None, f"no test example counts towards {metric}"
         stored = (row.get("metrics") or {}).get(metric)
-        if stored is None or abs(100.0 * values.mean() - float(stored)) > 1e-3:
+        if stored is None or not abs(value - float(stored)) <= 1e-3:
             return None, None, f"the stored predictions do not reproduce the stored {metric}"
         if index is not None and not np.array_equal(index, examples):
             return None, None, "the seeds were scored on different test examples"
-        index = examples
+        if label is not None and not np.array_equal(label, labels):
+            return None, None, "the seeds were scored with different labels"
+        index, label = examples, labels
         mats.append(values)
     if not mats:
         return None, None, "no rows"
+    if label is not None:
+        return ClassScores(np.stack(mats), label), index, ""
     return np.stack(mats), index, ""

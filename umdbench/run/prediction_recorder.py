@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 
-from umdbench.results.predictions import SCORE_PREFIX
+from umdbench.results.predictions import PROB, SCORE_PREFIX
 
 __all__ = ["PredictionRecorder", "per_example", "with_metric_scores"]
 
@@ -88,8 +88,10 @@ class PredictionRecorder(BaseMetric):
 
 def with_metric_scores(arrays: dict[str, np.ndarray] | None, per_example: Any) -> dict[str, np.ndarray] | None:
     """``arrays`` (the recorder's, or None) plus the metric's own per-example values, when the metric
-    set ``per_example = {"index": [n], name: [n], ...}`` in ``compute_metrics`` (values whose mean x
-    100 is that metric, e.g. each study's Dice), stored as ``score__<name>`` sorted by index."""
+    set ``per_example = {"index": [n], name: [n], ...}`` in ``compute_metrics``: values whose mean x
+    100 is that metric (e.g. each study's Dice), stored as ``score__<name>``, and ``prob`` [n, C]
+    (each example's class probabilities, which a rank metric such as AUC is recomputed from),
+    stored as ``prob``; all sorted by index."""
     if not isinstance(per_example, dict) or "index" not in per_example:
         return arrays
     index = np.asarray(per_example["index"]).astype(np.int64).ravel()
@@ -97,8 +99,11 @@ def with_metric_scores(arrays: dict[str, np.ndarray] | None, per_example: Any) -
     scores = {
         f"{SCORE_PREFIX}{k}": np.asarray(v, dtype=np.float64).ravel()[order]
         for k, v in per_example.items()
-        if k != "index" and len(np.asarray(v).ravel()) == len(index)
+        if k not in ("index", PROB) and len(np.asarray(v).ravel()) == len(index)
     }
+    prob = np.asarray(per_example.get(PROB, []), dtype=np.float64)
+    if prob.ndim == 2 and len(prob) == len(index):
+        scores[PROB] = prob[order]
     if arrays is None:
         return {"index": index[order].astype(np.int32), **scores}
     if not np.array_equal(np.asarray(arrays["index"]).astype(np.int64), index[order]):

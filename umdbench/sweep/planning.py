@@ -18,7 +18,6 @@ import dataclasses
 import re
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from umdbench.api import DataError
@@ -26,7 +25,7 @@ from umdbench.data.catalog import DataCatalog, missing_data
 from umdbench.errors import ConfigError, UmdbenchError, UnknownNameError
 from umdbench.plan.config import CellSpec, ResolvedRun, resolve, tune_chain
 from umdbench.plan.stage_plan import Stage, build_plan
-from umdbench.util import DATA_ROOT_MARK, dataset_root, portable_paths
+from umdbench.util import dataset_root, portable_paths
 
 _TUNE_INDEX = re.compile(r"^tune\.(\d+|\*)(\..*)?$")
 
@@ -366,19 +365,11 @@ def membership_entries(plan: SweepPlan, user_overrides=()) -> list:
                 cell.key,
                 status,
                 # the reason names the folder it looked in: kept as <data-root>/..., never the machine's path
-                _portable(cell.reason, s.data_root) if status == "data unavailable" else "",
+                portable_paths(cell.reason, s.data_root) if status == "data unavailable" else "",
                 overrides,
             )
         )
     return out
-
-
-def _portable(text: str, root: str | None) -> str:
-    """``text`` with the data root written as <data-root> wherever it stands in the sentence."""
-    if root:
-        for given in dict.fromkeys((str(Path(root).expanduser().resolve()), str(root))):
-            text = text.replace(given.rstrip("/"), DATA_ROOT_MARK)
-    return portable_paths(text, root)
 
 
 def plan_data_root(plan: SweepPlan) -> str | None:
@@ -391,7 +382,7 @@ def mark(plan: SweepPlan, ws, cell: PlannedCell, status: str, detail: str = "", 
     cell.status = {"done": "done", "failed": "failed"}.get(status, status)
     entries = [e for e in membership_entries(plan, user_overrides) if e.cell_key == cell.key]
     for e in entries:
-        e.status, e.detail = status, _portable(detail, plan_data_root(plan))
+        e.status, e.detail = status, portable_paths(detail, plan_data_root(plan))
     ws.store.record_membership(entries)
 
 

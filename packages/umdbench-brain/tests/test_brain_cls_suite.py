@@ -1,5 +1,5 @@
 """The brain-cls suite (scratch, MAE-3D, SimCLR-3D, Models Genesis with `cls`; BrainMVP with
-`cls-tmpl`) on brainsynth-grade and BraTS 2018 HGG/LGG: planned by `sweep --dry-run` (not run
+`cls-tmpl` and with `cls`) on brainsynth-grade and BraTS 2018 HGG/LGG: planned by `sweep --dry-run` (not run
 here: the small preset takes hours), its pre-trainings shared with brain-seg."""
 
 import re
@@ -24,6 +24,7 @@ def test_brain_cls_suite_rows_datasets_and_metrics():
         ("SimCLR-3D", "simclr3d", ("cls",)),
         ("Models Genesis", "models-genesis", ("cls",)),
         ("BrainMVP", "brainmvp", ("cls-tmpl",)),
+        ("BrainMVP, cls", "brainmvp", ("cls",)),
     ]
     assert suite.datasets == ("brainsynth-grade", "brats2018-grade")
     assert suite.metrics == ("accuracy", "auc")
@@ -32,10 +33,10 @@ def test_brain_cls_suite_rows_datasets_and_metrics():
 def test_sweep_dry_run_plans_brain_cls(tmp_path, capsys):
     assert main(["sweep", "--suite", "brain-cls", "--dry-run", "--work-dir", str(tmp_path / "work")]) == 0
     out = capsys.readouterr().out
-    assert "sweep of suite brain-cls: 10 cells (5 to run, 0 finished, 5 data unavailable)" in out, out
+    assert "sweep of suite brain-cls: 12 cells (6 to run, 0 finished, 6 data unavailable)" in out, out
     assert re.search(r"\[to run\] BrainMVP: brainmvp / cls-tmpl / brainsynth-grade", out)
     assert "[data unavailable] BrainMVP: brainmvp / cls-tmpl / brats2018-grade" in out
-    assert "pre-trainings: 4 unique for 4 cells that pre-train" in out
+    assert "pre-trainings: 4 unique for 5 cells that pre-train" in out
     assert not (tmp_path / "work" / "stages").exists()  # a dry run trains nothing
     # with a BraTS 2018 copy every cell is planned, the pre-trainings on its own studies
     make_brats18(tmp_path / "data")
@@ -55,7 +56,7 @@ def test_sweep_dry_run_plans_brain_cls(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "10 cells (10 to run, 0 finished, 0 data unavailable)" in out, out
+    assert "12 cells (12 to run, 0 finished, 0 data unavailable)" in out, out
     assert "data brats2018-grade:train" in out
 
 

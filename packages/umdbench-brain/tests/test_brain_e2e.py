@@ -4,6 +4,7 @@ pre-trains (mae3d), tunes (seg / cls) and evaluates on brainsynth. Budgets are c
 
 import re
 
+import pytest
 import torch
 
 from umdbench.cli import main
@@ -136,6 +137,18 @@ def test_scan_classification_runs_end_to_end(tmp_path, capsys):
     assert code == 0, out
     result = metrics_of(out)
     assert set(result) >= {"accuracy", "auc"} and 0.0 <= result["accuracy"] <= 100.0
+    # the row keeps each study's class probabilities, which reproduce its AUC: the board can
+    # bootstrap the AUC and test it paired
+    from umdbench.results.intervals import cell_interval
+    from umdbench.results.predictions import seed_matrix
+    from umdbench.results.store import ResultsStore
+
+    (row,) = ResultsStore(tmp_path / "results.sqlite").rows()
+    assert "prob" in row["predictions"]["fields"]
+    scores, index, why = seed_matrix([row], "auc", tmp_path)
+    assert why == "" and len(index) == scores.shape[1] > 0
+    ci = cell_interval(scores)
+    assert ci.mean == pytest.approx(row["metrics"]["auc"], abs=1e-3) and ci.low <= ci.mean <= ci.high
 
 
 def test_wrong_strategy_for_the_task_is_a_one_line_error(tmp_path, capsys):
