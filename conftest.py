@@ -5,6 +5,10 @@ in pyproject's addopts), for the core's tests and the brain package's alike.
   own wall time) joins the group ``serial``: those run one after another on one worker, never two at once.
 - The tests of a module that share a module-scoped fixture (a trained stage, a sweep, an installed
   package) stay on one worker, so the fixture is built once, not once per worker.
+- torch computes on one thread in every worker from the start of the session: two workers share
+  two cores, and module-scoped fixtures are built before any per-test fixture could set it (at
+  torch's default of one thread per core, the two workers' OpenMP threads spun against each other
+  and the world-size equivalence fixtures took three times the CPU).
 
 Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
 """
@@ -27,6 +31,19 @@ def _group(item: pytest.Item) -> str | None:
     if info is not None and any(d and d[-1].scope == "module" for d in info.name2fixturedefs.values()):
         return item.nodeid.split("::")[0]
     return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_for_the_session():
+    try:
+        import torch
+    except ImportError:  # the hermetic subset runs without it
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into scheduling scopes

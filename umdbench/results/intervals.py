@@ -27,6 +27,7 @@ Every random draw comes from ``numpy.random.default_rng(SEED)``, so a table is r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,8 +90,7 @@ def rank_intervals(corrects: dict, draws: int = BOOTSTRAP, seed: int = SEED, hig
     mean rank), and the interval is the 2.5 and 97.5 percentiles of each row's ranks."""
     names = list(corrects)
     mats = [_evidence(corrects[n]) for n in names]
-    rng = np.random.default_rng(seed)
-    picks, weights = _question_draws(mats[0].shape[1], rng, draws)
+    picks, weights, rng = _question_draws(mats[0].shape[1], seed, draws)
     reps = np.stack([_replicates(m, picks, weights, rng) for m in mats], axis=1)  # [draws, rows]
     sign = -1.0 if higher_is_better else 1.0
 
@@ -133,12 +133,38 @@ def _replicates(cell, picks: np.ndarray, question_weights: np.ndarray, rng: np.r
     return np.take_along_axis(per_seed, chosen, axis=1).mean(axis=1)
 
 
-def _question_draws(n: int, rng: np.random.Generator, draws: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(picks [draws, n], weights [draws, n])``: the questions each of ``draws`` resamples drew,
-    and how often each of the ``n`` questions was drawn in it."""
+def _question_draws(n: int, seed: int, draws: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """``(picks [draws, n], weights [draws, n], rng)``: the questions each of ``draws`` resamples of
+    ``default_rng(seed)`` drew, how often each of the ``n`` questions was drawn in it, and the
+    generator where those draws left it (the seeds are drawn from it next)."""
+    picks, weights, state = _draws_of(seed, n, draws)
+    rng = np.random.default_rng(seed)
+    rng.bit_generator.state = state
+    return picks, weights, rng
+
+
+@functools.lru_cache(maxsize=4)
+def _draws_of(seed: int, n: int, draws: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    # the same (seed, n) draws every time: a board's cells share a test split, so they are drawn once
+    rng = np.random.default_rng(seed)
     picks = rng.integers(0, n, size=(draws, n))
     flat = picks + (np.arange(draws) * n)[:, None]
-    return picks, np.bincount(flat.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float64)
+    weights = np.bincount(flat.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float64)
+    picks.setflags(write=False), weights.setflags(write=False)
+    return picks, weights, rng.bit_generator.state
+
+
+@functools.lru_cache(maxsize=2)
+def _signs_of(seed: int, n: int, permutations: int) -> np.ndarray:
+    """The sign patterns of :func:`sign_flip_p` ([permutations, n], 0/1 as int8), drawn once per split."""
+    rng = np.random.default_rng(seed)
+    chunks = [
+        rng.integers(0, 2, size=(min(1000, permutations - start), n)).astype(np.int8)
+        for start in range(0, permutations, 1000)
+    ]
+    out = np.concatenate(chunks)
+    out.setflags(write=False)
+    return out
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
@@ -151,8 +177,8 @@ def cell_interval(correct, draws: int = BOOTSTRAP, seed: int = SEED) -> Interval
     """Mean over seeds (percent) of ``correct [S, n]`` (or of a ``ClassScores``' AUC) with its 95 %
     bootstrap interval."""
     cell = _evidence(correct)
-    rng = np.random.default_rng(seed)
-    reps = _replicates(cell, *_question_draws(cell.shape[1], rng, draws), rng)
+    picks, weights, rng = _question_draws(cell.shape[1], seed, draws)
+    reps = _replicates(cell, picks, weights, rng)
     low, high = _percentiles(reps)
     return Interval(100 * float(cell.mean()), 100 * low, 100 * high)
 
@@ -161,10 +187,10 @@ def sign_flip_p(diffs: np.ndarray, permutations: int = PERMUTATIONS, seed: int =
     """Two-sided p of a paired sign-flip permutation test on per-question differences."""
     diffs = np.asarray(diffs, dtype=np.float64)
     observed = abs(diffs.mean())
-    rng = np.random.default_rng(seed)
+    patterns = _signs_of(seed, len(diffs), permutations)
     hits = 0
     for start in range(0, permutations, 1000):  # chunks keep memory at 1000 x n
-        signs = rng.integers(0, 2, size=(min(1000, permutations - start), len(diffs))) * 2.0 - 1.0
+        signs = patterns[start : start + 1000] * 2.0 - 1.0
         # a tolerance, so ties that differ only by rounding count as ties
         hits += int((np.abs(signs @ diffs / len(diffs)) >= observed - 1e-12).sum())
     return (1 + hits) / (1 + permutations)
@@ -181,8 +207,7 @@ def compare(
     if isinstance(row, ClassScores) or isinstance(reference, ClassScores):
         return _compare_auc(row, reference, draws, seed, permutations)
     diffs = row.mean(axis=0) - reference.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    reps = _question_draws(len(diffs), rng, draws)[1] @ diffs / len(diffs)
+    reps = _question_draws(len(diffs), seed, draws)[1] @ diffs / len(diffs)
     low, high = _percentiles(reps)
     diff = Interval(100 * float(diffs.mean()), 100 * low, 100 * high)
     return Comparison(diff, sign_flip_p(diffs, permutations, seed))
@@ -195,8 +220,7 @@ def _compare_auc(row: ClassScores, reference: ClassScores, draws: int, seed: int
         raise TypeError("an AUC can only be compared with another AUC")
     if not np.array_equal(row.label, reference.label):
         raise ValueError("rows scored the same examples with different labels")
-    rng = np.random.default_rng(seed)
-    picks, _ = _question_draws(row.shape[1], rng, draws)
+    picks = _question_draws(row.shape[1], seed, draws)[0]
     reps = np.nanmean(auc.replicates(row, picks), axis=1) - np.nanmean(auc.replicates(reference, picks), axis=1)
     low, high = _percentiles(reps)
     diff = Interval(100 * (row.mean() - reference.mean()), 100 * low, 100 * high)
