@@ -88,7 +88,7 @@ def test_plugins_lists_the_package_with_its_version(installed):
 @pytest.mark.slow
 def test_example_runs_and_sweeps_its_suite(installed):
     work = installed["tmp"] / "wd"
-    fast = ["--cfg-options", "pretrain.train.max_iters=8", "tune.*.train.max_iters=40", "data.num_workers=0"]
+    fast = ["--cfg-options", "pretrain.train.max_iters=4", "tune.*.train.max_iters=8", "data.num_workers=0"]
     out = cli(["sweep", "--suite", "example", "--work-dir", str(work), *fast], installed)
     assert "3 cells run" in out.stdout
     board = installed["tmp"] / "results"

@@ -21,7 +21,7 @@ SMALL = [
     "dataset.options.n_val=2",
     "dataset.options.n_test=6",
 ]
-TUNE_ITERS = 60
+TUNE_ITERS = 40
 
 
 def run_cli(args, capsys):
@@ -99,7 +99,7 @@ def test_scratch_and_mae3d_segmentation_beat_an_untrained_model(tmp_path, capsys
     scratch = metrics_of(out)
     assert set(scratch) >= {"dice", "dice_wt", "dice_tc", "dice_et", "hd95"}
     floor = untrained_dice(tmp_path)
-    # measured (seed 0, this budget): untrained 1.6, scratch 26.0, mae3d 26.1; the bound leaves ~9 points
+    # measured (seed 0, this budget): untrained 1.6, scratch 27.6, mae3d 27.6; the bound leaves ~11 points
     assert floor < 20 and scratch["dice"] > floor + 15, (floor, scratch)
 
     pre = [
