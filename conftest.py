@@ -15,6 +15,8 @@ Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 
@@ -33,8 +35,8 @@ def _group(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread_for_the_session():
+@contextlib.contextmanager
+def _torch_on_one_thread():
     try:
         import torch
     except ImportError:  # the hermetic subset runs without it
@@ -42,8 +44,23 @@ def _one_torch_thread_for_the_session():
         return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_for_the_session():
+    with _torch_on_one_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_per_test():
+    """Again around each test: one that sets its own thread count leaves the next at one."""
+    with _torch_on_one_thread():
+        yield
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into scheduling scopes

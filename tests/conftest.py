@@ -13,20 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("UMDBENCH_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_per_test():
-    """Tests share two cores with the data-loader workers; keep torch to one thread."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
