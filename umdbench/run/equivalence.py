@@ -85,13 +85,15 @@ def _slice(batch: dict, lo: int, hi: int) -> dict:
 def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int = 1, device: str = "cpu") -> dict:
     """Train the case ``steps`` optimiser steps as rank ``rank`` of ``world`` with ``micro``
     micro-batches per step on ``device``; returns its final state (strategy state dict + optimiser
-    state, on the CPU)."""
+    state, on the CPU), the steps' losses and the batch-coupled terms the chain declares."""
     from umdbench.run.build_optim import build_optim_wrapper
     from umdbench.run.data_parallel import convert_batch_norm, wrapper_cfg
     from umdbench.run.stage_model import POSITION_KEY, STEP_KEY, StageModel
 
     case = load_case(factory)
+    terms: list[str] = []
     while True:
+        terms += type(case.strategy).batch_coupled_terms(case.strategy.cfg)
         model = StageModel(case.strategy, case.task, seed=SEED).to(device)
         model.train()
         runner_model = model
@@ -127,7 +129,7 @@ def run_leg(factory: str, steps: int, world: int = 1, rank: int = 0, micro: int 
             for k, v in optim.optimizer.state.get(p, {}).items():
                 if torch.is_tensor(v) and v.numel() > 1:
                     state[f"optim.{names[id(p)]}.{k}"] = v.detach().double().cpu()
-    return {"state": state, "logs": logs}
+    return {"state": state, "logs": logs, "coupled_terms": terms}
 
 
 def _kind(name: str) -> str:
@@ -155,16 +157,6 @@ def relative_differences(got: dict, ref: dict) -> dict[str, float]:
         scale = max(float(r.abs().max()), 1e-6 * largest.get(_kind(name), 0.0), 1e-30)
         out[name] = float((g - r).abs().max()) / scale
     return out
-
-
-def coupled_terms(factory: str) -> list[str]:
-    case = load_case(factory)
-    terms = []
-    while True:
-        terms += type(case.strategy).batch_coupled_terms(case.strategy.cfg)
-        if case.then is None:
-            return terms
-        case = case.then(case.strategy)
 
 
 def _ranks(factories: list[str], steps: int, out: Path, timeout: float) -> None:
@@ -198,8 +190,9 @@ def compare(
             _ranks(factories, steps, Path(tmp), timeout)
         reports = {}
         for i, factory in enumerate(factories):
-            ref = run_leg(factory, steps, device=device)["state"]
-            report = Report(factory, coupled_terms(factory))
+            one = run_leg(factory, steps, device=device)  # its chain declares the coupled terms too
+            ref = one["state"]
+            report = Report(factory, one["coupled_terms"])
             if "ranks" in legs:
                 ranks = [torch.load(Path(tmp) / f"{i}-rank{r}.pt", weights_only=True)["state"] for r in range(2)]
                 report.diffs["ranks"] = relative_differences(ranks[0], ref)
