@@ -85,6 +85,7 @@ NEVER_NUMERIC = {
     "umdbench.results.provenance": "device, git and package facts written into logs and rows",
     "umdbench.results.store": "the SQLite results store (rows are written after the numbers exist)",
     "umdbench.results.reference_points": "no-image reference points, copied by Workspace.copy_results_from",
+    "umdbench.results.auc": "recomputes stored AUCs for a board's intervals (reached through the predictions format)",
     "umdbench.results.leaderboard": "renders stored rows",
     "umdbench.run.host_memory": "which malloc the process uses (never what it computes)",
     "umdbench.plan.codekey": "this module: how keys are computed, not what a stage computes",
