@@ -122,15 +122,14 @@ def seed_matrix(rows: list[dict], metric: str, base_dir: Path, cache: dict | Non
             if kept is None:
                 return None, None, f"{metric} is not a mean over examples and no class probabilities are stored"
             examples, values, labels = kept
-            value = 100.0 * float(auc_per_seed(ClassScores(values[None], labels))[0])
         else:
             kept = metric_values(arrays, metric)
             if kept is None:
                 return None, None, f"{metric} is not a mean over per-example values"
             (examples, values), labels = kept, None
-            value = 100.0 * values.mean() if len(values) else float("nan")
         if len(values) == 0:
             return None, None, f"no test example counts towards {metric}"
+        value = 100.0 * (values.mean() if labels is None else auc_per_seed(ClassScores(values[None], labels))[0])
         stored = (row.get("metrics") or {}).get(metric)
         if stored is None or not abs(value - float(stored)) <= 1e-3:
             return None, None, f"the stored predictions do not reproduce the stored {metric}"
