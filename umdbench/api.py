@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # The version of docs/CONTRACT.md: a minor bump adds names, a major bump removes or changes one.
-CONTRACT_VERSION = "1.8"
+CONTRACT_VERSION = "1.9"
 
 
 @dataclass(frozen=True)
