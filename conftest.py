@@ -16,6 +16,7 @@ Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import pytest
 
@@ -61,6 +62,18 @@ def _one_torch_thread_per_test():
     """Again around each test: one that sets its own thread count leaves the next at one."""
     with _torch_on_one_thread():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_plugin_path_left_loaded():
+    """A test that ran a command with ``--plugin-path`` leaves the process-wide registries holding that
+    file's plugins (a command keeps what it loaded); the next test on the worker must see the
+    installed plugins only, not a note about another test's broken file."""
+    yield
+    loading = sys.modules.get("umdbench.plugin.loading")
+    loaded = getattr(loading, "_LOADED", None)
+    if loaded is not None and any(p.source.startswith("path ") for p in loaded[1].plugins):
+        loading._LOADED = None
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into scheduling scopes
