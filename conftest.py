@@ -64,6 +64,35 @@ def _one_torch_thread_per_test():
         yield
 
 
+def torch_modes_left_on() -> list[str]:
+    """Dispatch modes (e.g. a FLOP counter) and global module hooks still installed in this process:
+    a run that raised must not leave them, or every later torch call of the process pays for them."""
+    if "torch" not in sys.modules:
+        return []
+    import torch.nn.modules.module as module
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    left = [type(mode).__name__ for mode in _get_current_dispatch_mode_stack()]
+    for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
+        if getattr(module, name, None):
+            left.append(f"torch.nn.modules.module.{name}")
+    return left
+
+
+@pytest.fixture(autouse=True)
+def _no_torch_mode_left_on():
+    """Fails the test that leaves a torch mode or global hook on (it slowed later tests of the
+    worker up to eightfold before a stage that raised left torch's FLOP counter on)."""
+    yield
+    left = torch_modes_left_on()
+    if left:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+        for mode in reversed(_get_current_dispatch_mode_stack()):  # the next test starts clean
+            mode.__exit__(None, None, None)
+        pytest.fail(f"the test left torch modes or global hooks on: {left}")
+
+
 @pytest.fixture(autouse=True)
 def _no_plugin_path_left_loaded():
     """A test that ran a command with ``--plugin-path`` leaves the process-wide registries holding that

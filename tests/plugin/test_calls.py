@@ -147,6 +147,10 @@ def test_a_forward_without_a_loss_is_named(tmp_path, plugin_file, capsys):
     assert run(tmp_path, plugin_file, "no-loss") == 2
     err = one_paragraph_error(capsys)
     assert "NoLoss" in err and "'loss*' tensor" in err and "['acc']" in err
+    # the stage raised inside the step whose FLOPs were being counted: the counter is off again
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    assert _get_current_dispatch_mode_stack() == []
 
 
 def test_a_metric_that_raises_is_named_and_nothing_is_stored(tmp_path, plugin_file, capsys):

@@ -45,7 +45,13 @@ class FlopCountHook(Hook):
         self.step_flops, self._mode = int(self._mode.get_total_flops()), None
 
     def after_train(self, runner) -> None:
-        if self._mode is not None:  # stopped inside the counted step
+        self.close()
+
+    def close(self) -> None:
+        """Leave the counter if it is still on (training stopped, or raised, inside the counted step).
+        mmengine calls no hook when training raises, so the caller closes it too: a counter left on
+        stays on the thread's dispatch stack and slows every later torch call of the process."""
+        if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
 

@@ -141,8 +141,11 @@ def _train(stage: Stage, run: ResolvedRun, ctx: RunContext, step: str, launcher:
     runner.register_hook(evidence)
     flops = FlopCountHook(accum, world, int(train["max_iters"]))  # the compute column's estimate
     runner.register_hook(flops)
-    with plugin_errors(stage_plugins(stage, run, ctx), f"training stage {stage.title}"):
-        runner.train()
+    try:
+        with plugin_errors(stage_plugins(stage, run, ctx), f"training stage {stage.title}"):
+            runner.train()
+    finally:
+        flops.close()  # a step that raised leaves the counter on otherwise
     if rank != 0:
         import torch.distributed as dist
 
