@@ -1,8 +1,9 @@
 """The disk cache of pre-processed studies (StudyLoader): hits never open NIfTI, bad entries are
 rebuilt, changed sources miss, and concurrent writers of one entry leave a whole file."""
 
-import multiprocessing as mp
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -136,22 +137,32 @@ def test_unwritable_cache_folder_does_not_break_loading(tmp_path):
     assert np.array_equal(StudyLoader(MODS, None).load(rec, with_label=True)[0], vol)
 
 
-def _load_in_child(args):
-    rec, cache, barrier = args
-    barrier.wait()
-    loader = StudyLoader(MODS, cache)
-    vol, _, lab = loader.load(rec, with_label=True)
-    return loader.misses, float(vol.sum()), int(lab.sum())
+def test_concurrent_writers_of_one_entry_both_leave_a_valid_file(tmp_path, monkeypatch):
+    import umdbench_brain.volumes as volumes
 
-
-def test_concurrent_writers_of_one_entry_both_leave_a_valid_file(tmp_path):
     rec = _study(tmp_path / "data")
     cache = tmp_path / "cache"
-    # spawn, not fork: a test process may carry threads (gRPC, torch) whose locks a forked child inherits held
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Manager().Barrier(3)
-    with ctx.Pool(3) as pool:
-        results = pool.map(_load_in_child, [(rec, cache, barrier)] * 3)
+    # two loaders that miss the same entry at once, as two data-loader workers do. Threads, not
+    # processes: a write is a uniquely named temporary file renamed over the entry, the same for
+    # two threads as for two processes, and a spawned process would pay ~8 s of imports for it
+    barrier, both_write = threading.Barrier(2), threading.Barrier(2)
+    write = volumes.atomic_write_bytes
+
+    def write_together(path, data):
+        both_write.wait(timeout=60)  # each has missed and built the entry: they write it at once
+        write(path, data)
+
+    monkeypatch.setattr(volumes, "atomic_write_bytes", write_together)
+
+    def load():
+        loader = StudyLoader(MODS, cache)
+        barrier.wait()
+        vol, _, lab = loader.load(rec, with_label=True)
+        return loader.misses, float(vol.sum()), int(lab.sum())
+
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result(timeout=300) for f in [pool.submit(load) for _ in range(2)]]
+    assert [r[0] for r in results] == [1, 1]  # both missed, so both wrote the entry
     assert len({r[1:] for r in results}) == 1  # every worker got the same study
     entries = _entries(cache)
     assert len(entries) == 1 and not list((cache / "volumes").rglob("*.tmp"))  # no temporary file left over
