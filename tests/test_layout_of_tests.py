@@ -86,7 +86,7 @@ UNMIRRORED = {
     "umdbench/run/build_strategy.py": "a stage's strategy: covered by tests/run/test_perf_options.py",
     "umdbench/run/console.py": "console lines and plugin logs: covered by tests/plugin/test_calls.py",
     "umdbench/run/context.py": "the run's services: used by tests/run/test_cell.py",
-    "umdbench/run/distributed.py": "torchrun stages: covered by tests/run/test_ddp.py and tests/run/test_ddp_stages.py",
+    "umdbench/run/distributed.py": "torchrun stages: covered by tests/run/test_ddp_stages.py",
     "umdbench/run/equivalence.py": "world-size equivalence: covered by tests/run/test_world_size_invariance.py",
     "umdbench/run/evidence.py": "recorded first steps: covered by tests/run/test_stage_adoption.py",
     "umdbench/run/hooks.py": "the progress hook: exercised by every stage (tests/run/test_cell.py)",

@@ -15,6 +15,7 @@ from umdbench.plan.config import CellSpec, parse_override, resolve
 from umdbench.plan.stage_plan import build_plan
 from umdbench.plugin import get_registries
 from umdbench.run.build_strategy import build_strategy
+from umdbench.run.cell import run_cell
 from umdbench.run.checkpoint import safe_torch_load
 from umdbench.run.context import RunContext
 from umdbench.run.distributed import launch_stage
@@ -78,7 +79,7 @@ def test_two_rank_mr_stage_moves_its_ema_teacher_as_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_rank_gmcoord_stage_logs_and_applies_k_and_rho_every_step(tmp_path):
+def test_two_rank_gmcoord_stage_logs_and_applies_k_and_rho_every_step_and_evaluates_in_one_process(tmp_path):
     registries = get_registries(reload=True)
     run = _run(
         registries,
@@ -92,8 +93,11 @@ def test_two_rank_gmcoord_stage_logs_and_applies_k_and_rho_every_step(tmp_path):
         ],
     )
     ctx = RunContext(tmp_path / "two", registries)
-    stage = build_plan(run, registries, ctx.catalog)[0]
-    launch_stage(stage, run, ctx, nproc=2, timeout=600)
+    stages = build_plan(run, registries, ctx.catalog)
+    stage = stages[0]
+    stage_dir = launch_stage(stage, run, ctx, nproc=2, timeout=600)
+    meta = json.loads((stage_dir / "artifact.json").read_text())
+    assert meta["key"] == stage.key and meta["world_size"] == 2 and (stage_dir / "model.safetensors").is_file()
     (scalars,) = ctx.ws.train_dir(stage).rglob("scalars.json")
     rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
     logged = [r for r in rows if "k_I" in r]
@@ -101,3 +105,16 @@ def test_two_rank_gmcoord_stage_logs_and_applies_k_and_rho_every_step(tmp_path):
     for r in logged:
         assert {"k_T", "rho_I", "rho_T"} <= set(r)
         assert min(r["k_I"], r["k_T"]) < 1.0  # one modality is damped each step: the gradients were modulated
+    # the artifact is an ordinary cached stage: a single-process evaluation uses it, and the row
+    # says how each stage was trained and what of it depends on that (nothing, here)
+    row = run_cell(run, stages, ctx)
+    assert "overall" in row["metrics"]
+    schedule = row["schedule"][stage.key]
+    assert {k: schedule[k] for k in ("world_size", "micro_batches", "exceptions", "device")} == {
+        "world_size": 2,
+        "micro_batches": 1,
+        "exceptions": [],
+        "device": "cpu",
+    }
+    assert schedule["threads"] >= 1 and schedule["wall_time_s"] > 0  # what a board's compute column counts
+    assert ctx.ws.store.get(row["cell_key"])["schedule"] == row["schedule"]
