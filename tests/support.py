@@ -60,3 +60,13 @@ def umdbench(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "umdbench.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, **kwargs
     )
+
+
+def clip_with_per_rank_negatives():
+    """Equivalence case (``umdbench.run.equivalence``): CLIP with ``global_negatives=false``, whose
+    InfoNCE under torchrun sees only each rank's slice of the batch as negatives."""
+    from umdbench.run.equivalence import builtin_case
+
+    case = builtin_case("clip")
+    case.strategy.global_negatives = False
+    return case

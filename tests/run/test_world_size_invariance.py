@@ -22,9 +22,12 @@ pytestmark = pytest.mark.serial  # torchrun with two processes (run.equivalence)
 TOLERANCE = 1e-9  # float64; float32 rounding alone would be ~1e-6
 
 
+PER_RANK_NEGATIVES = "tests.support:clip_with_per_rank_negatives"  # the torchrun workers run in the repository
+
+
 @pytest.fixture(scope="module")
 def reports():
-    return compare([f"{BUILTIN_FACTORY}:{name}" for name in BUILTIN], steps=3)
+    return compare([f"{BUILTIN_FACTORY}:{name}" for name in BUILTIN] + [PER_RANK_NEGATIVES], steps=3)
 
 
 def _report(reports, name):
@@ -58,6 +61,17 @@ def test_micro_batches_match_or_the_coupling_is_declared(reports, name):
 def test_the_ema_teacher_and_gradient_modulation_are_in_what_is_compared(reports):
     assert any(k.startswith("state.teacher.") for k in _report(reports, "mr").diffs["ranks"])
     assert any(k.startswith("state.teacher.") for k in _report(reports, "tdcalib").diffs["ranks"])
+
+
+@pytest.mark.slow
+def test_per_rank_negatives_are_not_the_global_batch_loss(reports):
+    """``global_negatives=false`` (kept as an option): DDP still averages the two ranks' gradients,
+    so they agree, but each rank's InfoNCE had half the negatives, so they do not end where one
+    process on the whole batch ends (the default gathers the embeddings: the clip case above)."""
+    report = reports[PER_RANK_NEGATIVES]
+    assert report.worst("rank1")[1] == 0.0
+    tensor, diff = report.worst("ranks")
+    assert diff > 1e-3, f"per-rank InfoNCE ended within {diff:.1e} of the global batch ({tensor})"
 
 
 def test_an_accumulating_stage_records_its_strategys_coupled_terms():
