@@ -70,3 +70,21 @@ def clip_with_per_rank_negatives():
     case = builtin_case("clip")
     case.strategy.global_negatives = False
     return case
+
+
+def umdbench_here(args: list[str]) -> subprocess.CompletedProcess:
+    """``umdbench <args>`` in this process, stdout and stderr captured: what :func:`umdbench` does
+    without a process start-up (~5 CPU-s of imports), for commands whose process itself is not under
+    test (its allocator, its signals). The caller's autouse fixtures reset the plugins it loads."""
+    import contextlib
+    import io
+
+    from umdbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["umdbench", *args], code, out.getvalue(), err.getvalue())

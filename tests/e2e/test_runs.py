@@ -117,7 +117,7 @@ def test_corrupt_cached_artifact_is_reported_and_nothing_is_damaged(tmp_path, ca
 
 
 def test_sigkill_mid_stage_then_resume(tmp_path):
-    opts = small_budget(1, pretrain=False, iters=40) + ["tune.0.train.checkpoint_interval=5"]
+    opts = small_budget(1, pretrain=False, iters=20) + ["tune.0.train.checkpoint_interval=5"]
     cmd = [
         sys.executable,
         "-m",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support import REPO, SHARED, TINY, umdbench, write_plugin
+from tests.support import REPO, SHARED, TINY, umdbench_here, write_plugin
 from umdbench.cli import main
 from umdbench.data.catalog import DataCatalog
 from umdbench.plan.config import CellSpec
@@ -218,7 +218,7 @@ def killed_and_resumed(tmp_path_factory):
     finally:
         proc.wait()
     before = _rows(work)
-    resumed = umdbench(argv, timeout=600)
+    resumed = umdbench_here(argv)  # in this process: only the killed sweep's process is under test
     return {"argv": argv, "work": work, "killed": killed, "before": before, "resumed": resumed}
 
 
@@ -246,7 +246,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(killed_and_resumed):
 def test_finished_sweep_is_skipped(killed_and_resumed):
     r = killed_and_resumed
     before = _rows(r["work"])
-    again = umdbench(r["argv"], timeout=300)
+    again = umdbench_here(r["argv"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "nothing to run: every available cell is finished" in again.stdout
     assert "(0 to run, 3 finished" in again.stdout

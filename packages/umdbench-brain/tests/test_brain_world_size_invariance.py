@@ -1,12 +1,12 @@
 """Every brain strategy's training step is the same at any split of its global batch: two gloo
-ranks (B/2 each) end 3 steps with the parameters, buffers (templates, step counter, BatchNorm
+ranks (B/2 each) end ``STEPS`` steps (2) with the parameters, buffers (templates, step counter, BatchNorm
 statistics) and optimiser state of one process on B, and so do two accumulated micro-batches
 unless the strategy declares batch-coupled terms (those must then show on the micro-batch leg,
 or the declaration is not needed). One torchrun job for all the cases (a few minutes on 2 cores)."""
 
 import pytest
 
-from umdbench_brain.testing import CASES, factory
+from umdbench_brain.testing import CASES, STEPS, factory
 
 pytestmark = pytest.mark.serial  # torchrun with two processes (run.equivalence)
 
@@ -17,7 +17,7 @@ TOLERANCE = 1e-5  # relative, in float64 (uniformer3d's BatchNorm statistics rea
 def reports():
     from umdbench.run.equivalence import compare
 
-    return compare([factory(name) for name in CASES], steps=3)
+    return compare([factory(name) for name in CASES], steps=STEPS)
 
 
 @pytest.mark.slow
