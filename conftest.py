@@ -93,6 +93,15 @@ def _no_torch_mode_left_on():
         pytest.fail(f"the test left torch modes or global hooks on: {left}")
 
 
+@pytest.fixture(scope="session")
+def umdbench_here():
+    """``umdbench_here(args, cwd=..., path=...)``: a CLI command run in the test process
+    (``tests.support.umdbench_here``), for the brain package's tests as for the core's."""
+    from tests.support import umdbench_here
+
+    return umdbench_here
+
+
 @pytest.fixture(autouse=True)
 def _no_plugin_path_left_loaded():
     """A test that ran a command with ``--plugin-path`` leaves the process-wide registries holding that

@@ -72,19 +72,48 @@ def clip_with_per_rank_negatives():
     return case
 
 
-def umdbench_here(args: list[str]) -> subprocess.CompletedProcess:
+def umdbench_here(args: list, *, cwd: Path | None = None, path: tuple = ()) -> subprocess.CompletedProcess:
     """``umdbench <args>`` in this process, stdout and stderr captured: what :func:`umdbench` does
     without a process start-up (~5 CPU-s of imports), for commands whose process itself is not under
-    test (its allocator, its signals). The caller's autouse fixtures reset the plugins it loads."""
+    test (its allocator, its signals). ``cwd``: the folder it runs in; ``path``: folders put first on
+    ``sys.path`` for the command only, as ``PYTHONPATH`` would (an installed ``--target`` site): the
+    plugins, code fingerprints and modules loaded from them are forgotten afterwards, so the next
+    test sees the installed plugins only."""
     import contextlib
+    import importlib
     import io
 
     from umdbench.cli import main
+    from umdbench.plan import codekey
+    from umdbench.plugin import loading
 
+    added = [str(p) for p in path]
+
+    def forget():
+        loading._LOADED = None
+        codekey.clear_caches()
+        importlib.invalidate_caches()
+
+    if added:
+        sys.path[:0] = added
+        forget()
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 1
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(here)
+        if added:
+            for p in added:
+                sys.path.remove(p)
+            for name, module in list(sys.modules.items()):
+                if str(getattr(module, "__file__", None) or "").startswith(tuple(added)):
+                    del sys.modules[name]
+            forget()
     return subprocess.CompletedProcess(["umdbench", *args], code, out.getvalue(), err.getvalue())

@@ -4,7 +4,6 @@ repository: it imports only public modules, runs, sweeps its own suite, and is n
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ def test_example_imports_only_public_modules():
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict:
+def installed(tmp_path_factory, umdbench_here) -> dict:
     tmp = tmp_path_factory.mktemp("example")
     copy = shutil.copytree(EXAMPLE, tmp / "src", ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
     site = tmp / "site"
@@ -61,19 +60,13 @@ def installed(tmp_path_factory) -> dict:
         text=True,
         timeout=300,
     )
-    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    return {"env": dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1"), "tmp": tmp}
+    return {"cli": lambda args: umdbench_here(args, cwd=tmp, path=(site,)), "tmp": tmp}
 
 
 def cli(args, installed, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "umdbench.cli", *args],
-        env=installed["env"],
-        cwd=installed["tmp"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    """``umdbench <args>`` with the package on the path, in this process (the package's discovery
+    through its entry point is what is under test, not a process start-up)."""
+    out = installed["cli"](args)
     if check:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out

@@ -6,7 +6,6 @@ runs before `seg` on brainsynth, its metric scores the same cell with every trai
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shutil
 import subprocess
@@ -111,14 +110,14 @@ def test_region_sensitivity_counts_found_voxels_per_region():
 
 
 @pytest.fixture(scope="module")
-def installed():
+def installed(umdbench_here):
     # a folder of its own, not pytest's numbered tmp folders: pytest sessions started beside this one
     # (other checkouts on the machine) prune those while this module's runs still read their work dir
     with tempfile.TemporaryDirectory(prefix="umdbench-brain-example-") as folder:
-        yield _install(Path(folder))
+        yield _install(Path(folder), umdbench_here)
 
 
-def _install(tmp: Path) -> dict:
+def _install(tmp: Path, umdbench_here) -> dict:
     copy = shutil.copytree(EXAMPLE, tmp / "src", ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
     site = tmp / "site"
     subprocess.run(
@@ -139,19 +138,13 @@ def _install(tmp: Path) -> dict:
         text=True,
         timeout=300,
     )
-    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    return {"env": dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1"), "tmp": tmp}
+    return {"cli": lambda args: umdbench_here(args, cwd=tmp, path=(site,)), "tmp": tmp}
 
 
 def cli(args, installed, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "umdbench.cli", *args],
-        env=installed["env"],
-        cwd=installed["tmp"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    """``umdbench <args>`` with the package on the path, in this process (the package's discovery
+    through its entry point is what is under test, not a process start-up)."""
+    out = installed["cli"](args)
     if check:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
