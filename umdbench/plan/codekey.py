@@ -225,6 +225,8 @@ def read_source(path: Path) -> bytes:
 _files: dict[Path, tuple[str, tuple]] = {}  # path -> (sha256, its imports)
 _index: dict[str, dict[str, Path]] = {}  # top -> {module: path}
 _closures: dict[tuple[str, frozenset], frozenset] = {}
+# (sha256, module, is a package __init__) -> its imports: content-addressed, so kept by clear_caches
+_parsed: dict[tuple[str, str, bool], tuple] = {}
 
 
 def clear_caches() -> None:
@@ -258,12 +260,28 @@ def _path(module: str) -> Path | None:
 
 
 def _read(module: str) -> tuple[str, tuple]:
-    """``(sha256, imported names)`` of a module's file, read and parsed once per process."""
+    """``(sha256, imported names)`` of a module's file, read once per process (until
+    :func:`clear_caches`) and parsed once per content."""
     path = _path(module)
     if path not in _files:
         data = read_source(path)
-        _files[path] = (hashlib.sha256(data).hexdigest(), tuple(_imports(module, path, data)))
+        digest = hashlib.sha256(data).hexdigest()
+        parsed = (digest, module, path.name == "__init__.py")  # what the imports depend on
+        if parsed not in _parsed:
+            _parsed[parsed] = tuple(_imports(module, path, data))
+        _files[path] = (digest, _parsed[parsed])
     return _files[path]
+
+
+def _statements(body: list):
+    """Every statement in ``body``, nested ones too (an import is a statement: no expression is
+    visited, which is most of a tree's nodes)."""
+    for node in body:
+        yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            inner = getattr(node, name, None)
+            if isinstance(inner, list):
+                yield from _statements(inner)
 
 
 def _imports(module: str, path: Path, data: bytes) -> list[tuple[str, str | None]]:
@@ -275,7 +293,7 @@ def _imports(module: str, path: Path, data: bytes) -> list[tuple[str, str | None
         return []  # it cannot run either; its bytes are still keyed
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     out: list[tuple[str, str | None]] = []
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             out += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
