@@ -234,6 +234,28 @@ def test_source_files_are_read_once_per_process(monkeypatch):
     assert reads and len(reads) == len(set(reads))
 
 
+def test_a_file_read_again_after_clear_caches_is_parsed_again_only_when_its_content_changed(monkeypatch):
+    parsed = []
+    original = codekey._imports
+    monkeypatch.setattr(codekey, "_imports", lambda *a: parsed.append(a[0]) or original(*a))
+    before = plan_keys(MR_CELL)
+    codekey.clear_caches()
+    assert plan_keys(MR_CELL) == before
+    first = len(parsed)
+    codekey.clear_caches()
+    assert plan_keys(MR_CELL) == before and len(parsed) == first  # every file read again, none parsed again
+    # content-addressed: an edit is parsed (and keyed) afresh, its imports included
+    module = (REPO / "plugins" / "pretrain" / "mr.py").resolve()
+    text = module.read_bytes() + b"\nimport umdbench_plugins.pretrain.mae  # a new import\n"
+    monkeypatch.setattr(
+        codekey, "read_source", lambda path: text if Path(path).resolve() == module else path.read_bytes()
+    )
+    codekey.clear_caches()
+    assert plan_keys(MR_CELL) != before
+    again = parsed[first:]  # the edited file, then only what its new import brought in
+    assert again[0] == "umdbench_plugins.pretrain.mr" and not set(again[1:]) & set(parsed[:first])
+
+
 def test_the_metric_package_is_keyed_without_importing_it():
     # importing torchmetrics costs planning about a second; the hash needs only the files
     registries = load_plugins()[0]
