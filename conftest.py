@@ -11,6 +11,9 @@ in pyproject's addopts), for the core's tests and the brain package's alike.
   and the world-size equivalence fixtures took three times the CPU).
 
 Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
+
+Each test must also leave the process as it found it: no torch dispatch mode or global module hook
+left on (a test that does fails), and no ``--plugin-path`` plugins left loaded (they are dropped).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Shared helpers of the sweep / suite / leaderboard / DDP / Ray tests (no tests here)."""
+"""Shared helpers of the tests (no tests here): a plugin of small suites, the tiny budget, the CLI as
+a process (:func:`umdbench`) or in the test process (:func:`umdbench_here`), and an extra case for
+the world-size equivalence harness."""
 
 from __future__ import annotations
 
