@@ -97,12 +97,13 @@ def _no_torch_mode_left_on():
 
 
 @pytest.fixture(scope="session")
-def umdbench_here():
-    """``umdbench_here(args, cwd=..., path=...)``: a CLI command run in the test process
-    (``tests.support.umdbench_here``), for the brain package's tests as for the core's."""
-    from tests.support import umdbench_here
+def install_package():
+    """``install_package(source, tmp)``: a package folder installed into a site of its own, with a
+    CLI run in the test process on it (``tests.support.install_package``), for the brain package's
+    tests as for the core's."""
+    from tests.support import install_package
 
-    return umdbench_here
+    return install_package
 
 
 @pytest.fixture(autouse=True)

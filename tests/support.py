@@ -1,6 +1,7 @@
 """Shared helpers of the tests (no tests here): a plugin of small suites, the tiny budget, the CLI as
 a process (:func:`umdbench`) or in the test process (:func:`umdbench_here`), and an extra case for
-the world-size equivalence harness."""
+the world-size equivalence harness, and a package installed into a site of its own
+(:func:`install_package`)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,23 @@ def umdbench_here(args: list, *, cwd: Path | None = None, path: tuple = ()) -> s
                     del sys.modules[name]
             forget()
     return subprocess.CompletedProcess(["umdbench", *args], code, out.getvalue(), err.getvalue())
+
+
+def install_package(source: Path, tmp: Path):
+    """``pip install`` a copy of the package folder ``source`` into ``tmp/site`` (no dependencies, no
+    build isolation) and return ``cli(args, check=True)``: ``umdbench <args>`` run in ``tmp`` with that
+    site on the path, in this process (:func:`umdbench_here`); with ``check``, a non-zero exit fails."""
+    import shutil
+
+    copy = shutil.copytree(source, tmp / "src", ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    site = tmp / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
+    subprocess.run([*pip, str(copy)], check=True, capture_output=True, text=True, timeout=300)
+
+    def cli(args: list, check: bool = True) -> subprocess.CompletedProcess:
+        out = umdbench_here(args, cwd=tmp, path=(site,))
+        if check:
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out
+
+    return cli

@@ -4,7 +4,6 @@ repository: it imports only public modules, runs, sweeps its own suite, and is n
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,38 +37,15 @@ def test_example_imports_only_public_modules():
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory, umdbench_here) -> dict:
+def installed(tmp_path_factory, install_package) -> dict:
     tmp = tmp_path_factory.mktemp("example")
-    copy = shutil.copytree(EXAMPLE, tmp / "src", ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
-    site = tmp / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(copy),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return {"cli": lambda args: umdbench_here(args, cwd=tmp, path=(site,)), "tmp": tmp}
+    return {"cli": install_package(EXAMPLE, tmp), "tmp": tmp}
 
 
 def cli(args, installed, check=True) -> subprocess.CompletedProcess:
     """``umdbench <args>`` with the package on the path, in this process (the package's discovery
     through its entry point is what is under test, not a process start-up)."""
-    out = installed["cli"](args)
-    if check:
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
+    return installed["cli"](args, check)
 
 
 def test_plugins_lists_the_package_with_its_version(installed):

@@ -145,7 +145,7 @@ def test_concurrent_writers_of_one_entry_both_leave_a_valid_file(tmp_path, monke
     # two loaders that miss the same entry at once, as two data-loader workers do. Threads, not
     # processes: a write is a uniquely named temporary file renamed over the entry, the same for
     # two threads as for two processes, and a spawned process would pay ~8 s of imports for it
-    barrier, both_write = threading.Barrier(2), threading.Barrier(2)
+    both_write = threading.Barrier(2)
     write = volumes.atomic_write_bytes
 
     def write_together(path, data):
@@ -156,7 +156,6 @@ def test_concurrent_writers_of_one_entry_both_leave_a_valid_file(tmp_path, monke
 
     def load():
         loader = StudyLoader(MODS, cache)
-        barrier.wait()
         vol, _, lab = loader.load(rec, with_label=True)
         return loader.misses, float(vol.sum()), int(lab.sum())
 
