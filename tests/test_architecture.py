@@ -67,10 +67,23 @@ def collect_modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def statement_text(lines: list[bytes], node: ast.stmt) -> str:
+    """The statement as written, on one line. ``lines`` are the file's lines as bytes (the AST's column
+    offsets count UTF-8 bytes); ``ast.get_source_segment`` would split the whole file again per call."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        raw = lines[first][node.col_offset : node.end_col_offset]
+    else:
+        raw = lines[first][node.col_offset :] + b"".join(lines[first + 1 : last]) + lines[last][: node.end_col_offset]
+    return " ".join(raw.decode().split())
+
+
 def collect_imports(modules: dict[str, Path]) -> list[Import]:
     found = []
     for source, path in modules.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
+        code = path.read_text()
+        tree = ast.parse(code, filename=str(path))
+        lines = code.encode().splitlines(keepends=True)
         is_package = path.name == "__init__.py"
         rel = str(path.relative_to(ROOT))
         for node in ast.walk(tree):
@@ -88,8 +101,7 @@ def collect_imports(modules: dict[str, Path]) -> list[Import]:
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             else:
                 continue
-            text = ast.get_source_segment(path.read_text(), node) or ast.dump(node)
-            text = " ".join(text.split())
+            text = statement_text(lines, node)
             for target in dict.fromkeys(targets):
                 if target == "umdbench" or target.startswith("umdbench."):
                     found.append(Import(source, target, rel, node.lineno, text))
