@@ -54,6 +54,7 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
     from mmengine.runner import Runner
 
     from umdbench.run.hooks import ProgressHook
+    from umdbench.run.visualizer import ScalarVisualizer
 
     plugin_logs = PluginLogs.route(ctx.registries)
     train = stage.cfg.get("train", {})
@@ -102,7 +103,7 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         log_processor={"by_epoch": False},
         env_cfg={"cudnn_benchmark": False},
         visualizer={
-            "type": "Visualizer",
+            "type": ScalarVisualizer,  # mmengine's, without a matplotlib canvas until one is drawn on
             "vis_backends": vis_backends(run, Path(work_dir), stage.dirname),
             "name": f"vis-{stage.dirname}-{time.time_ns()}",
         },
