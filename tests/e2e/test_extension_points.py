@@ -10,14 +10,14 @@ The built-in ``direct`` strategy trains it: it knows nothing of volumes, only th
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.support import umdbench_here
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,25 +155,25 @@ TOY_PACKAGE = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def toy_env(tmp_path_factory) -> dict:
+def toy_site(tmp_path_factory) -> Path:
+    """A site folder holding the toy package and its dist-info (entry point ``umdbench: toyvol``)."""
     site = tmp_path_factory.mktemp("site")
     dist = site / "toyvol_umdbench-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toyvol-umdbench\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[umdbench]\ntoyvol = toyvol_umdbench\n")
     (site / "toyvol_umdbench.py").write_text(TOY_PACKAGE)
-    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return site
 
 
-def cli(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "umdbench.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+def cli(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
+    # in this process, with the site first on sys.path (as PYTHONPATH would put it): what is under
+    # test is entry-point discovery and the run, not a process start-up
+    return umdbench_here(args, cwd=cwd, path=(site,))
 
 
-def test_toy_package_registers_an_encoder_and_a_task_type(toy_env, tmp_path):
-    out = cli(["list"], toy_env, tmp_path)
+def test_toy_package_registers_an_encoder_and_a_task_type(toy_site, tmp_path):
+    out = cli(["list"], toy_site, tmp_path)
     assert out.returncode == 0, out.stderr
     for kind, name in (("encoder", "toy-volnet"), ("task type", "toy-volume-class"), ("dataset", "toy-vols")):
         section = out.stdout.split(f"{kind} (")[1]
@@ -181,7 +181,7 @@ def test_toy_package_registers_an_encoder_and_a_task_type(toy_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
+def test_run_goes_through_a_new_encoder_and_task_type(toy_site, tmp_path):
     work = tmp_path / "wd"
     args = [
         "run",
@@ -199,7 +199,7 @@ def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
         "tune.0.train.lr=3e-3",
         "data.num_workers=0",
     ]
-    out = cli(args, toy_env, tmp_path)
+    out = cli(args, toy_site, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     accuracy = float(
         re.search(r"result: none / direct / toy-vols seed 0: accuracy=([\d.]+)  lesion_recall=", out.stdout).group(1)
@@ -217,5 +217,5 @@ def test_run_goes_through_a_new_encoder_and_task_type(toy_env, tmp_path):
     assert plugins["encoder:toy-volnet"] == plugins["task:toy-volume-class"] == "toyvol-umdbench 0.1"
     assert plugins["tune:direct"].startswith("umdbench ")
     # a second run is served from the store, like every other cell
-    again = cli(args, toy_env, tmp_path)
+    again = cli(args, toy_site, tmp_path)
     assert again.returncode == 0 and "result already in the store" in again.stdout
