@@ -84,7 +84,6 @@ UNMIRRORED = {
     "umdbench/run/build_optim.py": "a stage's optimiser: covered by tests/run/test_perf_options.py",
     "umdbench/run/build_runner.py": "the mmengine Runner: exercised by every stage (tests/run/test_cell.py)",
     "umdbench/run/build_strategy.py": "a stage's strategy: covered by tests/run/test_perf_options.py",
-    "umdbench/run/console.py": "console lines and plugin logs: covered by tests/plugin/test_calls.py",
     "umdbench/run/context.py": "the run's services: used by tests/run/test_cell.py",
     "umdbench/run/distributed.py": "torchrun stages: covered by tests/run/test_ddp_stages.py",
     "umdbench/run/equivalence.py": "world-size equivalence: covered by tests/run/test_world_size_invariance.py",

@@ -17,6 +17,23 @@ def echo(message: str) -> None:
     print(message, flush=True)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes each record to the ``sys.stdout`` of the moment it is emitted, as :func:`echo` prints:
+    a handler made once per process must follow a later redirect (a notebook cell, a caller's
+    ``contextlib.redirect_stdout``), not keep the stream that was current when it was made."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler assigns it; the current sys.stdout is always used
+        pass
+
+
 class PluginLogs:
     """Records of plugin packages' loggers (``logging.getLogger(__name__)`` in a plugin) go to the
     console and to the mmengine log of the stage being run. Records emitted while no Runner runs
@@ -26,7 +43,7 @@ class PluginLogs:
     _instance: PluginLogs | None = None
 
     def __init__(self):
-        self.console = logging.StreamHandler(sys.stdout)
+        self.console = _ConsoleHandler()
         self.console.setFormatter(logging.Formatter("    [%(name)s] %(levelname)s: %(message)s"))
         self.held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.DEBUG, target=None)
         self.routed: set[str] = set()
