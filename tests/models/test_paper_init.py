@@ -50,3 +50,17 @@ def test_a_local_checkpoint_or_a_reachable_hub_needs_no_deviation(monkeypatch, o
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
     assert init_deviations(paper) == []  # online: the hub is tried when the encoder is built
+
+
+def test_availability_imports_neither_timm_nor_the_weight_loaders():
+    # every resolved run reads it (a --dry-run, each node of a multi-node run before it hands out
+    # work): importing timm there cost ~2 CPU-s per process, through torchvision and torch._dynamo
+    import ast
+    from pathlib import Path
+
+    import umdbench.models.availability as availability
+
+    tree = ast.parse(Path(availability.__file__).read_text())
+    imported = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m.split(".")[0] in ("timm", "torch", "torchvision") or m == "weights"}

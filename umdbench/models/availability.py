@@ -12,8 +12,9 @@ from pathlib import Path
 
 from umdbench.errors import ConfigError
 
-from .weights import CLIP_TIMM_NAME
-
+# timm's name of CLIP ViT-B/16 (the coattn encoder's vision tower in the paper). Defined here, not in
+# .weights, which imports timm (~2 CPU-s through torchvision): resolving a run needs only the name.
+CLIP_TIMM_NAME = "vit_base_patch16_clip_224.openai"
 CLIP_REPO = f"timm/{CLIP_TIMM_NAME}"
 CLIP_FILES = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin")
 

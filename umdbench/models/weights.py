@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-log = logging.getLogger(__name__)
+from .availability import CLIP_TIMM_NAME
 
-CLIP_TIMM_NAME = "vit_base_patch16_clip_224.openai"
+log = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
