@@ -4,7 +4,9 @@
 
 A case is the strategy at its tiny preset on 16^3 crops (the smallest edge every tiny encoder takes)
 with a global batch of 4 studies whose modalities differ (one has a single modality), so the
-per-study choices, masks and present-voxel counts all vary across the batch.
+per-study choices, masks and present-voxel counts all vary across the batch. The resunet3d encoder
+runs at widths 4/8/8/8 (tiny: 8/16/32/64): the cases train in float64, whose 3-D convolutions have
+no fast CPU kernel, and what is compared, the split of the batch, does not depend on the widths.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ __all__ = [
     "B",
     "CASES",
     "R",
+    "RESUNET_CHANNELS",
     "STEPS",
     "build_case_strategy",
     "case",
@@ -29,6 +32,7 @@ __all__ = [
 R = 16  # crop edge
 B = 4  # global batch
 STEPS = 2  # optimiser steps the harness compares (BrainMVP: one before its contrastive term starts, one with it)
+RESUNET_CHANNELS = [4, 8, 8, 8]  # the cases' resunet3d widths (the module doc says why)
 CANVAS = [24, 24, 24]  # template canvas; the studies' grid is 20^3
 PRESENT = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 0, 1]])
 
@@ -86,7 +90,8 @@ def build_case_strategy(name: str):
     spec = getattr(tasks, spec_name)()
     cfg = {**cls.default_config("tiny"), **options, "train": case_train(name)}
     torch.manual_seed(0)
-    encoder = enc_cls(enc_cls.default_config("tiny") | {"roi_size": R})
+    narrower = {"channels": RESUNET_CHANNELS} if encoder_name == "resunet3d" else {}
+    encoder = enc_cls(enc_cls.default_config("tiny") | {"roi_size": R} | narrower)
     if labels is None:
         strategy = cls(encoder, cfg)
     else:
