@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from umdbench.api import DatasetPlugin, Record
 from umdbench.data.catalog import DataCatalog
 from umdbench.plan import codekey
 from umdbench.plan.config import CellSpec, parse_override, resolve
@@ -263,17 +264,36 @@ def test_the_metric_package_is_keyed_without_importing_it():
     assert "vqa-accuracy" in registries.metric._lazy
 
 
+class ImageFiles(DatasetPlugin):
+    """Records naming ``n`` image files under the root (the first ``present`` of them exist)."""
+
+    name = "test-image-files"
+
+    def records(self, split):
+        return [
+            Record(uid=f"{split}-{i}", image=str(self.root / f"{i}.png"), text="") for i in range(self.options["n"])
+        ]
+
+    def fingerprint(self):
+        return f"test-image-files n={self.options['n']}"
+
+
 def test_planning_cache_reuses_missing_images_and_follows_the_data(tmp_path):
     # the planner's on-disk cache answers missing_images without reading records; a change of
     # the data (fingerprint) or a new work dir recomputes; a missing work dir is never created
     registries = load_plugins()[0]
-    data = {"type": "medsynth", "root": None, "options": {"n_train": 24, "n_test": 8}, "on_error": "raise"}
+    registries.dataset.register("test-image-files", ImageFiles)
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(24):
+        (root / f"{i}.png").write_bytes(b"")
+    data = {"type": "test-image-files", "root": str(root), "options": {"n": 24}, "on_error": "raise"}
 
     def cached(work_dir):
         return DataCatalog(registries, cache_file=planning_cache_path(work_dir), code_digest=codekey.modules_digest)
 
     absent = cached(tmp_path / "absent")
-    assert absent.missing_images(data, "train")[1] > 0 and not (tmp_path / "absent").exists()
+    assert absent.missing_images(data, "train") == ([], 24) and not (tmp_path / "absent").exists()
     first = cached(tmp_path)
     expected = first.missing_images(data, "train")
     assert planning_cache_path(tmp_path).is_file()
@@ -281,7 +301,21 @@ def test_planning_cache_reuses_missing_images_and_follows_the_data(tmp_path):
     dataset = warm.get(data)
     dataset.records = lambda split: pytest.fail("records read despite a warm cache")
     assert warm.missing_images(data, "train") == expected
-    other = {**data, "options": {"n_train": 12, "n_test": 8}}  # another fingerprint
-    assert cached(tmp_path).missing_images(other, "train")[1] != expected[1]
+    other = {**data, "options": {"n": 30}}  # another fingerprint, and six files that do not exist
+    assert cached(tmp_path).missing_images(other, "train") == ([str(root / f"{i}.png") for i in range(24, 30)], 30)
+
+
+def test_generated_data_is_not_made_to_look_for_files(tmp_path):
+    # a dataset that reads no files (needs_root = False) has none missing: planning does not make
+    # its records (a brainsynth split is seconds of phantoms) only to find that out
+    registries = load_plugins()[0]
+    catalog = DataCatalog(registries, cache_file=planning_cache_path(tmp_path), code_digest=codekey.modules_digest)
+    data = {"type": "medsynth", "root": None, "options": {"n_train": 24}, "on_error": "raise"}
+    catalog.get(data).records = lambda split: pytest.fail("a generated split was made during planning")
+    assert catalog.missing_images(data, "train") == ([], 0)
+
+
+def test_the_planning_cache_refuses_a_digest_that_is_not_the_plugins_code(tmp_path):
+    registries = load_plugins()[0]
     with pytest.raises(ValueError, match="code_digest"):  # a disk cache not keyed by the plugin's code
         DataCatalog(registries, cache_file=planning_cache_path(tmp_path))

@@ -103,9 +103,11 @@ class DataCatalog:
         return self.get(data_cfg).fingerprint()
 
     def missing_images(self, data_cfg: dict, split: str) -> tuple[list[str], int]:
-        """``(missing image files, records)`` of one split: files its records name that do not
-        exist. Empty for ``on_error: skip`` (those records are dropped, not fatal)."""
-        if data_cfg.get("on_error", "raise") == "skip":
+        """``(missing image files, records looked at)`` of one split: files its records name that do
+        not exist. Empty for ``on_error: skip`` (those records are dropped, not fatal) and for a
+        dataset that reads no files (``needs_root = False``: generated data, whose records are not
+        made here only to find no file among them)."""
+        if data_cfg.get("on_error", "raise") == "skip" or not type(self.get(data_cfg)).needs_root:
             return [], 0
         key = config_hash({k: data_cfg.get(k) for k in ("type", "root", "options")}) + split
         if key not in self._missing:
