@@ -16,6 +16,7 @@ The caller lower-cases ``str(answer)`` first (:func:`normalize_answer` does both
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["normalize_answer", "normalize_word", "NUMBER_WORDS", "ARTICLES"]
@@ -173,6 +174,7 @@ def _strip_punctuation(text: str) -> str:
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a release repeats its answers ("yes", "no", ...) thousands of times
 def normalize_word(text: str) -> str:
     """Normalise an (already lower-cased) answer string."""
     words = []
