@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support import TINY, umdbench, write_plugin
+from tests.support import TINY, umdbench, umdbench_here, write_plugin
 from umdbench.results.store import ResultsStore
 from umdbench.run.host_memory import mimalloc_library
 
@@ -49,6 +49,7 @@ def test_sweep_on_local_ray(tmp_path):
     trained = sum(json.loads(p.read_text())["wall_time_s"] for p in (work / "stages").glob("*/artifact.json"))
     total = sum(r["wall_time_s"] for r in rows)
     assert trained < total < trained + 120
-    # a second sweep finds everything finished and does not start Ray
-    again = umdbench(argv, timeout=300)
-    assert again.returncode == 0 and "nothing to run" in again.stdout
+    # a second sweep finds everything finished and does not start Ray (so it can run in this process)
+    again = umdbench_here(argv)
+    assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout + again.stderr
+    assert not ray.is_initialized()
