@@ -12,6 +12,9 @@ in pyproject's addopts), for the core's tests and the brain package's alike.
 
 Without ``-n`` nothing changes: the groups only steer xdist's scheduler.
 
+The world-size equivalence cases of the core and of the brain package train in one torchrun job
+(``equivalence_reports``), built for the cases of the test modules the session collected.
+
 Each test must also leave the process as it found it: no torch dispatch mode or global module hook
 left on (a test that does fails), and no ``--plugin-path`` plugins left loaded (they are dropped).
 """
@@ -104,6 +107,21 @@ def install_package():
     from tests.support import install_package
 
     return install_package
+
+
+@pytest.fixture(scope="session")
+def equivalence_reports(request):
+    """World-size equivalence reports (``umdbench.run.equivalence.compare``) of every case that the
+    session's collected test modules declare in a module-level ``EQUIVALENCE_CASES = {factory:
+    steps}`` (the core's strategies and the brain package's), from one torchrun job: a job costs a
+    launcher and two worker start-ups (~12 CPU-s) before it trains anything. Those modules are
+    ``serial``, so one worker builds this once."""
+    from umdbench.run.equivalence import compare
+
+    cases: dict[str, int] = {}
+    for module in dict.fromkeys(getattr(item, "module", None) for item in request.session.items):
+        cases.update(getattr(module, "EQUIVALENCE_CASES", None) or {})
+    return compare(cases)
 
 
 @pytest.fixture(autouse=True)

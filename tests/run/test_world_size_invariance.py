@@ -15,7 +15,7 @@ import pytest
 
 from umdbench.plan.config import CellSpec, resolve
 from umdbench.plugin import get_registries
-from umdbench.run.equivalence import BUILTIN, BUILTIN_FACTORY, compare
+from umdbench.run.equivalence import BUILTIN, BUILTIN_FACTORY
 
 pytestmark = pytest.mark.serial  # torchrun with two processes (run.equivalence)
 
@@ -23,11 +23,14 @@ TOLERANCE = 1e-9  # float64; float32 rounding alone would be ~1e-6
 
 
 PER_RANK_NEGATIVES = "tests.support:clip_with_per_rank_negatives"  # the torchrun workers run in the repository
+STEPS = 3
+# trained with the brain package's cases in one torchrun job (conftest.py: equivalence_reports)
+EQUIVALENCE_CASES = {**{f"{BUILTIN_FACTORY}:{name}": STEPS for name in BUILTIN}, PER_RANK_NEGATIVES: STEPS}
 
 
 @pytest.fixture(scope="module")
-def reports():
-    return compare([f"{BUILTIN_FACTORY}:{name}" for name in BUILTIN] + [PER_RANK_NEGATIVES], steps=3)
+def reports(equivalence_reports):
+    return equivalence_reports
 
 
 def _report(reports, name):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import torch
 __all__ = ["Case", "Report", "builtin_case", "compare", "load_case", "run_leg"]
 
 SEED = 0
+_CASES_FILE = "cases.json"  # what compare() hands the torchrun workers: [[factory, steps], ...]
 BUILTIN_FACTORY = "umdbench.run.equivalence:builtin_case"
 BUILTIN = ("mr", "mae", "clip", "flip", "m3ae", "direct", "linear", "tdcalib", "gmcoord", "tdcalib+gmcoord")
 
@@ -159,7 +161,9 @@ def relative_differences(got: dict, ref: dict) -> dict[str, float]:
     return out
 
 
-def _ranks(factories: list[str], steps: int, out: Path, timeout: float) -> None:
+def _ranks(cases: dict[str, int], out: Path, timeout: float) -> None:
+    """The ``ranks`` legs of every case (factory -> steps), in one torchrun job."""
+    (out / _CASES_FILE).write_text(json.dumps(list(cases.items())))
     cmd = [
         sys.executable,
         "-m",
@@ -170,8 +174,6 @@ def _ranks(factories: list[str], steps: int, out: Path, timeout: float) -> None:
         "umdbench.run.equivalence",
         "worker",
         str(out),
-        str(steps),
-        *factories,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -180,16 +182,24 @@ def _ranks(factories: list[str], steps: int, out: Path, timeout: float) -> None:
 
 
 def compare(
-    factories: str | list[str], steps: int = 3, timeout: float = 900, legs=("ranks", "micro"), device: str = "cpu"
+    factories: str | list[str] | dict[str, int],
+    steps: int = 3,
+    timeout: float = 900,
+    legs=("ranks", "micro"),
+    device: str = "cpu",
 ) -> dict[str, Report]:
-    """Run every factory's legs (one torchrun job, on the CPU, for all the ``ranks`` legs; the
-    one-process legs on ``device``); returns a :class:`Report` per factory."""
-    factories = [factories] if isinstance(factories, str) else list(factories)
+    """Run every factory's legs for ``steps`` optimiser steps, or for its own number where
+    ``factories`` maps each to one (one torchrun job, on the CPU, for all the ``ranks`` legs: a job
+    costs a launcher and two worker start-ups before it trains; the one-process legs on
+    ``device``); returns a :class:`Report` per factory."""
+    if isinstance(factories, str):
+        factories = [factories]
+    cases = dict(factories) if isinstance(factories, dict) else dict.fromkeys(factories, steps)
     with tempfile.TemporaryDirectory() as tmp:
         if "ranks" in legs:
-            _ranks(factories, steps, Path(tmp), timeout)
+            _ranks(cases, Path(tmp), timeout)
         reports = {}
-        for i, factory in enumerate(factories):
+        for i, (factory, steps) in enumerate(cases.items()):
             one = run_leg(factory, steps, device=device)  # its chain declares the coupled terms too
             ref = one["state"]
             report = Report(factory, one["coupled_terms"])
@@ -205,13 +215,14 @@ def compare(
     return reports
 
 
-def _worker(out: str, steps: int, factories: list[str]) -> None:
+def _worker(out: str) -> None:
     import torch.distributed as dist
 
+    cases = json.loads((Path(out) / _CASES_FILE).read_text())
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        for i, factory in enumerate(factories):
+        for i, (factory, steps) in enumerate(cases):
             torch.save(run_leg(factory, steps, world=world, rank=rank), Path(out) / f"{i}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -299,12 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--device", default="cpu", help="device of the one-process legs (cpu, cuda)")
     worker = sub.add_parser("worker", help="one rank of the 2-process leg (started by torchrun)")
-    worker.add_argument("out")
-    worker.add_argument("steps", type=int)
-    worker.add_argument("factories", nargs="+")
+    worker.add_argument("out", help=f"the folder holding {_CASES_FILE} ([[factory, steps], ...]); states go there")
     args = parser.parse_args(argv)
     if args.cmd == "worker":
-        _worker(args.out, args.steps, args.factories)
+        _worker(args.out)
         return 0
     factories = args.factories or [f"{BUILTIN_FACTORY}:{name}" for name in BUILTIN]
     failed = 0

@@ -2,7 +2,7 @@
 ranks (B/2 each) end ``STEPS`` steps (2) with the parameters, buffers (templates, step counter, BatchNorm
 statistics) and optimiser state of one process on B, and so do two accumulated micro-batches
 unless the strategy declares batch-coupled terms (those must then show on the micro-batch leg,
-or the declaration is not needed). One torchrun job for all the cases (a few minutes on 2 cores)."""
+or the declaration is not needed). One torchrun job for all the cases, the core's included."""
 
 import pytest
 
@@ -13,11 +13,13 @@ pytestmark = pytest.mark.serial  # torchrun with two processes (run.equivalence)
 TOLERANCE = 1e-5  # relative, in float64 (uniformer3d's BatchNorm statistics reach ~4e-6)
 
 
-@pytest.fixture(scope="module")
-def reports():
-    from umdbench.run.equivalence import compare
+# trained with the core's cases in one torchrun job (the root conftest.py: equivalence_reports)
+EQUIVALENCE_CASES = {factory(name): STEPS for name in CASES}
 
-    return compare([factory(name) for name in CASES], steps=STEPS)
+
+@pytest.fixture(scope="module")
+def reports(equivalence_reports):
+    return equivalence_reports
 
 
 @pytest.mark.slow
