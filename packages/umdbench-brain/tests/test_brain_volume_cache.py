@@ -188,3 +188,34 @@ def test_task_types_cache_under_the_context_cache_dir(tmp_path, nib_loads):
     assert all(a["volume"].shape == b["volume"].shape == (4, 8, 8, 8) for a, b in zip(first, second))
     pre = VolumePretrainTask().build_dataset(recs, ctx, training=True)
     assert pre[0]["volume"].shape == (4, 8, 8, 8)
+
+
+def test_a_generated_study_is_scaled_once_and_handed_out_as_copies(monkeypatch):
+    from umdbench_brain import volumes
+
+    rng = np.random.default_rng(0)
+    record = Record(
+        uid="g0",
+        image={m: rng.random((8, 8, 8)).astype(np.float32) for m in MODS},
+        text="",
+        extra={"label": rng.integers(0, 3, (8, 8, 8)).astype(np.uint8)},
+    )
+    scaled = []
+    real = volumes.scale_percentiles
+    monkeypatch.setattr(volumes, "scale_percentiles", lambda *a: scaled.append(1) or real(*a))
+    loader = StudyLoader(MODS)
+    volume, present, label = loader.load(record, with_label=True)
+    reference = volumes.load_study(record, MODS, with_label=True)
+    volume += 1.0  # a caller changes what it was handed
+    label[:] = 0
+    again = loader.load(record, with_label=True)
+    assert len(scaled) == 2  # the study once by the loader, once for the reference above
+    for got, want in zip(again, reference):
+        np.testing.assert_array_equal(got, want)
+    assert loader.load(record, with_label=False)[2] is None and len(scaled) == 3  # another entry
+    assert (loader.hits, loader.misses) == (0, 0)  # the disk cache's counts are for files only
+
+    full = StudyLoader(MODS)
+    full.MEMORY_BYTES = 0  # nothing fits: scaled again at every load
+    full.load(record, with_label=True), full.load(record, with_label=True)
+    assert len(scaled) == 5

@@ -341,25 +341,33 @@ def _label_dtype(label: np.ndarray) -> np.dtype:
 class StudyLoader:
     """Pre-processed studies of records, through the disk cache described in the module doc
     (``cache_dir`` None: no cache). Picklable for data-loader workers; ``hits``/``misses``/
-    ``rebuilt`` count per process (``rebuilt``: an entry existed but was unreadable or mismatched)."""
+    ``rebuilt`` count per process (``rebuilt``: an entry existed but was unreadable or mismatched).
+
+    Generated studies (records holding arrays) have no file to cache; each is pre-processed once
+    per process and kept in memory (up to :attr:`MEMORY_BYTES`; past that, again at every load),
+    so an epoch does not scale every study's percentiles again."""
+
+    MEMORY_BYTES = 256 * 2**20
 
     def __init__(self, modalities: Sequence[str], cache_dir: str | Path | None = None):
         self.modalities = tuple(modalities)
         self.cache_dir = Path(cache_dir) / _CACHE_SUBDIR if cache_dir is not None else None
         self.hits = self.misses = self.rebuilt = 0
+        self._kept: dict[tuple[int, bool], tuple] = {}  # (id(record), with_label) -> (record, study)
+        self._kept_bytes = 0
 
     def __getstate__(self):
         return {"modalities": self.modalities, "cache_dir": self.cache_dir}
 
     def __setstate__(self, state):
-        self.modalities, self.cache_dir = state["modalities"], state["cache_dir"]
-        self.hits = self.misses = self.rebuilt = 0
+        self.__init__(state["modalities"])
+        self.cache_dir = state["cache_dir"]
 
     # -- public ---------------------------------------------------------------------------------
     def load(self, record: Record, *, with_label: bool) -> tuple:
         """``(volume float32 [M,D,H,W], present int64 [M], label or None)``; see :func:`load_study`."""
-        if not _file_backed(record):  # generated studies: in memory already, nothing to cache
-            return load_study(record, self.modalities, with_label=with_label)
+        if not _file_backed(record):  # generated studies: in memory already, kept once scaled
+            return self._generated(record, with_label)
         has_label = "label" in record.extra
         if with_label and not has_label:
             raise DataError(
@@ -384,6 +392,20 @@ class StudyLoader:
         if entry is not None:
             self._write(entry, key, volume, present, label)
         return volume.astype(np.float32), present, label if with_label else None
+
+    def _generated(self, record: Record, with_label: bool) -> tuple:
+        key = (id(record), with_label)
+        kept = self._kept.get(key)
+        if kept is None or kept[0] is not record:  # the entry holds the record, so its id is not reused
+            study = load_study(record, self.modalities, with_label=with_label)
+            size = sum(a.nbytes for a in study if a is not None)
+            kept = (record, study)
+            if self._kept_bytes + size <= self.MEMORY_BYTES:
+                self._kept[key] = kept
+                self._kept_bytes += size
+        volume, present, label = kept[1]
+        # copies: a caller may change what it is handed, and the next epoch must not see that
+        return volume.copy(), present.copy(), None if label is None else label.copy()
 
     def key(self, record: Record) -> str:
         """Hash of the sources' (absolute path, size, mtime_ns, inode, ctime_ns: a same-size rewrite
