@@ -21,10 +21,23 @@ left on (a test that does fails), and no ``--plugin-path`` plugins left loaded (
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 
 import pytest
+
+if "UMDBENCH_CACHE_DIR" not in os.environ:
+    # the content cache of data fingerprints: one folder for the session (its xdist workers and the
+    # processes its tests start inherit it), not the user's ~/.cache, removed when the session ends
+    _CACHE_DIR = tempfile.mkdtemp(prefix="umdbench-test-cache-")
+    os.environ["UMDBENCH_CACHE_DIR"] = _CACHE_DIR
+    atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _group(item: pytest.Item) -> str | None:

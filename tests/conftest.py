@@ -1,13 +1,9 @@
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
-# the content cache of data fingerprints: a folder of this test session, not the user's ~/.cache
-os.environ.setdefault("UMDBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="umdbench-test-cache-"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the session's content cache and offline hub settings: the repository's conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("UMDBENCH_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))

@@ -1,12 +1,6 @@
-import os
-import tempfile
-
 import pytest
 
-# the content cache of data fingerprints: a folder of this test session, not the user's ~/.cache
-os.environ.setdefault("UMDBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="umdbench-test-cache-"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the session's content cache and offline hub settings: the repository's conftest.py
 
 # torch runs on one thread in every test (the repository's conftest.py)
 _PHANTOMS: dict = {}
