@@ -76,3 +76,19 @@ def test_store_result_keeps_the_row_stored_before(cell):
     kept = store_result(run, stages, {"overall": -1.0}, 0.0, ctx)
     assert kept["metrics"] == row["metrics"] and ctx.ws.store.get(row["cell_key"])["metrics"] == row["metrics"]
     assert json.loads(ctx.ws.result_path(row["cell_key"]).read_text())["metrics"] == row["metrics"]
+
+
+def test_the_same_stage_started_twice_in_one_second_logs_to_each_work_dir(cell, tmp_path, monkeypatch):
+    # mmengine keys a runner's logger and message hub by its experiment name and timestamp (to the
+    # second); two runs of one stage in one process (two work dirs) must each log into their own
+    import mmengine.runner.runner as runner_module
+
+    from umdbench.run.train_and_evaluate import train_stage
+
+    run, (tune, _), _, _ = cell
+    monkeypatch.setattr(runner_module.time, "strftime", lambda fmt, *args: "20990101_000000")
+    for name in ("a", "b"):
+        ctx = RunContext(tmp_path / name, get_registries())
+        train_stage(tune, run, ctx, "[test]")
+        (log,) = ctx.ws.train_dir(tune).rglob("20990101_000000.log")
+        assert str(ctx.ws.train_dir(tune)) in log.read_text(), name  # the runner logged its own work dir

@@ -88,7 +88,10 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
     return StageRunner(
         model=model,
         work_dir=str(work_dir),
-        experiment_name=f"{stage.dirname}",
+        # mmengine names the runner's logger, message hub and scope after this (plus a timestamp to the
+        # second) and hands an existing instance back for a name it has seen: the same stage started
+        # again within that second in this process (another work dir) must not log into the first
+        experiment_name=f"{stage.dirname}-{time.time_ns()}",
         randomness={"seed": run.config["seed"]},
         default_hooks={
             "logger": {
