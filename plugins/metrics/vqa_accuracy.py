@@ -18,12 +18,11 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
 
 
-def exact_match_percent(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> float:
-    """Percent of rows where ``pred == label``; label -1 counts as wrong (``num_classes`` is kept for
-    callers: a prediction is always a class index). The ratio is taken in float32, as torchmetrics'
-    micro accuracy took it before: stored values are unchanged. torchmetrics is not imported here:
-    its import (every domain, scipy.signal included) cost each training process ~1.4 CPU-s for a
-    one-line count."""
+def exact_match_percent(pred: torch.Tensor, label: torch.Tensor) -> float:
+    """Percent of rows where ``pred == label``; label -1 counts as wrong. The ratio is taken in
+    float32, as torchmetrics' micro accuracy took it before: stored values are unchanged.
+    torchmetrics is not imported here: its import (every domain, scipy.signal included) cost each
+    training process ~1.4 CPU-s for a one-line count."""
     if label.numel() == 0:
         return float("nan")
     right = ((pred == label) & (label >= 0)).sum()
@@ -41,19 +40,17 @@ class VQAAccuracy(BaseMetric):
                     "pred": logits.argmax(dim=-1).long(),
                     "label": _as_tensor(sample["label"]).long().view(-1),
                     "answer_type": _as_tensor(sample["answer_type"]).long().view(-1),
-                    "num_classes": int(logits.shape[-1]),
                 }
             )
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         if not results:
             return {"overall": float("nan"), "open": float("nan"), "closed": float("nan")}
-        num_classes = max(r["num_classes"] for r in results)
         pred = torch.cat([r["pred"] for r in results])
         label = torch.cat([r["label"] for r in results])
         kind = torch.cat([r["answer_type"] for r in results])
         return {
-            "overall": exact_match_percent(pred, label, num_classes),
-            "open": exact_match_percent(pred[kind == 1], label[kind == 1], num_classes),
-            "closed": exact_match_percent(pred[kind == 0], label[kind == 0], num_classes),
+            "overall": exact_match_percent(pred, label),
+            "open": exact_match_percent(pred[kind == 1], label[kind == 1]),
+            "closed": exact_match_percent(pred[kind == 0], label[kind == 0]),
         }

@@ -88,9 +88,10 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
     return StageRunner(
         model=model,
         work_dir=str(work_dir),
-        # mmengine names the runner's logger, message hub and scope after this (plus a timestamp to the
-        # second) and hands an existing instance back for a name it has seen: the same stage started
-        # again within that second in this process (another work dir) must not log into the first
+        # mmengine names the runner's logger, message hub, scope and visualiser after this (plus a
+        # timestamp to the second) and hands an existing instance back for a name it has seen: the same
+        # stage started again within that second in this process (another work dir) must not log into
+        # the first
         experiment_name=f"{stage.dirname}-{time.time_ns()}",
         randomness={"seed": run.config["seed"]},
         default_hooks={
@@ -108,7 +109,6 @@ def make_runner(stage: Stage, run: ResolvedRun, ctx: RunContext, model, work_dir
         visualizer={
             "type": ScalarVisualizer,  # mmengine's, without a matplotlib canvas until one is drawn on
             "vis_backends": vis_backends(run, Path(work_dir), stage.dirname),
-            "name": f"vis-{stage.dirname}-{time.time_ns()}",
         },
         **kwargs,
     )

@@ -199,8 +199,8 @@ def compare(
         if "ranks" in legs:
             _ranks(cases, Path(tmp), timeout)
         reports = {}
-        for i, (factory, steps) in enumerate(cases.items()):
-            one = run_leg(factory, steps, device=device)  # its chain declares the coupled terms too
+        for i, (factory, case_steps) in enumerate(cases.items()):
+            one = run_leg(factory, case_steps, device=device)  # its chain declares the coupled terms too
             ref = one["state"]
             report = Report(factory, one["coupled_terms"])
             if "ranks" in legs:
@@ -209,7 +209,7 @@ def compare(
                 report.diffs["rank1"] = relative_differences(ranks[1], ranks[0])  # the ranks agree with each other
             if "micro" in legs:
                 report.diffs["micro"] = relative_differences(
-                    run_leg(factory, steps, micro=2, device=device)["state"], ref
+                    run_leg(factory, case_steps, micro=2, device=device)["state"], ref
                 )
             reports[factory] = report
     return reports
