@@ -4,7 +4,9 @@
     python -m benchmarks.run --render-only   # re-render BENCHMARKS.md from the last JSON
     python -m benchmarks.run -- -k tiny      # extra pytest arguments after --
 
-The suite is plain pytest-benchmark (``python -m pytest benchmarks --benchmark-only`` works too);
+The suite is plain pytest-benchmark (``python -m pytest benchmarks --benchmark-only --dist no`` works
+too: ``--dist no`` overrides the tests' xdist scheduling in pyproject's addopts, under which
+pytest-benchmark disables itself);
 this wrapper only adds the JSON output, a load-average check (the figures are only meaningful on
 an otherwise idle machine) and the markdown report.
 """
@@ -39,6 +41,10 @@ def _pytest(target: str, json_out: Path, extra: list[str], env: dict) -> int:
         "pytest",
         target,
         "--benchmark-only",
+        # pyproject's addopts carry the tests' xdist scheduling (--dist loadgroup), which makes
+        # pytest-benchmark disable itself: the benchmarks run in one process
+        "--dist",
+        "no",
         "-p",
         "no:cacheprovider",
         "-q",
