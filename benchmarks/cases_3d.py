@@ -12,6 +12,7 @@ eager fp32 (per-tensor AdamW, no autocast, no compile; :func:`umdbench.models.re
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -156,6 +157,11 @@ def write_brats_fixture(root: Path, studies: int, shape: tuple[int, int, int], s
         label = (tumour * 2).astype(np.uint8)
         label[tumour & (zz > 0.25)] = 4
         nib.save(nib.Nifti1Image(label, affine), str(case / f"{case.name}_seg.nii.gz"))
+    # the studies dealt round the splits: the case-name hash split of a handful of studies can leave
+    # a split empty, which the plugin refuses
+    names = [f"BraTS2021_{i:05d}" for i in range(studies)]
+    splits = {split: names[k::3] for k, split in enumerate(("train", "val", "test"))}
+    (folder / "splits.json").write_text(json.dumps(splits))
     return folder
 
 
